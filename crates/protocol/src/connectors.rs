@@ -1,0 +1,241 @@
+//! The connectors REST API's bodies, with the seed's JSON field names kept
+//! byte for byte (`../shared/seed/sdk-package-doc.txt`). Additions beyond the
+//! seed are optional fields, omitted when empty, so seed clients keep working.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The stable `code`s of the error envelope. Clients match on these.
+pub mod error_code {
+    pub const MISSING_BEARER: &str = "missing_bearer";
+    pub const INVALID_TOKEN: &str = "invalid_token";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const BAD_JSON: &str = "bad_json";
+    pub const UNKNOWN_TOOL: &str = "unknown_tool";
+    pub const BAD_ARGUMENTS: &str = "bad_arguments";
+    pub const BAD_BASE64: &str = "bad_base64";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const ENV_NOT_FOUND: &str = "env_not_found";
+    pub const SESSION_NOT_FOUND: &str = "session_not_found";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const CONFLICT: &str = "conflict";
+    pub const STDIN_CLOSED: &str = "stdin_closed";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
+    pub const EXECUTOR_ERROR: &str = "executor_error";
+    pub const NOT_SUPPORTED_BY_EXECUTOR: &str = "not_supported_by_executor";
+    pub const GATEWAY_TIMEOUT: &str = "gateway_timeout";
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// `POST /api/connectors/envs/list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvsListResponse {
+    pub envs: Vec<ConnectorEnv>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectorEnv {
+    pub name: String,
+    /// Always `"executor"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub is_default: bool,
+    pub tools: Vec<ConnectorTool>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Which executor program serves this environment. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorInfo>,
+}
+
+/// What an executor said about itself in `initialize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorInfo {
+    /// `"execgate"` or `"codex"`.
+    pub kind: String,
+    pub version: String,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorTool {
+    pub name: String,
+    pub description: String,
+    /// `"core"` or `"custom"`.
+    pub kind: String,
+}
+
+/// `POST /api/connectors/envs/{name}/tool/call`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolCallRequest {
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, Value>,
+}
+
+/// An MCP CallToolResult.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallToolResult {
+    pub content: Vec<Content>,
+    #[serde(
+        rename = "structuredContent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub structured_content: Option<Value>,
+    #[serde(rename = "isError", default)]
+    pub is_error: bool,
+}
+
+impl CallToolResult {
+    pub fn text(text: impl Into<String>, structured: Option<Value>, is_error: bool) -> Self {
+        CallToolResult {
+            content: vec![Content::text(text)],
+            structured_content: structured,
+            is_error,
+        }
+    }
+
+    /// The text of the first content item, or "".
+    pub fn first_text(&self) -> &str {
+        self.content.first().map(|c| c.text.as_str()).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    /// Always `"text"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+impl Content {
+    pub fn text(text: impl Into<String>) -> Self {
+        Content {
+            kind: "text".into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// `POST /api/connectors/processes/{sid}/stdin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StdinRequest {
+    pub data_b64: String,
+    /// Close the process's stdin after writing `data_b64`. Not in the seed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
+}
+
+/// Answer of `/stdin` and `/terminate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OkResponse {
+    pub ok: bool,
+}
+
+/// `GET /api/connectors/processes/{sid}/output?since=N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputResponse {
+    pub chunks: Vec<OutputChunk>,
+    /// Null while the process runs.
+    pub exit_code: Option<i32>,
+    pub session_alive: bool,
+    pub truncated: bool,
+    pub lost_bytes: u64,
+    /// Pass as `since` to read on from here. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// `"stdout"`, `"stderr"`, or `"pty"` for a tty process.
+    pub stream: String,
+    pub data_b64: String,
+    pub seq: u64,
+}
+
+/// `structuredContent` of the `shell` tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShellOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// `structuredContent` of the `exec_command` tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecCommandOutput {
+    pub session_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_matches_seed_shape() {
+        let env = ConnectorEnv {
+            name: "laptop".into(),
+            kind: "executor".into(),
+            is_default: true,
+            tools: vec![ConnectorTool {
+                name: "shell".into(),
+                description: "d".into(),
+                kind: "core".into(),
+            }],
+            last_seen: None,
+            executor: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&env).unwrap(),
+            json!({"name":"laptop","type":"executor","is_default":true,
+                   "tools":[{"name":"shell","description":"d","kind":"core"}]})
+        );
+    }
+
+    #[test]
+    fn output_keeps_null_exit_code() {
+        let out = OutputResponse {
+            chunks: vec![],
+            exit_code: None,
+            session_alive: true,
+            truncated: false,
+            lost_bytes: 0,
+            next_seq: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!({"chunks":[],"exit_code":null,"session_alive":true,"truncated":false,"lost_bytes":0})
+        );
+    }
+
+    #[test]
+    fn call_tool_result_uses_mcp_names() {
+        let r = CallToolResult::text("hi", Some(json!({"a":1})), false);
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"content":[{"type":"text","text":"hi"}],"structuredContent":{"a":1},"isError":false})
+        );
+    }
+}

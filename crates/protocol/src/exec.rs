@@ -1,0 +1,461 @@
+//! Params and results of the executor protocol's methods and notifications,
+//! with the field names codex `exec-server` 0.169.0 uses on the wire
+//! (camelCase). Extensions that only execgate's executor serves are marked
+//! **[ext]**; the gateway checks [`ExtCapabilities`] before it uses them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Method and notification names.
+pub mod method {
+    pub const INITIALIZE: &str = "initialize";
+    pub const INITIALIZED: &str = "initialized";
+    pub const PROCESS_START: &str = "process/start";
+    pub const PROCESS_READ: &str = "process/read";
+    pub const PROCESS_WRITE: &str = "process/write";
+    pub const PROCESS_SIGNAL: &str = "process/signal";
+    pub const PROCESS_TERMINATE: &str = "process/terminate";
+    /// [ext] EOF on the child's stdin.
+    pub const PROCESS_CLOSE_STDIN: &str = "process/closeStdin";
+    /// [ext] Resize a tty process's terminal.
+    pub const PROCESS_RESIZE: &str = "process/resize";
+    pub const FS_READ_FILE: &str = "fs/readFile";
+    /// [ext] A byte range of a file.
+    pub const FS_READ_RANGE: &str = "fs/readRange";
+    pub const FS_WRITE_FILE: &str = "fs/writeFile";
+    pub const FS_CREATE_DIRECTORY: &str = "fs/createDirectory";
+    pub const FS_GET_METADATA: &str = "fs/getMetadata";
+    pub const FS_READ_DIRECTORY: &str = "fs/readDirectory";
+    pub const FS_REMOVE: &str = "fs/remove";
+    pub const FS_COPY: &str = "fs/copy";
+
+    pub const PROCESS_OUTPUT: &str = "process/output";
+    pub const PROCESS_EXITED: &str = "process/exited";
+    pub const PROCESS_CLOSED: &str = "process/closed";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeParams {
+    pub client_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitializeResult {
+    pub session_id: String,
+    pub environment_info: EnvironmentInfo,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentInfo {
+    #[serde(default)]
+    pub shell: ShellInfo,
+    #[serde(default)]
+    pub executor_version: String,
+    #[serde(default)]
+    pub cwd: String,
+    #[serde(default)]
+    pub user_home_dir: String,
+    #[serde(default)]
+    pub platform_os: String,
+    #[serde(default)]
+    pub temp_dir: String,
+    /// codex's own capabilities plus, under the key `execgate`, ours.
+    #[serde(default)]
+    pub capabilities: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EnvironmentInfo {
+    /// The execgate extensions this executor announced; all off for a stock codex.
+    pub fn ext(&self) -> ExtCapabilities {
+        self.capabilities
+            .get(ExtCapabilities::KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShellInfo {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+/// [ext] What an execgate executor adds to the protocol. Announced in
+/// `environmentInfo.capabilities.execgate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtCapabilities {
+    /// `process/closeStdin` is served.
+    pub close_stdin: bool,
+    /// `process/resize` is served and `process/start` takes `cols`/`rows`.
+    pub resize: bool,
+    /// `process/read` results carry an exact `lostBytes`.
+    pub lost_bytes: bool,
+    /// `fs/readRange` is served.
+    pub read_range: bool,
+    /// `fs/writeFile` takes `createParents` and writes atomically.
+    pub atomic_write: bool,
+    /// Output bytes retained per process.
+    pub retained_bytes: u64,
+}
+
+impl ExtCapabilities {
+    pub const KEY: &'static str = "execgate";
+}
+
+/// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks
+/// any field, so every field is always serialized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvPolicy {
+    /// `"all"` or `"none"`.
+    #[serde(default = "EnvPolicy::default_inherit")]
+    pub inherit: String,
+    #[serde(default)]
+    pub ignore_default_excludes: bool,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub include_only: Vec<String>,
+}
+
+impl EnvPolicy {
+    fn default_inherit() -> String {
+        "all".into()
+    }
+
+    /// Inherit the executor's environment and set `vars` on top.
+    pub fn inherit_all(set: BTreeMap<String, String>) -> Self {
+        EnvPolicy {
+            inherit: "all".into(),
+            ignore_default_excludes: false,
+            exclude: Vec::new(),
+            set,
+            include_only: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStartParams {
+    pub process_id: String,
+    pub argv: Vec<String>,
+    /// `file://` URI.
+    pub cwd: String,
+    /// The whole child environment, unless `env_policy` is given.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipe_stdin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg0: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_policy: Option<EnvPolicy>,
+    /// [ext] Terminal size for `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// [ext] Terminal size for `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStartResult {
+    pub process_id: String,
+    #[serde(default)]
+    pub sandbox_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessReadParams {
+    pub process_id: String,
+    /// Chunks with a seq greater than this are returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Long-poll: wait up to this long for something newer than `after_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Pty,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Pty => "pty",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessChunk {
+    pub seq: u64,
+    pub stream: Stream,
+    /// Base64 of the bytes.
+    pub chunk: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessReadResult {
+    pub chunks: Vec<ProcessChunk>,
+    pub next_seq: u64,
+    #[serde(default)]
+    pub exited: bool,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub closed: bool,
+    #[serde(default)]
+    pub failure: Option<String>,
+    #[serde(default)]
+    pub sandbox_denied: bool,
+    /// [ext] Output bytes with a seq in `(afterSeq, first returned seq)` that
+    /// the executor no longer retains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessWriteParams {
+    pub process_id: String,
+    /// Base64 of the bytes.
+    pub chunk: String,
+    pub write_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WriteStatus {
+    Accepted,
+    UnknownProcess,
+    StdinClosed,
+    Starting,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessWriteResult {
+    pub status: WriteStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessIdParams {
+    pub process_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSignalParams {
+    pub process_id: String,
+    /// `interrupt`, `terminate`, `kill` or `hangup`.
+    pub signal: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessTerminateResult {
+    /// True if a live process was killed.
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessResizeParams {
+    pub process_id: String,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputNotification {
+    pub process_id: String,
+    pub seq: u64,
+    pub stream: Stream,
+    pub chunk: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitedNotification {
+    pub process_id: String,
+    pub seq: u64,
+    pub exit_code: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosedNotification {
+    pub process_id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathParams {
+    /// `file://` URI.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadFileResult {
+    pub data_base64: String,
+}
+
+/// [ext] `fs/readRange`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRangeParams {
+    pub path: String,
+    pub offset: u64,
+    /// 0 reads to the end of the file.
+    pub length: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadRangeResult {
+    pub data_base64: String,
+    /// The file's size when it was read.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteFileParams {
+    pub path: String,
+    pub data_base64: String,
+    /// [ext] Create missing parent directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_parents: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDirectoryParams {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recursive: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub is_directory: bool,
+    pub is_file: bool,
+    #[serde(default)]
+    pub is_symlink: bool,
+    pub size: u64,
+    #[serde(default)]
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub modified_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirEntry {
+    pub file_name: String,
+    pub is_directory: bool,
+    pub is_file: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadDirectoryResult {
+    pub entries: Vec<DirEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveParams {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recursive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyParams {
+    pub source_path: String,
+    pub destination_path: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// An empty object result, `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_policy_always_sends_every_field() {
+        let v = serde_json::to_value(EnvPolicy::inherit_all(BTreeMap::new())).unwrap();
+        assert_eq!(
+            v,
+            json!({"inherit":"all","ignoreDefaultExcludes":false,"exclude":[],"set":{},"includeOnly":[]})
+        );
+    }
+
+    #[test]
+    fn start_params_use_codex_names() {
+        let p = ProcessStartParams {
+            process_id: "p1".into(),
+            argv: vec!["true".into()],
+            cwd: "file:///tmp".into(),
+            env: BTreeMap::new(),
+            tty: false,
+            pipe_stdin: Some(true),
+            arg0: None,
+            env_policy: None,
+            cols: None,
+            rows: None,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            v,
+            json!({"processId":"p1","argv":["true"],"cwd":"file:///tmp","env":{},"tty":false,"pipeStdin":true})
+        );
+    }
+
+    #[test]
+    fn ext_capabilities_default_off_for_codex() {
+        let info: EnvironmentInfo =
+            serde_json::from_value(json!({"capabilities":{"foo":true}})).unwrap();
+        assert_eq!(info.ext(), ExtCapabilities::default());
+        let info: EnvironmentInfo = serde_json::from_value(
+            json!({"capabilities":{"execgate":{"closeStdin":true,"retainedBytes":5}}}),
+        )
+        .unwrap();
+        assert!(info.ext().close_stdin);
+        assert_eq!(info.ext().retained_bytes, 5);
+    }
+}

@@ -1,0 +1,17 @@
+//! Wire types shared by every execgate crate, and nothing else: no I/O, no
+//! runtime. If a type crosses a process boundary, it is defined here.
+//!
+//! - [`jsonrpc`]: the framing of the gateway⇄executor link.
+//! - [`exec`]: the executor protocol's methods (compatible with codex `exec-server`).
+//! - [`register`]: how an executor asks the gateway for a link.
+//! - [`connectors`]: the connectors REST API that agents call.
+//! - [`uri`]: `file://` URIs for paths.
+
+pub mod connectors;
+pub mod exec;
+pub mod jsonrpc;
+pub mod register;
+pub mod uri;
+
+/// The version every execgate binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
