@@ -1,1 +1,92 @@
+//! The execgate gateway: it accepts executors' outbound WebSocket links,
+//! serves the connectors REST API to agents, and routes each tool call to
+//! the right executor.
+//!
+//! Map of the crate (see ARCHITECTURE.md for the whole picture):
+//! - [`api`]: the router and the connectors API handlers.
+//! - [`auth`]: proxy token → [`auth::Caller`].
+//! - [`connect`]: executor register + WebSocket link, handshake, resume.
+//! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
+//!   notification routing.
+//! - [`registry`]: live links by exe_id.
+//! - [`tools`]: tool semantics (shell, files, exec_command).
+//! - [`processes`]: exec_command sessions: stdin, output, terminate.
+//! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
+//! - [`error`]: the API error and its envelope; [`extract`]: extractors
+//!   whose rejections use it.
 
+pub mod api;
+pub mod auth;
+pub mod connect;
+pub mod error;
+pub mod extract;
+pub mod link;
+pub mod processes;
+pub mod registry;
+pub mod secret;
+pub mod state;
+pub mod store;
+pub mod tools;
+
+use std::net::SocketAddr;
+
+pub use state::{AppState, GatewayConfig};
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A gateway bound to its address, ready to serve.
+pub struct Gateway {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+}
+
+impl Gateway {
+    /// Opens the store (running migrations) and binds the listener.
+    pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let store = Store::open(&config.data_dir).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Gateway {
+            state: AppState::new(config, store),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self) -> Result<(), GatewayError> {
+        use axum::serve::ListenerExt;
+        // Small frames must not wait for Nagle: every socket gets TCP_NODELAY.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, api::router(self.state))
+            .await
+            .map_err(GatewayError::Serve)
+    }
+}

@@ -180,6 +180,16 @@ pub struct ShellOutput {
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub duration_ms: u64,
+    /// Output the executor dropped before the gateway could read it. Not in the seed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_bytes: u64,
+    /// Output beyond what `shell` captures (see its docs). Not in the seed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `structuredContent` of the `exec_command` tool.

@@ -231,7 +231,10 @@ mod tests {
         let n = Message::decode(br#"{"jsonrpc":"2.0","method":"initialized"}"#).unwrap();
         assert_eq!(n, Message::notification("initialized", Value::Null));
         let ok = Message::decode(br#"{"id":"x","result":{"b":2}}"#).unwrap();
-        assert_eq!(ok, Message::response(Id::Str("x".into()), Ok(json!({"b":2}))));
+        assert_eq!(
+            ok,
+            Message::response(Id::Str("x".into()), Ok(json!({"b":2})))
+        );
         let err = Message::decode(br#"{"id":7,"error":{"code":-32601,"message":"no"}}"#).unwrap();
         assert_eq!(
             err,

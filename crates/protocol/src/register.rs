@@ -38,7 +38,10 @@ pub fn environment_id_from_token(token: &str) -> Option<&str> {
 mod tests {
     #[test]
     fn token_carries_environment_id() {
-        assert_eq!(super::environment_id_from_token("exe_ab12.s3cr3t"), Some("exe_ab12"));
+        assert_eq!(
+            super::environment_id_from_token("exe_ab12.s3cr3t"),
+            Some("exe_ab12")
+        );
         assert_eq!(super::environment_id_from_token("nodot"), None);
         assert_eq!(super::environment_id_from_token(".x"), None);
         assert_eq!(super::environment_id_from_token("x."), None);

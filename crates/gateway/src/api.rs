@@ -1,0 +1,255 @@
+//! The HTTP surface: the router, and the connectors API handlers. Handlers
+//! stay small: authenticate (the [`Caller`] extractor), resolve the
+//! environment or session, then hand over to `tools` or `processes`.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use execgate_protocol::connectors::{
+    error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, ExecutorInfo, OkResponse,
+    OutputResponse, StdinRequest,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::link::Link;
+use crate::state::AppState;
+use crate::store::now_ms;
+use crate::{connect, processes, tools};
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/api/connectors/envs/list", post(envs_list))
+        .route("/api/connectors/envs/{name}/tool/call", post(tool_call))
+        .route("/api/connectors/processes/{sid}/stdin", post(stdin))
+        .route("/api/connectors/processes/{sid}/output", get(output))
+        .route("/api/connectors/processes/{sid}/terminate", post(terminate))
+        .route(
+            "/cloud/environment/{environment_id}/direct/register",
+            post(connect::register),
+        )
+        .route(
+            "/cloud/environment/{environment_id}/direct/connect",
+            get(connect::connect),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        code::NOT_FOUND,
+        "no such route; the connectors API lives under /api/connectors",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        "this route does not take that HTTP method",
+    )
+}
+
+async fn envs_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
+) -> Result<Json<EnvsListResponse>, ApiError> {
+    let rows = state
+        .store()
+        .list_executors(Some(&caller.workspace))
+        .await?;
+    let envs = rows
+        .into_iter()
+        .filter_map(|row| {
+            let link = state.registry().get(&row.exe_id)?;
+            Some(env_of(&link, row.is_default))
+        })
+        .collect();
+    Ok(Json(EnvsListResponse { envs }))
+}
+
+fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {
+    ConnectorEnv {
+        name: link.name.clone(),
+        kind: "executor".into(),
+        is_default,
+        tools: tools::list(link),
+        last_seen: Some(rfc3339(link.last_seen_ms())),
+        executor: link.handshake().map(|h| ExecutorInfo {
+            kind: connect::executor_kind(h).into(),
+            version: h.info.executor_version.clone(),
+            os: h.info.platform_os.clone(),
+        }),
+    }
+}
+
+/// RFC 3339 in UTC, to the second, as the seed's `last_seen`.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn ago(ms: i64) -> String {
+    let secs = (now_ms() - ms).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+/// 503 for an environment that exists but has no live link, saying when it
+/// was last seen.
+pub async fn executor_unavailable(state: &AppState, exe_id: &str) -> ApiError {
+    let row = state.store().executor(exe_id).await.ok().flatten();
+    let message = match row {
+        Some(r) => match r.last_seen_at {
+            Some(seen) => format!(
+                "executor '{}' is not connected (last seen {})",
+                r.name,
+                ago(seen)
+            ),
+            None => format!("executor '{}' has never connected", r.name),
+        },
+        None => "the executor is not connected".to_string(),
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code::EXECUTOR_UNAVAILABLE,
+        message,
+    )
+    .with_retry_after(5)
+}
+
+/// The tool/call body. `arguments` is taken as any JSON here so that a
+/// non-object gets `bad_arguments` rather than a generic parse error.
+#[derive(Deserialize)]
+struct ToolCallBody {
+    tool: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+async fn tool_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ToolCallBody>,
+) -> Result<Json<CallToolResult>, ApiError> {
+    let arguments = match body.arguments {
+        Value::Object(map) => map,
+        Value::Null => Default::default(),
+        other => {
+            return Err(ApiError::bad_arguments(format!(
+                "arguments must be a JSON object, not {other}"
+            )))
+        }
+    };
+    match arguments.get("environment_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(env)) if *env == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_arguments(format!(
+                "arguments.environment_id is {other} but the path names environment {name:?}; omit it or make them agree"
+            )))
+        }
+    }
+    let link = environment(&state, &caller, &name).await?;
+    let ctx = tools::ToolContext {
+        state: &state,
+        caller: &caller,
+        link,
+    };
+    Ok(Json(tools::call(&ctx, &body.tool, arguments).await?))
+}
+
+/// The live link of the caller's environment `name`.
+async fn environment(state: &AppState, caller: &Caller, name: &str) -> Result<Arc<Link>, ApiError> {
+    let row = state
+        .store()
+        .executor_by_name(&caller.workspace, name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                code::ENV_NOT_FOUND,
+                format!(
+                    "workspace {:?} has no environment {name:?}; envs/list shows the connected ones",
+                    caller.workspace
+                ),
+            )
+        })?;
+    match state.registry().get(&row.exe_id) {
+        Some(link) => Ok(link),
+        None => Err(executor_unavailable(state, &row.exe_id).await),
+    }
+}
+
+async fn stdin(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiJson(req): ApiJson<StdinRequest>,
+) -> Result<Json<OkResponse>, ApiError> {
+    let s = processes::resolve(&state, &caller, &sid).await?;
+    processes::write_stdin(&s, &req.data_b64, req.eof).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+#[derive(Deserialize)]
+struct OutputQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn output(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<OutputQuery>,
+) -> Result<Json<OutputResponse>, ApiError> {
+    let s = processes::resolve(&state, &caller, &sid).await?;
+    Ok(Json(processes::output(&s, q.since, q.wait_ms).await?))
+}
+
+async fn terminate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
+) -> Result<Json<OkResponse>, ApiError> {
+    let s = processes::resolve(&state, &caller, &sid).await?;
+    processes::terminate(&s).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_seconds() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+}

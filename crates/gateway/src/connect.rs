@@ -1,0 +1,346 @@
+//! How an executor reaches the gateway, in two steps (as codex's outbound
+//! "direct" transport does):
+//!
+//! 1. `POST /cloud/environment/{environment_id}/direct/register`, with the
+//!    executor token as bearer, answers a single-use, short-lived WebSocket URL.
+//! 2. `GET` that URL upgrades to the link. The gateway then speaks first:
+//!    `initialize` (with `resumeSessionId` when it knows the executor's
+//!    session, so processes survive reconnects and gateway restarts), then
+//!    `initialized`, and only then registers the link.
+//!
+//! This module also drives the socket for the link's whole life: a reader
+//! task feeds [`Link::dispatch`], a writer task sends queued frames and pings.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Json;
+use bytes::Bytes;
+use execgate_protocol::exec::{method, ExtCapabilities, InitializeParams, InitializeResult};
+use execgate_protocol::register::{
+    environment_id_from_token, RegisterRequest, RegisterResponse, TRANSPORT_DIRECT,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::auth::bearer_token;
+use crate::error::ApiError;
+use crate::extract::{parse_json_body, ApiPath};
+use crate::link::{Handshake, Link};
+use crate::secret;
+use crate::state::{AppState, Ticket, TICKET_TTL};
+use crate::store::{now_ms, ConnectInfo, ExecutorRow};
+
+use execgate_protocol::connectors::error_code as code;
+
+/// Largest frame accepted on a link; file transfers send big frames.
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks an executor token against the environment in the path.
+async fn authenticate_executor(
+    state: &AppState,
+    environment_id: &str,
+    headers: &HeaderMap,
+) -> Result<ExecutorRow, ApiError> {
+    let token = bearer_token(headers)?;
+    let invalid = || {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            format!("the executor token is not valid for environment {environment_id:?}"),
+        )
+    };
+    if environment_id_from_token(token) != Some(environment_id) {
+        return Err(invalid());
+    }
+    let row = state
+        .store()
+        .executor(environment_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let presented = secret::sha256_hex(token.as_bytes());
+    if !secret::constant_time_eq(presented.as_bytes(), row.token_hash.as_bytes()) {
+        return Err(invalid());
+    }
+    Ok(row)
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    ApiPath(environment_id): ApiPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let row = authenticate_executor(&state, &environment_id, &headers).await?;
+    let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RegisterRequest {
+            transport: TRANSPORT_DIRECT.into(),
+            name: None,
+            is_default: None,
+        }
+    } else {
+        parse_json_body(&body)?
+    };
+    if req.transport != TRANSPORT_DIRECT {
+        return Err(ApiError::bad_request(format!(
+            "transport {:?} is not supported; use {TRANSPORT_DIRECT:?}",
+            req.transport
+        )));
+    }
+    if let Some(name) = &req.name {
+        if *name != row.name {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                code::CONFLICT,
+                format!(
+                    "this executor token belongs to environment {:?}, not {name:?}; drop --name or use the right token",
+                    row.name
+                ),
+            ));
+        }
+    }
+    if req.is_default == Some(true) && !row.is_default {
+        state.store().set_default_executor(&row.exe_id).await?;
+    }
+
+    let ticket = secret::random_token("", 24);
+    {
+        let mut tickets = state.tickets().lock().unwrap();
+        let now = Instant::now();
+        tickets.retain(|_, t| t.expires > now);
+        tickets.insert(
+            ticket.clone(),
+            Ticket {
+                exe_id: row.exe_id.clone(),
+                expires: now + TICKET_TTL,
+            },
+        );
+    }
+    let base = ws_base_url(&state, &headers);
+    Ok(Json(RegisterResponse {
+        environment_id: row.exe_id.clone(),
+        url: format!(
+            "{base}/cloud/environment/{}/direct/connect?ticket={ticket}",
+            row.exe_id
+        ),
+        transport: TRANSPORT_DIRECT.into(),
+        registration_id: secret::random_id("reg_", 8),
+    }))
+}
+
+/// `ws://host:port` as the executor should dial it.
+fn ws_base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(public) = &state.config().public_url {
+        let public = public.trim_end_matches('/');
+        return public
+            .strip_prefix("https://")
+            .map(|rest| format!("wss://{rest}"))
+            .or_else(|| public.strip_prefix("http://").map(|r| format!("ws://{r}")))
+            .unwrap_or_else(|| public.to_string());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| state.config().listen.to_string());
+    let tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    format!("{}://{host}", if tls { "wss" } else { "ws" })
+}
+
+#[derive(Deserialize)]
+pub struct ConnectQuery {
+    ticket: String,
+}
+
+pub async fn connect(
+    State(state): State<AppState>,
+    ApiPath(environment_id): ApiPath<String>,
+    Query(q): Query<ConnectQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ticket = state.tickets().lock().unwrap().remove(&q.ticket);
+    let valid = ticket
+        .as_ref()
+        .is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now());
+    if !valid {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            "unknown, used or expired connect ticket; register again",
+        ));
+    }
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
+    let row = state
+        .store()
+        .executor(&environment_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the executor was removed"))?;
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| run_link(state, row, socket)))
+}
+
+/// Serves one executor link until its socket closes.
+async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let link = Link::new(
+        row.exe_id.clone(),
+        row.workspace.clone(),
+        row.name.clone(),
+        tx,
+    );
+
+    let ping_every = state.config().ping_interval;
+    let writer_link = link.clone();
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(ping_every);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(text) => {
+                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = writer_link.closed() => break,
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let reader_link = link.clone();
+    let mut reader = tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(WsMessage::Text(t)) => reader_link.dispatch(t.as_bytes()),
+                Ok(WsMessage::Binary(b)) => reader_link.dispatch(&b),
+                Ok(WsMessage::Close(_)) => return "the executor closed the connection".to_string(),
+                Ok(_) => reader_link.touch(),
+                Err(e) => return format!("connection error: {e}"),
+            }
+        }
+        "the connection ended".to_string()
+    });
+
+    let reason = tokio::select! {
+        hs = handshake(&link, row.session_id.clone()) => match hs {
+            Ok(hs) => {
+                serve_link(&state, &link, hs, &mut reader).await
+            }
+            Err(e) => format!("handshake failed: {e}"),
+        },
+        r = &mut reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
+    };
+
+    link.close(&reason);
+    reader.abort();
+    let _ = writer.await;
+    state.registry().remove_if_same(&link);
+    if state.registry().get(&link.exe_id).is_none() {
+        if let Err(e) = state
+            .store()
+            .mark_disconnected(&link.exe_id, link.last_seen_ms())
+            .await
+        {
+            tracing::warn!("could not record the disconnect of {}: {e}", link.exe_id);
+        }
+    }
+    tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, "executor disconnected: {reason}");
+}
+
+async fn handshake(link: &Arc<Link>, resume: Option<String>) -> Result<Handshake, String> {
+    let params = InitializeParams {
+        client_name: "execgate-gateway".into(),
+        resume_session_id: resume.clone(),
+    };
+    let result: InitializeResult = link
+        .request(method::INITIALIZE, &params, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    link.notify(method::INITIALIZED, serde_json::json!({}))
+        .map_err(|e| e.to_string())?;
+    if let Some(old) = resume {
+        if old != result.session_id {
+            // The executor no longer has the session its processes lived in:
+            // it restarted, or the session outlived its detach TTL.
+            tracing::warn!(exe_id = %link.exe_id, "executor did not resume session {old}; its processes are gone");
+        }
+    }
+    let ext = result.environment_info.ext();
+    Ok(Handshake {
+        session_id: result.session_id,
+        info: result.environment_info,
+        ext,
+    })
+}
+
+/// Registers a handshaken link and keeps its bookkeeping until it closes.
+/// Returns why it closed.
+async fn serve_link(
+    state: &AppState,
+    link: &Arc<Link>,
+    hs: Handshake,
+    reader: &mut tokio::task::JoinHandle<String>,
+) -> String {
+    let info = ConnectInfo {
+        session_id: hs.session_id.clone(),
+        os: hs.info.platform_os.clone(),
+        version: hs.info.executor_version.clone(),
+        kind: executor_kind(&hs).into(),
+    };
+    link.set_handshake(hs);
+    state.registry().insert(link.clone());
+    if let Err(e) = state.store().mark_connected(&link.exe_id, &info).await {
+        tracing::warn!("could not record the connect of {}: {e}", link.exe_id);
+    }
+    tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, kind = %info.kind, version = %info.version, "executor connected");
+
+    let ping_every = state.config().ping_interval;
+    let mut tick = tokio::time::interval(ping_every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut *reader => return r.unwrap_or_else(|e| format!("reader failed: {e}")),
+            _ = link.closed() => return "closed by the gateway".into(),
+            _ = tick.tick() => {
+                let seen = link.last_seen_ms();
+                // Three missed pings: the executor or the network is gone.
+                if now_ms() - seen > 3 * ping_every.as_millis() as i64 {
+                    return format!("no frame from the executor for {}s", (now_ms() - seen) / 1000);
+                }
+                if let Err(e) = state.store().touch_executor(&link.exe_id, seen).await {
+                    tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
+                }
+            }
+        }
+    }
+}
+
+/// `"execgate"` when the executor announced execgate's extensions, else `"codex"`.
+pub fn executor_kind(hs: &Handshake) -> &'static str {
+    if hs.info.capabilities.contains_key(ExtCapabilities::KEY) {
+        "execgate"
+    } else {
+        "codex"
+    }
+}

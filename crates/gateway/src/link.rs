@@ -1,0 +1,516 @@
+//! One live executor link: the gateway's JSON-RPC client side of a connected
+//! executor's WebSocket.
+//!
+//! A link multiplexes many concurrent requests by id and routes the
+//! executor's `process/*` notifications to whoever subscribed to that process.
+//! When the WebSocket goes away, [`Link::close`] fails every request in flight
+//! at once and tells every subscriber, so nothing waits on a dead link.
+//!
+//! The socket itself is driven by `connect.rs`: a reader task feeds
+//! [`Link::dispatch`] and a writer task drains the link's outgoing queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use execgate_protocol::exec::{
+    method, ClosedNotification, EnvironmentInfo, ExitedNotification, ExtCapabilities,
+    OutputNotification, Stream,
+};
+use execgate_protocol::jsonrpc::{Id, Message, RpcError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::now_ms;
+
+/// Why a request on a link did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("executor '{name}' disconnected ({reason}); retry when it reconnects")]
+    Disconnected { name: String, reason: String },
+    #[error("executor '{name}' did not answer {method} within {after:?}")]
+    Timeout {
+        name: String,
+        method: String,
+        after: Duration,
+    },
+    #[error("executor '{name}' failed {method}: {error}")]
+    Rpc {
+        name: String,
+        method: String,
+        error: RpcError,
+    },
+    #[error("executor '{name}' answered {method} with an unexpected result: {detail}")]
+    BadResponse {
+        name: String,
+        method: String,
+        detail: String,
+    },
+}
+
+/// Something the executor reported about one process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessEvent {
+    Output {
+        seq: u64,
+        stream: Stream,
+        data: Bytes,
+    },
+    Exited {
+        seq: u64,
+        exit_code: i32,
+    },
+    Closed {
+        seq: u64,
+    },
+    /// The link went away; nothing more will arrive through this subscription.
+    LinkLost,
+}
+
+type Pending = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
+type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<ProcessEvent>)>>;
+
+/// What an executor told the gateway in `initialize`.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub session_id: String,
+    pub info: EnvironmentInfo,
+    pub ext: ExtCapabilities,
+}
+
+pub struct Link {
+    pub exe_id: String,
+    pub workspace: String,
+    pub name: String,
+    handshake: OnceLock<Handshake>,
+    outgoing: mpsc::UnboundedSender<String>,
+    /// The pending map doubles as the closed flag's lock: `close` drains it
+    /// and sets `closed` while holding it, so a request either lands before
+    /// the drain (and is failed by it) or sees `closed`.
+    pending: Mutex<Pending>,
+    closed: AtomicBool,
+    close_reason: OnceLock<String>,
+    next_id: AtomicI64,
+    subscribers: Mutex<Subscribers>,
+    next_sub: AtomicU64,
+    last_seen_ms: AtomicI64,
+    closed_notify: tokio::sync::Notify,
+}
+
+impl Link {
+    /// A link whose outgoing frames (JSON text) go to `outgoing`.
+    pub fn new(
+        exe_id: String,
+        workspace: String,
+        name: String,
+        outgoing: mpsc::UnboundedSender<String>,
+    ) -> Arc<Link> {
+        Arc::new(Link {
+            exe_id,
+            workspace,
+            name,
+            handshake: OnceLock::new(),
+            outgoing,
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            close_reason: OnceLock::new(),
+            next_id: AtomicI64::new(1),
+            subscribers: Mutex::new(HashMap::new()),
+            next_sub: AtomicU64::new(1),
+            last_seen_ms: AtomicI64::new(now_ms()),
+            closed_notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn set_handshake(&self, h: Handshake) {
+        let _ = self.handshake.set(h);
+    }
+
+    /// The executor's `initialize` answer. Links are only registered after
+    /// the handshake, so this is always set for a link found in the registry.
+    pub fn handshake(&self) -> Option<&Handshake> {
+        self.handshake.get()
+    }
+
+    pub fn ext(&self) -> ExtCapabilities {
+        self.handshake().map(|h| h.ext.clone()).unwrap_or_default()
+    }
+
+    /// The executor's working directory, for resolving relative paths.
+    pub fn cwd(&self) -> Option<std::path::PathBuf> {
+        self.handshake()
+            .and_then(|h| execgate_protocol::uri::uri_to_path(&h.info.cwd))
+    }
+
+    /// Records that the executor showed signs of life (any frame, a pong).
+    pub fn touch(&self) {
+        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the link has closed.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn disconnected(&self) -> LinkError {
+        LinkError::Disconnected {
+            name: self.name.clone(),
+            reason: self
+                .close_reason
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "link closed".into()),
+        }
+    }
+
+    /// Sends a request and waits for its result, at most `timeout`.
+    pub async fn request_value(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if self.is_closed() {
+                return Err(self.disconnected());
+            }
+            pending.insert(id, tx);
+        }
+        let frame = Message::request(Id::Num(id), method, params).encode();
+        if self.outgoing.send(frame).is_err() {
+            self.pending.lock().unwrap().remove(&id);
+            return Err(self.disconnected());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(error))) => Err(LinkError::Rpc {
+                name: self.name.clone(),
+                method: method.to_string(),
+                error,
+            }),
+            // The sender was dropped: the link closed.
+            Ok(Err(_)) => Err(self.disconnected()),
+            Err(_) => {
+                self.pending.lock().unwrap().remove(&id);
+                Err(LinkError::Timeout {
+                    name: self.name.clone(),
+                    method: method.to_string(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends a typed request and decodes its typed result.
+    pub async fn request<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<R, LinkError> {
+        let params = serde_json::to_value(params).map_err(|e| LinkError::BadResponse {
+            name: self.name.clone(),
+            method: method.to_string(),
+            detail: format!("could not encode params: {e}"),
+        })?;
+        let value = self.request_value(method, params, timeout).await?;
+        serde_json::from_value(value).map_err(|e| LinkError::BadResponse {
+            name: self.name.clone(),
+            method: method.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends a notification (no answer expected).
+    pub fn notify(&self, method: &str, params: Value) -> Result<(), LinkError> {
+        self.outgoing
+            .send(Message::notification(method, params).encode())
+            .map_err(|_| self.disconnected())
+    }
+
+    /// Receives every later event of `process_id`. Subscribe *before* the
+    /// action whose events you want (push, then pull: catch up with
+    /// `process/read` for anything older).
+    pub fn subscribe(self: &Arc<Self>, process_id: &str) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut subs = self.subscribers.lock().unwrap();
+            if self.is_closed() {
+                let _ = tx.send(ProcessEvent::LinkLost);
+            } else {
+                subs.entry(process_id.to_string())
+                    .or_default()
+                    .push((id, tx));
+            }
+        }
+        Subscription {
+            link: self.clone(),
+            process_id: process_id.to_string(),
+            id,
+            rx,
+        }
+    }
+
+    fn unsubscribe(&self, process_id: &str, id: u64) {
+        let mut subs = self.subscribers.lock().unwrap();
+        if let Some(list) = subs.get_mut(process_id) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                subs.remove(process_id);
+            }
+        }
+    }
+
+    /// Handles one frame from the executor.
+    pub fn dispatch(&self, frame: &[u8]) {
+        self.touch();
+        let msg = match Message::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(exe_id = %self.exe_id, "undecodable frame from executor: {}", e.error);
+                return;
+            }
+        };
+        match msg {
+            Message::Response {
+                id: Id::Num(id),
+                result,
+            } => {
+                let waiter = self.pending.lock().unwrap().remove(&id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(result);
+                }
+            }
+            Message::Response { id, .. } => {
+                tracing::warn!(exe_id = %self.exe_id, %id, "response to an id the gateway never sent");
+            }
+            Message::Notification { method, params } => self.route_notification(&method, params),
+            Message::Request { id, method, .. } => {
+                // Executors do not call the gateway; say so instead of leaving them waiting.
+                let _ = self
+                    .outgoing
+                    .send(Message::response(id, Err(RpcError::method_not_found(&method))).encode());
+            }
+        }
+    }
+
+    fn route_notification(&self, method: &str, params: Value) {
+        let (process_id, event) = match method {
+            method::PROCESS_OUTPUT => match serde_json::from_value::<OutputNotification>(params) {
+                Ok(n) => {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(n.chunk.as_bytes())
+                        .unwrap_or_default();
+                    (
+                        n.process_id,
+                        ProcessEvent::Output {
+                            seq: n.seq,
+                            stream: n.stream,
+                            data: Bytes::from(data),
+                        },
+                    )
+                }
+                Err(e) => return self.bad_notification(method, e),
+            },
+            method::PROCESS_EXITED => match serde_json::from_value::<ExitedNotification>(params) {
+                Ok(n) => (
+                    n.process_id,
+                    ProcessEvent::Exited {
+                        seq: n.seq,
+                        exit_code: n.exit_code,
+                    },
+                ),
+                Err(e) => return self.bad_notification(method, e),
+            },
+            method::PROCESS_CLOSED => match serde_json::from_value::<ClosedNotification>(params) {
+                Ok(n) => (n.process_id, ProcessEvent::Closed { seq: n.seq }),
+                Err(e) => return self.bad_notification(method, e),
+            },
+            _ => return,
+        };
+        let subs = self.subscribers.lock().unwrap();
+        if let Some(list) = subs.get(&process_id) {
+            for (_, tx) in list {
+                let _ = tx.send(event.clone());
+            }
+        }
+    }
+
+    fn bad_notification(&self, method: &str, e: serde_json::Error) {
+        tracing::warn!(exe_id = %self.exe_id, "malformed {method} notification: {e}");
+    }
+
+    /// Marks the link closed: fails every request in flight, tells every
+    /// subscriber, and stops the writer. Idempotent.
+    pub fn close(&self, reason: &str) {
+        let drained: Vec<_> = {
+            let mut pending = self.pending.lock().unwrap();
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let _ = self.close_reason.set(reason.to_string());
+            pending.drain().collect()
+        };
+        // Dropping the senders wakes each waiter with "disconnected".
+        drop(drained);
+        let subs = std::mem::take(&mut *self.subscribers.lock().unwrap());
+        for (_, list) in subs {
+            for (_, tx) in list {
+                let _ = tx.send(ProcessEvent::LinkLost);
+            }
+        }
+        self.closed_notify.notify_waiters();
+    }
+}
+
+/// Events of one process, until dropped.
+pub struct Subscription {
+    link: Arc<Link>,
+    process_id: String,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<ProcessEvent>,
+}
+
+impl Subscription {
+    /// The next event; `LinkLost` once the link is gone.
+    pub async fn recv(&mut self) -> ProcessEvent {
+        self.rx.recv().await.unwrap_or(ProcessEvent::LinkLost)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.link.unsubscribe(&self.process_id, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn link() -> (Arc<Link>, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Link::new("exe_1".into(), "w".into(), "laptop".into(), tx),
+            rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn responses_route_by_id_out_of_order() {
+        let (link, mut out) = link();
+        let l1 = link.clone();
+        let a = tokio::spawn(async move {
+            l1.request_value("a", json!({}), Duration::from_secs(5))
+                .await
+        });
+        let l2 = link.clone();
+        let b = tokio::spawn(async move {
+            l2.request_value("b", json!({}), Duration::from_secs(5))
+                .await
+        });
+        let mut ids = HashMap::new();
+        for _ in 0..2 {
+            let frame = out.recv().await.unwrap();
+            let Message::Request { id, method, .. } = Message::decode(frame.as_bytes()).unwrap()
+            else {
+                panic!()
+            };
+            ids.insert(method, id);
+        }
+        link.dispatch(
+            Message::response(ids["b"].clone(), Ok(json!("B")))
+                .encode()
+                .as_bytes(),
+        );
+        link.dispatch(
+            Message::response(ids["a"].clone(), Err(RpcError::internal("no")))
+                .encode()
+                .as_bytes(),
+        );
+        assert_eq!(b.await.unwrap().unwrap(), json!("B"));
+        assert!(matches!(a.await.unwrap(), Err(LinkError::Rpc { .. })));
+    }
+
+    #[tokio::test]
+    async fn close_fails_in_flight_requests_at_once() {
+        let (link, _out) = link();
+        let l = link.clone();
+        let req = tokio::spawn(async move {
+            l.request_value("slow", json!({}), Duration::from_secs(60))
+                .await
+        });
+        let mut sub = link.subscribe("p1");
+        tokio::task::yield_now().await;
+        link.close("socket reset");
+        let err = tokio::time::timeout(Duration::from_secs(2), req)
+            .await
+            .expect("request must not hang")
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("socket reset"), "{err}");
+        assert_eq!(sub.recv().await, ProcessEvent::LinkLost);
+        // After close, new requests fail immediately.
+        assert!(link
+            .request_value("x", json!({}), Duration::from_secs(60))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn notifications_reach_subscribers_of_that_process_only() {
+        let (link, _out) = link();
+        let mut a = link.subscribe("a");
+        let mut b = link.subscribe("b");
+        link.dispatch(
+            br#"{"method":"process/output","params":{"processId":"a","seq":1,"stream":"stdout","chunk":"aGk="}}"#,
+        );
+        link.dispatch(br#"{"method":"process/closed","params":{"processId":"b","seq":9}}"#);
+        assert_eq!(
+            a.recv().await,
+            ProcessEvent::Output {
+                seq: 1,
+                stream: Stream::Stdout,
+                data: Bytes::from_static(b"hi")
+            }
+        );
+        assert_eq!(b.recv().await, ProcessEvent::Closed { seq: 9 });
+        drop(a);
+        assert!(!link.subscribers.lock().unwrap().contains_key("a"));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_is_forgotten() {
+        let (link, _out) = link();
+        let err = link
+            .request_value("m", json!({}), Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Timeout { .. }));
+        assert!(link.pending.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,81 @@
+//! Configuration and the state every handler shares.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::registry::Registry;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    /// Base URL executors should dial (`http(s)://host:port`). By default it is
+    /// derived from the `Host` header of the register request.
+    pub public_url: Option<String>,
+    /// How often the gateway pings each executor link.
+    pub ping_interval: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        GatewayConfig {
+            listen,
+            data_dir,
+            max_body_bytes: 16 * 1024 * 1024,
+            public_url: None,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A single-use permission to open an executor link, handed out by the
+/// register endpoint. Short-lived, so the URL is never a standing credential.
+pub(crate) struct Ticket {
+    pub exe_id: String,
+    pub expires: Instant,
+}
+
+pub(crate) const TICKET_TTL: Duration = Duration::from_secs(60);
+
+pub(crate) struct Inner {
+    pub config: GatewayConfig,
+    pub store: Store,
+    pub registry: Registry,
+    pub tickets: Mutex<HashMap<String, Ticket>>,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+impl AppState {
+    pub fn new(config: GatewayConfig, store: Store) -> Self {
+        AppState(Arc::new(Inner {
+            config,
+            store,
+            registry: Registry::default(),
+            tickets: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn tickets(&self) -> &Mutex<HashMap<String, Ticket>> {
+        &self.0.tickets
+    }
+}

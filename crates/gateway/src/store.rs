@@ -1,0 +1,551 @@
+//! The durable store: workspaces, proxy tokens, executors and process
+//! sessions, in SQLite (sqlx, migrations run at open).
+//!
+//! The store is opened in WAL mode with a busy timeout so that `execgate
+//! admin` can change it while a gateway serves from the same data dir.
+//! Nothing on a tool call's hot path writes here, except the one row that
+//! a new exec_command session is.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use crate::secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Workspace names: 1–64 of lowercase letters, digits, `-` and `_`.
+pub fn validate_workspace_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid workspace name {name:?}: use 1-64 lowercase letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+/// Environment names: 1–64 of letters, digits, `-`, `_` and `.`, starting
+/// with a letter or digit.
+pub fn validate_env_name(name: &str) -> Result<()> {
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid environment name {name:?}: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WorkspaceRow {
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProxyTokenRow {
+    pub id: String,
+    pub workspace: String,
+    pub user_id: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExecutorRow {
+    pub exe_id: String,
+    pub workspace: String,
+    pub name: String,
+    pub is_default: bool,
+    pub token_hash: String,
+    pub registered_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub connected_at: Option<i64>,
+    pub disconnected_at: Option<i64>,
+    pub os: Option<String>,
+    pub version: Option<String>,
+    pub kind: Option<String>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub sid: String,
+    pub workspace: String,
+    pub exe_id: String,
+    pub process_id: String,
+    pub command: String,
+    pub created_at: i64,
+}
+
+/// What a proxy token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub workspace: String,
+    pub user_id: Option<String>,
+}
+
+/// What the executor said about itself when it connected.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectInfo {
+    pub session_id: String,
+    pub os: String,
+    pub version: String,
+    pub kind: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` and migrates it.
+    pub async fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(data_dir.join("execgate.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    // ---- workspaces ----
+
+    pub async fn create_workspace(&self, name: &str) -> Result<()> {
+        validate_workspace_name(name)?;
+        let res = sqlx::query("INSERT INTO workspaces (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "workspace {name:?} already exists"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the workspace unless it exists.
+    pub async fn ensure_workspace(&self, name: &str) -> Result<()> {
+        validate_workspace_name(name)?;
+        sqlx::query("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceRow>> {
+        Ok(
+            sqlx::query_as("SELECT name, created_at FROM workspaces ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn require_workspace(&self, name: &str) -> Result<()> {
+        let found: Option<(String,)> = sqlx::query_as("SELECT name FROM workspaces WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!(
+                "workspace {name:?} does not exist (create it with `execgate admin workspace create {name}`)"
+            ))),
+        }
+    }
+
+    // ---- proxy tokens ----
+
+    /// Creates a proxy token and returns `(id, token)`. The token is not
+    /// stored and cannot be shown again.
+    pub async fn create_proxy_token(
+        &self,
+        workspace: &str,
+        user_id: Option<&str>,
+    ) -> Result<(String, String)> {
+        self.require_workspace(workspace).await?;
+        let id = secret::random_id("tok_", 8);
+        let token = secret::random_token("egp_", 32);
+        sqlx::query(
+            "INSERT INTO proxy_tokens (id, token_hash, workspace, user_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(secret::sha256_hex(token.as_bytes()))
+        .bind(workspace)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok((id, token))
+    }
+
+    pub async fn list_proxy_tokens(&self, workspace: Option<&str>) -> Result<Vec<ProxyTokenRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, workspace, user_id, created_at, revoked_at FROM proxy_tokens
+             WHERE (?1 IS NULL OR workspace = ?1) ORDER BY created_at",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn revoke_proxy_token(&self, id: &str) -> Result<()> {
+        let res = sqlx::query(
+            "UPDATE proxy_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no live proxy token with id {id:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a proxy token id is live (exists and is not revoked).
+    pub async fn proxy_token_is_live(&self, id: &str) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM proxy_tokens WHERE id = ? AND revoked_at IS NULL")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// The grant of a live proxy token, by the token itself.
+    pub async fn verify_proxy_token(&self, token: &str) -> Result<Option<TokenGrant>> {
+        let row = sqlx::query(
+            "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(secret::sha256_hex(token.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| TokenGrant {
+            workspace: r.get("workspace"),
+            user_id: r.get("user_id"),
+        }))
+    }
+
+    // ---- executors ----
+
+    /// Registers an executor and returns `(exe_id, executor token)`.
+    pub async fn add_executor(
+        &self,
+        workspace: &str,
+        name: &str,
+        is_default: bool,
+    ) -> Result<(String, String)> {
+        validate_env_name(name)?;
+        self.require_workspace(workspace).await?;
+        let exe_id = secret::random_id("exe_", 8);
+        let token = executor_token(&exe_id);
+        let mut tx = self.pool.begin().await?;
+        if is_default {
+            sqlx::query("UPDATE executors SET is_default = 0 WHERE workspace = ?")
+                .bind(workspace)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let res = sqlx::query(
+            "INSERT INTO executors (exe_id, workspace, name, is_default, token_hash, registered_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&exe_id)
+        .bind(workspace)
+        .bind(name)
+        .bind(is_default)
+        .bind(secret::sha256_hex(token.as_bytes()))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "workspace {workspace:?} already has an environment named {name:?}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok((exe_id, token))
+    }
+
+    /// Gives an executor a new token, invalidating the old one.
+    pub async fn rotate_executor_token(&self, exe_id: &str) -> Result<String> {
+        let token = executor_token(exe_id);
+        let res = sqlx::query("UPDATE executors SET token_hash = ? WHERE exe_id = ?")
+            .bind(secret::sha256_hex(token.as_bytes()))
+            .bind(exe_id)
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no executor {exe_id:?}")));
+        }
+        Ok(token)
+    }
+
+    pub async fn list_executors(&self, workspace: Option<&str>) -> Result<Vec<ExecutorRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM executors WHERE (?1 IS NULL OR workspace = ?1) ORDER BY workspace, name",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn executor(&self, exe_id: &str) -> Result<Option<ExecutorRow>> {
+        Ok(sqlx::query_as("SELECT * FROM executors WHERE exe_id = ?")
+            .bind(exe_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn executor_by_name(
+        &self,
+        workspace: &str,
+        name: &str,
+    ) -> Result<Option<ExecutorRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM executors WHERE workspace = ? AND name = ?")
+                .bind(workspace)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Removes an executor by name (or exe_id) within a workspace.
+    pub async fn remove_executor(&self, workspace: &str, name_or_id: &str) -> Result<()> {
+        let res =
+            sqlx::query("DELETE FROM executors WHERE workspace = ? AND (name = ? OR exe_id = ?)")
+                .bind(workspace)
+                .bind(name_or_id)
+                .bind(name_or_id)
+                .execute(&self.pool)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "workspace {workspace:?} has no environment {name_or_id:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes `exe_id` its workspace's only default environment.
+    pub async fn set_default_executor(&self, exe_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE executors SET is_default = (exe_id = ?1)
+             WHERE workspace = (SELECT workspace FROM executors WHERE exe_id = ?1)",
+        )
+        .bind(exe_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn mark_connected(&self, exe_id: &str, info: &ConnectInfo) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE executors SET connected_at = ?, last_seen_at = ?, session_id = ?, os = ?, version = ?, kind = ?
+             WHERE exe_id = ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(&info.session_id)
+        .bind(&info.os)
+        .bind(&info.version)
+        .bind(&info.kind)
+        .bind(exe_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_disconnected(&self, exe_id: &str, last_seen_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE executors SET disconnected_at = ?, last_seen_at = ? WHERE exe_id = ?")
+            .bind(now_ms())
+            .bind(last_seen_ms)
+            .bind(exe_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn touch_executor(&self, exe_id: &str, last_seen_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE executors SET last_seen_at = ? WHERE exe_id = ?")
+            .bind(last_seen_ms)
+            .bind(exe_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- process sessions ----
+
+    pub async fn insert_session(&self, row: &SessionRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.sid)
+        .bind(&row.workspace)
+        .bind(&row.exe_id)
+        .bind(&row.process_id)
+        .bind(&row.command)
+        .bind(row.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM process_sessions WHERE sid = ?")
+                .bind(sid)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+/// `{exe_id}.{secret}`; see `execgate_protocol::register::environment_id_from_token`.
+fn executor_token(exe_id: &str) -> String {
+    format!("{exe_id}.{}", secret::random_token("", 32))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_workspace_name("team-a_1").is_ok());
+        for bad in ["", "Team", "a b", "a/b", &"x".repeat(65)] {
+            assert!(validate_workspace_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_env_name("gpu-1").is_ok());
+        assert!(validate_env_name("My.Laptop").is_ok());
+        for bad in ["", "-x", "a b", "a/b"] {
+            assert!(validate_env_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_verify_until_revoked() {
+        let (_d, s) = store().await;
+        s.create_workspace("w").await.unwrap();
+        assert!(matches!(
+            s.create_workspace("w").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let (id, tok) = s.create_proxy_token("w", Some("u1")).await.unwrap();
+        let grant = s.verify_proxy_token(&tok).await.unwrap().unwrap();
+        assert_eq!(grant.workspace, "w");
+        assert_eq!(grant.user_id.as_deref(), Some("u1"));
+        assert!(s.verify_proxy_token("egp_nope").await.unwrap().is_none());
+        s.revoke_proxy_token(&id).await.unwrap();
+        assert!(s.verify_proxy_token(&tok).await.unwrap().is_none());
+        assert!(s.revoke_proxy_token(&id).await.is_err());
+        assert!(s.create_proxy_token("nope", None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn executors_unique_per_workspace_with_one_default() {
+        let (_d, s) = store().await;
+        s.create_workspace("w").await.unwrap();
+        s.create_workspace("v").await.unwrap();
+        let (a, tok) = s.add_executor("w", "laptop", true).await.unwrap();
+        assert!(tok.starts_with(&format!("{a}.")));
+        assert!(matches!(
+            s.add_executor("w", "laptop", false).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.add_executor("v", "laptop", false).await.unwrap();
+        let (b, _) = s.add_executor("w", "gpu", true).await.unwrap();
+        let rows = s.list_executors(Some("w")).await.unwrap();
+        let defaults: Vec<_> = rows.iter().filter(|r| r.is_default).collect();
+        assert_eq!(defaults.len(), 1);
+        assert_eq!(defaults[0].exe_id, b);
+        s.set_default_executor(&a).await.unwrap();
+        assert!(s.executor(&a).await.unwrap().unwrap().is_default);
+        assert!(!s.executor(&b).await.unwrap().unwrap().is_default);
+        s.remove_executor("w", "gpu").await.unwrap();
+        assert!(s.executor(&b).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,171 @@
+//! Argument parsing shared by the tools: typed structs from the `arguments`
+//! object, with errors that name the field, and the conversions every tool
+//! needs (commands, paths).
+
+use std::path::Path;
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::extract::describe;
+use crate::link::Link;
+
+/// Parses `arguments` into `T`; a failure is 400 `bad_arguments` naming the
+/// field, like `arguments.timeout_ms: invalid type: string "x", expected u64`.
+pub fn parse_args<T: DeserializeOwned>(arguments: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(arguments)).map_err(|e| {
+        let msg = describe(e.path(), e.inner());
+        ApiError::bad_arguments(
+            if msg.starts_with(|c: char| c.is_ascii_lowercase()) && e.path().to_string() != "." {
+                format!("arguments.{msg}")
+            } else {
+                format!("arguments: {msg}")
+            },
+        )
+    })
+}
+
+/// A command: an argv array of strings, or a string meaning `sh -c STRING`.
+pub fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if s.trim().is_empty() => {
+            Err(D::Error::custom("the command string is empty"))
+        }
+        Value::String(s) => Ok(vec!["sh".into(), "-c".into(), s]),
+        Value::Array(items) if items.is_empty() => Err(D::Error::custom("the argv array is empty")),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(D::Error::custom(format!(
+                    "argv[{i}] must be a string, not {other}"
+                ))),
+            })
+            .collect(),
+        other => Err(D::Error::custom(format!(
+            "expected an argv array of strings or a command string, not {other}"
+        ))),
+    }
+}
+
+/// An optional positive timeout in milliseconds, at most a day.
+pub fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        Some(0) => Err(D::Error::custom("must be at least 1")),
+        Some(ms) if ms > 86_400_000 => Err(D::Error::custom("must be at most 86400000 (a day)")),
+        v => Ok(v),
+    }
+}
+
+/// A path argument as the `file://` URI the executor wants. Relative paths
+/// resolve against the executor's working directory.
+pub fn path_uri(link: &Link, field: &str, path: &str) -> Result<String, ApiError> {
+    if path.is_empty() {
+        return Err(ApiError::bad_arguments(format!(
+            "arguments.{field}: must not be empty"
+        )));
+    }
+    if path.contains('\0') {
+        return Err(ApiError::bad_arguments(format!(
+            "arguments.{field}: must not contain a NUL byte"
+        )));
+    }
+    let p = Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        match link.cwd() {
+            Some(cwd) => cwd.join(p),
+            None => {
+                return Err(ApiError::bad_arguments(format!(
+                    "arguments.{field}: {path:?} is relative and the executor reported no working directory; use an absolute path"
+                )))
+            }
+        }
+    };
+    execgate_protocol::uri::path_to_uri(&abs).ok_or_else(|| {
+        ApiError::bad_arguments(format!("arguments.{field}: {path:?} is not a usable path"))
+    })
+}
+
+/// The executor's working directory as a URI (the default `cwd`).
+pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, ApiError> {
+    match cwd {
+        Some(c) => path_uri(link, "cwd", c),
+        None => Ok(link
+            .handshake()
+            .map(|h| h.info.cwd.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "file:///".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct A {
+        #[serde(deserialize_with = "command")]
+        command: Vec<String>,
+        #[serde(default, deserialize_with = "timeout_ms")]
+        timeout_ms: Option<u64>,
+    }
+
+    fn parse(v: Value) -> Result<A, ApiError> {
+        parse_args(v.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse(json!({"command":["ls","-l"]})).unwrap().command,
+            ["ls", "-l"]
+        );
+        assert_eq!(
+            parse(json!({"command":"echo hi"})).unwrap().command,
+            ["sh", "-c", "echo hi"]
+        );
+        for (bad, needle) in [
+            (
+                json!({"command":[]}),
+                "arguments.command: the argv array is empty",
+            ),
+            (
+                json!({"command":""}),
+                "arguments.command: the command string is empty",
+            ),
+            (
+                json!({"command":["a",1]}),
+                "arguments.command: argv[1] must be a string",
+            ),
+            (
+                json!({"command":5}),
+                "arguments.command: expected an argv array",
+            ),
+            (json!({}), "missing field `command`"),
+            (
+                json!({"command":"x","timeout_ms":"5"}),
+                "arguments.timeout_ms: invalid type",
+            ),
+            (
+                json!({"command":"x","timeout_ms":0}),
+                "arguments.timeout_ms: must be at least 1",
+            ),
+            (
+                json!({"command":"x","timeout":5}),
+                "unknown field `timeout`",
+            ),
+        ] {
+            let e = parse(bad.clone()).unwrap_err();
+            assert_eq!(e.code, "bad_arguments");
+            assert!(e.message.contains(needle), "{bad}: {}", e.message);
+        }
+    }
+}

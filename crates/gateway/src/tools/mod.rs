@@ -1,0 +1,120 @@
+//! The tools agents call through `tool/call`. Tool semantics live here, in
+//! the gateway; the executor stays a small generic process/fs server. That
+//! is why a stock codex can be an executor, and why tools can change without
+//! upgrading every machine.
+//!
+//! Each tool parses its arguments into a typed struct (a bad field is a 400
+//! `bad_arguments` naming the field), turns them into one or more executor
+//! requests, and builds an MCP CallToolResult. A tool that ran and failed
+//! answers 200 with `isError:true`; only a problem with the request itself or
+//! with reaching the executor is an HTTP error.
+
+mod args;
+mod exec_command;
+mod files;
+mod shell;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use execgate_protocol::connectors::{CallToolResult, ConnectorTool};
+use serde_json::{Map, Value};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::link::{Link, LinkError};
+use crate::state::AppState;
+
+pub use args::parse_args;
+
+/// How long a plain executor request (not a long-poll) may take.
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything a tool needs for one call.
+pub struct ToolContext<'a> {
+    pub state: &'a AppState,
+    pub caller: &'a Caller,
+    pub link: Arc<Link>,
+}
+
+struct CoreTool {
+    name: &'static str,
+    description: &'static str,
+}
+
+const CORE_TOOLS: &[CoreTool] = &[
+    CoreTool {
+        name: "shell",
+        description: "Run a command to completion and return its stdout, stderr and exit code. \
+                      Arguments: command (argv array, or a string run with sh -c), cwd, env, timeout_ms (default 60000).",
+    },
+    CoreTool {
+        name: "read_file",
+        description: "Read a file as base64. Arguments: path, offset, limit (0 = to the end).",
+    },
+    CoreTool {
+        name: "write_file",
+        description: "Write a file atomically from base64. Arguments: path, content_b64, create_parents (default true).",
+    },
+    CoreTool {
+        name: "exec_command",
+        description: "Start a long-running process and return its session_id; then use the processes API \
+                      for output, stdin and terminate. Arguments: command, cwd, env, tty, pipe_stdin (default true).",
+    },
+];
+
+/// The tools that work on this executor, as envs/list shows them.
+pub fn list(_link: &Link) -> Vec<ConnectorTool> {
+    CORE_TOOLS
+        .iter()
+        .map(|t| ConnectorTool {
+            name: t.name.into(),
+            description: t.description.into(),
+            kind: "core".into(),
+        })
+        .collect()
+}
+
+/// Runs one tool call.
+pub async fn call(
+    ctx: &ToolContext<'_>,
+    tool: &str,
+    arguments: Map<String, Value>,
+) -> Result<CallToolResult, ApiError> {
+    match tool {
+        "shell" => shell::call(ctx, parse_args(arguments)?).await,
+        "read_file" => files::read_file(ctx, parse_args(arguments)?).await,
+        "write_file" => files::write_file(ctx, parse_args(arguments)?).await,
+        "exec_command" => exec_command::call(ctx, parse_args(arguments)?).await,
+        other => {
+            let known: Vec<_> = list(&ctx.link).into_iter().map(|t| t.name).collect();
+            Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                execgate_protocol::connectors::error_code::UNKNOWN_TOOL,
+                format!(
+                    "unknown tool {other:?}; this environment has: {}",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// A CallToolResult for a tool that ran and failed.
+pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
+    let message = message.into();
+    CallToolResult::text(
+        message.clone(),
+        Some(serde_json::json!({ "error": message })),
+        true,
+    )
+}
+
+/// Maps an executor's refusal to a tool error; anything else (the link is
+/// down, a timeout) stays an HTTP error.
+pub(crate) fn rpc_failure(e: LinkError) -> Result<CallToolResult, ApiError> {
+    match e {
+        LinkError::Rpc { error, .. } => Ok(tool_error(error.message)),
+        other => Err(other.into()),
+    }
+}

@@ -1,0 +1,397 @@
+//! `shell`: run a command to completion and collect its output.
+//!
+//! `process/start`, then collect `process/output` notifications until
+//! `process/closed`, killing the process group at the deadline. Push, then
+//! pull: notifications are taken strictly in seq order, and at the first gap
+//! (the executor dropped a notification under load, or codex sent `closed`
+//! before `exited`) collection switches to `process/read` from the last
+//! contiguous seq, which the executor answers from its output log. Nothing is
+//! missed and nothing is counted twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use execgate_protocol::connectors::{CallToolResult, ShellOutput};
+use execgate_protocol::exec::{
+    method, EnvPolicy, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessStartParams,
+    ProcessStartResult, ProcessTerminateResult, Stream,
+};
+use serde::Deserialize;
+
+use super::args;
+use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
+use crate::error::ApiError;
+use crate::link::{LinkError, ProcessEvent};
+use crate::secret::random_id;
+
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// `shell` holds all output in the gateway's memory; past this much it keeps
+/// counting but stops storing, and says how much it dropped.
+/// `exec_command` is the tool for unbounded output.
+pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+/// After a kill, how long to wait for the last output and `closed`.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
+const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellArgs {
+    #[serde(deserialize_with = "args::command")]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "args::timeout_ms")]
+    pub timeout_ms: Option<u64>,
+    /// Checked against the path by the handler.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub environment_id: Option<String>,
+}
+
+pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, ApiError> {
+    let link = &ctx.link;
+    let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+    let process_id = random_id("sh_", 8);
+    let params = ProcessStartParams {
+        process_id: process_id.clone(),
+        argv: a.command.clone(),
+        cwd: args::cwd_uri(link, a.cwd.as_deref())?,
+        env: BTreeMap::new(),
+        tty: false,
+        pipe_stdin: Some(false),
+        arg0: None,
+        env_policy: Some(EnvPolicy::inherit_all(a.env)),
+        cols: None,
+        rows: None,
+    };
+
+    let started = Instant::now();
+    // Subscribe before starting, so the first notification cannot be missed.
+    let mut sub = link.subscribe(&process_id);
+    if let Err(e) = link
+        .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
+        .await
+    {
+        return rpc_failure(e);
+    }
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Collector::default();
+    let mut timed_out = false;
+    // Until the deadline, then (after the kill) until the drain time is up.
+    let mut stop_at = deadline;
+
+    // Push: notifications in seq order.
+    let mut gap = false;
+    loop {
+        let ev = tokio::select! {
+            ev = sub.recv() => ev,
+            _ = tokio::time::sleep_until(stop_at) => {
+                if timed_out {
+                    break;
+                }
+                timed_out = true;
+                kill(ctx, &process_id).await?;
+                stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
+                continue;
+            }
+        };
+        match ev {
+            ProcessEvent::LinkLost => return Err(lost_mid_command(ctx)),
+            ev => match out.push(ev) {
+                Push::Accepted => {}
+                Push::Done => break,
+                Push::Gap => {
+                    gap = true;
+                    break;
+                }
+            },
+        }
+    }
+    drop(sub);
+
+    // Pull: read from the last contiguous seq until the executor says closed.
+    while gap {
+        let now = tokio::time::Instant::now();
+        if now >= stop_at {
+            if timed_out {
+                break;
+            }
+            timed_out = true;
+            kill(ctx, &process_id).await?;
+            stop_at = now + DRAIN_AFTER_KILL;
+        }
+        let wait = stop_at
+            .saturating_duration_since(now)
+            .min(Duration::from_secs(10));
+        let r: ProcessReadResult = link
+            .request(
+                method::PROCESS_READ,
+                &ProcessReadParams {
+                    process_id: process_id.clone(),
+                    after_seq: Some(out.cursor),
+                    max_bytes: Some(READ_MAX_BYTES),
+                    wait_ms: Some(wait.as_millis() as u64),
+                },
+                wait + RPC_TIMEOUT,
+            )
+            .await
+            .map_err(|e| match e {
+                LinkError::Disconnected { .. } => lost_mid_command(ctx),
+                other => other.into(),
+            })?;
+        if out.pull(r) {
+            break;
+        }
+    }
+
+    Ok(out.finish(timed_out, timeout, started.elapsed()))
+}
+
+async fn kill(ctx: &ToolContext<'_>, process_id: &str) -> Result<(), ApiError> {
+    let r = ctx
+        .link
+        .request::<_, ProcessTerminateResult>(
+            method::PROCESS_TERMINATE,
+            &ProcessIdParams {
+                process_id: process_id.to_string(),
+            },
+            RPC_TIMEOUT,
+        )
+        .await;
+    match r {
+        Ok(_) | Err(LinkError::Rpc { .. }) => Ok(()),
+        Err(LinkError::Disconnected { .. }) => Err(lost_mid_command(ctx)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn lost_mid_command(ctx: &ToolContext<'_>) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        execgate_protocol::connectors::error_code::EXECUTOR_UNAVAILABLE,
+        format!(
+            "executor '{}' disconnected while the command ran; its outcome is unknown",
+            ctx.link.name
+        ),
+    )
+    .with_retry_after(1)
+}
+
+enum Push {
+    Accepted,
+    Done,
+    Gap,
+}
+
+/// Output of one shell command, assembled in seq order.
+#[derive(Default)]
+struct Collector {
+    /// Every seq up to here has been taken in.
+    cursor: u64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: Option<i32>,
+    lost_bytes: u64,
+    dropped_bytes: u64,
+}
+
+impl Collector {
+    fn push(&mut self, ev: ProcessEvent) -> Push {
+        let seq = match &ev {
+            ProcessEvent::Output { seq, .. }
+            | ProcessEvent::Exited { seq, .. }
+            | ProcessEvent::Closed { seq } => *seq,
+            ProcessEvent::LinkLost => return Push::Gap,
+        };
+        if seq != self.cursor + 1 {
+            return Push::Gap;
+        }
+        self.cursor = seq;
+        match ev {
+            ProcessEvent::Output { stream, data, .. } => self.append(stream, &data),
+            ProcessEvent::Exited { exit_code, .. } => self.exit_code = Some(exit_code),
+            ProcessEvent::Closed { .. } => return Push::Done,
+            ProcessEvent::LinkLost => {}
+        }
+        Push::Accepted
+    }
+
+    /// Takes in one `process/read` result; true once the output is complete.
+    fn pull(&mut self, r: ProcessReadResult) -> bool {
+        self.lost_bytes += r.lost_bytes.unwrap_or(0);
+        for c in &r.chunks {
+            if c.seq <= self.cursor {
+                continue;
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(c.chunk.as_bytes())
+                .unwrap_or_default();
+            self.append(c.stream, &data);
+            self.cursor = c.seq;
+        }
+        self.cursor = self.cursor.max(r.next_seq);
+        if r.exited {
+            self.exit_code = self.exit_code.or(r.exit_code);
+        }
+        r.closed
+    }
+
+    fn append(&mut self, stream: Stream, data: &[u8]) {
+        let held = self.stdout.len() + self.stderr.len();
+        let room = MAX_CAPTURE.saturating_sub(held).min(data.len());
+        let target = match stream {
+            Stream::Stderr => &mut self.stderr,
+            Stream::Stdout | Stream::Pty => &mut self.stdout,
+        };
+        target.extend_from_slice(&data[..room]);
+        self.dropped_bytes += (data.len() - room) as u64;
+    }
+
+    fn finish(self, timed_out: bool, timeout: Duration, elapsed: Duration) -> CallToolResult {
+        let stdout = String::from_utf8_lossy(&self.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&self.stderr).into_owned();
+        let mut text = stdout.clone();
+        if !stderr.is_empty() {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("--- stderr ---\n");
+            text.push_str(&stderr);
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if self.lost_bytes > 0 {
+            text.push_str(&format!(
+                "[{} bytes of output were lost: the executor no longer retained them]\n",
+                self.lost_bytes
+            ));
+        }
+        if self.dropped_bytes > 0 {
+            text.push_str(&format!(
+                "[{} bytes of output were dropped: shell keeps at most {} MiB; use exec_command for more]\n",
+                self.dropped_bytes,
+                MAX_CAPTURE >> 20
+            ));
+        }
+        if timed_out {
+            text.push_str(&format!(
+                "[timed out after {} ms; the process group was killed]",
+                timeout.as_millis()
+            ));
+        } else {
+            match self.exit_code {
+                Some(code) => text.push_str(&format!("[exit_code={code}]")),
+                None => text.push_str("[exit_code=unknown]"),
+            }
+        }
+        let structured = ShellOutput {
+            stdout,
+            stderr,
+            exit_code: self.exit_code,
+            timed_out,
+            duration_ms: elapsed.as_millis() as u64,
+            lost_bytes: self.lost_bytes,
+            dropped_bytes: self.dropped_bytes,
+        };
+        CallToolResult::text(
+            text,
+            Some(serde_json::to_value(structured).expect("shell output serializes")),
+            timed_out,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use execgate_protocol::exec::ProcessChunk;
+
+    fn out(seq: u64, s: &str) -> ProcessEvent {
+        ProcessEvent::Output {
+            seq,
+            stream: Stream::Stdout,
+            data: Bytes::from(s.to_string()),
+        }
+    }
+
+    #[test]
+    fn in_order_events_complete() {
+        let mut c = Collector::default();
+        assert!(matches!(c.push(out(1, "a")), Push::Accepted));
+        assert!(matches!(
+            c.push(ProcessEvent::Output {
+                seq: 2,
+                stream: Stream::Stderr,
+                data: Bytes::from_static(b"e")
+            }),
+            Push::Accepted
+        ));
+        assert!(matches!(
+            c.push(ProcessEvent::Exited {
+                seq: 3,
+                exit_code: 3
+            }),
+            Push::Accepted
+        ));
+        assert!(matches!(
+            c.push(ProcessEvent::Closed { seq: 4 }),
+            Push::Done
+        ));
+        let r = c.finish(false, Duration::from_secs(1), Duration::from_millis(5));
+        assert_eq!(r.first_text(), "a\n--- stderr ---\ne\n[exit_code=3]");
+        assert!(!r.is_error);
+    }
+
+    #[test]
+    fn a_gap_switches_to_pull_from_the_contiguous_prefix() {
+        let mut c = Collector::default();
+        c.push(out(1, "a"));
+        assert!(matches!(c.push(out(3, "c")), Push::Gap));
+        assert_eq!(c.cursor, 1);
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let done = c.pull(ProcessReadResult {
+            chunks: vec![
+                ProcessChunk {
+                    seq: 2,
+                    stream: Stream::Stdout,
+                    chunk: b64("b"),
+                },
+                ProcessChunk {
+                    seq: 3,
+                    stream: Stream::Stdout,
+                    chunk: b64("c"),
+                },
+            ],
+            next_seq: 5,
+            exited: true,
+            exit_code: Some(0),
+            closed: true,
+            lost_bytes: Some(0),
+            ..Default::default()
+        });
+        assert!(done);
+        assert_eq!(c.stdout, b"abc");
+        assert_eq!(c.exit_code, Some(0));
+    }
+
+    #[test]
+    fn capture_is_bounded_and_the_excess_reported() {
+        let mut c = Collector::default();
+        let big = vec![b'x'; MAX_CAPTURE + 10];
+        c.append(Stream::Stdout, &big);
+        assert_eq!(c.stdout.len(), MAX_CAPTURE);
+        assert_eq!(c.dropped_bytes, 10);
+        let r = c.finish(true, Duration::from_millis(100), Duration::from_millis(100));
+        assert!(r.is_error);
+        assert!(r.first_text().contains("10 bytes of output were dropped"));
+        assert!(r
+            .first_text()
+            .ends_with("[timed out after 100 ms; the process group was killed]"));
+    }
+}
