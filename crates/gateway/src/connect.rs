@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::extract::{parse_json_body, ApiPath};
-use crate::link::{Handshake, Link};
+use crate::link::{Handshake, Link, LinkError};
 use crate::secret;
 use crate::state::{AppState, Ticket, TICKET_TTL};
 use crate::store::{now_ms, ConnectInfo, ExecutorRow};
@@ -273,10 +273,25 @@ async fn handshake(link: &Arc<Link>, resume: Option<String>) -> Result<Handshake
         client_name: "execgate-gateway".into(),
         resume_session_id: resume.clone(),
     };
-    let result: InitializeResult = link
+    let result: InitializeResult = match link
         .request(method::INITIALIZE, &params, HANDSHAKE_TIMEOUT)
         .await
-        .map_err(|e| e.to_string())?;
+    {
+        Ok(r) => r,
+        // codex refuses an unknown or expired resumeSessionId (-32600):
+        // start a fresh session instead.
+        Err(LinkError::Rpc { error, .. }) if resume.is_some() => {
+            tracing::warn!(exe_id = %link.exe_id, "executor refused to resume its session: {error}");
+            let fresh = InitializeParams {
+                client_name: params.client_name.clone(),
+                resume_session_id: None,
+            };
+            link.request(method::INITIALIZE, &fresh, HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     link.notify(method::INITIALIZED, serde_json::json!({}))
         .map_err(|e| e.to_string())?;
     if let Some(old) = resume {

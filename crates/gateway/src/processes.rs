@@ -172,6 +172,12 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
         .await
         .map_err(|e| map_rpc(s, e))?;
     let lost_bytes = r.lost_bytes.unwrap_or(0);
+    // `closed` is process state. When the answer may have been cut at
+    // max_bytes, more chunks can follow, so the session is still "alive" to
+    // this reader until a read comes back short.
+    let returned: u64 = r.chunks.iter().map(|c| c.chunk.len() as u64 / 4 * 3).sum();
+    let maybe_cut = returned >= MAX_OUTPUT_BYTES * 9 / 10;
+    let next_since = r.next_seq.saturating_sub(1).max(since);
     Ok(OutputResponse {
         chunks: r
             .chunks
@@ -184,10 +190,10 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
             .collect(),
         exit_code: if r.exited { r.exit_code } else { None },
         // Alive until the process has exited and all its output was read.
-        session_alive: !r.closed,
+        session_alive: !(r.closed && !maybe_cut),
         truncated: lost_bytes > 0,
         lost_bytes,
-        next_seq: Some(r.next_seq),
+        next_since: Some(next_since),
     })
 }
 

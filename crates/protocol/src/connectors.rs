@@ -159,9 +159,11 @@ pub struct OutputResponse {
     pub session_alive: bool,
     pub truncated: bool,
     pub lost_bytes: u64,
-    /// Pass as `since` to read on from here. Not in the seed.
+    /// Pass as `since` to read on from here; it also skips past the exit
+    /// and close events, so a long-poll waits instead of answering at once.
+    /// Not in the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_seq: Option<u64>,
+    pub next_since: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,7 +234,7 @@ mod tests {
             session_alive: true,
             truncated: false,
             lost_bytes: 0,
-            next_seq: None,
+            next_since: None,
         };
         assert_eq!(
             serde_json::to_value(&out).unwrap(),

@@ -224,11 +224,17 @@ pub struct ProcessChunk {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessReadResult {
     pub chunks: Vec<ProcessChunk>,
+    /// The first seq not yet returned: with `maxBytes`, the last returned
+    /// chunk's seq + 1; otherwise the process's seq counter (last issued + 1,
+    /// counting exit and close events). The next read's `afterSeq` is
+    /// `nextSeq - 1`. (codex 0.169.0, observed.)
     pub next_seq: u64,
     #[serde(default)]
     pub exited: bool,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The process has exited and its output streams ended. This is process
+    /// state: with `maxBytes`, chunks may remain after a read that says closed.
     #[serde(default)]
     pub closed: bool,
     #[serde(default)]

@@ -233,7 +233,7 @@ impl Collector {
             self.append(c.stream, &data);
             self.cursor = c.seq;
         }
-        self.cursor = self.cursor.max(r.next_seq);
+        self.cursor = self.cursor.max(r.next_seq.saturating_sub(1));
         if r.exited {
             self.exit_code = self.exit_code.or(r.exit_code);
         }
