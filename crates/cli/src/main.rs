@@ -1,1 +1,113 @@
-fn main() {}
+//! `execgate`: one binary for the gateway, the executor, administration, and
+//! the client commands. Each subcommand lives in its own module; this file
+//! only parses arguments and dispatches.
+
+mod admin;
+mod client_cmds;
+mod executor_cmd;
+mod serve;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "execgate",
+    version,
+    about = "The gateway between AI agents and real machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Run an executor: dial out to a gateway and serve this machine.
+    Executor(executor_cmd::ExecutorArgs),
+    /// Manage workspaces, proxy tokens and executors in a data dir.
+    Admin(admin::AdminArgs),
+    /// Start a gateway with an executor named `local`, ready to use.
+    Up(up::UpArgs),
+    /// List the connected environments (EXECGATE_URL, EXECGATE_TOKEN).
+    Envs,
+    /// Call a tool on an environment and print the result as JSON.
+    Call(client_cmds::CallArgs),
+    /// Run a command on an environment, streaming its output, forwarding
+    /// stdin, and exiting with its exit code.
+    Exec(client_cmds::ExecArgs),
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXECGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => {
+                init_tracing("info");
+                serve::run(a).await.map(|_| 0)
+            }
+            Command::Executor(a) => {
+                init_tracing("info");
+                executor_cmd::run(a).await.map(|_| 0)
+            }
+            Command::Admin(a) => {
+                init_tracing("warn");
+                admin::run(a).await.map(|_| 0)
+            }
+            Command::Up(a) => {
+                init_tracing("warn");
+                up::run(a).await.map(|_| 0)
+            }
+            Command::Envs => {
+                init_tracing("warn");
+                client_cmds::envs().await.map(|_| 0)
+            }
+            Command::Call(a) => {
+                init_tracing("warn");
+                client_cmds::call(a).await
+            }
+            Command::Exec(a) => {
+                init_tracing("warn");
+                client_cmds::exec(a).await
+            }
+        }
+    });
+    // Dropping the runtime would wait for blocking stdin readers; exit now.
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The default data dir: `$EXECGATE_DATA_DIR` is handled by clap; this is
+/// `$XDG_DATA_HOME/execgate` or `~/.local/share/execgate`.
+pub(crate) fn default_data_dir() -> std::path::PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return std::path::PathBuf::from(x).join("execgate");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => std::path::PathBuf::from(h).join(".local/share/execgate"),
+        None => std::path::PathBuf::from(".execgate"),
+    }
+}

@@ -1,1 +1,180 @@
+//! The execgate executor: runs on a user's machine, dials out to a gateway
+//! over WebSocket, and serves the gateway's JSON-RPC requests to start
+//! processes and touch files (the codex `exec-server` protocol, plus the
+//! execgate extensions described in `execgate_protocol::exec`).
+//!
+//! The CLI builds an [`ExecutorConfig`] and awaits [`run`].
+//!
+//! Modules, outermost first:
+//! - `connect`: register with the gateway, dial the WebSocket, back off.
+//! - `connection`: one WebSocket: frame loop, the writer task, idle timeout.
+//! - `rpc`: one connection's JSON-RPC lifecycle and method routing.
+//! - `state`: what every connection shares, and `environmentInfo`.
+//! - `session`: sessions, which keep processes across reconnects.
+//! - `process`: a session's process table: spawn, pipes/pty, env, signals.
+//! - `output`: a process's output log: seqs, retention, lost bytes, long-poll.
+//! - `notify`: the non-blocking path of notifications to the gateway.
+//! - `fs`: the `fs/*` methods.
+//! - `paths`: `file://` URIs and relative paths.
 
+mod connect;
+mod connection;
+mod error;
+mod fs;
+mod notify;
+mod output;
+mod paths;
+mod process;
+mod rpc;
+mod session;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+pub use error::ExecutorError;
+
+use connect::{Backoff, Gateway};
+use state::{ExecutorState, ShutdownGuard};
+
+/// Output bytes kept in memory per process unless configured otherwise.
+pub const DEFAULT_RETAINED_BYTES: usize = 1 << 20;
+/// How long a session without a connection keeps its processes by default.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a finished process stays readable by default.
+pub const DEFAULT_EXITED_RETENTION: Duration = Duration::from_secs(30 * 60);
+
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// How to reach the gateway and how to run processes.
+#[derive(Clone)]
+pub struct ExecutorConfig {
+    /// The gateway's base URL, e.g. `http://127.0.0.1:6060` (`ws(s)://` works too).
+    pub gateway_url: String,
+    /// The executor token, `{exe_id}.{secret}`.
+    pub token: String,
+    /// Sent when registering; the gateway refuses a name that does not match.
+    pub name: Option<String>,
+    /// Ask to be the workspace's default environment.
+    pub is_default: bool,
+    /// Relative paths and the default cwd resolve against it; reported as
+    /// `environmentInfo.cwd`.
+    pub workdir: PathBuf,
+    /// Output bytes kept in memory per process.
+    pub retained_bytes: usize,
+    /// How long a session without a connection keeps its processes.
+    pub session_ttl: Duration,
+    /// How long a finished process stays readable.
+    pub exited_retention: Duration,
+}
+
+impl ExecutorConfig {
+    /// A configuration with the defaults, working in the current directory.
+    pub fn new(gateway_url: impl Into<String>, token: impl Into<String>) -> Self {
+        ExecutorConfig {
+            gateway_url: gateway_url.into(),
+            token: token.into(),
+            name: None,
+            is_default: false,
+            workdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            retained_bytes: DEFAULT_RETAINED_BYTES,
+            session_ttl: DEFAULT_SESSION_TTL,
+            exited_retention: DEFAULT_EXITED_RETENTION,
+        }
+    }
+}
+
+// Hand-written so that the token never ends up in a log.
+impl fmt::Debug for ExecutorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = match self.token.split_once('.') {
+            Some((id, _)) => format!("{id}.***"),
+            None => "***".into(),
+        };
+        f.debug_struct("ExecutorConfig")
+            .field("gateway_url", &self.gateway_url)
+            .field("token", &token)
+            .field("name", &self.name)
+            .field("is_default", &self.is_default)
+            .field("workdir", &self.workdir)
+            .field("retained_bytes", &self.retained_bytes)
+            .field("session_ttl", &self.session_ttl)
+            .field("exited_retention", &self.exited_retention)
+            .finish()
+    }
+}
+
+/// Connects to the gateway and serves it, reconnecting whenever the link
+/// drops, forever.
+///
+/// Returns an error only for a problem that retrying cannot fix: a malformed
+/// configuration, or a refusal (HTTP 401/403/404/409) from the register
+/// endpoint before the first successful connection. Once it has connected,
+/// it keeps retrying whatever happens, logging each failure.
+///
+/// Dropping the returned future kills every child process it started.
+pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
+    let gateway = Gateway::new(&config)?;
+    let state = Arc::new(ExecutorState::new(&config)?);
+    let _kill_children_on_exit = ShutdownGuard(state.clone());
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ExecutorError::HttpClient(error::error_chain(&e)))?;
+
+    // Request tasks and the sweeper; dropping the set (with `run`) aborts them.
+    let mut tasks = JoinSet::new();
+    tasks.spawn(sweep_forever(state.clone()));
+
+    tracing::info!(
+        gateway = %gateway.base(),
+        workdir = %state.workdir.display(),
+        "executor starting"
+    );
+    let mut backoff = Backoff::new();
+    let mut connected_once = false;
+    loop {
+        match gateway.connect(&http).await {
+            Ok(socket) => {
+                connected_once = true;
+                let connected_at = tokio::time::Instant::now();
+                tracing::info!(gateway = %gateway.base(), "connected to the gateway");
+                let ended =
+                    connection::serve(socket, state.clone(), &mut tasks, connection::IDLE_TIMEOUT)
+                        .await;
+                tracing::warn!("disconnected from the gateway: {ended}");
+                if connected_at.elapsed() > STABLE_CONNECTION {
+                    backoff.reset();
+                }
+            }
+            Err(err) => {
+                if let Some(refusal) = err.permanent_refusal().filter(|_| !connected_once) {
+                    return Err(refusal);
+                }
+                tracing::warn!("cannot connect to the gateway: {err}");
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Expires detached sessions and finished processes, periodically.
+async fn sweep_forever(state: Arc<ExecutorState>) {
+    let mut ticks = tokio::time::interval(state.sweep_interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        state.sweep();
+    }
+}

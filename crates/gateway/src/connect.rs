@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
-use execgate_protocol::exec::{method, ExtCapabilities, InitializeParams, InitializeResult};
+use execgate_protocol::exec::{method, InitializeParams, InitializeResult};
 use execgate_protocol::register::{
     environment_id_from_token, RegisterRequest, RegisterResponse, TRANSPORT_DIRECT,
 };
@@ -353,7 +353,7 @@ async fn serve_link(
 
 /// `"execgate"` when the executor announced execgate's extensions, else `"codex"`.
 pub fn executor_kind(hs: &Handshake) -> &'static str {
-    if hs.info.capabilities.contains_key(ExtCapabilities::KEY) {
+    if hs.info.execgate.is_some() {
         "execgate"
     } else {
         "codex"

@@ -190,7 +190,7 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
             .collect(),
         exit_code: if r.exited { r.exit_code } else { None },
         // Alive until the process has exited and all its output was read.
-        session_alive: !(r.closed && !maybe_cut),
+        session_alive: !r.closed || maybe_cut,
         truncated: lost_bytes > 0,
         lost_bytes,
         next_since: Some(next_since),

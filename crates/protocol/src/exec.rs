@@ -65,18 +65,20 @@ pub struct EnvironmentInfo {
     pub platform_os: String,
     #[serde(default)]
     pub temp_dir: String,
-    /// codex's own capabilities plus, under the key `execgate`, ours.
+    /// codex's capabilities: a flat object of booleans.
     #[serde(default)]
     pub capabilities: serde_json::Map<String, serde_json::Value>,
+    /// [ext] execgate's extensions. A sibling of `capabilities` rather than a
+    /// key inside it, so that codex clients, which read `capabilities` as
+    /// booleans, are not confused by an object. Absent on a stock codex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execgate: Option<ExtCapabilities>,
 }
 
 impl EnvironmentInfo {
     /// The execgate extensions this executor announced; all off for a stock codex.
     pub fn ext(&self) -> ExtCapabilities {
-        self.capabilities
-            .get(ExtCapabilities::KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default()
+        self.execgate.clone().unwrap_or_default()
     }
 }
 
@@ -89,7 +91,7 @@ pub struct ShellInfo {
 }
 
 /// [ext] What an execgate executor adds to the protocol. Announced in
-/// `environmentInfo.capabilities.execgate`.
+/// `environmentInfo.execgate`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ExtCapabilities {
@@ -105,10 +107,6 @@ pub struct ExtCapabilities {
     pub atomic_write: bool,
     /// Output bytes retained per process.
     pub retained_bytes: u64,
-}
-
-impl ExtCapabilities {
-    pub const KEY: &'static str = "execgate";
 }
 
 /// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks
@@ -458,7 +456,7 @@ mod tests {
             serde_json::from_value(json!({"capabilities":{"foo":true}})).unwrap();
         assert_eq!(info.ext(), ExtCapabilities::default());
         let info: EnvironmentInfo = serde_json::from_value(
-            json!({"capabilities":{"execgate":{"closeStdin":true,"retainedBytes":5}}}),
+            json!({"capabilities":{},"execgate":{"closeStdin":true,"retainedBytes":5}}),
         )
         .unwrap();
         assert!(info.ext().close_stdin);

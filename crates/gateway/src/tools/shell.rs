@@ -114,37 +114,39 @@ pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult,
     drop(sub);
 
     // Pull: read from the last contiguous seq until the executor says closed.
-    while gap {
-        let now = tokio::time::Instant::now();
-        if now >= stop_at {
-            if timed_out {
+    if gap {
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= stop_at {
+                if timed_out {
+                    break;
+                }
+                timed_out = true;
+                kill(ctx, &process_id).await?;
+                stop_at = now + DRAIN_AFTER_KILL;
+            }
+            let wait = stop_at
+                .saturating_duration_since(now)
+                .min(Duration::from_secs(10));
+            let r: ProcessReadResult = link
+                .request(
+                    method::PROCESS_READ,
+                    &ProcessReadParams {
+                        process_id: process_id.clone(),
+                        after_seq: Some(out.cursor),
+                        max_bytes: Some(READ_MAX_BYTES),
+                        wait_ms: Some(wait.as_millis() as u64),
+                    },
+                    wait + RPC_TIMEOUT,
+                )
+                .await
+                .map_err(|e| match e {
+                    LinkError::Disconnected { .. } => lost_mid_command(ctx),
+                    other => other.into(),
+                })?;
+            if out.pull(r) {
                 break;
             }
-            timed_out = true;
-            kill(ctx, &process_id).await?;
-            stop_at = now + DRAIN_AFTER_KILL;
-        }
-        let wait = stop_at
-            .saturating_duration_since(now)
-            .min(Duration::from_secs(10));
-        let r: ProcessReadResult = link
-            .request(
-                method::PROCESS_READ,
-                &ProcessReadParams {
-                    process_id: process_id.clone(),
-                    after_seq: Some(out.cursor),
-                    max_bytes: Some(READ_MAX_BYTES),
-                    wait_ms: Some(wait.as_millis() as u64),
-                },
-                wait + RPC_TIMEOUT,
-            )
-            .await
-            .map_err(|e| match e {
-                LinkError::Disconnected { .. } => lost_mid_command(ctx),
-                other => other.into(),
-            })?;
-        if out.pull(r) {
-            break;
         }
     }
 

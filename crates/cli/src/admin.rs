@@ -1,0 +1,167 @@
+//! `execgate admin`: workspaces, proxy tokens and executors, straight in the
+//! store of a data dir. Safe while a gateway serves from the same data dir.
+//!
+//! Commands that create a secret print it alone on the last line of stdout;
+//! scripts and tests rely on that.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use execgate_gateway::api::rfc3339;
+use execgate_gateway::Store;
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The gateway's data dir [default: ~/.local/share/execgate].
+    #[arg(long, env = "EXECGATE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Proxy tokens, which agents use to call the connectors API.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Executors (environments) and their tokens.
+    #[command(subcommand)]
+    Executor(ExecutorCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkspaceCmd {
+    /// Create a workspace.
+    Create { name: String },
+    /// List workspaces.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a proxy token; it is printed once, on the last line.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List proxy tokens (never the tokens themselves).
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Revoke a proxy token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExecutorCmd {
+    /// Register an executor; its token is printed once, on the last line.
+    Add {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        default: bool,
+    },
+    /// List executors.
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Remove an executor by name or exe_id.
+    Remove {
+        #[arg(long)]
+        workspace: String,
+        name: String,
+    },
+}
+
+pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
+    let dir = a.data_dir.unwrap_or_else(crate::default_data_dir);
+    let store = Store::open(&dir).await?;
+    match a.command {
+        AdminCommand::Workspace(WorkspaceCmd::Create { name }) => {
+            store.create_workspace(&name).await?;
+            println!("created workspace {name}");
+        }
+        AdminCommand::Workspace(WorkspaceCmd::List) => {
+            println!("{:<24} CREATED", "NAME");
+            for w in store.list_workspaces().await? {
+                println!("{:<24} {}", w.name, rfc3339(w.created_at));
+            }
+        }
+        AdminCommand::Token(TokenCmd::Create { workspace, user }) => {
+            let (id, token) = store
+                .create_proxy_token(&workspace, user.as_deref())
+                .await?;
+            println!("created proxy token {id} for workspace {workspace} (shown once):");
+            println!("{token}");
+        }
+        AdminCommand::Token(TokenCmd::List { workspace }) => {
+            println!(
+                "{:<22} {:<20} {:<16} {:<22} STATUS",
+                "ID", "WORKSPACE", "USER", "CREATED"
+            );
+            for t in store.list_proxy_tokens(workspace.as_deref()).await? {
+                let status = match t.revoked_at {
+                    Some(at) => format!("revoked {}", rfc3339(at)),
+                    None => "live".into(),
+                };
+                println!(
+                    "{:<22} {:<20} {:<16} {:<22} {status}",
+                    t.id,
+                    t.workspace,
+                    t.user_id.as_deref().unwrap_or("-"),
+                    rfc3339(t.created_at)
+                );
+            }
+        }
+        AdminCommand::Token(TokenCmd::Revoke { id }) => {
+            store.revoke_proxy_token(&id).await?;
+            println!("revoked {id}");
+        }
+        AdminCommand::Executor(ExecutorCmd::Add {
+            workspace,
+            name,
+            default,
+        }) => {
+            let (exe_id, token) = store.add_executor(&workspace, &name, default).await?;
+            println!("added executor {name} ({exe_id}) to workspace {workspace}; its token (shown once):");
+            println!("{token}");
+        }
+        AdminCommand::Executor(ExecutorCmd::List { workspace }) => {
+            println!(
+                "{:<22} {:<16} {:<20} {:<8} {:<10} {:<22} {:<22}",
+                "EXE_ID", "WORKSPACE", "NAME", "DEFAULT", "VERSION", "CONNECTED", "LAST_SEEN"
+            );
+            for e in store.list_executors(workspace.as_deref()).await? {
+                let connected = match (e.connected_at, e.disconnected_at) {
+                    (Some(c), Some(d)) if d >= c => "no".to_string(),
+                    (Some(c), _) => rfc3339(c),
+                    (None, _) => "never".to_string(),
+                };
+                println!(
+                    "{:<22} {:<16} {:<20} {:<8} {:<10} {:<22} {:<22}",
+                    e.exe_id,
+                    e.workspace,
+                    e.name,
+                    if e.is_default { "yes" } else { "" },
+                    e.version.as_deref().unwrap_or("-"),
+                    connected,
+                    e.last_seen_at.map(rfc3339).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        AdminCommand::Executor(ExecutorCmd::Remove { workspace, name }) => {
+            store.remove_executor(&workspace, &name).await?;
+            println!("removed executor {name} from workspace {workspace}");
+        }
+    }
+    Ok(())
+}

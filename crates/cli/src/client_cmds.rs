@@ -1,0 +1,151 @@
+//! The client commands: `envs`, `call` and `exec`, on the connectors API
+//! through `execgate-client` (EXECGATE_URL, EXECGATE_TOKEN).
+
+use std::io::Write;
+
+use base64::Engine;
+use clap::Args;
+use execgate_client::Client;
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+pub async fn envs() -> anyhow::Result<()> {
+    let client = Client::from_env()?;
+    let envs = client.envs().await?;
+    if envs.is_empty() {
+        println!("no environments connected");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:<20} {:<22} TOOLS",
+        "NAME", "DEFAULT", "EXECUTOR", "LAST_SEEN"
+    );
+    for e in envs {
+        let executor = e
+            .executor
+            .map(|x| format!("{} {}", x.kind, x.version))
+            .unwrap_or_default();
+        let tools: Vec<_> = e.tools.iter().map(|t| t.name.as_str()).collect();
+        println!(
+            "{:<20} {:<8} {:<20} {:<22} {}",
+            e.name,
+            if e.is_default { "yes" } else { "" },
+            executor,
+            e.last_seen.unwrap_or_default(),
+            tools.join(",")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// Environment name.
+    pub env: String,
+    /// Tool name.
+    pub tool: String,
+    /// Arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub args: String,
+}
+
+/// Prints the CallToolResult; exits 1 when the tool reports an error.
+pub async fn call(a: CallArgs) -> anyhow::Result<i32> {
+    let client = Client::from_env()?;
+    let args: Value = serde_json::from_str(&a.args)
+        .map_err(|e| anyhow::anyhow!("--args is not valid JSON: {e}"))?;
+    let result = client.call_tool(&a.env, &a.tool, args).await?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(if result.is_error { 1 } else { 0 })
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Environment name.
+    pub env: String,
+    /// Working directory on the environment.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Streams the remote process's output, forwards stdin (closing it at EOF),
+/// and returns its exit code. Ctrl-C terminates the remote process.
+pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
+    let client = Client::from_env()?;
+    let mut args = json!({ "command": a.command, "pipe_stdin": true });
+    if let Some(cwd) = a.cwd {
+        args["cwd"] = json!(cwd);
+    }
+    let sid = client.exec_command(&a.env, args).await?;
+
+    let stdin_client = client.clone();
+    let stdin_sid = sid.clone();
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    if let Err(e) = stdin_client.write_stdin(&stdin_sid, &[], true).await {
+                        if e.code() != Some("stdin_closed") {
+                            eprintln!("execgate: could not close the remote stdin: {e}");
+                        }
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    if stdin_client
+                        .write_stdin(&stdin_sid, &buf[..n], false)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut since = 0u64;
+    let mut interrupted = false;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    loop {
+        let out = tokio::select! {
+            out = client.output(&sid, since, Some(10_000)) => out?,
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                client.terminate(&sid).await?;
+                continue;
+            }
+        };
+        if out.lost_bytes > 0 {
+            eprintln!(
+                "execgate: {} bytes of output were lost (the executor no longer retained them)",
+                out.lost_bytes
+            );
+        }
+        for c in &out.chunks {
+            let data = b64.decode(c.data_b64.as_bytes())?;
+            if c.stream == "stderr" {
+                let mut e = std::io::stderr().lock();
+                e.write_all(&data)?;
+                e.flush()?;
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&data)?;
+                o.flush()?;
+            }
+        }
+        since = out
+            .next_since
+            .or(out.chunks.last().map(|c| c.seq))
+            .unwrap_or(since)
+            .max(since);
+        if !out.session_alive {
+            return Ok(out.exit_code.map(|c| c.clamp(0, 255)).unwrap_or(1));
+        }
+    }
+}

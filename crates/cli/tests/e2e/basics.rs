@@ -1,0 +1,308 @@
+//! The foundation's tools and process sessions, end to end.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn envs_list_shows_only_connected_executors_with_working_tools() {
+    let w = World::start(&[]).await;
+    // Registered but never connected: not listed, and 503 when called.
+    admin(
+        &w.data_dir,
+        &["executor", "add", "--workspace", "w1", "--name", "offline"],
+    );
+    let v = w.api.envs().await;
+    let envs = v["envs"].as_array().unwrap();
+    assert_eq!(envs.len(), 1, "{v}");
+    let env = &envs[0];
+    assert_eq!(env["name"], "laptop");
+    assert_eq!(env["type"], "executor");
+    assert_eq!(env["is_default"], true);
+    let seen = env["last_seen"].as_str().unwrap();
+    assert!(seen.ends_with('Z') && seen.len() == 20, "{seen}");
+    let tools: Vec<_> = env["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["kind"], "core");
+            assert!(!t["description"].as_str().unwrap().is_empty());
+            t["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for t in ["shell", "read_file", "write_file", "exec_command"] {
+        assert!(tools.contains(&t.to_string()), "{tools:?}");
+    }
+    assert_eq!(env["executor"]["kind"], "execgate");
+
+    let (s, v) = w
+        .api
+        .call_raw("offline", "shell", json!({"command":["true"]}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "executor_unavailable");
+    assert!(v["error"]["message"].as_str().unwrap().contains("offline"));
+}
+
+#[tokio::test]
+async fn shell_reports_stdout_stderr_exit_code_cwd_and_env() {
+    let w = World::start(&[]).await;
+    std::fs::create_dir_all(w.workdir.join("sub")).unwrap();
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({
+                "command": ["sh", "-c", "echo out; echo err >&2; pwd; echo \"$FOO\"; exit 3"],
+                "cwd": "sub",
+                "env": {"FOO": "bar baz"},
+            }),
+        )
+        .await;
+    let sc = &r["structuredContent"];
+    let sub = std::fs::canonicalize(w.workdir.join("sub")).unwrap();
+    assert_eq!(
+        sc["stdout"],
+        format!("out\n{}\nbar baz\n", sub.display()),
+        "{r}"
+    );
+    assert_eq!(sc["stderr"], "err\n");
+    assert_eq!(sc["exit_code"], 3);
+    assert_eq!(sc["timed_out"], false);
+    assert!(sc["duration_ms"].is_u64());
+    // A non-zero exit is not a tool error.
+    assert_eq!(r["isError"], false);
+    let text = r["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("--- stderr ---\nerr\n"), "{text}");
+    assert!(text.ends_with("[exit_code=3]"), "{text}");
+
+    // A string means sh -c.
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({"command": "echo $((6*7)) | tr 4 X"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["stdout"], "X2\n");
+    assert_eq!(r["structuredContent"]["exit_code"], 0);
+
+    // A program that does not exist is a tool error, not an HTTP error.
+    let r = w
+        .api
+        .call("laptop", "shell", json!({"command": ["/nonexistent/prog"]}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+}
+
+#[tokio::test]
+async fn shell_timeout_kills_the_process_and_its_children() {
+    let w = World::start(&[]).await;
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({
+                "command": ["sh", "-c", "sleep 300 & echo $! > child.pid; echo $$ > sh.pid; echo started; sleep 300"],
+                "timeout_ms": 700,
+            }),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    let sc = &r["structuredContent"];
+    assert_eq!(sc["timed_out"], true);
+    assert_eq!(sc["stdout"], "started\n");
+    let ms = sc["duration_ms"].as_u64().unwrap();
+    assert!((700..10_000).contains(&ms), "{ms}");
+    for f in ["child.pid", "sh.pid"] {
+        let pid: u32 = std::fs::read_to_string(w.workdir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        eventually(
+            5,
+            &format!("{f} ({pid}) to die"),
+            || async move { !alive(pid) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn read_and_write_files_round_trip_binary_bytes() {
+    let w = World::start(&[]).await;
+    let data: Vec<u8> = (0..=255u8).cycle().take(4096 + 17).collect();
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "deep/er/bin.dat", "content_b64": b64e(&data)}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(
+        std::fs::read(w.workdir.join("deep/er/bin.dat")).unwrap(),
+        data
+    );
+
+    let abs = w.workdir.join("deep/er/bin.dat");
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "read_file",
+            json!({"path": abs.to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), data);
+    assert_eq!(r["structuredContent"]["encoding"], "base64");
+
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "read_file",
+            json!({"path": "deep/er/bin.dat", "offset": 250, "limit": 10}),
+        )
+        .await;
+    assert_eq!(
+        b64d(r["content"][0]["text"].as_str().unwrap()),
+        &data[250..260]
+    );
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "read_file",
+            json!({"path": "deep/er/bin.dat", "offset": 100000}),
+        )
+        .await;
+    assert_eq!(r["content"][0]["text"], "");
+
+    // Overwrite in place, and refuse to create parents when told not to.
+    w.api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "deep/er/bin.dat", "content_b64": b64e(b"short")}),
+        )
+        .await;
+    assert_eq!(std::fs::read(&abs).unwrap(), b"short");
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "nope/x", "content_b64": "", "create_parents": false}),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(!w.workdir.join("nope").exists());
+
+    let r = w
+        .api
+        .call("laptop", "read_file", json!({"path": "missing.txt"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+}
+
+#[tokio::test]
+async fn exec_command_with_stdin_output_and_terminate() {
+    let w = World::start(&[]).await;
+    let sid = w.api.exec("laptop", json!({"command": ["cat"]})).await;
+    let (s, v) = w.api.stdin(&sid, b"hello\n", false).await;
+    assert_eq!((s, &v), (200, &json!({"ok": true})));
+    let (data, v) = w.api.read_until(&sid, 0, |d| d == b"hello\n").await;
+    assert_eq!(data, b"hello\n");
+    assert_eq!(v["session_alive"], true);
+    assert_eq!(v["exit_code"], serde_json::Value::Null);
+    assert_eq!(v["chunks"][0]["stream"], "stdout");
+
+    let (s, v) = w
+        .api
+        .post(
+            &format!("/api/connectors/processes/{sid}/terminate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, &v), (200, &json!({"ok": true})));
+    // Still readable after terminate: not alive, with the kill's exit code.
+    let (_, v) = w.api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(v["session_alive"], false, "{v}");
+    assert_eq!(v["exit_code"], 137, "{v}");
+    let v = w.api.output(&sid, 0).await;
+    assert_eq!(v["session_alive"], false);
+    assert_eq!(
+        b64d(v["chunks"][0]["data_b64"].as_str().unwrap()),
+        b"hello\n"
+    );
+}
+
+#[tokio::test]
+async fn exec_command_stdin_eof_finishes_the_process() {
+    let w = World::start(&[]).await;
+    let sid = w.api.exec("laptop", json!({"command": ["wc", "-c"]})).await;
+    assert_eq!(w.api.stdin(&sid, b"12345", false).await.0, 200);
+    assert_eq!(w.api.stdin(&sid, b"678", true).await.0, 200);
+    let (data, v) = w.api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(String::from_utf8_lossy(&data).trim(), "8");
+    assert_eq!(v["exit_code"], 0);
+    let (s, v) = w.api.stdin(&sid, b"more", false).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "stdin_closed");
+}
+
+#[tokio::test]
+async fn lost_bytes_count_exactly_what_the_executor_dropped() {
+    // Retain 1 MiB; the process writes 5 MiB.
+    let w = World::start(&["--retain-bytes", "1048576"]).await;
+    let total: u64 = 5 * 1024 * 1024;
+    let sid = w
+        .api
+        .exec(
+            "laptop",
+            json!({"command": ["head", "-c", total.to_string(), "/dev/zero"], "pipe_stdin": false}),
+        )
+        .await;
+    // Wait for the end without reading the output.
+    eventually(30, "the process to finish", || {
+        let api = w.api.clone();
+        let sid = sid.clone();
+        async move {
+            let (_, v) = api
+                .get(&format!(
+                    "/api/connectors/processes/{sid}/output?since=999999999"
+                ))
+                .await;
+            v["exit_code"] == 0
+        }
+    })
+    .await;
+    let v = w.api.output(&sid, 0).await;
+    let retained: u64 = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| b64d(c["data_b64"].as_str().unwrap()).len() as u64)
+        .sum();
+    let lost = v["lost_bytes"].as_u64().unwrap();
+    assert!(retained <= 1024 * 1024 + 65536, "{retained}");
+    assert!(lost > 0);
+    assert_eq!(retained + lost, total, "retained {retained} + lost {lost}");
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["session_alive"], false);
+
+    // Reading on from the last seq loses nothing more.
+    let last = v["chunks"].as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let v = w.api.output(&sid, last).await;
+    assert_eq!(v["lost_bytes"], 0);
+    assert_eq!(v["truncated"], false);
+}

@@ -1,0 +1,176 @@
+//! One WebSocket connection to the gateway: reading frames, writing frames,
+//! and handing each message to [`RpcConnection`].
+//!
+//! - **One writer.** A single task owns the socket's sink. Responses and
+//!   notifications reach it through one bounded queue, so they leave in the
+//!   order they were queued. Responses wait for room in the queue;
+//!   notifications are dropped when it is full (see [`crate::notify`]).
+//! - **One task per request.** A long-poll `process/read` or a blocked
+//!   `process/write` must not hold up other requests. Only `initialize` is
+//!   answered inline, so that requests sent right after it see its effect.
+//! - **Liveness.** The gateway pings every 30 s; tungstenite answers pings
+//!   while we keep reading. If nothing at all arrives for the idle timeout
+//!   (90 s), the link is presumed dead and dropped, and `run` reconnects.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use execgate_protocol::exec::method;
+use execgate_protocol::jsonrpc::{DecodeError, Message};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message as Frame};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::rpc::RpcConnection;
+use crate::state::ExecutorState;
+
+/// Drop the link if nothing at all arrives for this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Messages queued for the writer. Bounds memory when the gateway reads
+/// slowly; notifications beyond it are dropped, responses wait.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Why a connection ended, for the log.
+pub(crate) enum Ended {
+    ClosedByGateway,
+    Idle(Duration),
+    ReadFailed(tungstenite::Error),
+    WriteFailed(String),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::ClosedByGateway => write!(f, "the gateway closed the connection"),
+            Ended::Idle(after) => write!(f, "nothing received for {} s", after.as_secs()),
+            Ended::ReadFailed(err) => write!(f, "read failed: {err}"),
+            Ended::WriteFailed(err) => write!(f, "write failed: {err}"),
+        }
+    }
+}
+
+/// Aborts a task when dropped, so that a cancelled `serve` leaves no writer behind.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves JSON-RPC on `ws` until the connection ends. Request tasks are
+/// spawned on `tasks`, which outlives the connection: a request in progress
+/// (say a write to a slow child) finishes even if the link drops, and all of
+/// them are cancelled when `run` is.
+pub(crate) async fn serve<S>(
+    ws: WebSocketStream<S>,
+    state: Arc<ExecutorState>,
+    tasks: &mut JoinSet<()>,
+    idle_timeout: Duration,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+    let mut writer = AbortOnDrop(tokio::spawn(write_frames(sink, rx)));
+    let conn = Arc::new(RpcConnection::new(state, tx.clone()));
+    let mut last_frame = Instant::now();
+
+    let ended = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_frame = Instant::now();
+                let data = match frame {
+                    None => break Ended::ClosedByGateway,
+                    Some(Err(err)) => break Ended::ReadFailed(err),
+                    Some(Ok(Frame::Close(_))) => break Ended::ClosedByGateway,
+                    Some(Ok(Frame::Text(text))) => text.into(),
+                    Some(Ok(Frame::Binary(data))) => data,
+                    // Pings are answered by tungstenite itself.
+                    Some(Ok(_)) => continue,
+                };
+                on_frame(&data, &conn, &tx, tasks).await;
+            }
+            _ = tokio::time::sleep_until(last_frame + idle_timeout) => {
+                break Ended::Idle(idle_timeout);
+            }
+            result = &mut writer.0 => {
+                break Ended::WriteFailed(match result {
+                    Ok(Ok(())) => "the writer stopped".into(),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                });
+            }
+            // Reap finished request tasks so the set does not grow.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    };
+    conn.close();
+    ended
+}
+
+async fn on_frame(
+    data: &[u8],
+    conn: &Arc<RpcConnection>,
+    tx: &mpsc::Sender<Message>,
+    tasks: &mut JoinSet<()>,
+) {
+    match Message::decode(data) {
+        Ok(Message::Request { id, method, params }) if method == method::INITIALIZE => {
+            let reply = conn.request(id, &method, params).await;
+            let _ = tx.send(reply.message).await;
+        }
+        Ok(Message::Request { id, method, params }) => {
+            let conn = conn.clone();
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                let reply = conn.request(id, &method, params).await;
+                // If the connection is gone the response is lost; the gateway
+                // retries on its next connection if it cares.
+                let _ = tx.send(reply.message).await;
+                // Only now may the new process's notifications follow.
+                drop(reply.gate);
+            });
+        }
+        Ok(Message::Notification { method, params }) => conn.notification(&method, params),
+        Ok(Message::Response { id, .. }) => {
+            tracing::debug!(%id, "ignoring a response: the executor sends no requests");
+        }
+        Err(DecodeError {
+            id: Some(id),
+            error,
+        }) => {
+            let _ = tx.send(Message::response(id, Err(error))).await;
+        }
+        Err(DecodeError { id: None, error }) => {
+            // JSON-RPC would answer with a null id, which our framing cannot
+            // express and no client could match to a request anyway.
+            tracing::warn!("dropping an undecodable frame: {error}");
+        }
+    }
+}
+
+/// The writer task: sends queued messages, batching whatever is queued into
+/// one flush.
+async fn write_frames<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Frame>,
+    mut rx: mpsc::Receiver<Message>,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(message) = rx.recv().await {
+        sink.feed(Frame::text(message.encode())).await?;
+        while let Ok(message) = rx.try_recv() {
+            sink.feed(Frame::text(message.encode())).await?;
+        }
+        sink.flush().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! The `fs/*` methods: files and directories on the executor's machine.
+//!
+//! Every function here is synchronous (std::fs) and is run on tokio's
+//! blocking pool by the dispatcher: a multi-step operation such as a
+//! recursive copy then costs one thread hop instead of one per system call.
+//!
+//! Errors: a missing file or directory is -32004 (the message names the
+//! path), bad parameters -32602, any other I/O failure -32603 with the OS
+//! message. Defaults follow codex `exec-server`: `createDirectory` and
+//! `remove` are recursive unless told otherwise, and `remove` ignores a
+//! missing path unless `force` is false.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use execgate_protocol::exec::{
+    method, CopyParams, CreateDirectoryParams, DirEntry, Empty, Metadata, PathParams,
+    ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult, RemoveParams,
+    WriteFileParams,
+};
+use execgate_protocol::jsonrpc::RpcError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::paths;
+
+/// Whether `method` is one of ours.
+pub(crate) fn is_fs_method(method: &str) -> bool {
+    method.starts_with("fs/")
+}
+
+/// Runs one `fs/*` method. Blocking: call it from `spawn_blocking`.
+pub(crate) fn call(method: &str, params: Value, workdir: &Path) -> Result<Value, RpcError> {
+    match method {
+        method::FS_READ_FILE => reply(read_file(parse(params)?, workdir)),
+        method::FS_READ_RANGE => reply(read_range(parse(params)?, workdir)),
+        method::FS_WRITE_FILE => reply(write_file(parse(params)?, workdir)),
+        method::FS_CREATE_DIRECTORY => reply(create_directory(parse(params)?, workdir)),
+        method::FS_GET_METADATA => reply(get_metadata(parse(params)?, workdir)),
+        method::FS_READ_DIRECTORY => reply(read_directory(parse(params)?, workdir)),
+        method::FS_REMOVE => reply(remove(parse(params)?, workdir)),
+        method::FS_COPY => reply(copy(parse(params)?, workdir)),
+        other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+    crate::rpc::parse_params(params)
+}
+
+fn reply<T: Serialize>(result: Result<T, RpcError>) -> Result<Value, RpcError> {
+    let value = result?;
+    serde_json::to_value(value).map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
+}
+
+/// Maps an I/O error on `path` to the protocol's error codes.
+fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
+    if err.kind() == io::ErrorKind::NotFound {
+        RpcError::not_found(format!("no such file or directory: {}", path.display()))
+    } else {
+        RpcError::internal(format!("{action} {}: {err}", path.display()))
+    }
+}
+
+fn read_file(params: PathParams, workdir: &Path) -> Result<ReadFileResult, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let data = fs::read(&path).map_err(|e| io_error("reading", &path, e))?;
+    Ok(ReadFileResult {
+        data_base64: BASE64.encode(data),
+    })
+}
+
+fn read_range(params: ReadRangeParams, workdir: &Path) -> Result<ReadRangeResult, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let fail = |e| io_error("reading", &path, e);
+    let mut file = File::open(&path).map_err(fail)?;
+    let size = file.metadata().map_err(fail)?.len();
+    let mut data = Vec::new();
+    if params.offset < size {
+        let available = size - params.offset;
+        let want = match params.length {
+            0 => available,
+            n => n.min(available),
+        };
+        file.seek(SeekFrom::Start(params.offset)).map_err(fail)?;
+        // `take` bounds the read even if the file grows meanwhile.
+        file.take(want).read_to_end(&mut data).map_err(fail)?;
+    }
+    Ok(ReadRangeResult {
+        data_base64: BASE64.encode(data),
+        size,
+    })
+}
+
+fn write_file(params: WriteFileParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let data = BASE64
+        .decode(params.data_base64.as_bytes())
+        .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
+    // Writing through a symlink replaces the file it points to, as a plain
+    // write would, rather than replacing the link with a file.
+    let target = follow_symlink(&path);
+    let parent = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => {
+            return Err(RpcError::invalid_params(format!(
+                "cannot write {}: it has no parent directory",
+                path.display()
+            )))
+        }
+    };
+    if !parent.is_dir() {
+        if params.create_parents == Some(true) {
+            fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+        } else if parent.exists() {
+            return Err(RpcError::invalid_params(format!(
+                "parent of {} is not a directory",
+                path.display()
+            )));
+        } else {
+            return Err(RpcError::not_found(format!(
+                "parent directory does not exist: {} (pass createParents to create it)",
+                parent.display()
+            )));
+        }
+    }
+    atomic_write(&target, parent, &data).map_err(|e| io_error("writing", &path, e))?;
+    Ok(Empty {})
+}
+
+/// The file a symlink points to (through any chain of links), or `path`
+/// itself if it is not a link. A dangling link resolves to its target path,
+/// so that writing creates the file it names.
+fn follow_symlink(path: &Path) -> PathBuf {
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return path.to_path_buf();
+    }
+    if let Ok(real) = fs::canonicalize(path) {
+        return real;
+    }
+    match fs::read_link(path) {
+        Ok(target) if target.is_absolute() => target,
+        Ok(target) => path.parent().unwrap_or(Path::new("/")).join(target),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// Writes `data` to a temporary file beside `target`, then renames it over
+/// `target`: readers see the old content or the new, never a mix. The file
+/// keeps the permissions of the one it replaces (an executable stays
+/// executable). There is no fsync: the write is atomic, not durable.
+fn atomic_write(target: &Path, dir: &Path, data: &[u8]) -> io::Result<()> {
+    let existing = fs::metadata(target).ok();
+    if existing.as_ref().is_some_and(|m| m.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        ));
+    }
+    // A short name of our own: the target's name plus a suffix could exceed
+    // the file system's name length limit.
+    let temp = dir.join(format!(".execgate-{:016x}.tmp", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&temp)?;
+        file.write_all(data)?;
+        if let Some(existing) = &existing {
+            file.set_permissions(existing.permissions())?;
+        }
+        drop(file);
+        fs::rename(&temp, target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn create_directory(params: CreateDirectoryParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let created = if params.recursive.unwrap_or(true) {
+        fs::create_dir_all(&path)
+    } else {
+        fs::create_dir(&path)
+    };
+    created.map_err(|e| io_error("creating directory", &path, e))?;
+    Ok(Empty {})
+}
+
+fn get_metadata(params: PathParams, workdir: &Path) -> Result<Metadata, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let link = fs::symlink_metadata(&path).map_err(|e| io_error("inspecting", &path, e))?;
+    let is_symlink = link.file_type().is_symlink();
+    // Everything but `isSymlink` describes what a link points to; a dangling
+    // link describes itself.
+    let meta = if is_symlink {
+        fs::metadata(&path).unwrap_or(link)
+    } else {
+        link
+    };
+    Ok(Metadata {
+        is_directory: meta.is_dir(),
+        is_file: meta.is_file(),
+        is_symlink,
+        size: meta.len(),
+        created_at_ms: meta.created().map_or(0, millis_since_epoch),
+        modified_at_ms: meta.modified().map_or(0, millis_since_epoch),
+    })
+}
+
+fn millis_since_epoch(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn read_directory(params: PathParams, workdir: &Path) -> Result<ReadDirectoryResult, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let fail = |e| io_error("listing", &path, e);
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(&path).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        // Follow links, like getMetadata; a dangling link is neither.
+        let (is_directory, is_file) = match fs::metadata(entry.path()) {
+            Ok(meta) => (meta.is_dir(), meta.is_file()),
+            Err(_) => (false, false),
+        };
+        entries.push(DirEntry {
+            file_name: entry.file_name().to_string_lossy().into_owned(),
+            is_directory,
+            is_file,
+        });
+    }
+    entries.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+    Ok(ReadDirectoryResult { entries })
+}
+
+fn remove(params: RemoveParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let recursive = params.recursive.unwrap_or(true);
+    let force = params.force.unwrap_or(true);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && force => return Ok(Empty {}),
+        Err(e) => return Err(io_error("removing", &path, e)),
+    };
+    // A link is removed itself, never what it points to.
+    let removed = if meta.is_dir() {
+        if recursive {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_dir(&path)
+        }
+    } else {
+        fs::remove_file(&path)
+    };
+    match removed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && force => Ok(Empty {}),
+        other => other
+            .map(|()| Empty {})
+            .map_err(|e| io_error("removing", &path, e)),
+    }
+}
+
+fn copy(params: CopyParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let source = paths::resolve(workdir, &params.source_path)?;
+    let destination = paths::resolve(workdir, &params.destination_path)?;
+    let meta = fs::symlink_metadata(&source).map_err(|e| io_error("copying", &source, e))?;
+    let kind = meta.file_type();
+    let copied = if kind.is_dir() {
+        if !params.recursive {
+            return Err(RpcError::invalid_params(format!(
+                "{} is a directory: pass recursive to copy it",
+                source.display()
+            )));
+        }
+        if is_same_or_inside(&source, &destination) {
+            return Err(RpcError::invalid_params(format!(
+                "cannot copy {} into itself ({})",
+                source.display(),
+                destination.display()
+            )));
+        }
+        copy_dir(&source, &destination)
+    } else if kind.is_symlink() {
+        copy_symlink(&source, &destination)
+    } else if kind.is_file() {
+        fs::copy(&source, &destination).map(drop)
+    } else {
+        return Err(RpcError::invalid_params(format!(
+            "{} is not a regular file, directory or symlink",
+            source.display()
+        )));
+    };
+    copied.map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            RpcError::not_found(format!(
+                "copying {} to {}: {e}",
+                source.display(),
+                destination.display()
+            ))
+        } else {
+            RpcError::internal(format!(
+                "copying {} to {}: {e}",
+                source.display(),
+                destination.display()
+            ))
+        }
+    })?;
+    Ok(Empty {})
+}
+
+/// Copies a directory tree. Links are recreated, not followed, so a link
+/// loop cannot make the copy endless.
+fn copy_dir(source: &Path, destination: &Path) -> io::Result<()> {
+    fs::create_dir_all(destination)?;
+    for entry in fs::read_dir(source)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = destination.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&from, &to)?;
+        } else if kind.is_symlink() {
+            copy_symlink(&from, &to)?;
+        } else if kind.is_file() {
+            fs::copy(&from, &to)?;
+        }
+        // Sockets, fifos and devices are skipped.
+    }
+    Ok(())
+}
+
+fn copy_symlink(source: &Path, destination: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(fs::read_link(source)?, destination)
+}
+
+/// Whether `inner` is `outer` or lies inside it, comparing real paths (the
+/// part of `inner` that does not exist yet is appended to its real parent).
+fn is_same_or_inside(outer: &Path, inner: &Path) -> bool {
+    let Ok(outer) = fs::canonicalize(outer) else {
+        return false;
+    };
+    let mut existing = inner;
+    let mut missing = Vec::new();
+    let inner = loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            break missing
+                .iter()
+                .rev()
+                .fold(real, |path: PathBuf, name| path.join(name));
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return false,
+        }
+    };
+    inner.starts_with(&outer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use execgate_protocol::jsonrpc::code;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn call_ok(method: &str, params: Value, dir: &Path) -> Value {
+        call(method, params, dir).unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn call_err(method: &str, params: Value, dir: &Path) -> RpcError {
+        call(method, params, dir).expect_err(method)
+    }
+
+    fn b64(data: &[u8]) -> String {
+        BASE64.encode(data)
+    }
+
+    #[test]
+    fn write_then_read_whole_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        call_ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "a.txt", "dataBase64": b64(b"hello world")}),
+            d,
+        );
+        let read = call_ok(method::FS_READ_FILE, json!({"path": "a.txt"}), d);
+        assert_eq!(read["dataBase64"], b64(b"hello world"));
+
+        let range = |offset: u64, length: u64| {
+            call_ok(
+                method::FS_READ_RANGE,
+                json!({"path": "a.txt", "offset": offset, "length": length}),
+                d,
+            )
+        };
+        assert_eq!(range(6, 3)["dataBase64"], b64(b"wor"));
+        assert_eq!(
+            range(6, 0)["dataBase64"],
+            b64(b"world"),
+            "0 reads to the end"
+        );
+        assert_eq!(range(6, 100)["dataBase64"], b64(b"world"));
+        assert_eq!(range(50, 5)["dataBase64"], "", "beyond EOF reads nothing");
+        assert_eq!(range(0, 1)["size"], 11);
+    }
+
+    #[test]
+    fn uris_work_like_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("with space.txt");
+        let uri = execgate_protocol::uri::path_to_uri(&file).unwrap();
+        call_ok(
+            method::FS_WRITE_FILE,
+            json!({"path": uri, "dataBase64": b64(b"x")}),
+            Path::new("/"),
+        );
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn write_needs_an_existing_parent_unless_asked_to_create_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let err = call_err(
+            method::FS_WRITE_FILE,
+            json!({"path": "new/deep/f", "dataBase64": b64(b"1")}),
+            d,
+        );
+        assert_eq!(err.code, code::NOT_FOUND);
+        assert!(err.message.contains("new/deep"), "{}", err.message);
+        call_ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "new/deep/f", "dataBase64": b64(b"1"), "createParents": true}),
+            d,
+        );
+        assert_eq!(fs::read(d.join("new/deep/f")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn write_replaces_atomically_keeping_permissions_and_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let script = d.join("run.sh");
+        fs::write(&script, "old").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        call_ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "run.sh", "dataBase64": b64(b"new")}),
+            d,
+        );
+        assert_eq!(fs::read(&script).unwrap(), b"new");
+        let mode = fs::metadata(&script).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        let names: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["run.sh"]);
+    }
+
+    #[test]
+    fn write_through_a_symlink_updates_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("real"), "old").unwrap();
+        std::os::unix::fs::symlink("real", d.join("link")).unwrap();
+        call_ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "link", "dataBase64": b64(b"new")}),
+            d,
+        );
+        assert!(fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(d.join("real")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn bad_params_and_bad_base64() {
+        let d = Path::new("/tmp");
+        let err = call_err(
+            method::FS_WRITE_FILE,
+            json!({"path": "x", "dataBase64": "!!"}),
+            d,
+        );
+        assert_eq!(err.code, code::INVALID_PARAMS);
+        let err = call_err(method::FS_READ_FILE, json!({"nopath": 1}), d);
+        assert_eq!(err.code, code::INVALID_PARAMS);
+        assert!(err.message.contains("path"), "{}", err.message);
+        let err = call_err(method::FS_READ_FILE, json!({"path": "http://x/y"}), d);
+        assert_eq!(err.code, code::INVALID_PARAMS);
+        let err = call_err("fs/frobnicate", json!({}), d);
+        assert_eq!(err.code, code::METHOD_NOT_FOUND);
+    }
+
+    #[test]
+    fn missing_paths_are_not_found_and_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (method, params) in [
+            (method::FS_READ_FILE, json!({"path": "nope"})),
+            (
+                method::FS_READ_RANGE,
+                json!({"path": "nope", "offset": 0, "length": 0}),
+            ),
+            (method::FS_GET_METADATA, json!({"path": "nope"})),
+            (method::FS_READ_DIRECTORY, json!({"path": "nope"})),
+            (method::FS_REMOVE, json!({"path": "nope", "force": false})),
+            (
+                method::FS_COPY,
+                json!({"sourcePath": "nope", "destinationPath": "x", "recursive": false}),
+            ),
+            (
+                method::FS_CREATE_DIRECTORY,
+                json!({"path": "a/b", "recursive": false}),
+            ),
+        ] {
+            let err = call_err(method, params, d);
+            assert_eq!(err.code, code::NOT_FOUND, "{method}: {err}");
+            assert!(err.message.contains(d.to_str().unwrap()), "{method}: {err}");
+        }
+    }
+
+    #[test]
+    fn other_io_errors_are_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = call_err(method::FS_READ_FILE, json!({"path": "."}), dir.path());
+        assert_eq!(err.code, code::INTERNAL_ERROR, "reading a directory");
+        let err = call_err(
+            method::FS_CREATE_DIRECTORY,
+            json!({"path": ".", "recursive": false}),
+            dir.path(),
+        );
+        assert_eq!(err.code, code::INTERNAL_ERROR, "already exists");
+    }
+
+    #[test]
+    fn directories_metadata_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        call_ok(method::FS_CREATE_DIRECTORY, json!({"path": "x/y/z"}), d);
+        fs::write(d.join("x/file"), "12345").unwrap();
+        std::os::unix::fs::symlink("file", d.join("x/link")).unwrap();
+        std::os::unix::fs::symlink("missing", d.join("x/dangling")).unwrap();
+
+        let meta = call_ok(method::FS_GET_METADATA, json!({"path": "x/link"}), d);
+        assert_eq!(meta["isSymlink"], true);
+        assert_eq!(meta["isFile"], true);
+        assert_eq!(meta["size"], 5);
+        assert!(meta["modifiedAtMs"].as_i64().unwrap() > 1_600_000_000_000);
+        let meta = call_ok(method::FS_GET_METADATA, json!({"path": "x/y"}), d);
+        assert_eq!(meta["isDirectory"], true);
+        assert_eq!(meta["isSymlink"], false);
+        let meta = call_ok(method::FS_GET_METADATA, json!({"path": "x/dangling"}), d);
+        assert_eq!(meta["isSymlink"], true);
+
+        let list = call_ok(method::FS_READ_DIRECTORY, json!({"path": "x"}), d);
+        assert_eq!(
+            list,
+            json!({"entries": [
+                {"fileName": "dangling", "isDirectory": false, "isFile": false},
+                {"fileName": "file", "isDirectory": false, "isFile": true},
+                {"fileName": "link", "isDirectory": false, "isFile": true},
+                {"fileName": "y", "isDirectory": true, "isFile": false},
+            ]})
+        );
+    }
+
+    #[test]
+    fn remove_files_directories_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("tree/sub")).unwrap();
+        fs::write(d.join("tree/sub/f"), "").unwrap();
+        fs::write(d.join("target"), "keep").unwrap();
+        std::os::unix::fs::symlink(d.join("target"), d.join("link")).unwrap();
+
+        let err = call_err(
+            method::FS_REMOVE,
+            json!({"path": "tree", "recursive": false}),
+            d,
+        );
+        assert_eq!(err.code, code::INTERNAL_ERROR, "not empty");
+        call_ok(method::FS_REMOVE, json!({"path": "tree"}), d);
+        assert!(!d.join("tree").exists());
+        call_ok(method::FS_REMOVE, json!({"path": "link"}), d);
+        assert!(
+            d.join("target").exists(),
+            "a link is removed, not its target"
+        );
+        call_ok(method::FS_REMOVE, json!({"path": "never-existed"}), d);
+        call_ok(
+            method::FS_REMOVE,
+            json!({"path": "never-existed", "force": true}),
+            d,
+        );
+    }
+
+    #[test]
+    fn copy_files_and_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("src/inner")).unwrap();
+        fs::write(d.join("src/a"), "A").unwrap();
+        fs::write(d.join("src/inner/b"), "B").unwrap();
+        std::os::unix::fs::symlink("a", d.join("src/link")).unwrap();
+
+        call_ok(
+            method::FS_COPY,
+            json!({"sourcePath": "src/a", "destinationPath": "a2", "recursive": false}),
+            d,
+        );
+        assert_eq!(fs::read(d.join("a2")).unwrap(), b"A");
+
+        let err = call_err(
+            method::FS_COPY,
+            json!({"sourcePath": "src", "destinationPath": "dst", "recursive": false}),
+            d,
+        );
+        assert_eq!(err.code, code::INVALID_PARAMS);
+
+        call_ok(
+            method::FS_COPY,
+            json!({"sourcePath": "src", "destinationPath": "dst", "recursive": true}),
+            d,
+        );
+        assert_eq!(fs::read(d.join("dst/inner/b")).unwrap(), b"B");
+        assert_eq!(
+            fs::read_link(d.join("dst/link")).unwrap(),
+            PathBuf::from("a")
+        );
+
+        let err = call_err(
+            method::FS_COPY,
+            json!({"sourcePath": "src", "destinationPath": "src/inner/again", "recursive": true}),
+            d,
+        );
+        assert_eq!(err.code, code::INVALID_PARAMS, "copy into itself");
+    }
+}

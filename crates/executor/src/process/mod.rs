@@ -1,0 +1,726 @@
+//! The process table of one session, and everything `process/*` does to a
+//! process once it is started.
+//!
+//! A process is entered in the table when `process/start` spawns it, stays
+//! there while it runs, and is removed `exited_retention` after it finished
+//! (exited *and* its output reached EOF), or when its session is destroyed.
+//!
+//! Background work per process, all of which ends by itself once the child's
+//! process group is dead:
+//! - one task per output pipe (or one thread + task for a pty) that reads
+//!   output in up to 64 KiB pieces into the [output log](crate::output);
+//! - one task that waits for the exit status.
+//!
+//! Those tasks hold only [`Shared`], never the [`Process`] itself, so the table
+//! alone decides when a process is dropped. Dropping a process kills its
+//! process group if it may still be alive; that is what guarantees that no
+//! child outlives its session, or the executor.
+//!
+//! Whose group is it? Once the leader has been reaped *and* every output
+//! stream reached EOF, the group id may be reused by an unrelated process, so
+//! from then on the group is never signalled again. A background job that
+//! redirected its output away (`nohup server >log 2>&1 &`) therefore survives
+//! its shell; one that still holds our pipe does not.
+
+mod env;
+mod signal;
+mod spawn;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use execgate_protocol::exec::{
+    method, ClosedNotification, Empty, ExitedNotification, OutputNotification, ProcessChunk,
+    ProcessReadParams, ProcessReadResult, ProcessResizeParams, ProcessSignalParams,
+    ProcessStartParams, ProcessStartResult, ProcessTerminateResult, ProcessWriteParams,
+    ProcessWriteResult, Stream, WriteStatus,
+};
+use execgate_protocol::jsonrpc::{Message, RpcError};
+use portable_pty::{MasterPty, PtySize};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::{mpsc, watch};
+
+use crate::notify::Notifier;
+use crate::output::{OutputLog, SharedLog};
+use crate::paths;
+
+/// Largest single read from a child's output; each read becomes one chunk.
+const READ_CHUNK: usize = 64 * 1024;
+/// Longest `process/read` long-poll; longer `waitMs` values are capped.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Chunks a pty reader thread may queue before it waits for the log.
+const PTY_QUEUE: usize = 8;
+const DEFAULT_PTY_SIZE: PtySize = PtySize {
+    rows: 24,
+    cols: 80,
+    pixel_width: 0,
+    pixel_height: 0,
+};
+
+/// The processes of one session, by the caller-chosen process id.
+pub(crate) struct ProcessTable {
+    slots: Mutex<HashMap<String, Slot>>,
+    notifier: Arc<Notifier>,
+    retained_bytes: usize,
+}
+
+enum Slot {
+    /// The id is taken while the child is being spawned, so that two
+    /// concurrent starts with one id cannot both succeed.
+    Starting,
+    Running(Arc<Process>),
+}
+
+/// One started child.
+struct Process {
+    /// The child's pid, which is also its process group id.
+    pgid: i32,
+    shared: Arc<Shared>,
+    /// `None` once closed, or from the start without `pipeStdin`. The async
+    /// mutex serialises writes: each is fully written before the next starts.
+    stdin: tokio::sync::Mutex<Option<Stdin>>,
+    /// The pty's master side, kept for `process/resize`.
+    master: Option<Mutex<Box<dyn MasterPty + Send>>>,
+}
+
+enum Stdin {
+    Pipe(ChildStdin),
+    /// The pty writer is blocking: writes go through `spawn_blocking`, which
+    /// needs a handle it can move, hence the `Arc`.
+    Pty(Arc<Mutex<Box<dyn Write + Send>>>),
+}
+
+/// What a process's background tasks share with the table.
+struct Shared {
+    id: String,
+    log: SharedLog,
+    notifier: Arc<Notifier>,
+    /// When the process finished (exited and output closed), for retention.
+    finished_at: Mutex<Option<Instant>>,
+}
+
+/// Holds back a new process's notifications until the `process/start`
+/// response has been queued, so the gateway never hears of a process before
+/// it learns that the start succeeded. Dropping the gate opens it.
+pub(crate) struct StartGate {
+    _opens_when_dropped: watch::Sender<()>,
+}
+
+#[derive(Clone)]
+struct GateWait(watch::Receiver<()>);
+
+impl GateWait {
+    async fn opened(mut self) {
+        // The sender never sends: this resolves when it is dropped.
+        let _ = self.0.changed().await;
+    }
+}
+
+fn start_gate() -> (StartGate, GateWait) {
+    let (tx, rx) = watch::channel(());
+    (
+        StartGate {
+            _opens_when_dropped: tx,
+        },
+        GateWait(rx),
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ProcessTable {
+    pub fn new(notifier: Arc<Notifier>, retained_bytes: usize) -> Self {
+        ProcessTable {
+            slots: Mutex::new(HashMap::new()),
+            notifier,
+            retained_bytes,
+        }
+    }
+
+    /// `process/start`. The returned gate must be dropped once the response
+    /// is queued.
+    pub fn start(
+        &self,
+        params: ProcessStartParams,
+        workdir: &Path,
+    ) -> Result<(ProcessStartResult, StartGate), RpcError> {
+        if params.process_id.is_empty() {
+            return Err(RpcError::invalid_params("processId must not be empty"));
+        }
+        let Some(program) = params.argv.first().cloned() else {
+            return Err(RpcError::invalid_params("argv must not be empty"));
+        };
+        let cwd = paths::resolve(workdir, &params.cwd)?;
+        match std::fs::metadata(&cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(RpcError::invalid_params(format!(
+                    "cwd is not a directory: {}",
+                    cwd.display()
+                )))
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(RpcError::invalid_params(format!(
+                    "cwd does not exist: {}",
+                    cwd.display()
+                )))
+            }
+            Err(err) => {
+                return Err(RpcError::invalid_params(format!(
+                    "cwd {}: {err}",
+                    cwd.display()
+                )))
+            }
+        }
+        let env = env::child_env(&params.env, params.env_policy.as_ref(), std::env::vars_os())
+            .map_err(RpcError::invalid_params)?;
+        let pty = if params.tty {
+            Some(pty_size(params.cols, params.rows)?)
+        } else {
+            None
+        };
+
+        let id = params.process_id;
+        {
+            let mut slots = lock(&self.slots);
+            if slots.contains_key(&id) {
+                return Err(RpcError::invalid_request(format!(
+                    "process {id} already exists in this session"
+                )));
+            }
+            slots.insert(id.clone(), Slot::Starting);
+        }
+        let launched = self.launch(
+            &id,
+            spawn::SpawnRequest {
+                argv: params.argv,
+                arg0: params.arg0,
+                cwd,
+                env,
+                pty,
+                pipe_stdin: params.pipe_stdin.unwrap_or(false),
+            },
+        );
+        let mut slots = lock(&self.slots);
+        match launched {
+            Ok((process, gate)) => {
+                slots.insert(id.clone(), Slot::Running(process));
+                Ok((
+                    ProcessStartResult {
+                        process_id: id,
+                        sandbox_type: "none".into(),
+                    },
+                    gate,
+                ))
+            }
+            Err(err) => {
+                slots.remove(&id);
+                Err(RpcError::internal(format!(
+                    "failed to start {program}: {err}"
+                )))
+            }
+        }
+    }
+
+    /// Spawns the child and its background tasks.
+    fn launch(
+        &self,
+        id: &str,
+        request: spawn::SpawnRequest,
+    ) -> io::Result<(Arc<Process>, StartGate)> {
+        let spawned = spawn::spawn(request)?;
+        let open_streams = match spawned.io {
+            spawn::ChildIo::Pipes { .. } => 2,
+            spawn::ChildIo::Pty { .. } => 1,
+        };
+        let shared = Arc::new(Shared {
+            id: id.to_owned(),
+            log: SharedLog::new(OutputLog::new(self.retained_bytes, open_streams)),
+            notifier: self.notifier.clone(),
+            finished_at: Mutex::new(None),
+        });
+        let (gate, gate_wait) = start_gate();
+        let (stdin, master) = match spawned.io {
+            spawn::ChildIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                tokio::spawn(pump_pipe(
+                    stdout,
+                    Stream::Stdout,
+                    shared.clone(),
+                    gate_wait.clone(),
+                ));
+                tokio::spawn(pump_pipe(
+                    stderr,
+                    Stream::Stderr,
+                    shared.clone(),
+                    gate_wait.clone(),
+                ));
+                (stdin.map(Stdin::Pipe), None)
+            }
+            spawn::ChildIo::Pty {
+                master,
+                reader,
+                writer,
+            } => {
+                let (tx, rx) = mpsc::channel(PTY_QUEUE);
+                // A plain thread rather than `spawn_blocking`: it lives as long
+                // as the terminal, and must not hold up runtime shutdown.
+                let thread = std::thread::Builder::new()
+                    .name(format!("pty-reader-{}", spawned.pgid))
+                    .spawn(move || read_pty(reader, tx));
+                if let Err(err) = thread {
+                    // Returning drops the child, whose kill_on_drop kills it;
+                    // kill the rest of its group too.
+                    let _ = signal::kill_group(spawned.pgid, libc::SIGKILL);
+                    return Err(err);
+                }
+                tokio::spawn(pump_pty(rx, shared.clone(), gate_wait.clone()));
+                (
+                    Some(Stdin::Pty(Arc::new(Mutex::new(writer)))),
+                    Some(Mutex::new(master)),
+                )
+            }
+        };
+        tokio::spawn(wait_for_exit(spawned.child, shared.clone(), gate_wait));
+        let process = Arc::new(Process {
+            pgid: spawned.pgid,
+            shared,
+            stdin: tokio::sync::Mutex::new(stdin),
+            master,
+        });
+        Ok((process, gate))
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Process>, RpcError> {
+        match lock(&self.slots).get(id) {
+            Some(Slot::Running(process)) => Ok(process.clone()),
+            Some(Slot::Starting) => Err(RpcError::invalid_request(format!(
+                "process {id} is still starting"
+            ))),
+            None => Err(RpcError::invalid_request(format!("unknown process {id}"))),
+        }
+    }
+
+    /// `process/read`.
+    pub async fn read(&self, params: ProcessReadParams) -> Result<ProcessReadResult, RpcError> {
+        let shared = self.get(&params.process_id)?.shared.clone();
+        let after_seq = params.after_seq.unwrap_or(0);
+        let max_bytes = params
+            .max_bytes
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let wait = Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+        let slice = shared.log.read(after_seq, max_bytes, wait).await;
+        Ok(ProcessReadResult {
+            chunks: slice
+                .chunks
+                .iter()
+                .map(|chunk| ProcessChunk {
+                    seq: chunk.seq,
+                    stream: chunk.stream,
+                    chunk: BASE64.encode(&chunk.data),
+                })
+                .collect(),
+            next_seq: slice.next_seq,
+            exited: slice.exit_code.is_some(),
+            exit_code: slice.exit_code,
+            closed: slice.closed,
+            failure: None,
+            sandbox_denied: false,
+            lost_bytes: Some(slice.lost_bytes),
+        })
+    }
+
+    /// `process/write`. Answers once the bytes are in the pipe (or pty).
+    pub async fn write(&self, params: ProcessWriteParams) -> Result<ProcessWriteResult, RpcError> {
+        let data = BASE64
+            .decode(params.chunk.as_bytes())
+            .map_err(|e| RpcError::invalid_params(format!("chunk is not valid base64: {e}")))?;
+        let process = match lock(&self.slots).get(&params.process_id) {
+            Some(Slot::Running(process)) => process.clone(),
+            Some(Slot::Starting) => return Ok(status(WriteStatus::Starting)),
+            None => return Ok(status(WriteStatus::UnknownProcess)),
+        };
+        process.write_stdin(data).await.map(status)
+    }
+
+    /// `process/closeStdin` [ext]: EOF on the child's stdin.
+    pub async fn close_stdin(&self, id: &str) -> Result<Empty, RpcError> {
+        let process = self.get(id)?;
+        // Waits for a write in progress, then drops the handle. For a pty,
+        // portable-pty's writer sends a newline and the terminal's EOF
+        // character (^D) when dropped.
+        process.stdin.lock().await.take();
+        Ok(Empty {})
+    }
+
+    /// `process/signal`.
+    pub fn signal(&self, params: &ProcessSignalParams) -> Result<Empty, RpcError> {
+        let signal = signal::from_name(&params.signal).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "unknown signal {:?}: expected interrupt, terminate, kill or hangup",
+                params.signal
+            ))
+        })?;
+        let process = self.get(&params.process_id)?;
+        process.signal_group(signal).map_err(|e| {
+            RpcError::internal(format!("signalling process {}: {e}", params.process_id))
+        })?;
+        Ok(Empty {})
+    }
+
+    /// `process/terminate`: SIGKILL to the whole group, without waiting; the
+    /// exited/closed notifications follow.
+    pub fn terminate(&self, id: &str) -> Result<ProcessTerminateResult, RpcError> {
+        let process = self.get(id)?;
+        let running = !process.shared.exited();
+        process
+            .signal_group(libc::SIGKILL)
+            .map_err(|e| RpcError::internal(format!("killing process {id}: {e}")))?;
+        Ok(ProcessTerminateResult { running })
+    }
+
+    /// `process/resize` [ext].
+    pub fn resize(&self, params: &ProcessResizeParams) -> Result<Empty, RpcError> {
+        let size = pty_size(Some(params.cols), Some(params.rows))?;
+        let process = self.get(&params.process_id)?;
+        let Some(master) = &process.master else {
+            return Err(RpcError::invalid_params(format!(
+                "process {} has no terminal to resize",
+                params.process_id
+            )));
+        };
+        lock(master)
+            .resize(size)
+            .map_err(|e| RpcError::internal(format!("resizing the terminal: {e}")))?;
+        Ok(Empty {})
+    }
+
+    /// Forgets processes that finished more than `retention` before `now`.
+    pub fn remove_finished(&self, now: Instant, retention: Duration) {
+        let removed: Vec<Slot> = {
+            let mut slots = lock(&self.slots);
+            let expired: Vec<String> = slots
+                .iter()
+                .filter_map(|(id, slot)| match slot {
+                    Slot::Running(p) if p.shared.finished_before(now, retention) => {
+                        Some(id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            expired.iter().filter_map(|id| slots.remove(id)).collect()
+        };
+        if !removed.is_empty() {
+            tracing::debug!(count = removed.len(), "removed finished processes");
+        }
+        // Dropped outside the lock.
+        drop(removed);
+    }
+
+    /// Kills every process group that may still be alive and empties the
+    /// table. Used when the session is destroyed and when the executor stops.
+    pub fn kill_all(&self) {
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        for slot in slots.into_values() {
+            if let Slot::Running(process) = slot {
+                process.kill_if_owned();
+            }
+        }
+    }
+
+    /// The process group of a process, for tests that check it is gone.
+    #[cfg(test)]
+    pub fn pgid_of(&self, id: &str) -> Option<i32> {
+        self.get(id).ok().map(|p| p.pgid)
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, id: &str) -> bool {
+        lock(&self.slots).contains_key(id)
+    }
+}
+
+fn status(status: WriteStatus) -> ProcessWriteResult {
+    ProcessWriteResult { status }
+}
+
+fn pty_size(cols: Option<u16>, rows: Option<u16>) -> Result<PtySize, RpcError> {
+    let cols = cols.unwrap_or(DEFAULT_PTY_SIZE.cols);
+    let rows = rows.unwrap_or(DEFAULT_PTY_SIZE.rows);
+    if cols == 0 || rows == 0 {
+        return Err(RpcError::invalid_params(
+            "terminal cols and rows must be at least 1",
+        ));
+    }
+    Ok(PtySize {
+        cols,
+        rows,
+        ..DEFAULT_PTY_SIZE
+    })
+}
+
+impl Process {
+    async fn write_stdin(&self, data: Vec<u8>) -> Result<WriteStatus, RpcError> {
+        let mut stdin = self.stdin.lock().await;
+        if self.shared.exited() {
+            return Ok(WriteStatus::StdinClosed);
+        }
+        let Some(handle) = stdin.as_mut() else {
+            return Ok(WriteStatus::StdinClosed);
+        };
+        let written = match handle {
+            Stdin::Pipe(pipe) => match pipe.write_all(&data).await {
+                Ok(()) => pipe.flush().await,
+                Err(err) => Err(err),
+            },
+            Stdin::Pty(writer) => {
+                let writer = writer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut writer = lock(&writer);
+                    writer.write_all(&data)?;
+                    writer.flush()
+                })
+                .await
+                .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
+            }
+        };
+        match written {
+            Ok(()) => Ok(WriteStatus::Accepted),
+            // The child closed its stdin (or died): no later write can succeed.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                *stdin = None;
+                Ok(WriteStatus::StdinClosed)
+            }
+            Err(err) => Err(RpcError::internal(format!(
+                "writing to the stdin of process {}: {err}",
+                self.shared.id
+            ))),
+        }
+    }
+
+    /// Signals the process group, unless it can no longer be ours (see the
+    /// module docs). A group that is already gone is not an error.
+    fn signal_group(&self, signal: libc::c_int) -> io::Result<()> {
+        if !self.shared.may_own_group() {
+            return Ok(());
+        }
+        match signal::kill_group(self.pgid, signal) {
+            Err(err) if signal::is_gone(&err) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn kill_if_owned(&self) {
+        if let Err(err) = self.signal_group(libc::SIGKILL) {
+            tracing::warn!(process = %self.shared.id, pgid = self.pgid, "cannot kill process group: {err}");
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_if_owned();
+    }
+}
+
+impl Shared {
+    fn exited(&self) -> bool {
+        self.log.inspect(|log| log.exit_code().is_some())
+    }
+
+    /// False once the leader was reaped and all output reached EOF.
+    fn may_own_group(&self) -> bool {
+        self.log
+            .inspect(|log| !(log.exit_code().is_some() && log.is_closed()))
+    }
+
+    fn finished_before(&self, now: Instant, retention: Duration) -> bool {
+        lock(&self.finished_at).is_some_and(|at| now.saturating_duration_since(at) >= retention)
+    }
+
+    fn push_output(&self, stream: Stream, data: Bytes) {
+        // Encode outside the lock, and only if someone will get it.
+        let encoded = self.notifier.is_attached().then(|| BASE64.encode(&data));
+        self.log.update(|log| {
+            let seq = log.push_chunk(stream, data);
+            if let Some(chunk) = encoded {
+                self.notify(
+                    method::PROCESS_OUTPUT,
+                    &OutputNotification {
+                        process_id: self.id.clone(),
+                        seq,
+                        stream,
+                        chunk,
+                    },
+                );
+            }
+        });
+    }
+
+    fn finish_stream(&self) {
+        self.log.update(|log| {
+            log.finish_stream();
+            self.close_if_done(log);
+        });
+    }
+
+    fn record_exit(&self, exit_code: i32) {
+        self.log.update(|log| {
+            if let Some(seq) = log.record_exit(exit_code) {
+                self.notify(
+                    method::PROCESS_EXITED,
+                    &ExitedNotification {
+                        process_id: self.id.clone(),
+                        seq,
+                        exit_code,
+                    },
+                );
+            }
+            self.close_if_done(log);
+        });
+    }
+
+    fn close_if_done(&self, log: &mut OutputLog) {
+        if let Some(seq) = log.close_if_done() {
+            *lock(&self.finished_at) = Some(Instant::now());
+            self.notify(
+                method::PROCESS_CLOSED,
+                &ClosedNotification {
+                    process_id: self.id.clone(),
+                    seq,
+                },
+            );
+        }
+    }
+
+    /// Called under the log's lock, so notifications leave in seq order.
+    fn notify(&self, method: &str, params: &impl Serialize) {
+        match serde_json::to_value(params) {
+            Ok(params) => self.notifier.send(Message::notification(method, params)),
+            Err(err) => tracing::warn!("cannot encode {method}: {err}"),
+        }
+    }
+}
+
+/// Reads one output pipe to EOF into the log.
+async fn pump_pipe(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    shared: Arc<Shared>,
+    gate: GateWait,
+) {
+    gate.opened().await;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => shared.push_output(stream, Bytes::copy_from_slice(&buf[..n])),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                tracing::warn!(process = %shared.id, "reading {}: {err}", stream.as_str());
+                break;
+            }
+        }
+    }
+    shared.finish_stream();
+}
+
+/// Moves what the pty reader thread read into the log.
+async fn pump_pty(mut chunks: mpsc::Receiver<Bytes>, shared: Arc<Shared>, gate: GateWait) {
+    gate.opened().await;
+    while let Some(chunk) = chunks.recv().await {
+        shared.push_output(Stream::Pty, chunk);
+    }
+    shared.finish_stream();
+}
+
+/// The pty reader thread: blocking reads of the master until EOF (portable-pty
+/// turns the EIO of a terminal with no slave left into EOF).
+fn read_pty(mut reader: Box<dyn std::io::Read + Send>, chunks: mpsc::Sender<Bytes>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if chunks
+                    .blocking_send(Bytes::copy_from_slice(&buf[..n]))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                tracing::debug!("reading a pseudo-terminal: {err}");
+                break;
+            }
+        }
+    }
+}
+
+async fn wait_for_exit(mut child: Child, shared: Arc<Shared>, gate: GateWait) {
+    let exit_code = match child.wait().await {
+        Ok(status) => exit_code(status),
+        Err(err) => {
+            tracing::warn!(process = %shared.id, "cannot wait for the child: {err}");
+            -1
+        }
+    };
+    gate.opened().await;
+    shared.record_exit(exit_code);
+}
+
+/// The exit code, or 128 + the signal number for a child killed by a signal
+/// (what a shell reports, so SIGKILL gives 137).
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn exit_codes_of_normal_and_killed_children() {
+        let status = Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
+        assert_eq!(exit_code(status), 3);
+        let status = Command::new("sh")
+            .args(["-c", "kill -9 $$"])
+            .status()
+            .unwrap();
+        assert_eq!(exit_code(status), 137);
+        let status = Command::new("sh")
+            .args(["-c", "kill -TERM $$"])
+            .status()
+            .unwrap();
+        assert_eq!(exit_code(status), 143);
+    }
+
+    #[test]
+    fn pty_size_defaults_and_validation() {
+        let size = pty_size(None, None).unwrap();
+        assert_eq!((size.cols, size.rows), (80, 24));
+        let size = pty_size(Some(120), Some(40)).unwrap();
+        assert_eq!((size.cols, size.rows), (120, 40));
+        assert!(pty_size(Some(0), None).is_err());
+        assert!(pty_size(None, Some(0)).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Starting a child: with pipes, or under a pseudo-terminal.
+//!
+//! Both ways end in a `tokio::process::Child`, so exit statuses (including
+//! the signal that killed a child) and reaping work the same for both.
+//!
+//! - **Pipes.** stdout and stderr are pipes; stdin is a pipe when asked for,
+//!   else `/dev/null`. The child leads a new process group
+//!   (`process_group(0)`), so the whole group can be signalled.
+//! - **Pty.** portable-pty opens the terminal pair and owns the master side
+//!   (reader, writer, resize). The child is spawned here rather than with
+//!   portable-pty's `spawn_command`, because that one allocates between fork
+//!   and exec (unsafe in a multi-threaded process), overrides `SHELL` and
+//!   `argv[0]`, silently falls back to `$HOME` for a missing cwd, and reports
+//!   a killing signal by name only, losing the 128+N exit code. The child opens
+//!   the slave as stdin/stdout/stderr, becomes a session leader (so it is its
+//!   own process group) and takes the terminal as its controlling tty.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use portable_pty::{MasterPty, PtySize};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+
+use super::env::ChildEnv;
+
+/// Everything needed to start one child.
+pub(crate) struct SpawnRequest {
+    pub argv: Vec<String>,
+    pub arg0: Option<String>,
+    pub cwd: PathBuf,
+    pub env: ChildEnv,
+    /// Start under a terminal of this size instead of pipes.
+    pub pty: Option<PtySize>,
+    /// Give the child a stdin pipe (without a pty).
+    pub pipe_stdin: bool,
+}
+
+/// A started child and its I/O handles.
+pub(crate) struct Spawned {
+    pub child: Child,
+    /// Its pid, which is also its process group id.
+    pub pgid: i32,
+    pub io: ChildIo,
+}
+
+pub(crate) enum ChildIo {
+    Pipes {
+        stdin: Option<ChildStdin>,
+        stdout: ChildStdout,
+        stderr: ChildStderr,
+    },
+    Pty {
+        master: Box<dyn MasterPty + Send>,
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+    },
+}
+
+pub(crate) fn spawn(request: SpawnRequest) -> io::Result<Spawned> {
+    let Some((program, args)) = request.argv.split_first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "argv must not be empty",
+        ));
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&request.cwd)
+        .env_clear()
+        .envs(&request.env)
+        // A backstop: the process table kills whole groups, but if the task
+        // that owns the `Child` is dropped some other way, its leader dies too.
+        .kill_on_drop(true);
+    if let Some(arg0) = &request.arg0 {
+        command.arg0(arg0);
+    }
+    match request.pty {
+        None => spawn_with_pipes(command, request.pipe_stdin),
+        Some(size) => spawn_with_pty(command, size),
+    }
+}
+
+fn spawn_with_pipes(mut command: Command, pipe_stdin: bool) -> io::Result<Spawned> {
+    command
+        .process_group(0)
+        .stdin(if pipe_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    let pgid = pid_of(&child)?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other(
+            "child was spawned without its output pipes",
+        ));
+    };
+    let stdin = child.stdin.take();
+    Ok(Spawned {
+        child,
+        pgid,
+        io: ChildIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+    })
+}
+
+fn spawn_with_pty(mut command: Command, size: PtySize) -> io::Result<Spawned> {
+    let pair = portable_pty::native_pty_system()
+        .openpty(size)
+        .map_err(|e| io::Error::other(format!("cannot open a pseudo-terminal: {e}")))?;
+    let slave_path = pair
+        .master
+        .tty_name()
+        .ok_or_else(|| io::Error::other("cannot find the pseudo-terminal's device"))?;
+    // O_NOCTTY: opening the slave must not make it *our* controlling tty.
+    // std opens with O_CLOEXEC, so other children never inherit it.
+    let slave: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&slave_path)?;
+    command
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // A new session: the child leads its own session and process group.
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // Make the terminal (already on fd 0) the controlling tty, so that
+            // ^C, job control and SIGWINCH on resize work as in a terminal.
+            // `as _`: the request's type differs between libcs.
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // Close every slave descriptor on our side, or reading the master would
+    // never see EOF after the child exits.
+    drop(command);
+    drop(pair.slave);
+    let pgid = pid_of(&child)?;
+    let master = pair.master;
+    let reader = master
+        .try_clone_reader()
+        .map_err(|e| io::Error::other(format!("cannot read the pseudo-terminal: {e}")))?;
+    let writer = master
+        .take_writer()
+        .map_err(|e| io::Error::other(format!("cannot write the pseudo-terminal: {e}")))?;
+    Ok(Spawned {
+        child,
+        pgid,
+        io: ChildIo::Pty {
+            master,
+            reader,
+            writer,
+        },
+    })
+}
+
+fn pid_of(child: &Child) -> io::Result<i32> {
+    child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .ok_or_else(|| io::Error::other("child exited before its pid was known"))
+}

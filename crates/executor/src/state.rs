@@ -1,0 +1,116 @@
+//! The executor's long-lived state, shared by every connection: its settings,
+//! its sessions, and the `environmentInfo` it reports to `initialize`.
+//!
+//! It outlives connections (that is the point of sessions) and dies with
+//! [`run`](crate::run); [`ShutdownGuard`] makes sure no child outlives it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use execgate_protocol::exec::{EnvironmentInfo, ExtCapabilities, ShellInfo};
+use execgate_protocol::uri::path_to_uri;
+
+use crate::session::SessionRegistry;
+use crate::{ExecutorConfig, ExecutorError};
+
+pub(crate) struct ExecutorState {
+    /// Absolute; relative paths and the default cwd resolve against it.
+    pub workdir: PathBuf,
+    pub session_ttl: Duration,
+    pub exited_retention: Duration,
+    pub sessions: SessionRegistry,
+    pub environment: EnvironmentInfo,
+}
+
+impl ExecutorState {
+    /// Checks the settings that can be checked before connecting.
+    pub fn new(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
+        let workdir =
+            std::path::absolute(&config.workdir).map_err(|source| ExecutorError::Workdir {
+                path: config.workdir.clone(),
+                source,
+            })?;
+        match std::fs::metadata(&workdir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(ExecutorError::Workdir {
+                    path: workdir,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        "not a directory",
+                    ),
+                })
+            }
+            Err(source) => {
+                return Err(ExecutorError::Workdir {
+                    path: workdir,
+                    source,
+                })
+            }
+        }
+        let environment = environment_info(&workdir, config.retained_bytes);
+        Ok(ExecutorState {
+            workdir,
+            session_ttl: config.session_ttl,
+            exited_retention: config.exited_retention,
+            sessions: SessionRegistry::new(config.retained_bytes),
+            environment,
+        })
+    }
+
+    /// Expires detached sessions and finished processes.
+    pub fn sweep(&self) {
+        self.sessions
+            .sweep(Instant::now(), self.session_ttl, self.exited_retention);
+    }
+
+    /// How often [`sweep`](Self::sweep) should run: often enough that nothing
+    /// outlives its deadline by much, rarely enough to cost nothing.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.session_ttl.min(self.exited_retention) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(10))
+    }
+}
+
+/// Kills every child when dropped: when `run` returns or is cancelled.
+pub(crate) struct ShutdownGuard(pub Arc<ExecutorState>);
+
+impl Drop for ShutdownGuard {
+    fn drop(&mut self) {
+        self.0.sessions.shutdown();
+    }
+}
+
+fn environment_info(workdir: &Path, retained_bytes: usize) -> EnvironmentInfo {
+    let shell_path = std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into());
+    let shell_name = Path::new(&shell_path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| shell_path.clone());
+    let ext = ExtCapabilities {
+        close_stdin: true,
+        resize: true,
+        lost_bytes: true,
+        read_range: true,
+        atomic_write: true,
+        retained_bytes: retained_bytes as u64,
+    };
+    EnvironmentInfo {
+        shell: ShellInfo {
+            name: shell_name,
+            path: shell_path,
+        },
+        executor_version: execgate_protocol::VERSION.into(),
+        cwd: path_to_uri(workdir).unwrap_or_default(),
+        user_home_dir: std::env::var("HOME").unwrap_or_default(),
+        platform_os: std::env::consts::OS.into(),
+        // codex sends tempDir as a file:// URI too.
+        temp_dir: path_to_uri(&std::env::temp_dir()).unwrap_or_default(),
+        capabilities: serde_json::Map::new(),
+        execgate: Some(ext),
+    }
+}

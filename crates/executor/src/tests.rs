@@ -1,0 +1,1065 @@
+//! Tests that drive the JSON-RPC handler of a connection directly, without a
+//! network: lifecycle, processes (pipes and pty), stdin, signals, sessions
+//! and fs. Plus one test of the frame loop over an in-memory WebSocket, and
+//! ones of `run` against a minimal fake gateway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use execgate_protocol::exec::method;
+use execgate_protocol::jsonrpc::{code, Id, Message, RpcError};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::rpc::RpcConnection;
+use crate::state::ExecutorState;
+use crate::ExecutorConfig;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One connection to an executor state, driven by hand.
+struct Client {
+    conn: RpcConnection,
+    rx: mpsc::Receiver<Message>,
+    next_id: i64,
+    /// Notifications seen while waiting for something else.
+    backlog: Vec<Message>,
+}
+
+impl Client {
+    fn new(state: &Arc<ExecutorState>) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        Client {
+            conn: RpcConnection::new(state.clone(), tx),
+            rx,
+            next_id: 1,
+            backlog: Vec::new(),
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.next_id += 1;
+        let id = Id::Num(self.next_id);
+        let response = self
+            .conn
+            .handle(Message::request(id.clone(), method, params))
+            .await
+            .expect("a request gets a response");
+        match response {
+            Message::Response { id: got, result } => {
+                assert_eq!(got, id);
+                result
+            }
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    async fn ok(&mut self, method: &str, params: Value) -> Value {
+        self.call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    async fn err(&mut self, method: &str, params: Value) -> RpcError {
+        self.call(method, params)
+            .await
+            .expect_err("the call should fail")
+    }
+
+    async fn notify(&mut self, method: &str) {
+        assert!(self
+            .conn
+            .handle(Message::notification(method, json!({})))
+            .await
+            .is_none());
+    }
+
+    /// initialize + initialized; returns the session id.
+    async fn init(&mut self, resume: Option<&str>) -> String {
+        let mut params = json!({"clientName": "test"});
+        if let Some(resume) = resume {
+            params["resumeSessionId"] = json!(resume);
+        }
+        let result = self.ok(method::INITIALIZE, params).await;
+        self.notify(method::INITIALIZED).await;
+        result["sessionId"].as_str().unwrap().to_owned()
+    }
+
+    /// The notifications about `process_id` up to and including its
+    /// `process/closed`, as (method, params).
+    async fn until_closed(&mut self, process_id: &str) -> Vec<(String, Value)> {
+        let mut seen = Vec::new();
+        let mut backlog = std::mem::take(&mut self.backlog).into_iter();
+        loop {
+            let message = match backlog.next() {
+                Some(message) => message,
+                None => tokio::time::timeout(WAIT, self.rx.recv())
+                    .await
+                    .expect("timed out waiting for process/closed")
+                    .expect("channel open"),
+            };
+            let Message::Notification { method, params } = message else {
+                panic!("unexpected message {message:?}");
+            };
+            if params["processId"] != process_id {
+                self.backlog.push(Message::Notification { method, params });
+                continue;
+            }
+            let closed = method == method::PROCESS_CLOSED;
+            seen.push((method, params));
+            if closed {
+                self.backlog.extend(backlog);
+                return seen;
+            }
+        }
+    }
+
+    async fn start(&mut self, process_id: &str, argv: &[&str], extra: Value) -> Value {
+        let mut params =
+            json!({"processId": process_id, "argv": argv, "cwd": "", "env": path_env()});
+        if let Value::Object(extra) = extra {
+            params.as_object_mut().unwrap().extend(extra);
+        }
+        self.ok(method::PROCESS_START, params).await
+    }
+}
+
+fn path_env() -> Value {
+    json!({"PATH": std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())})
+}
+
+fn state_with(
+    configure: impl FnOnce(&mut ExecutorConfig),
+) -> (Arc<ExecutorState>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ExecutorConfig::new("http://127.0.0.1:1", "exe_test.secret");
+    config.workdir = dir.path().to_path_buf();
+    configure(&mut config);
+    (Arc::new(ExecutorState::new(&config).unwrap()), dir)
+}
+
+fn state() -> (Arc<ExecutorState>, tempfile::TempDir) {
+    state_with(|_| {})
+}
+
+fn decode(b64: &Value) -> Vec<u8> {
+    BASE64.decode(b64.as_str().unwrap()).unwrap()
+}
+
+/// All output of these notifications, per stream.
+fn output_of(notifications: &[(String, Value)]) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (method, params) in notifications {
+        if method == method::PROCESS_OUTPUT {
+            out.entry(params["stream"].as_str().unwrap().to_owned())
+                .or_default()
+                .extend(decode(&params["chunk"]));
+        }
+    }
+    out
+}
+
+fn exit_code_of(notifications: &[(String, Value)]) -> i64 {
+    let exited: Vec<_> = notifications
+        .iter()
+        .filter(|(m, _)| m == method::PROCESS_EXITED)
+        .collect();
+    assert_eq!(exited.len(), 1, "{notifications:?}");
+    exited[0].1["exitCode"].as_i64().unwrap()
+}
+
+/// Live (not zombie) members of a process group, from /proc.
+fn live_group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && !matches!(fields[0], "Z" | "X") {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn methods_before_initialize_and_initialized_are_invalid_requests() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let err = client
+        .err(method::FS_READ_FILE, json!({"path": "/etc/hostname"}))
+        .await;
+    assert_eq!(err.code, code::INVALID_REQUEST);
+    let err = client.err("no/such/method", json!({})).await;
+    assert_eq!(err.code, code::INVALID_REQUEST);
+
+    let err = client.err(method::INITIALIZE, json!({})).await;
+    assert_eq!(err.code, code::INVALID_PARAMS, "clientName is required");
+
+    let result = client
+        .ok(method::INITIALIZE, json!({"clientName": "t"}))
+        .await;
+    assert!(!result["sessionId"].as_str().unwrap().is_empty());
+    let info = &result["environmentInfo"];
+    assert_eq!(info["executorVersion"], execgate_protocol::VERSION);
+    assert_eq!(info["platformOs"], std::env::consts::OS);
+    assert!(info["cwd"].as_str().unwrap().starts_with("file:///"));
+    assert!(!info["shell"]["path"].as_str().unwrap().is_empty());
+    assert_eq!(info["execgate"]["closeStdin"], true);
+    assert_eq!(info["execgate"]["retainedBytes"], 1 << 20);
+
+    let err = client
+        .err(method::PROCESS_READ, json!({"processId": "p"}))
+        .await;
+    assert_eq!(
+        err.code,
+        code::INVALID_REQUEST,
+        "initialized not received yet"
+    );
+    client.notify(method::INITIALIZED).await;
+
+    let err = client
+        .err(method::PROCESS_READ, json!({"processId": "p"}))
+        .await;
+    assert_eq!(err.code, code::INVALID_REQUEST);
+    assert!(err.message.contains("unknown process"), "{}", err.message);
+    let err = client.err("no/such/method", json!({})).await;
+    assert_eq!(err.code, code::METHOD_NOT_FOUND);
+    let err = client
+        .err(method::INITIALIZE, json!({"clientName": "t"}))
+        .await;
+    assert_eq!(err.code, code::INVALID_REQUEST, "initialize twice");
+}
+
+#[tokio::test]
+async fn start_streams_output_and_exit_in_seq_order() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    let started = client
+        .start(
+            "p1",
+            &["sh", "-c", "echo hi; echo err >&2; exit 3"],
+            json!({}),
+        )
+        .await;
+    assert_eq!(started, json!({"processId": "p1", "sandboxType": "none"}));
+
+    let notes = client.until_closed("p1").await;
+    let seqs: Vec<u64> = notes
+        .iter()
+        .map(|(_, p)| p["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs[0], 1);
+    let out = output_of(&notes);
+    assert_eq!(out["stdout"], b"hi\n");
+    assert_eq!(out["stderr"], b"err\n");
+    assert_eq!(exit_code_of(&notes), 3);
+    assert_eq!(notes.last().unwrap().0, method::PROCESS_CLOSED);
+
+    // The same story through process/read.
+    let read = client
+        .ok(
+            method::PROCESS_READ,
+            json!({"processId": "p1", "afterSeq": 0}),
+        )
+        .await;
+    assert_eq!(read["exited"], true);
+    assert_eq!(read["exitCode"], 3);
+    assert_eq!(read["closed"], true);
+    assert_eq!(read["lostBytes"], 0);
+    assert_eq!(read["failure"], Value::Null);
+    assert_eq!(read["chunks"].as_array().unwrap().len(), 2);
+    let last = *seqs.last().unwrap();
+    assert_eq!(read["nextSeq"], last + 1);
+
+    // Nothing is newer than the last seq: the long-poll waits it out, then
+    // still reports the process closed.
+    let read = client
+        .ok(
+            method::PROCESS_READ,
+            json!({"processId": "p1", "afterSeq": last, "waitMs": 50}),
+        )
+        .await;
+    assert_eq!(read["chunks"], json!([]));
+    assert_eq!(read["closed"], true);
+
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "p1", "argv": ["true"], "cwd": ""}),
+        )
+        .await;
+    assert_eq!(
+        err.code,
+        code::INVALID_REQUEST,
+        "an exited process id stays taken"
+    );
+}
+
+#[tokio::test]
+async fn long_poll_read_waits_for_output() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start("slow", &["sh", "-c", "sleep 0.3; echo late"], json!({}))
+        .await;
+    let started = std::time::Instant::now();
+    let read = client
+        .ok(
+            method::PROCESS_READ,
+            json!({"processId": "slow", "afterSeq": 0, "waitMs": 10000}),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let chunks = read["chunks"].as_array().unwrap();
+    assert_eq!(decode(&chunks[0]["chunk"]), b"late\n");
+}
+
+#[tokio::test]
+async fn start_validates_its_params() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "a", "argv": [], "cwd": ""}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "a", "argv": ["true"], "cwd": "file:///no/such/dir"}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+    assert!(
+        err.message.contains("cwd does not exist: /no/such/dir"),
+        "{}",
+        err.message
+    );
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "a", "argv": ["/no/such/program"], "cwd": ""}),
+        )
+        .await;
+    assert_eq!(err.code, code::INTERNAL_ERROR);
+    assert!(err.message.contains("No such file"), "{}", err.message);
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "a", "argv": "true"}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+    // The failed starts did not take the id.
+    client.start("a", &["true"], json!({})).await;
+}
+
+#[tokio::test]
+async fn cwd_env_and_arg0() {
+    let (state, dir) = state();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start(
+            "env",
+            &["sh", "-c", "pwd; echo \"$FOO|${HOME-unset}\""],
+            json!({"cwd": "sub", "env": {"FOO": "bar", "PATH": "/usr/bin:/bin"}}),
+        )
+        .await;
+    let out = output_of(&client.until_closed("env").await);
+    let real = std::fs::canonicalize(dir.path().join("sub")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out["stdout"]),
+        format!("{}\nbar|unset\n", real.display())
+    );
+
+    // With a policy, the executor's environment is inherited.
+    client
+        .start(
+            "policy",
+            &["sh", "-c", "echo \"$ADDED|${PATH:+has-path}\""],
+            json!({"env": {}, "envPolicy": {"inherit": "all", "ignoreDefaultExcludes": false,
+                   "exclude": [], "set": {"ADDED": "yes"}, "includeOnly": []}}),
+        )
+        .await;
+    let out = output_of(&client.until_closed("policy").await);
+    assert_eq!(out["stdout"], b"yes|has-path\n");
+
+    client
+        .start(
+            "arg0",
+            &["sh", "-c", "echo $0"],
+            json!({"arg0": "custom-name"}),
+        )
+        .await;
+    let out = output_of(&client.until_closed("arg0").await);
+    assert_eq!(
+        out["stdout"], b"custom-name\n",
+        "sh -c takes $0 from argv[0]"
+    );
+}
+
+#[tokio::test]
+async fn terminate_kills_the_whole_group_and_reports_137() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    client
+        .start("bg", &["sh", "-c", "sleep 300 & sleep 300"], json!({}))
+        .await;
+    let session = state.sessions.get(&session_id).unwrap();
+    let pgid = session.processes.pgid_of("bg").unwrap();
+    eventually("the shell and its background child run", || {
+        live_group_members(pgid).len() >= 2
+    })
+    .await;
+
+    let result = client
+        .ok(method::PROCESS_TERMINATE, json!({"processId": "bg"}))
+        .await;
+    assert_eq!(result, json!({"running": true}));
+    let notes = client.until_closed("bg").await;
+    assert_eq!(exit_code_of(&notes), 137);
+    eventually("every member of the group is gone", || {
+        live_group_members(pgid).is_empty()
+    })
+    .await;
+
+    let result = client
+        .ok(method::PROCESS_TERMINATE, json!({"processId": "bg"}))
+        .await;
+    assert_eq!(result, json!({"running": false}));
+    let err = client
+        .err(method::PROCESS_TERMINATE, json!({"processId": "nope"}))
+        .await;
+    assert_eq!(err.code, code::INVALID_REQUEST);
+}
+
+#[tokio::test]
+async fn signals_by_name() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client.start("s", &["sleep", "300"], json!({})).await;
+    let err = client
+        .err(
+            method::PROCESS_SIGNAL,
+            json!({"processId": "s", "signal": "bogus"}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+    let err = client
+        .err(
+            method::PROCESS_SIGNAL,
+            json!({"processId": "x", "signal": "kill"}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_REQUEST);
+    let result = client
+        .ok(
+            method::PROCESS_SIGNAL,
+            json!({"processId": "s", "signal": "terminate"}),
+        )
+        .await;
+    assert_eq!(result, json!({}));
+    let notes = client.until_closed("s").await;
+    assert_eq!(exit_code_of(&notes), 128 + libc::SIGTERM as i64);
+}
+
+#[tokio::test]
+async fn stdin_write_and_close_with_cat() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start("cat", &["cat"], json!({"pipeStdin": true}))
+        .await;
+    let write = |data: &[u8], id: &str| json!({"processId": "cat", "chunk": BASE64.encode(data), "writeId": id});
+    let result = client
+        .ok(method::PROCESS_WRITE, write(b"hello\n", "w1"))
+        .await;
+    assert_eq!(result, json!({"status": "accepted"}));
+    client
+        .ok(method::PROCESS_WRITE, write(b"again\n", "w2"))
+        .await;
+    let err = client
+        .err(
+            method::PROCESS_WRITE,
+            json!({"processId": "cat", "chunk": "not base64!", "writeId": "w3"}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+
+    let result = client
+        .ok(method::PROCESS_CLOSE_STDIN, json!({"processId": "cat"}))
+        .await;
+    assert_eq!(result, json!({}));
+    let notes = client.until_closed("cat").await;
+    assert_eq!(output_of(&notes)["stdout"], b"hello\nagain\n");
+    assert_eq!(exit_code_of(&notes), 0);
+
+    let result = client.ok(method::PROCESS_WRITE, write(b"late", "w4")).await;
+    assert_eq!(result, json!({"status": "stdinClosed"}));
+    let result = client
+        .ok(
+            method::PROCESS_WRITE,
+            json!({"processId": "ghost", "chunk": "", "writeId": "w5"}),
+        )
+        .await;
+    assert_eq!(result, json!({"status": "unknownProcess"}));
+
+    // Without pipeStdin, stdin is /dev/null and writes are refused.
+    client.start("nostdin", &["sleep", "300"], json!({})).await;
+    let result = client
+        .ok(
+            method::PROCESS_WRITE,
+            json!({"processId": "nostdin", "chunk": "eA==", "writeId": "w6"}),
+        )
+        .await;
+    assert_eq!(result, json!({"status": "stdinClosed"}));
+    client
+        .ok(method::PROCESS_TERMINATE, json!({"processId": "nostdin"}))
+        .await;
+}
+
+#[tokio::test]
+async fn tty_processes_merge_output_into_the_pty_stream_and_resize() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start(
+            "tty",
+            &[
+                "sh",
+                "-c",
+                "test -t 0 && test -t 1 && echo is-a-tty; echo err >&2; stty size",
+            ],
+            json!({"tty": true, "cols": 100, "rows": 30}),
+        )
+        .await;
+    let notes = client.until_closed("tty").await;
+    let out = output_of(&notes);
+    assert_eq!(out.keys().collect::<Vec<_>>(), vec!["pty"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out["pty"]),
+        "is-a-tty\r\nerr\r\n30 100\r\n"
+    );
+    assert_eq!(exit_code_of(&notes), 0);
+
+    client
+        .start("cat-tty", &["cat"], json!({"tty": true}))
+        .await;
+    let result = client
+        .ok(
+            method::PROCESS_RESIZE,
+            json!({"processId": "cat-tty", "cols": 120, "rows": 40}),
+        )
+        .await;
+    assert_eq!(result, json!({}));
+    client
+        .ok(
+            method::PROCESS_WRITE,
+            json!({"processId": "cat-tty", "chunk": BASE64.encode("typed\n"), "writeId": "1"}),
+        )
+        .await;
+    client
+        .ok(method::PROCESS_CLOSE_STDIN, json!({"processId": "cat-tty"}))
+        .await;
+    let notes = client.until_closed("cat-tty").await;
+    // The terminal echoes the input, then cat prints it back.
+    let text = String::from_utf8_lossy(&output_of(&notes)["pty"]).into_owned();
+    assert_eq!(text.matches("typed\r\n").count(), 2, "{text:?}");
+    assert_eq!(exit_code_of(&notes), 0);
+
+    let err = client
+        .err(
+            method::PROCESS_RESIZE,
+            json!({"processId": "cat-tty", "cols": 0, "rows": 1}),
+        )
+        .await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+}
+
+#[tokio::test]
+async fn retention_and_lost_bytes_through_read() {
+    let (state, _dir) = state_with(|c| c.retained_bytes = 14);
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    // Four separate writes, so (almost certainly) four chunks of 6 bytes.
+    client
+        .start(
+            "many",
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4; do echo line$i; sleep 0.05; done",
+            ],
+            json!({}),
+        )
+        .await;
+    let notes = client.until_closed("many").await;
+    let total: usize = output_of(&notes)["stdout"].len();
+    assert_eq!(total, 24);
+    let read = client
+        .ok(method::PROCESS_READ, json!({"processId": "many"}))
+        .await;
+    let chunks = read["chunks"].as_array().unwrap().clone();
+    let kept: usize = chunks.iter().map(|c| decode(&c["chunk"]).len()).sum();
+    assert!(kept <= 14 || chunks.len() == 1);
+    assert!(kept < total, "something was evicted");
+    assert_eq!(read["lostBytes"].as_u64().unwrap() as usize + kept, total);
+    assert_eq!(read["closed"], true);
+
+    let read = client
+        .ok(
+            method::PROCESS_READ,
+            json!({"processId": "many", "maxBytes": 1}),
+        )
+        .await;
+    assert_eq!(read["chunks"].as_array().unwrap().len(), 1);
+    if chunks.len() > 1 {
+        assert_eq!(read["closed"], false, "not caught up yet");
+        let next = read["nextSeq"].as_u64().unwrap();
+        let rest = client
+            .ok(
+                method::PROCESS_READ,
+                json!({"processId": "many", "afterSeq": next - 1}),
+            )
+            .await;
+        assert_eq!(rest["lostBytes"], 0);
+        assert_eq!(rest["closed"], true);
+    }
+}
+
+#[tokio::test]
+async fn sessions_survive_a_disconnect_and_are_resumed() {
+    let (state, _dir) = state();
+    let mut first = Client::new(&state);
+    let session_id = first.init(None).await;
+    first
+        .start("cat", &["cat"], json!({"pipeStdin": true}))
+        .await;
+    first.conn.close();
+
+    let mut second = Client::new(&state);
+    assert_eq!(second.init(Some(&session_id)).await, session_id);
+    second
+        .ok(
+            method::PROCESS_WRITE,
+            json!({"processId": "cat", "chunk": BASE64.encode("x\n"), "writeId": "1"}),
+        )
+        .await;
+    second
+        .ok(method::PROCESS_CLOSE_STDIN, json!({"processId": "cat"}))
+        .await;
+    let notes = second.until_closed("cat").await;
+    assert_eq!(output_of(&notes)["stdout"], b"x\n");
+
+    // A session this executor does not have yields a new one.
+    let mut third = Client::new(&state);
+    let other = third.init(Some("0123456789abcdef")).await;
+    assert_ne!(other, session_id);
+    assert_ne!(other, "0123456789abcdef");
+    let err = third
+        .err(method::PROCESS_READ, json!({"processId": "cat"}))
+        .await;
+    assert_eq!(
+        err.code,
+        code::INVALID_REQUEST,
+        "processes belong to their session"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_kills_its_processes() {
+    let (state, _dir) = state_with(|c| c.session_ttl = Duration::from_millis(1));
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    client.start("sleeper", &["sleep", "300"], json!({})).await;
+    let pgid = state
+        .sessions
+        .get(&session_id)
+        .unwrap()
+        .processes
+        .pgid_of("sleeper")
+        .unwrap();
+    eventually("the sleeper runs", || !live_group_members(pgid).is_empty()).await;
+
+    state.sweep();
+    assert!(
+        state.sessions.contains(&session_id),
+        "attached sessions never expire"
+    );
+    client.conn.close();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    state.sweep();
+    assert!(!state.sessions.contains(&session_id));
+    eventually("the sleeper is killed", || {
+        live_group_members(pgid).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn finished_processes_are_forgotten_after_the_retention() {
+    let (state, _dir) = state_with(|c| c.exited_retention = Duration::from_millis(1));
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    client.start("quick", &["true"], json!({})).await;
+    client.until_closed("quick").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    state.sweep();
+    let session = state.sessions.get(&session_id).unwrap();
+    assert!(!session.processes.contains("quick"));
+    // The id is free again.
+    client.start("quick", &["true"], json!({})).await;
+}
+
+#[tokio::test]
+async fn shutdown_kills_every_child() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    client
+        .start("a", &["sh", "-c", "sleep 300 & sleep 300"], json!({}))
+        .await;
+    let pgid = state
+        .sessions
+        .get(&session_id)
+        .unwrap()
+        .processes
+        .pgid_of("a")
+        .unwrap();
+    eventually("the group runs", || live_group_members(pgid).len() >= 2).await;
+    drop(crate::state::ShutdownGuard(state.clone()));
+    eventually("the group is gone", || live_group_members(pgid).is_empty()).await;
+}
+
+#[tokio::test]
+async fn fs_round_trip_through_rpc() {
+    let (state, dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    let data = BASE64.encode(b"round trip");
+    client
+        .ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "a/b.txt", "dataBase64": data, "createParents": true}),
+        )
+        .await;
+    let uri = execgate_protocol::uri::path_to_uri(&dir.path().join("a/b.txt")).unwrap();
+    let read = client.ok(method::FS_READ_FILE, json!({"path": uri})).await;
+    assert_eq!(read["dataBase64"], data);
+    let meta = client
+        .ok(method::FS_GET_METADATA, json!({"path": "a/b.txt"}))
+        .await;
+    assert_eq!(meta["size"], 10);
+    client
+        .ok(
+            method::FS_COPY,
+            json!({"sourcePath": "a", "destinationPath": "c", "recursive": true}),
+        )
+        .await;
+    let list = client
+        .ok(method::FS_READ_DIRECTORY, json!({"path": "c"}))
+        .await;
+    assert_eq!(list["entries"][0]["fileName"], "b.txt");
+    client.ok(method::FS_REMOVE, json!({"path": "a"})).await;
+    let err = client
+        .err(method::FS_READ_FILE, json!({"path": "a/b.txt"}))
+        .await;
+    assert_eq!(err.code, code::NOT_FOUND);
+    let err = client.err(method::FS_READ_FILE, json!({"path": 5})).await;
+    assert_eq!(err.code, code::INVALID_PARAMS);
+}
+
+/// The frame loop over an in-memory WebSocket: requests, notifications,
+/// pings, and a session that detaches when the socket closes.
+#[tokio::test]
+async fn frame_loop_over_an_in_memory_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::WebSocketStream;
+
+    let (state, _dir) = state();
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+    let mut gateway = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+    let serving = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            crate::connection::serve(server, state, &mut tasks, Duration::from_secs(30)).await
+        })
+    };
+
+    async fn next_json(gateway: &mut WebSocketStream<tokio::io::DuplexStream>) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, gateway.next()).await.ok()?? {
+                Ok(Frame::Text(text)) => return serde_json::from_str(&text).ok(),
+                Ok(Frame::Pong(payload)) => {
+                    return Some(json!({"pong": String::from_utf8_lossy(&payload)}))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    gateway
+        .send(Frame::text(
+            r#"{"id":1,"method":"initialize","params":{"clientName":"gw"}}"#,
+        ))
+        .await
+        .unwrap();
+    let init = next_json(&mut gateway).await.unwrap();
+    assert_eq!(init["id"], 1);
+    let session_id = init["result"]["sessionId"].as_str().unwrap().to_owned();
+    // Binary frames carry JSON too.
+    gateway
+        .send(Frame::binary(br#"{"method":"initialized"}"#.to_vec()))
+        .await
+        .unwrap();
+    gateway
+        .send(Frame::Ping("are-you-there".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut gateway).await.unwrap(),
+        json!({"pong": "are-you-there"})
+    );
+
+    gateway
+        .send(Frame::text(
+            json!({"id": "s", "method": "process/start", "params":
+                {"processId": "p", "argv": ["echo", "framed"], "cwd": "", "env": path_env()}})
+            .to_string(),
+        ))
+        .await
+        .unwrap();
+    // The start response comes before any notification of the process.
+    let first = next_json(&mut gateway).await.unwrap();
+    assert_eq!(first["id"], "s", "{first}");
+    let mut methods = Vec::new();
+    while !methods.contains(&"process/closed".to_owned()) {
+        let note = next_json(&mut gateway).await.unwrap();
+        methods.push(note["method"].as_str().unwrap().to_owned());
+    }
+    assert!(methods.contains(&"process/output".to_owned()));
+
+    gateway.send(Frame::text("{not json")).await.unwrap();
+    gateway
+        .send(Frame::text(r#"{"id":9,"method":7}"#))
+        .await
+        .unwrap();
+    let bad = next_json(&mut gateway).await.unwrap();
+    assert_eq!(bad["id"], 9);
+    assert_eq!(bad["error"]["code"], code::INVALID_REQUEST);
+
+    gateway.close(None).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    assert!(
+        matches!(ended, crate::connection::Ended::ClosedByGateway),
+        "{ended}"
+    );
+    // The session is detached but kept.
+    assert!(state.sessions.contains(&session_id));
+}
+
+#[tokio::test]
+async fn the_frame_loop_drops_a_silent_connection() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    let (state, _dir) = state();
+    let (ours, _theirs) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let ended = tokio::time::timeout(
+        WAIT,
+        crate::connection::serve(server, state, &mut tasks, Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(ended, crate::connection::Ended::Idle(_)),
+        "{ended}"
+    );
+}
+
+/// A fake gateway: answers the register POST with `register_answer` and, if
+/// it hands out a WebSocket URL, accepts one WebSocket connection on it.
+mod fake_gateway {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Serves one HTTP request with the given status and body; returns the
+    /// request's head and body as text.
+    pub async fn answer_once(listener: &TcpListener, status: &str, body: &str) -> String {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if request.len() >= head_end + 4 + length || n == 0 {
+                    break;
+                }
+            }
+        }
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).await.unwrap();
+        socket.shutdown().await.ok();
+        String::from_utf8_lossy(&request).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn run_gives_up_when_the_gateway_refuses_the_token() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = tokio::spawn(async move {
+        fake_gateway::answer_once(
+            &listener,
+            "401 Unauthorized",
+            r#"{"error":{"code":"invalid_token","message":"unknown executor token"}}"#,
+        )
+        .await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ExecutorConfig::new(format!("http://{addr}"), "exe_abc.s3cret");
+    config.workdir = dir.path().to_path_buf();
+    config.name = Some("laptop".into());
+    config.is_default = true;
+    let result = tokio::time::timeout(WAIT, crate::run(config))
+        .await
+        .unwrap();
+    match result {
+        Err(crate::ExecutorError::Rejected { status, message }) => {
+            assert_eq!(status, 401);
+            assert!(message.contains("unknown executor token"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let request = gateway.await.unwrap();
+    assert!(
+        request.starts_with("POST /cloud/environment/exe_abc/direct/register HTTP/1.1"),
+        "{request}"
+    );
+    assert!(request
+        .to_ascii_lowercase()
+        .contains("authorization: bearer exe_abc.s3cret"));
+    let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        body,
+        json!({"transport": "direct_jsonrpc_v1", "name": "laptop", "is_default": true})
+    );
+}
+
+#[tokio::test]
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
+async fn run_registers_dials_and_serves() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    tokio::spawn(async move {
+        let body = json!({"environment_id": "exe_1", "url": format!("http://{ws_addr}/link"),
+                          "transport": "direct_jsonrpc_v1", "registration_id": "r1"});
+        fake_gateway::answer_once(&http, "200 OK", &body.to_string()).await;
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ExecutorConfig::new(format!("ws://{http_addr}"), "exe_1.key");
+    config.workdir = dir.path().to_path_buf();
+    let executor = tokio::spawn(crate::run(config));
+
+    let (socket, _) = tokio::time::timeout(WAIT, ws.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    socket.set_nodelay(true).unwrap();
+    let mut auth = None;
+    let mut link = tokio_tungstenite::accept_hdr_async(socket, |req: &Request, resp: Response| {
+        auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Ok(resp)
+    })
+    .await
+    .unwrap();
+    assert_eq!(auth.as_deref(), Some("Bearer exe_1.key"));
+
+    link.send(Frame::text(
+        r#"{"id":1,"method":"initialize","params":{"clientName":"gw"}}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = loop {
+        if let Frame::Text(text) = link.next().await.unwrap().unwrap() {
+            break serde_json::from_str::<Value>(&text).unwrap();
+        }
+    };
+    assert_eq!(reply["id"], 1);
+    let cwd = reply["result"]["environmentInfo"]["cwd"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        cwd,
+        execgate_protocol::uri::path_to_uri(&std::path::absolute(dir.path()).unwrap()).unwrap()
+    );
+
+    // Dropping `run` stops the executor.
+    executor.abort();
+    assert!(executor.await.unwrap_err().is_cancelled());
+}
