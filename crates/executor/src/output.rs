@@ -199,6 +199,9 @@ impl OutputLog {
     pub fn lost_bytes(&self, after_seq: u64) -> u64 {
         // Bytes evicted up to and including `after_seq`.
         let through = match self.evicted.partition_point(|&(seq, _)| seq <= after_seq) {
+            // A reader that has read nothing lost every evicted byte: exact
+            // even after the index dropped entries, and the common late read.
+            _ if after_seq == 0 => 0,
             // `after_seq` is older than everything in the index: count from
             // the horizon (exact unless entries were dropped from the index).
             0 => self.horizon,
@@ -423,10 +426,11 @@ mod tests {
         assert_eq!(log.lost_bytes(3), 2, "exact inside the index");
         assert_eq!(log.lost_bytes(2), 3, "exact at the horizon");
         assert_eq!(
-            log.lost_bytes(0),
+            log.lost_bytes(1),
             3,
-            "older than the horizon: a lower bound (really 5)"
+            "older than the horizon: a lower bound (really 4)"
         );
+        assert_eq!(log.lost_bytes(0), 5, "a reader at 0 is always exact");
     }
 
     #[test]

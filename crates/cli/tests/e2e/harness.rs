@@ -299,7 +299,6 @@ pub struct World {
     pub data_dir: PathBuf,
     pub gateway: GatewayProc,
     /// Held so that the executors live (and die) with the world.
-    #[allow(dead_code)]
     pub executors: Vec<Proc>,
     pub api: Api,
     pub workdir: PathBuf,

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod basics;
+mod cli;
 mod harness;
 mod isolation;
 mod restart;
