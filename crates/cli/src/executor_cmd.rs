@@ -29,6 +29,10 @@ pub struct ExecutorArgs {
     /// Seconds a disconnected session keeps its processes for a reconnect.
     #[arg(long, default_value_t = 600)]
     pub session_ttl_secs: u64,
+    /// A TOML file of custom tools ([[tool]] tables); checked at start, and
+    /// any problem refuses to start. See README, "Custom tools".
+    #[arg(long, value_name = "FILE")]
+    pub tools: Option<PathBuf>,
 }
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
@@ -41,6 +45,7 @@ pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     }
     config.retained_bytes = a.retain_bytes;
     config.session_ttl = Duration::from_secs(a.session_ttl_secs);
+    config.tools_file = a.tools;
     execgate_executor::run(config).await?;
     Ok(())
 }

@@ -21,6 +21,10 @@ pub enum ExecutorError {
         source: std::io::Error,
     },
 
+    /// The `--tools` file cannot be read or is not valid.
+    #[error(transparent)]
+    ToolsFile(#[from] crate::tools_file::ToolsFileError),
+
     #[error("cannot create the HTTP client: {0}")]
     HttpClient(String),
 

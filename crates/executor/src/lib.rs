@@ -16,6 +16,7 @@
 //! - `notify`: the non-blocking path of notifications to the gateway.
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths.
+//! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 mod connect;
 mod connection;
@@ -28,6 +29,7 @@ mod process;
 mod rpc;
 mod session;
 mod state;
+mod tools_file;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 pub use error::ExecutorError;
+pub use tools_file::{ToolsFileError, ToolsFileProblem};
 
 use connect::{Backoff, Gateway};
 use state::{ExecutorState, ShutdownGuard};
@@ -74,6 +77,8 @@ pub struct ExecutorConfig {
     pub session_ttl: Duration,
     /// How long a finished process stays readable.
     pub exited_retention: Duration,
+    /// The TOML file of custom tools (`--tools`), checked at start.
+    pub tools_file: Option<PathBuf>,
 }
 
 impl ExecutorConfig {
@@ -88,6 +93,7 @@ impl ExecutorConfig {
             retained_bytes: DEFAULT_RETAINED_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
             exited_retention: DEFAULT_EXITED_RETENTION,
+            tools_file: None,
         }
     }
 }
@@ -108,6 +114,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("retained_bytes", &self.retained_bytes)
             .field("session_ttl", &self.session_ttl)
             .field("exited_retention", &self.exited_retention)
+            .field("tools_file", &self.tools_file)
             .finish()
     }
 }

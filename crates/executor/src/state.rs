@@ -49,7 +49,14 @@ impl ExecutorState {
                 })
             }
         }
-        let environment = environment_info(&workdir, config.retained_bytes);
+        let mut environment = environment_info(&workdir, config.retained_bytes);
+        if let Some(path) = &config.tools_file {
+            let tools = crate::tools_file::load(path, &workdir)?;
+            environment
+                .execgate
+                .get_or_insert_with(Default::default)
+                .tools = tools;
+        }
         Ok(ExecutorState {
             workdir,
             session_ttl: config.session_ttl,
@@ -98,6 +105,7 @@ fn environment_info(workdir: &Path, retained_bytes: usize) -> EnvironmentInfo {
         read_range: true,
         atomic_write: true,
         retained_bytes: retained_bytes as u64,
+        ..Default::default()
     };
     EnvironmentInfo {
         shell: ShellInfo {

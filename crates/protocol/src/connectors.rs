@@ -79,6 +79,9 @@ pub struct ConnectorTool {
     pub description: String,
     /// `"core"` or `"custom"`.
     pub kind: String,
+    /// A custom tool's JSON Schema for its `arguments`. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
 }
 
 /// `POST /api/connectors/envs/{name}/tool/call`.
@@ -215,6 +218,7 @@ mod tests {
                 name: "shell".into(),
                 description: "d".into(),
                 kind: "core".into(),
+                input_schema: None,
             }],
             last_seen: None,
             executor: None,

@@ -107,6 +107,10 @@ pub struct ExtCapabilities {
     pub atomic_write: bool,
     /// Output bytes retained per process.
     pub retained_bytes: u64,
+    /// Custom tools from the executor's tools file. Absent (empty) on older
+    /// executors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::custom_tool::CustomToolSpec>,
 }
 
 /// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks

@@ -4,6 +4,7 @@
 mod bad_input;
 mod basics;
 mod cli;
+mod custom_tools;
 mod harness;
 mod isolation;
 mod restart;

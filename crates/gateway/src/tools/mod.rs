@@ -10,6 +10,7 @@
 //! with reaching the executor is an HTTP error.
 
 mod args;
+mod custom;
 mod exec_command;
 mod files;
 mod shell;
@@ -64,15 +65,19 @@ const CORE_TOOLS: &[CoreTool] = &[
 ];
 
 /// The tools that work on this executor, as envs/list shows them.
-pub fn list(_link: &Link) -> Vec<ConnectorTool> {
-    CORE_TOOLS
+pub fn list(link: &Link) -> Vec<ConnectorTool> {
+    let mut tools: Vec<ConnectorTool> = CORE_TOOLS
         .iter()
         .map(|t| ConnectorTool {
             name: t.name.into(),
             description: t.description.into(),
             kind: "core".into(),
+            input_schema: None,
         })
-        .collect()
+        .collect();
+    let core: Vec<&str> = CORE_TOOLS.iter().map(|t| t.name).collect();
+    tools.extend(custom::list(link, &core));
+    tools
 }
 
 /// Runs one tool call.
@@ -87,6 +92,10 @@ pub async fn call(
         "write_file" => files::write_file(ctx, parse_args(arguments)?).await,
         "exec_command" => exec_command::call(ctx, parse_args(arguments)?).await,
         other => {
+            // After every core tool's arm: a core tool always wins.
+            if let Some(spec) = custom::find(&ctx.link, other) {
+                return custom::call(ctx, spec, arguments).await;
+            }
             let known: Vec<_> = list(&ctx.link).into_iter().map(|t| t.name).collect();
             Err(ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,

@@ -52,18 +52,45 @@ pub struct ShellArgs {
 }
 
 pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, ApiError> {
+    let command = Command {
+        cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
+        argv: a.command,
+        env: a.env,
+        timeout: Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+    };
+    run_to_completion(ctx, command).await
+}
+
+/// A command to run to completion. `shell` and custom tools (`custom`) both
+/// run one, so they share the collection logic and the result shape.
+pub(crate) struct Command {
+    pub argv: Vec<String>,
+    /// `file://` URI.
+    pub cwd: String,
+    /// Set on top of the executor's environment.
+    pub env: BTreeMap<String, String>,
+    /// Past it, the process group is killed and the result is `isError`.
+    pub timeout: Duration,
+}
+
+/// Runs `command` on the link's executor and collects its output into
+/// `{stdout, stderr, exit_code, timed_out, duration_ms}`.
+pub(crate) async fn run_to_completion(
+    ctx: &ToolContext<'_>,
+    command: Command,
+) -> Result<CallToolResult, ApiError> {
     let link = &ctx.link;
-    let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+    let timeout = command.timeout;
     let process_id = random_id("sh_", 8);
     let params = ProcessStartParams {
         process_id: process_id.clone(),
-        argv: a.command.clone(),
-        cwd: args::cwd_uri(link, a.cwd.as_deref())?,
+        argv: command.argv,
+        cwd: command.cwd,
         env: BTreeMap::new(),
         tty: false,
         pipe_stdin: Some(false),
         arg0: None,
-        env_policy: Some(EnvPolicy::inherit_all(a.env)),
+        env_policy: Some(EnvPolicy::inherit_all(command.env)),
         cols: None,
         rows: None,
     };
