@@ -1,0 +1,188 @@
+//! File transfer: PUT and GET through `/files` and `copy_path` between two
+//! executors, against a local `cp` of the same file measured in the same
+//! run, plus how much the gateway's RSS grows during the copy (it should
+//! stay flat: transfers stream in 1 MiB chunks).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{rss_kib, Gateway};
+use crate::Figure;
+
+pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let size: u64 = if quick { 64 << 20 } else { 1 << 30 };
+    let gw = Gateway::start(bin)?;
+    let (_a, work_a) = gw.executor("a").await?;
+    let (_b, work_b) = gw.executor("b").await?;
+    let src = work_a.join("src.bin");
+    write_pseudo_random(&src, size)?;
+    let mb = |secs: f64| size as f64 / 1e6 / secs;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let mut figures = Vec::new();
+    let label = if quick { "64 MiB" } else { "1 GiB" };
+
+    // Baseline: a local cp of the same file.
+    let cp_dst = work_b.join("cp.bin");
+    let t = Instant::now();
+    if !std::process::Command::new("cp")
+        .arg(&src)
+        .arg(&cp_dst)
+        .status()?
+        .success()
+    {
+        bail!("cp failed");
+    }
+    let cp = mb(t.elapsed().as_secs_f64());
+    std::fs::remove_file(&cp_dst)?;
+    let base = || Some((format!("local cp {label}"), cp));
+
+    // PUT from a local file.
+    let t = Instant::now();
+    let file = tokio::fs::File::open(&src).await?;
+    let body = reqwest::Body::wrap_stream(tokio_stream_of(file));
+    let resp = http
+        .put(format!("{}/api/connectors/envs/b/files", gw.url))
+        .query(&[("path", "put.bin")])
+        .bearer_auth(&gw.token)
+        .body(body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("PUT failed: {}", resp.text().await?);
+    }
+    figures.push(Figure {
+        key: "files.put.mb_per_s".into(),
+        label: format!("PUT /files {label}"),
+        value: mb(t.elapsed().as_secs_f64()),
+        unit: "MB/s",
+        baseline: base(),
+    });
+    std::fs::remove_file(work_b.join("put.bin"))?;
+
+    // GET into a local file.
+    let t = Instant::now();
+    let resp = http
+        .get(format!("{}/api/connectors/envs/a/files", gw.url))
+        .query(&[("path", "src.bin")])
+        .bearer_auth(&gw.token)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("GET failed: {}", resp.text().await?);
+    }
+    let got_path = work_b.join("got.bin");
+    let mut out = tokio::fs::File::create(&got_path).await?;
+    let mut stream = resp.bytes_stream();
+    let mut got = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    if got != size {
+        bail!("GET returned {got} of {size} bytes");
+    }
+    figures.push(Figure {
+        key: "files.get.mb_per_s".into(),
+        label: format!("GET /files {label}"),
+        value: mb(t.elapsed().as_secs_f64()),
+        unit: "MB/s",
+        baseline: base(),
+    });
+    std::fs::remove_file(&got_path)?;
+
+    // copy_path between the two executors, watching the gateway's RSS.
+    let pid = gw.pid();
+    let before = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let t = Instant::now();
+    let r: serde_json::Value = http
+        .post(format!("{}/api/connectors/envs/a/tool/call", gw.url))
+        .bearer_auth(&gw.token)
+        .json(&serde_json::json!({"tool": "copy_path", "arguments": {
+            "source_environment_id": "a", "source_path": "src.bin",
+            "destination_environment_id": "b", "destination_path": "copy.bin"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let secs = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.await?;
+    if r["isError"] != false || r["structuredContent"]["bytes"] != size {
+        bail!("copy_path failed: {r}");
+    }
+    figures.push(Figure {
+        key: "files.copy_path.mb_per_s".into(),
+        label: format!("copy_path {label}"),
+        value: mb(secs),
+        unit: "MB/s",
+        baseline: base(),
+    });
+    figures.push(Figure {
+        key: "files.copy_path.gateway_rss_growth_mib".into(),
+        label: "gateway RSS growth during copy_path".into(),
+        value: peak.load(Ordering::Relaxed).saturating_sub(before) as f64 / 1024.0,
+        unit: "MiB",
+        baseline: None,
+    });
+    Ok(figures)
+}
+
+/// Writes `size` bytes that do not repeat in any short period.
+fn write_pseudo_random(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(path).context("creating the source")?);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A file as a stream of 256 KiB chunks, for a streaming request body.
+fn tokio_stream_of(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    })
+}

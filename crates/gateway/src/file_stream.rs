@@ -1,0 +1,255 @@
+//! `GET` and `PUT /api/connectors/envs/{name}/files?path=P`: a file's raw
+//! bytes streamed to and from API callers, of any size, with constant
+//! gateway memory.
+//!
+//! - `GET` answers with `Content-Length` and honours a single `Range`
+//!   (`bytes=a-b`, `bytes=a-`, `bytes=-n`) with 206; an unsatisfiable range
+//!   is 416. Chunks are read ahead of the client by one, through a channel.
+//! - `PUT` streams the request body into a staged file beside the target,
+//!   then `fs/commitFile` verifies its SHA-256 and renames it into place:
+//!   the target is replaced atomically and keeps its mode. `create_parents`
+//!   (default true) creates missing directories. The body-size limit of the
+//!   JSON routes does not apply.
+//!
+//! Both use [`crate::transfer`], which falls back to ordinary commands on
+//! an executor without execgate's file extensions (a stock codex).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{Bytes, BytesMut};
+use execgate_protocol::connectors::error_code as code;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::tools::resolve_path;
+use crate::transfer::{self, Sink, TransferError, CHUNK};
+
+#[derive(Deserialize)]
+pub struct FileQuery {
+    path: String,
+    #[serde(default = "yes")]
+    create_parents: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A missing file is 404 `file_not_found`; other refusals 400.
+fn file_error(e: TransferError) -> ApiError {
+    match e {
+        TransferError::Refused(m) if m.ends_with("no such file or directory") => {
+            ApiError::new(StatusCode::NOT_FOUND, "file_not_found", m)
+        }
+        other => other.into(),
+    }
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let link = crate::api::environment(&state, &caller, &name).await?;
+    let path = resolve_path(&link, "path", &q.path)?;
+    let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
+    if !meta.is_file {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a regular file",
+            q.path
+        )));
+    }
+    let size = meta.size;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(r) => match parse_range(r, size) {
+            RangeSpec::Whole => None,
+            RangeSpec::Part(start, end) => Some((start, end)),
+            RangeSpec::Unsatisfiable => {
+                let mut resp = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("the range {r:?} is outside the file's {size} bytes"),
+                )
+                .into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+                );
+                return Ok(resp);
+            }
+        },
+    };
+    let (start, end) = range.unwrap_or((0, size));
+
+    // Read ahead of the client by one chunk.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut offset = start;
+        while offset < end {
+            let want = CHUNK.min(end - offset);
+            let chunk = match transfer::read_range(&link, &path, offset, want).await {
+                Ok(c) if c.is_empty() => Err(std::io::Error::other(
+                    "the file shrank while it was being read",
+                )),
+                Ok(c) => Ok(c),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let failed = chunk.is_err();
+            offset += chunk.as_ref().map_or(0, |c| c.len() as u64);
+            // The client went away, or the read failed: stop either way.
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ascii"),
+        );
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, PartialEq)]
+enum RangeSpec {
+    Whole,
+    /// `[start, end)`.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range, as RFC 9110 defines it. Anything else (several
+/// ranges, other units, nonsense) is served whole, which the RFC allows.
+fn parse_range(header: &str, size: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Whole;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        // bytes=-n: the last n bytes.
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size)),
+            Err(_) => None,
+        },
+        (false, true) => a.parse::<u64>().ok().map(|s| (s, size)),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(s), Ok(e)) if e >= s => Some((s, (e + 1).min(size))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        None => RangeSpec::Whole,
+        Some((s, _)) if s >= size => RangeSpec::Unsatisfiable,
+        Some((s, e)) => RangeSpec::Part(s, e),
+    }
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let link = crate::api::environment(&state, &caller, &name).await?;
+    let path = resolve_path(&link, "path", &q.path)?;
+    // Keep the mode of a file being replaced; refuse to replace a directory.
+    let mode = match transfer::stat(&link, &path).await {
+        Ok(m) if m.is_directory => {
+            return Err(ApiError::bad_request(format!("{} is a directory", q.path)))
+        }
+        Ok(m) => m.mode,
+        Err(TransferError::Refused(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut sink = Sink::create(link, &path, q.create_parents)
+        .await
+        .map_err(file_error)?;
+    match pump(&mut sink, body).await {
+        Ok(()) => {
+            let r = sink.commit(mode).await?;
+            Ok(Json(
+                json!({ "path": q.path, "bytes": r.size, "sha256": r.sha256 }),
+            ))
+        }
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Moves the request body into the sink in chunks of [`CHUNK`].
+async fn pump(sink: &mut Sink, body: Body) -> Result<(), ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::with_capacity(CHUNK as usize);
+    while let Some(frame) = stream.next().await {
+        let data = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                format!("the upload was interrupted: {e}; nothing was written"),
+            )
+        })?;
+        buf.extend_from_slice(&data);
+        while buf.len() as u64 >= CHUNK {
+            let chunk = buf.split_to(CHUNK as usize);
+            sink.write(&chunk).await?;
+        }
+    }
+    sink.write(&buf).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_range, RangeSpec::*};
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 10));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-1000", 100), Part(0, 100));
+        assert_eq!(parse_range("bytes=50-5000", 100), Part(50, 100));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Whole);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("bytes=x-y", 100), Whole);
+    }
+}
