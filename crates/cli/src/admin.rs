@@ -2,7 +2,10 @@
 //! store of a data dir. Safe while a gateway serves from the same data dir.
 //!
 //! Commands that create a secret print it alone on the last line of stdout;
-//! scripts and tests rely on that.
+//! scripts and tests rely on that. `executor add --sigv4` (a machine that
+//! runs a stock codex) instead ends with three `NAME=value` lines, ready for
+//! codex's environment: `EXECGATE_ENVIRONMENT_ID`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY`.
 
 use std::path::PathBuf;
 
@@ -68,6 +71,11 @@ pub enum ExecutorCmd {
         name: String,
         #[arg(long)]
         default: bool,
+        /// For a stock `codex exec-server --aws-sigv4`: issue an AWS SigV4
+        /// key instead of a token. Ends with three lines:
+        /// EXECGATE_ENVIRONMENT_ID=…, AWS_ACCESS_KEY_ID=…, AWS_SECRET_ACCESS_KEY=….
+        #[arg(long)]
+        sigv4: bool,
     },
     /// List executors.
     List {
@@ -130,6 +138,22 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             workspace,
             name,
             default,
+            sigv4: true,
+        }) => {
+            let key = store.add_sigv4_executor(&workspace, &name, default).await?;
+            println!(
+                "added executor {name} ({}) to workspace {workspace}; run codex with --environment-id {} and these credentials (shown once):",
+                key.exe_id, key.exe_id
+            );
+            println!("EXECGATE_ENVIRONMENT_ID={}", key.exe_id);
+            println!("AWS_ACCESS_KEY_ID={}", key.key_id);
+            println!("AWS_SECRET_ACCESS_KEY={}", key.secret);
+        }
+        AdminCommand::Executor(ExecutorCmd::Add {
+            workspace,
+            name,
+            default,
+            sigv4: false,
         }) => {
             let (exe_id, token) = store.add_executor(&workspace, &name, default).await?;
             println!("added executor {name} ({exe_id}) to workspace {workspace}; its token (shown once):");

@@ -3,6 +3,10 @@
 //!
 //! 1. `POST /cloud/environment/{environment_id}/direct/register`, with the
 //!    executor token as bearer, answers a single-use, short-lived WebSocket URL.
+//!    A stock codex signs it with AWS SigV4 instead (see [`crate::sigv4`]) and
+//!    gets a URL without a ticket: codex registers once and re-dials that
+//!    same URL for its whole life, so each upgrade is authenticated by its
+//!    own SigV4 signature and the URL itself grants nothing.
 //! 2. `GET` that URL upgrades to the link. The gateway then speaks first:
 //!    `initialize` (with `resumeSessionId` when it knows the executor's
 //!    session, so processes survive reconnects and gateway restarts), then
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{OriginalUri, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
@@ -34,6 +38,7 @@ use crate::error::ApiError;
 use crate::extract::{parse_json_body, ApiPath};
 use crate::link::{Handshake, Link, LinkError};
 use crate::secret;
+use crate::sigv4;
 use crate::state::{AppState, Ticket, TICKET_TTL};
 use crate::store::{now_ms, ConnectInfo, ExecutorRow};
 
@@ -42,6 +47,11 @@ use execgate_protocol::connectors::error_code as code;
 /// Largest frame accepted on a link; file transfers send big frames.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// codex answers -32010 to a `resumeSessionId` whose session is still
+/// attached to its previous connection; it detaches once that socket is gone.
+const SESSION_ATTACHED: i64 = -32010;
+/// How long to keep retrying a resume that codex says is still attached.
+const ATTACHED_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Checks an executor token against the environment in the path.
 async fn authenticate_executor(
@@ -72,13 +82,62 @@ async fn authenticate_executor(
     Ok(row)
 }
 
+/// Checks a SigV4-signed request (a stock codex) against the key of the
+/// environment in the path. Any failure is a 401: codex then exits for
+/// good, which is right for a wrong secret.
+async fn authenticate_sigv4(
+    state: &AppState,
+    environment_id: &str,
+    req: &sigv4::Request<'_>,
+) -> Result<ExecutorRow, ApiError> {
+    let refused = |why: String| {
+        tracing::warn!(environment_id, "SigV4 request refused: {why}");
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            format!("the SigV4 signature is not valid for environment {environment_id:?}: {why}"),
+        )
+    };
+    let auth = sigv4::authorization(req).map_err(|e| refused(e.to_string()))?;
+    let key = state
+        .store()
+        .sigv4_key(&auth.key_id)
+        .await?
+        .filter(|k| k.exe_id == environment_id)
+        .ok_or_else(|| refused(sigv4::SigV4Error::UnknownKey.to_string()))?;
+    let key_ref = sigv4::Key {
+        key_id: &key.key_id,
+        secret: &key.secret,
+    };
+    sigv4::verify(req, &key_ref, std::time::SystemTime::now())
+        .map_err(|e| refused(e.to_string()))?;
+    state
+        .store()
+        .executor(environment_id)
+        .await?
+        .ok_or_else(|| refused("the executor was removed".into()))
+}
+
 pub async fn register(
     State(state): State<AppState>,
     ApiPath(environment_id): ApiPath<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let row = authenticate_executor(&state, &environment_id, &headers).await?;
+    let signed = sigv4::is_sigv4(&headers);
+    let row = if signed {
+        let req = sigv4::Request {
+            method: "POST",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers: &headers,
+            body: &body,
+        };
+        authenticate_sigv4(&state, &environment_id, &req).await?
+    } else {
+        authenticate_executor(&state, &environment_id, &headers).await?
+    };
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest {
             transport: TRANSPORT_DIRECT.into(),
@@ -110,6 +169,16 @@ pub async fn register(
         state.store().set_default_executor(&row.exe_id).await?;
     }
 
+    let base = ws_base_url(&state, &headers);
+    let connect_url = format!("{base}/cloud/environment/{}/direct/connect", row.exe_id);
+    if signed {
+        return Ok(Json(RegisterResponse {
+            environment_id: row.exe_id.clone(),
+            url: connect_url,
+            transport: TRANSPORT_DIRECT.into(),
+            registration_id: secret::random_id("reg_", 8),
+        }));
+    }
     let ticket = secret::random_token("", 24);
     {
         let mut tickets = state.tickets().lock().unwrap();
@@ -123,13 +192,9 @@ pub async fn register(
             },
         );
     }
-    let base = ws_base_url(&state, &headers);
     Ok(Json(RegisterResponse {
         environment_id: row.exe_id.clone(),
-        url: format!(
-            "{base}/cloud/environment/{}/direct/connect?ticket={ticket}",
-            row.exe_id
-        ),
+        url: format!("{connect_url}?ticket={ticket}"),
         transport: TRANSPORT_DIRECT.into(),
         registration_id: secret::random_id("reg_", 8),
     }))
@@ -159,25 +224,41 @@ fn ws_base_url(state: &AppState, headers: &HeaderMap) -> String {
 
 #[derive(Deserialize)]
 pub struct ConnectQuery {
-    ticket: String,
+    /// Absent for SigV4 executors, whose upgrade is signed instead.
+    ticket: Option<String>,
 }
 
 pub async fn connect(
     State(state): State<AppState>,
     ApiPath(environment_id): ApiPath<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
     Query(q): Query<ConnectQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let ticket = state.tickets().lock().unwrap().remove(&q.ticket);
-    let valid = ticket
-        .as_ref()
-        .is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now());
-    if !valid {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            code::INVALID_TOKEN,
-            "unknown, used or expired connect ticket; register again",
-        ));
+    if sigv4::is_sigv4(&headers) {
+        let req = sigv4::Request {
+            method: "GET",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers: &headers,
+            body: b"",
+        };
+        authenticate_sigv4(&state, &environment_id, &req).await?;
+    } else {
+        let ticket = q
+            .ticket
+            .and_then(|t| state.tickets().lock().unwrap().remove(&t));
+        let valid = ticket
+            .as_ref()
+            .is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now());
+        if !valid {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                code::INVALID_TOKEN,
+                "unknown, used or expired connect ticket; register again",
+            ));
+        }
     }
     let ws = ws.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
     let row = state
@@ -243,7 +324,7 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
     });
 
     let reason = tokio::select! {
-        hs = handshake(&link, row.session_id.clone()) => match hs {
+        hs = handshake(&state, &link, row.session_id.clone()) => match hs {
             Ok(hs) => {
                 serve_link(&state, &link, hs, &mut reader).await
             }
@@ -268,15 +349,38 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
     tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, "executor disconnected: {reason}");
 }
 
-async fn handshake(link: &Arc<Link>, resume: Option<String>) -> Result<Handshake, String> {
+async fn handshake(
+    state: &AppState,
+    link: &Arc<Link>,
+    resume: Option<String>,
+) -> Result<Handshake, String> {
     let params = InitializeParams {
         client_name: "execgate-gateway".into(),
         resume_session_id: resume.clone(),
     };
-    let result: InitializeResult = match link
-        .request(method::INITIALIZE, &params, HANDSHAKE_TIMEOUT)
-        .await
-    {
+    let attached_until = Instant::now() + ATTACHED_RETRY_FOR;
+    let first = loop {
+        let r = link
+            .request::<_, InitializeResult>(method::INITIALIZE, &params, HANDSHAKE_TIMEOUT)
+            .await;
+        match r {
+            // codex still holds the session for the executor's previous
+            // connection (the gateway may not have noticed it die yet):
+            // drop the gateway's side of it and ask again.
+            Err(LinkError::Rpc { ref error, .. })
+                if error.code == SESSION_ATTACHED && Instant::now() < attached_until =>
+            {
+                if let Some(old) = state.registry().get(&link.exe_id) {
+                    if !Arc::ptr_eq(&old, link) {
+                        old.close("the executor reconnected");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => break other,
+        }
+    };
+    let result: InitializeResult = match first {
         Ok(r) => r,
         // codex refuses an unknown or expired resumeSessionId (-32600):
         // start a fresh session instead.

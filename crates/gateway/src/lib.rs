@@ -12,6 +12,7 @@
 //! - [`tools`]: tool semantics (shell, files, exec_command).
 //! - [`processes`]: exec_command sessions: stdin, output, terminate.
 //! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
+//! - [`sigv4`]: SigV4 verification of codex executors.
 //! - [`error`]: the API error and its envelope; [`extract`]: extractors
 //!   whose rejections use it.
 
@@ -24,6 +25,7 @@ pub mod link;
 pub mod processes;
 pub mod registry;
 pub mod secret;
+pub mod sigv4;
 pub mod state;
 pub mod store;
 pub mod tools;

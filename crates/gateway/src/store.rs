@@ -122,6 +122,24 @@ pub struct SessionRow {
     pub created_at: i64,
 }
 
+/// The AWS SigV4 credentials of an executor that runs a stock codex. The
+/// secret is stored as issued: verifying an HMAC signature needs it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SigV4Key {
+    pub key_id: String,
+    pub exe_id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for SigV4Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigV4Key")
+            .field("key_id", &self.key_id)
+            .field("exe_id", &self.exe_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a proxy token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenGrant {
@@ -150,6 +168,18 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
+        // The store holds SigV4 secrets in the clear (they must be to verify
+        // HMAC signatures): only the owner may enter the data dir.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| StoreError::DataDir {
+                    path: data_dir.to_owned(),
+                    source,
+                },
+            )?;
+        }
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(data_dir.join("execgate.db"))
             .create_if_missing(true)
@@ -332,6 +362,48 @@ impl Store {
         }
         tx.commit().await?;
         Ok((exe_id, token))
+    }
+
+    /// Registers an executor that authenticates with AWS SigV4 (a stock
+    /// codex `exec-server --aws-sigv4`) and returns its key. The executor
+    /// row also gets a bearer token, which is thrown away unseen.
+    pub async fn add_sigv4_executor(
+        &self,
+        workspace: &str,
+        name: &str,
+        is_default: bool,
+    ) -> Result<SigV4Key> {
+        let (exe_id, _unused_token) = self.add_executor(workspace, name, is_default).await?;
+        let key = SigV4Key {
+            key_id: format!("AKEG{}", secret::random_id("", 8).to_uppercase()),
+            exe_id,
+            secret: secret::random_token("", 30),
+        };
+        let res = sqlx::query(
+            "INSERT INTO executor_sigv4_keys (key_id, exe_id, secret, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key.key_id)
+        .bind(&key.exe_id)
+        .bind(&key.secret)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = res {
+            // An executor that cannot authenticate is of no use: undo it.
+            let _ = self.remove_executor(workspace, &key.exe_id).await;
+            return Err(e.into());
+        }
+        Ok(key)
+    }
+
+    /// The SigV4 key with this access key id.
+    pub async fn sigv4_key(&self, key_id: &str) -> Result<Option<SigV4Key>> {
+        Ok(sqlx::query_as(
+            "SELECT key_id, exe_id, secret FROM executor_sigv4_keys WHERE key_id = ?",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Gives an executor a new token, invalidating the old one.
@@ -523,6 +595,30 @@ mod tests {
         assert!(s.verify_proxy_token(&tok).await.unwrap().is_none());
         assert!(s.revoke_proxy_token(&id).await.is_err());
         assert!(s.create_proxy_token("nope", None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn sigv4_keys_belong_to_their_executor_and_go_with_it() {
+        let (d, s) = store().await;
+        s.create_workspace("w").await.unwrap();
+        let key = s.add_sigv4_executor("w", "codex", false).await.unwrap();
+        assert!(key.key_id.starts_with("AKEG") && key.key_id.len() == 20);
+        assert!(key.secret.len() >= 40);
+        let found = s.sigv4_key(&key.key_id).await.unwrap().unwrap();
+        assert_eq!(
+            (found.exe_id.as_str(), found.secret.as_str()),
+            (key.exe_id.as_str(), key.secret.as_str())
+        );
+        assert!(!format!("{found:?}").contains(&key.secret));
+        assert!(s.add_sigv4_executor("w", "codex", false).await.is_err());
+        s.remove_executor("w", "codex").await.unwrap();
+        assert!(s.sigv4_key(&key.key_id).await.unwrap().is_none());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
     }
 
     #[tokio::test]
