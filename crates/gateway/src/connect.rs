@@ -282,6 +282,7 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
         row.name.clone(),
         tx,
     );
+    link.set_ledger(state.ledger(&row.exe_id));
 
     let ping_every = state.config().ping_interval;
     let writer_link = link.clone();

@@ -13,6 +13,7 @@
 //! - [`processes`]: exec_command sessions: stdin, output, terminate.
 //! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
 //! - [`sigv4`]: SigV4 verification of codex executors.
+//! - [`seq_ledger`]: bytes per output seq, for exact `lost_bytes` on codex.
 //! - [`error`]: the API error and its envelope; [`extract`]: extractors
 //!   whose rejections use it.
 
@@ -25,6 +26,7 @@ pub mod link;
 pub mod processes;
 pub mod registry;
 pub mod secret;
+pub mod seq_ledger;
 pub mod sigv4;
 pub mod state;
 pub mod store;

@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::seq_ledger::SeqLedger;
 use crate::store::now_ms;
 
 /// Why a request on a link did not produce a result.
@@ -100,6 +101,8 @@ pub struct Link {
     next_sub: AtomicU64,
     last_seen_ms: AtomicI64,
     closed_notify: tokio::sync::Notify,
+    /// Where every process event is also recorded, for exact lost bytes.
+    ledger: OnceLock<Arc<SeqLedger>>,
 }
 
 impl Link {
@@ -124,7 +127,25 @@ impl Link {
             next_sub: AtomicU64::new(1),
             last_seen_ms: AtomicI64::new(now_ms()),
             closed_notify: tokio::sync::Notify::new(),
+            ledger: OnceLock::new(),
         })
+    }
+
+    /// Records every later process event in `ledger`. Set before the
+    /// socket is read, so that no event goes by unrecorded.
+    pub fn set_ledger(&self, ledger: Arc<SeqLedger>) {
+        let _ = self.ledger.set(ledger);
+    }
+
+    /// Output bytes of `process_id` with a seq in `(after_seq, first_seq)`,
+    /// as this executor's ledger saw them; `None` when it cannot tell.
+    pub fn lost_between(&self, process_id: &str, after_seq: u64, first_seq: u64) -> Option<u64> {
+        if first_seq <= after_seq + 1 {
+            return Some(0);
+        }
+        self.ledger
+            .get()?
+            .lost_between(process_id, after_seq, first_seq)
     }
 
     pub fn set_handshake(&self, h: Handshake) {
@@ -351,6 +372,16 @@ impl Link {
             },
             _ => return,
         };
+        if let Some(ledger) = self.ledger.get() {
+            match &event {
+                ProcessEvent::Output { seq, data, .. } => {
+                    ledger.record(&process_id, *seq, data.len() as u64, false)
+                }
+                ProcessEvent::Exited { seq, .. } => ledger.record(&process_id, *seq, 0, false),
+                ProcessEvent::Closed { seq } => ledger.record(&process_id, *seq, 0, true),
+                ProcessEvent::LinkLost => {}
+            }
+        }
         let subs = self.subscribers.lock().unwrap();
         if let Some(list) = subs.get(&process_id) {
             for (_, tx) in list {
@@ -398,6 +429,11 @@ impl Subscription {
     /// The next event; `LinkLost` once the link is gone.
     pub async fn recv(&mut self) -> ProcessEvent {
         self.rx.recv().await.unwrap_or(ProcessEvent::LinkLost)
+    }
+
+    /// Events queued and not yet received: how far the subscriber is behind.
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
     }
 }
 

@@ -171,7 +171,15 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
         )
         .await
         .map_err(|e| map_rpc(s, e))?;
-    let lost_bytes = r.lost_bytes.unwrap_or(0);
+    // Output evicted before the first returned chunk: our executor counts it
+    // ([ext] lostBytes); for a stock codex the link's seq ledger does, or
+    // says it cannot (see `seq_ledger`).
+    let lost = match (r.lost_bytes, r.chunks.first()) {
+        (Some(n), _) => Some(n),
+        (None, Some(first)) => s.link.lost_between(&s.row.process_id, since, first.seq),
+        (None, None) => Some(0),
+    };
+    let lost_bytes = lost.unwrap_or(0);
     // `closed` is process state. When the answer may have been cut at
     // max_bytes, more chunks can follow, so the session is still "alive" to
     // this reader until a read comes back short.
@@ -191,8 +199,9 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
         exit_code: if r.exited { r.exit_code } else { None },
         // Alive until the process has exited and all its output was read.
         session_alive: !r.closed || maybe_cut,
-        truncated: lost_bytes > 0,
+        truncated: lost != Some(0),
         lost_bytes,
+        lost_bytes_unknown: lost.is_none(),
         next_since: Some(next_since),
     })
 }

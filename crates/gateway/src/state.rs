@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::registry::Registry;
+use crate::seq_ledger::SeqLedger;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub registry: Registry,
     pub tickets: Mutex<HashMap<String, Ticket>>,
+    /// Per exe_id; outlives the executor's links (see `seq_ledger`).
+    pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
 }
 
 #[derive(Clone)]
@@ -60,6 +63,7 @@ impl AppState {
             store,
             registry: Registry::default(),
             tickets: Mutex::new(HashMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -73,6 +77,17 @@ impl AppState {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.0.config
+    }
+
+    /// The seq ledger of executor `exe_id`, created on first use.
+    pub fn ledger(&self, exe_id: &str) -> Arc<SeqLedger> {
+        self.0
+            .ledgers
+            .lock()
+            .unwrap()
+            .entry(exe_id.to_string())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn tickets(&self) -> &Mutex<HashMap<String, Ticket>> {

@@ -162,6 +162,12 @@ pub struct OutputResponse {
     pub session_alive: bool,
     pub truncated: bool,
     pub lost_bytes: u64,
+    /// Output was lost but the gateway cannot say how much: the executor (a
+    /// stock codex) does not count evicted bytes, and the gateway did not see
+    /// all of them go by (it restarted since). `truncated` is then true and
+    /// `lost_bytes` is 0 and means nothing. Not in the seed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost_bytes_unknown: bool,
     /// Pass as `since` to read on from here; it also skips past the exit
     /// and close events, so a long-poll waits instead of answering at once.
     /// Not in the seed.
@@ -238,6 +244,7 @@ mod tests {
             session_alive: true,
             truncated: false,
             lost_bytes: 0,
+            lost_bytes_unknown: false,
             next_since: None,
         };
         assert_eq!(
