@@ -1,0 +1,372 @@
+//! A stock `codex exec-server` (npm `@openai/codex@0.169.0`) as an executor:
+//! the real binary in its outbound direct mode, SigV4-signed, against a real
+//! gateway on 127.0.0.1.
+//!
+//! Gated: runs only with `EXECGATE_CODEX_TESTS=1` (`.ci/run` sets it and
+//! installs codex); `EXECGATE_CODEX_BIN` names the binary. Otherwise each
+//! test prints why it skipped and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// Where `.ci/run` installs codex, under `$HOME`.
+const DEFAULT_BIN: &str = ".cache/execgate/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex";
+
+/// The codex binary, or `None` (with the reason printed) to skip.
+fn codex_bin() -> Option<PathBuf> {
+    if std::env::var("EXECGATE_CODEX_TESTS").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set EXECGATE_CODEX_TESTS=1 (and EXECGATE_CODEX_BIN) to run the codex tests"
+        );
+        return None;
+    }
+    let bin = match std::env::var_os("EXECGATE_CODEX_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(DEFAULT_BIN),
+    };
+    if !bin.is_file() {
+        eprintln!(
+            "skipped: no codex binary at {} (install @openai/codex@0.169.0, set EXECGATE_CODEX_BIN)",
+            bin.display()
+        );
+        return None;
+    }
+    Some(bin)
+}
+
+/// What `execgate admin executor add --sigv4` printed last.
+struct Credentials {
+    environment_id: String,
+    key_id: String,
+    secret: String,
+}
+
+fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {
+    let out = Command::new(bin())
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "executor",
+            "add",
+            "--workspace",
+            "w1",
+            "--name",
+            name,
+            "--sigv4",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: Vec<&str> = stdout.lines().rev().take(3).collect();
+    let value = |line: &str, name: &str| {
+        line.strip_prefix(&format!("{name}="))
+            .unwrap_or_else(|| panic!("expected {name}=… in {stdout:?}"))
+            .to_string()
+    };
+    Credentials {
+        environment_id: value(last[2], "EXECGATE_ENVIRONMENT_ID"),
+        key_id: value(last[1], "AWS_ACCESS_KEY_ID"),
+        secret: value(last[0], "AWS_SECRET_ACCESS_KEY"),
+    }
+}
+
+fn start_codex(bin: &Path, gateway: &str, creds: &Credentials, dir: &Path, tag: &str) -> Proc {
+    let home = dir.join(format!("codex-home-{tag}"));
+    let work = dir.join("codex-work");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let log = std::fs::File::create(dir.join(format!("codex-{tag}.log"))).unwrap();
+    let child = Command::new(bin)
+        .args(["exec-server", "--remote", gateway, "--environment-id"])
+        .arg(&creds.environment_id)
+        .args([
+            "--remote-transport",
+            "direct",
+            "--aws-sigv4",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .current_dir(&work)
+        .env("AWS_ACCESS_KEY_ID", &creds.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("CODEX_HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start codex");
+    Proc(child)
+}
+
+/// Workspace `w1` with a codex executor `codex`, and the gateway's proxy token.
+struct CodexWorld {
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    gateway: GatewayProc,
+    codex: Proc,
+    api: Api,
+    bin: PathBuf,
+}
+
+impl CodexWorld {
+    async fn start(bin: PathBuf) -> CodexWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        admin(&data_dir, &["workspace", "create", "w1"]);
+        let token = admin(&data_dir, &["token", "create", "--workspace", "w1"]);
+        let creds = add_codex_executor(&data_dir, "codex");
+        let gateway = start_gateway(&data_dir, "127.0.0.1:0");
+        let codex = start_codex(&bin, &gateway.url(), &creds, dir.path(), "a");
+        let api = Api::new(&gateway.url(), &token);
+        wait_for_env(&api, "codex").await;
+        CodexWorld {
+            dir,
+            data_dir,
+            gateway,
+            codex,
+            api,
+            bin,
+        }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("codex-work")
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v["content"][0]["text"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn codex_serves_the_connectors_api() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let api = &w.api;
+
+    // envs/list: a codex executor with its kind and version.
+    let envs = api.envs().await;
+    let env = envs["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "codex")
+        .unwrap()
+        .clone();
+    assert_eq!(env["executor"]["kind"], "codex", "{env}");
+    assert_eq!(env["executor"]["version"], "0.169.0", "{env}");
+    let tools: Vec<&str> = env["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for t in ["shell", "read_file", "write_file", "exec_command"] {
+        assert!(tools.contains(&t), "{tools:?}");
+    }
+
+    // shell: stdout, stderr, exit code…
+    let r = api
+        .call(
+            "codex",
+            "shell",
+            json!({"command": ["sh", "-c", "echo out; echo err >&2; exit 3"], "env": {"X": "y"}}),
+        )
+        .await;
+    let s = &r["structuredContent"];
+    assert_eq!(s["stdout"], "out\n", "{r}");
+    assert_eq!(s["stderr"], "err\n", "{r}");
+    assert_eq!(s["exit_code"], 3, "{r}");
+    assert_eq!(r["isError"], false);
+    // …the caller's env on top of the inherited one, and a string command…
+    let r = api
+        .call(
+            "codex",
+            "shell",
+            json!({"command": "echo $X; test -n \"$PATH\" && echo path", "env": {"X": "y"}}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["stdout"], "y\npath\n", "{r}");
+    // …and a timeout that kills.
+    let started = Instant::now();
+    let r = api
+        .call(
+            "codex",
+            "shell",
+            json!({"command": ["sleep", "30"], "timeout_ms": 500}),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["structuredContent"]["timed_out"], true, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // write_file / read_file, relative to codex's cwd, parents created.
+    let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let r = api
+        .call(
+            "codex",
+            "write_file",
+            json!({"path": "sub/dir/f.bin", "content_b64": b64e(&data)}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(std::fs::read(w.work().join("sub/dir/f.bin")).unwrap(), data);
+    let r = api
+        .call(
+            "codex",
+            "read_file",
+            json!({"path": "sub/dir/f.bin", "offset": 0, "limit": 0}),
+        )
+        .await;
+    assert_eq!(b64d(text(&r)), data);
+    let r = api
+        .call(
+            "codex",
+            "read_file",
+            json!({"path": w.work().join("sub/dir/f.bin"), "offset": 1000, "limit": 10}),
+        )
+        .await;
+    assert_eq!(b64d(text(&r)), &data[1000..1010]);
+    assert_eq!(r["structuredContent"]["size"], 70_000);
+    let r = api
+        .call("codex", "read_file", json!({"path": "missing.txt"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+
+    // exec_command: stdin, output, terminate.
+    let sid = api.exec("codex", json!({"command": ["cat"]})).await;
+    assert_eq!(api.stdin(&sid, b"hello\n", false).await.0, 200);
+    assert_eq!(api.stdin(&sid, b"again\n", false).await.0, 200);
+    let (got, _) = api.read_until(&sid, 0, |d| d == b"hello\nagain\n").await;
+    assert_eq!(got, b"hello\nagain\n");
+    // codex cannot close stdin: a clear 501 naming its version.
+    let (status, v) = api.stdin(&sid, b"", true).await;
+    assert_eq!(status, 501, "{v}");
+    assert_eq!(v["error"]["code"], "not_supported_by_executor");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("0.169.0"),
+        "{v}"
+    );
+    let (status, v) = api
+        .post(
+            &format!("/api/connectors/processes/{sid}/terminate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(v["session_alive"], false, "{v}");
+    assert_eq!(v["exit_code"], 137, "{v}");
+}
+
+#[tokio::test]
+async fn codex_output_beyond_its_retention_is_counted_as_lost_bytes() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let api = &w.api;
+    const TOTAL: usize = 3 * 1024 * 1024;
+    let sid = api
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", format!("head -c {TOTAL} /dev/zero | tr '\\0' x")]}),
+        )
+        .await;
+    // Wait for the end without reading any output (a cursor past the end).
+    eventually(30, "the process to end", || async {
+        api.output(&sid, 1 << 40).await["session_alive"] == false
+    })
+    .await;
+    // codex kept only its last 1 MiB: the rest is lost, counted exactly.
+    let v = api.output(&sid, 0).await;
+    assert_eq!(v["truncated"], true, "{}", v["lost_bytes"]);
+    assert!(v.get("lost_bytes_unknown").is_none(), "{v:?}");
+    let lost = v["lost_bytes"].as_u64().unwrap() as usize;
+    let (data, last) = api.read_until(&sid, 0, |_| false).await;
+    assert!(lost >= TOTAL - 1024 * 1024 - 64 * 1024, "{lost}");
+    assert_eq!(
+        lost + data.len(),
+        TOTAL,
+        "lost {lost} + read {}",
+        data.len()
+    );
+    assert!(data.iter().all(|b| *b == b'x'));
+    assert_eq!(last["exit_code"], 0);
+    // Reading on from the first retained chunk loses nothing more.
+    let first = v["chunks"][0]["seq"].as_u64().unwrap();
+    let v = api.output(&sid, first).await;
+    assert_eq!(v["lost_bytes"], 0);
+    assert_eq!(v["truncated"], false);
+}
+
+#[tokio::test]
+async fn codex_processes_survive_a_gateway_restart() {
+    let Some(bin) = codex_bin() else { return };
+    let mut w = CodexWorld::start(bin).await;
+    let sid = w.api.exec("codex", json!({"command": ["cat"]})).await;
+    assert_eq!(w.api.stdin(&sid, b"before\n", false).await.0, 200);
+    w.api.read_until(&sid, 0, |d| d == b"before\n").await;
+
+    // SIGKILL the gateway and start it again on the same address: codex
+    // re-dials the same URL, signed afresh, and the gateway resumes its session.
+    let addr = w.gateway.addr;
+    w.gateway.proc.kill();
+    w.gateway = start_gateway(&w.data_dir, &addr.to_string());
+    wait_for_env(&w.api, "codex").await;
+
+    assert_eq!(w.api.stdin(&sid, b"after\n", false).await.0, 200);
+    let (data, v) = w.api.read_until(&sid, 0, |d| d == b"before\nafter\n").await;
+    assert_eq!(data, b"before\nafter\n");
+    assert_eq!(v["session_alive"], true);
+    assert_eq!(v["lost_bytes"], 0);
+    let (status, _) = w
+        .api
+        .post(
+            &format!("/api/connectors/processes/{sid}/terminate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, v) = w.api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(v["exit_code"], 137, "{v}");
+    assert!(w.codex.0.try_wait().unwrap().is_none(), "codex is still up");
+}
+
+#[tokio::test]
+async fn a_wrong_sigv4_secret_is_refused_and_codex_gives_up() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let mut creds = add_codex_executor(&w.data_dir, "intruder");
+    creds.secret = format!("{}x", &creds.secret[..creds.secret.len() - 1]);
+    let mut codex = start_codex(&w.bin, &w.gateway.url(), &creds, w.dir.path(), "bad");
+    // codex exits for good on the 401 to its register.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = codex.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "codex did not give up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(w.dir.path().join("codex-bad.log")).unwrap();
+    assert!(log.contains("401"), "{log}");
+    let envs = w.api.envs().await;
+    let names: Vec<&str> = envs["envs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["codex"]);
+}
