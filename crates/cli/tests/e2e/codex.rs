@@ -316,6 +316,18 @@ async fn codex_processes_survive_a_gateway_restart() {
     let sid = w.api.exec("codex", json!({"command": ["cat"]})).await;
     assert_eq!(w.api.stdin(&sid, b"before\n", false).await.0, 200);
     w.api.read_until(&sid, 0, |d| d == b"before\n").await;
+    // A process whose output codex partly dropped before the restart.
+    let big = w
+        .api
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", "head -c 3145728 /dev/zero"]}),
+        )
+        .await;
+    eventually(30, "the big process to end", || async {
+        w.api.output(&big, 1 << 40).await["session_alive"] == false
+    })
+    .await;
 
     // SIGKILL the gateway and start it again on the same address: codex
     // re-dials the same URL, signed afresh, and the gateway resumes its session.
@@ -328,6 +340,12 @@ async fn codex_processes_survive_a_gateway_restart() {
     let (data, v) = w.api.read_until(&sid, 0, |d| d == b"before\nafter\n").await;
     assert_eq!(data, b"before\nafter\n");
     assert_eq!(v["session_alive"], true);
+    assert_eq!(v["lost_bytes"], 0);
+    // The new gateway never saw the big process's output go by: it says
+    // output was lost, and that it cannot tell how much, not a number.
+    let v = w.api.output(&big, 0).await;
+    assert_eq!(v["truncated"], true, "{}", v["lost_bytes"]);
+    assert_eq!(v["lost_bytes_unknown"], true);
     assert_eq!(v["lost_bytes"], 0);
     let (status, _) = w
         .api
