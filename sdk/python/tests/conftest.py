@@ -1,0 +1,194 @@
+"""Starts the real ``execgate`` gateway and executors on 127.0.0.1 with a
+temporary data dir, once per test session (see
+crates/cli/tests/e2e/harness.rs for the Rust twin).
+
+The binary is ``$EXECGATE_BIN``, by default ``target/debug/execgate`` of
+this checkout (``cargo build -p execgate``).
+
+The world: workspace ``w1`` with environments ``laptop`` (default, with
+custom tools), ``gpu`` (a second executor), ``tiny`` (small output buffers,
+short retention), plus ``offline`` (added but never started); workspace
+``w2`` with its own token.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+import execgate
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = os.environ.get("EXECGATE_BIN") or str(ROOT / "target" / "debug" / "execgate")
+
+TOOLS_TOML = r"""
+[[tool]]
+name = "echo_arg"
+description = "echo one argument"
+argv = ["printf", "%s", "{text}"]
+timeout_ms = 10000
+[tool.schema]
+type = "object"
+required = ["text"]
+[tool.schema.properties.text]
+type = "string"
+
+[[tool]]
+name = "add"
+description = "add two integers"
+argv = ["sh", "-c", 'echo $(($1 + $2))', "add", "{a}", "{b}"]
+[tool.schema]
+type = "object"
+required = ["a", "b"]
+[tool.schema.properties.a]
+type = "integer"
+[tool.schema.properties.b]
+type = "integer"
+"""
+
+
+def admin(data_dir: Path, *args: str) -> str:
+    """``execgate admin --data-dir D ARGS…``; the last line of stdout."""
+    out = subprocess.run(
+        [BIN, "admin", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, f"execgate admin {args}: {out.stderr}"
+    return out.stdout.strip().splitlines()[-1]
+
+
+@dataclass
+class World:
+    url: str
+    token: str
+    other_token: str
+    root: Path
+    laptop_dir: Path
+    gpu_dir: Path
+    procs: List[subprocess.Popen] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def client(self) -> execgate.Client:
+        return execgate.Client(self.url, self.token)
+
+
+def _start_gateway(data_dir: Path) -> "tuple[subprocess.Popen, str]":
+    log = open(data_dir / "gateway.log", "wb")
+    proc = subprocess.Popen(
+        [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env={**os.environ, "EXECGATE_LOG": "info"},
+    )
+    found: "queue.Queue[str]" = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            prefix = "execgate gateway listening on "
+            if line.startswith(prefix):
+                found.put(line[len(prefix):])
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        url = found.get(timeout=30)
+    except queue.Empty:
+        proc.kill()
+        raise RuntimeError(
+            "the gateway did not start: " + (data_dir / "gateway.log").read_text()
+        )
+    return proc, url
+
+
+def _start_executor(url: str, token: str, workdir: Path, *extra: str) -> subprocess.Popen:
+    log = open(workdir.parent / f"{workdir.name}-executor.log", "ab")
+    return subprocess.Popen(
+        [BIN, "executor", "--gateway", url, "--token", token, "--workdir", str(workdir), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "EXECGATE_LOG": "info"},
+    )
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if not os.access(BIN, os.X_OK):
+        pytest.exit(
+            f"no execgate binary at {BIN}: run `cargo build -p execgate` or set EXECGATE_BIN",
+            returncode=2,
+        )
+    root = tmp_path_factory.mktemp("execgate")
+    data = root / "data"
+    laptop_dir = root / "laptop"
+    gpu_dir = root / "gpu"
+    tiny_dir = root / "tiny"
+    for d in (data, laptop_dir, gpu_dir, tiny_dir):
+        d.mkdir()
+    tools = root / "tools.toml"
+    tools.write_text(TOOLS_TOML)
+
+    admin(data, "workspace", "create", "w1")
+    token = admin(data, "token", "create", "--workspace", "w1")
+    laptop_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "laptop", "--default")
+    gpu_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "gpu")
+    tiny_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "tiny")
+    admin(data, "executor", "add", "--workspace", "w1", "--name", "offline")
+    admin(data, "workspace", "create", "w2")
+    other_token = admin(data, "token", "create", "--workspace", "w2")
+
+    gateway, url = _start_gateway(data)
+    procs = [gateway]
+    try:
+        procs.append(_start_executor(url, laptop_token, laptop_dir, "--tools", str(tools)))
+        procs.append(_start_executor(url, gpu_token, gpu_dir))
+        # Keeps 4 KiB of output per process and nothing on disk, and forgets
+        # exited processes after 2 s: for lost output and expired sessions.
+        procs.append(
+            _start_executor(
+                url, tiny_token, tiny_dir,
+                "--retain-bytes", "4096", "--spill-bytes", "0", "--exited-retention-secs", "2",
+            )
+        )
+        w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs)
+        with w.client() as c:
+            deadline = time.monotonic() + 40
+            while True:
+                names = {e.name for e in c.envs()}
+                if {"laptop", "gpu", "tiny"} <= names:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"executors did not connect (have {names})")
+                time.sleep(0.1)
+        yield w
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture()
+def client(world: World) -> Iterator[execgate.Client]:
+    with world.client() as c:
+        yield c
+
+
+@pytest.fixture()
+def laptop(client: execgate.Client) -> execgate.Env:
+    return client.env("laptop")
+
+
+@pytest.fixture()
+def gpu(client: execgate.Client) -> execgate.Env:
+    return client.env("gpu")
