@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Set
+
+import httpx
 
 import pytest
 
@@ -77,10 +80,49 @@ class World:
     laptop_dir: Path
     gpu_dir: Path
     procs: List[subprocess.Popen] = field(default_factory=list)
-    env: Dict[str, str] = field(default_factory=dict)
+    #: What this build of the gateway and executor has (see `probe`).
+    features: Set[str] = field(default_factory=set)
 
     def client(self) -> execgate.Client:
         return execgate.Client(self.url, self.token)
+
+    def needs(self, *features: str) -> None:
+        """Skips the test, saying why, if this build lacks a feature."""
+        missing = [f for f in features if f not in self.features]
+        if missing:
+            pytest.skip(f"this execgate build has no {', '.join(missing)}")
+
+
+def executor_flags() -> Set[str]:
+    out = subprocess.run([BIN, "executor", "--help"], capture_output=True, text=True, timeout=30)
+    return set(re.findall(r"--([a-z][a-z-]+)", out.stdout))
+
+
+def probe(url: str, token: str) -> Set[str]:
+    """Which routes and tools the running gateway has. A route that is not
+    there answers the router's fallback 404 ``not_found``; one that is
+    answers something else (here: ``session_not_found``/``file_not_found``)."""
+    found: Set[str] = set()
+    h = {"Authorization": f"Bearer {token}"}
+    api = f"{url}/api/connectors"
+    checks = {
+        "processes-list": ("GET", f"{api}/processes"),
+        "stream": ("GET", f"{api}/processes/ps_probe/stream"),
+        "signal": ("POST", f"{api}/processes/ps_probe/signal"),
+        "resize": ("POST", f"{api}/processes/ps_probe/resize"),
+        "files": ("GET", f"{api}/envs/laptop/files?path=/nonexistent-probe"),
+    }
+    with httpx.Client(headers=h, timeout=30) as c:
+        for name, (method, u) in checks.items():
+            body = {"signal": "interrupt"} if name == "signal" else {"cols": 1, "rows": 1}
+            r = c.request(method, u, json=body if method == "POST" else None)
+            code = r.json().get("error", {}).get("code") if r.status_code >= 400 else None
+            if code != "not_found":
+                found.add(name)
+        envs = c.post(f"{api}/envs/list", json={}).json()["envs"]
+        for env in envs:
+            found.update(f"tool:{t['name']}" for t in env["tools"] if t["kind"] == "core")
+    return found
 
 
 def _start_gateway(data_dir: Path) -> "tuple[subprocess.Popen, str]":
@@ -155,13 +197,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         procs.append(_start_executor(url, gpu_token, gpu_dir))
         # Keeps 4 KiB of output per process and nothing on disk, and forgets
         # exited processes after 2 s: for lost output and expired sessions.
-        procs.append(
-            _start_executor(
-                url, tiny_token, tiny_dir,
-                "--retain-bytes", "4096", "--spill-bytes", "0", "--exited-retention-secs", "2",
-            )
-        )
-        w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs)
+        flags = executor_flags()
+        tiny_args = ["--retain-bytes", "4096"]
+        if "spill-bytes" in flags:
+            tiny_args += ["--spill-bytes", "0"]
+        features = set()
+        if "exited-retention-secs" in flags:
+            tiny_args += ["--exited-retention-secs", "2"]
+            features.add("exited-retention")
+        procs.append(_start_executor(url, tiny_token, tiny_dir, *tiny_args))
+        w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs, features)
         with w.client() as c:
             deadline = time.monotonic() + 40
             while True:
@@ -171,6 +216,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"executors did not connect (have {names})")
                 time.sleep(0.1)
+        w.features |= probe(url, token)
         yield w
     finally:
         for p in procs:

@@ -40,7 +40,7 @@ def test_envs_and_selection(client: execgate.Client) -> None:
     assert laptop.is_default and not envs["gpu"].is_default
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", laptop.last_seen or "")
     names = {t.name: t for t in laptop.tools}
-    for core in ("shell", "read_file", "write_file", "exec_command", "apply_patch", "copy_path"):
+    for core in ("shell", "read_file", "write_file", "exec_command"):
         assert names[core].kind == "core"
     assert names["echo_arg"].kind == "custom"
     assert names["echo_arg"].input_schema["required"] == ["text"]
@@ -131,6 +131,7 @@ def test_read_file_pages(laptop: execgate.Env, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_apply_patch(laptop: execgate.Env, world: World) -> None:
+    world.needs("tool:apply_patch")
     laptop.write_file("p/a.txt", "one\ntwo\n")
     patch = (
         "*** Begin Patch\n*** Add File: p/b.txt\n+new\n"
@@ -159,7 +160,12 @@ def test_apply_patch(laptop: execgate.Env, world: World) -> None:
                            expected_sha256={"p/a.txt": "0" * 64})
 
 
-def test_upload_and_download_stream(laptop: execgate.Env, tmp_path: Path, world: World) -> None:
+def test_upload_and_download_stream(
+    laptop: execgate.Env, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.needs("files")
+    # Chunks of 64 KiB, so that a bounded peak shows streaming on a small file.
+    monkeypatch.setattr(execgate._core, "FILE_CHUNK", 64 * 1024)
     size = 6 * 1024 * 1024 + 123
     src = tmp_path / "big.bin"
     with open(src, "wb") as f:
@@ -183,8 +189,8 @@ def test_upload_and_download_stream(laptop: execgate.Env, tmp_path: Path, world:
     assert (down.bytes, down.sha256) == (size, sha)
     assert hashlib.sha256(dst.read_bytes()).hexdigest() == sha
     # Streamed: never the whole file in memory.
-    assert peak_up < size / 2, peak_up
-    assert peak_down < size / 2, peak_down
+    assert peak_up < size / 3, peak_up
+    assert peak_down < size / 3, peak_down
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 
     with pytest.raises(execgate.FileNotFound):
@@ -193,6 +199,7 @@ def test_upload_and_download_stream(laptop: execgate.Env, tmp_path: Path, world:
 
 
 def test_copy_to(laptop: execgate.Env, gpu: execgate.Env, world: World) -> None:
+    world.needs("tool:copy_path")
     laptop.write_file("tree/a.txt", "A")
     laptop.write_file("tree/sub/b.txt", "B")
     gpu.write_file("copied/.keep", "")  # copy_path does not create parents
@@ -265,7 +272,11 @@ def test_output_streams_before_exit(laptop: execgate.Env) -> None:
 
 
 @pytest.mark.parametrize("transport", ["sse", "poll"])
-def test_output_is_resumable(laptop: execgate.Env, client: execgate.Client, transport: str) -> None:
+def test_output_is_resumable(
+    laptop: execgate.Env, client: execgate.Client, transport: str, world: World
+) -> None:
+    if transport == "sse":
+        world.needs("stream")
     p = laptop.spawn(["sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.1; done"])
     it = p.output(transport=transport)
     first = next(it)
@@ -282,10 +293,13 @@ def test_output_is_resumable(laptop: execgate.Env, client: execgate.Client, tran
 
 
 @pytest.mark.parametrize("transport", ["sse", "poll"])
-def test_lost_output_is_surfaced(client: execgate.Client, transport: str) -> None:
+def test_lost_output_is_surfaced(client: execgate.Client, transport: str, world: World) -> None:
+    if transport == "sse":
+        world.needs("stream")
     tiny = client.env("tiny")
     # 40 KB through a 4 KiB buffer with nothing on disk: most is dropped.
-    p = tiny.spawn(["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; echo end"])
+    script = "for i in $(seq 20); do head -c 2000 /dev/zero | tr '\\0' x; sleep 0.01; done; echo end"
+    p = tiny.spawn(["sh", "-c", script])
     assert p.wait(10) == 0
     data, items = collect(p.output(transport=transport))
     lost = [i for i in items if isinstance(i, LostOutput)]
@@ -293,10 +307,12 @@ def test_lost_output_is_surfaced(client: execgate.Client, transport: str) -> Non
     assert lost[0].from_seq == 1 and lost[0].bytes and lost[0].bytes > 0
     assert isinstance(items[0], LostOutput)
     assert data.endswith(b"end\n")
-    assert lost[0].bytes + len(data) == 40000 + 1 + 4
+    assert lost[0].bytes + len(data) == 40000 + 4
 
 
-def test_wait_timeout_poll_and_terminate(laptop: execgate.Env, client: execgate.Client) -> None:
+def test_wait_timeout_poll_and_terminate(
+    laptop: execgate.Env, client: execgate.Client, world: World
+) -> None:
     p = laptop.spawn("sleep 60")
     assert p.poll() is None
     with pytest.raises(execgate.WaitTimeout):
@@ -306,25 +322,30 @@ def test_wait_timeout_poll_and_terminate(laptop: execgate.Env, client: execgate.
     p.terminate()
     code = p.wait(10)
     assert p.exited and code == p.exit_code
+    world.needs("processes-list")
     info = {i.sid: i for i in client.processes()}[p.sid]
     assert info.status == "exited" and info.env == "laptop" and info.command == ["sh", "-c", "sleep 60"]
 
 
-def test_context_manager_terminates(laptop: execgate.Env, client: execgate.Client) -> None:
+def test_context_manager_terminates(
+    laptop: execgate.Env, client: execgate.Client, world: World
+) -> None:
     with laptop.spawn(["sleep", "60"]) as p:
         sid = p.sid
+    # It was terminated: it ends well before its 60 s.
     client.process(sid).wait(10)
-    info = {i.sid: i for i in client.processes()}[sid]
-    assert info.status == "exited", info
     # An exception in the block is not masked, and the process still goes.
     with pytest.raises(ZeroDivisionError):
-        with laptop.spawn(["sleep", "60"]) as p:
+        with laptop.spawn(["sleep", "60"]) as p2:
             1 / 0
-    client.process(p.sid).wait(10)
-    assert {i.sid: i for i in client.processes()}[p.sid].status == "exited"
+    client.process(p2.sid).wait(10)
+    if "processes-list" in world.features:
+        infos = {i.sid: i for i in client.processes()}
+        assert infos[sid].status == infos[p2.sid].status == "exited"
 
 
-def test_tty_signal_and_resize(laptop: execgate.Env) -> None:
+def test_tty_signal_and_resize(laptop: execgate.Env, world: World) -> None:
+    world.needs("resize", "signal")
     script = "stty size; read x; stty size; echo got $x"
     with laptop.spawn(["sh", "-c", script], tty=True, cols=100, rows=30) as p:
         seen = b""
@@ -390,6 +411,7 @@ def test_session_errors(client: execgate.Client, laptop: execgate.Env, world: Wo
         with pytest.raises(execgate.Forbidden):
             other.process(p.sid).terminate()
     p.terminate()
+    world.needs("exited-retention")
     # An exited process is forgotten after its retention (2 s on `tiny`).
     q = client.env("tiny").spawn(["true"])
     assert q.wait(10) == 0

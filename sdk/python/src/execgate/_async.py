@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from types import TracebackType
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Mapping, Optional, Type, Union
 
 import anyio
 import anyio.to_thread
@@ -17,6 +17,7 @@ import httpx
 from . import _core as ops
 from ._base import ClientBase, EnvBase, ProcessBase, custom_doc, DEFAULT_TIMEOUT
 from ._core import (
+    R,
     CloseStream,
     Command,
     Download,
@@ -71,8 +72,8 @@ class AsyncClient(ClientBase):
     # -- the driver ---------------------------------------------------------
 
     async def _drive(
-        self, op: ops.Op, result: Optional[List[Any]] = None
-    ) -> AsyncIterator[Any]:
+        self, op: "ops.Op[Any]", result: Optional[List[Any]] = None
+    ) -> AsyncGenerator[Any, None]:
         """Performs ``op``'s effects and yields what it emits; its return
         value is appended to ``result``."""
         streams: Dict[int, _AStream] = {}
@@ -99,7 +100,7 @@ class AsyncClient(ClientBase):
                 await s.response.aclose()
             op.close()
 
-    async def _run(self, op: ops.Op) -> Any:
+    async def _run(self, op: "ops.Op[R]") -> R:
         result: List[Any] = []
         agen = self._drive(op, result)
         try:
@@ -107,7 +108,8 @@ class AsyncClient(ClientBase):
                 raise RuntimeError(f"an op emitted {item!r} outside an iteration")
         finally:
             await agen.aclose()
-        return result[0]
+        value: R = result[0]
+        return value
 
     async def _perform(self, eff: Any, streams: Dict[int, _AStream]) -> Any:
         try:

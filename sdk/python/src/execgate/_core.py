@@ -15,7 +15,7 @@ import base64
 import json as _json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Generator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Generator, List, Mapping, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote
 
 from .errors import (
@@ -123,7 +123,9 @@ class Emit:
 
 
 Effect = Union[Request, OpenStream, ReadLine, CloseStream, Sleep, Upload, Download, Emit]
-Op = Generator[Effect, Any, Any]
+R = TypeVar("R")
+#: An op that returns an ``R``.
+Op = Generator[Effect, Any, R]
 
 
 # --------------------------------------------------------------------------
@@ -218,7 +220,7 @@ class SSEDecoder:
 # Ops: environments and tools.
 
 
-def envs_list() -> Op:
+def envs_list() -> Op[List[Dict[str, Any]]]:
     r = yield Request("POST", f"{API}/envs/list", json={})
     return list(r.get("envs", []))
 
@@ -228,7 +230,7 @@ def tool_call(
     tool: str,
     arguments: Dict[str, Any],
     timeout: Optional[float] = None,
-) -> Op:
+) -> Op[ToolResult]:
     args = {k: v for k, v in arguments.items() if v is not None}
     r = yield Request(
         "POST",
@@ -246,7 +248,7 @@ def shell(
     env_vars: Optional[Mapping[str, str]],
     timeout: Optional[float],
     check: bool,
-) -> Op:
+) -> Op[ShellResult]:
     r = yield from tool_call(
         env,
         "shell",
@@ -262,12 +264,12 @@ def shell(
     return result.check() if check else result
 
 
-def custom_tool(env: str, tool: Tool, arguments: Dict[str, Any]) -> Op:
+def custom_tool(env: str, tool: Tool, arguments: Dict[str, Any]) -> Op[ShellResult]:
     r = yield from tool_call(env, tool.name, arguments, timeout=None)
     return ShellResult.from_tool_result(r)
 
 
-def read_file(env: str, path: str) -> Op:
+def read_file(env: str, path: str) -> Op[bytes]:
     out = bytearray()
     offset = 0
     while True:
@@ -283,7 +285,7 @@ def read_file(env: str, path: str) -> Op:
             return bytes(out)
 
 
-def write_file(env: str, path: str, data: Union[bytes, str]) -> Op:
+def write_file(env: str, path: str, data: Union[bytes, str]) -> Op[int]:
     r = yield from tool_call(env, "write_file", {"path": path, "content_b64": b64(data)})
     r.check()
     return int((r.structured or {}).get("bytes", 0))
@@ -295,7 +297,7 @@ def apply_patch(
     dry_run: bool,
     expected_sha256: Optional[Mapping[str, str]],
     check: bool,
-) -> Op:
+) -> Op[PatchResult]:
     args: Dict[str, Any] = {"patch": patch}
     if dry_run:
         args["dry_run"] = True
@@ -314,7 +316,7 @@ def copy_path(
     dst: str,
     recursive: bool,
     timeout: Optional[float],
-) -> Op:
+) -> Op[CopyResult]:
     r = yield from tool_call(
         src_env,
         "copy_path",
@@ -342,7 +344,7 @@ class TransferResult:
     sha256: str
 
 
-def upload(env: str, local: str, remote: str, create_parents: bool) -> Op:
+def upload(env: str, local: str, remote: str, create_parents: bool) -> Op["TransferResult"]:
     params = {"path": remote}
     if not create_parents:
         params["create_parents"] = "false"
@@ -356,7 +358,7 @@ def upload(env: str, local: str, remote: str, create_parents: bool) -> Op:
     return TransferResult(path=remote, bytes=int(r.get("bytes", 0)), sha256=r["sha256"])
 
 
-def download(env: str, remote: str, local: str) -> Op:
+def download(env: str, remote: str, local: str) -> Op["TransferResult"]:
     n, sha = yield Download(
         Request("GET", env_path(env, "files"), params={"path": remote}, timeout=None), local
     )
@@ -394,7 +396,7 @@ def spawn(
     cols: Optional[int],
     rows: Optional[int],
     max_runtime: Optional[float],
-) -> Op:
+) -> Op["ProcState"]:
     r = yield from tool_call(
         env,
         "exec_command",
@@ -416,33 +418,33 @@ def spawn(
     return ProcState(sid=str(sid), env=env)
 
 
-def write_stdin(st: ProcState, data: Union[bytes, str], eof: bool) -> Op:
+def write_stdin(st: ProcState, data: Union[bytes, str], eof: bool) -> Op[None]:
     body: Dict[str, Any] = {"data_b64": b64(data)}
     if eof:
         body["eof"] = True
     yield Request("POST", proc_path(st.sid, "stdin"), json=body)
 
 
-def terminate(st: ProcState) -> Op:
+def terminate(st: ProcState) -> Op[None]:
     yield Request("POST", proc_path(st.sid, "terminate"), json={})
     st.terminated = True
 
 
-def signal(st: ProcState, name: str) -> Op:
+def signal(st: ProcState, name: str) -> Op[None]:
     yield Request("POST", proc_path(st.sid, "signal"), json={"signal": name})
 
 
-def resize(st: ProcState, cols: int, rows: int) -> Op:
+def resize(st: ProcState, cols: int, rows: int) -> Op[None]:
     yield Request("POST", proc_path(st.sid, "resize"), json={"cols": cols, "rows": rows})
 
 
-def processes_list(limit: Optional[int]) -> Op:
+def processes_list(limit: Optional[int]) -> Op[List[ProcessInfo]]:
     params = {"limit": limit} if limit is not None else None
     r = yield Request("GET", f"{API}/processes", params=params)
     return [ProcessInfo.from_json(p) for p in r.get("processes", [])]
 
 
-def _read_output(st: ProcState, since: int, wait_ms: int) -> Op:
+def _read_output(st: ProcState, since: int, wait_ms: int) -> Op[Dict[str, Any]]:
     r = yield Request(
         "GET",
         proc_path(st.sid, "output"),
@@ -458,10 +460,11 @@ def _read_output(st: ProcState, since: int, wait_ms: int) -> Op:
     if err:
         code = str(err.get("code", "error"))
         raise error_class(code, 410)(str(err.get("message", "")), code=code, status=200)
-    return r
+    out: Dict[str, Any] = r
+    return out
 
 
-def output_poll(st: ProcState, since: Optional[int]) -> Op:
+def output_poll(st: ProcState, since: Optional[int]) -> Op[None]:
     """Long-polls ``/output``: yields Chunk and LostOutput items."""
     cursor = st.cursor if since is None else since
     failures = 0
@@ -499,7 +502,7 @@ def output_poll(st: ProcState, since: Optional[int]) -> Op:
             return
 
 
-def output_sse(st: ProcState, since: Optional[int]) -> Op:
+def output_sse(st: ProcState, since: Optional[int]) -> Op[None]:
     """Follows ``/stream`` (Server-Sent Events), reconnecting with
     ``Last-Event-ID`` when the connection breaks: yields Chunk and
     LostOutput items."""
@@ -569,7 +572,7 @@ def output_sse(st: ProcState, since: Optional[int]) -> Op:
         yield Sleep(min(0.1 * 2**failures, 5.0) if failures else 0.05)
 
 
-def output(st: ProcState, since: Optional[int], transport: str) -> Op:
+def output(st: ProcState, since: Optional[int], transport: str) -> Op[None]:
     """``transport``: ``"sse"``, ``"poll"``, or ``"auto"`` (SSE, falling back
     to long-polling on a gateway without the stream route)."""
     if transport == "poll":
@@ -594,7 +597,7 @@ class WaitTimeout(ExecgateError, TimeoutError):
     """``Process.wait(timeout)`` ran out of time; the process still runs."""
 
 
-def wait(st: ProcState, timeout: Optional[float]) -> Op:
+def wait(st: ProcState, timeout: Optional[float]) -> Op[Optional[int]]:
     deadline = None if timeout is None else time.monotonic() + timeout
     cursor = max(st.wait_cursor, st.cursor)
     while True:
@@ -621,7 +624,7 @@ def wait(st: ProcState, timeout: Optional[float]) -> Op:
             return st.exit_code
 
 
-def poll(st: ProcState) -> Op:
+def poll(st: ProcState) -> Op[Optional[int]]:
     if st.exit_code is not None:
         return st.exit_code
     cursor = max(st.wait_cursor, st.cursor)

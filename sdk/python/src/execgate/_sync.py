@@ -15,6 +15,7 @@ import httpx
 from . import _core as ops
 from ._base import ClientBase, EnvBase, ProcessBase, custom_doc, DEFAULT_TIMEOUT
 from ._core import (
+    R,
     CloseStream,
     Command,
     Download,
@@ -86,7 +87,7 @@ class Client(ClientBase):
 
     # -- the driver ---------------------------------------------------------
 
-    def _drive(self, op: ops.Op) -> Generator[Any, None, Any]:
+    def _drive(self, op: "ops.Op[Any]") -> Generator[Any, None, Any]:
         """Performs ``op``'s effects; yields what it emits; returns its value."""
         streams: Dict[int, _Stream] = {}
         value: Any = None
@@ -110,12 +111,13 @@ class Client(ClientBase):
                 s.response.close()
             op.close()
 
-    def _run(self, op: ops.Op) -> Any:
+    def _run(self, op: "ops.Op[R]") -> R:
         gen = self._drive(op)
         try:
             item = next(gen)
         except StopIteration as stop:
-            return stop.value
+            value: R = stop.value
+            return value
         gen.close()
         raise RuntimeError(f"an op emitted {item!r} outside an iteration")
 

@@ -1,0 +1,100 @@
+"""The shared core without a gateway: error mapping, SSE decoding, and an
+op driven by hand (what both clients' drivers do)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+import execgate
+from execgate import _core as ops
+from execgate.errors import error_from_response
+
+
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (401, "missing_bearer", execgate.AuthError),
+        (401, "invalid_token", execgate.AuthError),
+        (403, "forbidden", execgate.Forbidden),
+        (404, "env_not_found", execgate.EnvNotFound),
+        (404, "session_not_found", execgate.SessionNotFound),
+        (400, "bad_arguments", execgate.BadArguments),
+        (400, "bad_base64", execgate.BadRequest),
+        (400, "unknown_tool", execgate.UnknownTool),
+        (409, "stdin_closed", execgate.StdinClosed),
+        (409, "not_a_terminal", execgate.NotATerminal),
+        (410, "session_expired", execgate.SessionExpired),
+        (410, "executor_restarted", execgate.ExecutorRestarted),
+        (413, "payload_too_large", execgate.PayloadTooLarge),
+        (429, "anything", execgate.RateLimited),
+        (501, "not_supported_by_executor", execgate.NotSupported),
+        (503, "executor_unavailable", execgate.ExecutorUnavailable),
+        (504, "gateway_timeout", execgate.GatewayTimeout),
+        (500, "internal", execgate.ServerError),
+        (418, "brand_new_code", execgate.ExecgateError),
+        (502, "brand_new_code", execgate.ExecutorError),
+    ],
+)
+def test_error_mapping(status: int, code: str, cls: type) -> None:
+    body = json.dumps({"error": {"code": code, "message": "m"}}).encode()
+    e = error_from_response(status, body, {"retry-after": "7"})
+    assert type(e) is cls
+    assert (e.code, e.status, e.message, e.retry_after) == (code, status, "m", 7.0)
+
+
+def test_error_without_envelope() -> None:
+    e = error_from_response(502, b"<html>bad gateway</html>", {})
+    assert isinstance(e, execgate.ExecutorError)
+    assert e.code == "http_502" and "bad gateway" in e.message
+
+
+def test_sse_decoder() -> None:
+    d = ops.SSEDecoder()
+    lines = [": keepalive", "", "event: output", "id: 3", "data: {\"a\":", "data: 1}", "", "data:x", ""]
+    events = [e for e in map(d.feed, lines) if e]
+    assert [(e.event, e.id, e.data) for e in events] == [
+        ("output", "3", "{\"a\":\n1}"),
+        ("message", None, "x"),
+    ]
+
+
+def test_sse_op_reports_loss_and_resumes_after_a_broken_stream() -> None:
+    """Drives ``output_sse`` by hand: a stream that breaks after seq 1 is
+    reopened with Last-Event-ID 1; a `lost` event becomes a LostOutput."""
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output_sse(st, None)
+    eff = next(op)
+    assert isinstance(eff, ops.OpenStream) and eff.request.headers == {"Last-Event-ID": "0"}
+    b64 = base64.b64encode(b"hi").decode()
+    first = ["event: output", "id: 1", f'data: {{"stream":"stdout","data_b64":"{b64}"}}', ""]
+    eff = op.send("h1")
+    items = []
+    for line in first:
+        assert isinstance(eff, ops.ReadLine)
+        eff = op.send(line)
+        if isinstance(eff, ops.Emit):
+            items.append(eff.item)
+            eff = next(op)
+    # The connection breaks.
+    eff = op.throw(execgate.TransportError("reset", code="transport"))
+    assert isinstance(eff, ops.CloseStream)
+    eff = next(op)
+    assert isinstance(eff, ops.Sleep)
+    eff = next(op)
+    assert isinstance(eff, ops.OpenStream) and eff.request.headers == {"Last-Event-ID": "1"}
+    eff = op.send("h2")
+    second = ["event: lost", "id: 4", 'data: {"from_seq":2,"to_seq":4,"bytes":100}', "",
+              "event: exit", "id: 5", 'data: {"exit_code":0}', ""]
+    for line in second:
+        eff = op.send(line)
+        if isinstance(eff, ops.Emit):
+            items.append(eff.item)
+            eff = next(op)
+    assert isinstance(eff, ops.CloseStream)
+    with pytest.raises(StopIteration):
+        next(op)
+    assert items == [execgate.Chunk("stdout", b"hi", 1), execgate.LostOutput(2, 4, 100)]
+    assert (st.cursor, st.exit_code, st.exited) == (5, 0, True)
