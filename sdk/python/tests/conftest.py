@@ -17,12 +17,11 @@ import os
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Set
+from typing import Iterator, List, Set
 
 import httpx
 
@@ -82,6 +81,16 @@ class World:
     procs: List[subprocess.Popen] = field(default_factory=list)
     #: What this build of the gateway and executor has (see `probe`).
     features: Set[str] = field(default_factory=set)
+    gpu_token: str = ""
+
+    def restart_gpu(self) -> None:
+        """Kills the `gpu` executor (its processes die with their session
+        when a new one starts) and starts a fresh one; waits until it is
+        connected again."""
+        old = self.procs[2]
+        old.kill()
+        old.wait()
+        self.procs[2] = _start_executor(self.url, self.gpu_token, self.gpu_dir)
 
     def client(self) -> execgate.Client:
         return execgate.Client(self.url, self.token)
@@ -206,7 +215,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             tiny_args += ["--exited-retention-secs", "2"]
             features.add("exited-retention")
         procs.append(_start_executor(url, tiny_token, tiny_dir, *tiny_args))
-        w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs, features)
+        w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs, features, gpu_token)
         with w.client() as c:
             deadline = time.monotonic() + 40
             while True:

@@ -98,3 +98,34 @@ def test_sse_op_reports_loss_and_resumes_after_a_broken_stream() -> None:
         next(op)
     assert items == [execgate.Chunk("stdout", b"hi", 1), execgate.LostOutput(2, 4, 100)]
     assert (st.cursor, st.exit_code, st.exited) == (5, 0, True)
+
+
+def test_auto_output_falls_back_to_polling_without_the_stream_route() -> None:
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output(st, None, "auto")
+    assert isinstance(next(op), ops.OpenStream)
+    # An older gateway: the router's fallback 404 (not session_not_found).
+    eff = op.throw(execgate.NotFound("no such route", code="not_found", status=404))
+    assert isinstance(eff, ops.Request) and eff.path == "/api/connectors/processes/ps_x/output"
+    assert eff.params == {"since": 0, "wait_ms": ops.POLL_WAIT_MS}
+    answer = {
+        "chunks": [{"stream": "stderr", "data_b64": base64.b64encode(b"e").decode(), "seq": 7}],
+        "exit_code": 1, "session_alive": False, "truncated": True, "lost_bytes": 0,
+        "lost_bytes_unknown": True, "next_since": 9,
+    }
+    eff = op.send(answer)
+    # Output lost before seq 7, of unknown size (a codex executor): said so.
+    assert isinstance(eff, ops.Emit) and eff.item == execgate.LostOutput(1, 6, None)
+    eff = next(op)
+    assert isinstance(eff, ops.Emit) and eff.item == execgate.Chunk("stderr", b"e", 7)
+    with pytest.raises(StopIteration):
+        next(op)
+    assert (st.cursor, st.exit_code, st.exited, st.extra["no_sse"]) == (9, 1, True, True)
+
+
+def test_a_session_gone_is_not_mistaken_for_a_missing_route() -> None:
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output(st, None, "auto")
+    next(op)
+    with pytest.raises(execgate.SessionNotFound):
+        op.throw(execgate.SessionNotFound("gone", code="session_not_found", status=404))

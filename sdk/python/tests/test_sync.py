@@ -176,11 +176,11 @@ def test_upload_and_download_stream(
 
     tracemalloc.start()
     try:
-        up = laptop.upload(str(src), "up/big.bin")
+        up = laptop.upload(src, "up/big.bin")  # a Path or a str
         _, peak_up = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         dst = tmp_path / "copy.bin"
-        down = laptop.download("up/big.bin", str(dst))
+        down = laptop.download("up/big.bin", dst)
         _, peak_down = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -426,3 +426,31 @@ def test_session_errors(client: execgate.Client, laptop: execgate.Env, world: Wo
         time.sleep(0.3)
     with pytest.raises(execgate.SessionExpired):
         list(client.process(q.sid).output())
+
+
+def test_executor_restart_is_reported(client: execgate.Client, world: World) -> None:
+    """Runs last: it restarts the `gpu` executor."""
+    # `executor_restarted` came with the process-lifecycle work (as did the
+    # listing); an older gateway has neither.
+    world.needs("processes-list")
+    gpu = client.env("gpu")
+    p = gpu.spawn(["sleep", "20"])
+    world.restart_gpu()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            p.poll()
+        except execgate.ExecutorRestarted as e:
+            assert e.code == "executor_restarted"
+            break
+        except execgate.ExecutorUnavailable:
+            pass  # not reconnected yet
+        assert time.monotonic() < deadline, "the new executor never connected"
+        time.sleep(0.2)
+    with pytest.raises(execgate.ExecutorRestarted) as e:
+        p.terminate()
+    assert e.value.status == 410
+    with pytest.raises(execgate.ExecutorRestarted):
+        list(p.output())
+    with pytest.raises(execgate.ExecutorRestarted):
+        list(p.output(transport="poll"))

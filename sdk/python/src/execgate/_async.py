@@ -26,6 +26,7 @@ from ._core import (
     ReadLine,
     Request,
     Sleep,
+    StrPath,
     TransferResult,
     Upload,
     parse_json,
@@ -300,11 +301,11 @@ class AsyncEnv(EnvBase):
         )
 
     async def upload(
-        self, local: str, remote: str, *, create_parents: bool = True
+        self, local: StrPath, remote: str, *, create_parents: bool = True
     ) -> TransferResult:
         return await self._client._run(ops.upload(self.name, local, remote, create_parents))
 
-    async def download(self, remote: str, local: str) -> TransferResult:
+    async def download(self, remote: str, local: StrPath) -> TransferResult:
         return await self._client._run(ops.download(self.name, remote, local))
 
     async def copy_to(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json as _json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Generator, List, Mapping, Optional, Sequence, TypeVar, Union
@@ -20,7 +21,6 @@ from urllib.parse import quote
 
 from .errors import (
     ExecgateError,
-    ToolError,
     TransportError,
     error_class,
     error_from_response,
@@ -52,6 +52,8 @@ SLACK = 30.0
 RECONNECTS = 5
 
 Command = Union[str, Sequence[str]]
+#: A local path.
+StrPath = Union[str, "os.PathLike[str]"]
 
 
 # --------------------------------------------------------------------------
@@ -344,7 +346,8 @@ class TransferResult:
     sha256: str
 
 
-def upload(env: str, local: str, remote: str, create_parents: bool) -> Op["TransferResult"]:
+def upload(env: str, local: StrPath, remote: str, create_parents: bool) -> Op["TransferResult"]:
+    local = os.fspath(local)
     params = {"path": remote}
     if not create_parents:
         params["create_parents"] = "false"
@@ -358,7 +361,8 @@ def upload(env: str, local: str, remote: str, create_parents: bool) -> Op["Trans
     return TransferResult(path=remote, bytes=int(r.get("bytes", 0)), sha256=r["sha256"])
 
 
-def download(env: str, remote: str, local: str) -> Op["TransferResult"]:
+def download(env: str, remote: str, local: StrPath) -> Op["TransferResult"]:
+    local = os.fspath(local)
     n, sha = yield Download(
         Request("GET", env_path(env, "files"), params={"path": remote}, timeout=None), local
     )
@@ -521,14 +525,25 @@ def output_sse(st: ProcState, since: Optional[int]) -> Op[None]:
             yield Sleep(min(0.2 * 2**failures, 5.0))
             continue
         decoder = SSEDecoder()
+        got_event = False
         try:
             while True:
                 line = yield ReadLine(handle)
                 if line is None:
-                    break  # ended without `exit`: resume
+                    # Ended without `exit`: resume, but not forever if the
+                    # gateway keeps ending it with nothing.
+                    if not got_event:
+                        failures += 1
+                        if failures > RECONNECTS:
+                            raise TransportError(
+                                f"the output stream of {st.sid} keeps ending without events",
+                                code="transport",
+                            )
+                    break
                 ev = decoder.feed(line)
                 if ev is None:
                     continue
+                got_event = True
                 failures = 0
                 data = _json.loads(ev.data) if ev.data else {}
                 if ev.event == "output":

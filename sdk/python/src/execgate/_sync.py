@@ -24,6 +24,7 @@ from ._core import (
     ReadLine,
     Request,
     Sleep,
+    StrPath,
     TransferResult,
     Upload,
     parse_json,
@@ -332,12 +333,12 @@ class Env(EnvBase):
             ops.apply_patch(self.name, patch, dry_run, expected_sha256, check)
         )
 
-    def upload(self, local: str, remote: str, *, create_parents: bool = True) -> TransferResult:
+    def upload(self, local: StrPath, remote: str, *, create_parents: bool = True) -> TransferResult:
         """Streams a local file to ``remote`` (any size; constant memory).
         The remote file appears atomically, verified by SHA-256."""
         return self._client._run(ops.upload(self.name, local, remote, create_parents))
 
-    def download(self, remote: str, local: str) -> TransferResult:
+    def download(self, remote: str, local: StrPath) -> TransferResult:
         """Streams ``remote`` into the local file ``local`` (any size;
         constant memory). It is written under a temporary name and renamed
         into place once complete."""
