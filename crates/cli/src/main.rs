@@ -4,6 +4,7 @@
 
 mod admin;
 mod client_cmds;
+mod cp;
 mod executor_cmd;
 mod serve;
 mod up;
@@ -38,6 +39,8 @@ enum Command {
     /// Run a command on an environment, streaming its output, forwarding
     /// stdin, and exiting with its exit code.
     Exec(client_cmds::ExecArgs),
+    /// Copy files: LOCAL ENV:PATH, ENV:PATH LOCAL, or ENV:PATH ENV2:PATH.
+    Cp(cp::CpArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -87,6 +90,10 @@ fn main() -> std::process::ExitCode {
             Command::Exec(a) => {
                 init_tracing("warn");
                 client_cmds::exec(a).await
+            }
+            Command::Cp(a) => {
+                init_tracing("warn");
+                cp::run(a).await.map(|_| 0)
             }
         }
     });

@@ -107,18 +107,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorResponse>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http_error".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -215,6 +204,42 @@ impl Client {
         self.send(self.http.get(url)).await
     }
 
+    /// Streams `body` into `path` on `env` (`PUT /envs/{env}/files`). The file
+    /// appears atomically once complete and verified. Returns the gateway's
+    /// answer `{path, bytes, sha256}`.
+    pub async fn upload(
+        &self,
+        env: &str,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<Value, ClientError> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/envs/{}/files", encode(env))))
+                .query(&[("path", path)])
+                .body(body),
+        )
+        .await
+    }
+
+    /// Starts downloading `path` from `env` (`GET /envs/{env}/files`); read the
+    /// bytes from the response (`bytes_stream`). `Content-Length` is the size.
+    pub async fn download(&self, env: &str, path: &str) -> Result<reqwest::Response, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/envs/{}/files", encode(env))))
+            .query(&[("path", path)])
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        Err(api_error(status, &bytes))
+    }
+
     pub async fn terminate(&self, sid: &str) -> Result<(), ClientError> {
         let _: OkResponse = self
             .send(
@@ -224,6 +249,22 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The error of a non-2xx answer: the envelope's code and message.
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(e) => ClientError::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http_error".into(),
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
     }
 }
 

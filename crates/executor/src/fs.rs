@@ -19,9 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use execgate_protocol::exec::{
-    method, CopyParams, CreateDirectoryParams, DirEntry, Empty, Metadata, PathParams,
-    ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult, RemoveParams,
-    WriteFileParams,
+    method, CommitFileParams, CommitFileResult, CopyParams, CreateDirectoryParams, DirEntry, Empty,
+    Metadata, PathParams, ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult,
+    RemoveParams, RenameParams, SymlinkParams, WriteFileParams, WriteRangeParams,
 };
 use execgate_protocol::jsonrpc::RpcError;
 use serde::de::DeserializeOwned;
@@ -46,6 +46,10 @@ pub(crate) fn call(method: &str, params: Value, workdir: &Path) -> Result<Value,
         method::FS_READ_DIRECTORY => reply(read_directory(parse(params)?, workdir)),
         method::FS_REMOVE => reply(remove(parse(params)?, workdir)),
         method::FS_COPY => reply(copy(parse(params)?, workdir)),
+        method::FS_RENAME => reply(rename(parse(params)?, workdir)),
+        method::FS_WRITE_RANGE => reply(write_range(parse(params)?, workdir)),
+        method::FS_COMMIT_FILE => reply(commit_file(parse(params)?, workdir)),
+        method::FS_SYMLINK => reply(symlink(parse(params)?, workdir)),
         other => Err(RpcError::method_not_found(other)),
     }
 }
@@ -194,6 +198,95 @@ fn create_directory(params: CreateDirectoryParams, workdir: &Path) -> Result<Emp
         fs::create_dir(&path)
     };
     created.map_err(|e| io_error("creating directory", &path, e))?;
+    if let Some(mode) = params.mode {
+        set_mode(&path, mode)?;
+    }
+    Ok(Empty {})
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), RpcError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| io_error("setting the mode of", path, e))
+}
+
+/// [ext] `fs/rename`: atomic within one file system.
+fn rename(params: RenameParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let from = paths::resolve(workdir, &params.source_path)?;
+    let to = paths::resolve(workdir, &params.destination_path)?;
+    fs::rename(&from, &to).map_err(|e| io_error("renaming", &from, e))?;
+    Ok(Empty {})
+}
+
+/// [ext] `fs/writeRange`: one chunk of a streamed transfer into a staged
+/// file. Chunks arrive in order from one writer, so a plain positioned write
+/// is enough.
+fn write_range(params: WriteRangeParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    let data = BASE64
+        .decode(params.data_base64.as_bytes())
+        .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(params.truncate)
+        .open(&path)
+        .map_err(|e| io_error("opening", &path, e))?;
+    file.seek(SeekFrom::Start(params.offset))
+        .and_then(|_| file.write_all(&data))
+        .map_err(|e| io_error("writing", &path, e))?;
+    Ok(Empty {})
+}
+
+/// [ext] `fs/commitFile`: verify, set the mode, rename into place. The
+/// file is flushed to disk before the rename, so a crash leaves either the
+/// old destination or the complete new one.
+fn commit_file(params: CommitFileParams, workdir: &Path) -> Result<CommitFileResult, RpcError> {
+    use sha2::{Digest, Sha256};
+    let staged = paths::resolve(workdir, &params.path)?;
+    let dest = paths::resolve(workdir, &params.destination_path)?;
+    let mut file = File::open(&staged).map_err(|e| io_error("opening", &staged, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| io_error("reading", &staged, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let sha256 = hex_lower(&hasher.finalize());
+    if let Some(expected) = &params.sha256 {
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            let _ = fs::remove_file(&staged);
+            return Err(RpcError::invalid_params(format!(
+                "sha256 mismatch for {}: expected {expected}, the staged file has {sha256}; nothing was written",
+                dest.display()
+            )));
+        }
+    }
+    if let Some(mode) = params.mode {
+        set_mode(&staged, mode)?;
+    }
+    file.sync_all()
+        .map_err(|e| io_error("flushing", &staged, e))?;
+    fs::rename(&staged, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
+    Ok(CommitFileResult { sha256, size })
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [ext] `fs/symlink`.
+fn symlink(params: SymlinkParams, workdir: &Path) -> Result<Empty, RpcError> {
+    let path = paths::resolve(workdir, &params.path)?;
+    std::os::unix::fs::symlink(&params.target, &path)
+        .map_err(|e| io_error("creating the symlink", &path, e))?;
     Ok(Empty {})
 }
 
@@ -201,6 +294,10 @@ fn get_metadata(params: PathParams, workdir: &Path) -> Result<Metadata, RpcError
     let path = paths::resolve(workdir, &params.path)?;
     let link = fs::symlink_metadata(&path).map_err(|e| io_error("inspecting", &path, e))?;
     let is_symlink = link.file_type().is_symlink();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        link.permissions().mode() & 0o7777
+    };
     // Everything but `isSymlink` describes what a link points to; a dangling
     // link describes itself.
     let meta = if is_symlink {
@@ -215,6 +312,14 @@ fn get_metadata(params: PathParams, workdir: &Path) -> Result<Metadata, RpcError
         size: meta.len(),
         created_at_ms: meta.created().map_or(0, millis_since_epoch),
         modified_at_ms: meta.modified().map_or(0, millis_since_epoch),
+        mode: Some(mode),
+        symlink_target: if is_symlink {
+            fs::read_link(&path)
+                .ok()
+                .map(|t| t.to_string_lossy().into_owned())
+        } else {
+            None
+        },
     })
 }
 

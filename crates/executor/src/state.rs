@@ -105,6 +105,8 @@ fn environment_info(workdir: &Path, retained_bytes: usize) -> EnvironmentInfo {
         read_range: true,
         atomic_write: true,
         retained_bytes: retained_bytes as u64,
+        rename: true,
+        file_transfer: true,
         ..Default::default()
     };
     EnvironmentInfo {

@@ -21,7 +21,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::Link;
 use crate::state::AppState;
 use crate::store::now_ms;
-use crate::{connect, processes, tools};
+use crate::{connect, file_stream, processes, tools};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
@@ -31,6 +31,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/connectors/processes/{sid}/stdin", post(stdin))
         .route("/api/connectors/processes/{sid}/output", get(output))
         .route("/api/connectors/processes/{sid}/terminate", post(terminate))
+        .route(
+            "/api/connectors/envs/{name}/files",
+            get(file_stream::download)
+                .put(file_stream::upload)
+                // Uploads stream; the JSON body limit does not apply.
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/cloud/environment/{environment_id}/direct/register",
             post(connect::register),
@@ -183,7 +190,11 @@ async fn tool_call(
 }
 
 /// The live link of the caller's environment `name`.
-async fn environment(state: &AppState, caller: &Caller, name: &str) -> Result<Arc<Link>, ApiError> {
+pub(crate) async fn environment(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Arc<Link>, ApiError> {
     let row = state
         .store()
         .executor_by_name(&caller.workspace, name)

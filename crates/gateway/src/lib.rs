@@ -22,7 +22,9 @@ pub mod auth;
 pub mod connect;
 pub mod error;
 pub mod extract;
+pub mod file_stream;
 pub mod link;
+pub mod patch;
 pub mod processes;
 pub mod registry;
 pub mod secret;
@@ -31,6 +33,7 @@ pub mod sigv4;
 pub mod state;
 pub mod store;
 pub mod tools;
+pub mod transfer;
 
 use std::net::SocketAddr;
 

@@ -84,10 +84,11 @@ pub struct HunkError {
 
 const BEGIN: &str = "*** Begin Patch";
 const END: &str = "*** End Patch";
-const ADD: &str = "*** Add File: ";
-const DELETE: &str = "*** Delete File: ";
-const UPDATE: &str = "*** Update File: ";
-const MOVE_TO: &str = "*** Move to: ";
+// Without the trailing space, so that an empty path is reported as such.
+const ADD: &str = "*** Add File:";
+const DELETE: &str = "*** Delete File:";
+const UPDATE: &str = "*** Update File:";
+const MOVE_TO: &str = "*** Move to:";
 const END_OF_FILE: &str = "*** End of File";
 
 fn err(line: usize, message: impl Into<String>) -> ParseError {

@@ -29,6 +29,14 @@ pub mod method {
     pub const FS_READ_DIRECTORY: &str = "fs/readDirectory";
     pub const FS_REMOVE: &str = "fs/remove";
     pub const FS_COPY: &str = "fs/copy";
+    /// [ext] Rename a path (atomic within a file system).
+    pub const FS_RENAME: &str = "fs/rename";
+    /// [ext] Write bytes at an offset of a file (creating it).
+    pub const FS_WRITE_RANGE: &str = "fs/writeRange";
+    /// [ext] Verify a staged file's SHA-256, set its mode, rename it into place.
+    pub const FS_COMMIT_FILE: &str = "fs/commitFile";
+    /// [ext] Create a symbolic link.
+    pub const FS_SYMLINK: &str = "fs/symlink";
 
     pub const PROCESS_OUTPUT: &str = "process/output";
     pub const PROCESS_EXITED: &str = "process/exited";
@@ -111,6 +119,12 @@ pub struct ExtCapabilities {
     /// executors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<crate::custom_tool::CustomToolSpec>,
+    /// `fs/rename` is served.
+    pub rename: bool,
+    /// `fs/writeRange`, `fs/commitFile`, `fs/symlink` are served,
+    /// `fs/getMetadata` reports `mode` and `symlinkTarget`, and
+    /// `fs/createDirectory` takes `mode`.
+    pub file_transfer: bool,
 }
 
 /// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks
@@ -368,6 +382,9 @@ pub struct CreateDirectoryParams {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recursive: Option<bool>,
+    /// [ext] Permission bits for the directory (the last one created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -382,6 +399,61 @@ pub struct Metadata {
     pub created_at_ms: i64,
     #[serde(default)]
     pub modified_at_ms: i64,
+    /// [ext] Permission bits (`st_mode & 0o7777`) of the path itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// [ext] What a symbolic link points to (not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+/// [ext] `fs/rename`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenameParams {
+    pub source_path: String,
+    pub destination_path: String,
+}
+
+/// [ext] `fs/writeRange`: write `dataBase64` at `offset`. The file is
+/// created if missing; `truncate` empties it first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteRangeParams {
+    pub path: String,
+    pub offset: u64,
+    pub data_base64: String,
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+/// [ext] `fs/commitFile`: the last step of a transfer. The staged file at
+/// `path` is checked against `sha256` (when given), gets `mode` (when
+/// given), and is renamed to `destinationPath`. On a mismatch the staged file
+/// is removed and nothing changes at the destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitFileParams {
+    pub path: String,
+    pub destination_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitFileResult {
+    /// Lowercase hex SHA-256 of the committed file.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// [ext] `fs/symlink`: create `path` as a link to `target`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SymlinkParams {
+    pub target: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -388,3 +388,163 @@ async fn a_wrong_sigv4_secret_is_refused_and_codex_gives_up() {
         .collect();
     assert_eq!(names, ["codex"]);
 }
+
+/// apply_patch, copy_path (both directions, files and trees) and the /files
+/// routes on codex, which has none of execgate's file extensions: the gateway
+/// falls back to plain writes and to sh/tail/head/cat/tar.
+#[tokio::test]
+async fn codex_applies_patches_and_copies_files_both_ways() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let api = &w.api;
+    let cwork = w.work();
+
+    // apply_patch: every operation, and a failing file changes nothing.
+    std::fs::write(cwork.join("a.txt"), "one\ntwo\n").unwrap();
+    std::fs::write(cwork.join("gone.txt"), "x\n").unwrap();
+    let r = api
+        .call(
+            "codex",
+            "apply_patch",
+            json!({"patch": "*** Begin Patch\n*** Add File: sub/new.txt\n+hi\n*** Update File: a.txt\n*** Move to: b.txt\n@@\n one\n-two\n+TWO\n*** Delete File: gone.txt\n*** End Patch"}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(cwork.join("sub/new.txt")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cwork.join("b.txt")).unwrap(),
+        "one\nTWO\n"
+    );
+    assert!(!cwork.join("a.txt").exists() && !cwork.join("gone.txt").exists());
+    let r = api
+        .call(
+            "codex",
+            "apply_patch",
+            json!({"patch": "*** Begin Patch\n*** Update File: b.txt\n@@\n-one\n+ONE\n*** Update File: nope.txt\n@@\n-x\n+y\n*** End Patch"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(cwork.join("b.txt")).unwrap(),
+        "one\nTWO\n"
+    );
+
+    // An execgate executor beside it.
+    let exe = admin(
+        &w.data_dir,
+        &["executor", "add", "--workspace", "w1", "--name", "laptop"],
+    );
+    let lwork = w.dir.path().join("laptop-work");
+    std::fs::create_dir_all(&lwork).unwrap();
+    let _laptop = start_executor(&w.gateway.url(), &exe, &lwork, &[]);
+    wait_for_env(api, "laptop").await;
+
+    // A 3 MiB file, codex -> execgate and back.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(cwork.join("big.bin"), &data).unwrap();
+    let copy = |src: &str, sp: &str, dst: &str, dp: &str, rec: bool| {
+        json!({"source_environment_id": src, "source_path": sp,
+               "destination_environment_id": dst, "destination_path": dp, "recursive": rec})
+    };
+    let r = api
+        .call(
+            "codex",
+            "copy_path",
+            copy("codex", "big.bin", "laptop", "big.bin", false),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["bytes"], data.len());
+    assert_eq!(std::fs::read(lwork.join("big.bin")).unwrap(), data);
+    let r = api
+        .call(
+            "codex",
+            "copy_path",
+            copy("laptop", "big.bin", "codex", "back.bin", false),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(std::fs::read(cwork.join("back.bin")).unwrap(), data);
+
+    // A tree with an executable and a symlink, both ways (through tar).
+    use std::os::unix::fs::PermissionsExt;
+    let tree = lwork.join("tree");
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    std::fs::write(tree.join("d/run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("d/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("d/run.sh", tree.join("link")).unwrap();
+    let r = api
+        .call(
+            "codex",
+            "copy_path",
+            copy("laptop", "tree", "codex", "tree", true),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["files"], 1);
+    let ctree = cwork.join("tree");
+    let mode = std::fs::metadata(ctree.join("d/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_link(ctree.join("link")).unwrap(),
+        Path::new("d/run.sh")
+    );
+    let r = api
+        .call(
+            "codex",
+            "copy_path",
+            copy("codex", "tree", "laptop", "tree2", true),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(
+        std::fs::read_link(lwork.join("tree2/link")).unwrap(),
+        Path::new("d/run.sh")
+    );
+    // No staged leftovers on either side.
+    for dir in [&cwork, &lwork] {
+        let stray: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("execgate-part"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?} in {}", dir.display());
+    }
+
+    // The /files routes on codex: PUT, GET and a range.
+    let http = fresh_client();
+    let files = format!("{}/api/connectors/envs/codex/files", api.url);
+    let resp = http
+        .put(&files)
+        .query(&[("path", "put.bin")])
+        .bearer_auth(&api.token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(std::fs::read(cwork.join("put.bin")).unwrap(), data);
+    let resp = http
+        .get(&files)
+        .query(&[("path", "put.bin")])
+        .header("Range", "bytes=1000-1999")
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap(), &data[1000..2000]);
+}

@@ -8,4 +8,6 @@ mod codex;
 mod custom_tools;
 mod harness;
 mod isolation;
+mod patches;
 mod restart;
+mod transfer;

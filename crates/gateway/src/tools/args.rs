@@ -2,7 +2,7 @@
 //! object, with errors that name the field, and the conversions every tool
 //! needs (commands, paths).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -63,6 +63,14 @@ pub fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 /// A path argument as the `file://` URI the executor wants. Relative paths
 /// resolve against the executor's working directory.
 pub fn path_uri(link: &Link, field: &str, path: &str) -> Result<String, ApiError> {
+    let abs = resolve_path(link, field, path)?;
+    execgate_protocol::uri::path_to_uri(&abs).ok_or_else(|| {
+        ApiError::bad_arguments(format!("arguments.{field}: {path:?} is not a usable path"))
+    })
+}
+
+/// A path argument made absolute against the executor's working directory.
+pub fn resolve_path(link: &Link, field: &str, path: &str) -> Result<PathBuf, ApiError> {
     if path.is_empty() {
         return Err(ApiError::bad_arguments(format!(
             "arguments.{field}: must not be empty"
@@ -74,21 +82,15 @@ pub fn path_uri(link: &Link, field: &str, path: &str) -> Result<String, ApiError
         )));
     }
     let p = Path::new(path);
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        match link.cwd() {
-            Some(cwd) => cwd.join(p),
-            None => {
-                return Err(ApiError::bad_arguments(format!(
-                    "arguments.{field}: {path:?} is relative and the executor reported no working directory; use an absolute path"
-                )))
-            }
-        }
-    };
-    execgate_protocol::uri::path_to_uri(&abs).ok_or_else(|| {
-        ApiError::bad_arguments(format!("arguments.{field}: {path:?} is not a usable path"))
-    })
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    match link.cwd() {
+        Some(cwd) => Ok(cwd.join(p)),
+        None => Err(ApiError::bad_arguments(format!(
+            "arguments.{field}: {path:?} is relative and the executor reported no working directory; use an absolute path"
+        ))),
+    }
 }
 
 /// The executor's working directory as a URI (the default `cwd`).

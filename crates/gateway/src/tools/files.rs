@@ -130,6 +130,7 @@ pub async fn write_file(
                 let params = CreateDirectoryParams {
                     path: path_uri(link, "path", &parent)?,
                     recursive: Some(true),
+                    mode: None,
                 };
                 if let Err(e) = link
                     .request::<_, Empty>(method::FS_CREATE_DIRECTORY, &params, RPC_TIMEOUT)

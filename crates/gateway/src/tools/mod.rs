@@ -9,11 +9,13 @@
 //! answers 200 with `isError:true`; only a problem with the request itself or
 //! with reaching the executor is an HTTP error.
 
+mod apply_patch;
 mod args;
+mod copy_path;
 mod custom;
 mod exec_command;
 mod files;
-mod shell;
+pub(crate) mod shell;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use crate::error::ApiError;
 use crate::link::{Link, LinkError};
 use crate::state::AppState;
 
-pub use args::parse_args;
+pub use args::{parse_args, resolve_path};
 
 /// How long a plain executor request (not a long-poll) may take.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +64,19 @@ const CORE_TOOLS: &[CoreTool] = &[
         description: "Start a long-running process and return its session_id; then use the processes API \
                       for output, stdin and terminate. Arguments: command, cwd, env, tty, pipe_stdin (default true).",
     },
+    CoreTool {
+        name: "apply_patch",
+        description: "Apply a patch in Codex's grammar (*** Begin Patch … *** End Patch: Add File, Update File \
+                      with @@ hunks, Move to, Delete File), atomically across files. Arguments: patch, dry_run, \
+                      expected_sha256 (path → hash the file must have).",
+    },
+    CoreTool {
+        name: "copy_path",
+        description: "Copy a file or directory tree between environments of this workspace (or within one), \
+                      streamed and verified by SHA-256; nothing appears at the destination unless complete. \
+                      Arguments: source_environment_id, source_path, destination_environment_id, \
+                      destination_path, recursive, timeout_ms (default 600000).",
+    },
 ];
 
 /// The tools that work on this executor, as envs/list shows them.
@@ -91,6 +106,8 @@ pub async fn call(
         "read_file" => files::read_file(ctx, parse_args(arguments)?).await,
         "write_file" => files::write_file(ctx, parse_args(arguments)?).await,
         "exec_command" => exec_command::call(ctx, parse_args(arguments)?).await,
+        "apply_patch" => apply_patch::call(ctx, parse_args(arguments)?).await,
+        "copy_path" => copy_path::call(ctx, parse_args(arguments)?).await,
         other => {
             // After every core tool's arm: a core tool always wins.
             if let Some(spec) = custom::find(&ctx.link, other) {

@@ -9,6 +9,7 @@
 //! missed and nothing is counted twice.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -22,7 +23,7 @@ use serde::Deserialize;
 use super::args;
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::error::ApiError;
-use crate::link::{LinkError, ProcessEvent};
+use crate::link::{Link, LinkError, ProcessEvent};
 use crate::secret::random_id;
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
@@ -79,7 +80,62 @@ pub(crate) async fn run_to_completion(
     ctx: &ToolContext<'_>,
     command: Command,
 ) -> Result<CallToolResult, ApiError> {
-    let link = &ctx.link;
+    let timeout = command.timeout;
+    match run(&ctx.link, command).await {
+        Ok(done) => Ok(done.into_tool_result(timeout)),
+        Err(RunError::Start(e)) => rpc_failure(e),
+        Err(RunError::Api(e)) => Err(e),
+    }
+}
+
+/// Why [`run`] produced no output.
+pub(crate) enum RunError {
+    /// The executor refused to start the process.
+    Start(LinkError),
+    /// The executor could not be reached, or went away mid-run.
+    Api(ApiError),
+}
+
+impl From<ApiError> for RunError {
+    fn from(e: ApiError) -> Self {
+        RunError::Api(e)
+    }
+}
+
+/// A process that ran to its end (or was killed at its deadline).
+pub(crate) struct Completed {
+    out: Collector,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Completed {
+    pub fn stdout(&self) -> &[u8] {
+        &self.out.stdout
+    }
+
+    pub fn stderr(&self) -> &[u8] {
+        &self.out.stderr
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        self.out.exit_code
+    }
+
+    /// Output that is missing from `stdout`/`stderr`: lost on the executor,
+    /// or beyond the capture limit.
+    pub fn missing_bytes(&self) -> u64 {
+        self.out.lost_bytes + self.out.dropped_bytes
+    }
+
+    fn into_tool_result(self, timeout: Duration) -> CallToolResult {
+        self.out.finish(self.timed_out, timeout, self.elapsed)
+    }
+}
+
+/// Runs `command` on `link`'s executor to its end and collects its output
+/// in seq order (push, then pull; see the module docs).
+pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed, RunError> {
     let timeout = command.timeout;
     let process_id = random_id("sh_", 8);
     let params = ProcessStartParams {
@@ -102,7 +158,10 @@ pub(crate) async fn run_to_completion(
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
         .await
     {
-        return rpc_failure(e);
+        return Err(match e {
+            e @ LinkError::Rpc { .. } => RunError::Start(e),
+            other => RunError::Api(other.into()),
+        });
     }
 
     let deadline = tokio::time::Instant::now() + timeout;
@@ -121,13 +180,13 @@ pub(crate) async fn run_to_completion(
                     break;
                 }
                 timed_out = true;
-                kill(ctx, &process_id).await?;
+                kill(link, &process_id).await?;
                 stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
                 continue;
             }
         };
         match ev {
-            ProcessEvent::LinkLost => return Err(lost_mid_command(ctx)),
+            ProcessEvent::LinkLost => return Err(lost_mid_command(link).into()),
             ev => match out.push(ev) {
                 Push::Accepted => {}
                 Push::Done => break,
@@ -149,7 +208,7 @@ pub(crate) async fn run_to_completion(
                     break;
                 }
                 timed_out = true;
-                kill(ctx, &process_id).await?;
+                kill(link, &process_id).await?;
                 stop_at = now + DRAIN_AFTER_KILL;
             }
             let wait = stop_at
@@ -168,7 +227,7 @@ pub(crate) async fn run_to_completion(
                 )
                 .await
                 .map_err(|e| match e {
-                    LinkError::Disconnected { .. } => lost_mid_command(ctx),
+                    LinkError::Disconnected { .. } => lost_mid_command(link),
                     other => other.into(),
                 })?;
             if out.pull(r) {
@@ -177,12 +236,15 @@ pub(crate) async fn run_to_completion(
         }
     }
 
-    Ok(out.finish(timed_out, timeout, started.elapsed()))
+    Ok(Completed {
+        out,
+        timed_out,
+        elapsed: started.elapsed(),
+    })
 }
 
-async fn kill(ctx: &ToolContext<'_>, process_id: &str) -> Result<(), ApiError> {
-    let r = ctx
-        .link
+async fn kill(link: &Link, process_id: &str) -> Result<(), ApiError> {
+    let r = link
         .request::<_, ProcessTerminateResult>(
             method::PROCESS_TERMINATE,
             &ProcessIdParams {
@@ -193,18 +255,18 @@ async fn kill(ctx: &ToolContext<'_>, process_id: &str) -> Result<(), ApiError> {
         .await;
     match r {
         Ok(_) | Err(LinkError::Rpc { .. }) => Ok(()),
-        Err(LinkError::Disconnected { .. }) => Err(lost_mid_command(ctx)),
+        Err(LinkError::Disconnected { .. }) => Err(lost_mid_command(link)),
         Err(e) => Err(e.into()),
     }
 }
 
-fn lost_mid_command(ctx: &ToolContext<'_>) -> ApiError {
+fn lost_mid_command(link: &Link) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         execgate_protocol::connectors::error_code::EXECUTOR_UNAVAILABLE,
         format!(
             "executor '{}' disconnected while the command ran; its outcome is unknown",
-            ctx.link.name
+            link.name
         ),
     )
     .with_retry_after(1)

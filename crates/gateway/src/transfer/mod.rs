@@ -29,6 +29,9 @@ use execgate_protocol::exec::{
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 use execgate_protocol::uri::path_to_uri;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -39,6 +42,10 @@ mod fallback;
 
 /// Bytes per readRange/writeRange request.
 pub const CHUNK: u64 = 1024 * 1024;
+/// Requests in flight per direction. Positioned reads and writes do not
+/// depend on each other, so several can overlap their round trips; this
+/// bounds gateway memory at a few chunks (raw + base64) per transfer.
+pub const IN_FLIGHT: usize = 2;
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a transfer stopped.
@@ -166,7 +173,10 @@ pub struct Sink {
     staged: PathBuf,
     dest: PathBuf,
     offset: u64,
+    /// Over the bytes in order, whatever order the writes complete in.
     hasher: Sha256,
+    /// Writes sent and not yet answered, at most [`IN_FLIGHT`].
+    pending: FuturesUnordered<BoxFuture<'static, Result<(), TransferError>>>,
 }
 
 impl Sink {
@@ -193,13 +203,14 @@ impl Sink {
         }
         let staged = staging_path(dest);
         let ext = has_ext(&link);
-        let sink = Sink {
+        let mut sink = Sink {
             link,
             ext,
             staged,
             dest: dest.to_owned(),
             offset: 0,
             hasher: Sha256::new(),
+            pending: FuturesUnordered::new(),
         };
         // Create (and truncate) the staged file now, so an empty file works.
         if ext {
@@ -211,7 +222,7 @@ impl Sink {
     }
 
     async fn write_at(
-        &self,
+        &mut self,
         offset: u64,
         data: &[u8],
         truncate: bool,
@@ -232,17 +243,46 @@ impl Sink {
             .map_err(on(&self.dest, "writing"))
     }
 
+    /// Queues `data` after what was written so far. With the extensions,
+    /// up to [`IN_FLIGHT`] positioned writes overlap; [`Sink::commit`] waits
+    /// for them all.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
         if data.is_empty() {
             return Ok(());
         }
         if self.ext {
-            self.write_at(self.offset, data, false).await?;
+            while self.pending.len() >= IN_FLIGHT {
+                if let Some(r) = self.pending.next().await {
+                    r?;
+                }
+            }
+            let link = self.link.clone();
+            let params = WriteRangeParams {
+                path: uri(&self.staged)?,
+                offset: self.offset,
+                data_base64: base64::engine::general_purpose::STANDARD.encode(data),
+                truncate: false,
+            };
+            let dest = self.dest.clone();
+            self.pending.push(Box::pin(async move {
+                link.request::<_, Empty>(method::FS_WRITE_RANGE, &params, RPC_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(on(&dest, "writing"))
+            }));
         } else {
             fallback::append(&self.link, &self.staged, data).await?;
         }
         self.hasher.update(data);
         self.offset += data.len() as u64;
+        Ok(())
+    }
+
+    /// Waits for every queued write.
+    async fn flush(&mut self) -> Result<(), TransferError> {
+        while let Some(r) = self.pending.next().await {
+            r?;
+        }
         Ok(())
     }
 
@@ -252,7 +292,11 @@ impl Sink {
 
     /// Verifies the staged file against what was sent, sets `mode`, and
     /// renames it into place. Returns the SHA-256.
-    pub async fn commit(self, mode: Option<u32>) -> Result<CommitFileResult, TransferError> {
+    pub async fn commit(mut self, mode: Option<u32>) -> Result<CommitFileResult, TransferError> {
+        if let Err(e) = self.flush().await {
+            self.abort().await;
+            return Err(e);
+        }
         let sha256 = hex::encode(self.hasher.clone().finalize());
         if !self.ext {
             return match fallback::commit(&self.link, &self.staged, &self.dest, &sha256, mode).await
@@ -296,7 +340,7 @@ impl Sink {
     }
 
     /// Removes the staged file (best effort; the link may be gone).
-    pub async fn abort(&self) {
+    pub async fn abort(&mut self) {
         remove(&self.link, &self.staged).await;
     }
 }
@@ -335,29 +379,46 @@ pub async fn copy_file(
     };
     let mut sink = Sink::create(dst.clone(), dst_path, false).await?;
     let result = async {
-        let mut offset = 0;
-        let mut next = if size > 0 {
-            Some(read_range(src, src_path, 0, CHUNK.min(size)).await?)
-        } else {
-            None
-        };
-        while let Some(chunk) = next.take() {
-            if chunk.is_empty() {
-                break;
+        // Reads overlap too, but are consumed in order.
+        let mut reads = FuturesOrdered::new();
+        let mut next_read = 0u64;
+        let mut expected = 0u64;
+        loop {
+            while reads.len() < IN_FLIGHT && next_read < size {
+                let len = CHUNK.min(size - next_read);
+                let (src, path, at) = (src.clone(), src_path.to_owned(), next_read);
+                reads.push_back(async move {
+                    read_range(&src, &path, at, len).await.map(|b| (at, len, b))
+                });
+                next_read += len;
             }
-            offset += chunk.len() as u64;
-            let ahead = async {
-                if offset < size {
-                    read_range(src, src_path, offset, CHUNK.min(size - offset))
-                        .await
-                        .map(Some)
-                } else {
-                    Ok(None)
+            let Some(r) = reads.next().await else { break };
+            let (at, len, chunk) = r?;
+            if at != expected || chunk.len() as u64 > len {
+                return Err(TransferError::Refused(format!(
+                    "{}: the file changed during the copy",
+                    src_path.display()
+                )));
+            }
+            if (chunk.len() as u64) < len {
+                // A short read (the fallback reads smaller pieces, or the file
+                // shrank): read the rest of this range next, in order.
+                let rest = at + chunk.len() as u64;
+                if chunk.is_empty() {
+                    return Err(TransferError::Refused(format!(
+                        "{}: the file shrank during the copy",
+                        src_path.display()
+                    )));
                 }
-            };
-            let (written, read) = tokio::join!(sink.write(&chunk), ahead);
-            written?;
-            next = read?;
+                sink.write(&chunk).await?;
+                expected = rest;
+                // Drop the reads queued after this one and re-queue from here.
+                reads = FuturesOrdered::new();
+                next_read = rest;
+                continue;
+            }
+            sink.write(&chunk).await?;
+            expected += len;
         }
         if sink.written() != size {
             return Err(TransferError::Refused(format!(
