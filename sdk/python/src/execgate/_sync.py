@@ -417,7 +417,9 @@ class Process(ProcessBase):
 
         Resumable: it starts after ``since`` (default: after the last item
         an earlier ``output()`` of this object delivered), and a broken
-        connection is resumed where it stopped. ``transport``: ``"sse"``
+        connection is resumed where it stopped; an executor that stays
+        away raises :class:`ExecutorUnavailable` (call ``output()`` again
+        later to go on). ``transport``: ``"sse"``
         (the event stream), ``"poll"`` (long-polling ``/output``), or
         ``"auto"`` (SSE, else polling)."""
         return self._client._drive(ops.output(self._st, since, transport))
