@@ -1,5 +1,6 @@
-//! The client commands: `envs`, `call` and `exec`, on the connectors API
-//! through `execgate-client` (EXECGATE_URL, EXECGATE_TOKEN).
+//! The client commands: `envs`, `call`, `exec` (with `-t`, an interactive
+//! terminal) and `ps`, on the connectors API through `execgate-client`
+//! (EXECGATE_URL, EXECGATE_TOKEN).
 
 use std::io::Write;
 
@@ -61,6 +62,11 @@ pub async fn call(a: CallArgs) -> anyhow::Result<i32> {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// Run under a pseudo-terminal, interactively (as `ssh -t`): the local
+    /// terminal goes raw, keys (Ctrl-C too) go to the remote process, and
+    /// window-size changes follow. Needs a terminal on stdin.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
     /// Environment name.
     pub env: String,
     /// Working directory on the environment.
@@ -74,6 +80,9 @@ pub struct ExecArgs {
 /// Streams the remote process's output, forwards stdin (closing it at EOF),
 /// and returns its exit code. Ctrl-C terminates the remote process.
 pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
+    if a.tty {
+        return exec_tty(a).await;
+    }
     let client = Client::from_env()?;
     let mut args = json!({ "command": a.command, "pipe_stdin": true });
     if let Some(cwd) = a.cwd {
@@ -147,5 +156,146 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         if !out.session_alive {
             return Ok(out.exit_code.map(|c| c.clamp(0, 255)).unwrap_or(1));
         }
+    }
+}
+
+/// `execgate exec -t`: the remote process under a pseudo-terminal, driven
+/// from this terminal in raw mode.
+async fn exec_tty(a: ExecArgs) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "execgate exec -t needs a terminal on stdin (it forwards keystrokes as typed); \
+             drop -t to pipe stdin to the command instead"
+        );
+    }
+    let client = Client::from_env()?;
+    let (cols, rows) = crate::terminal::size(0).unwrap_or((80, 24));
+    let mut env = serde_json::Map::new();
+    if let Ok(term) = std::env::var("TERM") {
+        env.insert("TERM".into(), json!(term));
+    }
+    let mut args = json!({
+        "command": a.command, "tty": true, "cols": cols, "rows": rows, "env": env,
+    });
+    if let Some(cwd) = a.cwd {
+        args["cwd"] = json!(cwd);
+    }
+    let sid = client.exec_command(&a.env, args).await?;
+    // Restored when this function returns, before the process exits.
+    let _raw = crate::terminal::RawMode::enable(0)?;
+
+    // Keys, raw: Ctrl-C is the 0x03 byte, interpreted by the remote terminal.
+    let keys = {
+        let client = client.clone();
+        let sid = sid.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = client.write_stdin(&sid, &[], true).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if client.write_stdin(&sid, &buf[..n], false).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    // Window-size changes follow the local terminal.
+    let resizes = {
+        let client = client.clone();
+        let sid = sid.clone();
+        let mut winch =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                if let Some((cols, rows)) = crate::terminal::size(0) {
+                    let _ = client.resize(&sid, cols, rows).await;
+                }
+            }
+        })
+    };
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut since = 0u64;
+    let code = loop {
+        let out = client.output(&sid, since, Some(10_000)).await?;
+        let mut o = std::io::stdout().lock();
+        for c in &out.chunks {
+            o.write_all(&b64.decode(c.data_b64.as_bytes())?)?;
+        }
+        o.flush()?;
+        since = out.next_since.unwrap_or(since).max(since);
+        if !out.session_alive {
+            break out.exit_code.map(|c| c.clamp(0, 255)).unwrap_or(1);
+        }
+    };
+    keys.abort();
+    resizes.abort();
+    Ok(code)
+}
+
+/// `execgate ps`: the workspace's process sessions as a table.
+pub async fn ps() -> anyhow::Result<()> {
+    let client = Client::from_env()?;
+    let processes = client.processes().await?;
+    if processes.is_empty() {
+        println!("no process sessions");
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<14} {:<20} {:<5} {:<21} COMMAND",
+        "SID", "ENV", "STATUS", "EXIT", "STARTED"
+    );
+    for p in processes {
+        let exit = p.exit_code.map(|c| c.to_string()).unwrap_or_default();
+        println!(
+            "{:<18} {:<14} {:<20} {:<5} {:<21} {}",
+            p.sid,
+            p.env,
+            p.status,
+            exit,
+            p.started_at,
+            shell_words(&p.command)
+        );
+    }
+    Ok(())
+}
+
+/// An argv as a shell would need it typed, for display.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn argv_is_shown_as_typed() {
+        let argv: Vec<String> = ["sh", "-c", "echo 'hi' there", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            super::shell_words(&argv),
+            r"sh -c 'echo '\''hi'\'' there' ''"
+        );
     }
 }

@@ -29,6 +29,18 @@ pub struct ExecutorArgs {
     /// Seconds a disconnected session keeps its processes for a reconnect.
     #[arg(long, default_value_t = 600)]
     pub session_ttl_secs: u64,
+    /// Seconds a finished process stays readable; then its session expires.
+    #[arg(long, default_value_t = 1800)]
+    pub exited_retention_secs: u64,
+    /// Output bytes per process kept on disk after the in-memory ring (0: off).
+    #[arg(long, default_value_t = execgate_executor::DEFAULT_SPILL_BYTES)]
+    pub spill_bytes: u64,
+    /// Output bytes all processes together may keep on disk.
+    #[arg(long, default_value_t = execgate_executor::DEFAULT_SPILL_TOTAL_BYTES)]
+    pub spill_total_bytes: u64,
+    /// Directory for spill files (default: $TMPDIR/execgate-spill-<uid>).
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
     /// A TOML file of custom tools ([[tool]] tables); checked at start, and
     /// any problem refuses to start. See README, "Custom tools".
     #[arg(long, value_name = "FILE")]
@@ -45,6 +57,10 @@ pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     }
     config.retained_bytes = a.retain_bytes;
     config.session_ttl = Duration::from_secs(a.session_ttl_secs);
+    config.exited_retention = Duration::from_secs(a.exited_retention_secs);
+    config.spill_bytes = a.spill_bytes;
+    config.spill_total_bytes = a.spill_total_bytes;
+    config.spill_dir = a.spill_dir;
     config.tools_file = a.tools;
     execgate_executor::run(config).await?;
     Ok(())

@@ -7,6 +7,7 @@ mod client_cmds;
 mod cp;
 mod executor_cmd;
 mod serve;
+mod terminal;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -37,8 +38,11 @@ enum Command {
     /// Call a tool on an environment and print the result as JSON.
     Call(client_cmds::CallArgs),
     /// Run a command on an environment, streaming its output, forwarding
-    /// stdin, and exiting with its exit code.
+    /// stdin, and exiting with its exit code (`-t`: interactively, under a
+    /// pseudo-terminal).
     Exec(client_cmds::ExecArgs),
+    /// List the workspace's process sessions (exec_command).
+    Ps,
     /// Copy files: LOCAL ENV:PATH, ENV:PATH LOCAL, or ENV:PATH ENV2:PATH.
     Cp(cp::CpArgs),
 }
@@ -90,6 +94,10 @@ fn main() -> std::process::ExitCode {
             Command::Exec(a) => {
                 init_tracing("warn");
                 client_cmds::exec(a).await
+            }
+            Command::Ps => {
+                init_tracing("warn");
+                client_cmds::ps().await.map(|_| 0)
             }
             Command::Cp(a) => {
                 init_tracing("warn");

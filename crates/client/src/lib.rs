@@ -21,7 +21,8 @@ use std::time::Duration;
 use base64::Engine;
 use execgate_protocol::connectors::{
     CallToolResult, ConnectorEnv, EnvsListResponse, ErrorResponse, OkResponse, OutputResponse,
-    StdinRequest, ToolCallRequest,
+    ProcessInfo, ProcessListResponse, ResizeRequest, SignalName, SignalRequest, StdinRequest,
+    ToolCallRequest,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -265,6 +266,38 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
             code: "http_error".into(),
             message: String::from_utf8_lossy(body).into_owned(),
         },
+    }
+}
+
+impl Client {
+    /// The workspace's process sessions, newest first.
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>, ClientError> {
+        let r: ProcessListResponse = self.send(self.http.get(self.url("/processes"))).await?;
+        Ok(r.processes)
+    }
+
+    /// Resizes a tty process's terminal.
+    pub async fn resize(&self, sid: &str, cols: u16, rows: u16) -> Result<(), ClientError> {
+        let _: OkResponse = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/processes/{}/resize", encode(sid))))
+                    .json(&ResizeRequest { cols, rows }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a signal to the process group.
+    pub async fn signal(&self, sid: &str, signal: SignalName) -> Result<(), ClientError> {
+        let _: OkResponse = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/processes/{}/signal", encode(sid))))
+                    .json(&SignalRequest { signal }),
+            )
+            .await?;
+        Ok(())
     }
 }
 

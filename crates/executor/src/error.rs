@@ -21,6 +21,13 @@ pub enum ExecutorError {
         source: std::io::Error,
     },
 
+    /// The directory for spilled output cannot be created.
+    #[error("cannot create the output spill directory {}: {source}", path.display())]
+    SpillDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     /// The `--tools` file cannot be read or is not valid.
     #[error(transparent)]
     ToolsFile(#[from] crate::tools_file::ToolsFileError),

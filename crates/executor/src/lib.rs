@@ -13,11 +13,13 @@
 //! - `session`: sessions, which keep processes across reconnects.
 //! - `process`: a session's process table: spawn, pipes/pty, env, signals.
 //! - `output`: a process's output log: seqs, retention, lost bytes, long-poll.
+//! - `spill`: the bounded on-disk tail of output logs.
 //! - `notify`: the non-blocking path of notifications to the gateway.
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
+#[doc(hidden)]
 mod connect;
 mod connection;
 mod error;
@@ -28,6 +30,7 @@ mod paths;
 mod process;
 mod rpc;
 mod session;
+mod spill;
 mod state;
 mod tools_file;
 
@@ -53,6 +56,10 @@ pub const DEFAULT_RETAINED_BYTES: usize = 1 << 20;
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10 * 60);
 /// How long a finished process stays readable by default.
 pub const DEFAULT_EXITED_RETENTION: Duration = Duration::from_secs(30 * 60);
+/// Output bytes per process kept on disk after the in-memory ring.
+pub const DEFAULT_SPILL_BYTES: u64 = 64 << 20;
+/// Output bytes all processes together may keep on disk.
+pub const DEFAULT_SPILL_TOTAL_BYTES: u64 = 1 << 30;
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -77,6 +84,14 @@ pub struct ExecutorConfig {
     pub session_ttl: Duration,
     /// How long a finished process stays readable.
     pub exited_retention: Duration,
+    /// Output bytes per process kept on disk once they leave the in-memory
+    /// ring; 0 turns spilling off.
+    pub spill_bytes: u64,
+    /// Output bytes all processes together may keep on disk.
+    pub spill_total_bytes: u64,
+    /// Where spill files go; default `$TMPDIR/execgate-spill-<uid>`. Files
+    /// are unlinked on creation, so nothing is ever left behind.
+    pub spill_dir: Option<PathBuf>,
     /// The TOML file of custom tools (`--tools`), checked at start.
     pub tools_file: Option<PathBuf>,
 }
@@ -93,6 +108,9 @@ impl ExecutorConfig {
             retained_bytes: DEFAULT_RETAINED_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
             exited_retention: DEFAULT_EXITED_RETENTION,
+            spill_bytes: DEFAULT_SPILL_BYTES,
+            spill_total_bytes: DEFAULT_SPILL_TOTAL_BYTES,
+            spill_dir: None,
             tools_file: None,
         }
     }
@@ -114,6 +132,9 @@ impl fmt::Debug for ExecutorConfig {
             .field("retained_bytes", &self.retained_bytes)
             .field("session_ttl", &self.session_ttl)
             .field("exited_retention", &self.exited_retention)
+            .field("spill_bytes", &self.spill_bytes)
+            .field("spill_total_bytes", &self.spill_total_bytes)
+            .field("spill_dir", &self.spill_dir)
             .field("tools_file", &self.tools_file)
             .finish()
     }

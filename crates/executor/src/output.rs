@@ -6,16 +6,22 @@
 //! - **Sequencing.** One counter per process hands out seqs to output chunks,
 //!   to `exited` and to `closed`, starting at 1. A seq is assigned under the
 //!   log's lock together with the append, so seqs and log order never disagree.
-//! - **Retention.** At most `cap` bytes of chunk data are kept. The oldest
-//!   whole chunks are evicted first; a single chunk larger than the cap is kept
-//!   alone rather than split.
+//! - **Retention.** At most `cap` bytes of chunk data are kept in memory. The
+//!   oldest whole chunks are evicted first; a single chunk larger than the cap
+//!   is kept alone rather than split. An evicted chunk goes to the process's
+//!   [spill](crate::spill) on disk when there is one, and is lost only when
+//!   the spill lets it go (or cannot take it).
 //! - **Exact loss accounting.** A late reader learns exactly how many bytes it
 //!   missed (`lostBytes`). Every chunk knows its cumulative byte offset, and an
 //!   index remembers `(seq, end offset)` of evicted chunks, so the bytes evicted
 //!   between any `afterSeq` and the first retained chunk are a subtraction.
 //!
 //! [`OutputLog`] is plain data and fully unit-tested; [`SharedLog`] wraps it in
-//! a mutex and adds the long-poll wait of `process/read`.
+//! a mutex and adds the long-poll wait of `process/read`. A read is planned
+//! under the lock ([`ReadPlan`]) and its spilled chunks are loaded from disk
+//! after the lock is released, so disk reads never hold up the child's output.
+//!
+//! Seq order of where output is: lost chunks < spilled chunks < ring chunks.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -24,6 +30,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use execgate_protocol::exec::Stream;
 use tokio::sync::watch;
+
+use crate::spill::{DiskChunk, Evicted, Spill};
 
 /// How many evicted chunks the loss index remembers. Each entry costs 16
 /// bytes, so a process that produced a million tiny chunks beyond its
@@ -71,10 +79,63 @@ pub(crate) struct ReadSlice {
     pub lost_bytes: u64,
 }
 
+/// A chunk a read will return: in memory, or still on disk.
+#[derive(Debug, Clone)]
+enum Planned {
+    Memory(Chunk),
+    Disk(DiskChunk),
+}
+
+/// A read decided under the log's lock; [`load`](ReadPlan::load) fetches
+/// the spilled bytes without it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadPlan {
+    chunks: Vec<Planned>,
+    next_seq: u64,
+    exit_code: Option<i32>,
+    closed: bool,
+    lost_bytes: u64,
+}
+
+impl ReadPlan {
+    /// Whether loading reads the disk.
+    pub fn touches_disk(&self) -> bool {
+        self.chunks.iter().any(|c| matches!(c, Planned::Disk(_)))
+    }
+
+    /// The read, with spilled chunks read back from disk (blocking).
+    pub fn load(self) -> std::io::Result<ReadSlice> {
+        let chunks = self
+            .chunks
+            .into_iter()
+            .map(|c| {
+                Ok(match c {
+                    Planned::Memory(chunk) => chunk,
+                    Planned::Disk(d) => Chunk {
+                        seq: d.seq,
+                        stream: d.stream,
+                        data: d.load()?,
+                        start: d.start,
+                    },
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(ReadSlice {
+            chunks,
+            next_seq: self.next_seq,
+            exit_code: self.exit_code,
+            closed: self.closed,
+            lost_bytes: self.lost_bytes,
+        })
+    }
+}
+
 /// The log itself: plain data, no locking, no clock.
 #[derive(Debug)]
 pub(crate) struct OutputLog {
     cap: usize,
+    /// Where evicted chunks go before they are lost.
+    spill: Option<Spill>,
     chunks: VecDeque<Chunk>,
     /// Sum of `chunks[..].data.len()`.
     retained: usize,
@@ -105,6 +166,7 @@ impl OutputLog {
     fn with_index_cap(cap: usize, open_streams: u32, index_cap: usize) -> Self {
         OutputLog {
             cap,
+            spill: None,
             chunks: VecDeque::new(),
             retained: 0,
             evicted: VecDeque::new(),
@@ -119,6 +181,12 @@ impl OutputLog {
         }
     }
 
+    /// Spills evicted chunks to `spill` instead of losing them.
+    pub fn with_spill(mut self, spill: Spill) -> Self {
+        self.spill = Some(spill);
+        self
+    }
+
     /// Appends one chunk, evicting old ones to stay within the cap, and
     /// returns the chunk's seq.
     pub fn push_chunk(&mut self, stream: Stream, data: Bytes) -> u64 {
@@ -128,13 +196,20 @@ impl OutputLog {
                 break;
             };
             self.retained -= old.data.len();
-            self.evicted_end = old.end();
-            if self.evicted.len() >= self.index_cap {
-                if let Some((_, end)) = self.evicted.pop_front() {
-                    self.horizon = end;
+            match &mut self.spill {
+                Some(spill) => {
+                    let lost = spill.push(Evicted {
+                        seq: old.seq,
+                        stream: old.stream,
+                        start: old.start,
+                        data: old.data,
+                    });
+                    for (seq, end) in lost {
+                        self.record_lost(seq, end);
+                    }
                 }
+                None => self.record_lost(old.seq, old.end()),
             }
-            self.evicted.push_back((old.seq, old.end()));
         }
         let seq = self.next_seq();
         let start = self.total;
@@ -147,6 +222,17 @@ impl OutputLog {
             start,
         });
         seq
+    }
+
+    /// Counts a chunk as lost for good. Chunks are lost in seq order.
+    fn record_lost(&mut self, seq: u64, end: u64) {
+        self.evicted_end = end;
+        if self.evicted.len() >= self.index_cap {
+            if let Some((_, end)) = self.evicted.pop_front() {
+                self.horizon = end;
+            }
+        }
+        self.evicted.push_back((seq, end));
     }
 
     /// Records the exit code and returns the event's seq, or `None` if the
@@ -210,28 +296,46 @@ impl OutputLog {
         self.evicted_end.saturating_sub(through)
     }
 
-    /// The retained chunks with a seq greater than `after_seq`, in order,
-    /// stopping before `max_bytes` would be exceeded. At least one chunk is
-    /// returned when there is one, and a chunk is never split.
-    pub fn read(&self, after_seq: u64, max_bytes: usize) -> ReadSlice {
+    /// The retained chunks (spilled, then in memory) with a seq greater than
+    /// `after_seq`, in order, stopping before `max_bytes` would be exceeded.
+    /// At least one chunk is returned when there is one, and a chunk is never
+    /// split.
+    pub fn plan(&self, after_seq: u64, max_bytes: usize) -> ReadPlan {
         let first = self.chunks.partition_point(|c| c.seq <= after_seq);
+        let spilled = self
+            .spill
+            .iter()
+            .flat_map(|s| s.after(after_seq))
+            .map(|d| Planned::Disk(d.clone()));
+        let in_memory = self
+            .chunks
+            .range(first..)
+            .map(|c| Planned::Memory(c.clone()));
         let mut chunks = Vec::new();
         let mut bytes = 0usize;
         let mut truncated = false;
-        for chunk in self.chunks.range(first..) {
-            if !chunks.is_empty() && bytes.saturating_add(chunk.data.len()) > max_bytes {
+        for chunk in spilled.chain(in_memory) {
+            let len = match &chunk {
+                Planned::Memory(c) => c.data.len(),
+                Planned::Disk(d) => d.len as usize,
+            };
+            if !chunks.is_empty() && bytes.saturating_add(len) > max_bytes {
                 truncated = true;
                 break;
             }
-            bytes += chunk.data.len();
-            chunks.push(chunk.clone());
+            bytes += len;
+            chunks.push(chunk);
         }
-        let next_seq = match chunks.last() {
-            Some(last) if truncated => last.seq + 1,
+        let last_returned = chunks.last().map(|c| match c {
+            Planned::Memory(c) => c.seq,
+            Planned::Disk(d) => d.seq,
+        });
+        let next_seq = match last_returned {
+            Some(last) if truncated => last + 1,
             // Caught up: everything up to the last event is accounted for.
             _ => self.last_seq.max(after_seq) + 1,
         };
-        ReadSlice {
+        ReadPlan {
             chunks,
             next_seq,
             exit_code: self.exit_code(),
@@ -240,6 +344,14 @@ impl OutputLog {
             closed: self.closed_seq.is_some() && !truncated,
             lost_bytes: self.lost_bytes(after_seq),
         }
+    }
+
+    /// [`plan`](Self::plan) and load at once.
+    #[cfg(test)]
+    pub fn read(&self, after_seq: u64, max_bytes: usize) -> ReadSlice {
+        self.plan(after_seq, max_bytes)
+            .load()
+            .expect("spilled chunks read back")
     }
 }
 
@@ -289,8 +401,14 @@ impl SharedLog {
     }
 
     /// `process/read`: waits up to `wait` for anything newer than `after_seq`
-    /// (a chunk, the exit or the close), then reads.
-    pub async fn read(&self, after_seq: u64, max_bytes: usize, wait: Duration) -> ReadSlice {
+    /// (a chunk, the exit or the close), then reads. Spilled chunks are read
+    /// from disk on a blocking thread, outside the lock.
+    pub async fn read(
+        &self,
+        after_seq: u64,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> std::io::Result<ReadSlice> {
         if !wait.is_zero() {
             let mut published = self.last_seq.subscribe();
             // `wait_for` looks at the current value first, so something that
@@ -298,7 +416,14 @@ impl SharedLog {
             // fail if the sender is gone, and `self` owns it.
             let _ = tokio::time::timeout(wait, published.wait_for(|&last| last > after_seq)).await;
         }
-        self.inspect(|log| log.read(after_seq, max_bytes))
+        let plan = self.inspect(|log| log.plan(after_seq, max_bytes));
+        if plan.touches_disk() {
+            tokio::task::spawn_blocking(move || plan.load())
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())))
+        } else {
+            plan.load()
+        }
     }
 }
 
@@ -433,6 +558,63 @@ mod tests {
         assert_eq!(log.lost_bytes(0), 5, "a reader at 0 is always exact");
     }
 
+    fn spilling_log(cap: usize, spill_bytes: u64) -> (tempfile::TempDir, OutputLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::sync::Arc::new(
+            crate::spill::SpillConfig::new(dir.path().join("s"), spill_bytes, 1 << 30).unwrap(),
+        );
+        let log = OutputLog::new(cap, 1).with_spill(Spill::new(config));
+        (dir, log)
+    }
+
+    #[test]
+    fn evicted_chunks_are_read_back_from_the_spill_in_order() {
+        let (_dir, mut log) = spilling_log(10, 1 << 20);
+        for i in 0..20u8 {
+            log.push_chunk(Stream::Stdout, Bytes::from(vec![i; 4]));
+        }
+        let slice = log.read(0, usize::MAX);
+        assert_eq!(seqs(&slice), (1..=20).collect::<Vec<_>>());
+        assert_eq!(slice.lost_bytes, 0);
+        for (i, c) in slice.chunks.iter().enumerate() {
+            assert_eq!(c.data, vec![i as u8; 4]);
+        }
+        // Reads from inside the spilled range and across into memory.
+        assert_eq!(
+            seqs(&log.read(15, usize::MAX)),
+            (16..=20).collect::<Vec<_>>()
+        );
+        let cut = log.read(3, 9);
+        assert_eq!(seqs(&cut), vec![4, 5]);
+        assert_eq!(cut.next_seq, 6);
+    }
+
+    #[test]
+    fn loss_beyond_the_spill_is_exact() {
+        // 64 KiB segments, a 256 KiB spill bound, 16 KiB in memory; 1 KiB chunks.
+        let (_dir, mut log) = spilling_log(16 * 1024, 256 * 1024);
+        let total = 1000u64;
+        for _ in 0..total {
+            log.push_chunk(Stream::Stdout, bytes(1024));
+        }
+        let slice = log.read(0, usize::MAX);
+        let kept: u64 = slice.chunks.iter().map(|c| c.data.len() as u64).sum();
+        assert!(slice.lost_bytes > 0);
+        assert_eq!(kept + slice.lost_bytes, total * 1024);
+        let first = slice.chunks[0].seq;
+        assert_eq!(
+            slice.lost_bytes,
+            (first - 1) * 1024,
+            "lost exactly the chunks before the first kept"
+        );
+        assert!(
+            seqs(&slice).windows(2).all(|w| w[1] == w[0] + 1),
+            "no hole after the loss"
+        );
+        // A reader inside the lost range loses only what lies after it.
+        assert_eq!(log.read(10, usize::MAX).lost_bytes, (first - 11) * 1024);
+    }
+
     #[test]
     fn read_returns_chunks_after_the_given_seq() {
         let log = log_with(100, &[1, 1, 1]);
@@ -496,7 +678,7 @@ mod tests {
     async fn read_without_wait_returns_at_once() {
         let shared = SharedLog::new(OutputLog::new(100, 1));
         let started = Instant::now();
-        let slice = shared.read(0, usize::MAX, Duration::ZERO).await;
+        let slice = shared.read(0, usize::MAX, Duration::ZERO).await.unwrap();
         assert!(slice.chunks.is_empty());
         assert!(started.elapsed() < Duration::from_secs(1));
     }
@@ -507,7 +689,12 @@ mod tests {
         shared.update(|log| log.push_chunk(Stream::Stdout, bytes(1)));
         let reader = {
             let shared = shared.clone();
-            tokio::spawn(async move { shared.read(1, usize::MAX, Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                shared
+                    .read(1, usize::MAX, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!reader.is_finished(), "nothing newer than seq 1 yet");
@@ -524,7 +711,12 @@ mod tests {
         let shared = Arc::new(SharedLog::new(OutputLog::new(100, 0)));
         let reader = {
             let shared = shared.clone();
-            tokio::spawn(async move { shared.read(0, usize::MAX, Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                shared
+                    .read(0, usize::MAX, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         shared.update(|log| {
@@ -542,7 +734,10 @@ mod tests {
         let shared = SharedLog::new(OutputLog::new(100, 1));
         shared.update(|log| log.push_chunk(Stream::Stdout, bytes(1)));
         let started = Instant::now();
-        let slice = shared.read(0, usize::MAX, Duration::from_secs(30)).await;
+        let slice = shared
+            .read(0, usize::MAX, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(seqs(&slice), vec![1]);
         assert!(started.elapsed() < Duration::from_secs(1));
     }
@@ -551,7 +746,10 @@ mod tests {
     async fn long_poll_gives_up_after_the_wait() {
         let shared = SharedLog::new(OutputLog::new(100, 1));
         let started = Instant::now();
-        let slice = shared.read(0, usize::MAX, Duration::from_millis(60)).await;
+        let slice = shared
+            .read(0, usize::MAX, Duration::from_millis(60))
+            .await
+            .unwrap();
         assert!(slice.chunks.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(60));
         assert_eq!(slice.next_seq, 1);

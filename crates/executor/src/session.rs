@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::notify::Notifier;
 use crate::process::ProcessTable;
+use crate::spill::SpillConfig;
 
 /// Identifies one WebSocket connection, so that a connection that lost its
 /// session to a newer one cannot detach it when it closes.
@@ -48,6 +49,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct SessionRegistry {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     retained_bytes: usize,
+    spill: Option<Arc<SpillConfig>>,
 }
 
 impl SessionRegistry {
@@ -55,7 +57,14 @@ impl SessionRegistry {
         SessionRegistry {
             sessions: Mutex::new(HashMap::new()),
             retained_bytes,
+            spill: None,
         }
+    }
+
+    /// Processes spill output beyond the in-memory ring to disk.
+    pub fn with_spill(mut self, spill: Option<Arc<SpillConfig>>) -> Self {
+        self.spill = spill;
+        self
     }
 
     /// Attaches connection `conn` to the session named by `resume` if it
@@ -83,7 +92,11 @@ impl SessionRegistry {
                 let notifier = Arc::new(Notifier::default());
                 let session = Arc::new(Session {
                     id: id.clone(),
-                    processes: ProcessTable::new(notifier.clone(), self.retained_bytes),
+                    processes: ProcessTable::new(
+                        notifier.clone(),
+                        self.retained_bytes,
+                        self.spill.clone(),
+                    ),
                     notifier,
                     attachment: Mutex::new(Attachment::Detached(Instant::now())),
                 });

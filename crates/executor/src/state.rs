@@ -12,6 +12,7 @@ use execgate_protocol::exec::{EnvironmentInfo, ExtCapabilities, ShellInfo};
 use execgate_protocol::uri::path_to_uri;
 
 use crate::session::SessionRegistry;
+use crate::spill::SpillConfig;
 use crate::{ExecutorConfig, ExecutorError};
 
 pub(crate) struct ExecutorState {
@@ -49,7 +50,12 @@ impl ExecutorState {
                 })
             }
         }
-        let mut environment = environment_info(&workdir, config.retained_bytes);
+        let spill = spill_config(config)?;
+        let mut environment = environment_info(
+            &workdir,
+            config.retained_bytes,
+            spill.as_ref().map_or(0, |s| s.per_process),
+        );
         if let Some(path) = &config.tools_file {
             let tools = crate::tools_file::load(path, &workdir)?;
             environment
@@ -61,7 +67,7 @@ impl ExecutorState {
             workdir,
             session_ttl: config.session_ttl,
             exited_retention: config.exited_retention,
-            sessions: SessionRegistry::new(config.retained_bytes),
+            sessions: SessionRegistry::new(config.retained_bytes).with_spill(spill),
             environment,
         })
     }
@@ -89,7 +95,24 @@ impl Drop for ShutdownGuard {
     }
 }
 
-fn environment_info(workdir: &Path, retained_bytes: usize) -> EnvironmentInfo {
+/// The spill directory and bounds, or `None` when spilling is off.
+fn spill_config(config: &ExecutorConfig) -> Result<Option<Arc<SpillConfig>>, ExecutorError> {
+    if config.spill_bytes == 0 || config.spill_total_bytes == 0 {
+        return Ok(None);
+    }
+    // Per user: the directory is 0700, and another user's would be unusable.
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = config
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("execgate-spill-{uid}")));
+    let spill = SpillConfig::new(dir.clone(), config.spill_bytes, config.spill_total_bytes)
+        .map_err(|source| ExecutorError::SpillDir { path: dir, source })?;
+    Ok(Some(Arc::new(spill)))
+}
+
+fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> EnvironmentInfo {
     let shell_path = std::env::var("SHELL")
         .ok()
         .filter(|s| !s.is_empty())
@@ -105,6 +128,8 @@ fn environment_info(workdir: &Path, retained_bytes: usize) -> EnvironmentInfo {
         read_range: true,
         atomic_write: true,
         retained_bytes: retained_bytes as u64,
+        signals: true,
+        spill_bytes,
         rename: true,
         file_transfer: true,
         ..Default::default()

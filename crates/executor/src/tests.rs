@@ -137,6 +137,7 @@ fn state_with(
     let dir = tempfile::tempdir().unwrap();
     let mut config = ExecutorConfig::new("http://127.0.0.1:1", "exe_test.secret");
     config.workdir = dir.path().to_path_buf();
+    config.spill_dir = Some(dir.path().join(".spill"));
     configure(&mut config);
     (Arc::new(ExecutorState::new(&config).unwrap()), dir)
 }
@@ -610,8 +611,41 @@ async fn tty_processes_merge_output_into_the_pty_stream_and_resize() {
 }
 
 #[tokio::test]
-async fn retention_and_lost_bytes_through_read() {
+async fn spilled_output_is_read_back_whole_through_read() {
     let (state, _dir) = state_with(|c| c.retained_bytes = 14);
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start(
+            "spilled",
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4; do echo line$i; sleep 0.05; done",
+            ],
+            json!({}),
+        )
+        .await;
+    client.until_closed("spilled").await;
+    let read = client
+        .ok(method::PROCESS_READ, json!({"processId": "spilled"}))
+        .await;
+    let data: Vec<u8> = read["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| decode(&c["chunk"]))
+        .collect();
+    assert_eq!(data, b"line1\nline2\nline3\nline4\n");
+    assert_eq!(read["lostBytes"], 0);
+}
+
+#[tokio::test]
+async fn retention_and_lost_bytes_through_read() {
+    let (state, _dir) = state_with(|c| {
+        c.retained_bytes = 14;
+        c.spill_bytes = 0;
+    });
     let mut client = Client::new(&state);
     client.init(None).await;
     // Four separate writes, so (almost certainly) four chunks of 6 bytes.

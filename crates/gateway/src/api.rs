@@ -21,7 +21,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::Link;
 use crate::state::AppState;
 use crate::store::now_ms;
-use crate::{connect, file_stream, processes, tools};
+use crate::{connect, file_stream, processes, stream, tools};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
@@ -31,6 +31,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/connectors/processes/{sid}/stdin", post(stdin))
         .route("/api/connectors/processes/{sid}/output", get(output))
         .route("/api/connectors/processes/{sid}/terminate", post(terminate))
+        .route("/api/connectors/processes", get(processes::list_handler))
+        .route(
+            "/api/connectors/processes/{sid}/stream",
+            get(stream::stream),
+        )
+        .route(
+            "/api/connectors/processes/{sid}/resize",
+            post(processes::resize_handler),
+        )
+        .route(
+            "/api/connectors/processes/{sid}/signal",
+            post(processes::signal_handler),
+        )
         .route(
             "/api/connectors/envs/{name}/files",
             get(file_stream::download)

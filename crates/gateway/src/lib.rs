@@ -10,7 +10,9 @@
 //!   notification routing.
 //! - [`registry`]: live links by exe_id.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
-//! - [`processes`]: exec_command sessions: stdin, output, terminate.
+//! - [`processes`]: exec_command sessions: stdin, output, terminate,
+//!   signal, resize, listing. [`stream`]: their output as Server-Sent Events.
+//!   [`deadlines`]: `max_runtime_ms`, enforced from the store.
 //! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
 //! - [`sigv4`]: SigV4 verification of codex executors.
 //! - [`seq_ledger`]: bytes per output seq, for exact `lost_bytes` on codex.
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod auth;
 pub mod connect;
+pub mod deadlines;
 pub mod error;
 pub mod extract;
 pub mod file_stream;
@@ -32,6 +35,7 @@ pub mod seq_ledger;
 pub mod sigv4;
 pub mod state;
 pub mod store;
+pub mod stream;
 pub mod tools;
 pub mod transfer;
 
@@ -92,6 +96,7 @@ impl Gateway {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        tokio::spawn(deadlines::run(self.state.clone()));
         axum::serve(listener, api::router(self.state))
             .await
             .map_err(GatewayError::Serve)

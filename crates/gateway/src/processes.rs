@@ -1,24 +1,39 @@
-//! Process sessions started by `exec_command`: stdin, output and terminate.
+//! Process sessions started by `exec_command`: stdin, output, terminate,
+//! signal, resize and the workspace's listing. (The SSE stream is in
+//! `crate::stream`, deadlines in `crate::deadlines`.)
 //!
 //! The gateway holds only the index row; every operation goes to the
 //! executor that runs the process. Output is read with `process/read` from
 //! the caller's cursor, so two readers never disturb each other, a reader can
 //! re-read, and a gateway restart loses nothing.
+//!
+//! A row remembers the executor session its process was started in. When
+//! the connected executor reports another session id, the executor restarted
+//! (or dropped the session) and the process is gone: `/output` then answers
+//! 200 with `session_alive:false` and `error.code = executor_restarted`, and
+//! the other operations answer 410 with that code.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Json;
 use base64::Engine;
-use execgate_protocol::connectors::{error_code as code, OutputChunk, OutputResponse};
+use execgate_protocol::connectors::{
+    error_code as code, ErrorBody, OkResponse, OutputChunk, OutputResponse, ProcessInfo,
+    ProcessListResponse, ResizeRequest, SignalName, SignalRequest,
+};
 use execgate_protocol::exec::{
-    method, Empty, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessTerminateResult,
-    ProcessWriteParams, ProcessWriteResult, WriteStatus,
+    method, Empty, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessResizeParams,
+    ProcessSignalParams, ProcessTerminateResult, ProcessWriteParams, ProcessWriteResult,
+    WriteStatus,
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::{Link, LinkError};
 use crate::state::AppState;
 use crate::store::SessionRow;
@@ -33,6 +48,39 @@ const MAX_OUTPUT_BYTES: u64 = 8 * 1024 * 1024;
 pub struct Session {
     pub row: SessionRow,
     pub link: Arc<Link>,
+    /// The executor no longer runs the session the process was started in.
+    pub restarted: bool,
+}
+
+impl Session {
+    /// 410 `executor_restarted` when the process is known to be gone with
+    /// its executor session.
+    pub fn require_same_executor(&self) -> Result<(), ApiError> {
+        if self.restarted {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                code::EXECUTOR_RESTARTED,
+                restarted_message(self),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn restarted_message(s: &Session) -> String {
+    format!(
+        "executor '{}' restarted (or dropped the session process {:?} ran in): the process is gone; start it again with exec_command",
+        s.link.name, s.row.sid
+    )
+}
+
+/// Whether `link` serves another executor session than the one `row` was
+/// started in.
+pub fn is_restarted(row: &SessionRow, link: &Link) -> bool {
+    match (&row.executor_session_id, link.handshake()) {
+        (Some(started_in), Some(h)) => *started_in != h.session_id,
+        _ => false,
+    }
 }
 
 pub async fn resolve(state: &AppState, caller: &Caller, sid: &str) -> Result<Session, ApiError> {
@@ -54,15 +102,20 @@ pub async fn resolve(state: &AppState, caller: &Caller, sid: &str) -> Result<Ses
         Some(link) => link,
         None => return Err(crate::api::executor_unavailable(state, &row.exe_id).await),
     };
-    Ok(Session { row, link })
+    let restarted = is_restarted(&row, &link);
+    Ok(Session {
+        row,
+        link,
+        restarted,
+    })
 }
 
 /// The executor no longer knows the process: it restarted, or the process
 /// outlived the executor's retention.
-fn gone(s: &Session) -> ApiError {
+pub fn gone(s: &Session) -> ApiError {
     ApiError::new(
         StatusCode::GONE,
-        "session_expired",
+        code::SESSION_EXPIRED,
         format!(
             "executor '{}' no longer has process session {:?}: it expired or the executor restarted",
             s.link.name, s.row.sid
@@ -70,7 +123,7 @@ fn gone(s: &Session) -> ApiError {
     )
 }
 
-fn map_rpc(s: &Session, e: LinkError) -> ApiError {
+pub fn map_rpc(s: &Session, e: LinkError) -> ApiError {
     match e {
         LinkError::Rpc { error, .. } if error.code == rpc_code::INVALID_REQUEST => gone(s),
         other => other.into(),
@@ -81,6 +134,7 @@ pub async fn write_stdin(s: &Session, data_b64: &str, eof: bool) -> Result<(), A
     let data = base64::engine::general_purpose::STANDARD
         .decode(data_b64.as_bytes())
         .map_err(|e| ApiError::bad_base64("data_b64", e))?;
+    s.require_same_executor()?;
     let ext = s.link.ext();
     if eof && !ext.close_stdin {
         return Err(not_supported(s, "closing stdin (eof)"));
@@ -139,7 +193,7 @@ fn stdin_closed(s: &Session) -> ApiError {
     )
 }
 
-fn not_supported(s: &Session, what: &str) -> ApiError {
+pub fn not_supported(s: &Session, what: &str) -> ApiError {
     let version = s
         .link
         .handshake()
@@ -156,6 +210,22 @@ fn not_supported(s: &Session, what: &str) -> ApiError {
 }
 
 pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputResponse, ApiError> {
+    if s.restarted {
+        // 200, not an error: the seed's fields say "over", and `error` why.
+        return Ok(OutputResponse {
+            chunks: Vec::new(),
+            exit_code: None,
+            session_alive: false,
+            truncated: false,
+            lost_bytes: 0,
+            lost_bytes_unknown: false,
+            next_since: Some(since),
+            error: Some(ErrorBody {
+                code: code::EXECUTOR_RESTARTED.into(),
+                message: restarted_message(s),
+            }),
+        });
+    }
     let wait_ms = wait_ms.min(MAX_WAIT_MS);
     let r: ProcessReadResult = s
         .link
@@ -203,10 +273,12 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
         lost_bytes,
         lost_bytes_unknown: lost.is_none(),
         next_since: Some(next_since),
+        error: None,
     })
 }
 
 pub async fn terminate(s: &Session) -> Result<(), ApiError> {
+    s.require_same_executor()?;
     s.link
         .request::<_, ProcessTerminateResult>(
             method::PROCESS_TERMINATE,
@@ -218,4 +290,192 @@ pub async fn terminate(s: &Session) -> Result<(), ApiError> {
         .await
         .map_err(|e| map_rpc(s, e))?;
     Ok(())
+}
+
+/// `POST /processes/{sid}/resize`: the terminal size of a tty process.
+pub async fn resize(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError> {
+    if cols == 0 || rows == 0 {
+        return Err(ApiError::bad_arguments(
+            "cols and rows must both be at least 1",
+        ));
+    }
+    s.require_same_executor()?;
+    if !s.link.ext().resize {
+        return Err(not_supported(s, "resizing a terminal (process/resize)"));
+    }
+    s.link
+        .request::<_, Empty>(
+            method::PROCESS_RESIZE,
+            &ProcessResizeParams {
+                process_id: s.row.process_id.clone(),
+                cols,
+                rows,
+            },
+            RPC_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            // Our executor's answer for a process started without tty.
+            LinkError::Rpc { error, .. } if error.code == rpc_code::INVALID_PARAMS => {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    code::NOT_A_TERMINAL,
+                    format!(
+                        "process session {:?} has no terminal to resize; start it with exec_command tty:true",
+                        s.row.sid
+                    ),
+                )
+            }
+            other => map_rpc(s, other),
+        })?;
+    Ok(())
+}
+
+/// `POST /processes/{sid}/signal`: a signal to the process group.
+///
+/// codex only knows `interrupt`; on codex `kill` becomes `process/terminate`
+/// (SIGKILL to the group, the same thing), and the others are refused.
+pub async fn signal(s: &Session, signal: SignalName) -> Result<(), ApiError> {
+    s.require_same_executor()?;
+    if signal != SignalName::Interrupt && !s.link.ext().signals {
+        if signal == SignalName::Kill {
+            return terminate(s).await;
+        }
+        return Err(not_supported(
+            s,
+            &format!(
+                "the {:?} signal (it only has interrupt; kill works as terminate)",
+                signal.as_str()
+            ),
+        ));
+    }
+    s.link
+        .request::<_, Empty>(
+            method::PROCESS_SIGNAL,
+            &ProcessSignalParams {
+                process_id: s.row.process_id.clone(),
+                signal: signal.as_str().to_string(),
+            },
+            RPC_TIMEOUT,
+        )
+        .await
+        .map_err(|e| map_rpc(s, e))?;
+    Ok(())
+}
+
+/// One row of `GET /processes`: the index row, completed with what the
+/// executor says about the process when it is connected.
+pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
+    let link = state.registry().get(&row.exe_id);
+    let env = match &link {
+        Some(link) => link.name.clone(),
+        None => state
+            .store()
+            .executor(&row.exe_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.name)
+            .unwrap_or_default(),
+    };
+    let mut info = ProcessInfo {
+        sid: row.sid.clone(),
+        env,
+        command: serde_json::from_str(&row.command).unwrap_or_default(),
+        started_at: crate::api::rfc3339(row.created_at),
+        session_alive: None,
+        exit_code: None,
+        status: "executor_unavailable".into(),
+    };
+    let Some(link) = link else {
+        return info;
+    };
+    if is_restarted(&row, &link) {
+        info.session_alive = Some(false);
+        info.status = code::EXECUTOR_RESTARTED.into();
+        return info;
+    }
+    // A read past the end returns no chunks, only the process's state.
+    let read = link
+        .request::<_, ProcessReadResult>(
+            method::PROCESS_READ,
+            &ProcessReadParams {
+                process_id: row.process_id.clone(),
+                after_seq: Some(u64::MAX / 2),
+                max_bytes: Some(1),
+                wait_ms: None,
+            },
+            RPC_TIMEOUT,
+        )
+        .await;
+    match read {
+        Ok(r) => {
+            info.session_alive = Some(!r.closed);
+            info.exit_code = if r.exited { r.exit_code } else { None };
+            info.status = if r.exited { "exited" } else { "running" }.into();
+        }
+        Err(LinkError::Rpc { error, .. }) if error.code == rpc_code::INVALID_REQUEST => {
+            info.session_alive = Some(false);
+            info.status = "expired".into();
+        }
+        Err(_) => {}
+    }
+    info
+}
+
+// ---- HTTP handlers of the routes added by issue 5 ----
+
+/// `POST /api/connectors/processes/{sid}/resize {cols, rows}`.
+pub async fn resize_handler(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiJson(req): ApiJson<ResizeRequest>,
+) -> Result<Json<OkResponse>, ApiError> {
+    let s = resolve(&state, &caller, &sid).await?;
+    resize(&s, req.cols, req.rows).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// `POST /api/connectors/processes/{sid}/signal {signal}`.
+pub async fn signal_handler(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiJson(req): ApiJson<SignalRequest>,
+) -> Result<Json<OkResponse>, ApiError> {
+    let s = resolve(&state, &caller, &sid).await?;
+    signal(&s, req.signal).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(default = "default_list_limit")]
+    limit: u32,
+}
+
+fn default_list_limit() -> u32 {
+    100
+}
+
+/// `GET /api/connectors/processes[?limit=N]`: the workspace's sessions,
+/// newest first (at most 1000).
+pub async fn list_handler(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ProcessListResponse>, ApiError> {
+    if !(1..=1000).contains(&q.limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let rows = state
+        .store()
+        .list_sessions(&caller.workspace, q.limit)
+        .await?;
+    // One state read per process, concurrently: the executor answers
+    // requests in parallel.
+    let processes =
+        futures_util::future::join_all(rows.into_iter().map(|row| describe(&state, row))).await;
+    Ok(Json(ProcessListResponse { processes }))
 }

@@ -120,6 +120,10 @@ pub struct SessionRow {
     pub process_id: String,
     pub command: String,
     pub created_at: i64,
+    /// The executor session the process was started in (see migration 0002).
+    pub executor_session_id: Option<String>,
+    /// Unix ms after which the process is terminated (`max_runtime_ms`).
+    pub deadline_at: Option<i64>,
 }
 
 /// The AWS SigV4 credentials of an executor that runs a stock codex. The
@@ -522,8 +526,9 @@ impl Store {
 
     pub async fn insert_session(&self, row: &SessionRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at,
+                                           executor_session_id, deadline_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.sid)
         .bind(&row.workspace)
@@ -531,8 +536,70 @@ impl Store {
         .bind(&row.process_id)
         .bind(&row.command)
         .bind(row.created_at)
+        .bind(&row.executor_session_id)
+        .bind(row.deadline_at)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, sid: &str) -> Result<()> {
+        sqlx::query("DELETE FROM process_sessions WHERE sid = ?")
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The workspace's sessions, newest first, at most `limit`.
+    pub async fn list_sessions(&self, workspace: &str, limit: u32) -> Result<Vec<SessionRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM process_sessions WHERE workspace = ? ORDER BY created_at DESC, sid LIMIT ?",
+        )
+        .bind(workspace)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sessions whose deadline has passed and was not enforced yet.
+    pub async fn due_deadlines(&self, now: i64) -> Result<Vec<SessionRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM process_sessions
+             WHERE deadline_at IS NOT NULL AND deadline_done = 0 AND deadline_at <= ?
+             ORDER BY deadline_at LIMIT 100",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The earliest deadline not enforced yet.
+    pub async fn next_deadline(&self) -> Result<Option<i64>> {
+        let row: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(deadline_at) FROM process_sessions
+             WHERE deadline_at IS NOT NULL AND deadline_done = 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0)
+    }
+
+    /// Sets (or moves) a session's deadline; it will be enforced once.
+    pub async fn set_deadline(&self, sid: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE process_sessions SET deadline_at = ?, deadline_done = 0 WHERE sid = ?")
+            .bind(at)
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_deadline_done(&self, sid: &str) -> Result<()> {
+        sqlx::query("UPDATE process_sessions SET deadline_done = 1 WHERE sid = ?")
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -576,6 +643,60 @@ mod tests {
         for bad in ["", "-x", "a b", "a/b"] {
             assert!(validate_env_name(bad).is_err(), "{bad}");
         }
+    }
+
+    fn session_row(sid: &str, created_at: i64, deadline_at: Option<i64>) -> SessionRow {
+        SessionRow {
+            sid: sid.into(),
+            workspace: "w".into(),
+            exe_id: "exe_1".into(),
+            process_id: sid.into(),
+            command: "[\"true\"]".into(),
+            created_at,
+            executor_session_id: Some("s1".into()),
+            deadline_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_list_newest_first_and_deadlines_fire_once() {
+        let (_d, s) = store().await;
+        s.insert_session(&session_row("a", 1, None)).await.unwrap();
+        s.insert_session(&session_row("b", 2, Some(100)))
+            .await
+            .unwrap();
+        s.insert_session(&session_row("c", 3, Some(50)))
+            .await
+            .unwrap();
+        let sids: Vec<_> = s
+            .list_sessions("w", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.sid)
+            .collect();
+        assert_eq!(sids, ["c", "b", "a"]);
+        assert_eq!(s.list_sessions("w", 1).await.unwrap().len(), 1);
+        assert!(s.list_sessions("other", 10).await.unwrap().is_empty());
+        let row = s.session("b").await.unwrap().unwrap();
+        assert_eq!(row.executor_session_id.as_deref(), Some("s1"));
+
+        assert_eq!(s.next_deadline().await.unwrap(), Some(50));
+        assert!(s.due_deadlines(49).await.unwrap().is_empty());
+        let due: Vec<_> = s
+            .due_deadlines(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.sid)
+            .collect();
+        assert_eq!(due, ["c", "b"]);
+        s.mark_deadline_done("c").await.unwrap();
+        assert_eq!(s.next_deadline().await.unwrap(), Some(100));
+        s.set_deadline("a", 10).await.unwrap();
+        assert_eq!(s.next_deadline().await.unwrap(), Some(10));
+        s.delete_session("a").await.unwrap();
+        assert!(s.session("a").await.unwrap().is_none());
     }
 
     #[tokio::test]

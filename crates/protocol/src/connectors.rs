@@ -26,6 +26,11 @@ pub mod error_code {
     pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
     pub const EXECUTOR_ERROR: &str = "executor_error";
     pub const NOT_SUPPORTED_BY_EXECUTOR: &str = "not_supported_by_executor";
+    /// 410: the executor forgot the process (its retention after exit ended).
+    pub const SESSION_EXPIRED: &str = "session_expired";
+    /// The executor restarted (or its session expired): the process is gone.
+    pub const EXECUTOR_RESTARTED: &str = "executor_restarted";
+    pub const NOT_A_TERMINAL: &str = "not_a_terminal";
     pub const GATEWAY_TIMEOUT: &str = "gateway_timeout";
     pub const INTERNAL: &str = "internal";
 }
@@ -173,6 +178,10 @@ pub struct OutputResponse {
     /// Not in the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_since: Option<u64>,
+    /// Why the session can say no more, when that is not a normal exit:
+    /// `executor_restarted`. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +190,72 @@ pub struct OutputChunk {
     pub stream: String,
     pub data_b64: String,
     pub seq: u64,
+}
+
+/// `POST /api/connectors/processes/{sid}/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A signal for `POST /api/connectors/processes/{sid}/signal`; it goes to the
+/// whole process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalName {
+    /// SIGINT.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// SIGKILL.
+    Kill,
+    /// SIGHUP.
+    Hangup,
+}
+
+impl SignalName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalName::Interrupt => "interrupt",
+            SignalName::Terminate => "terminate",
+            SignalName::Kill => "kill",
+            SignalName::Hangup => "hangup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub signal: SignalName,
+}
+
+/// `GET /api/connectors/processes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessListResponse {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// One exec_command session of the workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub sid: String,
+    /// The environment's name.
+    pub env: String,
+    /// The argv it was started with.
+    pub command: Vec<String>,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// As in `/output`: true while more output may come. Null when the
+    /// executor is not connected, so the gateway cannot know.
+    pub session_alive: Option<bool>,
+    pub exit_code: Option<i32>,
+    /// `running`, `exited`, `expired` (the executor forgot it after its
+    /// retention), `executor_restarted`, or `executor_unavailable` (not
+    /// connected: `session_alive` and `exit_code` are unknown).
+    pub status: String,
 }
 
 /// `structuredContent` of the `shell` tool.
@@ -246,6 +321,7 @@ mod tests {
             lost_bytes: 0,
             lost_bytes_unknown: false,
             next_since: None,
+            error: None,
         };
         assert_eq!(
             serde_json::to_value(&out).unwrap(),

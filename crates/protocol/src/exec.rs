@@ -119,6 +119,12 @@ pub struct ExtCapabilities {
     /// executors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<crate::custom_tool::CustomToolSpec>,
+    /// `process/signal` takes `terminate`, `kill` and `hangup` besides
+    /// codex's `interrupt`.
+    pub signals: bool,
+    /// Output bytes per process kept on disk after the in-memory ring
+    /// (0: no spill).
+    pub spill_bytes: u64,
     /// `fs/rename` is served.
     pub rename: bool,
     /// `fs/writeRange`, `fs/commitFile`, `fs/symlink` are served,

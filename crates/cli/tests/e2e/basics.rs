@@ -260,8 +260,8 @@ async fn exec_command_stdin_eof_finishes_the_process() {
 
 #[tokio::test]
 async fn lost_bytes_count_exactly_what_the_executor_dropped() {
-    // Retain 1 MiB; the process writes 5 MiB.
-    let w = World::start(&["--retain-bytes", "1048576"]).await;
+    // Retain 1 MiB, spill nothing to disk; the process writes 5 MiB.
+    let w = World::start(&["--retain-bytes", "1048576", "--spill-bytes", "0"]).await;
     let total: u64 = 5 * 1024 * 1024;
     let sid = w
         .api

@@ -548,3 +548,90 @@ async fn codex_applies_patches_and_copies_files_both_ways() {
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.bytes().await.unwrap(), &data[1000..2000]);
 }
+
+/// Issue 5 on a stock codex: the SSE stream and the listing work; what
+/// codex cannot do (resize, signals other than interrupt) is a clear 501
+/// naming its version, and `kill` works as terminate.
+#[tokio::test]
+async fn codex_live_processes_stream_list_and_refuse_what_it_lacks() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let api = &w.api;
+    let exec = |args: Value| async move {
+        let r = api.call("codex", "exec_command", args).await;
+        r["structuredContent"]["session_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // The stream: every line, in order, then exit.
+    let sid =
+        exec(json!({"command": ["sh", "-c", "for i in $(seq 1 200); do echo $i; done"]})).await;
+    let mut reader = crate::sse::SseReader::open(api, &sid, None, None).await;
+    let mut out = Vec::new();
+    let mut exit = None;
+    while let Some(e) = reader.next().await {
+        match e.event.as_str() {
+            "output" => out.extend(b64d(e.data["data_b64"].as_str().unwrap())),
+            "exit" => {
+                exit = Some(e.data["exit_code"].clone());
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", e.data),
+        }
+    }
+    let expected: String = (1..=200).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+    assert_eq!(exit, Some(json!(0)));
+
+    let sid = exec(json!({"command": ["sleep", "30"], "tty": true})).await;
+    let (s, v) = api
+        .post(
+            &format!("/api/connectors/processes/{sid}/resize"),
+            json!({"cols": 100, "rows": 30}),
+        )
+        .await;
+    assert_eq!(s, 501, "{v}");
+    assert_eq!(v["error"]["code"], "not_supported_by_executor");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("0.169.0"),
+        "{v}"
+    );
+    let (s, v) = api
+        .post(
+            &format!("/api/connectors/processes/{sid}/signal"),
+            json!({"signal": "hangup"}),
+        )
+        .await;
+    assert_eq!(s, 501, "{v}");
+    let (s, _) = api
+        .post(
+            &format!("/api/connectors/processes/{sid}/signal"),
+            json!({"signal": "kill"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(v["session_alive"], false, "{v}");
+
+    let sid = exec(json!({"command": ["sleep", "30"]})).await;
+    let (s, _) = api
+        .post(
+            &format!("/api/connectors/processes/{sid}/signal"),
+            json!({"signal": "interrupt"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = api.read_until(&sid, 0, |_| false).await;
+    assert_eq!(v["exit_code"], 130, "{v}");
+
+    let (s, v) = api.get("/api/connectors/processes").await;
+    assert_eq!(s, 200, "{v}");
+    let list = v["processes"].as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|p| p["sid"] == sid.as_str() && p["status"] == "exited" && p["env"] == "codex"),
+        "{v}"
+    );
+}

@@ -302,6 +302,8 @@ pub struct World {
     pub executors: Vec<Proc>,
     pub api: Api,
     pub workdir: PathBuf,
+    /// The `laptop` executor's token, to start another executor for it.
+    pub exe_token: String,
 }
 
 impl World {
@@ -338,6 +340,7 @@ impl World {
             executors: vec![executor],
             api,
             workdir,
+            exe_token,
         }
     }
 }

@@ -3,11 +3,17 @@
 
 mod bad_input;
 mod basics;
+mod bench;
 mod cli;
 mod codex;
 mod custom_tools;
 mod harness;
 mod isolation;
+mod live;
 mod patches;
+mod pty;
 mod restart;
+mod spill;
+mod sse;
+mod streaming;
 mod transfer;

@@ -4,6 +4,7 @@
 //! A process is entered in the table when `process/start` spawns it, stays
 //! there while it runs, and is removed `exited_retention` after it finished
 //! (exited *and* its output reached EOF), or when its session is destroyed.
+//! Forgetting a process drops its output log, and with it its spill files.
 //!
 //! Background work per process, all of which ends by itself once the child's
 //! process group is dead:
@@ -52,6 +53,7 @@ use tokio::sync::{mpsc, watch};
 use crate::notify::Notifier;
 use crate::output::{OutputLog, SharedLog};
 use crate::paths;
+use crate::spill::{Spill, SpillConfig};
 
 /// Largest single read from a child's output; each read becomes one chunk.
 const READ_CHUNK: usize = 64 * 1024;
@@ -71,6 +73,8 @@ pub(crate) struct ProcessTable {
     slots: Mutex<HashMap<String, Slot>>,
     notifier: Arc<Notifier>,
     retained_bytes: usize,
+    /// Where output beyond `retained_bytes` goes; `None`: it is lost.
+    spill: Option<Arc<SpillConfig>>,
 }
 
 enum Slot {
@@ -140,11 +144,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ProcessTable {
-    pub fn new(notifier: Arc<Notifier>, retained_bytes: usize) -> Self {
+    pub fn new(
+        notifier: Arc<Notifier>,
+        retained_bytes: usize,
+        spill: Option<Arc<SpillConfig>>,
+    ) -> Self {
         ProcessTable {
             slots: Mutex::new(HashMap::new()),
             notifier,
             retained_bytes,
+            spill,
         }
     }
 
@@ -246,7 +255,11 @@ impl ProcessTable {
         };
         let shared = Arc::new(Shared {
             id: id.to_owned(),
-            log: SharedLog::new(OutputLog::new(self.retained_bytes, open_streams)),
+            log: SharedLog::new(match &self.spill {
+                Some(config) => OutputLog::new(self.retained_bytes, open_streams)
+                    .with_spill(Spill::new(config.clone())),
+                None => OutputLog::new(self.retained_bytes, open_streams),
+            }),
             notifier: self.notifier.clone(),
             finished_at: Mutex::new(None),
         });
@@ -323,7 +336,16 @@ impl ProcessTable {
             .max_bytes
             .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let wait = Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-        let slice = shared.log.read(after_seq, max_bytes, wait).await;
+        let slice = shared
+            .log
+            .read(after_seq, max_bytes, wait)
+            .await
+            .map_err(|e| {
+                RpcError::internal(format!(
+                    "reading the spilled output of process {}: {e}",
+                    params.process_id
+                ))
+            })?;
         Ok(ProcessReadResult {
             chunks: slice
                 .chunks

@@ -1,21 +1,28 @@
 //! `exec_command`: start a long-running process and hand back a session id.
 //!
 //! The process lives on the executor; the gateway records only the index row
-//! `sid → (workspace, exe_id, process id)`, the one store write a tool call
-//! makes. Output, stdin and terminate go through `crate::processes`.
+//! `sid → (workspace, exe_id, process id, executor session, deadline)`, the
+//! one store write a tool call makes. Output, stdin and terminate go through
+//! `crate::processes`.
+//!
+//! The row is written *before* `process/start`, so a process can never run
+//! without a row that reaches it: if the executor refuses the start the row
+//! is deleted; if the outcome is unknown (the link dropped, a timeout), the
+//! row gets an immediate deadline and `crate::deadlines` terminates the
+//! process should it have started. Retries and reconnects therefore leave
+//! neither orphans nor duplicates (process ids are fresh per call, and an
+//! executor refuses a duplicate id).
 
 use std::collections::BTreeMap;
 
 use execgate_protocol::connectors::{CallToolResult, ExecCommandOutput};
-use execgate_protocol::exec::{
-    method, EnvPolicy, ProcessIdParams, ProcessStartParams, ProcessStartResult,
-    ProcessTerminateResult,
-};
+use execgate_protocol::exec::{method, EnvPolicy, ProcessStartParams, ProcessStartResult};
 use serde::Deserialize;
 
 use super::args;
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::error::ApiError;
+use crate::link::LinkError;
 use crate::secret::random_id;
 use crate::store::{now_ms, SessionRow};
 
@@ -36,6 +43,9 @@ pub struct ExecArgs {
     pub cols: Option<u16>,
     #[serde(default)]
     pub rows: Option<u16>,
+    /// Terminate the process (its whole group) once it has run this long.
+    #[serde(default)]
+    pub max_runtime_ms: Option<u64>,
     #[serde(default)]
     #[allow(dead_code)]
     pub environment_id: Option<String>,
@@ -60,34 +70,46 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         cols: a.cols,
         rows: a.rows,
     };
-    if let Err(e) = link
+    if a.max_runtime_ms == Some(0) {
+        return Err(ApiError::bad_arguments(
+            "max_runtime_ms must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let created_at = now_ms();
+    let row = SessionRow {
+        sid: sid.clone(),
+        workspace: ctx.caller.workspace.clone(),
+        exe_id: link.exe_id.clone(),
+        process_id: sid.clone(),
+        command: serde_json::to_string(&a.command).unwrap_or_default(),
+        created_at,
+        executor_session_id: link.handshake().map(|h| h.session_id.clone()),
+        deadline_at: a
+            .max_runtime_ms
+            .map(|ms| created_at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
+    };
+    let store = ctx.state.store();
+    store.insert_session(&row).await?;
+    match link
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
         .await
     {
-        return rpc_failure(e);
-    }
-    let inserted = ctx
-        .state
-        .store()
-        .insert_session(&SessionRow {
-            sid: sid.clone(),
-            workspace: ctx.caller.workspace.clone(),
-            exe_id: link.exe_id.clone(),
-            process_id: sid.clone(),
-            command: serde_json::to_string(&a.command).unwrap_or_default(),
-            created_at: now_ms(),
-        })
-        .await;
-    if let Err(e) = inserted {
-        // Without its index row nobody could reach the process: stop it.
-        let _ = link
-            .request::<_, ProcessTerminateResult>(
-                method::PROCESS_TERMINATE,
-                &ProcessIdParams { process_id: sid },
-                RPC_TIMEOUT,
-            )
-            .await;
-        return Err(e.into());
+        Ok(_) => {}
+        Err(e @ LinkError::Rpc { .. }) => {
+            // The executor answered: nothing runs under this id.
+            if let Err(del) = store.delete_session(&sid).await {
+                tracing::warn!(%sid, "cannot delete the row of a refused start: {del}");
+            }
+            return rpc_failure(e);
+        }
+        Err(e) => {
+            // Unknown outcome: if the process started, terminate it as soon
+            // as the executor can be reached again.
+            if let Err(d) = store.set_deadline(&sid, now_ms()).await {
+                tracing::warn!(%sid, "cannot schedule the cleanup of an uncertain start: {d}");
+            }
+            return rpc_failure(e);
+        }
     }
     let out = ExecCommandOutput { session_id: sid };
     Ok(CallToolResult::text(

@@ -62,7 +62,8 @@ const CORE_TOOLS: &[CoreTool] = &[
     CoreTool {
         name: "exec_command",
         description: "Start a long-running process and return its session_id; then use the processes API \
-                      for output, stdin and terminate. Arguments: command, cwd, env, tty, pipe_stdin (default true).",
+                      for output (or its SSE stream), stdin, signal, resize and terminate. Arguments: command, cwd, env, \
+                      tty (with cols, rows), pipe_stdin (default true), max_runtime_ms.",
     },
     CoreTool {
         name: "apply_patch",

@@ -1,0 +1,79 @@
+//! Output beyond the in-memory ring spills to disk: a late reader gets all
+//! of it, byte-exact; beyond the disk bound the loss is reported exactly.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+/// Deterministic bytes that are not a short cycle.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` quickly (cat of a file), waits for the exit without reading
+/// the output, then reads it all from the start. Returns (bytes, lost_bytes
+/// of the first answer, sum of lost_bytes).
+async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
+    std::fs::write(w.workdir.join("big.bin"), data).unwrap();
+    let sid = w
+        .api
+        .exec(
+            "laptop",
+            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
+        )
+        .await;
+    let (_, v) = w.api.read_until(&sid, 999_999_999, |_| false).await;
+    assert_eq!(v["exit_code"], 0);
+    let mut since = 0;
+    let mut out = Vec::new();
+    let mut first_lost = None;
+    let mut total_lost = 0;
+    loop {
+        let v = w.api.output(&sid, since).await;
+        let lost = v["lost_bytes"].as_u64().unwrap();
+        assert_eq!(v["truncated"], lost > 0);
+        first_lost.get_or_insert(lost);
+        total_lost += lost;
+        for c in v["chunks"].as_array().unwrap() {
+            out.extend(b64d(c["data_b64"].as_str().unwrap()));
+        }
+        since = v["next_since"].as_u64().unwrap();
+        if v["session_alive"] == false {
+            return (out, first_lost.unwrap(), total_lost);
+        }
+    }
+}
+
+#[tokio::test]
+async fn twenty_mib_written_quickly_are_read_back_whole() {
+    let w = World::start(&["--retain-bytes", "1048576"]).await;
+    let data = pattern(20 << 20);
+    let (out, _, lost) = late_read(&w, &data).await;
+    assert_eq!(lost, 0);
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "the bytes differ");
+}
+
+#[tokio::test]
+async fn beyond_the_disk_bound_the_loss_is_exact() {
+    // 1 MiB in memory, 4 MiB on disk, 20 MiB written.
+    let w = World::start(&["--retain-bytes", "1048576", "--spill-bytes", "4194304"]).await;
+    let data = pattern(20 << 20);
+    let (out, first_lost, total_lost) = late_read(&w, &data).await;
+    assert_eq!(
+        first_lost, total_lost,
+        "all the loss is before the first chunk"
+    );
+    let lost = total_lost as usize;
+    assert!((15 << 20..19 << 20).contains(&lost), "{lost}");
+    assert_eq!(out.len() + lost, data.len());
+    assert!(out == data[lost..], "what is delivered is exactly the tail");
+}

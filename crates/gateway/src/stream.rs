@@ -1,0 +1,357 @@
+//! `GET /api/connectors/processes/{sid}/stream`: a process's output as
+//! Server-Sent Events.
+//!
+//! Events: `output` (id = seq, data `{stream, data_b64}`) per chunk, `lost`
+//! (id = the last lost seq, data `{from_seq, to_seq, bytes}`) where the
+//! executor dropped output, and a final `exit` (id = the last seq, data
+//! `{exit_code}`), after which the stream ends. `error` (data `{code,
+//! message}`) ends a stream that cannot go on (`executor_restarted`,
+//! `session_expired`, `executor_unavailable`); the client may resume. A
+//! keepalive comment goes out every 15 s. A client resumes with
+//! `Last-Event-ID` (or `?since=`): it gets everything after that seq.
+//!
+//! **Push, then pull.** A [`Pump`] subscribes to the link's notifications for
+//! the process, then catches up with `process/read` from its cursor until a
+//! read comes back empty, then takes notifications as long as they continue
+//! the cursor's seq exactly. Anything else (a gap from a dropped
+//! notification, a subscription falling behind, silence for a while) sends it
+//! back to `process/read` from the cursor. The cursor only moves over seqs
+//! that were emitted (or reported lost), so nothing is delivered twice and a
+//! dropped range is never passed off as delivered.
+//!
+//! Memory stays bounded: events go to the client through a small channel; a
+//! slow client stalls the pump, and a subscription whose backlog grows is
+//! dropped in favour of `process/read`, which the client's pace drives.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use base64::Engine;
+use execgate_protocol::connectors::error_code as code;
+use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::link::{ProcessEvent, Subscription};
+use crate::processes::{self, Session};
+use crate::state::AppState;
+use crate::tools::RPC_TIMEOUT;
+
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Most output one catch-up read asks for.
+const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Events buffered towards the client; a slow client stalls the pump here.
+const CLIENT_QUEUE: usize = 32;
+/// A subscription with more queued events than this is dropped: the pump
+/// is behind, and `process/read` serves it better (and bounds memory).
+const MAX_BACKLOG: usize = 1024;
+/// With no notification for this long, check with `process/read` anyway:
+/// the executor drops notifications when its queue is full.
+const QUIET_RECHECK: Duration = Duration::from_secs(2);
+/// How long a stream waits for a lost executor link to come back.
+const RELINK_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    since: Option<u64>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(sid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let since = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "Last-Event-ID must be the numeric id of an event this stream sent",
+                )
+            })?,
+        None => q.since.unwrap_or(0),
+    };
+    let session = processes::resolve(&state, &caller, &sid).await?;
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    let pump = Pump {
+        state,
+        session,
+        cursor: since,
+        tx,
+        exit_code: None,
+    };
+    tokio::spawn(pump.run());
+    let events =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)))
+}
+
+/// Why the pump stopped.
+enum Stop {
+    /// The stream is complete (exit sent) or ended with an error event.
+    Done,
+    /// The client went away.
+    ClientGone,
+}
+
+/// What to do after looking at the subscription.
+enum Next {
+    Pull,
+    Resubscribe,
+    LinkLost,
+}
+
+struct Pump {
+    state: AppState,
+    session: Session,
+    /// The last seq delivered to the client (or reported lost).
+    cursor: u64,
+    tx: mpsc::Sender<Event>,
+    /// From a `process/exited` notification, for an `exit` whose close
+    /// arrives by notification.
+    exit_code: Option<i32>,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        let _ = self.pump().await;
+    }
+
+    async fn pump(&mut self) -> Result<(), Stop> {
+        if self.session.restarted {
+            return self
+                .fail(
+                    code::EXECUTOR_RESTARTED,
+                    "the executor restarted; the process is gone",
+                )
+                .await;
+        }
+        loop {
+            // Subscribe first, then read: whatever happens in between shows
+            // up in one or the other (and seqs weed out doubles).
+            let mut sub = self.session.link.subscribe(&self.session.row.process_id);
+            loop {
+                self.pull().await?;
+                match self.follow(&mut sub).await? {
+                    Next::Pull => continue,
+                    Next::Resubscribe => break,
+                    Next::LinkLost => {
+                        self.relink().await?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Catches up with `process/read` until a read returns nothing new;
+    /// sends `exit` and stops if the process is closed.
+    async fn pull(&mut self) -> Result<(), Stop> {
+        loop {
+            let read = self
+                .session
+                .link
+                .request::<_, ProcessReadResult>(
+                    method::PROCESS_READ,
+                    &ProcessReadParams {
+                        process_id: self.session.row.process_id.clone(),
+                        after_seq: Some(self.cursor),
+                        max_bytes: Some(READ_MAX_BYTES),
+                        wait_ms: None,
+                    },
+                    RPC_TIMEOUT,
+                )
+                .await;
+            let r = match read {
+                Ok(r) => r,
+                Err(crate::link::LinkError::Disconnected { .. }) => {
+                    // Handled like a lost subscription: wait for the link.
+                    self.relink().await?;
+                    continue;
+                }
+                Err(e) => {
+                    let e = processes::map_rpc(&self.session, e);
+                    return self.fail(e.code, &e.message).await;
+                }
+            };
+            if let Some(first) = r.chunks.first() {
+                // The executor's exact count, or for a stock codex what the
+                // link's seq ledger saw go by.
+                let lost = r.lost_bytes.or_else(|| {
+                    self.session.link.lost_between(
+                        &self.session.row.process_id,
+                        self.cursor,
+                        first.seq,
+                    )
+                });
+                self.report_loss(first.seq, lost).await?;
+            }
+            let got_chunks = !r.chunks.is_empty();
+            for c in r.chunks {
+                if c.seq <= self.cursor {
+                    continue;
+                }
+                let event = Event::default()
+                    .event("output")
+                    .id(c.seq.to_string())
+                    .data(output_data(c.stream.as_str(), &c.chunk));
+                self.send(event).await?;
+                self.cursor = c.seq;
+            }
+            if got_chunks {
+                continue;
+            }
+            if r.closed {
+                // Everything up to the close is delivered.
+                let last = r.next_seq.saturating_sub(1).max(self.cursor);
+                return self.exit(last, r.exit_code.or(self.exit_code)).await;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Emits a `lost` event for the seqs between the cursor and `first`, the
+    /// first seq a read returned, when bytes were lost there. When the count
+    /// is unknown (codex, with no ledger entry for the range), a gap wider
+    /// than the one seq an exit event may take is reported with `bytes: null`.
+    async fn report_loss(&mut self, first: u64, lost_bytes: Option<u64>) -> Result<(), Stop> {
+        if first <= self.cursor + 1 {
+            return Ok(());
+        }
+        let (from_seq, to_seq) = (self.cursor + 1, first - 1);
+        let bytes = match lost_bytes {
+            Some(0) => return Ok(()),
+            Some(n) => json!(n),
+            None if to_seq - from_seq >= 1 => serde_json::Value::Null,
+            None => return Ok(()),
+        };
+        let event = Event::default()
+            .event("lost")
+            .id(to_seq.to_string())
+            .data(json!({"from_seq": from_seq, "to_seq": to_seq, "bytes": bytes}).to_string());
+        self.send(event).await?;
+        self.cursor = to_seq;
+        Ok(())
+    }
+
+    /// Takes notifications while they continue the cursor exactly.
+    async fn follow(&mut self, sub: &mut Subscription) -> Result<Next, Stop> {
+        loop {
+            if sub.backlog() > MAX_BACKLOG {
+                return Ok(Next::Resubscribe);
+            }
+            let event = tokio::select! {
+                e = sub.recv() => e,
+                _ = tokio::time::sleep(QUIET_RECHECK) => return Ok(Next::Pull),
+                _ = self.tx.closed() => return Err(Stop::ClientGone),
+            };
+            match event {
+                ProcessEvent::LinkLost => return Ok(Next::LinkLost),
+                ProcessEvent::Output { seq, .. }
+                | ProcessEvent::Exited { seq, .. }
+                | ProcessEvent::Closed { seq }
+                    if seq <= self.cursor =>
+                {
+                    // Already delivered by a read.
+                }
+                ProcessEvent::Output { seq, stream, data } if seq == self.cursor + 1 => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+                    let event = Event::default()
+                        .event("output")
+                        .id(seq.to_string())
+                        .data(output_data(stream.as_str(), &b64));
+                    self.send(event).await?;
+                    self.cursor = seq;
+                }
+                ProcessEvent::Exited { seq, exit_code } if seq == self.cursor + 1 => {
+                    self.exit_code = Some(exit_code);
+                    self.cursor = seq;
+                }
+                ProcessEvent::Closed { seq } if seq == self.cursor + 1 => {
+                    if self.exit_code.is_some() {
+                        self.exit(seq, self.exit_code).await?;
+                    }
+                    // Without the exit code (never seen here), ask for it.
+                    return Ok(Next::Pull);
+                }
+                // A gap: something was not pushed. Read from the cursor.
+                _ => return Ok(Next::Pull),
+            }
+        }
+    }
+
+    /// Waits for the executor's link to come back after it dropped.
+    async fn relink(&mut self) -> Result<(), Stop> {
+        let deadline = tokio::time::Instant::now() + RELINK_WAIT;
+        loop {
+            if let Some(link) = self.state.registry().get(&self.session.row.exe_id) {
+                if !link.is_closed() && !Arc::ptr_eq(&link, &self.session.link) {
+                    self.session.restarted = processes::is_restarted(&self.session.row, &link);
+                    self.session.link = link;
+                    if self.session.restarted {
+                        return self
+                            .fail(
+                                code::EXECUTOR_RESTARTED,
+                                "the executor restarted; the process is gone",
+                            )
+                            .await;
+                    }
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let message = format!(
+                    "executor '{}' disconnected and did not come back; resume with Last-Event-ID later",
+                    self.session.link.name
+                );
+                return self.fail(code::EXECUTOR_UNAVAILABLE, &message).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = self.tx.closed() => return Err(Stop::ClientGone),
+            }
+        }
+    }
+
+    async fn exit(&mut self, last_seq: u64, exit_code: Option<i32>) -> Result<(), Stop> {
+        let event = Event::default()
+            .event("exit")
+            .id(last_seq.to_string())
+            .data(json!({ "exit_code": exit_code }).to_string());
+        self.send(event).await?;
+        Err(Stop::Done)
+    }
+
+    async fn fail(&mut self, code: &str, message: &str) -> Result<(), Stop> {
+        let event = Event::default()
+            .event("error")
+            .data(json!({"code": code, "message": message}).to_string());
+        self.send(event).await?;
+        Err(Stop::Done)
+    }
+
+    async fn send(&self, event: Event) -> Result<(), Stop> {
+        self.tx.send(event).await.map_err(|_| Stop::ClientGone)
+    }
+}
+
+fn output_data(stream: &str, data_b64: &str) -> String {
+    json!({"stream": stream, "data_b64": data_b64}).to_string()
+}
