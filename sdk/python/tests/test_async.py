@@ -22,6 +22,8 @@ def run(coro):
 
 
 def test_async_client_end_to_end(world: World, tmp_path: Path) -> None:
+    world.needs("tool:apply_patch", "files", "tool:copy_path", "processes-list")
+
     async def main() -> None:
         async with AsyncClient(world.url, world.token) as client:
             envs = {e.name: e for e in await client.envs()}

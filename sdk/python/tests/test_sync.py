@@ -430,9 +430,6 @@ def test_session_errors(client: execgate.Client, laptop: execgate.Env, world: Wo
 
 def test_executor_restart_is_reported(client: execgate.Client, world: World) -> None:
     """Runs last: it restarts the `gpu` executor."""
-    # `executor_restarted` came with the process-lifecycle work (as did the
-    # listing); an older gateway has neither.
-    world.needs("processes-list")
     gpu = client.env("gpu")
     p = gpu.spawn(["sleep", "20"])
     world.restart_gpu()
