@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             "/cloud/environment/{environment_id}/direct/connect",
             get(connect::connect),
         )
+        .merge(crate::mcp::router(&state))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -87,18 +88,27 @@ async fn envs_list(
     caller: Caller,
     ApiJson(_): ApiJson<serde::de::IgnoredAny>,
 ) -> Result<Json<EnvsListResponse>, ApiError> {
+    let envs = connected_envs(&state, &caller).await?;
+    Ok(Json(EnvsListResponse { envs }))
+}
+
+/// The caller's environments that have a live link, as envs/list shows
+/// them (MCP's list_environments too).
+pub(crate) async fn connected_envs(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<ConnectorEnv>, ApiError> {
     let rows = state
         .store()
         .list_executors(Some(&caller.workspace))
         .await?;
-    let envs = rows
+    Ok(rows
         .into_iter()
         .filter_map(|row| {
             let link = state.registry().get(&row.exe_id)?;
             Some(env_of(&link, row.is_default))
         })
-        .collect();
-    Ok(Json(EnvsListResponse { envs }))
+        .collect())
 }
 
 fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {

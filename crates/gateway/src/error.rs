@@ -60,6 +60,17 @@ impl ApiError {
         self.retry_after = Some(seconds);
         self
     }
+
+    /// The `{"error":{code,message}}` envelope: the HTTP body, and the
+    /// `structuredContent` of an MCP tool result that failed.
+    pub fn envelope(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorBody {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -81,12 +92,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(code = self.code, "{}", self.message);
         }
-        let body = ErrorResponse {
-            error: ErrorBody {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
+        let body = self.envelope();
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

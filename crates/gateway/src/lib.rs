@@ -8,6 +8,7 @@
 //! - [`connect`]: executor register + WebSocket link, handshake, resume.
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
+//! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
 //! - [`registry`]: live links by exe_id.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
 //! - [`processes`]: exec_command sessions: stdin, output, terminate,
@@ -27,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod file_stream;
 pub mod link;
+pub mod mcp;
 pub mod patch;
 pub mod processes;
 pub mod registry;

@@ -10,6 +10,7 @@ mod custom_tools;
 mod harness;
 mod isolation;
 mod live;
+mod mcp;
 mod patches;
 mod pty;
 mod restart;

@@ -1,0 +1,580 @@
+//! The MCP server at `/mcp`: MCP Streamable HTTP (the `rmcp` crate) in
+//! front of the same tool code as the connectors REST API.
+//!
+//! **Transport.** rmcp's `StreamableHttpService`, stateless, answering
+//! plain JSON: every POST carries one JSON-RPC message and is served on its
+//! own. No MCP session lives in gateway memory, so nothing is lost on a
+//! restart and any replica can answer; the price is no server-to-client
+//! stream (GET answers 405), which these tools never need.
+//!
+//! **Auth.** An axum middleware runs the REST API's [`Caller`] extractor
+//! before rmcp sees the request: a missing or bad token is 401 with the
+//! error envelope, never a JSON-RPC answer. The caller rides in the HTTP
+//! request's extensions, which rmcp hands to the handler in
+//! `RequestContext::extensions` as `http::request::Parts`; the handler only
+//! ever looks at that caller's workspace. rmcp's own HTTP refusals (Host not
+//! allowed, wrong Accept, …) are plain text; the middleware turns them into
+//! the envelope too, so every 4xx/5xx body stays the envelope.
+//!
+//! **Host check.** rmcp refuses `Host` headers outside an allow-list (DNS
+//! rebinding). We allow the loopback names, the listen address, and the
+//! host of `--public-url`. A gateway listening on every interface
+//! (`0.0.0.0`) without `--public-url` cannot know the names it is reached
+//! by, so there the check is off: the bearer token, which a rebinding page
+//! does not have, is the protection.
+//!
+//! **Calls.** `shell`, `read_file`, `write_file`, `apply_patch`,
+//! `exec_command` and `copy_path` go through [`tools::call`] with the
+//! arguments unchanged, exactly as `POST /envs/{name}/tool/call`, and return
+//! its CallToolResult. `write_stdin`, `read_output` and `terminate` go
+//! through [`processes`] like the `/processes/{sid}/…` routes;
+//! `list_environments` answers what envs/list does. Schemas: [`schema`].
+//!
+//! **Environments.** `environment_id` names an environment; omitted, it is
+//! the workspace's default one (or the only one). `copy_path` defaults to
+//! its `source_environment_id`. A custom tool is listed once under its
+//! own name, whichever environments offer it; omitted, `environment_id` is
+//! the default environment if it offers the tool, else the only one that
+//! does, else it is required (and the schema says so). A core tool's name
+//! always wins over a custom tool's.
+//!
+//! **Errors**, from the gateway's [`ApiError`]: an unknown tool is JSON-RPC
+//! -32601; `bad_arguments`, `bad_request`, `bad_base64`, `env_not_found` and
+//! an unknown `session_id` (or one of another workspace) are -32602 with the
+//! field named (`arguments.timeout_ms: …`); a store failure is -32603.
+//! Everything else (the executor is offline, a timeout, an expired
+//! session, …) is a tool result with `isError: true`, its text the REST
+//! error's message ("executor 'laptop' is not connected (last seen …)") and
+//! `structuredContent` the REST error envelope.
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+use execgate_protocol::connectors::{
+    error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, OkResponse,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorCode, ErrorData, Implementation,
+    InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use self::schema::{ReadOutputArgs, Route, TerminateArgs, WriteStdinArgs};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::link::Link;
+use crate::state::{AppState, GatewayConfig};
+use crate::tools::{self, parse_args, ToolContext};
+use crate::{api, processes};
+
+const INSTRUCTIONS: &str = "execgate runs commands and edits files on the machines \
+    (environments) connected to this workspace. list_environments shows them and the \
+    default one; every tool takes environment_id, defaulting to the default environment. \
+    Long-running processes: exec_command, then write_stdin / read_output / terminate.";
+
+/// The `/mcp` route, authenticated; merged into the API router.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_max_request_body_bytes(state.config().max_body_bytes);
+    let config = match allowed_hosts(state.config()) {
+        Some(hosts) => config.with_allowed_hosts(hosts),
+        None => config.disable_allowed_hosts(),
+    };
+    let server = McpServer {
+        state: state.clone(),
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp", service)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// The `Host` names MCP answers to, or None for any (see the module header).
+fn allowed_hosts(config: &GatewayConfig) -> Option<Vec<String>> {
+    let ip = config.listen.ip();
+    if ip.is_unspecified() && config.public_url.is_none() {
+        return None;
+    }
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !ip.is_unspecified() {
+        hosts.push(ip.to_string());
+    }
+    if let Some(host) = config.public_url.as_deref().and_then(url_host) {
+        hosts.push(host);
+    }
+    Some(hosts)
+}
+
+/// `gateway.example` of `https://gateway.example:6060/x`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority: axum::http::uri::Authority = authority.parse().ok()?;
+    Some(authority.host().to_string())
+}
+
+/// Authenticates before rmcp sees the request (see the module header).
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    parts.extensions.insert(caller);
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    envelope_transport_refusal(resp).await
+}
+
+/// rmcp's plain-text HTTP refusals as the error envelope. JSON answers
+/// (JSON-RPC errors included) pass unchanged.
+async fn envelope_transport_refusal(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error_code = match status {
+        StatusCode::FORBIDDEN => code::FORBIDDEN,
+        StatusCode::METHOD_NOT_ALLOWED => code::METHOD_NOT_ALLOWED,
+        StatusCode::PAYLOAD_TOO_LARGE => code::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => code::UNSUPPORTED_MEDIA_TYPE,
+        s if s.is_server_error() => code::INTERNAL,
+        _ => code::BAD_REQUEST,
+    };
+    let mut out =
+        ApiError::new(status, error_code, format!("MCP transport: {text}")).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+#[derive(Clone)]
+struct McpServer {
+    state: AppState,
+}
+
+/// The caller the middleware authenticated.
+fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    context
+        .extensions
+        .get::<Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .cloned()
+        .ok_or_else(|| {
+            ErrorData::internal_error(
+                "the request reached MCP without an authenticated caller",
+                None,
+            )
+        })
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("execgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = caller(&context)?;
+        let envs = api::connected_envs(&self.state, &caller)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.message, None))?;
+        let mut tools: Vec<Tool> = schema::CORE_TOOLS
+            .iter()
+            .map(|t| Tool::new(t.name, t.description, t.input_schema()))
+            .collect();
+        tools.extend(
+            custom_tools(&envs)
+                .iter()
+                .map(|(name, offers)| custom_tool(name, offers)),
+        );
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller(&context)?;
+        let arguments = request.arguments.unwrap_or_default();
+        let outcome = self.call(&caller, &request.name, arguments).await;
+        answer(outcome).map(Into::into)
+    }
+}
+
+impl McpServer {
+    async fn call(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<CallToolResult, ApiError> {
+        let state = &self.state;
+        let Some(core) = schema::core_tool(name) else {
+            return self.call_custom(caller, name, arguments).await;
+        };
+        match core.route {
+            Route::Rest => {
+                let env = match environment_arg(&arguments)? {
+                    Some(env) => env,
+                    None if name == "copy_path" => match arguments.get("source_environment_id") {
+                        Some(Value::String(src)) => src.clone(),
+                        // Let the REST parser name the problem.
+                        _ => default_environment(state, caller).await?,
+                    },
+                    None => default_environment(state, caller).await?,
+                };
+                let link = environment(state, caller, &env).await?;
+                let ctx = ToolContext {
+                    state,
+                    caller,
+                    link,
+                };
+                tools::call(&ctx, name, arguments).await
+            }
+            Route::ListEnvironments => {
+                let a: schema::ListEnvironmentsArgs = parse_args(arguments)?;
+                let mut envs = api::connected_envs(state, caller).await?;
+                if let Some(name) = a.environment_id {
+                    envs.retain(|e| e.name == name);
+                    if envs.is_empty() {
+                        // Not connected: say whether it exists at all.
+                        environment(state, caller, &name).await?;
+                    }
+                }
+                Ok(json_result(&EnvsListResponse { envs }))
+            }
+            Route::WriteStdin => {
+                let a: WriteStdinArgs = parse_args(arguments)?;
+                let data_b64 = match (a.chars, a.data_b64) {
+                    (Some(chars), None) => base64::engine::general_purpose::STANDARD.encode(chars),
+                    (None, Some(data_b64)) => data_b64,
+                    (None, None) if a.eof => String::new(),
+                    (None, None) => {
+                        return Err(ApiError::bad_arguments(
+                            "arguments: give chars (text) or data_b64 (bytes), or eof: true",
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::bad_arguments(
+                            "arguments.data_b64: give chars or data_b64, not both",
+                        ))
+                    }
+                };
+                let s = session(state, caller, &a.session_id, a.environment_id).await?;
+                processes::write_stdin(&s, &data_b64, a.eof).await?;
+                Ok(json_result(&OkResponse { ok: true }))
+            }
+            Route::ReadOutput => {
+                let a: ReadOutputArgs = parse_args(arguments)?;
+                let s = session(state, caller, &a.session_id, a.environment_id).await?;
+                Ok(json_result(
+                    &processes::output(&s, a.after_seq, a.wait_ms).await?,
+                ))
+            }
+            Route::Terminate => {
+                let a: TerminateArgs = parse_args(arguments)?;
+                let s = session(state, caller, &a.session_id, a.environment_id).await?;
+                processes::terminate(&s).await?;
+                Ok(json_result(&OkResponse { ok: true }))
+            }
+        }
+    }
+
+    /// A custom tool of one of the workspace's connected environments.
+    async fn call_custom(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<CallToolResult, ApiError> {
+        let state = &self.state;
+        let env = match environment_arg(&arguments)? {
+            Some(env) => env,
+            None => {
+                let envs = api::connected_envs(state, caller).await?;
+                let customs = custom_tools(&envs);
+                let Some(offers) = customs.get(name) else {
+                    let mut known: Vec<String> = schema::CORE_TOOLS
+                        .iter()
+                        .map(|t| t.name.to_string())
+                        .collect();
+                    known.extend(customs.into_keys());
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        code::UNKNOWN_TOOL,
+                        format!(
+                            "unknown tool {name:?}; this workspace has: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                match home(offers) {
+                    Some(offer) => offer.env.clone(),
+                    None => {
+                        let names: Vec<&str> = offers.iter().map(|o| o.env.as_str()).collect();
+                        return Err(ApiError::bad_arguments(format!(
+                            "arguments.environment_id: is required: tool {name:?} is offered by {} and the default environment does not offer it",
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        // With an explicit environment_id, the REST path decides: it knows
+        // the environment's tools, and answers unknown_tool when it lacks it.
+        let link = environment(state, caller, &env).await?;
+        let ctx = ToolContext {
+            state,
+            caller,
+            link,
+        };
+        tools::call(&ctx, name, arguments).await
+    }
+}
+
+/// `arguments.environment_id`, if given.
+fn environment_arg(arguments: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match arguments.get("environment_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_arguments(format!(
+            "arguments.environment_id: must be an environment's name (a non-empty string), not {other}"
+        ))),
+    }
+}
+
+/// The live link of environment `name`; an unknown name is a bad argument.
+async fn environment(state: &AppState, caller: &Caller, name: &str) -> Result<Arc<Link>, ApiError> {
+    api::environment(state, caller, name).await.map_err(|e| {
+        if e.code == code::ENV_NOT_FOUND {
+            ApiError {
+                message: format!("arguments.environment_id: {}", e.message),
+                ..e
+            }
+        } else {
+            e
+        }
+    })
+}
+
+/// The workspace's default environment: the one marked default, or the
+/// only one.
+async fn default_environment(state: &AppState, caller: &Caller) -> Result<String, ApiError> {
+    let rows = state
+        .store()
+        .list_executors(Some(&caller.workspace))
+        .await?;
+    if let Some(row) = rows.iter().find(|r| r.is_default) {
+        return Ok(row.name.clone());
+    }
+    match rows.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::ENV_NOT_FOUND,
+            format!(
+                "arguments.environment_id: workspace {:?} has no environments yet",
+                caller.workspace
+            ),
+        )),
+        many => Err(ApiError::bad_arguments(format!(
+            "arguments.environment_id: is required: workspace {:?} has no default environment; name one of: {}",
+            caller.workspace,
+            many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The caller's process session `sid`. Another workspace's session is as
+/// unknown as a made-up one: only the caller's workspace is visible.
+async fn session(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    environment_id: Option<String>,
+) -> Result<processes::Session, ApiError> {
+    let s = processes::resolve(state, caller, sid)
+        .await
+        .map_err(|e| match e.code {
+            code::SESSION_NOT_FOUND | code::FORBIDDEN => ApiError::new(
+                StatusCode::NOT_FOUND,
+                code::SESSION_NOT_FOUND,
+                format!(
+                    "arguments.session_id: no process session {sid:?} in this workspace; exec_command returns the session_id to use"
+                ),
+            ),
+            _ => e,
+        })?;
+    if let Some(env) = environment_id {
+        if env != s.link.name {
+            return Err(ApiError::bad_arguments(format!(
+                "arguments.environment_id: session {sid:?} runs in {:?}, not {env:?}",
+                s.link.name
+            )));
+        }
+    }
+    Ok(s)
+}
+
+/// A tool result whose text and structuredContent are `value` as JSON.
+fn json_result(value: &impl Serialize) -> CallToolResult {
+    let value = serde_json::to_value(value).expect("API bodies serialize");
+    CallToolResult::text(value.to_string(), Some(value), false)
+}
+
+/// The gateway's outcome as MCP's (the mapping is in the module header).
+fn answer(
+    outcome: Result<CallToolResult, ApiError>,
+) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    let result = match outcome {
+        Ok(result) => result,
+        Err(e) => {
+            let data = Some(json!(e.envelope()));
+            match e.code {
+                code::UNKNOWN_TOOL => {
+                    return Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, e.message, data))
+                }
+                code::BAD_ARGUMENTS
+                | code::BAD_REQUEST
+                | code::BAD_JSON
+                | code::BAD_BASE64
+                | code::ENV_NOT_FOUND
+                | code::SESSION_NOT_FOUND => {
+                    return Err(ErrorData::invalid_params(e.message, data))
+                }
+                code::INTERNAL => return Err(ErrorData::internal_error(e.message, data)),
+                _ => CallToolResult::text(e.message.clone(), data, true),
+            }
+        }
+    };
+    // The REST type is already an MCP CallToolResult on the wire. 2026-07-28
+    // wants `resultType`; rmcp drops it again for older protocol versions.
+    let mut result: rmcp::model::CallToolResult = serde_json::to_value(&result)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            ErrorData::internal_error(format!("tool result does not convert: {e}"), None)
+        })?;
+    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+    Ok(result)
+}
+
+/// One environment's offer of a custom tool.
+struct Offer {
+    env: String,
+    is_default: bool,
+    description: String,
+    schema: Value,
+}
+
+/// The connected environments' custom tools by name, each with the
+/// environments that offer it (in name order). Names of core MCP tools are
+/// left out: a core tool always wins.
+fn custom_tools(envs: &[ConnectorEnv]) -> BTreeMap<String, Vec<Offer>> {
+    let mut out: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
+    for env in envs {
+        for tool in &env.tools {
+            if tool.kind != "custom" || schema::core_tool(&tool.name).is_some() {
+                continue;
+            }
+            out.entry(tool.name.clone()).or_default().push(Offer {
+                env: env.name.clone(),
+                is_default: env.is_default,
+                description: tool.description.clone(),
+                schema: tool
+                    .input_schema
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            });
+        }
+    }
+    out
+}
+
+/// Where a custom tool runs when `environment_id` is omitted.
+fn home(offers: &[Offer]) -> Option<&Offer> {
+    offers.iter().find(|o| o.is_default).or(match offers {
+        [only] => Some(only),
+        _ => None,
+    })
+}
+
+/// A custom tool as MCP lists it: the schema of the environment it runs in
+/// by default (else the first that offers it) plus `environment_id`.
+fn custom_tool(name: &str, offers: &[Offer]) -> Tool {
+    let shown = home(offers).unwrap_or(&offers[0]);
+    let envs: Vec<&str> = offers.iter().map(|o| o.env.as_str()).collect();
+    let mut input_schema = match &shown.schema {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    input_schema.insert("type".into(), json!("object"));
+    let properties = input_schema
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    if let Value::Object(properties) = properties {
+        // A tool whose own schema declares environment_id keeps its meaning.
+        properties.entry("environment_id").or_insert_with(|| {
+            json!({
+                "type": "string",
+                "enum": envs,
+                "description": "The environment to run in. Default: the default environment if it offers this tool, else the only one that does."
+            })
+        });
+    }
+    if home(offers).is_none() {
+        let required = input_schema.entry("required").or_insert_with(|| json!([]));
+        if let Value::Array(required) = required {
+            if !required.iter().any(|r| r == "environment_id") {
+                required.push(json!("environment_id"));
+            }
+        }
+    }
+    let mut description = shown.description.clone();
+    if offers.len() > 1 {
+        description.push_str(&format!(
+            " (offered by {}: environment_id picks one)",
+            envs.join(", ")
+        ));
+    }
+    Tool::new(name.to_string(), description, input_schema)
+}
+
+#[cfg(test)]
+mod tests;
