@@ -63,7 +63,8 @@ pub enum TokenCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ExecutorCmd {
-    /// Register an executor; its token is printed once, on the last line.
+    /// Register an executor (creating its workspace if needed); its token
+    /// is printed once, on the last line.
     Add {
         #[arg(long)]
         workspace: String,
@@ -140,6 +141,9 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             default,
             sigv4: true,
         }) => {
+            // In remote auth mode workspaces are named by the token
+            // authority; adding an executor is what brings one into being here.
+            store.ensure_workspace(&workspace).await?;
             let key = store.add_sigv4_executor(&workspace, &name, default).await?;
             println!(
                 "added executor {name} ({}) to workspace {workspace}; run codex with --environment-id {} and these credentials (shown once):",
@@ -155,6 +159,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             default,
             sigv4: false,
         }) => {
+            store.ensure_workspace(&workspace).await?;
             let (exe_id, token) = store.add_executor(&workspace, &name, default).await?;
             println!("added executor {name} ({exe_id}) to workspace {workspace}; its token (shown once):");
             println!("{token}");

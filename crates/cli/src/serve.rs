@@ -1,9 +1,14 @@
 //! `execgate serve`: the gateway alone.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
+use execgate_gateway::auth::remote::RemoteConfig;
+use execgate_gateway::auth::{CacheConfig, VerifierConfig};
+use execgate_gateway::secret::SecretString;
 use execgate_gateway::{Gateway, GatewayConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -21,6 +26,47 @@ pub struct GatewayArgs {
     /// proxy (default: from the Host header of their register request).
     #[arg(long, env = "EXECGATE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Verify proxy tokens against this token authority
+    /// (`POST {URL}/internal/validate-proxy-token`) instead of the store.
+    #[arg(
+        long,
+        env = "EXECGATE_AGENTSERVER_URL",
+        requires = "agentserver_secret_file"
+    )]
+    pub agentserver_url: Option<String>,
+    /// File holding the secret sent to the authority as X-Internal-Secret.
+    #[arg(
+        long,
+        env = "EXECGATE_AGENTSERVER_SECRET_FILE",
+        requires = "agentserver_url"
+    )]
+    pub agentserver_secret_file: Option<PathBuf>,
+    /// Remote mode: at most this many cached token verdicts.
+    #[arg(long, env = "EXECGATE_AUTH_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub auth_cache_capacity: u64,
+    /// Remote mode: seconds an accepted token stays cached.
+    #[arg(long, env = "EXECGATE_AUTH_CACHE_ACCEPTED_SECS", default_value_t = 300)]
+    pub auth_cache_accepted_secs: u64,
+    /// Remote mode: seconds a rejected token stays cached.
+    #[arg(long, env = "EXECGATE_AUTH_CACHE_REJECTED_SECS", default_value_t = 30)]
+    pub auth_cache_rejected_secs: u64,
+    /// Remote mode: seconds to wait for the authority's answer.
+    #[arg(long, env = "EXECGATE_AUTH_TIMEOUT_SECS", default_value_t = 5)]
+    pub auth_timeout_secs: u64,
+    /// Serve POST /internal/validate-proxy-token from this gateway's store
+    /// to callers sending this file's secret as X-Internal-Secret (other
+    /// gateways' remote mode). Without it, /internal/* is 404.
+    #[arg(long, env = "EXECGATE_INTERNAL_SECRET_FILE")]
+    pub internal_secret_file: Option<PathBuf>,
+}
+
+/// A shared secret from a file, without its trailing newline.
+fn read_secret(path: &Path, flag: &str) -> anyhow::Result<SecretString> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(!secret.is_empty(), "{flag}: {} is empty", path.display());
+    Ok(SecretString::new(secret))
 }
 
 impl GatewayArgs {
@@ -30,11 +76,25 @@ impl GatewayArgs {
             .unwrap_or_else(crate::default_data_dir)
     }
 
-    pub fn config(&self) -> GatewayConfig {
+    pub fn config(&self) -> anyhow::Result<GatewayConfig> {
         let mut c = GatewayConfig::new(self.listen, self.data_dir());
         c.max_body_bytes = self.max_body_bytes;
         c.public_url = self.public_url.clone();
-        c
+        if let (Some(url), Some(file)) = (&self.agentserver_url, &self.agentserver_secret_file) {
+            let secret = read_secret(file, "--agentserver-secret-file")?;
+            let mut remote = RemoteConfig::new(url.clone(), secret);
+            remote.timeout = Duration::from_secs(self.auth_timeout_secs.max(1));
+            remote.cache = CacheConfig {
+                capacity: self.auth_cache_capacity,
+                accepted_ttl: Duration::from_secs(self.auth_cache_accepted_secs),
+                rejected_ttl: Duration::from_secs(self.auth_cache_rejected_secs),
+            };
+            c.auth.verifier = VerifierConfig::Remote(remote);
+        }
+        if let Some(file) = &self.internal_secret_file {
+            c.auth.internal_secret = Some(read_secret(file, "--internal-secret-file")?);
+        }
+        Ok(c)
     }
 }
 
@@ -45,7 +105,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let gateway = Gateway::bind(a.gateway.config()).await?;
+    let gateway = Gateway::bind(a.gateway.config()?).await?;
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(
         "execgate gateway listening on http://{}",

@@ -30,7 +30,7 @@ pub struct UpArgs {
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let data_dir = a.gateway.data_dir();
-    let gateway = Gateway::bind(a.gateway.config()).await?;
+    let gateway = Gateway::bind(a.gateway.config()?).await?;
     let addr = gateway.local_addr();
     let url = format!("http://{addr}");
     let store = gateway.state().store().clone();

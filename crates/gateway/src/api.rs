@@ -15,7 +15,7 @@ use execgate_protocol::connectors::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::Caller;
+use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::Link;
@@ -60,11 +60,26 @@ pub fn router(state: AppState) -> Router {
             get(connect::connect),
         )
         .merge(crate::mcp::router(&state))
+        .merge(internal_routes(&state))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// `/internal/*` exists only on a gateway that is a token authority
+/// (`--internal-secret-file`); elsewhere it falls through to 404.
+fn internal_routes(state: &AppState) -> Router<AppState> {
+    if state.config().auth.internal_secret.is_none() {
+        return Router::new();
+    }
+    Router::new()
+        .route(
+            "/internal/validate-proxy-token",
+            post(auth::internal::validate_proxy_token),
+        )
+        .route("/internal/stats", get(auth::internal::stats))
 }
 
 async fn not_found() -> ApiError {

@@ -33,6 +33,27 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// A secret held in memory (shared secrets read from files). Its `Debug`
+/// never shows it, so a logged config does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +78,6 @@ mod tests {
         assert!(constant_time_eq(b"x", b"x"));
         assert!(!constant_time_eq(b"x", b"y"));
         assert!(!constant_time_eq(b"x", b"xy"));
+        assert!(!format!("{:?}", SecretString::new("hunter2")).contains("hunter2"));
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
 use crate::registry::Registry;
 use crate::seq_ledger::SeqLedger;
 use crate::store::Store;
@@ -21,6 +22,8 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// How often the gateway pings each executor link.
     pub ping_interval: Duration,
+    /// How proxy tokens are verified; whether `/internal/*` is served.
+    pub auth: AuthConfig,
 }
 
 impl GatewayConfig {
@@ -31,6 +34,7 @@ impl GatewayConfig {
             max_body_bytes: 16 * 1024 * 1024,
             public_url: None,
             ping_interval: Duration::from_secs(30),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -51,6 +55,8 @@ pub(crate) struct Inner {
     pub tickets: Mutex<HashMap<String, Ticket>>,
     /// Per exe_id; outlives the executor's links (see `seq_ledger`).
     pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
+    pub verifier: Arc<dyn ProxyTokenVerifier>,
+    pub internal_stats: auth::internal::Stats,
 }
 
 #[derive(Clone)]
@@ -58,7 +64,10 @@ pub struct AppState(pub(crate) Arc<Inner>);
 
 impl AppState {
     pub fn new(config: GatewayConfig, store: Store) -> Self {
+        let verifier = auth::verifier(&config.auth, &store);
         AppState(Arc::new(Inner {
+            verifier,
+            internal_stats: Default::default(),
             config,
             store,
             registry: Registry::default(),
@@ -77,6 +86,15 @@ impl AppState {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.0.config
+    }
+
+    /// The proxy-token verifier chosen by `config.auth`.
+    pub fn verifier(&self) -> &dyn ProxyTokenVerifier {
+        &*self.0.verifier
+    }
+
+    pub(crate) fn internal_stats(&self) -> &auth::internal::Stats {
+        &self.0.internal_stats
     }
 
     /// The seq ledger of executor `exe_id`, created on first use.

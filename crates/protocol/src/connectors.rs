@@ -9,6 +9,8 @@ use serde_json::Value;
 pub mod error_code {
     pub const MISSING_BEARER: &str = "missing_bearer";
     pub const INVALID_TOKEN: &str = "invalid_token";
+    /// 503: the token authority (remote verifier) cannot answer; retry.
+    pub const AUTH_UNAVAILABLE: &str = "auth_unavailable";
     pub const BAD_REQUEST: &str = "bad_request";
     pub const BAD_JSON: &str = "bad_json";
     pub const UNKNOWN_TOOL: &str = "unknown_tool";

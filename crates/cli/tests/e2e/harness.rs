@@ -66,10 +66,20 @@ impl GatewayProc {
 
 /// Starts `execgate serve` and waits for its "listening" line.
 pub fn start_gateway(data_dir: &Path, listen: &str) -> GatewayProc {
-    let log = std::fs::File::create(data_dir.join("gateway.log")).unwrap();
+    start_gateway_with(data_dir, listen, &[])
+}
+
+/// Starts `execgate serve` with extra `args` (appending to its log).
+pub fn start_gateway_with(data_dir: &Path, listen: &str, args: &[&str]) -> GatewayProc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("gateway.log"))
+        .unwrap();
     let mut child = Command::new(bin())
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        .args(args)
         .env("EXECGATE_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(log)

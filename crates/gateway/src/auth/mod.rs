@@ -1,10 +1,32 @@
 //! Who is calling: the proxy token in `Authorization: Bearer` becomes a
 //! [`Caller`] scoped to one workspace.
 //!
-//! The embedded store is asked on every request (an indexed read), so a
-//! revocation made by `execgate admin` in another process takes effect on the
-//! very next request. A rejected token is always 401, never 5xx, so a
-//! misconfigured client stops instead of retrying forever.
+//! Tokens are checked by one [`ProxyTokenVerifier`], chosen at start:
+//! - [`embedded::EmbeddedVerifier`] (the default) asks this gateway's store
+//!   on every request, an indexed read and no cache, so a revocation made by
+//!   `execgate admin` in another process takes effect on the very next
+//!   request;
+//! - [`remote::RemoteVerifier`] asks a token authority
+//!   (`POST {url}/internal/validate-proxy-token`) through a bounded verdict
+//!   cache ([`cache`]) that coalesces concurrent misses.
+//!
+//! [`internal`] is the other side: this gateway acting as the authority for
+//! others, from its own store.
+//!
+//! Status codes: a rejected token is always 401, never 5xx, so a
+//! misconfigured client stops instead of retrying forever; an authority that
+//! cannot answer is 503 `auth_unavailable` with Retry-After, because the
+//! token may well be good and the client should retry.
+
+pub mod cache;
+pub mod embedded;
+pub mod internal;
+pub mod remote;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,13 +34,100 @@ use axum::http::{header, HeaderMap, StatusCode};
 use execgate_protocol::connectors::error_code as code;
 
 use crate::error::ApiError;
+use crate::secret::SecretString;
 use crate::state::AppState;
+use crate::store::{Store, StoreError, TokenGrant};
 
 /// The authenticated caller of a connectors API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub workspace: String,
     pub user_id: Option<String>,
+}
+
+/// Why a token could not be checked (as opposed to being rejected, which is
+/// `Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token authority is unreachable, timed out, or answered something
+    /// other than 200 or 401. Never cached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Seconds a client should wait before retrying after `auth_unavailable`.
+const AUTH_RETRY_AFTER_SECS: u64 = 2;
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::AUTH_UNAVAILABLE,
+                format!("cannot check the proxy token right now: {m}"),
+            )
+            .with_retry_after(AUTH_RETRY_AFTER_SECS),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// What a verification yields: the grant of an accepted token, `None` for a
+/// rejected one.
+pub type Verdict = Option<TokenGrant>;
+
+pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, AuthError>> + Send + 'a>>;
+
+/// Turns a proxy token into the workspace (and user) it grants.
+pub trait ProxyTokenVerifier: Send + Sync + 'static {
+    fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
+}
+
+/// How proxy tokens are verified, and whether this gateway is an authority.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub verifier: VerifierConfig,
+    /// When set, `POST /internal/validate-proxy-token` is served (from the
+    /// store) to callers that send this value as `X-Internal-Secret`.
+    /// Otherwise `/internal/*` is 404.
+    pub internal_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum VerifierConfig {
+    /// This gateway's store.
+    #[default]
+    Embedded,
+    /// A token authority (`--agentserver-url`).
+    Remote(remote::RemoteConfig),
+}
+
+/// The verdict cache's bounds (remote mode only).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub capacity: u64,
+    pub accepted_ttl: Duration,
+    pub rejected_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: 10_000,
+            accepted_ttl: Duration::from_secs(300),
+            rejected_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The verifier `config` asks for.
+pub fn verifier(config: &AuthConfig, store: &Store) -> Arc<dyn ProxyTokenVerifier> {
+    match &config.verifier {
+        VerifierConfig::Embedded => Arc::new(embedded::EmbeddedVerifier::new(store.clone())),
+        VerifierConfig::Remote(remote) => Arc::new(remote::RemoteVerifier::new(remote.clone())),
+    }
 }
 
 /// The bearer token of a request, or 401 `missing_bearer`.
@@ -51,7 +160,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
-        match state.store().verify_proxy_token(token).await? {
+        match state.verifier().verify(token).await? {
             Some(grant) => Ok(Caller {
                 workspace: grant.workspace,
                 user_id: grant.user_id,
@@ -87,5 +196,13 @@ mod tests {
             bearer_token(&HeaderMap::new()).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn unavailable_is_503_with_retry_after() {
+        let e: ApiError = AuthError::Unavailable("down".into()).into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, code::AUTH_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(AUTH_RETRY_AFTER_SECS));
     }
 }
