@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// The `execgate` binary beside this one, built first when run by cargo.
+/// The `execgate` binary: `$EXECGATE_BENCH_BIN` when set (CI runs the quick
+/// suite against its debug build), else the one beside this binary, built
+/// first when run by cargo.
 pub fn execgate_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("EXECGATE_BENCH_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("execgate");
     if let Ok(cargo) = std::env::var("CARGO") {
@@ -57,6 +62,36 @@ impl Gateway {
         let data = dir.path().join("data");
         admin(bin, &data, &["workspace", "create", "bench"])?;
         let token = admin(bin, &data, &["token", "create", "--workspace", "bench"])?;
+        Self::serve(bin, dir, token)
+    }
+
+    /// A gateway whose store already holds `n` executors named `e0`…, for
+    /// executors that the bench itself plays. Returns their `(exe_id, token)`.
+    ///
+    /// They are added through the store library, the very call `execgate
+    /// admin executor add` makes, in this process: 10,000 runs of the CLI
+    /// would each open the database and check its migrations (minutes),
+    /// where one open and 10,000 inserts take seconds. Done before the
+    /// gateway starts, so its caches see them all.
+    pub async fn start_with_executors(
+        bin: &Path,
+        n: usize,
+    ) -> anyhow::Result<(Gateway, Vec<(String, String)>)> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        admin(bin, &data, &["workspace", "create", "bench"])?;
+        let token = admin(bin, &data, &["token", "create", "--workspace", "bench"])?;
+        let store = execgate_gateway::Store::open(&data).await?;
+        let mut exes = Vec::with_capacity(n);
+        for i in 0..n {
+            exes.push(store.add_executor("bench", &format!("e{i}"), false).await?);
+        }
+        drop(store);
+        Ok((Self::serve(bin, dir, token)?, exes))
+    }
+
+    fn serve(bin: &Path, dir: tempfile::TempDir, token: String) -> anyhow::Result<Gateway> {
+        let data = dir.path().join("data");
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
@@ -87,6 +122,15 @@ impl Gateway {
 
     /// Starts an executor named `name` working in a fresh directory.
     pub async fn executor(&self, name: &str) -> anyhow::Result<(Proc, PathBuf)> {
+        self.executor_with(name, &[]).await
+    }
+
+    /// Like [`Gateway::executor`], with extra `execgate executor` arguments.
+    pub async fn executor_with(
+        &self,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Proc, PathBuf)> {
         let data = self.dir.path().join("data");
         let token = admin(
             &self.bin,
@@ -105,6 +149,7 @@ impl Gateway {
                 "--workdir",
             ])
             .arg(&work)
+            .args(extra)
             .env("EXECGATE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -167,4 +212,75 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Raises this process's open-file limit to its hard limit (children such
+/// as the gateway inherit it), and returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// A REST client for the bench: keep-alive, TCP_NODELAY (the gateway's
+/// answers are small writes that Nagle would hold back), no proxy.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("reqwest client")
+}
+
+/// `head -c N /dev/zero | cat`, read by the bench through a pipe: the local
+/// floor for moving a process's output. Returns MB/s.
+pub async fn local_pipe_mb_s(bytes: u64) -> anyhow::Result<f64> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &format!("head -c {bytes} /dev/zero | cat")])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = out.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    child.wait().await?;
+    if got != bytes {
+        bail!("the local pipe gave {got} of {bytes} bytes");
+    }
+    Ok(bytes as f64 / 1e6 / t.elapsed().as_secs_f64())
 }

@@ -20,6 +20,7 @@
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 #[doc(hidden)]
+pub mod bench_api;
 mod connect;
 mod connection;
 mod error;

@@ -1,0 +1,91 @@
+//! Figure 1, tool-call latency: `shell ["true"]` through the REST API,
+//! one call at a time, against a direct `tokio::process` spawn and wait of
+//! `true` in the bench process. Spawning `true` costs about 1.0–1.25 ms on
+//! this machine, which is the floor of any shell call; the ratio is what
+//! the gateway, the executor link and the executor add on top.
+//!
+//! The two are interleaved call by call, so that the noise of this shared
+//! machine (other engineers compile on its 2 cores) falls on both alike.
+//! Also reports the idle RSS of a real executor process (target ≤ 10 MiB).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::harness::{http, rss_kib, Gateway};
+use crate::{latency_figures, Figure, Report};
+
+pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
+    let gw = Gateway::start(bin)?;
+    let (exe, _work) = gw.executor("a").await?;
+    // Idle: connected, nothing run yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kib(exe.0.id()) as f64 / 1024.0;
+
+    let client = http();
+    let url = format!("{}/api/connectors/envs/a/tool/call", gw.url);
+    let body = json!({"tool": "shell", "arguments": {"command": ["true"]}});
+    let call = || async {
+        let t = Instant::now();
+        let v: serde_json::Value = client
+            .post(&url)
+            .bearer_auth(&gw.token)
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let d = t.elapsed();
+        if v["isError"] != false || v["structuredContent"]["exit_code"] != 0 {
+            bail!("shell true failed: {v}");
+        }
+        anyhow::Ok(d)
+    };
+    let direct = || async {
+        let t = Instant::now();
+        let st = tokio::process::Command::new("true").status().await?;
+        if !st.success() {
+            bail!("true failed");
+        }
+        anyhow::Ok(t.elapsed())
+    };
+
+    // Warm up: connection pool, page cache, the executor's first spawn.
+    for _ in 0..20 {
+        call().await?;
+        direct().await?;
+    }
+    let n = if quick { 200 } else { 2000 };
+    let budget = Duration::from_secs(if quick { 10 } else { 60 });
+    let (mut via, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let t = Instant::now();
+    while via.len() < n && t.elapsed() < budget {
+        via.push(call().await?);
+        base.push(direct().await?);
+    }
+    let mut figures = latency_figures(
+        "latency.shell_true",
+        "shell true via REST",
+        &via,
+        "direct tokio spawn",
+        &base,
+    );
+    figures.push(Figure::new(
+        "latency.shell_true.samples",
+        "shell true samples",
+        via.len() as f64,
+        "calls",
+    ));
+    figures.push(Figure::new(
+        "latency.executor_idle_rss_mib",
+        "executor idle RSS",
+        idle_rss,
+        "MiB",
+    ));
+    Ok(Report {
+        figures,
+        skipped: vec![],
+    })
+}

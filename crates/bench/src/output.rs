@@ -1,0 +1,229 @@
+//! Figure 3, process output: a process writes 256 MiB (`head -c N
+//! /dev/zero`, 32 MiB with --quick) and the bench reads every byte (1)
+//! by polling `/output?since=N&wait_ms=…` and (2) through the SSE stream
+//! `GET /api/connectors/processes/{sid}/stream`, when the gateway has that
+//! route (it is probed first; the figure is skipped with a note if not).
+//! The baseline is `head -c N /dev/zero | cat` read through a local pipe,
+//! measured in the same run: what moving the bytes costs with no network,
+//! no JSON and no base64.
+//!
+//! The executor spills up to 320 MiB per process to disk (1 GiB in all, its
+//! default, so the polled process's spill leaves room for SSE's), so a reader that
+//! falls behind the writer should still get every byte. Polling fails on
+//! any loss; SSE reports what its `lost` events say (a figure of its own,
+//! and the speed counts only delivered bytes), since a loss there is a
+//! finding about the stream, not a broken run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::harness::{http, local_pipe_mb_s, Gateway};
+use crate::{Figure, Report};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
+    let bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
+    let label = if quick { "32 MiB" } else { "256 MiB" };
+    let budget = Duration::from_secs(if quick { 30 } else { 180 });
+    let gw = Gateway::start(bin)?;
+    let spill = (320u64 << 20).to_string();
+    let (_exe, _work) = gw
+        .executor_with(
+            "a",
+            &["--spill-bytes", &spill, "--spill-total-bytes", &spill],
+        )
+        .await?;
+    let client = http();
+    let pipe = local_pipe_mb_s(bytes).await?;
+    let base = format!("cat {label} through a local pipe");
+    let mut report = Report::default();
+
+    let mb = polling(&gw, &client, bytes, budget).await?;
+    report.figures.push(
+        Figure::new(
+            "output.polling.mb_per_s",
+            format!("output {label} via /output polling"),
+            mb,
+            "MB/s",
+        )
+        .vs(&base, pipe),
+    );
+
+    if sse_route_exists(&gw, &client).await? {
+        let (mb, lost) = sse(&gw, &client, bytes, budget).await?;
+        report.figures.push(
+            Figure::new(
+                "output.sse.mb_per_s",
+                format!("output {label} via SSE"),
+                mb,
+                "MB/s",
+            )
+            .vs(&base, pipe),
+        );
+        report.figures.push(Figure::new(
+            "output.sse.lost_mib",
+            "  output the SSE stream reported lost",
+            lost as f64 / (1 << 20) as f64,
+            "MiB",
+        ));
+    } else {
+        let why = "the gateway has no /processes/{sid}/stream route";
+        println!("note: SSE output figure skipped: {why}");
+        report
+            .skipped
+            .push(("output.sse.mb_per_s".into(), why.into()));
+    }
+    Ok(report)
+}
+
+async fn start(gw: &Gateway, client: &reqwest::Client, bytes: u64) -> anyhow::Result<String> {
+    let v: Value = client
+        .post(format!("{}/api/connectors/envs/a/tool/call", gw.url))
+        .bearer_auth(&gw.token)
+        .json(&json!({"tool": "exec_command", "arguments": {
+            "command": ["head", "-c", bytes.to_string(), "/dev/zero"], "pipe_stdin": false}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["structuredContent"]["session_id"]
+        .as_str()
+        .map(String::from)
+        .with_context(|| format!("exec_command gave no session_id: {v}"))
+}
+
+async fn polling(
+    gw: &Gateway,
+    client: &reqwest::Client,
+    bytes: u64,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let sid = start(gw, client, bytes).await?;
+    let url = format!("{}/api/connectors/processes/{sid}/output", gw.url);
+    let (mut since, mut got) = (0u64, 0u64);
+    // Bounded: by time, and by a request count no honest run needs.
+    for _ in 0..1_000_000 {
+        if t.elapsed() > budget {
+            bail!("polling: {got} of {bytes} bytes in {budget:?}");
+        }
+        let v: Value = client
+            .get(&url)
+            .query(&[("since", since.to_string()), ("wait_ms", "10000".into())])
+            .bearer_auth(&gw.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["lost_bytes"] != 0 {
+            bail!("polling lost output: {}", v["lost_bytes"]);
+        }
+        for c in v["chunks"].as_array().context("chunks")? {
+            got += B64
+                .decode(c["data_b64"].as_str().unwrap_or_default())?
+                .len() as u64;
+        }
+        since = v["next_since"].as_u64().context("next_since")?;
+        if v["session_alive"] == false {
+            break;
+        }
+    }
+    if got != bytes {
+        bail!("polling read {got} of {bytes} bytes");
+    }
+    Ok(bytes as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+/// Whether the gateway routes `/stream`: an unknown sid on a routed path is
+/// an error about the sid, an unrouted path is the fallback's "no such route".
+async fn sse_route_exists(gw: &Gateway, client: &reqwest::Client) -> anyhow::Result<bool> {
+    let r = client
+        .get(format!(
+            "{}/api/connectors/processes/nosuchsid/stream",
+            gw.url
+        ))
+        .bearer_auth(&gw.token)
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    Ok(!(status == 404 && text.contains("no such route")) && status != 405)
+}
+
+/// Returns MB/s of the bytes delivered, and the bytes reported lost (an
+/// SSE `lost` event: reported, so counted and shown, not a failure).
+async fn sse(
+    gw: &Gateway,
+    client: &reqwest::Client,
+    bytes: u64,
+    budget: Duration,
+) -> anyhow::Result<(f64, u64)> {
+    let t = Instant::now();
+    let sid = start(gw, client, bytes).await?;
+    let resp = client
+        .get(format!("{}/api/connectors/processes/{sid}/stream", gw.url))
+        .bearer_auth(&gw.token)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("SSE: {} {}", resp.status(), resp.text().await?);
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut got, mut lost) = (0u64, 0u64);
+    let mut exited = false;
+    while !exited {
+        let chunk = tokio::time::timeout(budget.saturating_sub(t.elapsed()), body.next())
+            .await
+            .with_context(|| format!("SSE: {got} of {bytes} bytes in {budget:?}"))?;
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk?);
+        // Events end with a blank line; parse the complete ones.
+        let mut start = 0;
+        while let Some(end) = find(&buf[start..], b"\n\n") {
+            let event = &buf[start..start + end];
+            start += end + 2;
+            let (mut name, mut data) = ("message", &b""[..]);
+            for line in event.split(|&b| b == b'\n') {
+                if let Some(v) = line.strip_prefix(b"event:") {
+                    name = std::str::from_utf8(v)?.trim();
+                } else if let Some(v) = line.strip_prefix(b"data:") {
+                    data = v.strip_prefix(b" ").unwrap_or(v);
+                }
+            }
+            match name {
+                "output" => {
+                    let v: Value = serde_json::from_slice(data)?;
+                    got += B64
+                        .decode(v["data_b64"].as_str().unwrap_or_default())?
+                        .len() as u64;
+                }
+                "lost" => {
+                    let v: Value = serde_json::from_slice(data)?;
+                    lost += v["bytes"].as_u64().unwrap_or(0);
+                }
+                "exit" => exited = true,
+                "message" => {} // a keepalive comment
+                other => bail!(
+                    "SSE: unexpected {other} event: {}",
+                    String::from_utf8_lossy(data)
+                ),
+            }
+        }
+        buf.drain(..start);
+    }
+    if got + lost != bytes {
+        bail!("SSE read {got} and reported {lost} lost of {bytes} bytes");
+    }
+    Ok((got as f64 / 1e6 / t.elapsed().as_secs_f64(), lost))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
