@@ -30,18 +30,14 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
-use crate::tools::resolve_path;
+use crate::tools::{default_true, resolve_path};
 use crate::transfer::{self, Sink, TransferError, CHUNK};
 
 #[derive(Deserialize)]
 pub struct FileQuery {
     path: String,
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     create_parents: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A missing file is 404 `file_not_found`; other refusals 400.

@@ -27,6 +27,11 @@ pub fn parse_args<T: DeserializeOwned>(arguments: Map<String, Value>) -> Result<
     })
 }
 
+/// Serde default for boolean arguments that are on unless turned off.
+pub fn default_true() -> bool {
+    true
+}
+
 /// A command: an argv array of strings, or a string meaning `sh -c STRING`.
 pub fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     match Value::deserialize(d)? {

@@ -19,7 +19,7 @@ use execgate_protocol::connectors::{CallToolResult, ExecCommandOutput};
 use execgate_protocol::exec::{method, EnvPolicy, ProcessStartParams, ProcessStartResult};
 use serde::Deserialize;
 
-use super::args;
+use super::args::{self, default_true};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::error::ApiError;
 use crate::link::LinkError;
@@ -37,7 +37,7 @@ pub struct ExecArgs {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub tty: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub pipe_stdin: bool,
     #[serde(default)]
     pub cols: Option<u16>,
@@ -49,10 +49,6 @@ pub struct ExecArgs {
     #[serde(default)]
     #[allow(dead_code)]
     pub environment_id: Option<String>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, ApiError> {

@@ -14,7 +14,7 @@ use execgate_protocol::exec::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::args::path_uri;
+use super::args::{default_true, path_uri};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::error::ApiError;
 
@@ -101,15 +101,11 @@ fn decode(b64: &str) -> Result<Vec<u8>, ApiError> {
 pub struct WriteFileArgs {
     pub path: String,
     pub content_b64: String,
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub create_parents: bool,
     #[serde(default)]
     #[allow(dead_code)]
     pub environment_id: Option<String>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 pub async fn write_file(

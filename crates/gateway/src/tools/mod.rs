@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::link::{Link, LinkError};
 use crate::state::AppState;
 
-pub use args::{parse_args, resolve_path};
+pub use args::{default_true, parse_args, resolve_path};
 
 /// How long a plain executor request (not a long-poll) may take.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
