@@ -359,15 +359,17 @@ impl OutputLog {
 /// that read it, with a wake-up for long-polls.
 pub(crate) struct SharedLog {
     log: Mutex<OutputLog>,
-    /// The log's `last_seq`, published after every change. Long-polls wait on
-    /// it; a watch (unlike a bare `Notify`) cannot lose a wake-up that happens
-    /// between checking the log and starting to wait.
-    last_seq: watch::Sender<u64>,
+    /// The log's `(last_seq, closed)`, published after every change.
+    /// Long-polls wait on it; a watch (unlike a bare `Notify`) cannot lose a
+    /// wake-up that happens between checking the log and starting to wait.
+    /// `closed` ends a wait too: a reader already past the last seq of a
+    /// closed log would otherwise wait out its whole `wait_ms` for nothing.
+    last_seq: watch::Sender<(u64, bool)>,
 }
 
 impl SharedLog {
     pub fn new(log: OutputLog) -> Self {
-        let last = log.last_seq();
+        let last = (log.last_seq(), log.is_closed());
         SharedLog {
             log: Mutex::new(log),
             last_seq: watch::Sender::new(last),
@@ -386,7 +388,7 @@ impl SharedLog {
     pub fn update<R>(&self, f: impl FnOnce(&mut OutputLog) -> R) -> R {
         let mut log = self.lock();
         let result = f(&mut log);
-        let last = log.last_seq();
+        let last = (log.last_seq(), log.is_closed());
         self.last_seq.send_if_modified(|published| {
             let changed = *published != last;
             *published = last;
@@ -401,7 +403,7 @@ impl SharedLog {
     }
 
     /// `process/read`: waits up to `wait` for anything newer than `after_seq`
-    /// (a chunk, the exit or the close), then reads. Spilled chunks are read
+    /// (a chunk, the exit or the close) unless the log is closed, then reads. Spilled chunks are read
     /// from disk on a blocking thread, outside the lock.
     pub async fn read(
         &self,
@@ -414,7 +416,11 @@ impl SharedLog {
             // `wait_for` looks at the current value first, so something that
             // arrived before we subscribed ends the wait at once. It can only
             // fail if the sender is gone, and `self` owns it.
-            let _ = tokio::time::timeout(wait, published.wait_for(|&last| last > after_seq)).await;
+            let _ = tokio::time::timeout(
+                wait,
+                published.wait_for(|&(last, closed)| last > after_seq || closed),
+            )
+            .await;
         }
         let plan = self.inspect(|log| log.plan(after_seq, max_bytes));
         if plan.touches_disk() {
@@ -681,6 +687,52 @@ mod tests {
         let slice = shared.read(0, usize::MAX, Duration::ZERO).await.unwrap();
         assert!(slice.chunks.is_empty());
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn long_poll_past_the_end_of_a_closed_log_returns_at_once() {
+        let shared = SharedLog::new(OutputLog::new(100, 1));
+        shared.update(|log| {
+            log.push_chunk(Stream::Stdout, bytes(1));
+            log.record_exit(0);
+            log.finish_stream();
+            log.close_if_done();
+        });
+        assert!(shared.inspect(OutputLog::is_closed));
+        let started = Instant::now();
+        // Far past the last seq: nothing can come, so no waiting.
+        let slice = shared
+            .read(1_000, usize::MAX, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(slice.chunks.is_empty() && slice.closed);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn long_poll_wakes_up_when_the_log_closes() {
+        let shared = Arc::new(SharedLog::new(OutputLog::new(100, 1)));
+        let reader = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared
+                    .read(1_000, usize::MAX, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!reader.is_finished());
+        shared.update(|log| {
+            log.record_exit(0);
+            log.finish_stream();
+            log.close_if_done();
+        });
+        let slice = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the close ends the wait")
+            .unwrap();
+        assert!(slice.closed);
     }
 
     #[tokio::test]
