@@ -1,7 +1,7 @@
 """The gateway's MCP server (`/mcp`) driven by the official MCP Python SDK
 client (PyPI `mcp`) over Streamable HTTP, against the real binaries: a
-gateway and an executor on 127.0.0.1, started from ``$EXECGATE_BIN``
-(default ``target/debug/execgate`` of this checkout).
+gateway and an executor on 127.0.0.1 (the ``gateway`` fixture of
+tests/conftest.py).
 
 Run: ``pip install -r tests/mcp/requirements.txt && pytest tests/mcp``.
 """
@@ -9,13 +9,8 @@ Run: ``pip install -r tests/mcp/requirements.txt && pytest tests/mcp``.
 from __future__ import annotations
 
 import base64
-import os
-import queue
-import subprocess
-import threading
 import time
-from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, Tuple
+from typing import Any, Awaitable, Callable, Dict, Tuple
 
 import anyio
 import httpx2
@@ -23,74 +18,6 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = os.environ.get("EXECGATE_BIN") or str(ROOT / "target" / "debug" / "execgate")
-
-
-def admin(data_dir: Path, *args: str) -> str:
-    """``execgate admin --data-dir D ARGS…``; the last line of stdout."""
-    out = subprocess.run(
-        [BIN, "admin", "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, f"execgate admin {args}: {out.stderr}"
-    return out.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, str]]:
-    """(base URL, proxy token) of a gateway with one executor, `laptop`."""
-    if not os.access(BIN, os.X_OK):
-        pytest.exit(f"no execgate binary at {BIN}: run `cargo build -p execgate` or set EXECGATE_BIN", 2)
-    root = tmp_path_factory.mktemp("execgate-mcp")
-    data, work = root / "data", root / "work"
-    data.mkdir()
-    work.mkdir()
-    admin(data, "workspace", "create", "w1")
-    token = admin(data, "token", "create", "--workspace", "w1")
-    exe_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "laptop", "--default")
-
-    env = {**os.environ, "EXECGATE_LOG": "info"}
-    gw = subprocess.Popen(
-        [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=open(root / "gateway.log", "wb"),
-        env=env,
-    )
-    procs = [gw]
-    try:
-        found: "queue.Queue[str]" = queue.Queue()
-
-        def read() -> None:
-            assert gw.stdout is not None
-            for raw in gw.stdout:
-                line = raw.decode("utf-8", "replace").strip()
-                if line.startswith("execgate gateway listening on "):
-                    found.put(line.rsplit(" ", 1)[1])
-
-        threading.Thread(target=read, daemon=True).start()
-        url = found.get(timeout=30)
-        procs.append(
-            subprocess.Popen(
-                [BIN, "executor", "--gateway", url, "--token", exe_token, "--workdir", str(work)],
-                stdout=subprocess.DEVNULL,
-                stderr=open(root / "executor.log", "wb"),
-                env=env,
-            )
-        )
-        deadline = time.monotonic() + 40
-        headers = {"Authorization": f"Bearer {token}"}
-        while True:
-            envs = httpx2.post(f"{url}/api/connectors/envs/list", json={}, headers=headers).json()["envs"]
-            if any(e["name"] == "laptop" for e in envs):
-                break
-            assert time.monotonic() < deadline, "the executor did not connect"
-            time.sleep(0.1)
-        yield url, token
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def run(gateway: Tuple[str, str], body: Callable[[Client], Awaitable[None]], *, mode: str = "legacy",

@@ -45,6 +45,9 @@ enum Command {
     Ps,
     /// Copy files: LOCAL ENV:PATH, ENV:PATH LOCAL, or ENV:PATH ENV2:PATH.
     Cp(cp::CpArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what a gateway
+    /// serves at /openapi.json).
+    Openapi,
 }
 
 fn init_tracing(default: &str) {
@@ -102,6 +105,11 @@ fn main() -> std::process::ExitCode {
             Command::Cp(a) => {
                 init_tracing("warn");
                 cp::run(a).await.map(|_| 0)
+            }
+            Command::Openapi => {
+                let doc = execgate_gateway::openapi::document();
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                Ok(0)
             }
         }
     });

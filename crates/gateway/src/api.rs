@@ -5,15 +5,18 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use execgate_protocol::connectors::{
-    error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, ExecutorInfo, OkResponse,
-    OutputResponse, StdinRequest,
+    error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, ErrorResponse,
+    ExecutorInfo, OkResponse, OutputResponse, StdinRequest, ToolCallRequest,
 };
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
@@ -25,31 +28,15 @@ use crate::{connect, file_stream, processes, stream, tools};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
+    let (public, mut doc) = public_routes().split_for_parts();
+    crate::openapi::finish(&mut doc);
+    // Serialised once: the document is fixed for the life of the process.
+    let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
     Router::new()
-        .route("/api/connectors/envs/list", post(envs_list))
-        .route("/api/connectors/envs/{name}/tool/call", post(tool_call))
-        .route("/api/connectors/processes/{sid}/stdin", post(stdin))
-        .route("/api/connectors/processes/{sid}/output", get(output))
-        .route("/api/connectors/processes/{sid}/terminate", post(terminate))
-        .route("/api/connectors/processes", get(processes::list_handler))
+        .merge(public)
         .route(
-            "/api/connectors/processes/{sid}/stream",
-            get(stream::stream),
-        )
-        .route(
-            "/api/connectors/processes/{sid}/resize",
-            post(processes::resize_handler),
-        )
-        .route(
-            "/api/connectors/processes/{sid}/signal",
-            post(processes::signal_handler),
-        )
-        .route(
-            "/api/connectors/envs/{name}/files",
-            get(file_stream::download)
-                .put(file_stream::upload)
-                // Uploads stream; the JSON body limit does not apply.
-                .layer(DefaultBodyLimit::disable()),
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
         .route(
             "/cloud/environment/{environment_id}/direct/register",
@@ -61,11 +48,41 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::mcp::router(&state))
         .merge(internal_routes(&state))
-        .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The public HTTP API: the routes agents call. Each handler is listed once
+/// and carries its `#[utoipa::path]`, so the router and `/openapi.json`
+/// ([`crate::openapi`]) are built from the same list and cannot drift.
+/// Executor-facing routes (`/cloud/*`), `/mcp` (MCP has its own discovery)
+/// and `/internal/*` are not part of it.
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    let (schemas, paths, files) = routes!(file_stream::download, file_stream::upload);
+    // Uploads stream; the JSON body limit does not apply.
+    let files = files.layer(DefaultBodyLimit::disable());
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(envs_list))
+        .routes(routes!(tool_call))
+        .routes(routes!(processes::list_handler))
+        .routes(routes!(stdin))
+        .routes(routes!(output))
+        .routes(routes!(terminate))
+        .routes(routes!(stream::stream))
+        .routes(routes!(processes::resize_handler))
+        .routes(routes!(processes::signal_handler))
+        .routes((schemas, paths, files))
+        .routes(routes!(healthz))
+}
+
+/// Liveness: answers while the process serves, without touching the store.
+#[utoipa::path(get, path = "/healthz", security(()), responses(
+    (status = 200, description = "The gateway is serving", body = String, content_type = "text/plain", example = "ok")
+))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// `/internal/*` exists only on a gateway that is a token authority
@@ -98,6 +115,10 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The caller's connected environments and their tools.
+#[utoipa::path(post, path = "/api/connectors/envs/list", tag = "environments",
+    request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
+    responses((status = 200, description = "Connected environments of the token's workspace", body = EnvsListResponse)))]
 async fn envs_list(
     State(state): State<AppState>,
     caller: Caller,
@@ -194,6 +215,17 @@ struct ToolCallBody {
     arguments: Value,
 }
 
+/// Calls a tool (core or custom) on one environment. A tool that ran and
+/// failed (a non-zero exit, a missing file) is a 200 with `isError: true`;
+/// 4xx/5xx mean the call could not be made.
+#[utoipa::path(post, path = "/api/connectors/envs/{name}/tool/call", tag = "environments",
+    params(("name" = String, Path, description = "The environment's name, as envs/list shows it")),
+    request_body = ToolCallRequest,
+    responses(
+        (status = 200, description = "The tool's result, as an MCP CallToolResult", body = CallToolResult),
+        (status = 404, description = "No such environment in this workspace (`env_not_found`), or no such tool (`unknown_tool`)", body = ErrorResponse),
+        (status = 504, description = "The executor did not answer in time (`gateway_timeout`)", body = ErrorResponse),
+    ))]
 async fn tool_call(
     State(state): State<AppState>,
     caller: Caller,
@@ -253,6 +285,16 @@ pub(crate) async fn environment(
     }
 }
 
+/// Writes to a process's stdin; `eof` closes it after the data.
+#[utoipa::path(post, path = "/api/connectors/processes/{sid}/stdin", tag = "processes",
+    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    request_body = StdinRequest,
+    responses(
+        (status = 200, description = "Written", body = OkResponse),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 409, description = "stdin is closed (`stdin_closed`) or the process exited", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`, `executor_restarted`)", body = ErrorResponse),
+    ))]
 async fn stdin(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,14 +306,27 @@ async fn stdin(
     Ok(Json(OkResponse { ok: true }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OutputQuery {
+    /// The last seq already read (0 for the start); pass `next_since` of
+    /// the previous answer.
     #[serde(default)]
     since: u64,
+    /// Long-poll: wait up to this long (ms) for output past `since`.
     #[serde(default)]
     wait_ms: u64,
 }
 
+/// Output chunks after seq `since`, with the exit code once the process
+/// exited. Lost output is reported in `truncated`/`lost_bytes`.
+#[utoipa::path(get, path = "/api/connectors/processes/{sid}/output", tag = "processes",
+    params(("sid" = String, Path, description = "The session id exec_command returned"), OutputQuery),
+    responses(
+        (status = 200, description = "Chunks in seq order", body = OutputResponse),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+    ))]
 async fn output(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,6 +337,15 @@ async fn output(
     Ok(Json(processes::output(&s, q.since, q.wait_ms).await?))
 }
 
+/// Kills the process (its whole process group).
+#[utoipa::path(post, path = "/api/connectors/processes/{sid}/terminate", tag = "processes",
+    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Terminated (or had already exited)", body = OkResponse),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+    ))]
 async fn terminate(
     State(state): State<AppState>,
     caller: Caller,

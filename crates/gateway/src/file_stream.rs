@@ -20,23 +20,29 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
-use execgate_protocol::connectors::error_code as code;
+use execgate_protocol::connectors::{error_code as code, ErrorResponse, UploadResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
+
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi::FileBytes;
 use crate::state::AppState;
 use crate::tools::{default_true, resolve_path};
 use crate::transfer::{self, Sink, TransferError, CHUNK};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FileQuery {
+    /// The file on the environment: absolute, or relative to the executor's
+    /// working directory.
     path: String,
+    /// `PUT` only: create missing parent directories.
     #[serde(default = "default_true")]
+    #[param(default = true)]
     create_parents: bool,
 }
 
@@ -50,6 +56,19 @@ fn file_error(e: TransferError) -> ApiError {
     }
 }
 
+/// A file's bytes. Honours one `Range` (206); an unsatisfiable range is 416.
+#[utoipa::path(get, path = "/api/connectors/envs/{name}/files", tag = "files",
+    params(
+        ("name" = String, Path, description = "The environment's name"),
+        FileQuery,
+        ("Range" = Option<String>, Header, description = "`bytes=a-b`, `bytes=a-` or `bytes=-n`"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", body = FileBytes, content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", body = FileBytes, content_type = "application/octet-stream"),
+        (status = 404, description = "No such environment (`env_not_found`) or file (`file_not_found`)", body = ErrorResponse),
+        (status = 416, description = "The range starts past the end of the file", body = ErrorResponse),
+    ))]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,13 +192,22 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
     }
 }
 
+/// Replaces (or creates) a file with the request body, atomically: staged,
+/// verified by SHA-256, renamed. A replaced file keeps its mode.
+#[utoipa::path(put, path = "/api/connectors/envs/{name}/files", tag = "files",
+    params(("name" = String, Path, description = "The environment's name"), FileQuery),
+    request_body(content = FileBytes, content_type = "application/octet-stream", description = "The file's new bytes, any size"),
+    responses(
+        (status = 200, description = "Written", body = UploadResponse),
+        (status = 404, description = "No such environment (`env_not_found`), or a missing parent with `create_parents=false`", body = ErrorResponse),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UploadResponse>, ApiError> {
     let link = crate::api::environment(&state, &caller, &name).await?;
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
@@ -197,9 +225,11 @@ pub async fn upload(
     match pump(&mut sink, body).await {
         Ok(()) => {
             let r = sink.commit(mode).await?;
-            Ok(Json(
-                json!({ "path": q.path, "bytes": r.size, "sha256": r.sha256 }),
-            ))
+            Ok(Json(UploadResponse {
+                path: q.path,
+                bytes: r.size,
+                sha256: r.sha256,
+            }))
         }
         Err(e) => {
             sink.abort().await;

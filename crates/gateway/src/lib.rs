@@ -9,6 +9,7 @@
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
 //! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
+//! - [`openapi`]: `/openapi.json`, generated from the handlers.
 //! - [`registry`]: live links by exe_id.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
 //! - [`processes`]: exec_command sessions: stdin, output, terminate,
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod file_stream;
 pub mod link;
 pub mod mcp;
+pub mod openapi;
 pub mod patch;
 pub mod processes;
 pub mod registry;

@@ -21,8 +21,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use execgate_protocol::connectors::{
-    error_code as code, ErrorBody, OkResponse, OutputChunk, OutputResponse, ProcessInfo,
-    ProcessListResponse, ResizeRequest, SignalName, SignalRequest,
+    error_code as code, ErrorBody, ErrorResponse, OkResponse, OutputChunk, OutputResponse,
+    ProcessInfo, ProcessListResponse, ResizeRequest, SignalName, SignalRequest,
 };
 use execgate_protocol::exec::{
     method, Empty, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessResizeParams,
@@ -426,6 +426,15 @@ pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
 // ---- HTTP handlers of the routes added by issue 5 ----
 
 /// `POST /api/connectors/processes/{sid}/resize {cols, rows}`.
+#[utoipa::path(post, path = "/api/connectors/processes/{sid}/resize", tag = "processes",
+    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    request_body = ResizeRequest,
+    responses(
+        (status = 200, description = "Resized", body = OkResponse),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 409, description = "The process has no terminal (`not_a_terminal`) or has exited", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+    ))]
 pub async fn resize_handler(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,7 +446,17 @@ pub async fn resize_handler(
     Ok(Json(OkResponse { ok: true }))
 }
 
-/// `POST /api/connectors/processes/{sid}/signal {signal}`.
+/// `POST /api/connectors/processes/{sid}/signal {signal}`: to the whole
+/// process group.
+#[utoipa::path(post, path = "/api/connectors/processes/{sid}/signal", tag = "processes",
+    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    request_body = SignalRequest,
+    responses(
+        (status = 200, description = "Sent", body = OkResponse),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 409, description = "The process has exited", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+    ))]
 pub async fn signal_handler(
     State(state): State<AppState>,
     caller: Caller,
@@ -449,9 +468,12 @@ pub async fn signal_handler(
     Ok(Json(OkResponse { ok: true }))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// At most this many sessions, newest first.
     #[serde(default = "default_list_limit")]
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: u32,
 }
 
@@ -461,6 +483,9 @@ fn default_list_limit() -> u32 {
 
 /// `GET /api/connectors/processes[?limit=N]`: the workspace's sessions,
 /// newest first (at most 1000).
+#[utoipa::path(get, path = "/api/connectors/processes", tag = "processes",
+    params(ListQuery),
+    responses((status = 200, description = "The workspace's sessions, newest first", body = ProcessListResponse)))]
 pub async fn list_handler(
     State(state): State<AppState>,
     caller: Caller,

@@ -31,7 +31,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine;
-use execgate_protocol::connectors::error_code as code;
+use execgate_protocol::connectors::{error_code as code, ErrorResponse};
 use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -42,6 +42,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::link::{ProcessEvent, Subscription};
+use crate::openapi::StreamEvent;
 use crate::processes::{self, Session};
 use crate::state::AppState;
 use crate::tools::RPC_TIMEOUT;
@@ -60,12 +61,30 @@ const QUIET_RECHECK: Duration = Duration::from_secs(2);
 /// How long a stream waits for a lost executor link to come back.
 const RELINK_WAIT: Duration = Duration::from_secs(30);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Resume after this seq (the `Last-Event-ID` header wins when both
+    /// are given); from the start when omitted.
     #[serde(default)]
     since: Option<u64>,
 }
 
+/// The process's output as Server-Sent Events: `output` (id = seq, data
+/// `{stream, data_b64}`), `lost` (data `{from_seq, to_seq, bytes}`), a
+/// final `exit` (data `{exit_code}`), or `error` (data `{code, message}`)
+/// when the stream cannot go on. Resume with `Last-Event-ID`.
+#[utoipa::path(get, path = "/api/connectors/processes/{sid}/stream", tag = "processes",
+    params(
+        ("sid" = String, Path, description = "The session id exec_command returned"),
+        StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
+    ),
+    responses(
+        (status = 200, description = "An event stream; ends after the `exit` or `error` event", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
+        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+    ))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

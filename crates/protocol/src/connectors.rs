@@ -39,11 +39,13 @@ pub mod error_code {
 
 /// Body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
@@ -51,11 +53,13 @@ pub struct ErrorBody {
 
 /// `POST /api/connectors/envs/list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvsListResponse {
     pub envs: Vec<ConnectorEnv>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectorEnv {
     pub name: String,
     /// Always `"executor"`.
@@ -73,6 +77,7 @@ pub struct ConnectorEnv {
 
 /// What an executor said about itself in `initialize`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutorInfo {
     /// `"execgate"` or `"codex"`.
     pub kind: String,
@@ -81,6 +86,7 @@ pub struct ExecutorInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectorTool {
     pub name: String,
     pub description: String,
@@ -93,14 +99,21 @@ pub struct ConnectorTool {
 
 /// `POST /api/connectors/envs/{name}/tool/call`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolCallRequest {
+    /// A core tool (`shell`, `read_file`, `write_file`, `apply_patch`,
+    /// `exec_command`, `copy_path`) or a custom tool of the environment.
     pub tool: String,
+    /// The tool's arguments. Core tools: the `ShellArguments`,
+    /// `ReadFileArguments`… schemas; custom tools: their `input_schema`
+    /// in envs/list.
     #[serde(default)]
     pub arguments: serde_json::Map<String, Value>,
 }
 
 /// An MCP CallToolResult.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CallToolResult {
     pub content: Vec<Content>,
     #[serde(
@@ -129,6 +142,7 @@ impl CallToolResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Content {
     /// Always `"text"`.
     #[serde(rename = "type")]
@@ -147,6 +161,7 @@ impl Content {
 
 /// `POST /api/connectors/processes/{sid}/stdin`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StdinRequest {
     pub data_b64: String,
     /// Close the process's stdin after writing `data_b64`. Not in the seed.
@@ -156,15 +171,29 @@ pub struct StdinRequest {
 
 /// Answer of `/stdin` and `/terminate`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OkResponse {
     pub ok: bool,
 }
 
+/// Answer of `PUT /api/connectors/envs/{name}/files?path=P`. Not in the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadResponse {
+    /// The path as given.
+    pub path: String,
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes written, as verified on the executor's disk.
+    pub sha256: String,
+}
+
 /// `GET /api/connectors/processes/{sid}/output?since=N`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputResponse {
     pub chunks: Vec<OutputChunk>,
     /// Null while the process runs.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub exit_code: Option<i32>,
     pub session_alive: bool,
     pub truncated: bool,
@@ -187,6 +216,7 @@ pub struct OutputResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputChunk {
     /// `"stdout"`, `"stderr"`, or `"pty"` for a tty process.
     pub stream: String,
@@ -196,6 +226,7 @@ pub struct OutputChunk {
 
 /// `POST /api/connectors/processes/{sid}/resize`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
     pub cols: u16,
@@ -205,6 +236,7 @@ pub struct ResizeRequest {
 /// A signal for `POST /api/connectors/processes/{sid}/signal`; it goes to the
 /// whole process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SignalName {
     /// SIGINT.
@@ -229,6 +261,7 @@ impl SignalName {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     pub signal: SignalName,
@@ -236,12 +269,14 @@ pub struct SignalRequest {
 
 /// `GET /api/connectors/processes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessListResponse {
     pub processes: Vec<ProcessInfo>,
 }
 
 /// One exec_command session of the workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessInfo {
     pub sid: String,
     /// The environment's name.
@@ -252,7 +287,9 @@ pub struct ProcessInfo {
     pub started_at: String,
     /// As in `/output`: true while more output may come. Null when the
     /// executor is not connected, so the gateway cannot know.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub session_alive: Option<bool>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub exit_code: Option<i32>,
     /// `running`, `exited`, `expired` (the executor forgot it after its
     /// retention), `executor_restarted`, or `executor_unavailable` (not
@@ -262,9 +299,11 @@ pub struct ProcessInfo {
 
 /// `structuredContent` of the `shell` tool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShellOutput {
     pub stdout: String,
     pub stderr: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub duration_ms: u64,
@@ -282,6 +321,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// `structuredContent` of the `exec_command` tool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecCommandOutput {
     pub session_id: String,
 }

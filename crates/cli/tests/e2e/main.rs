@@ -11,6 +11,7 @@ mod harness;
 mod isolation;
 mod live;
 mod mcp;
+mod openapi;
 mod patches;
 mod proxy_auth;
 mod pty;
