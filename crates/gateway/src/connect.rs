@@ -46,6 +46,12 @@ use execgate_protocol::connectors::error_code as code;
 
 /// Largest frame accepted on a link; file transfers send big frames.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// Bytes the link reads from its socket at a time, and the read buffer a
+/// link starts with. tungstenite's default (128 KiB) is allocated up front
+/// per connection and dominated an idle link's memory (~139 KiB each at
+/// 10,000 links); a large frame still gets a buffer of its own size, read
+/// in steps of this many bytes. See BENCHMARKS.md, "Idle executors".
+const LINK_READ_BUFFER: usize = 16 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// codex answers -32010 to a `resumeSessionId` whose session is still
 /// attached to its previous connection; it detaches once that socket is gone.
@@ -269,6 +275,7 @@ pub async fn connect(
     Ok(ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .read_buffer_size(LINK_READ_BUFFER)
         .on_upgrade(move |socket| run_link(state, row, socket)))
 }
 
