@@ -15,6 +15,7 @@ use execgate_protocol::connectors::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::audit::Via;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             get(connect::connect),
         )
         .merge(crate::mcp::router(&state))
+        .merge(crate::admin::router(&state))
         .merge(internal_routes(&state))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
@@ -218,13 +220,18 @@ async fn tool_call(
             )))
         }
     }
-    let link = environment(&state, &caller, &name).await?;
-    let ctx = tools::ToolContext {
-        state: &state,
-        caller: &caller,
+    let link = environment(&state, &caller, &name);
+    let result = tools::call(
+        &state,
+        &caller,
+        Via::Rest,
+        &name,
         link,
-    };
-    Ok(Json(tools::call(&ctx, &body.tool, arguments).await?))
+        &body.tool,
+        arguments,
+    )
+    .await?;
+    Ok(Json(result))
 }
 
 /// The live link of the caller's environment `name`.
@@ -259,8 +266,8 @@ async fn stdin(
     ApiPath(sid): ApiPath<String>,
     ApiJson(req): ApiJson<StdinRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    processes::write_stdin(&s, &req.data_b64, req.eof).await?;
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "stdin").await?;
+    processes::write_stdin(&mut s, &req.data_b64, req.eof).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -278,8 +285,8 @@ async fn output(
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<OutputQuery>,
 ) -> Result<Json<OutputResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    Ok(Json(processes::output(&s, q.since, q.wait_ms).await?))
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "output").await?;
+    Ok(Json(processes::output(&mut s, q.since, q.wait_ms).await?))
 }
 
 async fn terminate(
@@ -288,8 +295,8 @@ async fn terminate(
     ApiPath(sid): ApiPath<String>,
     ApiJson(_): ApiJson<serde::de::IgnoredAny>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    processes::terminate(&s).await?;
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "terminate").await?;
+    processes::terminate(&mut s).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
