@@ -1,5 +1,7 @@
-//! `execgate admin`: workspaces, proxy tokens and executors, straight in the
-//! store of a data dir. Safe while a gateway serves from the same data dir.
+//! `execgate admin`: workspaces, proxy tokens, executors and the audit log,
+//! straight in the store of a data dir. Safe while a gateway serves from
+//! the same data dir. The work is `execgate_gateway::admin::ops`, which the
+//! admin API (`/api/admin/*`) shares; this module only prints.
 //!
 //! Commands that create a secret print it alone on the last line of stdout;
 //! scripts and tests rely on that. `executor add --sigv4` (a machine that
@@ -10,8 +12,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use execgate_gateway::admin::ops;
 use execgate_gateway::api::rfc3339;
+use execgate_gateway::audit::parse_since;
+use execgate_gateway::store::{now_ms, AuditQuery};
 use execgate_gateway::Store;
+use execgate_protocol::admin::{AddExecutor, CreateToken};
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
@@ -33,6 +39,26 @@ pub enum AdminCommand {
     /// Executors (environments) and their tokens.
     #[command(subcommand)]
     Executor(ExecutorCmd),
+    /// The audit log: tool calls, process operations, file transfers and
+    /// bridge sessions, oldest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only this workspace's records.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Only operations started at or after this: an RFC 3339 time
+    /// (2025-05-01T12:00:00Z), a time ago (90s, 15m, 2h, 7d), or unix ms.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    /// Print a JSON array of records (the admin API's fields) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,30 +122,38 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
     let store = Store::open(&dir).await?;
     match a.command {
         AdminCommand::Workspace(WorkspaceCmd::Create { name }) => {
-            store.create_workspace(&name).await?;
+            ops::create_workspace(&store, &name).await?;
             println!("created workspace {name}");
         }
         AdminCommand::Workspace(WorkspaceCmd::List) => {
             println!("{:<24} CREATED", "NAME");
-            for w in store.list_workspaces().await? {
-                println!("{:<24} {}", w.name, rfc3339(w.created_at));
+            for w in ops::workspaces(&store).await?.workspaces {
+                println!("{:<24} {}", w.name, w.created_at);
             }
         }
         AdminCommand::Token(TokenCmd::Create { workspace, user }) => {
-            let (id, token) = store
-                .create_proxy_token(&workspace, user.as_deref())
-                .await?;
-            println!("created proxy token {id} for workspace {workspace} (shown once):");
-            println!("{token}");
+            let t = ops::create_token(
+                &store,
+                &CreateToken {
+                    workspace,
+                    user_id: user,
+                },
+            )
+            .await?;
+            println!(
+                "created proxy token {} for workspace {} (shown once):",
+                t.id, t.workspace
+            );
+            println!("{}", t.token);
         }
         AdminCommand::Token(TokenCmd::List { workspace }) => {
             println!(
                 "{:<22} {:<20} {:<16} {:<22} STATUS",
                 "ID", "WORKSPACE", "USER", "CREATED"
             );
-            for t in store.list_proxy_tokens(workspace.as_deref()).await? {
+            for t in ops::tokens(&store, workspace.as_deref()).await?.tokens {
                 let status = match t.revoked_at {
-                    Some(at) => format!("revoked {}", rfc3339(at)),
+                    Some(at) => format!("revoked {at}"),
                     None => "live".into(),
                 };
                 println!(
@@ -127,7 +161,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     t.id,
                     t.workspace,
                     t.user_id.as_deref().unwrap_or("-"),
-                    rfc3339(t.created_at)
+                    t.created_at
                 );
             }
         }
@@ -139,37 +173,38 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             workspace,
             name,
             default,
-            sigv4: true,
+            sigv4,
         }) => {
-            // In remote auth mode workspaces are named by the token
-            // authority; adding an executor is what brings one into being here.
-            store.ensure_workspace(&workspace).await?;
-            let key = store.add_sigv4_executor(&workspace, &name, default).await?;
-            println!(
-                "added executor {name} ({}) to workspace {workspace}; run codex with --environment-id {} and these credentials (shown once):",
-                key.exe_id, key.exe_id
-            );
-            println!("EXECGATE_ENVIRONMENT_ID={}", key.exe_id);
-            println!("AWS_ACCESS_KEY_ID={}", key.key_id);
-            println!("AWS_SECRET_ACCESS_KEY={}", key.secret);
-        }
-        AdminCommand::Executor(ExecutorCmd::Add {
-            workspace,
-            name,
-            default,
-            sigv4: false,
-        }) => {
-            store.ensure_workspace(&workspace).await?;
-            let (exe_id, token) = store.add_executor(&workspace, &name, default).await?;
-            println!("added executor {name} ({exe_id}) to workspace {workspace}; its token (shown once):");
-            println!("{token}");
+            let req = AddExecutor {
+                workspace,
+                name,
+                default,
+                sigv4,
+            };
+            let added = ops::add_executor(&store, &req).await?;
+            let (name, exe_id, workspace) = (&added.name, &added.exe_id, &added.workspace);
+            match (&added.token, &added.sigv4) {
+                (_, Some(key)) => {
+                    println!(
+                        "added executor {name} ({exe_id}) to workspace {workspace}; run codex with --environment-id {exe_id} and these credentials (shown once):"
+                    );
+                    println!("EXECGATE_ENVIRONMENT_ID={exe_id}");
+                    println!("AWS_ACCESS_KEY_ID={}", key.access_key_id);
+                    println!("AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
+                }
+                (token, None) => {
+                    println!("added executor {name} ({exe_id}) to workspace {workspace}; its token (shown once):");
+                    println!("{}", token.as_deref().unwrap_or_default());
+                }
+            }
         }
         AdminCommand::Executor(ExecutorCmd::List { workspace }) => {
             println!(
                 "{:<22} {:<16} {:<20} {:<8} {:<10} {:<22} {:<22}",
                 "EXE_ID", "WORKSPACE", "NAME", "DEFAULT", "VERSION", "CONNECTED", "LAST_SEEN"
             );
-            for e in store.list_executors(workspace.as_deref()).await? {
+            let rows = store.list_executors(workspace.as_deref()).await?;
+            for e in rows {
                 let connected = match (e.connected_at, e.disconnected_at) {
                     (Some(c), Some(d)) if d >= c => "no".to_string(),
                     (Some(c), _) => rfc3339(c),
@@ -191,6 +226,61 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             store.remove_executor(&workspace, &name).await?;
             println!("removed executor {name} from workspace {workspace}");
         }
+        AdminCommand::Audit(a) => audit(&store, a).await?,
+    }
+    Ok(())
+}
+
+async fn audit(store: &Store, a: AuditArgs) -> anyhow::Result<()> {
+    let since_ms = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now_ms()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let mut q = AuditQuery {
+        workspace: a.workspace,
+        since_ms,
+        after_id: 0,
+        limit: a.limit.min(1000),
+    };
+    let mut records = Vec::new();
+    while records.len() < a.limit as usize {
+        q.limit = (a.limit as usize - records.len()).min(1000) as u32;
+        let (page, next) = ops::audit(store, &q).await?;
+        records.extend(page);
+        match next {
+            Some(cursor) => q.after_id = cursor,
+            None => break,
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<24} {:<14} {:<12} {:<12} {:<14} {:<5} {:<10} {:<22} {:>5} {:>8} {:>10} {:>10} ARGS_SHA256",
+        "ID", "AT", "WORKSPACE", "USER", "ENV", "METHOD", "VIA", "OUTCOME", "ERROR", "EXIT", "MS", "IN", "OUT"
+    );
+    for r in records {
+        let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        println!(
+            "{:<8} {:<24} {:<14} {:<12} {:<12} {:<14} {:<5} {:<10} {:<22} {:>5} {:>8} {:>10} {:>10} {}",
+            r.id,
+            r.at,
+            r.workspace,
+            dash(&r.user_id),
+            dash(&r.environment),
+            r.method,
+            r.via,
+            r.outcome,
+            dash(&r.error_code),
+            r.exit_code.map_or("-".into(), |c| c.to_string()),
+            r.duration_ms,
+            r.bytes_in,
+            r.bytes_out,
+            r.args_sha256.as_deref().map_or("-", |h| &h[..h.len().min(16)]),
+        );
     }
     Ok(())
 }

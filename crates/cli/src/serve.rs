@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use execgate_gateway::audit::AuditMode;
 use execgate_gateway::auth::remote::RemoteConfig;
 use execgate_gateway::auth::{CacheConfig, VerifierConfig};
+use execgate_gateway::limits::{LimitsConfig, RateConfig};
 use execgate_gateway::secret::SecretString;
 use execgate_gateway::{Gateway, GatewayConfig};
 
@@ -58,6 +60,28 @@ pub struct GatewayArgs {
     /// gateways' remote mode). Without it, /internal/* is 404.
     #[arg(long, env = "EXECGATE_INTERNAL_SECRET_FILE")]
     pub internal_secret_file: Option<PathBuf>,
+    /// File holding the admin API's token [default: <data-dir>/admin-token,
+    /// generated at first start].
+    #[arg(long, env = "EXECGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// best-effort: a call whose audit record cannot be written goes on
+    /// (and the record is counted as lost); fail-closed: it is refused with
+    /// 503 audit_unavailable.
+    #[arg(long, env = "EXECGATE_AUDIT", default_value = "best-effort")]
+    pub audit: AuditMode,
+    /// Requests per second each workspace may make (a token bucket per
+    /// workspace, in this gateway's memory); 429 rate_limited beyond.
+    /// Default: no limit.
+    #[arg(long, env = "EXECGATE_RATE_LIMIT_RPS")]
+    pub rate_limit_rps: Option<f64>,
+    /// With --rate-limit-rps: how many requests may come at once
+    /// [default: the rate, rounded up].
+    #[arg(long, env = "EXECGATE_RATE_LIMIT_BURST", requires = "rate_limit_rps")]
+    pub rate_limit_burst: Option<u32>,
+    /// Live process sessions (exec_command) a workspace may have; 429
+    /// too_many_sessions beyond. Default: no limit.
+    #[arg(long, env = "EXECGATE_MAX_SESSIONS_PER_WORKSPACE")]
+    pub max_sessions_per_workspace: Option<u32>,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -94,7 +118,36 @@ impl GatewayArgs {
         if let Some(file) = &self.internal_secret_file {
             c.auth.internal_secret = Some(read_secret(file, "--internal-secret-file")?);
         }
+        c.admin_token_file = self.admin_token_file.clone();
+        c.audit = self.audit;
+        c.limits = LimitsConfig {
+            rate: self.rate()?,
+            max_sessions_per_workspace: match self.max_sessions_per_workspace {
+                Some(0) => anyhow::bail!(
+                    "--max-sessions-per-workspace must be at least 1 (leave it out for no limit)"
+                ),
+                n => n,
+            },
+        };
         Ok(c)
+    }
+
+    fn rate(&self) -> anyhow::Result<Option<RateConfig>> {
+        let Some(rps) = self.rate_limit_rps else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            rps.is_finite() && rps > 0.0,
+            "--rate-limit-rps must be a positive number of requests per second"
+        );
+        let burst = self
+            .rate_limit_burst
+            .unwrap_or_else(|| rps.ceil().min(f64::from(u32::MAX)) as u32);
+        anyhow::ensure!(burst >= 1, "--rate-limit-burst must be at least 1");
+        Ok(Some(RateConfig {
+            per_second: rps,
+            burst,
+        }))
     }
 }
 

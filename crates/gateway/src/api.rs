@@ -18,6 +18,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::audit::Via;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             get(connect::connect),
         )
         .merge(crate::mcp::router(&state))
+        .merge(crate::admin::router(&state))
         .merge(internal_routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -250,13 +252,18 @@ async fn tool_call(
             )))
         }
     }
-    let link = environment(&state, &caller, &name).await?;
-    let ctx = tools::ToolContext {
-        state: &state,
-        caller: &caller,
+    let link = environment(&state, &caller, &name);
+    let result = tools::call(
+        &state,
+        &caller,
+        Via::Rest,
+        &name,
         link,
-    };
-    Ok(Json(tools::call(&ctx, &body.tool, arguments).await?))
+        &body.tool,
+        arguments,
+    )
+    .await?;
+    Ok(Json(result))
 }
 
 /// The live link of the caller's environment `name`.
@@ -301,8 +308,8 @@ async fn stdin(
     ApiPath(sid): ApiPath<String>,
     ApiJson(req): ApiJson<StdinRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    processes::write_stdin(&s, &req.data_b64, req.eof).await?;
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "stdin").await?;
+    processes::write_stdin(&mut s, &req.data_b64, req.eof).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -333,8 +340,8 @@ async fn output(
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<OutputQuery>,
 ) -> Result<Json<OutputResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    Ok(Json(processes::output(&s, q.since, q.wait_ms).await?))
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "output").await?;
+    Ok(Json(processes::output(&mut s, q.since, q.wait_ms).await?))
 }
 
 /// Kills the process (its whole process group).
@@ -352,8 +359,8 @@ async fn terminate(
     ApiPath(sid): ApiPath<String>,
     ApiJson(_): ApiJson<serde::de::IgnoredAny>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = processes::resolve(&state, &caller, &sid).await?;
-    processes::terminate(&s).await?;
+    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "terminate").await?;
+    processes::terminate(&mut s).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 

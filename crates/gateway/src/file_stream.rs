@@ -13,6 +13,10 @@
 //!
 //! Both use [`crate::transfer`], which falls back to ordinary commands on
 //! an executor without execgate's file extensions (a stock codex).
+//!
+//! Both are audited (`files.get`, `files.put`): a download's arguments are
+//! `{"path": …}`, an upload's are its body, hashed while it streams; the
+//! record is written when the last byte has gone out (or come in).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -23,9 +27,10 @@ use bytes::{Bytes, BytesMut};
 use execgate_protocol::connectors::{error_code as code, ErrorResponse, UploadResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
-
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
@@ -76,7 +81,87 @@ pub async fn download(
     ApiQuery(q): ApiQuery<FileQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let link = crate::api::environment(&state, &caller, &name).await?;
+    let rec = AuditRecord::for_caller(&caller, Via::Rest, Kind::File, "files.get")
+        .with_environment(&name)
+        .with_args_json(&serde_json::json!({ "path": q.path }));
+    let mut audit = state.audit().begin(rec).await?;
+    match serve_download(&state, &caller, &name, &q, &headers, &mut audit).await {
+        Ok(Served::Body { resp, task }) => {
+            tokio::spawn(task.run(audit));
+            Ok(resp)
+        }
+        Ok(Served::Refused(resp, code)) => {
+            audit.fail(code);
+            Ok(resp)
+        }
+        Err(e) => {
+            audit.fail(e.code);
+            Err(e)
+        }
+    }
+}
+
+enum Served {
+    /// The headers; `task` streams the body.
+    Body { resp: Response, task: ReadAhead },
+    /// An answer without a body (416), and its error code.
+    Refused(Response, &'static str),
+}
+
+/// Reads `[offset, end)` ahead of the client by one chunk, into the body.
+struct ReadAhead {
+    link: std::sync::Arc<crate::link::Link>,
+    path: std::path::PathBuf,
+    offset: u64,
+    end: u64,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl ReadAhead {
+    async fn run(mut self, mut audit: AuditEntry) {
+        while self.offset < self.end {
+            let want = CHUNK.min(self.end - self.offset);
+            let chunk = match transfer::read_range(&self.link, &self.path, self.offset, want).await
+            {
+                Ok(c) if c.is_empty() => {
+                    audit.fail(code::EXECUTOR_ERROR);
+                    Err(std::io::Error::other(
+                        "the file shrank while it was being read",
+                    ))
+                }
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    audit.fail(match &e {
+                        TransferError::Refused(_) => code::BAD_REQUEST,
+                        TransferError::Api(a) => a.code,
+                    });
+                    Err(std::io::Error::other(e.to_string()))
+                }
+            };
+            let n = chunk.as_ref().map_or(0, |c| c.len() as u64);
+            let failed = chunk.is_err();
+            // The client went away (the record says cancelled), or the
+            // read failed: stop either way.
+            if self.tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+            self.offset += n;
+            audit.record().add_bytes_out(n);
+        }
+        audit.succeed();
+    }
+}
+
+async fn serve_download(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &FileQuery,
+    headers: &HeaderMap,
+    audit: &mut AuditEntry,
+) -> Result<Served, ApiError> {
+    let link = crate::api::environment(state, caller, name).await?;
+    audit.record().set_link(&link);
     let path = resolve_path(&link, "path", &q.path)?;
     let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
     if !meta.is_file {
@@ -92,9 +177,10 @@ pub async fn download(
             RangeSpec::Whole => None,
             RangeSpec::Part(start, end) => Some((start, end)),
             RangeSpec::Unsatisfiable => {
+                let code = "range_not_satisfiable";
                 let mut resp = ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range_not_satisfiable",
+                    code,
                     format!("the range {r:?} is outside the file's {size} bytes"),
                 )
                 .into_response();
@@ -102,7 +188,7 @@ pub async fn download(
                     header::CONTENT_RANGE,
                     HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
                 );
-                return Ok(resp);
+                return Ok(Served::Refused(resp, code));
             }
         },
     };
@@ -110,25 +196,13 @@ pub async fn download(
 
     // Read ahead of the client by one chunk.
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    tokio::spawn(async move {
-        let mut offset = start;
-        while offset < end {
-            let want = CHUNK.min(end - offset);
-            let chunk = match transfer::read_range(&link, &path, offset, want).await {
-                Ok(c) if c.is_empty() => Err(std::io::Error::other(
-                    "the file shrank while it was being read",
-                )),
-                Ok(c) => Ok(c),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            let failed = chunk.is_err();
-            offset += chunk.as_ref().map_or(0, |c| c.len() as u64);
-            // The client went away, or the read failed: stop either way.
-            if tx.send(chunk).await.is_err() || failed {
-                return;
-            }
-        }
-    });
+    let task = ReadAhead {
+        link,
+        path,
+        offset: start,
+        end,
+        tx,
+    };
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
@@ -147,7 +221,7 @@ pub async fn download(
             HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ascii"),
         );
     }
-    Ok(resp)
+    Ok(Served::Body { resp, task })
 }
 
 #[derive(Debug, PartialEq)]
@@ -208,7 +282,24 @@ pub async fn upload(
     ApiQuery(q): ApiQuery<FileQuery>,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
-    let link = crate::api::environment(&state, &caller, &name).await?;
+    let rec = AuditRecord::for_caller(&caller, Via::Rest, Kind::File, "files.put")
+        .with_environment(&name);
+    let mut audit = state.audit().begin(rec).await?;
+    let r = receive_upload(&state, &caller, &name, &q, body, &mut audit).await;
+    audit.finish(&r);
+    r
+}
+
+async fn receive_upload(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &FileQuery,
+    body: Body,
+    audit: &mut AuditEntry,
+) -> Result<Json<UploadResponse>, ApiError> {
+    let link = crate::api::environment(state, caller, name).await?;
+    audit.record().set_link(&link);
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
     let mode = match transfer::stat(&link, &path).await {
@@ -222,11 +313,11 @@ pub async fn upload(
     let mut sink = Sink::create(link, &path, q.create_parents)
         .await
         .map_err(file_error)?;
-    match pump(&mut sink, body).await {
+    match pump(&mut sink, body, audit).await {
         Ok(()) => {
             let r = sink.commit(mode).await?;
             Ok(Json(UploadResponse {
-                path: q.path,
+                path: q.path.clone(),
                 bytes: r.size,
                 sha256: r.sha256,
             }))
@@ -238,26 +329,38 @@ pub async fn upload(
     }
 }
 
-/// Moves the request body into the sink in chunks of [`CHUNK`].
-async fn pump(sink: &mut Sink, body: Body) -> Result<(), ApiError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::with_capacity(CHUNK as usize);
-    while let Some(frame) = stream.next().await {
-        let data = frame.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                code::BAD_REQUEST,
-                format!("the upload was interrupted: {e}; nothing was written"),
-            )
-        })?;
-        buf.extend_from_slice(&data);
-        while buf.len() as u64 >= CHUNK {
-            let chunk = buf.split_to(CHUNK as usize);
-            sink.write(&chunk).await?;
+/// Moves the request body into the sink in chunks of [`CHUNK`], hashing
+/// it for the audit record as it goes.
+async fn pump(sink: &mut Sink, body: Body, audit: &mut AuditEntry) -> Result<(), ApiError> {
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let r = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = BytesMut::with_capacity(CHUNK as usize);
+        while let Some(frame) = stream.next().await {
+            let data = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    code::BAD_REQUEST,
+                    format!("the upload was interrupted: {e}; nothing was written"),
+                )
+            })?;
+            hasher.update(&data);
+            received += data.len() as u64;
+            buf.extend_from_slice(&data);
+            while buf.len() as u64 >= CHUNK {
+                let chunk = buf.split_to(CHUNK as usize);
+                sink.write(&chunk).await?;
+            }
         }
+        sink.write(&buf).await?;
+        Ok(())
     }
-    sink.write(&buf).await?;
-    Ok(())
+    .await;
+    let rec = audit.record();
+    rec.set_args_digest(hex::encode(hasher.finalize()), received);
+    rec.add_bytes_in(received);
+    r
 }
 
 #[cfg(test)]

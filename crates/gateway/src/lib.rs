@@ -4,7 +4,11 @@
 //!
 //! Map of the crate (see ARCHITECTURE.md for the whole picture):
 //! - [`api`]: the router and the connectors API handlers.
+//! - [`admin`]: the admin API (`/api/admin/*`) and what `execgate admin`
+//!   shares with it; the admin token.
 //! - [`auth`]: proxy token → [`auth::Caller`].
+//! - [`audit`]: the audit log: records, and their batched writer.
+//! - [`limits`]: per-workspace request rate and live-session cap.
 //! - [`connect`]: executor register + WebSocket link, handshake, resume.
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
@@ -21,13 +25,16 @@
 //! - [`error`]: the API error and its envelope; [`extract`]: extractors
 //!   whose rejections use it.
 
+pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod connect;
 pub mod deadlines;
 pub mod error;
 pub mod extract;
 pub mod file_stream;
+pub mod limits;
 pub mod link;
 pub mod mcp;
 pub mod openapi;
@@ -59,6 +66,8 @@ pub enum GatewayError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("admin token: {0}")]
+    AdminToken(String),
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -68,9 +77,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Opens the store (running migrations) and binds the listener.
+    /// Opens the store (running migrations), reads (or creates) the admin
+    /// token, and binds the listener.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::open(&config.data_dir).await?;
+        let admin_token =
+            admin::token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
+                .map_err(GatewayError::AdminToken)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -78,7 +91,7 @@ impl Gateway {
                 source,
             })?;
         Ok(Gateway {
-            state: AppState::new(config, store),
+            state: AppState::with_admin_token(config, store, Some(admin_token)),
             listener,
         })
     }

@@ -144,9 +144,15 @@ impl ErrorResponses {
             "Missing, unknown or revoked proxy token (`missing_bearer`, `invalid_token`).",
         ),
         (
+            "429",
+            "Over the workspace's rate limit (`rate_limited`) or its cap on live sessions \
+             (`too_many_sessions`); `Retry-After` says when to try again.",
+        ),
+        (
             "503",
             "Try again later (`Retry-After` says when): the executor is not connected \
-             (`executor_unavailable`) or the token authority cannot answer (`auth_unavailable`).",
+             (`executor_unavailable`), the token authority cannot answer (`auth_unavailable`), \
+             or the audit log cannot be written (`audit_unavailable`, with `--audit fail-closed`).",
         ),
         (
             "default",
@@ -307,7 +313,7 @@ mod tests {
                     continue;
                 }
                 seen += 1;
-                for status in ["400", "401", "503", "default"] {
+                for status in ["400", "401", "429", "503", "default"] {
                     assert_eq!(
                         responses[status]["content"]["application/json"]["schema"]["$ref"],
                         "#/components/schemas/ErrorResponse",

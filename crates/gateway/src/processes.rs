@@ -12,6 +12,11 @@
 //! (or dropped the session) and the process is gone: `/output` then answers
 //! 200 with `session_alive:false` and `error.code = executor_restarted`, and
 //! the other operations answer 410 with that code.
+//!
+//! Every operation on a session is audited: [`resolve`] opens the record
+//! (before anything runs, so fail-closed mode can refuse), the operation
+//! fills in its arguments, bytes and exit code and sets the outcome, and
+//! the record is written when the [`Session`] is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,7 @@ use execgate_protocol::exec::{
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 
+use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -50,6 +56,10 @@ pub struct Session {
     pub link: Arc<Link>,
     /// The executor no longer runs the session the process was started in.
     pub restarted: bool,
+    /// The audit record of the operation on this session; written when
+    /// the session is dropped.
+    pub audit: AuditEntry,
+    state: AppState,
 }
 
 impl Session {
@@ -83,7 +93,42 @@ pub fn is_restarted(row: &SessionRow, link: &Link) -> bool {
     }
 }
 
-pub async fn resolve(state: &AppState, caller: &Caller, sid: &str) -> Result<Session, ApiError> {
+/// The caller's session `sid`, for operation `method` (audited as such,
+/// refusals included).
+pub async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    via: Via,
+    method: &'static str,
+) -> Result<Session, ApiError> {
+    let rec = AuditRecord::for_caller(caller, via, Kind::Process, method).with_session(sid);
+    let mut audit = state.audit().begin(rec).await?;
+    match lookup(state, caller, sid, &mut audit).await {
+        Ok((row, link)) => {
+            audit.record().set_link(&link);
+            let restarted = is_restarted(&row, &link);
+            Ok(Session {
+                row,
+                link,
+                restarted,
+                audit,
+                state: state.clone(),
+            })
+        }
+        Err(e) => {
+            audit.fail(e.code);
+            Err(e)
+        }
+    }
+}
+
+async fn lookup(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    audit: &mut AuditEntry,
+) -> Result<(SessionRow, Arc<Link>), ApiError> {
     let row = state.store().session(sid).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -98,16 +143,12 @@ pub async fn resolve(state: &AppState, caller: &Caller, sid: &str) -> Result<Ses
             format!("process session {sid:?} belongs to another workspace"),
         ));
     }
+    audit.record().exe_id = Some(row.exe_id.clone());
     let link = match state.registry().get(&row.exe_id) {
         Some(link) => link,
         None => return Err(crate::api::executor_unavailable(state, &row.exe_id).await),
     };
-    let restarted = is_restarted(&row, &link);
-    Ok(Session {
-        row,
-        link,
-        restarted,
-    })
+    Ok((row, link))
 }
 
 /// The executor no longer knows the process: it restarted, or the process
@@ -130,10 +171,20 @@ pub fn map_rpc(s: &Session, e: LinkError) -> ApiError {
     }
 }
 
-pub async fn write_stdin(s: &Session, data_b64: &str, eof: bool) -> Result<(), ApiError> {
+/// Writes to the process's stdin (and closes it with `eof`).
+pub async fn write_stdin(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), ApiError> {
+    let r = write_stdin_inner(s, data_b64, eof).await;
+    s.audit.finish(&r);
+    r
+}
+
+async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), ApiError> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(data_b64.as_bytes())
         .map_err(|e| ApiError::bad_base64("data_b64", e))?;
+    let rec = s.audit.record();
+    rec.set_args(&data);
+    rec.add_bytes_in(data.len() as u64);
     s.require_same_executor()?;
     let ext = s.link.ext();
     if eof && !ext.close_stdin {
@@ -209,7 +260,37 @@ pub fn not_supported(s: &Session, what: &str) -> ApiError {
     )
 }
 
-pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputResponse, ApiError> {
+/// The process's output after seq `since`, waiting up to `wait_ms` for some.
+pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<OutputResponse, ApiError> {
+    s.audit
+        .record()
+        .set_args_json(&serde_json::json!({"since": since, "wait_ms": wait_ms}));
+    let r = output_inner(s, since, wait_ms).await;
+    match &r {
+        Ok(out) => {
+            let bytes: u64 = out.chunks.iter().map(|c| decoded_len(&c.data_b64)).sum();
+            let rec = s.audit.record();
+            rec.add_bytes_out(bytes);
+            rec.exit_code = out.exit_code;
+            match &out.error {
+                Some(e) if e.code == code::EXECUTOR_RESTARTED => {
+                    s.audit.fail(code::EXECUTOR_RESTARTED)
+                }
+                _ => s.audit.succeed(),
+            }
+        }
+        Err(e) => s.audit.fail(e.code),
+    }
+    r
+}
+
+/// The length of the bytes standard base64 `b64` encodes.
+pub(crate) fn decoded_len(b64: &str) -> u64 {
+    let padding = b64.bytes().rev().take_while(|b| *b == b'=').count();
+    (b64.len() / 4 * 3).saturating_sub(padding) as u64
+}
+
+async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<OutputResponse, ApiError> {
     if s.restarted {
         // 200, not an error: the seed's fields say "over", and `error` why.
         return Ok(OutputResponse {
@@ -277,7 +358,15 @@ pub async fn output(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRespo
     })
 }
 
-pub async fn terminate(s: &Session) -> Result<(), ApiError> {
+/// Kills the process's group. Its session stops counting as live (see
+/// `crate::limits`).
+pub async fn terminate(s: &mut Session) -> Result<(), ApiError> {
+    let r = terminate_inner(s).await;
+    s.audit.finish(&r);
+    r
+}
+
+async fn terminate_inner(s: &Session) -> Result<(), ApiError> {
     s.require_same_executor()?;
     s.link
         .request::<_, ProcessTerminateResult>(
@@ -289,11 +378,24 @@ pub async fn terminate(s: &Session) -> Result<(), ApiError> {
         )
         .await
         .map_err(|e| map_rpc(s, e))?;
+    let ended = [s.row.sid.clone()];
+    if let Err(e) = s.state.store().mark_sessions_ended(&ended).await {
+        tracing::warn!(sid = %s.row.sid, "cannot mark a terminated session ended: {e}");
+    }
     Ok(())
 }
 
 /// `POST /processes/{sid}/resize`: the terminal size of a tty process.
-pub async fn resize(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError> {
+pub async fn resize(s: &mut Session, cols: u16, rows: u16) -> Result<(), ApiError> {
+    s.audit
+        .record()
+        .set_args_json(&serde_json::json!({"cols": cols, "rows": rows}));
+    let r = resize_inner(s, cols, rows).await;
+    s.audit.finish(&r);
+    r
+}
+
+async fn resize_inner(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError> {
     if cols == 0 || rows == 0 {
         return Err(ApiError::bad_arguments(
             "cols and rows must both be at least 1",
@@ -335,11 +437,20 @@ pub async fn resize(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError> {
 ///
 /// codex only knows `interrupt`; on codex `kill` becomes `process/terminate`
 /// (SIGKILL to the group, the same thing), and the others are refused.
-pub async fn signal(s: &Session, signal: SignalName) -> Result<(), ApiError> {
+pub async fn signal(s: &mut Session, signal: SignalName) -> Result<(), ApiError> {
+    s.audit
+        .record()
+        .set_args_json(&serde_json::json!({"signal": signal.as_str()}));
+    let r = signal_inner(s, signal).await;
+    s.audit.finish(&r);
+    r
+}
+
+async fn signal_inner(s: &Session, signal: SignalName) -> Result<(), ApiError> {
     s.require_same_executor()?;
     if signal != SignalName::Interrupt && !s.link.ext().signals {
         if signal == SignalName::Kill {
-            return terminate(s).await;
+            return terminate_inner(s).await;
         }
         return Err(not_supported(
             s,
@@ -441,8 +552,8 @@ pub async fn resize_handler(
     ApiPath(sid): ApiPath<String>,
     ApiJson(req): ApiJson<ResizeRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = resolve(&state, &caller, &sid).await?;
-    resize(&s, req.cols, req.rows).await?;
+    let mut s = resolve(&state, &caller, &sid, Via::Rest, "resize").await?;
+    resize(&mut s, req.cols, req.rows).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -463,8 +574,8 @@ pub async fn signal_handler(
     ApiPath(sid): ApiPath<String>,
     ApiJson(req): ApiJson<SignalRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let s = resolve(&state, &caller, &sid).await?;
-    signal(&s, req.signal).await?;
+    let mut s = resolve(&state, &caller, &sid, Via::Rest, "signal").await?;
+    signal(&mut s, req.signal).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -503,4 +614,19 @@ pub async fn list_handler(
     let processes =
         futures_util::future::join_all(rows.into_iter().map(|row| describe(&state, row))).await;
     Ok(Json(ProcessListResponse { processes }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoded_len;
+    use base64::Engine;
+
+    #[test]
+    fn decoded_len_matches_the_decoder() {
+        for n in 0..20 {
+            let data = vec![7u8; n];
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            assert_eq!(decoded_len(&b64), n as u64, "{b64}");
+        }
+    }
 }

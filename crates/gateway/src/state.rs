@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::audit::{Audit, AuditMode};
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
+use crate::limits::{Limits, LimitsConfig};
 use crate::registry::Registry;
+use crate::secret::SecretString;
 use crate::seq_ledger::SeqLedger;
 use crate::store::Store;
 
@@ -24,6 +27,13 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// How proxy tokens are verified; whether `/internal/*` is served.
     pub auth: AuthConfig,
+    /// What happens to a call whose audit record cannot be written.
+    pub audit: AuditMode,
+    /// Per-workspace request rate and live sessions.
+    pub limits: LimitsConfig,
+    /// Where the admin token is; default `<data_dir>/admin-token`, created
+    /// at first start.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl GatewayConfig {
@@ -35,6 +45,9 @@ impl GatewayConfig {
             public_url: None,
             ping_interval: Duration::from_secs(30),
             auth: AuthConfig::default(),
+            audit: AuditMode::default(),
+            limits: LimitsConfig::default(),
+            admin_token_file: None,
         }
     }
 }
@@ -57,17 +70,34 @@ pub(crate) struct Inner {
     pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
     pub verifier: Arc<dyn ProxyTokenVerifier>,
     pub internal_stats: auth::internal::Stats,
+    pub audit: Audit,
+    pub limits: Limits,
+    /// None: the admin API refuses every token.
+    pub admin_token: Option<SecretString>,
 }
 
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
 impl AppState {
+    /// A state without an admin token (the admin API refuses everyone).
+    /// Starts the audit writer, so it must run inside a Tokio runtime.
     pub fn new(config: GatewayConfig, store: Store) -> Self {
+        Self::with_admin_token(config, store, None)
+    }
+
+    pub fn with_admin_token(
+        config: GatewayConfig,
+        store: Store,
+        admin_token: Option<SecretString>,
+    ) -> Self {
         let verifier = auth::verifier(&config.auth, &store);
         AppState(Arc::new(Inner {
             verifier,
             internal_stats: Default::default(),
+            audit: Audit::start(store.clone(), config.audit),
+            limits: Limits::new(config.limits.clone()),
+            admin_token,
             config,
             store,
             registry: Registry::default(),
@@ -86,6 +116,20 @@ impl AppState {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.0.config
+    }
+
+    /// The audit log (see `audit`).
+    pub fn audit(&self) -> &Audit {
+        &self.0.audit
+    }
+
+    /// Per-workspace limits (see `limits`).
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    pub(crate) fn admin_token(&self) -> Option<&SecretString> {
+        self.0.admin_token.as_ref()
     }
 
     /// The proxy-token verifier chosen by `config.auth`.

@@ -1,10 +1,16 @@
-//! The durable store: workspaces, proxy tokens, executors and process
-//! sessions, in SQLite (sqlx, migrations run at open).
+//! The durable store: workspaces, proxy tokens, executors, process
+//! sessions and (in [`audit`]) the audit log, in SQLite (sqlx, migrations
+//! run at open).
 //!
 //! The store is opened in WAL mode with a busy timeout so that `execgate
 //! admin` can change it while a gateway serves from the same data dir.
 //! Nothing on a tool call's hot path writes here, except the one row that
-//! a new exec_command session is.
+//! a new exec_command session is (audit records are written by their own
+//! task, in batches).
+
+mod audit;
+
+pub use audit::AuditQuery;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -196,6 +202,12 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// The pool, for tests that tamper with the database.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     // ---- workspaces ----
@@ -603,6 +615,39 @@ impl Store {
         Ok(())
     }
 
+    /// The workspace's sessions not known to have ended (see migration
+    /// 0004), of executors that still exist.
+    pub async fn live_sessions(&self, workspace: &str) -> Result<Vec<SessionRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM process_sessions
+             WHERE workspace = ? AND ended_at IS NULL AND exe_id IN (SELECT exe_id FROM executors)
+             ORDER BY created_at, sid",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that these sessions' processes ended (or were terminated).
+    pub async fn mark_sessions_ended(&self, sids: &[String]) -> Result<()> {
+        if sids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for sid in sids {
+            sqlx::query(
+                "UPDATE process_sessions SET ended_at = ? WHERE sid = ? AND ended_at IS NULL",
+            )
+            .bind(now)
+            .bind(sid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM process_sessions WHERE sid = ?")
@@ -697,6 +742,28 @@ mod tests {
         assert_eq!(s.next_deadline().await.unwrap(), Some(10));
         s.delete_session("a").await.unwrap();
         assert!(s.session("a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn live_sessions_leave_out_ended_ones_and_removed_executors() {
+        let (_d, s) = store().await;
+        s.create_workspace("w").await.unwrap();
+        let (exe, _) = s.add_executor("w", "laptop", false).await.unwrap();
+        for sid in ["a", "b", "c"] {
+            let mut row = session_row(sid, 1, None);
+            row.exe_id = exe.clone();
+            s.insert_session(&row).await.unwrap();
+        }
+        s.insert_session(&session_row("gone", 1, None))
+            .await
+            .unwrap();
+        let live = |rows: Vec<SessionRow>| rows.into_iter().map(|r| r.sid).collect::<Vec<_>>();
+        assert_eq!(live(s.live_sessions("w").await.unwrap()), ["a", "b", "c"]);
+        s.mark_sessions_ended(&["b".into()]).await.unwrap();
+        assert_eq!(live(s.live_sessions("w").await.unwrap()), ["a", "c"]);
+        assert!(s.live_sessions("v").await.unwrap().is_empty());
+        s.remove_executor("w", "laptop").await.unwrap();
+        assert!(s.live_sessions("w").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -19,6 +19,9 @@
 //! that were emitted (or reported lost), so nothing is delivered twice and a
 //! dropped range is never passed off as delivered.
 //!
+//! A stream is audited as one `stream` operation, recorded when it ends
+//! with the output bytes it delivered (and the exit code).
+//!
 //! Memory stays bounded: events go to the client through a small channel; a
 //! slow client stalls the pump, and a subscription whose backlog grows is
 //! dropped in favour of `process/read`, which the client's pace drives.
@@ -38,6 +41,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::audit::Via;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
@@ -104,7 +108,12 @@ pub async fn stream(
             })?,
         None => q.since.unwrap_or(0),
     };
-    let session = processes::resolve(&state, &caller, &sid).await?;
+    let mut session = processes::resolve(&state, &caller, &sid, Via::Rest, "stream").await?;
+    // Audited as one operation, written when the stream ends.
+    session
+        .audit
+        .record()
+        .set_args_json(&json!({ "since": since }));
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     let pump = Pump {
         state,
@@ -233,6 +242,8 @@ impl Pump {
                     .data(output_data(c.stream.as_str(), &c.chunk));
                 self.send(event).await?;
                 self.cursor = c.seq;
+                let bytes = processes::decoded_len(&c.chunk);
+                self.session.audit.record().add_bytes_out(bytes);
             }
             if got_chunks {
                 continue;
@@ -298,6 +309,7 @@ impl Pump {
                         .data(output_data(stream.as_str(), &b64));
                     self.send(event).await?;
                     self.cursor = seq;
+                    self.session.audit.record().add_bytes_out(data.len() as u64);
                 }
                 ProcessEvent::Exited { seq, exit_code } if seq == self.cursor + 1 => {
                     self.exit_code = Some(exit_code);
@@ -355,10 +367,13 @@ impl Pump {
             .id(last_seq.to_string())
             .data(json!({ "exit_code": exit_code }).to_string());
         self.send(event).await?;
+        self.session.audit.record().exit_code = exit_code;
+        self.session.audit.succeed();
         Err(Stop::Done)
     }
 
     async fn fail(&mut self, code: &str, message: &str) -> Result<(), Stop> {
+        self.session.audit.fail(code);
         let event = Event::default()
             .event("error")
             .data(json!({"code": code, "message": message}).to_string());

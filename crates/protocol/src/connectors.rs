@@ -35,6 +35,12 @@ pub mod error_code {
     pub const NOT_A_TERMINAL: &str = "not_a_terminal";
     pub const GATEWAY_TIMEOUT: &str = "gateway_timeout";
     pub const INTERNAL: &str = "internal";
+    /// 429: the workspace's request rate is over its limit; see Retry-After.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// 429: the workspace has as many live process sessions as allowed.
+    pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
+    /// 503: the audit record of the call cannot be written (`--audit fail-closed`).
+    pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 }
 
 /// Body of every 4xx/5xx answer.

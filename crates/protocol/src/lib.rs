@@ -5,9 +5,11 @@
 //! - [`exec`]: the executor protocol's methods (compatible with codex `exec-server`).
 //! - [`register`]: how an executor asks the gateway for a link.
 //! - [`connectors`]: the connectors REST API that agents call.
+//! - [`admin`]: the admin API (`/api/admin/*`) and `execgate admin --json`.
 //! - [`custom_tool`]: custom tools an executor announces [ext].
 //! - [`uri`]: `file://` URIs for paths.
 
+pub mod admin;
 pub mod connectors;
 pub mod custom_tool;
 pub mod exec;

@@ -36,6 +36,31 @@ pub fn admin(data_dir: &Path, args: &[&str]) -> String {
         .to_string()
 }
 
+/// Runs `execgate admin --data-dir D ARGS…` and returns all of stdout.
+pub fn admin_stdout(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run execgate admin");
+    assert!(
+        out.status.success(),
+        "execgate admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The admin token a gateway generated in its data dir at first start.
+pub fn admin_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin-token"))
+        .expect("the gateway wrote <data-dir>/admin-token")
+        .trim()
+        .to_string()
+}
+
 /// A child process killed on drop.
 pub struct Proc(pub Child);
 
@@ -319,6 +344,11 @@ pub struct World {
 impl World {
     /// Workspace `w1`, environment `laptop` (default), extra executor args.
     pub async fn start(executor_args: &[&str]) -> World {
+        World::start_with(&[], executor_args).await
+    }
+
+    /// As [`World::start`], with extra gateway args too.
+    pub async fn start_with(gateway_args: &[&str], executor_args: &[&str]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let workdir = dir.path().join("work");
@@ -338,7 +368,7 @@ impl World {
                 "--default",
             ],
         );
-        let gateway = start_gateway(&data_dir, "127.0.0.1:0");
+        let gateway = start_gateway_with(&data_dir, "127.0.0.1:0", gateway_args);
         let url = gateway.url();
         let executor = start_executor(&url, &exe_token, &workdir, executor_args);
         let api = Api::new(&url, &token);
@@ -352,6 +382,13 @@ impl World {
             workdir,
             exe_token,
         }
+    }
+}
+
+impl World {
+    /// A client of the admin API (`/api/admin/*`) with the admin token.
+    pub fn admin_api(&self) -> Api {
+        Api::new(&self.gateway.url(), &admin_token(&self.data_dir))
     }
 }
 

@@ -1,6 +1,8 @@
 //! End-to-end tests: real `execgate` gateway and executor processes on
 //! 127.0.0.1, driven over HTTP. One test binary, so it links once.
 
+mod admin_api;
+mod audit;
 mod bad_input;
 mod basics;
 mod bench;
@@ -9,6 +11,7 @@ mod codex;
 mod custom_tools;
 mod harness;
 mod isolation;
+mod limits;
 mod live;
 mod mcp;
 mod openapi;

@@ -13,6 +13,9 @@
 //! [`internal`] is the other side: this gateway acting as the authority for
 //! others, from its own store.
 //!
+//! The extractor also applies the workspace's request rate limit
+//! (`crate::limits`): it is the one door of the connectors API and `/mcp`.
+//!
 //! Status codes: a rejected token is always 401, never 5xx, so a
 //! misconfigured client stops instead of retrying forever; an authority that
 //! cannot answer is 503 `auth_unavailable` with Retry-After, because the
@@ -161,10 +164,15 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
         match state.verifier().verify(token).await? {
-            Some(grant) => Ok(Caller {
-                workspace: grant.workspace,
-                user_id: grant.user_id,
-            }),
+            Some(grant) => {
+                // Every authenticated request counts against the
+                // workspace's rate (see `limits`).
+                state.limits().check_rate(&grant.workspace)?;
+                Ok(Caller {
+                    workspace: grant.workspace,
+                    user_id: grant.user_id,
+                })
+            }
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 code::INVALID_TOKEN,

@@ -74,11 +74,12 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use self::schema::{ReadOutputArgs, Route, TerminateArgs, WriteStdinArgs};
+use crate::audit::Via;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::link::Link;
 use crate::state::{AppState, GatewayConfig};
-use crate::tools::{self, parse_args, ToolContext};
+use crate::tools::{self, parse_args};
 use crate::{api, processes};
 
 const INSTRUCTIONS: &str = "execgate runs commands and edits files on the machines \
@@ -260,13 +261,8 @@ impl McpServer {
                     },
                     None => default_environment(state, caller).await?,
                 };
-                let link = environment(state, caller, &env).await?;
-                let ctx = ToolContext {
-                    state,
-                    caller,
-                    link,
-                };
-                tools::call(&ctx, name, arguments).await
+                let link = environment(state, caller, &env);
+                tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await
             }
             Route::ListEnvironments => {
                 let a: schema::ListEnvironmentsArgs = parse_args(arguments)?;
@@ -297,21 +293,24 @@ impl McpServer {
                         ))
                     }
                 };
-                let s = session(state, caller, &a.session_id, a.environment_id).await?;
-                processes::write_stdin(&s, &data_b64, a.eof).await?;
+                let mut s =
+                    session(state, caller, &a.session_id, a.environment_id, "stdin").await?;
+                processes::write_stdin(&mut s, &data_b64, a.eof).await?;
                 Ok(json_result(&OkResponse { ok: true }))
             }
             Route::ReadOutput => {
                 let a: ReadOutputArgs = parse_args(arguments)?;
-                let s = session(state, caller, &a.session_id, a.environment_id).await?;
+                let mut s =
+                    session(state, caller, &a.session_id, a.environment_id, "output").await?;
                 Ok(json_result(
-                    &processes::output(&s, a.after_seq, a.wait_ms).await?,
+                    &processes::output(&mut s, a.after_seq, a.wait_ms).await?,
                 ))
             }
             Route::Terminate => {
                 let a: TerminateArgs = parse_args(arguments)?;
-                let s = session(state, caller, &a.session_id, a.environment_id).await?;
-                processes::terminate(&s).await?;
+                let mut s =
+                    session(state, caller, &a.session_id, a.environment_id, "terminate").await?;
+                processes::terminate(&mut s).await?;
                 Ok(json_result(&OkResponse { ok: true }))
             }
         }
@@ -359,13 +358,8 @@ impl McpServer {
         };
         // With an explicit environment_id, the REST path decides: it knows
         // the environment's tools, and answers unknown_tool when it lacks it.
-        let link = environment(state, caller, &env).await?;
-        let ctx = ToolContext {
-            state,
-            caller,
-            link,
-        };
-        tools::call(&ctx, name, arguments).await
+        let link = environment(state, caller, &env);
+        tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await
     }
 }
 
@@ -429,8 +423,9 @@ async fn session(
     caller: &Caller,
     sid: &str,
     environment_id: Option<String>,
+    method: &'static str,
 ) -> Result<processes::Session, ApiError> {
-    let s = processes::resolve(state, caller, sid)
+    let mut s = processes::resolve(state, caller, sid, Via::Mcp, method)
         .await
         .map_err(|e| match e.code {
             code::SESSION_NOT_FOUND | code::FORBIDDEN => ApiError::new(
@@ -444,10 +439,12 @@ async fn session(
         })?;
     if let Some(env) = environment_id {
         if env != s.link.name {
-            return Err(ApiError::bad_arguments(format!(
+            let e = ApiError::bad_arguments(format!(
                 "arguments.environment_id: session {sid:?} runs in {:?}, not {env:?}",
                 s.link.name
-            )));
+            ));
+            s.audit.fail(e.code);
+            return Err(e);
         }
     }
     Ok(s)

@@ -100,11 +100,6 @@ async fn rest_structs_match_the_schemas() {
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let link = Link::new("exe_1".into(), "w".into(), "laptop".into(), tx);
-    let ctx = ToolContext {
-        state: &state,
-        caller: &caller,
-        link: link.clone(),
-    };
     // Every core tool the REST API offers is an MCP tool routed to it, with
     // the same fields. (Arguments are parsed before the link is used.)
     let rest_tools: Vec<String> = tools::list(&link)
@@ -117,9 +112,12 @@ async fn rest_structs_match_the_schemas() {
         let tool = schema::core_tool(name)
             .unwrap_or_else(|| panic!("REST tool {name} has no MCP schema in mcp/schema.rs"));
         assert_eq!(tool.route, Route::Rest, "{name}");
-        let ctx = &ctx;
+        let (state, caller, link) = (&state, &caller, &link);
         check(tool, move |args| async move {
-            tools::call(ctx, name, args).await.map(|_| ())
+            let link = async { Ok(link.clone()) };
+            tools::call(state, caller, Via::Mcp, "laptop", link, name, args)
+                .await
+                .map(|_| ())
         })
         .await;
     }

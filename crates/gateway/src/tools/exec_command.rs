@@ -12,6 +12,9 @@
 //! process should it have started. Retries and reconnects therefore leave
 //! neither orphans nor duplicates (process ids are fresh per call, and an
 //! executor refuses a duplicate id).
+//!
+//! With `--max-sessions-per-workspace`, a start past the workspace's cap
+//! of live sessions is refused first (429 `too_many_sessions`).
 
 use std::collections::BTreeMap;
 
@@ -85,7 +88,15 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
             .map(|ms| created_at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
     };
     let store = ctx.state.store();
+    // The workspace's cap on live sessions (`crate::limits`): checked and
+    // the row inserted under the workspace's lock.
+    let slot = ctx
+        .state
+        .limits()
+        .admit_session(ctx.state, &ctx.caller.workspace)
+        .await?;
     store.insert_session(&row).await?;
+    drop(slot);
     match link
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
         .await

@@ -8,6 +8,10 @@
 //! requests, and builds an MCP CallToolResult. A tool that ran and failed
 //! answers 200 with `isError:true`; only a problem with the request itself or
 //! with reaching the executor is an HTTP error.
+//!
+//! [`call`] is the one door to the tools, for REST and MCP alike: it opens
+//! the call's audit record (`crate::audit`) before anything runs, and
+//! completes it with the outcome, exit code, sizes and duration.
 
 mod apply_patch;
 mod args;
@@ -17,12 +21,14 @@ mod exec_command;
 mod files;
 pub(crate) mod shell;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use execgate_protocol::connectors::{CallToolResult, ConnectorTool};
 use serde_json::{Map, Value};
 
+use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::link::{Link, LinkError};
@@ -96,8 +102,78 @@ pub fn list(link: &Link) -> Vec<ConnectorTool> {
     tools
 }
 
-/// Runs one tool call.
+/// Runs one tool call on environment `env` of the caller's workspace,
+/// whose live link `link` resolves (REST and MCP word their "no such
+/// environment" differently), and records it in the audit log.
 pub async fn call(
+    state: &AppState,
+    caller: &Caller,
+    via: Via,
+    env: &str,
+    link: impl Future<Output = Result<Arc<Link>, ApiError>>,
+    tool: &str,
+    arguments: Map<String, Value>,
+) -> Result<CallToolResult, ApiError> {
+    let mut rec = AuditRecord::for_caller(caller, via, Kind::Tool, tool)
+        .with_environment(env)
+        .with_args_json(&arguments);
+    rec.bytes_in = rec.args_bytes.unwrap_or(0);
+    let mut audit = state.audit().begin(rec).await?;
+    let result = async {
+        let link = link.await?;
+        audit.record().set_link(&link);
+        let ctx = ToolContext {
+            state,
+            caller,
+            link,
+        };
+        dispatch(&ctx, tool, arguments).await
+    }
+    .await;
+    complete(&mut audit, tool, &result);
+    result
+}
+
+/// Fills in the audit record of a finished tool call.
+fn complete(audit: &mut AuditEntry, tool: &str, result: &Result<CallToolResult, ApiError>) {
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => return audit.fail(e.code),
+    };
+    let rec = audit.record();
+    let structured = r.structured_content.as_ref();
+    let number = |field: &str| {
+        structured
+            .and_then(|s| s.get(field))
+            .and_then(Value::as_u64)
+    };
+    rec.exit_code = structured
+        .and_then(|s| s.get("exit_code"))
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    if tool == "copy_path" {
+        // Its data goes from one environment to another, not to the caller.
+        let copied = if r.is_error {
+            0
+        } else {
+            number("bytes").unwrap_or(0)
+        };
+        rec.bytes_in = 0;
+        rec.add_bytes_in(copied);
+        rec.add_bytes_out(copied);
+    } else {
+        let text: usize = r.content.iter().map(|c| c.text.len()).sum();
+        rec.add_bytes_out(text as u64);
+    }
+    if r.is_error {
+        audit.tool_failed();
+    } else {
+        audit.succeed();
+    }
+}
+
+/// Runs one tool call on the link's executor.
+async fn dispatch(
     ctx: &ToolContext<'_>,
     tool: &str,
     arguments: Map<String, Value>,

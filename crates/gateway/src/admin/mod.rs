@@ -1,0 +1,192 @@
+//! The admin API, `/api/admin/*`: the HTTP face of `execgate admin`,
+//! behind the admin token ([`token`]). Both share [`ops`].
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET`, `POST /api/admin/workspaces` | list; create `{name}` |
+//! | `GET /api/admin/tokens[?workspace=]`, `POST /api/admin/tokens` | list; create `{workspace, user_id?}` (the token is in the answer, once) |
+//! | `POST /api/admin/tokens/{id}/revoke` | revoke; the next request with it is 401 |
+//! | `GET /api/admin/executors[?workspace=]`, `POST /api/admin/executors` | list (with `online`); add `{workspace, name, default?, sigv4?}` |
+//! | `DELETE /api/admin/executors/{name}?workspace=W` | remove (by name or exe_id) |
+//! | `GET /api/admin/audit[?workspace=&since=&cursor=&limit=]` | audit records, oldest first, paged by `next_cursor` |
+//! | `GET /api/admin/stats` | the audit writer's counters (lost records, …) |
+//!
+//! Every route is behind one layer that runs the [`AdminCaller`]
+//! extractor, so a route merged into [`router`] cannot be left open.
+
+pub mod ops;
+pub mod token;
+
+use axum::extract::State;
+use axum::extract::{FromRequestParts, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use execgate_protocol::admin::{
+    AddExecutor, AddedExecutor, AuditPage, CreateToken, CreateWorkspace, CreatedToken,
+    ExecutorList, Stats, TokenList, Workspace, WorkspaceList,
+};
+use execgate_protocol::connectors::OkResponse;
+use serde::Deserialize;
+
+pub use self::token::AdminCaller;
+use crate::audit::parse_since;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::store::{now_ms, AuditQuery};
+
+/// The most records one audit page holds.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// `/api/admin/*`, authenticated; merged into the API router.
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/admin/workspaces",
+            get(workspaces).post(create_workspace),
+        )
+        .route("/api/admin/tokens", get(tokens).post(create_token))
+        .route("/api/admin/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/admin/executors", get(executors).post(add_executor))
+        .route("/api/admin/executors/{name}", delete(remove_executor))
+        .route("/api/admin/audit", get(audit))
+        .route("/api/admin/stats", get(stats))
+        // Capability tokens (`POST /api/admin/captokens`,
+        // `POST /api/admin/revoke-turn`) merge here, above the layer.
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    if let Err(e) = AdminCaller::from_request_parts(&mut parts, &state).await {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+async fn workspaces(State(state): State<AppState>) -> Result<Json<WorkspaceList>, ApiError> {
+    Ok(Json(ops::workspaces(state.store()).await?))
+}
+
+async fn create_workspace(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateWorkspace>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(ops::create_workspace(state.store(), &req.name).await?))
+}
+
+#[derive(Deserialize)]
+struct WorkspaceFilter {
+    #[serde(default)]
+    workspace: Option<String>,
+}
+
+async fn tokens(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<WorkspaceFilter>,
+) -> Result<Json<TokenList>, ApiError> {
+    Ok(Json(
+        ops::tokens(state.store(), q.workspace.as_deref()).await?,
+    ))
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    Ok(Json(ops::create_token(state.store(), &req).await?))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
+) -> Result<Json<OkResponse>, ApiError> {
+    state.store().revoke_proxy_token(&id).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+async fn executors(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<WorkspaceFilter>,
+) -> Result<Json<ExecutorList>, ApiError> {
+    Ok(Json(
+        ops::executors(
+            state.store(),
+            q.workspace.as_deref(),
+            Some(state.registry()),
+        )
+        .await?,
+    ))
+}
+
+async fn add_executor(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<AddExecutor>,
+) -> Result<Json<AddedExecutor>, ApiError> {
+    Ok(Json(ops::add_executor(state.store(), &req).await?))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    workspace: String,
+}
+
+async fn remove_executor(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> Result<Json<OkResponse>, ApiError> {
+    state.store().remove_executor(&q.workspace, &name).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    #[serde(default)]
+    workspace: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    cursor: Option<i64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_AUDIT_PAGE}"
+        )));
+    }
+    let since_ms = p
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now_ms()))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let q = AuditQuery {
+        workspace: p.workspace,
+        since_ms,
+        after_id: p.cursor.unwrap_or(0),
+        limit,
+    };
+    let (records, next_cursor) = ops::audit(state.store(), &q).await?;
+    Ok(Json(AuditPage {
+        records,
+        next_cursor,
+        lost_records: state.audit().stats().lost,
+    }))
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Stats> {
+    Json(Stats {
+        audit: state.audit().stats(),
+    })
+}
