@@ -6,12 +6,14 @@
 //! - [`register`]: how an executor asks the gateway for a link.
 //! - [`connectors`]: the connectors REST API that agents call.
 //! - [`custom_tool`]: custom tools an executor announces [ext].
+//! - [`policy`]: an executor's policy (`--root`, `--allow-tools`, …) [ext].
 //! - [`uri`]: `file://` URIs for paths.
 
 pub mod connectors;
 pub mod custom_tool;
 pub mod exec;
 pub mod jsonrpc;
+pub mod policy;
 pub mod register;
 pub mod uri;
 
