@@ -92,23 +92,19 @@ impl PathRules {
     /// without a root; resolved and confined with one (-32030 if outside).
     pub fn resolve(&self, raw: &str, last: Last) -> Result<PathBuf, RpcError> {
         let path = resolve(&self.workdir, raw)?;
-        self.confine_as(&path, last, raw)
+        self.confine(&path, last)
     }
 
     /// [`resolve`](Self::resolve) for an absolute local path.
     pub fn confine(&self, path: &Path, last: Last) -> Result<PathBuf, RpcError> {
-        self.confine_as(path, last, &path.display().to_string())
-    }
-
-    /// Confines `path`; errors call it `raw`, as the caller wrote it.
-    fn confine_as(&self, path: &Path, last: Last, raw: &str) -> Result<PathBuf, RpcError> {
         let Some(root) = &self.root else {
             return Ok(path.to_path_buf());
         };
-        let resolved = confine(root, path, last).map_err(|e| e.into_rpc(raw))?;
+        let resolved = confine(root, path, last).map_err(|e| e.into_rpc(path))?;
         if last == Last::Entry && resolved == *root {
             return Err(RpcError::policy_denied(format!(
-                "{raw} is the executor's root {} itself, which cannot be renamed, removed or replaced (--root)",
+                "{} is the executor's root {} itself, which cannot be renamed, removed or replaced (--root)",
+                path.display(),
                 root.display()
             )));
         }
@@ -138,16 +134,26 @@ pub(crate) enum ConfineError {
 }
 
 impl ConfineError {
-    fn into_rpc(self, raw: &str) -> RpcError {
+    /// The protocol error for `path` (as requested, made absolute).
+    fn into_rpc(self, path: &Path) -> RpcError {
         match self {
+            ConfineError::Outside { resolved, root } if resolved == path => {
+                RpcError::policy_denied(format!(
+                    "{} is outside the executor's root {} (--root)",
+                    path.display(),
+                    root.display()
+                ))
+            }
             ConfineError::Outside { resolved, root } => RpcError::policy_denied(format!(
-                "{raw} resolves to {}, which is outside the executor's root {} (--root)",
+                "{} resolves to {}, which is outside the executor's root {} (--root)",
+                path.display(),
                 resolved.display(),
                 root.display()
             )),
-            ConfineError::Loop => {
-                RpcError::invalid_params(format!("{raw}: too many levels of symbolic links"))
-            }
+            ConfineError::Loop => RpcError::invalid_params(format!(
+                "{}: too many levels of symbolic links",
+                path.display()
+            )),
         }
     }
 }

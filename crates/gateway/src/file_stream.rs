@@ -58,6 +58,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let link = crate::api::environment(&state, &caller, &name).await?;
+    crate::policy::check_download(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
     if !meta.is_file {
@@ -181,6 +182,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let link = crate::api::environment(&state, &caller, &name).await?;
+    crate::policy::check_upload(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
     let mode = match transfer::stat(&link, &path).await {

@@ -11,6 +11,7 @@
 //! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
 //! - [`registry`]: live links by exe_id.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
+//! - [`policy`]: an executor's announced policy: hidden and refused tools.
 //! - [`processes`]: exec_command sessions: stdin, output, terminate,
 //!   signal, resize, listing. [`stream`]: their output as Server-Sent Events.
 //!   [`deadlines`]: `max_runtime_ms`, enforced from the store.
@@ -30,6 +31,7 @@ pub mod file_stream;
 pub mod link;
 pub mod mcp;
 pub mod patch;
+pub mod policy;
 pub mod processes;
 pub mod registry;
 pub mod secret;
