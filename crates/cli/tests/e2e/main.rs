@@ -12,6 +12,7 @@ mod isolation;
 mod live;
 mod mcp;
 mod patches;
+mod policy;
 mod proxy_auth;
 mod pty;
 mod restart;
