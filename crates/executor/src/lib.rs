@@ -178,6 +178,9 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
         workdir = %state.workdir.display(),
         "executor starting"
     );
+    if let Some(policy) = state.policy.announced() {
+        tracing::info!(?policy, "policy in force");
+    }
     let mut backoff = Backoff::new();
     let mut connected_once = false;
     loop {

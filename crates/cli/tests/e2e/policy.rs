@@ -575,6 +575,19 @@ async fn max_processes_answers_429_and_frees_a_place_when_one_exits() {
     eventually(20, "a place to free up", || {
         let api = api.clone();
         async move {
+            let (status, body) = api
+                .call_raw("box", "exec_command", json!({"command": ["true"]}))
+                .await;
+            assert!(status == 200 || status == 429, "{status}: {body}");
+            status == 200
+        }
+    })
+    .await;
+    // `true` exits at once: its place is free again for shell.
+    let api = w.api.clone();
+    eventually(20, "the short process to exit", || {
+        let api = api.clone();
+        async move {
             let (status, _) = api
                 .call_raw("box", "shell", json!({"command": ["true"]}))
                 .await;
