@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use execgate_executor::ExecutorConfig;
+use execgate_executor::{ExecutorConfig, PolicyConfig};
 
 #[derive(Args, Debug)]
 pub struct ExecutorArgs {
@@ -20,7 +20,8 @@ pub struct ExecutorArgs {
     /// Make this its workspace's default environment.
     #[arg(long)]
     pub default: bool,
-    /// Relative paths and the default cwd resolve against this directory.
+    /// Relative paths and the default cwd resolve against this directory
+    /// (default: the current directory, or --root when given).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Output bytes kept in memory per process.
@@ -45,16 +46,45 @@ pub struct ExecutorArgs {
     /// any problem refuses to start. See README, "Custom tools".
     #[arg(long, value_name = "FILE")]
     pub tools: Option<PathBuf>,
+    /// Confine every file path and cwd the gateway sends to DIR, after
+    /// resolving `..` and symlinks; an escape is refused. Processes are not
+    /// sandboxed: a shell can still `cd /` (see --allow-tools, --read-only).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Only these tools may be used, comma-separated: core tools (shell,
+    /// read_file, write_file, exec_command, apply_patch, copy_path) and
+    /// custom tools of --tools.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allow_tools: Option<Vec<String>>,
+    /// Only reads: no file is changed and no process is started.
+    #[arg(long)]
+    pub read_only: bool,
+    /// At most N processes run at once; more are refused until one exits.
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<usize>,
 }
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     let mut config = ExecutorConfig::new(a.gateway, a.token);
     config.name = a.name;
     config.is_default = a.default;
-    if let Some(w) = a.workdir {
-        config.workdir = std::fs::canonicalize(&w)
-            .map_err(|e| anyhow::anyhow!("--workdir {}: {e}", w.display()))?;
+    // With a root, work in it unless told otherwise (a workdir outside it
+    // is refused at start).
+    if let Some(w) = a.workdir.as_ref().or(a.root.as_ref()) {
+        let flag = if a.workdir.is_some() {
+            "--workdir"
+        } else {
+            "--root"
+        };
+        config.workdir =
+            std::fs::canonicalize(w).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", w.display()))?;
     }
+    config.policy = PolicyConfig {
+        root: a.root,
+        allow_tools: a.allow_tools,
+        read_only: a.read_only,
+        max_processes: a.max_processes,
+    };
     config.retained_bytes = a.retain_bytes;
     config.session_ttl = Duration::from_secs(a.session_ttl_secs);
     config.exited_retention = Duration::from_secs(a.exited_retention_secs);

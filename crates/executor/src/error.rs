@@ -28,6 +28,11 @@ pub enum ExecutorError {
         source: std::io::Error,
     },
 
+    /// A policy option (`--root`, `--allow-tools`, `--max-processes`) is
+    /// not usable; the message names it.
+    #[error("{0}")]
+    Policy(String),
+
     /// The `--tools` file cannot be read or is not valid.
     #[error(transparent)]
     ToolsFile(#[from] crate::tools_file::ToolsFileError),

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::paths;
+use crate::paths::{Last, PathRules};
 
 /// Whether `method` is one of ours.
 pub(crate) fn is_fs_method(method: &str) -> bool {
@@ -36,20 +36,20 @@ pub(crate) fn is_fs_method(method: &str) -> bool {
 }
 
 /// Runs one `fs/*` method. Blocking: call it from `spawn_blocking`.
-pub(crate) fn call(method: &str, params: Value, workdir: &Path) -> Result<Value, RpcError> {
+pub(crate) fn call(method: &str, params: Value, rules: &PathRules) -> Result<Value, RpcError> {
     match method {
-        method::FS_READ_FILE => reply(read_file(parse(params)?, workdir)),
-        method::FS_READ_RANGE => reply(read_range(parse(params)?, workdir)),
-        method::FS_WRITE_FILE => reply(write_file(parse(params)?, workdir)),
-        method::FS_CREATE_DIRECTORY => reply(create_directory(parse(params)?, workdir)),
-        method::FS_GET_METADATA => reply(get_metadata(parse(params)?, workdir)),
-        method::FS_READ_DIRECTORY => reply(read_directory(parse(params)?, workdir)),
-        method::FS_REMOVE => reply(remove(parse(params)?, workdir)),
-        method::FS_COPY => reply(copy(parse(params)?, workdir)),
-        method::FS_RENAME => reply(rename(parse(params)?, workdir)),
-        method::FS_WRITE_RANGE => reply(write_range(parse(params)?, workdir)),
-        method::FS_COMMIT_FILE => reply(commit_file(parse(params)?, workdir)),
-        method::FS_SYMLINK => reply(symlink(parse(params)?, workdir)),
+        method::FS_READ_FILE => reply(read_file(parse(params)?, rules)),
+        method::FS_READ_RANGE => reply(read_range(parse(params)?, rules)),
+        method::FS_WRITE_FILE => reply(write_file(parse(params)?, rules)),
+        method::FS_CREATE_DIRECTORY => reply(create_directory(parse(params)?, rules)),
+        method::FS_GET_METADATA => reply(get_metadata(parse(params)?, rules)),
+        method::FS_READ_DIRECTORY => reply(read_directory(parse(params)?, rules)),
+        method::FS_REMOVE => reply(remove(parse(params)?, rules)),
+        method::FS_COPY => reply(copy(parse(params)?, rules)),
+        method::FS_RENAME => reply(rename(parse(params)?, rules)),
+        method::FS_WRITE_RANGE => reply(write_range(parse(params)?, rules)),
+        method::FS_COMMIT_FILE => reply(commit_file(parse(params)?, rules)),
+        method::FS_SYMLINK => reply(symlink(parse(params)?, rules)),
         other => Err(RpcError::method_not_found(other)),
     }
 }
@@ -72,16 +72,16 @@ fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
     }
 }
 
-fn read_file(params: PathParams, workdir: &Path) -> Result<ReadFileResult, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let data = fs::read(&path).map_err(|e| io_error("reading", &path, e))?;
     Ok(ReadFileResult {
         data_base64: BASE64.encode(data),
     })
 }
 
-fn read_range(params: ReadRangeParams, workdir: &Path) -> Result<ReadRangeResult, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeResult, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &path, e);
     let mut file = File::open(&path).map_err(fail)?;
     let size = file.metadata().map_err(fail)?.len();
@@ -102,8 +102,8 @@ fn read_range(params: ReadRangeParams, workdir: &Path) -> Result<ReadRangeResult
     })
 }
 
-fn write_file(params: WriteFileParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let data = BASE64
         .decode(params.data_base64.as_bytes())
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
@@ -190,8 +190,8 @@ fn atomic_write(target: &Path, dir: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
-fn create_directory(params: CreateDirectoryParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn create_directory(params: CreateDirectoryParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let created = if params.recursive.unwrap_or(true) {
         fs::create_dir_all(&path)
     } else {
@@ -211,9 +211,9 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RpcError> {
 }
 
 /// [ext] `fs/rename`: atomic within one file system.
-fn rename(params: RenameParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let from = paths::resolve(workdir, &params.source_path)?;
-    let to = paths::resolve(workdir, &params.destination_path)?;
+fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let from = rules.resolve(&params.source_path, Last::Entry)?;
+    let to = rules.resolve(&params.destination_path, Last::Entry)?;
     fs::rename(&from, &to).map_err(|e| io_error("renaming", &from, e))?;
     Ok(Empty {})
 }
@@ -221,8 +221,8 @@ fn rename(params: RenameParams, workdir: &Path) -> Result<Empty, RpcError> {
 /// [ext] `fs/writeRange`: one chunk of a streamed transfer into a staged
 /// file. Chunks arrive in order from one writer, so a plain positioned write
 /// is enough.
-fn write_range(params: WriteRangeParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn write_range(params: WriteRangeParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let data = BASE64
         .decode(params.data_base64.as_bytes())
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
@@ -241,10 +241,10 @@ fn write_range(params: WriteRangeParams, workdir: &Path) -> Result<Empty, RpcErr
 /// [ext] `fs/commitFile`: verify, set the mode, rename into place. The
 /// file is flushed to disk before the rename, so a crash leaves either the
 /// old destination or the complete new one.
-fn commit_file(params: CommitFileParams, workdir: &Path) -> Result<CommitFileResult, RpcError> {
+fn commit_file(params: CommitFileParams, rules: &PathRules) -> Result<CommitFileResult, RpcError> {
     use sha2::{Digest, Sha256};
-    let staged = paths::resolve(workdir, &params.path)?;
-    let dest = paths::resolve(workdir, &params.destination_path)?;
+    let staged = rules.resolve(&params.path, Last::Follow)?;
+    let dest = rules.resolve(&params.destination_path, Last::Entry)?;
     let mut file = File::open(&staged).map_err(|e| io_error("opening", &staged, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -283,15 +283,15 @@ fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// [ext] `fs/symlink`.
-fn symlink(params: SymlinkParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn symlink(params: SymlinkParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let path = rules.resolve(&params.path, Last::Entry)?;
     std::os::unix::fs::symlink(&params.target, &path)
         .map_err(|e| io_error("creating the symlink", &path, e))?;
     Ok(Empty {})
 }
 
-fn get_metadata(params: PathParams, workdir: &Path) -> Result<Metadata, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn get_metadata(params: PathParams, rules: &PathRules) -> Result<Metadata, RpcError> {
+    let path = rules.resolve(&params.path, Last::Inspect)?;
     let link = fs::symlink_metadata(&path).map_err(|e| io_error("inspecting", &path, e))?;
     let is_symlink = link.file_type().is_symlink();
     let mode = {
@@ -299,8 +299,9 @@ fn get_metadata(params: PathParams, workdir: &Path) -> Result<Metadata, RpcError
         link.permissions().mode() & 0o7777
     };
     // Everything but `isSymlink` describes what a link points to; a dangling
-    // link describes itself.
-    let meta = if is_symlink {
+    // link describes itself, and so does a link out of the root (nothing
+    // outside is described).
+    let meta = if is_symlink && !rules.link_points_out(&path) {
         fs::metadata(&path).unwrap_or(link)
     } else {
         link
@@ -330,16 +331,21 @@ fn millis_since_epoch(time: SystemTime) -> i64 {
     }
 }
 
-fn read_directory(params: PathParams, workdir: &Path) -> Result<ReadDirectoryResult, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn read_directory(params: PathParams, rules: &PathRules) -> Result<ReadDirectoryResult, RpcError> {
+    let path = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("listing", &path, e);
     let mut entries = Vec::new();
     for entry in fs::read_dir(&path).map_err(fail)? {
         let entry = entry.map_err(fail)?;
-        // Follow links, like getMetadata; a dangling link is neither.
-        let (is_directory, is_file) = match fs::metadata(entry.path()) {
-            Ok(meta) => (meta.is_dir(), meta.is_file()),
-            Err(_) => (false, false),
+        // Follow links, like getMetadata; a dangling link is neither, and
+        // so is a link out of the root.
+        let followed = match entry.file_type() {
+            Ok(kind) if kind.is_symlink() && rules.link_points_out(&entry.path()) => None,
+            _ => fs::metadata(entry.path()).ok(),
+        };
+        let (is_directory, is_file) = match followed {
+            Some(meta) => (meta.is_dir(), meta.is_file()),
+            None => (false, false),
         };
         entries.push(DirEntry {
             file_name: entry.file_name().to_string_lossy().into_owned(),
@@ -351,8 +357,8 @@ fn read_directory(params: PathParams, workdir: &Path) -> Result<ReadDirectoryRes
     Ok(ReadDirectoryResult { entries })
 }
 
-fn remove(params: RemoveParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let path = paths::resolve(workdir, &params.path)?;
+fn remove(params: RemoveParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let path = rules.resolve(&params.path, Last::Entry)?;
     let recursive = params.recursive.unwrap_or(true);
     let force = params.force.unwrap_or(true);
     let meta = match fs::symlink_metadata(&path) {
@@ -378,9 +384,9 @@ fn remove(params: RemoveParams, workdir: &Path) -> Result<Empty, RpcError> {
     }
 }
 
-fn copy(params: CopyParams, workdir: &Path) -> Result<Empty, RpcError> {
-    let source = paths::resolve(workdir, &params.source_path)?;
-    let destination = paths::resolve(workdir, &params.destination_path)?;
+fn copy(params: CopyParams, rules: &PathRules) -> Result<Empty, RpcError> {
+    let source = rules.resolve(&params.source_path, Last::Inspect)?;
+    let destination = rules.resolve(&params.destination_path, Last::Follow)?;
     let meta = fs::symlink_metadata(&source).map_err(|e| io_error("copying", &source, e))?;
     let kind = meta.file_type();
     let copied = if kind.is_dir() {
@@ -397,46 +403,62 @@ fn copy(params: CopyParams, workdir: &Path) -> Result<Empty, RpcError> {
                 destination.display()
             )));
         }
-        copy_dir(&source, &destination)
+        copy_dir(&source, &destination, rules)
     } else if kind.is_symlink() {
-        copy_symlink(&source, &destination)
+        copy_symlink(&source, &destination).map_err(CopyFail::Io)
     } else if kind.is_file() {
-        fs::copy(&source, &destination).map(drop)
+        fs::copy(&source, &destination)
+            .map(drop)
+            .map_err(CopyFail::Io)
     } else {
         return Err(RpcError::invalid_params(format!(
             "{} is not a regular file, directory or symlink",
             source.display()
         )));
     };
-    copied.map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            RpcError::not_found(format!(
-                "copying {} to {}: {e}",
-                source.display(),
-                destination.display()
-            ))
-        } else {
-            RpcError::internal(format!(
-                "copying {} to {}: {e}",
-                source.display(),
-                destination.display()
-            ))
-        }
+    copied.map_err(|fail| match fail {
+        CopyFail::Denied(e) => e,
+        CopyFail::Io(e) if e.kind() == io::ErrorKind::NotFound => RpcError::not_found(format!(
+            "copying {} to {}: {e}",
+            source.display(),
+            destination.display()
+        )),
+        CopyFail::Io(e) => RpcError::internal(format!(
+            "copying {} to {}: {e}",
+            source.display(),
+            destination.display()
+        )),
     })?;
     Ok(Empty {})
 }
 
+/// Why a tree copy stopped.
+enum CopyFail {
+    Io(io::Error),
+    /// A destination inside the tree resolves out of the root (an existing
+    /// link there).
+    Denied(RpcError),
+}
+
+impl From<io::Error> for CopyFail {
+    fn from(e: io::Error) -> Self {
+        CopyFail::Io(e)
+    }
+}
+
 /// Copies a directory tree. Links are recreated, not followed, so a link
-/// loop cannot make the copy endless.
-fn copy_dir(source: &Path, destination: &Path) -> io::Result<()> {
+/// loop cannot make the copy endless. Each destination is confined again:
+/// the destination tree may exist already and hold links pointing out.
+fn copy_dir(source: &Path, destination: &Path, rules: &PathRules) -> Result<(), CopyFail> {
     fs::create_dir_all(destination)?;
     for entry in fs::read_dir(source)? {
         let entry = entry?;
         let from = entry.path();
         let to = destination.join(entry.file_name());
+        let to = rules.confine(&to, Last::Follow).map_err(CopyFail::Denied)?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            copy_dir(&from, &to)?;
+            copy_dir(&from, &to, rules)?;
         } else if kind.is_symlink() {
             copy_symlink(&from, &to)?;
         } else if kind.is_file() {
@@ -485,11 +507,234 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn call_ok(method: &str, params: Value, dir: &Path) -> Value {
-        call(method, params, dir).unwrap_or_else(|e| panic!("{method}: {e}"))
+        call(method, params, &PathRules::new(dir.to_path_buf()))
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
     fn call_err(method: &str, params: Value, dir: &Path) -> RpcError {
-        call(method, params, dir).expect_err(method)
+        call(method, params, &PathRules::new(dir.to_path_buf())).expect_err(method)
+    }
+
+    /// A root (also the workdir) beside `outside/`, which holds `secret`;
+    /// the root holds `dir_out` and `file_out`, links to them, and
+    /// `dangling_out`, a link to a missing file outside.
+    struct Confined {
+        _dir: tempfile::TempDir,
+        rules: PathRules,
+        root: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn confined() -> Confined {
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        let root = base.join("root");
+        let outside = base.join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dir_out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("file_out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("created"), root.join("dangling_out")).unwrap();
+        Confined {
+            _dir: dir,
+            rules: PathRules {
+                workdir: root.clone(),
+                root: Some(root.clone()),
+            },
+            root,
+            outside,
+        }
+    }
+
+    impl Confined {
+        fn ok(&self, method: &str, params: Value) -> Value {
+            call(method, params, &self.rules).unwrap_or_else(|e| panic!("{method}: {e}"))
+        }
+
+        fn denied(&self, method: &str, params: Value) {
+            let err = call(method, params.clone(), &self.rules).expect_err(method);
+            assert_eq!(err.code, code::POLICY_DENIED, "{method} {params}: {err}");
+            assert!(
+                err.message.contains(&self.root.display().to_string()),
+                "the message names the root: {err}"
+            );
+        }
+
+        /// What `outside/` holds: escapes must leave it as it was.
+        fn outside_listing(&self) -> Vec<(String, Vec<u8>)> {
+            let mut all: Vec<_> = fs::read_dir(&self.outside)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let data = fs::read(e.path()).unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), data)
+                })
+                .collect();
+            all.sort();
+            all
+        }
+    }
+
+    #[test]
+    fn every_method_is_confined_to_the_root() {
+        let c = confined();
+        fs::write(c.root.join("inside"), "in").unwrap();
+        let before = c.outside_listing();
+        let out = c.outside.join("secret").display().to_string();
+        let data = b64(b"pwned");
+        for (method, params) in [
+            (method::FS_READ_FILE, json!({"path": "../outside/secret"})),
+            (method::FS_READ_FILE, json!({"path": out})),
+            (method::FS_READ_FILE, json!({"path": "file_out"})),
+            (method::FS_READ_FILE, json!({"path": "dir_out/secret"})),
+            (
+                method::FS_READ_RANGE,
+                json!({"path": "file_out", "offset": 0, "length": 0}),
+            ),
+            (method::FS_READ_DIRECTORY, json!({"path": "dir_out"})),
+            (method::FS_READ_DIRECTORY, json!({"path": ".."})),
+            (method::FS_GET_METADATA, json!({"path": "dir_out/secret"})),
+            (
+                method::FS_WRITE_FILE,
+                json!({"path": "../outside/secret", "dataBase64": data}),
+            ),
+            (
+                method::FS_WRITE_FILE,
+                json!({"path": "file_out", "dataBase64": data}),
+            ),
+            (
+                method::FS_WRITE_FILE,
+                json!({"path": "dangling_out", "dataBase64": data}),
+            ),
+            (
+                method::FS_WRITE_FILE,
+                json!({"path": "dir_out/new", "dataBase64": data, "createParents": true}),
+            ),
+            (
+                method::FS_WRITE_RANGE,
+                json!({"path": "dangling_out", "offset": 0, "dataBase64": data}),
+            ),
+            (
+                method::FS_WRITE_RANGE,
+                json!({"path": "../outside/new", "offset": 0, "dataBase64": data}),
+            ),
+            (
+                method::FS_CREATE_DIRECTORY,
+                json!({"path": "dir_out/newdir"}),
+            ),
+            (
+                method::FS_CREATE_DIRECTORY,
+                json!({"path": "../outside/newdir"}),
+            ),
+            (method::FS_REMOVE, json!({"path": "dir_out/secret"})),
+            (method::FS_REMOVE, json!({"path": "../outside"})),
+            (method::FS_REMOVE, json!({"path": ""})),
+            (
+                method::FS_RENAME,
+                json!({"sourcePath": "inside", "destinationPath": "../outside/moved"}),
+            ),
+            (
+                method::FS_RENAME,
+                json!({"sourcePath": "dir_out/secret", "destinationPath": "stolen"}),
+            ),
+            (
+                method::FS_RENAME,
+                json!({"sourcePath": "inside", "destinationPath": "dir_out/moved"}),
+            ),
+            (
+                method::FS_COMMIT_FILE,
+                json!({"path": "inside", "destinationPath": "dir_out/committed"}),
+            ),
+            (
+                method::FS_COMMIT_FILE,
+                json!({"path": "file_out", "destinationPath": "stolen"}),
+            ),
+            (
+                method::FS_SYMLINK,
+                json!({"target": "x", "path": "dir_out/link"}),
+            ),
+            (
+                method::FS_COPY,
+                json!({"sourcePath": "dir_out/secret", "destinationPath": "stolen", "recursive": false}),
+            ),
+            (
+                method::FS_COPY,
+                json!({"sourcePath": "inside", "destinationPath": "../outside/copied", "recursive": false}),
+            ),
+            (
+                method::FS_COPY,
+                json!({"sourcePath": "inside", "destinationPath": "file_out", "recursive": false}),
+            ),
+            (
+                method::FS_COPY,
+                json!({"sourcePath": "inside", "destinationPath": "dangling_out", "recursive": false}),
+            ),
+        ] {
+            c.denied(method, params);
+        }
+        assert_eq!(c.outside_listing(), before, "nothing changed outside");
+        assert!(!c.root.join("stolen").exists());
+        assert_eq!(fs::read(c.root.join("inside")).unwrap(), b"in");
+    }
+
+    #[test]
+    fn links_out_of_the_root_are_reported_not_followed() {
+        let c = confined();
+        let meta = c.ok(method::FS_GET_METADATA, json!({"path": "file_out"}));
+        assert_eq!(meta["isSymlink"], true);
+        assert_eq!(meta["isFile"], false, "the target outside is not described");
+        let meta = c.ok(method::FS_GET_METADATA, json!({"path": "dir_out"}));
+        assert_eq!(meta["isDirectory"], false);
+        let list = c.ok(method::FS_READ_DIRECTORY, json!({"path": ""}));
+        for entry in list["entries"].as_array().unwrap() {
+            assert_eq!(entry["isFile"], false, "{entry}");
+            assert_eq!(entry["isDirectory"], false, "{entry}");
+        }
+        // The links themselves live inside: they can be removed (not what
+        // they point to).
+        c.ok(method::FS_REMOVE, json!({"path": "file_out"}));
+        assert!(c.outside.join("secret").exists());
+    }
+
+    #[test]
+    fn a_tree_copy_does_not_write_through_links_in_an_existing_destination() {
+        let c = confined();
+        fs::create_dir_all(c.root.join("src")).unwrap();
+        fs::write(c.root.join("src/secret"), "overwritten").unwrap();
+        fs::create_dir_all(c.root.join("dst")).unwrap();
+        std::os::unix::fs::symlink(c.outside.join("secret"), c.root.join("dst/secret")).unwrap();
+        c.denied(
+            method::FS_COPY,
+            json!({"sourcePath": "src", "destinationPath": "dst", "recursive": true}),
+        );
+        assert_eq!(fs::read(c.outside.join("secret")).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn inside_the_root_everything_works_through_links_that_stay_inside() {
+        let c = confined();
+        fs::create_dir_all(c.root.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", c.root.join("alias")).unwrap();
+        c.ok(
+            method::FS_WRITE_FILE,
+            json!({"path": "alias/f", "dataBase64": b64(b"x"), "createParents": true}),
+        );
+        assert_eq!(fs::read(c.root.join("real/f")).unwrap(), b"x");
+        let read = c.ok(method::FS_READ_FILE, json!({"path": "alias/f"}));
+        assert_eq!(read["dataBase64"], b64(b"x"));
+        c.ok(
+            method::FS_RENAME,
+            json!({"sourcePath": "alias/f", "destinationPath": "g"}),
+        );
+        c.ok(
+            method::FS_COPY,
+            json!({"sourcePath": "real", "destinationPath": "copy", "recursive": true}),
+        );
+        assert!(c.root.join("copy").is_dir());
+        let abs = c.root.join("g").display().to_string();
+        let read = c.ok(method::FS_READ_FILE, json!({"path": abs}));
+        assert_eq!(read["dataBase64"], b64(b"x"));
     }
 
     fn b64(data: &[u8]) -> String {

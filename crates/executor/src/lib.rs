@@ -16,7 +16,8 @@
 //! - `spill`: the bounded on-disk tail of output logs.
 //! - `notify`: the non-blocking path of notifications to the gateway.
 //! - `fs`: the `fs/*` methods.
-//! - `paths`: `file://` URIs and relative paths.
+//! - `paths`: `file://` URIs and relative paths, and confinement to `--root`.
+//! - `policy`: `--root`, `--allow-tools`, `--read-only`, `--max-processes`.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 #[doc(hidden)]
@@ -28,6 +29,7 @@ mod fs;
 mod notify;
 mod output;
 mod paths;
+mod policy;
 mod process;
 mod rpc;
 mod session;
@@ -46,6 +48,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 pub use error::ExecutorError;
+pub use policy::PolicyConfig;
 pub use tools_file::{ToolsFileError, ToolsFileProblem};
 
 use connect::{Backoff, Gateway};
@@ -95,6 +98,10 @@ pub struct ExecutorConfig {
     pub spill_dir: Option<PathBuf>,
     /// The TOML file of custom tools (`--tools`), checked at start.
     pub tools_file: Option<PathBuf>,
+    /// The owner's limits (`--root`, `--allow-tools`, `--read-only`,
+    /// `--max-processes`), checked at start and enforced on every request.
+    /// With a root, `workdir` must lie inside it.
+    pub policy: PolicyConfig,
 }
 
 impl ExecutorConfig {
@@ -113,6 +120,7 @@ impl ExecutorConfig {
             spill_total_bytes: DEFAULT_SPILL_TOTAL_BYTES,
             spill_dir: None,
             tools_file: None,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -137,6 +145,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("spill_total_bytes", &self.spill_total_bytes)
             .field("spill_dir", &self.spill_dir)
             .field("tools_file", &self.tools_file)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -169,6 +178,9 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
         workdir = %state.workdir.display(),
         "executor starting"
     );
+    if let Some(policy) = state.policy.announced() {
+        tracing::info!(?policy, "policy in force");
+    }
     let mut backoff = Backoff::new();
     let mut connected_once = false;
     loop {

@@ -126,10 +126,11 @@ impl RpcConnection {
             return Ok((self.initialize(params)?, None));
         }
         let session = self.ready_session()?;
+        self.state.policy.check_method(method)?;
         let processes = &session.processes;
         let result = match method {
             method::PROCESS_START => {
-                let (result, gate) = processes.start(parse_params(params)?, &self.state.workdir)?;
+                let (result, gate) = processes.start(parse_params(params)?, &self.state.policy)?;
                 return Ok((to_value(result)?, Some(gate)));
             }
             method::PROCESS_READ => to_value(processes.read(parse_params(params)?).await?),
@@ -150,8 +151,8 @@ impl RpcConnection {
             }
             other if fs::is_fs_method(other) => {
                 let method = other.to_owned();
-                let workdir = self.state.workdir.clone();
-                tokio::task::spawn_blocking(move || fs::call(&method, params, &workdir))
+                let policy = self.state.policy.clone();
+                tokio::task::spawn_blocking(move || fs::call(&method, params, &policy.paths))
                     .await
                     .map_err(|e| RpcError::internal(format!("{other} failed: {e}")))?
             }

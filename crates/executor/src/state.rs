@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use execgate_protocol::exec::{EnvironmentInfo, ExtCapabilities, ShellInfo};
 use execgate_protocol::uri::path_to_uri;
 
+use crate::policy::Policy;
 use crate::session::SessionRegistry;
 use crate::spill::SpillConfig;
 use crate::{ExecutorConfig, ExecutorError};
@@ -18,6 +19,8 @@ use crate::{ExecutorConfig, ExecutorError};
 pub(crate) struct ExecutorState {
     /// Absolute; relative paths and the default cwd resolve against it.
     pub workdir: PathBuf,
+    /// The owner's limits; its path rules resolve every path.
+    pub policy: Arc<Policy>,
     pub session_ttl: Duration,
     pub exited_retention: Duration,
     pub sessions: SessionRegistry,
@@ -51,19 +54,28 @@ impl ExecutorState {
             }
         }
         let spill = spill_config(config)?;
+        let tools = match &config.tools_file {
+            Some(path) => crate::tools_file::load(path, &workdir)?,
+            None => Vec::new(),
+        };
+        // With a root, the working directory is resolved inside it.
+        let (policy, workdir) =
+            Policy::new(&config.policy, workdir, &tools).map_err(ExecutorError::Policy)?;
+        if policy.announced().is_some_and(|p| p.read_only) && !tools.is_empty() {
+            tracing::warn!(
+                "--read-only: the custom tools of --tools cannot run (they are processes)"
+            );
+        }
         let mut environment = environment_info(
             &workdir,
             config.retained_bytes,
             spill.as_ref().map_or(0, |s| s.per_process),
         );
-        if let Some(path) = &config.tools_file {
-            let tools = crate::tools_file::load(path, &workdir)?;
-            environment
-                .execgate
-                .get_or_insert_with(Default::default)
-                .tools = tools;
-        }
+        let ext = environment.execgate.get_or_insert_with(Default::default);
+        ext.tools = tools;
+        ext.policy = policy.announced();
         Ok(ExecutorState {
+            policy: Arc::new(policy),
             workdir,
             session_ttl: config.session_ttl,
             exited_retention: config.exited_retention,

@@ -1097,3 +1097,77 @@ async fn run_registers_dials_and_serves() {
     executor.abort();
     assert!(executor.await.unwrap_err().is_cancelled());
 }
+
+#[tokio::test]
+async fn initialize_announces_the_policy_and_requests_obey_it() {
+    let (state, dir) = state_with(|c| {
+        c.policy.root = Some(c.workdir.clone());
+        c.policy.max_processes = Some(1);
+    });
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let mut client = Client::new(&state);
+    let info = client
+        .ok(method::INITIALIZE, json!({"clientName": "test"}))
+        .await;
+    client.notify(method::INITIALIZED).await;
+    assert_eq!(
+        info["environmentInfo"]["execgate"]["policy"],
+        json!({"root": root.display().to_string(), "readOnly": false, "maxProcesses": 1})
+    );
+
+    // A cwd outside the root is refused before anything starts.
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "out", "argv": ["true"], "cwd": "..", "env": path_env()}),
+        )
+        .await;
+    assert_eq!(err.code, code::POLICY_DENIED, "{err}");
+    assert!(err.message.contains(&root.display().to_string()), "{err}");
+
+    // One process at a time; the place frees when it exits.
+    client
+        .start("a", &["cat"], json!({"pipeStdin": true}))
+        .await;
+    let err = client
+        .err(
+            method::PROCESS_START,
+            json!({"processId": "b", "argv": ["true"], "cwd": "", "env": path_env()}),
+        )
+        .await;
+    assert_eq!(err.code, code::TOO_MANY_PROCESSES, "{err}");
+    assert!(err.message.contains("at most 1"), "{err}");
+    client
+        .ok(method::PROCESS_CLOSE_STDIN, json!({"processId": "a"}))
+        .await;
+    client.until_closed("a").await;
+    client.start("b", &["true"], json!({})).await;
+    client.until_closed("b").await;
+}
+
+#[tokio::test]
+async fn read_only_serves_reads_and_refuses_the_rest() {
+    let (state, dir) = state_with(|c| c.policy.read_only = true);
+    std::fs::write(dir.path().join("f"), "data").unwrap();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    let read = client.ok(method::FS_READ_FILE, json!({"path": "f"})).await;
+    assert_eq!(decode(&read["dataBase64"]), b"data");
+    for (m, params) in [
+        (
+            method::FS_WRITE_FILE,
+            json!({"path": "f", "dataBase64": BASE64.encode("x")}),
+        ),
+        (method::FS_REMOVE, json!({"path": "f"})),
+        (
+            method::PROCESS_START,
+            json!({"processId": "p", "argv": ["touch", "g"], "cwd": "", "env": path_env()}),
+        ),
+    ] {
+        let err = client.err(m, params).await;
+        assert_eq!(err.code, code::POLICY_DENIED, "{m}: {err}");
+        assert!(err.message.contains("--read-only"), "{m}: {err}");
+    }
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
+    assert!(!dir.path().join("g").exists());
+}

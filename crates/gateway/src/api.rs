@@ -161,6 +161,7 @@ fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {
             version: h.info.executor_version.clone(),
             os: h.info.platform_os.clone(),
         }),
+        policy: crate::policy::info(link),
     }
 }
 

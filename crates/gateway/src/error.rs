@@ -9,6 +9,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse};
+use execgate_protocol::jsonrpc::code as rpc_code;
 
 use crate::link::LinkError;
 use crate::store::StoreError;
@@ -129,6 +130,28 @@ impl From<LinkError> for ApiError {
                 StatusCode::GATEWAY_TIMEOUT,
                 code::GATEWAY_TIMEOUT,
                 e.to_string(),
+            ),
+            LinkError::Denied {
+                ref name,
+                ref error,
+                ..
+            } if error.code == rpc_code::TOO_MANY_PROCESSES => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::TOO_MANY_PROCESSES,
+                format!("environment '{name}': {}", error.message),
+            )
+            .with_retry_after(1),
+            LinkError::Denied {
+                ref name,
+                ref method,
+                ref error,
+            } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                code::POLICY_DENIED,
+                format!(
+                    "environment '{name}' refused {method} by its executor's policy: {}",
+                    error.message
+                ),
             ),
             LinkError::Rpc { .. } | LinkError::BadResponse { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, code::EXECUTOR_ERROR, e.to_string())

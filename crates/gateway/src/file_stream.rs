@@ -162,6 +162,7 @@ async fn serve_download(
 ) -> Result<Served, ApiError> {
     let link = crate::api::environment(state, caller, name).await?;
     audit.record().set_link(&link);
+    crate::policy::check_download(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
     if !meta.is_file {
@@ -300,6 +301,7 @@ async fn receive_upload(
 ) -> Result<Json<UploadResponse>, ApiError> {
     let link = crate::api::environment(state, caller, name).await?;
     audit.record().set_link(&link);
+    crate::policy::check_upload(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
     let mode = match transfer::stat(&link, &path).await {

@@ -16,6 +16,7 @@
 //! - [`openapi`]: `/openapi.json`, generated from the handlers.
 //! - [`registry`]: live links by exe_id.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
+//! - [`policy`]: an executor's announced policy: hidden and refused tools.
 //! - [`processes`]: exec_command sessions: stdin, output, terminate,
 //!   signal, resize, listing. [`stream`]: their output as Server-Sent Events.
 //!   [`deadlines`]: `max_runtime_ms`, enforced from the store.
@@ -39,6 +40,7 @@ pub mod link;
 pub mod mcp;
 pub mod openapi;
 pub mod patch;
+pub mod policy;
 pub mod processes;
 pub mod registry;
 pub mod secret;

@@ -20,7 +20,7 @@ use execgate_protocol::exec::{
     method, ClosedNotification, EnvironmentInfo, ExitedNotification, ExtCapabilities,
     OutputNotification, Stream,
 };
-use execgate_protocol::jsonrpc::{Id, Message, RpcError};
+use execgate_protocol::jsonrpc::{code as rpc_code, Id, Message, RpcError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -42,6 +42,14 @@ pub enum LinkError {
     },
     #[error("executor '{name}' failed {method}: {error}")]
     Rpc {
+        name: String,
+        method: String,
+        error: RpcError,
+    },
+    /// The executor's policy refused the request (an execgate executor's
+    /// -32030 or -32031): 403 or 429, never a tool failure or a 5xx.
+    #[error("executor '{name}' refused {method}: {}", error.message)]
+    Denied {
         name: String,
         method: String,
         error: RpcError,
@@ -226,6 +234,11 @@ impl Link {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(error))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
+                name: self.name.clone(),
+                method: method.to_string(),
+                error,
+            }),
             Ok(Ok(Err(error))) => Err(LinkError::Rpc {
                 name: self.name.clone(),
                 method: method.to_string(),
@@ -242,6 +255,16 @@ impl Link {
                 })
             }
         }
+    }
+
+    /// Whether `error` is a policy refusal. Only an execgate executor (one
+    /// that announced `environmentInfo.execgate`) uses these codes; from
+    /// anything else they stay plain errors.
+    fn is_policy_refusal(&self, error: &RpcError) -> bool {
+        matches!(
+            error.code,
+            rpc_code::POLICY_DENIED | rpc_code::TOO_MANY_PROCESSES
+        ) && self.handshake().is_some_and(|h| h.info.execgate.is_some())
     }
 
     /// Sends a typed request and decodes its typed result.

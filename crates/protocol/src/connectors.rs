@@ -34,6 +34,15 @@ pub mod error_code {
     pub const EXECUTOR_RESTARTED: &str = "executor_restarted";
     pub const NOT_A_TERMINAL: &str = "not_a_terminal";
     pub const GATEWAY_TIMEOUT: &str = "gateway_timeout";
+    /// 403: the executor's policy (`--root`, `--read-only`, `--allow-tools`)
+    /// refuses this; the message names the path and the root, or the limit.
+    pub const POLICY_DENIED: &str = "policy_denied";
+    /// 403: the environment's executor does not allow this tool
+    /// (`--allow-tools`); envs/list does not show it.
+    pub const TOOL_NOT_ALLOWED: &str = "tool_not_allowed";
+    /// 429: the executor runs its `--max-processes` already; retry when one
+    /// has exited.
+    pub const TOO_MANY_PROCESSES: &str = "too_many_processes";
     pub const INTERNAL: &str = "internal";
     /// 429: the workspace's request rate is over its limit; see Retry-After.
     pub const RATE_LIMITED: &str = "rate_limited";
@@ -79,6 +88,28 @@ pub struct ConnectorEnv {
     /// Which executor program serves this environment. Not in the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorInfo>,
+    /// The limits the executor's owner set; absent when none. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyInfo>,
+}
+
+/// An executor's policy as envs/list shows it (`execgate executor --root
+/// --allow-tools --read-only --max-processes`). Every key is present; null
+/// (or false) means no limit of that kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolicyInfo {
+    /// File tools and cwds are confined to this directory.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub root: Option<String>,
+    /// Only these tools can be called.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub allow_tools: Option<Vec<String>>,
+    /// No file changes, no processes.
+    pub read_only: bool,
+    /// At most this many processes run at once.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub max_processes: Option<u32>,
 }
 
 /// What an executor said about itself in `initialize`.
@@ -351,11 +382,26 @@ mod tests {
             }],
             last_seen: None,
             executor: None,
+            policy: None,
         };
         assert_eq!(
             serde_json::to_value(&env).unwrap(),
             json!({"name":"laptop","type":"executor","is_default":true,
                    "tools":[{"name":"shell","description":"d","kind":"core"}]})
+        );
+    }
+
+    #[test]
+    fn policy_shows_every_key_with_null_for_no_limit() {
+        let p = PolicyInfo {
+            root: Some("/srv/p".into()),
+            allow_tools: None,
+            read_only: false,
+            max_processes: Some(2),
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({"root":"/srv/p","allow_tools":null,"read_only":false,"max_processes":2})
         );
     }
 

@@ -87,6 +87,49 @@ pub fn embedded_placeholders(element: &str) -> Vec<&str> {
     found
 }
 
+/// Whether filling `template` in (the gateway's rule: each placeholder
+/// becomes exactly one element, or none when its argument is absent) can
+/// give `argv`. A placeholder used twice takes the same value both times.
+/// The executor uses it to let an allowed custom tool start its own command
+/// line and nothing else.
+pub fn could_render(template: &[String], argv: &[String]) -> bool {
+    fn go<'a>(
+        template: &'a [String],
+        argv: &'a [String],
+        bound: &mut Vec<(&'a str, Option<&'a str>)>,
+    ) -> bool {
+        let Some((element, rest)) = template.split_first() else {
+            return argv.is_empty();
+        };
+        let Some(name) = placeholder(element) else {
+            return argv.first() == Some(element) && go(rest, &argv[1..], bound);
+        };
+        if let Some(&(_, value)) = bound.iter().find(|(n, _)| *n == name) {
+            return match value {
+                None => go(rest, argv, bound),
+                Some(v) => {
+                    argv.first().map(String::as_str) == Some(v) && go(rest, &argv[1..], bound)
+                }
+            };
+        }
+        // Absent, then present as the next element.
+        bound.push((name, None));
+        if go(rest, argv, bound) {
+            return true;
+        }
+        bound.pop();
+        if let Some(first) = argv.first() {
+            bound.push((name, Some(first.as_str())));
+            if go(rest, &argv[1..], bound) {
+                return true;
+            }
+            bound.pop();
+        }
+        false
+    }
+    go(template, argv, &mut Vec::new())
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -107,6 +150,43 @@ mod tests {
         ] {
             assert_eq!(placeholder(not), None, "{not}");
         }
+    }
+
+    #[test]
+    fn could_render_matches_exactly_what_filling_in_can_give() {
+        let t = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let template = t(&["grep", "-n", "{pattern}", "{file}"]);
+        assert!(could_render(
+            &template,
+            &t(&["grep", "-n", "x; rm -rf /", "a.log"])
+        ));
+        assert!(
+            could_render(&template, &t(&["grep", "-n", "x"])),
+            "one absent"
+        );
+        assert!(could_render(&template, &t(&["grep", "-n"])), "both absent");
+        assert!(
+            !could_render(&template, &t(&["grep", "-n", "a", "b", "c"])),
+            "too many"
+        );
+        assert!(
+            !could_render(&template, &t(&["grep", "-r", "a"])),
+            "literal changed"
+        );
+        assert!(!could_render(&template, &t(&["sh", "-c", "id"])));
+        assert!(!could_render(&template, &t(&[])));
+        // A literal that equals a value: backtracking finds the reading.
+        let template = t(&["echo", "{a}", "x", "{b}"]);
+        assert!(could_render(&template, &t(&["echo", "x", "x"])));
+        assert!(could_render(&template, &t(&["echo", "x"])));
+        // The same placeholder twice takes one value.
+        let template = t(&["cp", "{f}", "{f}.bak"]);
+        assert!(could_render(&template, &t(&["cp", "a", "{f}.bak"])));
+        let template = t(&["diff", "{f}", "--", "{f}"]);
+        assert!(could_render(&template, &t(&["diff", "a", "--", "a"])));
+        assert!(could_render(&template, &t(&["diff", "--"])));
+        assert!(!could_render(&template, &t(&["diff", "a", "--", "b"])));
+        assert!(!could_render(&template, &t(&["diff", "a", "--"])));
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub struct ExtCapabilities {
     /// `fs/getMetadata` reports `mode` and `symlinkTarget`, and
     /// `fs/createDirectory` takes `mode`.
     pub file_transfer: bool,
+    /// The limits the machine's owner set (`--root`, `--allow-tools`,
+    /// `--read-only`, `--max-processes`); absent when none was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::ExecutorPolicy>,
 }
 
 /// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks

@@ -21,6 +21,12 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The file or directory does not exist.
     pub const NOT_FOUND: i64 = -32004;
+    /// [ext] The executor's policy refuses the request: a path outside its
+    /// `--root`, a change under `--read-only`, a method no tool of its
+    /// `--allow-tools` needs. The message names the path and the root.
+    pub const POLICY_DENIED: i64 = -32030;
+    /// [ext] `process/start` beyond the executor's `--max-processes`.
+    pub const TOO_MANY_PROCESSES: i64 = -32031;
 }
 
 /// A request id. Both sides must echo ids exactly as received.
@@ -67,6 +73,9 @@ impl RpcError {
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(code::NOT_FOUND, message)
+    }
+    pub fn policy_denied(message: impl Into<String>) -> Self {
+        Self::new(code::POLICY_DENIED, message)
     }
     pub fn method_not_found(method: &str) -> Self {
         Self::new(code::METHOD_NOT_FOUND, format!("unknown method: {method}"))

@@ -7,6 +7,7 @@
 //! - [`connectors`]: the connectors REST API that agents call.
 //! - [`admin`]: the admin API (`/api/admin/*`) and `execgate admin --json`.
 //! - [`custom_tool`]: custom tools an executor announces [ext].
+//! - [`policy`]: an executor's policy (`--root`, `--allow-tools`, …) [ext].
 //! - [`uri`]: `file://` URIs for paths.
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod connectors;
 pub mod custom_tool;
 pub mod exec;
 pub mod jsonrpc;
+pub mod policy;
 pub mod register;
 pub mod uri;
 

@@ -16,6 +16,7 @@ mod live;
 mod mcp;
 mod openapi;
 mod patches;
+mod policy;
 mod proxy_auth;
 mod pty;
 mod restart;

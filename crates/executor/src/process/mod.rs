@@ -30,7 +30,6 @@ mod spawn;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,7 +51,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::notify::Notifier;
 use crate::output::{OutputLog, SharedLog};
-use crate::paths;
+use crate::paths::Last;
+use crate::policy::{Policy, ProcessPermit};
 use crate::spill::{Spill, SpillConfig};
 
 /// Largest single read from a child's output; each read becomes one chunk.
@@ -162,7 +162,7 @@ impl ProcessTable {
     pub fn start(
         &self,
         params: ProcessStartParams,
-        workdir: &Path,
+        policy: &Policy,
     ) -> Result<(ProcessStartResult, StartGate), RpcError> {
         if params.process_id.is_empty() {
             return Err(RpcError::invalid_params("processId must not be empty"));
@@ -170,7 +170,7 @@ impl ProcessTable {
         let Some(program) = params.argv.first().cloned() else {
             return Err(RpcError::invalid_params("argv must not be empty"));
         };
-        let cwd = paths::resolve(workdir, &params.cwd)?;
+        let cwd = policy.paths.resolve(&params.cwd, Last::Follow)?;
         match std::fs::metadata(&cwd) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -192,6 +192,7 @@ impl ProcessTable {
                 )))
             }
         }
+        policy.check_start(&params, &cwd)?;
         let env = env::child_env(&params.env, params.env_policy.as_ref(), std::env::vars_os())
             .map_err(RpcError::invalid_params)?;
         let pty = if params.tty {
@@ -201,6 +202,8 @@ impl ProcessTable {
         };
 
         let id = params.process_id;
+        // Held until the child has exited (by its waiting task).
+        let permit = policy.admit_process()?;
         {
             let mut slots = lock(&self.slots);
             if slots.contains_key(&id) {
@@ -220,6 +223,7 @@ impl ProcessTable {
                 pty,
                 pipe_stdin: params.pipe_stdin.unwrap_or(false),
             },
+            permit,
         );
         let mut slots = lock(&self.slots);
         match launched {
@@ -247,6 +251,7 @@ impl ProcessTable {
         &self,
         id: &str,
         request: spawn::SpawnRequest,
+        permit: ProcessPermit,
     ) -> io::Result<(Arc<Process>, StartGate)> {
         let spawned = spawn::spawn(request)?;
         let open_streams = match spawned.io {
@@ -308,7 +313,12 @@ impl ProcessTable {
                 )
             }
         };
-        tokio::spawn(wait_for_exit(spawned.child, shared.clone(), gate_wait));
+        tokio::spawn(wait_for_exit(
+            spawned.child,
+            shared.clone(),
+            gate_wait,
+            permit,
+        ));
         let process = Arc::new(Process {
             pgid: spawned.pgid,
             shared,
@@ -694,7 +704,12 @@ fn read_pty(mut reader: Box<dyn std::io::Read + Send>, chunks: mpsc::Sender<Byte
     }
 }
 
-async fn wait_for_exit(mut child: Child, shared: Arc<Shared>, gate: GateWait) {
+async fn wait_for_exit(
+    mut child: Child,
+    shared: Arc<Shared>,
+    gate: GateWait,
+    permit: ProcessPermit,
+) {
     let exit_code = match child.wait().await {
         Ok(status) => exit_code(status),
         Err(err) => {
@@ -702,6 +717,8 @@ async fn wait_for_exit(mut child: Child, shared: Arc<Shared>, gate: GateWait) {
             -1
         }
     };
+    // The process no longer counts against --max-processes.
+    drop(permit);
     gate.opened().await;
     shared.record_exit(exit_code);
 }

@@ -41,6 +41,7 @@ pub struct CopyPathArgs {
 pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResult, ApiError> {
     let src = crate::api::environment(ctx.state, ctx.caller, &a.source_environment_id).await?;
     let dst = crate::api::environment(ctx.state, ctx.caller, &a.destination_environment_id).await?;
+    crate::policy::check_copy(&src, &dst)?;
     let src_path = resolve_path(&src, "source_path", &a.source_path)?;
     let dst_path = resolve_path(&dst, "destination_path", &a.destination_path)?;
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));

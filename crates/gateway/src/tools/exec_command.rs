@@ -102,7 +102,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         .await
     {
         Ok(_) => {}
-        Err(e @ LinkError::Rpc { .. }) => {
+        Err(e @ (LinkError::Rpc { .. } | LinkError::Denied { .. })) => {
             // The executor answered: nothing runs under this id.
             if let Err(del) = store.delete_session(&sid).await {
                 tracing::warn!(%sid, "cannot delete the row of a refused start: {del}");

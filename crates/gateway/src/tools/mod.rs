@@ -32,6 +32,7 @@ use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::link::{Link, LinkError};
+use crate::policy;
 use crate::state::AppState;
 
 pub use args::{default_true, parse_args, resolve_path};
@@ -87,9 +88,11 @@ const CORE_TOOLS: &[CoreTool] = &[
 ];
 
 /// The tools that work on this executor, as envs/list shows them.
+/// Tools the executor's policy does not allow are left out.
 pub fn list(link: &Link) -> Vec<ConnectorTool> {
     let mut tools: Vec<ConnectorTool> = CORE_TOOLS
         .iter()
+        .filter(|t| policy::visible(link, t.name))
         .map(|t| ConnectorTool {
             name: t.name.into(),
             description: t.description.into(),
@@ -98,7 +101,11 @@ pub fn list(link: &Link) -> Vec<ConnectorTool> {
         })
         .collect();
     let core: Vec<&str> = CORE_TOOLS.iter().map(|t| t.name).collect();
-    tools.extend(custom::list(link, &core));
+    tools.extend(
+        custom::list(link, &core)
+            .into_iter()
+            .filter(|t| policy::visible(link, &t.name)),
+    );
     tools
 }
 
@@ -178,6 +185,11 @@ async fn dispatch(
     tool: &str,
     arguments: Map<String, Value>,
 ) -> Result<CallToolResult, ApiError> {
+    // A tool this executor has but its policy refuses: 403, before anything
+    // reaches the executor. Unknown names stay `unknown_tool`.
+    if CORE_TOOLS.iter().any(|t| t.name == tool) || custom::find(&ctx.link, tool).is_some() {
+        policy::check_tool(&ctx.link, tool)?;
+    }
     match tool {
         "shell" => shell::call(ctx, parse_args(arguments)?).await,
         "read_file" => files::read_file(ctx, parse_args(arguments)?).await,

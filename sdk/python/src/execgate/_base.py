@@ -93,6 +93,12 @@ class EnvBase:
         return self._info.executor
 
     @property
+    def policy(self) -> Optional[Dict[str, Any]]:
+        """The executor's limits, ``{"root", "allow_tools", "read_only",
+        "max_processes"}`` (null: no limit), or ``None`` when it has none."""
+        return self._info.policy
+
+    @property
     def custom_tools(self) -> List[Tool]:
         """The tools of kind ``custom``; each is also a method of this object."""
         return [t for t in self._info.tools if t.kind == "custom"]

@@ -665,6 +665,7 @@ class EnvInfo:
     tools: List[Tool]
     last_seen: Optional[str]
     executor: Optional[Dict[str, Any]]
+    policy: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "EnvInfo":
@@ -674,6 +675,7 @@ class EnvInfo:
             tools=[Tool.from_json(t) for t in d.get("tools", [])],
             last_seen=d.get("last_seen"),
             executor=d.get("executor"),
+            policy=d.get("policy"),
         )
 
     @classmethod

@@ -18,6 +18,8 @@ __all__ = [
     "TransportError",
     "AuthError",
     "Forbidden",
+    "PolicyDenied",
+    "ToolNotAllowed",
     "NotFound",
     "EnvNotFound",
     "SessionNotFound",
@@ -33,6 +35,7 @@ __all__ = [
     "ExecutorRestarted",
     "PayloadTooLarge",
     "RateLimited",
+    "TooManyProcesses",
     "ServerError",
     "ExecutorUnavailable",
     "ExecutorError",
@@ -85,6 +88,17 @@ class AuthError(ExecgateError):
 
 class Forbidden(ExecgateError):
     """403 ``forbidden``: e.g. a process session of another workspace."""
+
+
+class PolicyDenied(Forbidden):
+    """403 ``policy_denied``: the executor's policy refuses it: a path outside
+    its ``--root`` (the message names the path and the root), or a change
+    on a ``--read-only`` executor."""
+
+
+class ToolNotAllowed(Forbidden):
+    """403 ``tool_not_allowed``: the executor's ``--allow-tools`` does not
+    include this tool (the message lists the allowed ones)."""
 
 
 class NotFound(ExecgateError):
@@ -148,6 +162,11 @@ class RateLimited(ExecgateError):
     """429: too many requests; wait ``retry_after`` seconds."""
 
 
+class TooManyProcesses(RateLimited):
+    """429 ``too_many_processes``: the executor runs its ``--max-processes``
+    already; retry when one has exited."""
+
+
 class ServerError(ExecgateError):
     """5xx that has no more specific class (``internal``…)."""
 
@@ -191,6 +210,8 @@ _BY_CODE: Dict[str, Type[ExecgateError]] = {
     "missing_bearer": AuthError,
     "invalid_token": AuthError,
     "forbidden": Forbidden,
+    "policy_denied": PolicyDenied,
+    "tool_not_allowed": ToolNotAllowed,
     "not_found": NotFound,
     "env_not_found": EnvNotFound,
     "session_not_found": SessionNotFound,
@@ -210,6 +231,7 @@ _BY_CODE: Dict[str, Type[ExecgateError]] = {
     "executor_restarted": ExecutorRestarted,
     "payload_too_large": PayloadTooLarge,
     "rate_limited": RateLimited,
+    "too_many_processes": TooManyProcesses,
     "executor_unavailable": ExecutorUnavailable,
     "executor_error": ExecutorError,
     "gateway_timeout": GatewayTimeout,
@@ -235,9 +257,9 @@ _BY_STATUS: Dict[int, Type[ExecgateError]] = {
 
 def error_class(code: str, status: Optional[int]) -> Type[ExecgateError]:
     """The exception class for an error ``code`` (falling back on ``status``)."""
-    if status == 429:
-        return RateLimited
     cls = _BY_CODE.get(code)
+    if status == 429:
+        return cls if cls is not None and issubclass(cls, RateLimited) else RateLimited
     if cls is None and status is not None:
         cls = _BY_STATUS.get(status)
         if cls is None:
