@@ -21,6 +21,10 @@ from conftest import call
 
 HERE = Path(__file__).resolve().parent
 
+# Generated paths and commands must not touch the CI machine outside the
+# executor's temporary working directory (see schemathesis.toml).
+EXECUTOR_ARGS = ["--root", "{work}"]
+
 
 def exited_session(url: str, token: str) -> str:
     """A session whose process has exited: the {sid} routes then answer

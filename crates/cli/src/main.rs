@@ -67,13 +67,23 @@ fn main() -> std::process::ExitCode {
     // multi-threaded runtime each hop can be a cross-thread wake-up, which
     // costs ~100 µs on this kind of VM; on one thread it is a queue push.
     // Measured: shell `true` p50 4.1× → 3.4× a direct spawn (BENCHMARKS.md).
-    // Blocking file work still goes to the blocking pool.
-    let runtime = if matches!(cli.command, Command::Executor(_)) {
-        tokio::runtime::Builder::new_current_thread()
+    // Blocking file work still goes to the blocking pool. The gateway can
+    // be asked for the same with `--worker-threads 1`.
+    let threads = match &cli.command {
+        Command::Executor(_) => Some(1),
+        Command::Serve(a) => a.gateway.worker_threads,
+        Command::Up(a) => a.gateway.worker_threads,
+        _ => None,
+    };
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Runtime::new()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -21,6 +21,12 @@ pub struct GatewayArgs {
     /// Where the embedded store lives [default: ~/.local/share/execgate].
     #[arg(long, env = "EXECGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Threads serving requests [default: one per CPU]. 1 runs everything on
+    /// one thread, which measured faster on a 2-vCPU VM (cross-thread
+    /// wake-ups are dear there; see BENCHMARKS.md) but lets one heavy
+    /// request (a large file's checksum, a big JSON answer) delay the rest.
+    #[arg(long, env = "EXECGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
     /// Request bodies larger than this many bytes get 413.
     #[arg(long, env = "EXECGATE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,

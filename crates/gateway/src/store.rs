@@ -9,6 +9,7 @@
 //! task, in batches).
 
 mod audit;
+mod lookups;
 
 pub use audit::AuditQuery;
 
@@ -169,6 +170,8 @@ pub struct ConnectInfo {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Hot-path reads, kept until the database files change.
+    lookups: std::sync::Arc<lookups::Lookups>,
 }
 
 impl Store {
@@ -201,7 +204,8 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let lookups = std::sync::Arc::new(lookups::Lookups::new(&data_dir.join("execgate.db")));
+        Ok(Store { pool, lookups })
     }
 
     /// The pool, for tests that tamper with the database.
@@ -322,17 +326,26 @@ impl Store {
     }
 
     /// The grant of a live proxy token, by the token itself.
+    /// The live grant of a proxy token. Answered from memory while the
+    /// database is unchanged since the last read (see `store::lookups`).
     pub async fn verify_proxy_token(&self, token: &str) -> Result<Option<TokenGrant>> {
+        let hash = secret::sha256_hex(token.as_bytes());
+        let generation = self.lookups.generation();
+        if let Some(grant) = self.lookups.token(&hash, generation) {
+            return Ok(grant);
+        }
         let row = sqlx::query(
             "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = ? AND revoked_at IS NULL",
         )
-        .bind(secret::sha256_hex(token.as_bytes()))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| TokenGrant {
+        let grant = row.map(|r| TokenGrant {
             workspace: r.get("workspace"),
             user_id: r.get("user_id"),
-        }))
+        });
+        self.lookups.put_token(hash, generation, grant.clone());
+        Ok(grant)
     }
 
     // ---- executors ----
@@ -452,18 +465,26 @@ impl Store {
             .await?)
     }
 
+    /// Answered from memory while the database is unchanged since the last
+    /// read (see `store::lookups`): every tool call makes this read.
     pub async fn executor_by_name(
         &self,
         workspace: &str,
         name: &str,
     ) -> Result<Option<ExecutorRow>> {
-        Ok(
+        let generation = self.lookups.generation();
+        if let Some(row) = self.lookups.executor(workspace, name, generation) {
+            return Ok(row);
+        }
+        let row: Option<ExecutorRow> =
             sqlx::query_as("SELECT * FROM executors WHERE workspace = ? AND name = ?")
                 .bind(workspace)
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?,
-        )
+                .await?;
+        self.lookups
+            .put_executor(workspace, name, generation, row.clone());
+        Ok(row)
     }
 
     /// Removes an executor by name (or exe_id) within a workspace.

@@ -1,9 +1,10 @@
 //! The embedded verifier: the proxy token's SHA-256 is looked up in this
 //! gateway's store on every request.
 //!
-//! No cache on purpose: `execgate admin token revoke` runs in another
-//! process and writes the same database, and a revocation must take effect
-//! on the next request. The lookup is one indexed read.
+//! No verdict cache here on purpose: `execgate admin token revoke` runs in
+//! another process and writes the same database, and a revocation must take
+//! effect on the next request. The store answers from memory only while
+//! the database files are unchanged (`store::lookups`), which keeps that.
 
 use crate::auth::{ProxyTokenVerifier, VerifyFuture};
 use crate::store::Store;

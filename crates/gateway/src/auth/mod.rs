@@ -3,9 +3,9 @@
 //!
 //! Tokens are checked by one [`ProxyTokenVerifier`], chosen at start:
 //! - [`embedded::EmbeddedVerifier`] (the default) asks this gateway's store
-//!   on every request, an indexed read and no cache, so a revocation made by
-//!   `execgate admin` in another process takes effect on the very next
-//!   request;
+//!   on every request (answered from memory while the database files are
+//!   unchanged, `store::lookups`), so a revocation made by `execgate admin`
+//!   in another process takes effect on the very next request;
 //! - [`remote::RemoteVerifier`] asks a token authority
 //!   (`POST {url}/internal/validate-proxy-token`) through a bounded verdict
 //!   cache ([`cache`]) that coalesces concurrent misses.

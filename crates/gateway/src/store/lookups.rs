@@ -1,0 +1,164 @@
+//! The reads every connectors call makes — proxy token → grant, and
+//! (workspace, environment name) → executor row — kept in memory until the
+//! database changes.
+//!
+//! **Why.** sqlx runs each SQLite query on its connection's worker thread,
+//! so one query is two cross-thread hand-offs (each ~100 µs on this kind of
+//! VM) on the hot path of every call, and a call made two of them.
+//!
+//! **Why it is exact.** Every commit, by this gateway or by another process
+//! on the same data dir (`execgate admin token revoke`), writes the WAL file
+//! (or, at a checkpoint, the database file), which changes that file's size
+//! or modification time. An entry is used only while the files'
+//! [`Generation`] is the one it was read under, and the generation is taken
+//! *before* the query: a commit that races with the query leaves the entry
+//! stale, never wrongly fresh. So a revocation still takes effect on the
+//! next request. The one blind spot: file times tick at the kernel's clock
+//! granularity (a few ms), and two commits within one tick that leave the
+//! WAL the same size look alike; entries therefore also expire after
+//! [`MAX_AGE`], which bounds that case.
+//!
+//! The gateway's own writes (a session row, an executor's last-seen time)
+//! change the generation too, and simply empty the cache's usefulness for
+//! the next read: correctness never depends on who wrote.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{ExecutorRow, TokenGrant};
+
+/// Upper bound on an entry's life whatever the files say (see the module
+/// docs).
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+/// Entries per cache; a flood of random tokens cannot grow it further.
+const CAPACITY: u64 = 10_000;
+
+/// The state of the database files: size and modification time of the
+/// database and of its WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Generation([(u64, u128); 2]);
+
+pub(crate) struct Lookups {
+    db: PathBuf,
+    wal: PathBuf,
+    /// Keyed by the token's SHA-256 (hex): no raw token is kept.
+    tokens: moka::sync::Cache<String, (Generation, Option<TokenGrant>)>,
+    executors: moka::sync::Cache<(String, String), (Generation, Option<ExecutorRow>)>,
+}
+
+impl Lookups {
+    pub fn new(db: &Path) -> Self {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        Lookups {
+            db: db.to_owned(),
+            wal: PathBuf::from(wal),
+            tokens: cache(),
+            executors: cache(),
+        }
+    }
+
+    /// The files' generation now: two `stat`s, no thread hand-off.
+    pub fn generation(&self) -> Generation {
+        let stat = |p: &Path| {
+            std::fs::metadata(p).map_or((0, 0), |m| {
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (m.len(), mtime)
+            })
+        };
+        Generation([stat(&self.db), stat(&self.wal)])
+    }
+
+    pub fn token(&self, hash: &str, now: Generation) -> Option<Option<TokenGrant>> {
+        fresh(self.tokens.get(hash), now)
+    }
+
+    pub fn put_token(&self, hash: String, read_at: Generation, grant: Option<TokenGrant>) {
+        self.tokens.insert(hash, (read_at, grant));
+    }
+
+    pub fn executor(
+        &self,
+        workspace: &str,
+        name: &str,
+        now: Generation,
+    ) -> Option<Option<ExecutorRow>> {
+        fresh(
+            self.executors
+                .get(&(workspace.to_string(), name.to_string())),
+            now,
+        )
+    }
+
+    pub fn put_executor(
+        &self,
+        workspace: &str,
+        name: &str,
+        read_at: Generation,
+        row: Option<ExecutorRow>,
+    ) {
+        self.executors
+            .insert((workspace.to_string(), name.to_string()), (read_at, row));
+    }
+}
+
+fn cache<K, V>() -> moka::sync::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(CAPACITY)
+        .time_to_live(MAX_AGE)
+        .build()
+}
+
+/// The cached value, if it was read under the current generation.
+fn fresh<T>(entry: Option<(Generation, T)>, now: Generation) -> Option<T> {
+    match entry {
+        Some((read_at, value)) if read_at == now => Some(value),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_fresh_only_under_its_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        std::fs::write(&db, b"a").unwrap();
+        let l = Lookups::new(&db);
+        let g1 = l.generation();
+        let grant = TokenGrant {
+            workspace: "w".into(),
+            user_id: None,
+        };
+        l.put_token("h".into(), g1, Some(grant.clone()));
+        assert_eq!(l.token("h", g1), Some(Some(grant)));
+        // A write to the WAL (another process's commit) changes it.
+        std::fs::write(dir.path().join("x.db-wal"), b"frame").unwrap();
+        let g2 = l.generation();
+        assert_ne!(g1, g2);
+        assert_eq!(l.token("h", g2), None);
+        // Rejections are cached too (None inside).
+        l.put_token("bad".into(), g2, None);
+        assert_eq!(l.token("bad", g2), Some(None));
+    }
+
+    #[test]
+    fn entries_expire_after_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Lookups::new(&dir.path().join("x.db"));
+        let g = l.generation();
+        l.put_token("h".into(), g, None);
+        std::thread::sleep(MAX_AGE + Duration::from_millis(100));
+        assert_eq!(l.token("h", g), None);
+    }
+}
