@@ -58,6 +58,11 @@ pub struct GatewayArgs {
     /// gateways' remote mode). Without it, /internal/* is 404.
     #[arg(long, env = "EXECGATE_INTERNAL_SECRET_FILE")]
     pub internal_secret_file: Option<PathBuf>,
+    /// The HMAC secret of capability tokens (/bridge). Default:
+    /// `<data-dir>/cap-token-secret`, generated at first start (mode 0600).
+    /// `execgate admin captoken create` must use the same one.
+    #[arg(long, env = "EXECGATE_CAP_TOKEN_SECRET_FILE")]
+    pub cap_token_secret_file: Option<PathBuf>,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -91,6 +96,7 @@ impl GatewayArgs {
             };
             c.auth.verifier = VerifierConfig::Remote(remote);
         }
+        c.cap_token_secret_file = self.cap_token_secret_file.clone();
         if let Some(file) = &self.internal_secret_file {
             c.auth.internal_secret = Some(read_secret(file, "--internal-secret-file")?);
         }

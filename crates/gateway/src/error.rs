@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse};
 
+use crate::captoken::CapTokenError;
 use crate::link::LinkError;
 use crate::store::StoreError;
 
@@ -134,6 +135,19 @@ impl From<LinkError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, code::EXECUTOR_ERROR, e.to_string())
             }
         }
+    }
+}
+
+impl From<CapTokenError> for ApiError {
+    /// Every refused capability token is a 401; an expired one has its own
+    /// code, so that a client knows to mint a new one rather than fix its
+    /// configuration.
+    fn from(e: CapTokenError) -> Self {
+        let code = match e {
+            CapTokenError::Expired { .. } => code::CAPTOKEN_EXPIRED,
+            _ => code::INVALID_CAPTOKEN,
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
 

@@ -5,6 +5,9 @@
 //! Map of the crate (see ARCHITECTURE.md for the whole picture):
 //! - [`api`]: the router and the connectors API handlers.
 //! - [`auth`]: proxy token → [`auth::Caller`].
+//! - [`captoken`]: capability tokens (mint, verify, the secret, the admin
+//!   operations); [`bridge`]: `/bridge/{exe_id}`, a capability-token holder
+//!   speaking the executor protocol over the gateway's link.
 //! - [`connect`]: executor register + WebSocket link, handshake, resume.
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
@@ -23,6 +26,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod bridge;
+pub mod captoken;
 pub mod connect;
 pub mod deadlines;
 pub mod error;
@@ -59,6 +64,8 @@ pub enum GatewayError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    CapTokenSecret(#[from] captoken::keyfile::KeyFileError),
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -71,6 +78,8 @@ impl Gateway {
     /// Opens the store (running migrations) and binds the listener.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::open(&config.data_dir).await?;
+        let secret =
+            captoken::keyfile::load(config.cap_token_secret_file.as_deref(), &config.data_dir)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -78,7 +87,7 @@ impl Gateway {
                 source,
             })?;
         Ok(Gateway {
-            state: AppState::new(config, store),
+            state: AppState::with_cap_token_secret(config, store, secret),
             listener,
         })
     }

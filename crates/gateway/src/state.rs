@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
+use crate::captoken::CapTokenSecret;
 use crate::registry::Registry;
 use crate::seq_ledger::SeqLedger;
 use crate::store::Store;
@@ -24,6 +25,13 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// How proxy tokens are verified; whether `/internal/*` is served.
     pub auth: AuthConfig,
+    /// The capability-token secret's file; `None`: `<data_dir>/cap-token-secret`,
+    /// generated at first start (see `captoken::keyfile`).
+    pub cap_token_secret_file: Option<PathBuf>,
+    /// How often a live bridge session asks the store whether its turn was
+    /// revoked by another process (`execgate admin captoken revoke-turn`).
+    /// A revocation through this gateway's own admin API closes it at once.
+    pub bridge_recheck: Duration,
 }
 
 impl GatewayConfig {
@@ -35,6 +43,8 @@ impl GatewayConfig {
             public_url: None,
             ping_interval: Duration::from_secs(30),
             auth: AuthConfig::default(),
+            cap_token_secret_file: None,
+            bridge_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -57,15 +67,30 @@ pub(crate) struct Inner {
     pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
     pub verifier: Arc<dyn ProxyTokenVerifier>,
     pub internal_stats: auth::internal::Stats,
+    pub cap_token_secret: CapTokenSecret,
+    /// Turn ids revoked through this gateway, to the live bridge sessions.
+    pub revoked_turns: tokio::sync::broadcast::Sender<String>,
 }
 
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
 impl AppState {
+    /// A state with a random capability-token secret (tests; a gateway
+    /// that serves uses [`AppState::with_cap_token_secret`]).
     pub fn new(config: GatewayConfig, store: Store) -> Self {
+        Self::with_cap_token_secret(config, store, CapTokenSecret::random())
+    }
+
+    pub fn with_cap_token_secret(
+        config: GatewayConfig,
+        store: Store,
+        cap_token_secret: CapTokenSecret,
+    ) -> Self {
         let verifier = auth::verifier(&config.auth, &store);
         AppState(Arc::new(Inner {
+            cap_token_secret,
+            revoked_turns: tokio::sync::broadcast::channel(64).0,
             verifier,
             internal_stats: Default::default(),
             config,
@@ -106,6 +131,16 @@ impl AppState {
             .entry(exe_id.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The HMAC secret capability tokens are minted and verified with.
+    pub fn cap_token_secret(&self) -> &CapTokenSecret {
+        &self.0.cap_token_secret
+    }
+
+    /// Revocations made through this gateway, for live bridge sessions.
+    pub fn revoked_turns(&self) -> &tokio::sync::broadcast::Sender<String> {
+        &self.0.revoked_turns
     }
 
     pub(crate) fn tickets(&self) -> &Mutex<HashMap<String, Ticket>> {

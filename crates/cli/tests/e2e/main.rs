@@ -4,6 +4,7 @@
 mod bad_input;
 mod basics;
 mod bench;
+mod bridge;
 mod cli;
 mod codex;
 mod custom_tools;
