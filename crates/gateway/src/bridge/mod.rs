@@ -17,6 +17,8 @@
 //! `{exe_id}` may also be the environment's name in the token's workspace.
 
 pub mod session;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
