@@ -1,7 +1,8 @@
-//! `execgate admin`: workspaces, proxy tokens, executors and the audit log,
-//! straight in the store of a data dir. Safe while a gateway serves from
-//! the same data dir. The work is `execgate_gateway::admin::ops`, which the
-//! admin API (`/api/admin/*`) shares; this module only prints.
+//! `execgate admin`: workspaces, proxy tokens, executors, the audit log and
+//! capability tokens, straight in the store of a data dir. Safe while a
+//! gateway serves from the same data dir. The work is
+//! `execgate_gateway::admin::ops` (and `captoken::admin`), which the admin
+//! API (`/api/admin/*`) shares; this module only prints.
 //!
 //! Commands that create a secret print it alone on the last line of stdout;
 //! scripts and tests rely on that. `executor add --sigv4` (a machine that
@@ -15,6 +16,7 @@ use clap::{Args, Subcommand};
 use execgate_gateway::admin::ops;
 use execgate_gateway::api::rfc3339;
 use execgate_gateway::audit::parse_since;
+use execgate_gateway::captoken::{self, admin::MintRequest};
 use execgate_gateway::store::{now_ms, AuditQuery};
 use execgate_gateway::Store;
 use execgate_protocol::admin::{AddExecutor, CreateToken};
@@ -42,6 +44,36 @@ pub enum AdminCommand {
     /// The audit log: tool calls, process operations, file transfers and
     /// bridge sessions, oldest first.
     Audit(AuditArgs),
+    /// Capability tokens (for /bridge) and their turns.
+    #[command(subcommand)]
+    Captoken(CaptokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaptokenCmd {
+    /// Mint a capability token for a workspace; it is printed alone on the
+    /// last line. Uses the gateway's secret: `<data-dir>/cap-token-secret`
+    /// (generated if missing) or --cap-token-secret-file, as `serve` does.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        /// Lifetime in seconds (1-86400).
+        #[arg(long, default_value_t = execgate_gateway::captoken::DEFAULT_TTL_S)]
+        ttl: u64,
+        /// The turn the token belongs to (revocation is per turn); default: a new `turn_…`.
+        #[arg(long)]
+        turn_id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Mark the token's calls as not to be audited (the `skip_audit` claim).
+        #[arg(long)]
+        skip_audit: bool,
+        /// The secret file the gateway is started with, if not the data dir's.
+        #[arg(long, env = "EXECGATE_CAP_TOKEN_SECRET_FILE")]
+        cap_token_secret_file: Option<PathBuf>,
+    },
+    /// Revoke every capability token of a turn, for good.
+    RevokeTurn { turn_id: String },
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +253,35 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                     e.last_seen_at.map(rfc3339).unwrap_or_else(|| "-".into())
                 );
             }
+        }
+        AdminCommand::Captoken(CaptokenCmd::Create {
+            workspace,
+            ttl,
+            turn_id,
+            user,
+            skip_audit,
+            cap_token_secret_file,
+        }) => {
+            let secret = captoken::keyfile::load(cap_token_secret_file.as_deref(), &dir)?;
+            let req = MintRequest {
+                workspace,
+                ttl_s: Some(ttl),
+                turn_id,
+                user_id: user,
+                skip_audit: skip_audit.then_some(true),
+            };
+            let m = captoken::admin::mint(&store, &secret, &req, captoken::now_s()).await?;
+            println!(
+                "capability token for workspace {}, turn {}, expires {} (shown once):",
+                m.workspace,
+                m.turn_id,
+                rfc3339(m.exp * 1000)
+            );
+            println!("{}", m.token);
+        }
+        AdminCommand::Captoken(CaptokenCmd::RevokeTurn { turn_id }) => {
+            let r = captoken::admin::revoke_turn(&store, &turn_id).await?;
+            println!("revoked turn {} (since {})", r.turn_id, r.revoked_at);
         }
         AdminCommand::Executor(ExecutorCmd::Remove { workspace, name }) => {
             store.remove_executor(&workspace, &name).await?;

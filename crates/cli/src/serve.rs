@@ -88,6 +88,11 @@ pub struct GatewayArgs {
     /// too_many_sessions beyond. Default: no limit.
     #[arg(long, env = "EXECGATE_MAX_SESSIONS_PER_WORKSPACE")]
     pub max_sessions_per_workspace: Option<u32>,
+    /// The HMAC secret of capability tokens (/bridge). Default:
+    /// `<data-dir>/cap-token-secret`, generated at first start (mode 0600).
+    /// `execgate admin captoken create` must use the same one.
+    #[arg(long, env = "EXECGATE_CAP_TOKEN_SECRET_FILE")]
+    pub cap_token_secret_file: Option<PathBuf>,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -121,6 +126,7 @@ impl GatewayArgs {
             };
             c.auth.verifier = VerifierConfig::Remote(remote);
         }
+        c.cap_token_secret_file = self.cap_token_secret_file.clone();
         if let Some(file) = &self.internal_secret_file {
             c.auth.internal_secret = Some(read_secret(file, "--internal-secret-file")?);
         }

@@ -47,6 +47,9 @@ pub fn router(state: AppState) -> Router {
             "/cloud/environment/{environment_id}/direct/connect",
             get(connect::connect),
         )
+        // The executor protocol for capability-token holders (WebSocket);
+        // like /cloud/*, not part of the OpenAPI document.
+        .route("/bridge/{exe_id}", get(crate::bridge::bridge))
         .merge(crate::mcp::router(&state))
         .merge(crate::admin::router(&state))
         .merge(internal_routes(&state))

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse};
 use execgate_protocol::jsonrpc::code as rpc_code;
 
+use crate::captoken::CapTokenError;
 use crate::link::LinkError;
 use crate::store::StoreError;
 
@@ -157,6 +158,19 @@ impl From<LinkError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, code::EXECUTOR_ERROR, e.to_string())
             }
         }
+    }
+}
+
+impl From<CapTokenError> for ApiError {
+    /// Every refused capability token is a 401; an expired one has its own
+    /// code, so that a client knows to mint a new one rather than fix its
+    /// configuration.
+    fn from(e: CapTokenError) -> Self {
+        let code = match e {
+            CapTokenError::Expired { .. } => code::CAPTOKEN_EXPIRED,
+            _ => code::INVALID_CAPTOKEN,
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
 

@@ -9,6 +9,9 @@
 //! - [`auth`]: proxy token → [`auth::Caller`].
 //! - [`audit`]: the audit log: records, and their batched writer.
 //! - [`limits`]: per-workspace request rate and live-session cap.
+//! - [`captoken`]: capability tokens (mint, verify, the secret, the admin
+//!   operations); [`bridge`]: `/bridge/{exe_id}`, a capability-token holder
+//!   speaking the executor protocol over the gateway's link.
 //! - [`connect`]: executor register + WebSocket link, handshake, resume.
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
@@ -30,6 +33,8 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bridge;
+pub mod captoken;
 pub mod connect;
 pub mod deadlines;
 pub mod error;
@@ -70,6 +75,8 @@ pub enum GatewayError {
     Serve(std::io::Error),
     #[error("admin token: {0}")]
     AdminToken(String),
+    #[error(transparent)]
+    CapTokenSecret(#[from] captoken::keyfile::KeyFileError),
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -80,12 +87,14 @@ pub struct Gateway {
 
 impl Gateway {
     /// Opens the store (running migrations), reads (or creates) the admin
-    /// token, and binds the listener.
+    /// token and the capability-token secret, and binds the listener.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::open(&config.data_dir).await?;
         let admin_token =
             admin::token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
                 .map_err(GatewayError::AdminToken)?;
+        let secret =
+            captoken::keyfile::load(config.cap_token_secret_file.as_deref(), &config.data_dir)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -93,7 +102,7 @@ impl Gateway {
                 source,
             })?;
         Ok(Gateway {
-            state: AppState::with_admin_token(config, store, Some(admin_token)),
+            state: AppState::with_secrets(config, store, Some(admin_token), secret),
             listener,
         })
     }

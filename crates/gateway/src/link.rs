@@ -8,9 +8,16 @@
 //!
 //! The socket itself is driven by `connect.rs`: a reader task feeds
 //! [`Link::dispatch`] and a writer task drains the link's outgoing queue.
+//!
+//! Bridge sessions (`crate::bridge`) share the link: [`Link::request_raw`]
+//! sends a request on a bridge client's behalf (under a link id, like any
+//! other) and hands back the executor's raw answer, and a [`Tap`] receives
+//! the raw notifications of every process id in the bridge's namespace
+//! `br-<key>-…` ([`tap_key`]). Process ids of the gateway's own tools never
+//! start with `br-`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -83,6 +90,19 @@ pub enum ProcessEvent {
 
 type Pending = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
 type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<ProcessEvent>)>>;
+/// A raw notification: method and params, as the executor sent them.
+pub type RawNotification = (String, Value);
+type Taps = HashMap<String, mpsc::Sender<RawNotification>>;
+
+/// Where bridged process ids start: `br-<key>-<the client's id>`.
+pub const TAP_PREFIX: &str = "br-";
+
+/// The tap key of a process id in the bridge namespace (`br-<key>-…`).
+pub fn tap_key(process_id: &str) -> Option<&str> {
+    let rest = process_id.strip_prefix(TAP_PREFIX)?;
+    let (key, _) = rest.split_once('-')?;
+    Some(key)
+}
 
 /// What an executor told the gateway in `initialize`.
 #[derive(Debug, Clone)]
@@ -111,6 +131,10 @@ pub struct Link {
     closed_notify: tokio::sync::Notify,
     /// Where every process event is also recorded, for exact lost bytes.
     ledger: OnceLock<Arc<SeqLedger>>,
+    /// Bridge sessions' notification taps, by key; `taps_live` lets the
+    /// notification path skip the lock when there are none.
+    taps: Mutex<Taps>,
+    taps_live: AtomicUsize,
 }
 
 impl Link {
@@ -136,6 +160,8 @@ impl Link {
             last_seen_ms: AtomicI64::new(now_ms()),
             closed_notify: tokio::sync::Notify::new(),
             ledger: OnceLock::new(),
+            taps: Mutex::new(HashMap::new()),
+            taps_live: AtomicUsize::new(0),
         })
     }
 
@@ -187,6 +213,11 @@ impl Link {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Why the link closed, once it has.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.get().map(String::as_str)
     }
 
     /// Resolves when the link has closed.
@@ -287,6 +318,62 @@ impl Link {
         })
     }
 
+    /// Sends a request on behalf of a bridge client and waits, without a
+    /// timeout, for the executor's raw answer: `Ok(Ok(result))`,
+    /// `Ok(Err(its JSON-RPC error))`, or `Err` when the link is gone. The
+    /// request gets a link id like any other, so it cannot collide with the
+    /// gateway's own; dropping the future forgets the id.
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<Result<Value, RpcError>, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if self.is_closed() {
+                return Err(self.disconnected());
+            }
+            pending.insert(id, tx);
+        }
+        /// Removes the pending entry when the caller stops waiting (a bridge
+        /// client that went away), so a never-answered id does not linger.
+        struct Forget<'a>(&'a Link, i64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.pending.lock().unwrap().remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, id);
+        let frame = Message::request(Id::Num(id), method, params).encode();
+        if self.outgoing.send(frame).is_err() {
+            return Err(self.disconnected());
+        }
+        rx.await.map_err(|_| self.disconnected())
+    }
+
+    /// Receives the raw notifications of every process `br-<key>-…`, until
+    /// dropped. Notifications are dropped (not queued) when `capacity` are
+    /// already waiting: the executor's output log still has the data, and
+    /// `process/read` catches up, as with the executor's own notification
+    /// queue. The channel closes when the link does.
+    pub fn tap(self: &Arc<Self>, key: &str, capacity: usize) -> Tap {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        {
+            let mut taps = self.taps.lock().unwrap();
+            if !self.is_closed() {
+                taps.insert(key.to_string(), tx);
+                self.taps_live.store(taps.len(), Ordering::Release);
+            }
+        }
+        Tap {
+            link: self.clone(),
+            key: key.to_string(),
+            rx,
+        }
+    }
+
     /// Sends a notification (no answer expected).
     pub fn notify(&self, method: &str, params: Value) -> Result<(), LinkError> {
         self.outgoing
@@ -362,6 +449,20 @@ impl Link {
     }
 
     fn route_notification(&self, method: &str, params: Value) {
+        // A bridged process: its events go to its bridge only, raw. Gateway
+        // tools never subscribe to (or account for) these ids.
+        if let Some(key) = params
+            .get("processId")
+            .and_then(Value::as_str)
+            .and_then(tap_key)
+        {
+            if self.taps_live.load(Ordering::Acquire) > 0 {
+                if let Some(tx) = self.taps.lock().unwrap().get(key) {
+                    let _ = tx.try_send((method.to_string(), params));
+                }
+            }
+            return;
+        }
         let (process_id, event) = match method {
             method::PROCESS_OUTPUT => match serde_json::from_value::<OutputNotification>(params) {
                 Ok(n) => {
@@ -436,7 +537,31 @@ impl Link {
                 let _ = tx.send(ProcessEvent::LinkLost);
             }
         }
+        // Dropping the senders ends every tap's stream.
+        drop(std::mem::take(&mut *self.taps.lock().unwrap()));
         self.closed_notify.notify_waiters();
+    }
+}
+
+/// A bridge session's raw notifications (see [`Link::tap`]).
+pub struct Tap {
+    link: Arc<Link>,
+    key: String,
+    rx: mpsc::Receiver<RawNotification>,
+}
+
+impl Tap {
+    /// The next notification; `None` once the link is gone.
+    pub async fn recv(&mut self) -> Option<RawNotification> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let mut taps = self.link.taps.lock().unwrap();
+        taps.remove(&self.key);
+        self.link.taps_live.store(taps.len(), Ordering::Release);
     }
 }
 
@@ -571,5 +696,99 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, LinkError::Timeout { .. }));
         assert!(link.pending.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn raw_requests_get_link_ids_and_raw_answers() {
+        let (link, mut out) = link();
+        let l = link.clone();
+        let own = tokio::spawn(async move {
+            l.request_value("mine", json!({}), Duration::from_secs(5))
+                .await
+        });
+        let l = link.clone();
+        let raw = tokio::spawn(async move { l.request_raw("fs/readFile", json!({"p":1})).await });
+        let mut ids = HashMap::new();
+        for _ in 0..2 {
+            let frame = out.recv().await.unwrap();
+            let Message::Request { id, method, params } =
+                Message::decode(frame.as_bytes()).unwrap()
+            else {
+                panic!()
+            };
+            if method == "fs/readFile" {
+                assert_eq!(params, json!({"p":1}));
+            }
+            ids.insert(method, id);
+        }
+        assert_ne!(ids["mine"], ids["fs/readFile"]);
+        let err = RpcError::new(-32004, "no such file");
+        link.dispatch(
+            Message::response(ids["fs/readFile"].clone(), Err(err.clone()))
+                .encode()
+                .as_bytes(),
+        );
+        link.dispatch(
+            Message::response(ids["mine"].clone(), Ok(json!(1)))
+                .encode()
+                .as_bytes(),
+        );
+        assert_eq!(raw.await.unwrap().unwrap(), Err(err));
+        assert_eq!(own.await.unwrap().unwrap(), json!(1));
+
+        // A raw request whose caller gives up leaves no pending entry.
+        let l = link.clone();
+        let gone = tokio::spawn(async move { l.request_raw("process/read", json!({})).await });
+        out.recv().await.unwrap();
+        gone.abort();
+        let _ = gone.await;
+        assert!(link.pending.lock().unwrap().is_empty());
+        // And one in flight when the link closes fails at once.
+        let l = link.clone();
+        let pending = tokio::spawn(async move { l.request_raw("process/read", json!({})).await });
+        out.recv().await.unwrap();
+        link.close("bye");
+        assert!(matches!(
+            pending.await.unwrap(),
+            Err(LinkError::Disconnected { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn taps_get_their_namespace_raw_and_nothing_else() {
+        let (link, _out) = link();
+        assert_eq!(tap_key("br-k1-p"), Some("k1"));
+        assert_eq!(tap_key("br-k1-a-b"), Some("k1"));
+        assert_eq!(tap_key("sh_1"), None);
+        assert_eq!(tap_key("br-nodash"), None);
+        let mut own = link.subscribe("sh_1");
+        let mut t1 = link.tap("k1", 8);
+        let mut t12 = link.tap("k12", 8);
+        let n = br#"{"method":"process/output","params":{"processId":"br-k1-p","seq":1,"stream":"stdout","chunk":"aGk=","extra":true}}"#;
+        link.dispatch(n);
+        link.dispatch(br#"{"method":"process/closed","params":{"processId":"br-k12-p","seq":2}}"#);
+        link.dispatch(br#"{"method":"process/closed","params":{"processId":"sh_1","seq":3}}"#);
+        let (m, p) = t1.recv().await.unwrap();
+        assert_eq!(m, "process/output");
+        // Raw: fields the gateway does not know pass through.
+        assert_eq!(p["extra"], true);
+        assert_eq!(p["processId"], "br-k1-p");
+        let (_, p) = t12.recv().await.unwrap();
+        assert_eq!(p["processId"], "br-k12-p");
+        assert_eq!(own.recv().await, ProcessEvent::Closed { seq: 3 });
+        assert!(t1.rx.try_recv().is_err());
+        // A full tap drops instead of blocking the link's reader.
+        for _ in 0..20 {
+            link.dispatch(n);
+        }
+        let mut got = 0;
+        while t1.rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 8);
+        drop(t12);
+        assert_eq!(link.taps_live.load(Ordering::Acquire), 1);
+        link.close("gone");
+        assert!(t1.recv().await.is_none());
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{Audit, AuditMode};
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
+use crate::captoken::CapTokenSecret;
 use crate::limits::{Limits, LimitsConfig};
 use crate::registry::Registry;
 use crate::secret::SecretString;
@@ -34,6 +35,13 @@ pub struct GatewayConfig {
     /// Where the admin token is; default `<data_dir>/admin-token`, created
     /// at first start.
     pub admin_token_file: Option<PathBuf>,
+    /// The capability-token secret's file; `None`: `<data_dir>/cap-token-secret`,
+    /// generated at first start (see `captoken::keyfile`).
+    pub cap_token_secret_file: Option<PathBuf>,
+    /// How often a live bridge session asks the store whether its turn was
+    /// revoked by another process (`execgate admin captoken revoke-turn`).
+    /// A revocation through this gateway's own admin API closes it at once.
+    pub bridge_recheck: Duration,
 }
 
 impl GatewayConfig {
@@ -48,6 +56,8 @@ impl GatewayConfig {
             audit: AuditMode::default(),
             limits: LimitsConfig::default(),
             admin_token_file: None,
+            cap_token_secret_file: None,
+            bridge_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -74,25 +84,34 @@ pub(crate) struct Inner {
     pub limits: Limits,
     /// None: the admin API refuses every token.
     pub admin_token: Option<SecretString>,
+    pub cap_token_secret: CapTokenSecret,
+    /// Turn ids revoked through this gateway, to the live bridge sessions.
+    pub revoked_turns: tokio::sync::broadcast::Sender<String>,
 }
 
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
 impl AppState {
-    /// A state without an admin token (the admin API refuses everyone).
-    /// Starts the audit writer, so it must run inside a Tokio runtime.
+    /// A state without an admin token (the admin API refuses everyone) and
+    /// with a random capability-token secret: for tests. Starts the audit
+    /// writer, so it must run inside a Tokio runtime.
     pub fn new(config: GatewayConfig, store: Store) -> Self {
-        Self::with_admin_token(config, store, None)
+        Self::with_secrets(config, store, None, CapTokenSecret::random())
     }
 
-    pub fn with_admin_token(
+    /// A serving gateway's state: the admin token (`None`: the admin API
+    /// refuses everyone) and the capability-token secret.
+    pub fn with_secrets(
         config: GatewayConfig,
         store: Store,
         admin_token: Option<SecretString>,
+        cap_token_secret: CapTokenSecret,
     ) -> Self {
         let verifier = auth::verifier(&config.auth, &store);
         AppState(Arc::new(Inner {
+            cap_token_secret,
+            revoked_turns: tokio::sync::broadcast::channel(64).0,
             verifier,
             internal_stats: Default::default(),
             audit: Audit::start(store.clone(), config.audit),
@@ -150,6 +169,16 @@ impl AppState {
             .entry(exe_id.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The HMAC secret capability tokens are minted and verified with.
+    pub fn cap_token_secret(&self) -> &CapTokenSecret {
+        &self.0.cap_token_secret
+    }
+
+    /// Revocations made through this gateway, for live bridge sessions.
+    pub fn revoked_turns(&self) -> &tokio::sync::broadcast::Sender<String> {
+        &self.0.revoked_turns
     }
 
     pub(crate) fn tickets(&self) -> &Mutex<HashMap<String, Ticket>> {

@@ -677,6 +677,43 @@ impl Store {
                 .await?,
         )
     }
+
+    // ---- capability-token turns (migration 0005) ----
+
+    /// Whether workspace `name` exists.
+    pub async fn workspace_exists(&self, name: &str) -> Result<bool> {
+        match self.require_workspace(name).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Revokes every capability token of `turn_id`, for good. Idempotent:
+    /// returns when the turn was (first) revoked, Unix ms.
+    pub async fn revoke_turn(&self, turn_id: &str) -> Result<i64> {
+        sqlx::query("INSERT OR IGNORE INTO revoked_turns (turn_id, revoked_at) VALUES (?, ?)")
+            .bind(turn_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        let (at,): (i64,) =
+            sqlx::query_as("SELECT revoked_at FROM revoked_turns WHERE turn_id = ?")
+                .bind(turn_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(at)
+    }
+
+    /// Whether `turn_id` was revoked (an indexed read).
+    pub async fn turn_revoked(&self, turn_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT revoked_at FROM revoked_turns WHERE turn_id = ?")
+                .bind(turn_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
 }
 
 /// `{exe_id}.{secret}`; see `execgate_protocol::register::environment_id_from_token`.
@@ -852,5 +889,21 @@ mod tests {
         assert!(!s.executor(&b).await.unwrap().unwrap().is_default);
         s.remove_executor("w", "gpu").await.unwrap();
         assert!(s.executor(&b).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn revoked_turns_are_persisted_and_idempotent() {
+        let (dir, store) = store().await;
+        assert!(!store.turn_revoked("turn_a").await.unwrap());
+        let at = store.revoke_turn("turn_a").await.unwrap();
+        assert_eq!(store.revoke_turn("turn_a").await.unwrap(), at);
+        assert!(store.turn_revoked("turn_a").await.unwrap());
+        assert!(!store.turn_revoked("turn_b").await.unwrap());
+        drop(store);
+        let reopened = Store::open(dir.path()).await.unwrap();
+        assert!(reopened.turn_revoked("turn_a").await.unwrap());
+        assert!(!reopened.workspace_exists("nope").await.unwrap());
+        reopened.create_workspace("w1").await.unwrap();
+        assert!(reopened.workspace_exists("w1").await.unwrap());
     }
 }

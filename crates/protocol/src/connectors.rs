@@ -11,6 +11,13 @@ pub mod error_code {
     pub const INVALID_TOKEN: &str = "invalid_token";
     /// 503: the token authority (remote verifier) cannot answer; retry.
     pub const AUTH_UNAVAILABLE: &str = "auth_unavailable";
+    /// 401 at `/bridge`: the capability token is malformed, has another
+    /// header, or its signature does not match.
+    pub const INVALID_CAPTOKEN: &str = "invalid_captoken";
+    /// 401 at `/bridge`: the capability token's `exp` has passed; mint another.
+    pub const CAPTOKEN_EXPIRED: &str = "captoken_expired";
+    /// 401 at `/bridge`: the token's turn was revoked (`/api/admin/revoke-turn`).
+    pub const TURN_REVOKED: &str = "turn_revoked";
     pub const BAD_REQUEST: &str = "bad_request";
     pub const BAD_JSON: &str = "bad_json";
     pub const UNKNOWN_TOOL: &str = "unknown_tool";

@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod basics;
 mod bench;
+mod bridge;
 mod cli;
 mod codex;
 mod custom_tools;

@@ -53,8 +53,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/api/admin/executors/{name}", delete(remove_executor))
         .route("/api/admin/audit", get(audit))
         .route("/api/admin/stats", get(stats))
-        // Capability tokens (`POST /api/admin/captokens`,
-        // `POST /api/admin/revoke-turn`) merge here, above the layer.
+        // `POST /api/admin/captokens`, `POST /api/admin/revoke-turn`.
+        .merge(crate::captoken::admin::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 

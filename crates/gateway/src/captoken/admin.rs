@@ -1,0 +1,364 @@
+//! Minting capability tokens and revoking turns, against the store: the
+//! logic shared by `execgate admin captoken …` and the admin HTTP routes
+//! `POST /api/admin/captokens` and `POST /api/admin/revoke-turn`.
+//!
+//! [`admin_routes`] carries no authentication of its own: it must be mounted
+//! behind the admin token (the `AdminCaller` extractor of the admin API),
+//! never in the public router.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use execgate_protocol::connectors::error_code as code;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    mint as mint_token, new_turn_id, validate_ttl, validate_turn_id, CapTokenSecret, Claims,
+    DEFAULT_TTL_S,
+};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::AppState;
+use crate::store::{Store, StoreError};
+
+/// `POST /api/admin/captokens`, and `execgate admin captoken create`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub workspace: String,
+    /// Lifetime in seconds, 1–86400; default 3600.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// The turn the token belongs to (revocation is per turn); generated
+    /// (`turn_…`) when absent.
+    #[serde(default)]
+    pub turn_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub skip_audit: Option<bool>,
+}
+
+/// A minted token and what it says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Minted {
+    pub token: String,
+    pub turn_id: String,
+    pub workspace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTurnRequest {
+    pub turn_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedTurn {
+    pub ok: bool,
+    pub turn_id: String,
+    /// When the turn was first revoked (RFC 3339, UTC).
+    pub revoked_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "workspace {0:?} does not exist (create it with `execgate admin workspace create {0}`)"
+    )]
+    NoWorkspace(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(m) => ApiError::bad_request(m),
+            AdminError::NoWorkspace(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, e.to_string())
+            }
+            AdminError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Mints a capability token for `req.workspace`, valid from `now` (Unix
+/// seconds) for `req.ttl_s`.
+pub async fn mint(
+    store: &Store,
+    secret: &CapTokenSecret,
+    req: &MintRequest,
+    now: i64,
+) -> Result<Minted, AdminError> {
+    let ttl = req.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    validate_ttl(ttl).map_err(AdminError::Invalid)?;
+    let turn_id = match &req.turn_id {
+        Some(t) => {
+            validate_turn_id(t).map_err(AdminError::Invalid)?;
+            t.clone()
+        }
+        None => new_turn_id(),
+    };
+    if let Some(u) = &req.user_id {
+        if u.is_empty() || u.len() > 256 {
+            return Err(AdminError::Invalid(
+                "user_id must be 1-256 characters".into(),
+            ));
+        }
+    }
+    if !store.workspace_exists(&req.workspace).await? {
+        return Err(AdminError::NoWorkspace(req.workspace.clone()));
+    }
+    // A token of a revoked turn would be refused at once: say so now.
+    if store.turn_revoked(&turn_id).await? {
+        return Err(AdminError::Invalid(format!(
+            "turn {turn_id:?} is revoked; use another turn_id"
+        )));
+    }
+    let claims = Claims {
+        turn_id,
+        workspace_id: req.workspace.clone(),
+        user_id: req.user_id.clone(),
+        iat: now,
+        exp: now + ttl as i64,
+        skip_audit: req.skip_audit,
+    };
+    Ok(Minted {
+        token: mint_token(secret, &claims),
+        turn_id: claims.turn_id,
+        workspace: claims.workspace_id,
+        user_id: claims.user_id,
+        iat: claims.iat,
+        exp: claims.exp,
+    })
+}
+
+/// Revokes every token of `turn_id`, persisted in the store. Idempotent.
+/// Live bridge sessions of the turn notice within
+/// `GatewayConfig::bridge_recheck` (at once when revoked through the
+/// gateway's own route).
+pub async fn revoke_turn(store: &Store, turn_id: &str) -> Result<RevokedTurn, AdminError> {
+    validate_turn_id(turn_id).map_err(AdminError::Invalid)?;
+    let at = store.revoke_turn(turn_id).await?;
+    Ok(RevokedTurn {
+        ok: true,
+        turn_id: turn_id.to_string(),
+        revoked_at: crate::api::rfc3339(at),
+    })
+}
+
+/// The captoken admin routes, WITHOUT authentication: mount them behind
+/// the admin token only.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/captokens", post(create_captoken))
+        .route("/api/admin/revoke-turn", post(revoke_turn_route))
+}
+
+/// `POST /api/admin/captokens {workspace, ttl_s, turn_id?, user_id?, skip_audit?}`.
+pub async fn create_captoken(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<MintRequest>,
+) -> Result<Json<Minted>, ApiError> {
+    Ok(Json(
+        mint(
+            state.store(),
+            state.cap_token_secret(),
+            &req,
+            super::now_s(),
+        )
+        .await?,
+    ))
+}
+
+/// `POST /api/admin/revoke-turn {turn_id}`: also closes this gateway's live
+/// bridge sessions of the turn at once.
+pub async fn revoke_turn_route(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RevokeTurnRequest>,
+) -> Result<Json<RevokedTurn>, ApiError> {
+    let revoked = revoke_turn(state.store(), &req.turn_id).await?;
+    // No receiver (no live bridge) is not an error.
+    let _ = state.revoked_turns().send(revoked.turn_id.clone());
+    Ok(Json(revoked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::captoken::{verify, CapTokenError};
+    use crate::GatewayConfig;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn state() -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.create_workspace("w1").await.unwrap();
+        let state = AppState::new(
+            GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into()),
+            store,
+        );
+        (dir, state)
+    }
+
+    #[tokio::test]
+    async fn mint_verifies_and_checks_its_inputs() {
+        let (_d, st) = state().await;
+        let (store, secret) = (st.store(), st.cap_token_secret());
+        let req = MintRequest {
+            workspace: "w1".into(),
+            ..Default::default()
+        };
+        let m = mint(store, secret, &req, 1_000).await.unwrap();
+        assert!(m.turn_id.starts_with("turn_"));
+        assert_eq!((m.iat, m.exp), (1_000, 1_000 + 3600));
+        let c = verify(secret, &m.token, 1_001).unwrap();
+        assert_eq!(c.workspace_id, "w1");
+        assert_eq!(c.turn_id, m.turn_id);
+
+        let with = MintRequest {
+            workspace: "w1".into(),
+            ttl_s: Some(5),
+            turn_id: Some("t-1".into()),
+            user_id: Some("alice".into()),
+            skip_audit: Some(true),
+        };
+        let m = mint(store, secret, &with, 1_000).await.unwrap();
+        let c = verify(secret, &m.token, 1_004).unwrap();
+        assert_eq!(c.turn_id, "t-1");
+        assert_eq!(c.user_id.as_deref(), Some("alice"));
+        assert_eq!(c.skip_audit, Some(true));
+        assert!(matches!(
+            verify(secret, &m.token, 1_005),
+            Err(CapTokenError::Expired { .. })
+        ));
+
+        for (bad, want) in [
+            (
+                MintRequest {
+                    ttl_s: Some(0),
+                    ..with.clone()
+                },
+                "86400",
+            ),
+            (
+                MintRequest {
+                    ttl_s: Some(86_401),
+                    ..with.clone()
+                },
+                "86400",
+            ),
+            (
+                MintRequest {
+                    turn_id: Some("a b".into()),
+                    ..with.clone()
+                },
+                "turn_id",
+            ),
+            (
+                MintRequest {
+                    workspace: "nope".into(),
+                    ..with.clone()
+                },
+                "does not exist",
+            ),
+        ] {
+            let e = mint(store, secret, &bad, 1_000)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        revoke_turn(store, "t-1").await.unwrap();
+        let e = mint(store, secret, &with, 1_000)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("revoked"), "{e}");
+    }
+
+    async fn call(st: &AppState, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let resp = admin_routes()
+            .with_state(st.clone())
+            .oneshot(
+                Request::post(path)
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_routes_mint_and_revoke() {
+        let (_d, st) = state().await;
+        let mut revocations = st.revoked_turns().subscribe();
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl_s":60,"turn_id":"t9"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["turn_id"], "t9");
+        assert_eq!(v["exp"].as_i64().unwrap() - v["iat"].as_i64().unwrap(), 60);
+        let c = verify(
+            st.cap_token_secret(),
+            v["token"].as_str().unwrap(),
+            super::super::now_s(),
+        )
+        .unwrap();
+        assert_eq!(c.workspace_id, "w1");
+
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl_s":0}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("86400"),
+            "{v}"
+        );
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl":60}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("ttl"),
+            "{v}"
+        );
+        let (s, _) = call(&st, "/api/admin/captokens", r#"{"workspace":"zz"}"#).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        let (s, v) = call(&st, "/api/admin/revoke-turn", r#"{"turn_id":"t9"}"#).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true);
+        assert!(st.store().turn_revoked("t9").await.unwrap());
+        assert_eq!(revocations.recv().await.unwrap(), "t9");
+        let (s, _) = call(&st, "/api/admin/revoke-turn", r#"{}"#).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+}
