@@ -12,7 +12,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::captoken::admin::{admin_routes, mint, MintRequest};
+use crate::captoken::admin::{mint, MintRequest};
+use crate::captoken::CapTokenSecret;
+use crate::secret::SecretString;
+
+const ADMIN_TOKEN: &str = "test-admin-token";
 use crate::link::Link;
 use crate::{AppState, GatewayConfig, Store};
 
@@ -37,11 +41,17 @@ async fn fixture() -> Fixture {
     let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
     // Only the broadcast can end a session quickly here.
     config.bridge_recheck = Duration::from_secs(3600);
-    let state = AppState::new(config, store);
+    let state = AppState::with_secrets(
+        config,
+        store,
+        Some(SecretString::new(ADMIN_TOKEN)),
+        CapTokenSecret::random(),
+    );
     let (tx, executor) = mpsc::unbounded_channel();
     let link = Link::new(exe_id.clone(), "w1".into(), "laptop".into(), tx);
     state.registry().insert(link.clone());
-    let app = crate::api::router(state.clone()).merge(admin_routes().with_state(state.clone()));
+    // The real router: the captoken routes are in it, behind the admin token.
+    let app = crate::api::router(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -109,6 +119,7 @@ async fn a_revocation_through_the_admin_route_closes_the_turns_sessions_at_once(
 
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/admin/revoke-turn", f.url))
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"turn_id": "t-doomed"}))
         .send()
         .await
