@@ -290,9 +290,17 @@ async fn codex_output_beyond_its_retention_is_counted_as_lost_bytes() {
     // codex kept only its last 1 MiB: the rest is lost, counted exactly.
     let v = api.output(&sid, 0).await;
     assert_eq!(v["truncated"], true, "{}", v["lost_bytes"]);
-    assert!(v.get("lost_bytes_unknown").is_none(), "{v:?}");
-    let lost = v["lost_bytes"].as_u64().unwrap() as usize;
     let (data, last) = api.read_until(&sid, 0, |_| false).await;
+    if v.get("lost_bytes_unknown") == Some(&json!(true)) {
+        // codex drops notifications when its queue is full (this happens
+        // on a loaded machine): the gateway then did not see every seq go
+        // by and must say it cannot count, not guess.
+        assert_eq!(v["lost_bytes"], 0, "{}", v["lost_bytes"]);
+        assert!(data.len() < TOTAL && data.iter().all(|b| *b == b'x'));
+        eprintln!("codex dropped notifications: loss reported as unknown");
+        return;
+    }
+    let lost = v["lost_bytes"].as_u64().unwrap() as usize;
     assert!(lost >= TOTAL - 1024 * 1024 - 64 * 1024, "{lost}");
     assert_eq!(
         lost + data.len(),
