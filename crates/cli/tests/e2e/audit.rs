@@ -40,7 +40,7 @@ fn find(records: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {
 
 /// Makes every insert into the audit table fail (or, with `false`, work
 /// again), under the running gateway.
-async fn block_audit(data_dir: &Path, blocked: bool) {
+pub(crate) async fn block_audit(data_dir: &Path, blocked: bool) {
     use sqlx::ConnectOptions;
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(data_dir.join("execgate.db"))

@@ -735,3 +735,20 @@ async fn admin_api_mints_and_revokes_and_sessions_are_audited() {
     })
     .await;
 }
+
+/// With `--audit fail-closed`, a bridge session whose audit record cannot be
+/// written is refused before the upgrade (503), like any other call; a
+/// `skip_audit` token needs no record and is let through.
+#[tokio::test]
+async fn fail_closed_audit_refuses_a_bridge_session_it_cannot_record() {
+    let w = World::start_with(&["--audit", "fail-closed"], &[]).await;
+    let token = mint(&w.data_dir, "w1", 60, &[]);
+    let skipping = mint(&w.data_dir, "w1", 60, &["--skip-audit"]);
+    crate::audit::block_audit(&w.data_dir, true).await;
+    refused(&w.gateway, "laptop", &token, 503, "audit_unavailable").await;
+    let mut b = bridge(&w.gateway, "laptop", &skipping).await;
+    b.ok(json!(1), "initialize", json!({"clientName": "t"}))
+        .await;
+    crate::audit::block_audit(&w.data_dir, false).await;
+    bridge(&w.gateway, "laptop", &token).await;
+}

@@ -29,6 +29,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use execgate_protocol::connectors::error_code as code;
 
+use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::bearer_token;
 use crate::captoken::{self, Claims};
 use crate::error::ApiError;
@@ -40,6 +41,10 @@ use crate::state::AppState;
 pub struct Grant {
     pub claims: Claims,
     pub link: Arc<Link>,
+    /// The session's audit record, opened before the upgrade so that
+    /// `--audit fail-closed` can refuse the session (503) when it cannot be
+    /// written; `None` for a token with the `skip_audit` claim.
+    pub audit: Option<AuditEntry>,
 }
 
 /// The WebSocket upgrade at `/bridge/{exe_id}`.
@@ -49,12 +54,24 @@ pub async fn bridge(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let grant = authorize(&state, &target, &headers).await?;
+    let mut grant = authorize(&state, &target, &headers).await?;
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!(
             "not a WebSocket upgrade: {e}; /bridge speaks JSON-RPC over WebSocket"
         ))
     })?;
+    if !grant.claims.skip_audit.unwrap_or(false) {
+        let mut rec = AuditRecord::new(
+            &grant.claims.workspace_id,
+            grant.claims.user_id.as_deref(),
+            Via::Bridge,
+            Kind::Bridge,
+            "bridge",
+        );
+        rec.set_link(&grant.link);
+        rec.session_id = Some(grant.claims.turn_id.clone());
+        grant.audit = Some(state.audit().begin(rec).await?);
+    }
     let max = state.config().max_body_bytes;
     Ok(ws
         .max_message_size(max)
@@ -103,7 +120,11 @@ pub async fn authorize(
         ));
     };
     match state.registry().get(&row.exe_id) {
-        Some(link) => Ok(Grant { claims, link }),
+        Some(link) => Ok(Grant {
+            claims,
+            link,
+            audit: None,
+        }),
         None => Err(crate::api::executor_unavailable(state, &row.exe_id).await),
     }
 }

@@ -46,7 +46,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use super::Grant;
-use crate::audit::{outcome, AuditRecord, Kind, Via};
+use crate::audit::AuditEntry;
 use crate::captoken::{self, Claims};
 use crate::link::{Link, Tap, TAP_PREFIX};
 use crate::state::AppState;
@@ -119,12 +119,12 @@ pub enum End {
     LinkLost(String),
 }
 
-/// Records a bridge session in the audit log when it ends, exactly once,
-/// unless its token carries the `skip_audit` claim (minted by an admin).
-/// Runs on the session's task after the socket is closed: the record is
-/// queued (best-effort), never awaited. The session is one record (kind and
-/// method `bridge`): its duration, bytes each way, and why it ended.
-pub fn on_session_end(state: &AppState, summary: &SessionSummary) {
+/// Closes a bridge session's audit record (opened before the upgrade, see
+/// `bridge::Grant::audit`; none under `skip_audit`): its bytes each way, and
+/// why it ended. The session is one record, kind and method `bridge`, its
+/// turn id as `session_id`. Runs on the session's task after the socket is
+/// closed; the write is queued, never awaited.
+pub fn on_session_end(summary: &SessionSummary, audit: Option<AuditEntry>) {
     tracing::info!(
         workspace = %summary.workspace,
         user = summary.user_id.as_deref().unwrap_or("-"),
@@ -139,31 +139,16 @@ pub fn on_session_end(state: &AppState, summary: &SessionSummary) {
         end = ?summary.end,
         "bridge session ended"
     );
-    if summary.skip_audit {
-        return;
+    let Some(mut entry) = audit else { return };
+    entry.record().add_bytes_in(summary.bytes_in);
+    entry.record().add_bytes_out(summary.bytes_out);
+    match &summary.end {
+        End::ClientGone => entry.succeed(),
+        End::TokenExpired => entry.fail(error_code::CAPTOKEN_EXPIRED),
+        End::TurnRevoked => entry.fail(error_code::TURN_REVOKED),
+        End::LinkLost(_) => entry.fail(error_code::EXECUTOR_UNAVAILABLE),
     }
-    let mut rec = AuditRecord::new(
-        &summary.workspace,
-        summary.user_id.as_deref(),
-        Via::Bridge,
-        Kind::Bridge,
-        "bridge",
-    );
-    rec.at = summary.started_at_ms;
-    rec.exe_id = Some(summary.exe_id.clone());
-    rec.session_id = Some(summary.turn_id.clone());
-    rec.duration_ms = i64::try_from(summary.duration.as_millis()).unwrap_or(i64::MAX);
-    rec.add_bytes_in(summary.bytes_in);
-    rec.add_bytes_out(summary.bytes_out);
-    let (result, code) = match &summary.end {
-        End::ClientGone => (outcome::OK, None),
-        End::TokenExpired => (outcome::ERROR, Some(error_code::CAPTOKEN_EXPIRED)),
-        End::TurnRevoked => (outcome::ERROR, Some(error_code::TURN_REVOKED)),
-        End::LinkLost(_) => (outcome::ERROR, Some(error_code::EXECUTOR_UNAVAILABLE)),
-    };
-    rec.outcome = result.to_string();
-    rec.error_code = code.map(str::to_string);
-    state.audit().record(rec);
+    // Dropping the entry submits it.
 }
 
 /// What the session tasks share.
@@ -187,7 +172,11 @@ enum Out {
 pub(crate) async fn run(state: AppState, grant: Grant, socket: WebSocket) {
     let started = Instant::now();
     let started_at_ms = now_ms();
-    let Grant { claims, link } = grant;
+    let Grant {
+        claims,
+        link,
+        audit,
+    } = grant;
     let key = crate::secret::random_id("", 6);
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
@@ -322,7 +311,7 @@ pub(crate) async fn run(state: AppState, grant: Grant, socket: WebSocket) {
         processes_terminated,
         end,
     };
-    on_session_end(&state, &summary);
+    on_session_end(&summary, audit);
 }
 
 /// A close frame; the reason is cut to the 123 bytes a close frame holds.
