@@ -167,8 +167,24 @@ class TooManyProcesses(RateLimited):
     already; retry when one has exited."""
 
 
+class TooManySessions(RateLimited):
+    """429 ``too_many_sessions``: the workspace has its cap of live process
+    sessions (``--max-sessions-per-workspace``); terminate one, or retry
+    when one has exited."""
+
+
 class ServerError(ExecgateError):
     """5xx that has no more specific class (``internal``…)."""
+
+
+class AuthUnavailable(ServerError):
+    """503 ``auth_unavailable``: the gateway's token authority cannot answer
+    right now; the token may well be good. Retry after ``retry_after``."""
+
+
+class AuditUnavailable(ServerError):
+    """503 ``audit_unavailable``: the gateway audits fail-closed and cannot
+    write the call's record; nothing ran. Retry after ``retry_after``."""
 
 
 class ExecutorUnavailable(ServerError):
@@ -232,6 +248,9 @@ _BY_CODE: Dict[str, Type[ExecgateError]] = {
     "payload_too_large": PayloadTooLarge,
     "rate_limited": RateLimited,
     "too_many_processes": TooManyProcesses,
+    "too_many_sessions": TooManySessions,
+    "auth_unavailable": AuthUnavailable,
+    "audit_unavailable": AuditUnavailable,
     "executor_unavailable": ExecutorUnavailable,
     "executor_error": ExecutorError,
     "gateway_timeout": GatewayTimeout,
