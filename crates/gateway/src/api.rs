@@ -23,6 +23,7 @@ use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::Link;
+use crate::openapi::{SessionErrors, SessionPath};
 use crate::state::AppState;
 use crate::store::now_ms;
 use crate::{connect, file_stream, processes, stream, tools};
@@ -298,13 +299,12 @@ pub(crate) async fn environment(
 
 /// Writes to a process's stdin; `eof` closes it after the data.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/stdin", tag = "processes",
-    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    params(SessionPath),
     request_body = StdinRequest,
     responses(
         (status = 200, description = "Written", body = OkResponse),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
         (status = 409, description = "stdin is closed (`stdin_closed`) or the process exited", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`, `executor_restarted`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 async fn stdin(
     State(state): State<AppState>,
@@ -332,11 +332,10 @@ struct OutputQuery {
 /// Output chunks after seq `since`, with the exit code once the process
 /// exited. Lost output is reported in `truncated`/`lost_bytes`.
 #[utoipa::path(get, path = "/api/connectors/processes/{sid}/output", tag = "processes",
-    params(("sid" = String, Path, description = "The session id exec_command returned"), OutputQuery),
+    params(SessionPath, OutputQuery),
     responses(
         (status = 200, description = "Chunks in seq order", body = OutputResponse),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 async fn output(
     State(state): State<AppState>,
@@ -350,12 +349,11 @@ async fn output(
 
 /// Kills the process (its whole process group).
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/terminate", tag = "processes",
-    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    params(SessionPath),
     request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
     responses(
         (status = 200, description = "Terminated (or had already exited)", body = OkResponse),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 async fn terminate(
     State(state): State<AppState>,

@@ -44,6 +44,29 @@ are `{\"error\":{\"code\",\"message\"}}`; clients match on `code`.",
 )]
 pub struct ApiDoc;
 
+/// The `{sid}` of the process routes, for their `params(...)`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("sid"), parameter_in = Path)]
+#[allow(dead_code)] // a description for the document, never built
+pub struct SessionPath(
+    /// The session id exec_command returned.
+    String,
+);
+
+/// What every `{sid}` route answers when the session cannot be reached, for
+/// their `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum SessionErrors {
+    /// No such session in this workspace (`session_not_found`).
+    #[response(status = 404)]
+    NotFound(ErrorResponse),
+    /// The executor forgot the process (`session_expired`), or restarted
+    /// and lost it (`executor_restarted`).
+    #[response(status = 410)]
+    Gone(ErrorResponse),
+}
+
 /// A file's raw bytes, as the `/files` routes send and take them (not JSON).
 /// OpenAPI 3.1 spells this as a string with a `contentMediaType`.
 pub struct FileBytes;

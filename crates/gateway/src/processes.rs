@@ -41,6 +41,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::{Link, LinkError};
+use crate::openapi::{SessionErrors, SessionPath};
 use crate::state::AppState;
 use crate::store::SessionRow;
 use crate::tools::RPC_TIMEOUT;
@@ -538,13 +539,12 @@ pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
 
 /// `POST /api/connectors/processes/{sid}/resize {cols, rows}`.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/resize", tag = "processes",
-    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    params(SessionPath),
     request_body = ResizeRequest,
     responses(
         (status = 200, description = "Resized", body = OkResponse),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
         (status = 409, description = "The process has no terminal (`not_a_terminal`) or has exited", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 pub async fn resize_handler(
     State(state): State<AppState>,
@@ -560,13 +560,12 @@ pub async fn resize_handler(
 /// `POST /api/connectors/processes/{sid}/signal {signal}`: to the whole
 /// process group.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/signal", tag = "processes",
-    params(("sid" = String, Path, description = "The session id exec_command returned")),
+    params(SessionPath),
     request_body = SignalRequest,
     responses(
         (status = 200, description = "Sent", body = OkResponse),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
         (status = 409, description = "The process has exited", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 pub async fn signal_handler(
     State(state): State<AppState>,

@@ -34,7 +34,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine;
-use execgate_protocol::connectors::{error_code as code, ErrorResponse};
+use execgate_protocol::connectors::error_code as code;
 use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -46,7 +46,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::link::{ProcessEvent, Subscription};
-use crate::openapi::StreamEvent;
+use crate::openapi::{SessionErrors, SessionPath, StreamEvent};
 use crate::processes::{self, Session};
 use crate::state::AppState;
 use crate::tools::RPC_TIMEOUT;
@@ -80,14 +80,13 @@ pub struct StreamQuery {
 /// when the stream cannot go on. Resume with `Last-Event-ID`.
 #[utoipa::path(get, path = "/api/connectors/processes/{sid}/stream", tag = "processes",
     params(
-        ("sid" = String, Path, description = "The session id exec_command returned"),
+        SessionPath,
         StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
     ),
     responses(
         (status = 200, description = "An event stream; ends after the `exit` or `error` event", body = StreamEvent, content_type = "text/event-stream"),
-        (status = 404, description = "No such session in this workspace (`session_not_found`)", body = ErrorResponse),
-        (status = 410, description = "The executor forgot the process (`session_expired`)", body = ErrorResponse),
+        SessionErrors,
     ))]
 pub async fn stream(
     State(state): State<AppState>,
