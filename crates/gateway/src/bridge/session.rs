@@ -96,9 +96,6 @@ pub struct SessionSummary {
     pub turn_id: String,
     /// The session's key (its process ids are `br-<key>-…` on the executor).
     pub key: String,
-    /// The token's `skip_audit` claim.
-    pub skip_audit: bool,
-    pub started_at_ms: i64,
     pub duration: Duration,
     /// Requests the client sent (answered locally, forwarded or refused).
     pub methods_called: u64,
@@ -171,7 +168,6 @@ enum Out {
 /// Serves one upgraded bridge socket until the session ends.
 pub(crate) async fn run(state: AppState, grant: Grant, socket: WebSocket) {
     let started = Instant::now();
-    let started_at_ms = now_ms();
     let Grant {
         claims,
         link,
@@ -302,8 +298,6 @@ pub(crate) async fn run(state: AppState, grant: Grant, socket: WebSocket) {
         exe_id: link.exe_id.clone(),
         turn_id: session.claims.turn_id.clone(),
         key,
-        skip_audit: session.claims.skip_audit.unwrap_or(false),
-        started_at_ms,
         duration: started.elapsed(),
         methods_called: session.methods,
         bytes_in: session.bytes_in,
