@@ -17,7 +17,11 @@ fn sha256(data: &[u8]) -> String {
 }
 
 /// The workspace's audit records once `ready` holds for them.
-async fn records_until(admin: &Api, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) async fn records_until(
+    admin: &Api,
+    what: &str,
+    ready: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (s, v) = admin.get("/api/admin/audit?workspace=w1&limit=1000").await;

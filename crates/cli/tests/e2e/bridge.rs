@@ -671,9 +671,7 @@ async fn a_gateway_uses_the_secret_file_it_is_given() {
 #[tokio::test]
 async fn admin_api_mints_and_revokes_and_sessions_are_audited() {
     let w = World::start(&[]).await;
-    let url = w.gateway.url();
-    let admin_token = std::fs::read_to_string(w.data_dir.join("admin-token")).unwrap();
-    let admin_api = Api::new(&url, admin_token.trim());
+    let admin_api = w.admin_api();
 
     // Not without the admin token: a proxy token is not one.
     let (s, v) = w
@@ -721,16 +719,13 @@ async fn admin_api_mints_and_revokes_and_sessions_are_audited() {
     refused(&w.gateway, "laptop", &token, 401, "turn_revoked").await;
 
     // One audit record for the session, with its turn and its end.
-    eventually(20, "the bridge session's audit record", || async {
-        let (_, v) = admin_api.get("/api/admin/audit?workspace=w1").await;
-        v["records"].as_array().is_some_and(|r| {
-            r.iter().any(|rec| {
-                rec["kind"] == "bridge"
-                    && rec["via"] == "bridge"
-                    && rec["session_id"] == "turn-http"
-                    && rec["error_code"] == "turn_revoked"
-                    && rec["bytes_in"].as_i64().unwrap_or(0) > 0
-            })
+    crate::audit::records_until(&admin_api, "the bridge session's audit record", |r| {
+        r.iter().any(|rec| {
+            rec["kind"] == "bridge"
+                && rec["via"] == "bridge"
+                && rec["session_id"] == "turn-http"
+                && rec["error_code"] == "turn_revoked"
+                && rec["bytes_in"].as_i64().unwrap_or(0) > 0
         })
     })
     .await;
