@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::harness::{http, local_pipe_mb_s, Gateway};
@@ -112,29 +113,31 @@ async fn polling(
     let sid = start(gw, client, bytes).await?;
     let url = format!("{}/api/connectors/processes/{sid}/output", gw.url);
     let (mut since, mut got) = (0u64, 0u64);
+    let mut decoded = Vec::new();
     // Bounded: by time, and by a request count no honest run needs.
     for _ in 0..1_000_000 {
         if t.elapsed() > budget {
             bail!("polling: {got} of {bytes} bytes in {budget:?}");
         }
-        let v: Value = client
+        let body = client
             .get(&url)
             .query(&[("since", since.to_string()), ("wait_ms", "10000".into())])
             .bearer_auth(&gw.token)
             .send()
             .await?
-            .json()
+            .bytes()
             .await?;
-        if v["lost_bytes"] != 0 {
-            bail!("polling lost output: {}", v["lost_bytes"]);
+        let out: Output = serde_json::from_slice(&body)?;
+        if out.lost_bytes != 0 {
+            bail!("polling lost output: {}", out.lost_bytes);
         }
-        for c in v["chunks"].as_array().context("chunks")? {
-            got += B64
-                .decode(c["data_b64"].as_str().unwrap_or_default())?
-                .len() as u64;
+        for c in &out.chunks {
+            decoded.clear();
+            B64.decode_vec(c.data_b64, &mut decoded)?;
+            got += decoded.len() as u64;
         }
-        since = v["next_since"].as_u64().context("next_since")?;
-        if v["session_alive"] == false {
+        since = out.next_since;
+        if !out.session_alive {
             break;
         }
     }
@@ -180,6 +183,8 @@ async fn sse(
     }
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
+    let mut decoded = Vec::new();
+    let blank_line = memchr::memmem::Finder::new(b"\n\n");
     let (mut got, mut lost) = (0u64, 0u64);
     let mut exited = false;
     while !exited {
@@ -187,12 +192,17 @@ async fn sse(
             .await
             .with_context(|| format!("SSE: {got} of {bytes} bytes in {budget:?}"))?;
         let Some(chunk) = chunk else { break };
+        // Only the new bytes (and one before them) can complete an event.
+        let scan_from = buf.len().saturating_sub(1);
         buf.extend_from_slice(&chunk?);
         // Events end with a blank line; parse the complete ones.
         let mut start = 0;
-        while let Some(end) = find(&buf[start..], b"\n\n") {
-            let event = &buf[start..start + end];
-            start += end + 2;
+        let mut from = scan_from;
+        while let Some(at) = blank_line.find(&buf[from..]) {
+            let end = from + at;
+            let event = &buf[start..end];
+            start = end + 2;
+            from = start;
             let (mut name, mut data) = ("message", &b""[..]);
             for line in event.split(|&b| b == b'\n') {
                 if let Some(v) = line.strip_prefix(b"event:") {
@@ -203,10 +213,10 @@ async fn sse(
             }
             match name {
                 "output" => {
-                    let v: Value = serde_json::from_slice(data)?;
-                    got += B64
-                        .decode(v["data_b64"].as_str().unwrap_or_default())?
-                        .len() as u64;
+                    let v: OutputEvent = serde_json::from_slice(data)?;
+                    decoded.clear();
+                    B64.decode_vec(v.data_b64, &mut decoded)?;
+                    got += decoded.len() as u64;
                 }
                 "lost" => {
                     let v: Value = serde_json::from_slice(data)?;
@@ -228,6 +238,24 @@ async fn sse(
     Ok((got as f64 / 1e6 / t.elapsed().as_secs_f64(), lost))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// A `/output` answer, as much of it as the figure needs. Borrowed: the
+/// client should cost as little as it can, so the figure is the gateway's.
+#[derive(Deserialize)]
+struct Output<'a> {
+    #[serde(borrow)]
+    chunks: Vec<Chunk<'a>>,
+    lost_bytes: u64,
+    next_since: u64,
+    session_alive: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    data_b64: &'a str,
+}
+
+/// An SSE `output` event's data.
+#[derive(Deserialize)]
+struct OutputEvent<'a> {
+    data_b64: &'a str,
 }

@@ -16,8 +16,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use execgate_protocol::exec::method;
-use execgate_protocol::jsonrpc::{DecodeError, Message};
+use execgate_protocol::jsonrpc::{DecodeError, Encoded, Envelope, Message};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -86,16 +87,20 @@ where
         tokio::select! {
             frame = stream.next() => {
                 last_frame = Instant::now();
-                let data = match frame {
+                let decoded = match frame {
                     None => break Ended::ClosedByGateway,
                     Some(Err(err)) => break Ended::ReadFailed(err),
                     Some(Ok(Frame::Close(_))) => break Ended::ClosedByGateway,
-                    Some(Ok(Frame::Text(text))) => text.into(),
-                    Some(Ok(Frame::Binary(data))) => data,
+                    Some(Ok(Frame::Text(text))) => {
+                        Message::decode(text.as_bytes()).map(Envelope::text)
+                    }
+                    // [ext] A message with its bytes beside it (see
+                    // execgate_protocol::blob).
+                    Some(Ok(Frame::Binary(data))) => Envelope::decode_binary(data),
                     // Pings are answered by tungstenite itself.
                     Some(Ok(_)) => continue,
                 };
-                on_frame(&data, &conn, &tx, tasks).await;
+                on_frame(decoded, &conn, &tx, tasks).await;
             }
             _ = tokio::time::sleep_until(last_frame + idle_timeout) => {
                 break Ended::Idle(idle_timeout);
@@ -116,24 +121,28 @@ where
 }
 
 async fn on_frame(
-    data: &[u8],
+    decoded: Result<Envelope, DecodeError>,
     conn: &Arc<RpcConnection>,
-    tx: &mpsc::Sender<Message>,
+    tx: &mpsc::Sender<Envelope>,
     tasks: &mut JoinSet<()>,
 ) {
-    match Message::decode(data) {
+    let (message, payload) = match decoded {
+        Ok(Envelope { message, payload }) => (Ok(message), payload),
+        Err(e) => (Err(e), Bytes::new()),
+    };
+    match message {
         Ok(Message::Request { id, method, params }) if method == method::INITIALIZE => {
-            let reply = conn.request(id, &method, params).await;
-            let _ = tx.send(reply.message).await;
+            let reply = conn.request(id, &method, params, payload).await;
+            let _ = tx.send(reply.envelope).await;
         }
         Ok(Message::Request { id, method, params }) => {
             let conn = conn.clone();
             let tx = tx.clone();
             tasks.spawn(async move {
-                let reply = conn.request(id, &method, params).await;
+                let reply = conn.request(id, &method, params, payload).await;
                 // If the connection is gone the response is lost; the gateway
                 // retries on its next connection if it cares.
-                let _ = tx.send(reply.message).await;
+                let _ = tx.send(reply.envelope).await;
                 // Only now may the new process's notifications follow.
                 drop(reply.gate);
             });
@@ -146,7 +155,9 @@ async fn on_frame(
             id: Some(id),
             error,
         }) => {
-            let _ = tx.send(Message::response(id, Err(error))).await;
+            let _ = tx
+                .send(Envelope::text(Message::response(id, Err(error))))
+                .await;
         }
         Err(DecodeError { id: None, error }) => {
             // JSON-RPC would answer with a null id, which our framing cannot
@@ -160,17 +171,24 @@ async fn on_frame(
 /// one flush.
 async fn write_frames<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Frame>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Envelope>,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(message) = rx.recv().await {
-        sink.feed(Frame::text(message.encode())).await?;
-        while let Ok(message) = rx.try_recv() {
-            sink.feed(Frame::text(message.encode())).await?;
+    while let Some(envelope) = rx.recv().await {
+        sink.feed(frame(&envelope)).await?;
+        while let Ok(envelope) = rx.try_recv() {
+            sink.feed(frame(&envelope)).await?;
         }
         sink.flush().await?;
     }
     Ok(())
+}
+
+fn frame(envelope: &Envelope) -> Frame {
+    match envelope.encode() {
+        Encoded::Text(text) => Frame::text(text),
+        Encoded::Binary(data) => Frame::binary(data),
+    }
 }

@@ -16,8 +16,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
+use bytes::Bytes;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
     method, CommitFileParams, CommitFileResult, CopyParams, CreateDirectoryParams, DirEntry, Empty,
     Metadata, PathParams, ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult,
@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::paths::{Last, PathRules};
+use crate::rpc::{encode, parse_params, Encoded};
 
 /// Whether `method` is one of ours.
 pub(crate) fn is_fs_method(method: &str) -> bool {
@@ -36,31 +37,54 @@ pub(crate) fn is_fs_method(method: &str) -> bool {
 }
 
 /// Runs one `fs/*` method. Blocking: call it from `spawn_blocking`.
-pub(crate) fn call(method: &str, params: Value, rules: &PathRules) -> Result<Value, RpcError> {
+/// `payload` and `binary` are the frame's, as for any method (see
+/// [`crate::rpc::parse_params`] and [`crate::rpc::encode`]).
+pub(crate) fn call(
+    method: &str,
+    params: Value,
+    payload: &Bytes,
+    binary: bool,
+    rules: &PathRules,
+) -> Result<Encoded, RpcError> {
+    let call = Call {
+        params,
+        payload,
+        binary,
+        rules,
+    };
     match method {
-        method::FS_READ_FILE => reply(read_file(parse(params)?, rules)),
-        method::FS_READ_RANGE => reply(read_range(parse(params)?, rules)),
-        method::FS_WRITE_FILE => reply(write_file(parse(params)?, rules)),
-        method::FS_CREATE_DIRECTORY => reply(create_directory(parse(params)?, rules)),
-        method::FS_GET_METADATA => reply(get_metadata(parse(params)?, rules)),
-        method::FS_READ_DIRECTORY => reply(read_directory(parse(params)?, rules)),
-        method::FS_REMOVE => reply(remove(parse(params)?, rules)),
-        method::FS_COPY => reply(copy(parse(params)?, rules)),
-        method::FS_RENAME => reply(rename(parse(params)?, rules)),
-        method::FS_WRITE_RANGE => reply(write_range(parse(params)?, rules)),
-        method::FS_COMMIT_FILE => reply(commit_file(parse(params)?, rules)),
-        method::FS_SYMLINK => reply(symlink(parse(params)?, rules)),
+        method::FS_READ_FILE => call.run(read_file),
+        method::FS_READ_RANGE => call.run(read_range),
+        method::FS_WRITE_FILE => call.run(write_file),
+        method::FS_CREATE_DIRECTORY => call.run(create_directory),
+        method::FS_GET_METADATA => call.run(get_metadata),
+        method::FS_READ_DIRECTORY => call.run(read_directory),
+        method::FS_REMOVE => call.run(remove),
+        method::FS_COPY => call.run(copy),
+        method::FS_RENAME => call.run(rename),
+        method::FS_WRITE_RANGE => call.run(write_range),
+        method::FS_COMMIT_FILE => call.run(commit_file),
+        method::FS_SYMLINK => call.run(symlink),
         other => Err(RpcError::method_not_found(other)),
     }
 }
 
-fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
-    crate::rpc::parse_params(params)
+/// One call's parts, so that each method is one line above.
+struct Call<'a> {
+    params: Value,
+    payload: &'a Bytes,
+    binary: bool,
+    rules: &'a PathRules,
 }
 
-fn reply<T: Serialize>(result: Result<T, RpcError>) -> Result<Value, RpcError> {
-    let value = result?;
-    serde_json::to_value(value).map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
+impl Call<'_> {
+    fn run<P: DeserializeOwned, R: Serialize>(
+        self,
+        method: impl FnOnce(P, &PathRules) -> Result<R, RpcError>,
+    ) -> Result<Encoded, RpcError> {
+        let params = parse_params(self.params, self.payload)?;
+        encode(&method(params, self.rules)?, self.binary)
+    }
 }
 
 /// Maps an I/O error on `path` to the protocol's error codes.
@@ -76,7 +100,7 @@ fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, Rp
     let path = rules.resolve(&params.path, Last::Follow)?;
     let data = fs::read(&path).map_err(|e| io_error("reading", &path, e))?;
     Ok(ReadFileResult {
-        data_base64: BASE64.encode(data),
+        data_base64: Blob::from(data),
     })
 }
 
@@ -97,15 +121,16 @@ fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeRes
         file.take(want).read_to_end(&mut data).map_err(fail)?;
     }
     Ok(ReadRangeResult {
-        data_base64: BASE64.encode(data),
+        data_base64: Blob::from(data),
         size,
     })
 }
 
 fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcError> {
     let path = rules.resolve(&params.path, Last::Follow)?;
-    let data = BASE64
-        .decode(params.data_base64.as_bytes())
+    let data = params
+        .data_base64
+        .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
     // Writing through a symlink replaces the file it points to, as a plain
     // write would, rather than replacing the link with a file.
@@ -223,8 +248,9 @@ fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
 /// is enough.
 fn write_range(params: WriteRangeParams, rules: &PathRules) -> Result<Empty, RpcError> {
     let path = rules.resolve(&params.path, Last::Follow)?;
-    let data = BASE64
-        .decode(params.data_base64.as_bytes())
+    let data = params
+        .data_base64
+        .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -502,9 +528,18 @@ fn is_same_or_inside(outer: &Path, inner: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
     use execgate_protocol::jsonrpc::code;
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A call as from a text frame: base64 in, base64 out.
+    fn call(method: &str, params: Value, rules: &PathRules) -> Result<Value, RpcError> {
+        let (value, payload) = super::call(method, params, &Bytes::new(), false, rules)?;
+        assert!(payload.is_empty(), "no payload without binary frames");
+        Ok(value)
+    }
 
     fn call_ok(method: &str, params: Value, dir: &Path) -> Value {
         call(method, params, &PathRules::new(dir.to_path_buf()))
@@ -513,6 +548,28 @@ mod tests {
 
     fn call_err(method: &str, params: Value, dir: &Path) -> RpcError {
         call(method, params, &PathRules::new(dir.to_path_buf())).expect_err(method)
+    }
+
+    #[test]
+    fn with_binary_frames_file_data_travels_raw_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = PathRules::new(dir.path().to_path_buf());
+        let path = dir.path().join("f").display().to_string();
+        let data = Bytes::from_static(&[0, 1, 2, 0xff, b'"', b'\\']);
+        // writeRange with its bytes in the payload.
+        let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, data.len()]}});
+        super::call(method::FS_WRITE_RANGE, params, &data, true, &rules).unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
+        // readRange answers with a reference and the bytes.
+        let params = json!({"path": path, "offset": 1, "length": 0});
+        let (value, payload) =
+            super::call(method::FS_READ_RANGE, params, &Bytes::new(), true, &rules).unwrap();
+        assert_eq!(value["dataBase64"], json!({"$bin": [0, 5]}));
+        assert_eq!(payload, data.slice(1..));
+        // A reference past the payload is a params error, not a panic.
+        let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, 99]}});
+        let err = super::call(method::FS_WRITE_RANGE, params, &data, true, &rules).unwrap_err();
+        assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
     }
 
     /// A root (also the workdir) beside `outside/`, which holds `secret`;

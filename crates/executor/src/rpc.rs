@@ -7,20 +7,23 @@
 //! only thing it sends by itself is notifications, through the session it
 //! attaches to the connection's outgoing queue.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
+use execgate_protocol::blob;
 use execgate_protocol::exec::{
     method, InitializeParams, InitializeResult, ProcessIdParams, ProcessResizeParams,
     ProcessSignalParams,
 };
-use execgate_protocol::jsonrpc::{Id, Message, RpcError};
+use execgate_protocol::jsonrpc::{Envelope, Id, Message, RpcError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::fs;
+use crate::notify::Sink;
 use crate::process::StartGate;
 use crate::session::{ConnectionId, Session};
 use crate::state::ExecutorState;
@@ -31,7 +34,9 @@ pub(crate) struct RpcConnection {
     state: Arc<ExecutorState>,
     id: ConnectionId,
     /// The connection's outgoing queue; handed to the session for notifications.
-    outgoing: mpsc::Sender<Message>,
+    outgoing: mpsc::Sender<Envelope>,
+    /// The gateway said in `initialize` that it reads binary frames.
+    binary: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
 }
 
@@ -45,18 +50,23 @@ struct Lifecycle {
 }
 
 /// A response, plus for `process/start` the gate that holds the new
-/// process's notifications back. Queue the message, then drop the reply.
+/// process's notifications back. Queue the envelope, then drop the reply.
 pub(crate) struct Reply {
-    pub message: Message,
+    pub envelope: Envelope,
     pub gate: Option<StartGate>,
 }
 
+/// A result as it goes on the wire: JSON, and the payload its raw blobs
+/// moved to (empty unless the gateway reads binary frames).
+pub(crate) type Encoded = (Value, Bytes);
+
 impl RpcConnection {
-    pub fn new(state: Arc<ExecutorState>, outgoing: mpsc::Sender<Message>) -> Self {
+    pub fn new(state: Arc<ExecutorState>, outgoing: mpsc::Sender<Envelope>) -> Self {
         RpcConnection {
             state,
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             outgoing,
+            binary: AtomicBool::new(false),
             lifecycle: Mutex::new(Lifecycle::default()),
         }
     }
@@ -72,9 +82,12 @@ impl RpcConnection {
     #[cfg(test)]
     pub async fn handle(&self, message: Message) -> Option<Message> {
         match message {
-            Message::Request { id, method, params } => {
-                Some(self.request(id, &method, params).await.message)
-            }
+            Message::Request { id, method, params } => Some(
+                self.request(id, &method, params, Bytes::new())
+                    .await
+                    .envelope
+                    .message,
+            ),
             Message::Notification { method, params } => {
                 self.notification(&method, params);
                 None
@@ -83,21 +96,30 @@ impl RpcConnection {
         }
     }
 
-    /// Answers one request.
-    pub async fn request(&self, id: Id, method: &str, params: Value) -> Reply {
-        match self.dispatch(method, params).await {
-            Ok((result, gate)) => Reply {
-                message: Message::response(id, Ok(result)),
+    /// Answers one request. `payload` is what its binary frame carried
+    /// beside the JSON (empty for a text frame).
+    pub async fn request(&self, id: Id, method: &str, params: Value, payload: Bytes) -> Reply {
+        match self.dispatch(method, params, &payload).await {
+            Ok(((result, payload), gate)) => Reply {
+                envelope: Envelope {
+                    message: Message::response(id, Ok(result)),
+                    payload,
+                },
                 gate,
             },
             Err(error) => {
                 tracing::debug!(%id, method, "request failed: {error}");
                 Reply {
-                    message: Message::response(id, Err(error)),
+                    envelope: Envelope::text(Message::response(id, Err(error))),
                     gate: None,
                 }
             }
         }
+    }
+
+    /// Whether results may carry raw bytes in a binary frame.
+    fn binary(&self) -> bool {
+        self.binary.load(Ordering::Relaxed)
     }
 
     /// Takes one notification from the gateway.
@@ -121,40 +143,54 @@ impl RpcConnection {
         &self,
         method: &str,
         params: Value,
-    ) -> Result<(Value, Option<StartGate>), RpcError> {
+        payload: &Bytes,
+    ) -> Result<(Encoded, Option<StartGate>), RpcError> {
         if method == method::INITIALIZE {
-            return Ok((self.initialize(params)?, None));
+            return Ok(((self.initialize(params)?, Bytes::new()), None));
         }
         let session = self.ready_session()?;
         self.state.policy.check_method(method)?;
         let processes = &session.processes;
+        let binary = self.binary();
         let result = match method {
             method::PROCESS_START => {
-                let (result, gate) = processes.start(parse_params(params)?, &self.state.policy)?;
-                return Ok((to_value(result)?, Some(gate)));
+                let (result, gate) =
+                    processes.start(parse_params(params, payload)?, &self.state.policy)?;
+                return Ok((encode(&result, binary)?, Some(gate)));
             }
-            method::PROCESS_READ => to_value(processes.read(parse_params(params)?).await?),
-            method::PROCESS_WRITE => to_value(processes.write(parse_params(params)?).await?),
+            method::PROCESS_READ => encode(
+                &processes.read(parse_params(params, payload)?).await?,
+                binary,
+            ),
+            method::PROCESS_WRITE => encode(
+                &processes.write(parse_params(params, payload)?).await?,
+                binary,
+            ),
             method::PROCESS_SIGNAL => {
-                to_value(processes.signal(&parse_params::<ProcessSignalParams>(params)?)?)
+                let params: ProcessSignalParams = parse_params(params, payload)?;
+                encode(&processes.signal(&params)?, binary)
             }
             method::PROCESS_TERMINATE => {
-                let params: ProcessIdParams = parse_params(params)?;
-                to_value(processes.terminate(&params.process_id)?)
+                let params: ProcessIdParams = parse_params(params, payload)?;
+                encode(&processes.terminate(&params.process_id)?, binary)
             }
             method::PROCESS_CLOSE_STDIN => {
-                let params: ProcessIdParams = parse_params(params)?;
-                to_value(processes.close_stdin(&params.process_id).await?)
+                let params: ProcessIdParams = parse_params(params, payload)?;
+                encode(&processes.close_stdin(&params.process_id).await?, binary)
             }
             method::PROCESS_RESIZE => {
-                to_value(processes.resize(&parse_params::<ProcessResizeParams>(params)?)?)
+                let params: ProcessResizeParams = parse_params(params, payload)?;
+                encode(&processes.resize(&params)?, binary)
             }
             other if fs::is_fs_method(other) => {
                 let method = other.to_owned();
                 let policy = self.state.policy.clone();
-                tokio::task::spawn_blocking(move || fs::call(&method, params, &policy.paths))
-                    .await
-                    .map_err(|e| RpcError::internal(format!("{other} failed: {e}")))?
+                let payload = payload.clone();
+                tokio::task::spawn_blocking(move || {
+                    fs::call(&method, params, &payload, binary, &policy.paths)
+                })
+                .await
+                .map_err(|e| RpcError::internal(format!("{other} failed: {e}")))?
             }
             other => Err(RpcError::method_not_found(other)),
         }?;
@@ -162,7 +198,9 @@ impl RpcConnection {
     }
 
     fn initialize(&self, params: Value) -> Result<Value, RpcError> {
-        let params: InitializeParams = parse_params(params)?;
+        let params: InitializeParams = parse_params(params, &Bytes::new())?;
+        let binary = params.execgate.is_some_and(|ext| ext.binary_frames);
+        self.binary.store(binary, Ordering::Relaxed);
         let mut lifecycle = self.lifecycle();
         if lifecycle.session.is_some() {
             return Err(RpcError::invalid_request(
@@ -172,14 +210,18 @@ impl RpcConnection {
         let session = self.state.sessions.attach(
             params.resume_session_id.as_deref(),
             self.id,
-            self.outgoing.clone(),
+            Sink {
+                tx: self.outgoing.clone(),
+                binary,
+            },
         );
         tracing::info!(client = %params.client_name, session = %session.id, "initialize");
         lifecycle.session = Some(session.clone());
-        to_value(InitializeResult {
+        serde_json::to_value(InitializeResult {
             session_id: session.id.clone(),
             environment_info: self.state.environment.clone(),
         })
+        .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
     }
 
     fn ready_session(&self) -> Result<Arc<Session>, RpcError> {
@@ -193,20 +235,25 @@ impl RpcConnection {
     }
 }
 
-/// Decodes a method's params; a serde error becomes -32602 with its message.
+/// Decodes a method's params, resolving blob references against the
+/// frame's `payload`; a serde error becomes -32602 with its message.
 /// Absent params read as `{}`, so that methods whose params are all optional
 /// accept them being left out.
-pub(crate) fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+pub(crate) fn parse_params<T: DeserializeOwned>(
+    params: Value,
+    payload: &Bytes,
+) -> Result<T, RpcError> {
     let params = if params.is_null() {
         Value::Object(serde_json::Map::new())
     } else {
         params
     };
-    serde_json::from_value(params)
+    blob::from_value(params, payload)
         .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
 }
 
-fn to_value(result: impl Serialize) -> Result<Value, RpcError> {
-    serde_json::to_value(result)
+/// Encodes a result; with `binary`, its raw bytes go in the payload.
+pub(crate) fn encode(result: &impl Serialize, binary: bool) -> Result<Encoded, RpcError> {
+    blob::to_value(result, binary)
         .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
 }

@@ -17,11 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use execgate_protocol::jsonrpc::Message;
 use rand::Rng;
-use tokio::sync::mpsc;
 
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Sink};
 use crate::process::ProcessTable;
 use crate::spill::SpillConfig;
 
@@ -69,12 +67,7 @@ impl SessionRegistry {
 
     /// Attaches connection `conn` to the session named by `resume` if it
     /// still exists, else to a new session. Notifications go to `sink`.
-    pub fn attach(
-        &self,
-        resume: Option<&str>,
-        conn: ConnectionId,
-        sink: mpsc::Sender<Message>,
-    ) -> Arc<Session> {
+    pub fn attach(&self, resume: Option<&str>, conn: ConnectionId, sink: Sink) -> Arc<Session> {
         let mut sessions = lock(&self.sessions);
         let session = match resume.and_then(|id| sessions.get(id)) {
             Some(existing) => {
@@ -177,9 +170,12 @@ fn new_session_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execgate_protocol::jsonrpc::Envelope;
+    use tokio::sync::mpsc;
 
-    fn sink() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
-        mpsc::channel(8)
+    fn sink() -> (Sink, mpsc::Receiver<Envelope>) {
+        let (tx, rx) = mpsc::channel(8);
+        (Sink { tx, binary: false }, rx)
     }
 
     #[test]

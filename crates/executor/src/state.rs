@@ -135,6 +135,7 @@ fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> 
         .unwrap_or_else(|| shell_path.clone());
     let ext = ExtCapabilities {
         close_stdin: true,
+        binary_frames: true,
         resize: true,
         lost_bytes: true,
         read_range: true,

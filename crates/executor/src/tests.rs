@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use execgate_protocol::exec::method;
-use execgate_protocol::jsonrpc::{code, Id, Message, RpcError};
+use execgate_protocol::jsonrpc::{code, Envelope, Id, Message, RpcError};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -23,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// One connection to an executor state, driven by hand.
 struct Client {
     conn: RpcConnection,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Envelope>,
     next_id: i64,
     /// Notifications seen while waiting for something else.
     backlog: Vec<Message>,
@@ -96,10 +96,13 @@ impl Client {
         loop {
             let message = match backlog.next() {
                 Some(message) => message,
-                None => tokio::time::timeout(WAIT, self.rx.recv())
-                    .await
-                    .expect("timed out waiting for process/closed")
-                    .expect("channel open"),
+                None => {
+                    tokio::time::timeout(WAIT, self.rx.recv())
+                        .await
+                        .expect("timed out waiting for process/closed")
+                        .expect("channel open")
+                        .message
+                }
             };
             let Message::Notification { method, params } = message else {
                 panic!("unexpected message {message:?}");
@@ -316,6 +319,57 @@ async fn start_streams_output_and_exit_in_seq_order() {
         code::INVALID_REQUEST,
         "an exited process id stays taken"
     );
+}
+
+/// A gateway that said it reads binary frames gets output raw: in the
+/// payload beside the JSON, in notifications and in `process/read` alike.
+#[tokio::test]
+async fn a_gateway_that_reads_binary_frames_gets_output_raw() {
+    use bytes::Bytes;
+    use execgate_protocol::blob::{self, Blob};
+    use execgate_protocol::exec::{OutputNotification, ProcessReadResult};
+
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let params = json!({"clientName": "gw", "execgate": {"binaryFrames": true}});
+    client.ok(method::INITIALIZE, params).await;
+    client.notify(method::INITIALIZED).await;
+    client.start("p1", &["printf", "a\\000b"], json!({})).await;
+
+    let mut pushed = Vec::new();
+    loop {
+        let envelope = tokio::time::timeout(WAIT, client.rx.recv())
+            .await
+            .expect("notifications")
+            .expect("channel open");
+        let Message::Notification { method, params } = envelope.message else {
+            panic!("not a notification");
+        };
+        if method == method::PROCESS_OUTPUT {
+            assert!(params["chunk"].get("$bin").is_some(), "{params}");
+            let n: OutputNotification = blob::from_value(params, &envelope.payload).unwrap();
+            assert!(matches!(n.chunk, Blob::Raw(_)));
+            pushed.extend_from_slice(&n.chunk.to_bytes().unwrap());
+        } else if method == method::PROCESS_CLOSED {
+            break;
+        }
+    }
+    assert_eq!(pushed, b"a\0b");
+
+    let params = json!({"processId": "p1", "afterSeq": 0});
+    let reply = client
+        .conn
+        .request(Id::Num(7), method::PROCESS_READ, params, Bytes::new())
+        .await;
+    let Message::Response {
+        result: Ok(result), ..
+    } = reply.envelope.message
+    else {
+        panic!("process/read failed");
+    };
+    let read: ProcessReadResult = blob::from_value(result, &reply.envelope.payload).unwrap();
+    assert_eq!(&reply.envelope.payload[..], b"a\0b");
+    assert_eq!(read.chunks[0].chunk, Blob::raw(&b"a\0b"[..]));
 }
 
 #[tokio::test]

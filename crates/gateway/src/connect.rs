@@ -25,7 +25,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
-use execgate_protocol::exec::{method, InitializeParams, InitializeResult};
+use execgate_protocol::exec::{method, ClientExt, InitializeParams, InitializeResult};
+use execgate_protocol::jsonrpc::Encoded;
 use execgate_protocol::register::{
     environment_id_from_token, RegisterRequest, RegisterResponse, TRANSPORT_DIRECT,
 };
@@ -282,7 +283,7 @@ pub async fn connect(
 /// Serves one executor link until its socket closes.
 async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Encoded>();
     let link = Link::new(
         row.exe_id.clone(),
         row.workspace.clone(),
@@ -299,8 +300,12 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
-                    Some(text) => {
-                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                    Some(frame) => {
+                        let frame = match frame {
+                            Encoded::Text(text) => WsMessage::Text(text.into()),
+                            Encoded::Binary(data) => WsMessage::Binary(data.into()),
+                        };
+                        if sink.send(frame).await.is_err() {
                             break;
                         }
                     }
@@ -322,7 +327,7 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(WsMessage::Text(t)) => reader_link.dispatch(t.as_bytes()),
-                Ok(WsMessage::Binary(b)) => reader_link.dispatch(&b),
+                Ok(WsMessage::Binary(b)) => reader_link.dispatch_binary(b),
                 Ok(WsMessage::Close(_)) => return "the executor closed the connection".to_string(),
                 Ok(_) => reader_link.touch(),
                 Err(e) => return format!("connection error: {e}"),
@@ -365,6 +370,11 @@ async fn handshake(
     let params = InitializeParams {
         client_name: "execgate-gateway".into(),
         resume_session_id: resume.clone(),
+        // Output and file data may come raw (an execgate executor); a
+        // stock codex ignores this.
+        execgate: Some(ClientExt {
+            binary_frames: true,
+        }),
     };
     let attached_until = Instant::now() + ATTACHED_RETRY_FOR;
     let first = loop {
@@ -395,8 +405,8 @@ async fn handshake(
         Err(LinkError::Rpc { error, .. }) if resume.is_some() => {
             tracing::warn!(exe_id = %link.exe_id, "executor refused to resume its session: {error}");
             let fresh = InitializeParams {
-                client_name: params.client_name.clone(),
                 resume_session_id: None,
+                ..params.clone()
             };
             link.request(method::INITIALIZE, &fresh, HANDSHAKE_TIMEOUT)
                 .await

@@ -21,13 +21,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
+use execgate_protocol::blob;
 use execgate_protocol::exec::{
     method, ClosedNotification, EnvironmentInfo, ExitedNotification, ExtCapabilities,
     OutputNotification, Stream,
 };
-use execgate_protocol::jsonrpc::{code as rpc_code, Id, Message, RpcError};
+use execgate_protocol::jsonrpc::{
+    code as rpc_code, DecodeError, Encoded, Envelope, Id, Message, RpcError,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -88,7 +90,10 @@ pub enum ProcessEvent {
     LinkLost,
 }
 
-type Pending = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
+/// An answer: the result or error, and the payload of its frame (empty
+/// unless it came in a binary frame), which the result's blobs point into.
+type Answer = (Result<Value, RpcError>, Bytes);
+type Pending = HashMap<i64, oneshot::Sender<Answer>>;
 type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<ProcessEvent>)>>;
 /// A raw notification: method and params, as the executor sent them.
 pub type RawNotification = (String, Value);
@@ -117,7 +122,7 @@ pub struct Link {
     pub workspace: String,
     pub name: String,
     handshake: OnceLock<Handshake>,
-    outgoing: mpsc::UnboundedSender<String>,
+    outgoing: mpsc::UnboundedSender<Encoded>,
     /// The pending map doubles as the closed flag's lock: `close` drains it
     /// and sets `closed` while holding it, so a request either lands before
     /// the drain (and is failed by it) or sees `closed`.
@@ -138,12 +143,12 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link whose outgoing frames (JSON text) go to `outgoing`.
+    /// A link whose outgoing frames go to `outgoing`.
     pub fn new(
         exe_id: String,
         workspace: String,
         name: String,
-        outgoing: mpsc::UnboundedSender<String>,
+        outgoing: mpsc::UnboundedSender<Encoded>,
     ) -> Arc<Link> {
         Arc::new(Link {
             exe_id,
@@ -196,6 +201,12 @@ impl Link {
         self.handshake().map(|h| h.ext.clone()).unwrap_or_default()
     }
 
+    /// Whether the executor reads binary frames, so that file data and
+    /// stdin can go to it raw. Never during the handshake.
+    fn binary(&self) -> bool {
+        self.handshake().is_some_and(|h| h.ext.binary_frames)
+    }
+
     /// The executor's working directory, for resolving relative paths.
     pub fn cwd(&self) -> Option<std::path::PathBuf> {
         self.handshake()
@@ -242,13 +253,30 @@ impl Link {
         }
     }
 
-    /// Sends a request and waits for its result, at most `timeout`.
+    /// Sends a request and waits for its result, at most `timeout`. Bytes
+    /// in the result are base64 text, however they travelled.
     pub async fn request_value(
         &self,
         method: &str,
         params: Value,
         timeout: Duration,
     ) -> Result<Value, LinkError> {
+        let (mut value, payload) = self
+            .request_envelope(method, params, Bytes::new(), timeout)
+            .await?;
+        blob::inline(&mut value, &payload);
+        Ok(value)
+    }
+
+    /// Sends a request (with its frame's payload) and waits for the result
+    /// and the payload its blobs point into, at most `timeout`.
+    async fn request_envelope(
+        &self,
+        method: &str,
+        params: Value,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(Value, Bytes), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -258,19 +286,23 @@ impl Link {
             }
             pending.insert(id, tx);
         }
-        let frame = Message::request(Id::Num(id), method, params).encode();
+        let frame = Envelope {
+            message: Message::request(Id::Num(id), method, params),
+            payload,
+        }
+        .encode();
         if self.outgoing.send(frame).is_err() {
             self.pending.lock().unwrap().remove(&id);
             return Err(self.disconnected());
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(error))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
+            Ok(Ok((Ok(v), payload))) => Ok((v, payload)),
+            Ok(Ok((Err(error), _))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
                 name: self.name.clone(),
                 method: method.to_string(),
                 error,
             }),
-            Ok(Ok(Err(error))) => Err(LinkError::Rpc {
+            Ok(Ok((Err(error), _))) => Err(LinkError::Rpc {
                 name: self.name.clone(),
                 method: method.to_string(),
                 error,
@@ -298,20 +330,26 @@ impl Link {
         ) && self.handshake().is_some_and(|h| h.info.execgate.is_some())
     }
 
-    /// Sends a typed request and decodes its typed result.
+    /// Sends a typed request and decodes its typed result. Raw bytes in
+    /// either travel in a binary frame when the executor reads them, so
+    /// `R` types its bytes as [`Blob`](execgate_protocol::blob::Blob); for
+    /// an untyped result use [`Link::request_value`], which inlines them.
     pub async fn request<P: Serialize, R: DeserializeOwned>(
         &self,
         method: &str,
         params: &P,
         timeout: Duration,
     ) -> Result<R, LinkError> {
-        let params = serde_json::to_value(params).map_err(|e| LinkError::BadResponse {
-            name: self.name.clone(),
-            method: method.to_string(),
-            detail: format!("could not encode params: {e}"),
-        })?;
-        let value = self.request_value(method, params, timeout).await?;
-        serde_json::from_value(value).map_err(|e| LinkError::BadResponse {
+        let (params, payload) =
+            blob::to_value(params, self.binary()).map_err(|e| LinkError::BadResponse {
+                name: self.name.clone(),
+                method: method.to_string(),
+                detail: format!("could not encode params: {e}"),
+            })?;
+        let (value, payload) = self
+            .request_envelope(method, params, payload, timeout)
+            .await?;
+        blob::from_value(value, &payload).map_err(|e| LinkError::BadResponse {
             name: self.name.clone(),
             method: method.to_string(),
             detail: e.to_string(),
@@ -347,10 +385,15 @@ impl Link {
         }
         let _forget = Forget(self, id);
         let frame = Message::request(Id::Num(id), method, params).encode();
-        if self.outgoing.send(frame).is_err() {
+        if self.outgoing.send(Encoded::Text(frame)).is_err() {
             return Err(self.disconnected());
         }
-        rx.await.map_err(|_| self.disconnected())
+        let (answer, payload) = rx.await.map_err(|_| self.disconnected())?;
+        // The bridge's client speaks text: its bytes go back as base64.
+        Ok(answer.map(|mut result| {
+            blob::inline(&mut result, &payload);
+            result
+        }))
     }
 
     /// Receives the raw notifications of every process `br-<key>-…`, until
@@ -377,7 +420,9 @@ impl Link {
     /// Sends a notification (no answer expected).
     pub fn notify(&self, method: &str, params: Value) -> Result<(), LinkError> {
         self.outgoing
-            .send(Message::notification(method, params).encode())
+            .send(Encoded::Text(
+                Message::notification(method, params).encode(),
+            ))
             .map_err(|_| self.disconnected())
     }
 
@@ -415,40 +460,51 @@ impl Link {
         }
     }
 
-    /// Handles one frame from the executor.
+    /// Handles one text frame from the executor.
     pub fn dispatch(&self, frame: &[u8]) {
+        self.receive(Message::decode(frame).map(Envelope::text));
+    }
+
+    /// Handles one binary frame from the executor [ext]: a message and the
+    /// payload its blobs point into.
+    pub fn dispatch_binary(&self, frame: Bytes) {
+        self.receive(Envelope::decode_binary(frame));
+    }
+
+    fn receive(&self, decoded: Result<Envelope, DecodeError>) {
         self.touch();
-        let msg = match Message::decode(frame) {
-            Ok(m) => m,
+        let Envelope { message, payload } = match decoded {
+            Ok(envelope) => envelope,
             Err(e) => {
                 tracing::warn!(exe_id = %self.exe_id, "undecodable frame from executor: {}", e.error);
                 return;
             }
         };
-        match msg {
+        match message {
             Message::Response {
                 id: Id::Num(id),
                 result,
             } => {
                 let waiter = self.pending.lock().unwrap().remove(&id);
                 if let Some(tx) = waiter {
-                    let _ = tx.send(result);
+                    let _ = tx.send((result, payload));
                 }
             }
             Message::Response { id, .. } => {
                 tracing::warn!(exe_id = %self.exe_id, %id, "response to an id the gateway never sent");
             }
-            Message::Notification { method, params } => self.route_notification(&method, params),
+            Message::Notification { method, params } => {
+                self.route_notification(&method, params, &payload)
+            }
             Message::Request { id, method, .. } => {
                 // Executors do not call the gateway; say so instead of leaving them waiting.
-                let _ = self
-                    .outgoing
-                    .send(Message::response(id, Err(RpcError::method_not_found(&method))).encode());
+                let answer = Message::response(id, Err(RpcError::method_not_found(&method)));
+                let _ = self.outgoing.send(Encoded::Text(answer.encode()));
             }
         }
     }
 
-    fn route_notification(&self, method: &str, params: Value) {
+    fn route_notification(&self, method: &str, mut params: Value, payload: &Bytes) {
         // A bridged process: its events go to its bridge only, raw. Gateway
         // tools never subscribe to (or account for) these ids.
         if let Some(key) = params
@@ -458,28 +514,32 @@ impl Link {
         {
             if self.taps_live.load(Ordering::Acquire) > 0 {
                 if let Some(tx) = self.taps.lock().unwrap().get(key) {
+                    // The bridge's client speaks text: bytes as base64.
+                    blob::inline(&mut params, payload);
                     let _ = tx.try_send((method.to_string(), params));
                 }
             }
             return;
         }
         let (process_id, event) = match method {
-            method::PROCESS_OUTPUT => match serde_json::from_value::<OutputNotification>(params) {
-                Ok(n) => {
-                    let data = base64::engine::general_purpose::STANDARD
-                        .decode(n.chunk.as_bytes())
-                        .unwrap_or_default();
-                    (
-                        n.process_id,
-                        ProcessEvent::Output {
-                            seq: n.seq,
-                            stream: n.stream,
-                            data: Bytes::from(data),
-                        },
-                    )
+            method::PROCESS_OUTPUT => {
+                match blob::from_value::<OutputNotification>(params, payload) {
+                    Ok(n) => {
+                        let Ok(data) = n.chunk.to_bytes() else {
+                            return tracing::warn!(exe_id = %self.exe_id, "process/output chunk is not base64");
+                        };
+                        (
+                            n.process_id,
+                            ProcessEvent::Output {
+                                seq: n.seq,
+                                stream: n.stream,
+                                data,
+                            },
+                        )
+                    }
+                    Err(e) => return self.bad_notification(method, e),
                 }
-                Err(e) => return self.bad_notification(method, e),
-            },
+            }
             method::PROCESS_EXITED => match serde_json::from_value::<ExitedNotification>(params) {
                 Ok(n) => (
                     n.process_id,
@@ -594,14 +654,23 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execgate_protocol::blob::Blob;
     use serde_json::json;
 
-    fn link() -> (Arc<Link>, mpsc::UnboundedReceiver<String>) {
+    fn link() -> (Arc<Link>, mpsc::UnboundedReceiver<Encoded>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Link::new("exe_1".into(), "w".into(), "laptop".into(), tx),
             rx,
         )
+    }
+
+    /// A text frame the link sent.
+    fn decode(frame: Encoded) -> Message {
+        let Encoded::Text(text) = frame else {
+            panic!("expected a text frame: {frame:?}")
+        };
+        Message::decode(text.as_bytes()).unwrap()
     }
 
     #[tokio::test]
@@ -620,8 +689,7 @@ mod tests {
         let mut ids = HashMap::new();
         for _ in 0..2 {
             let frame = out.recv().await.unwrap();
-            let Message::Request { id, method, .. } = Message::decode(frame.as_bytes()).unwrap()
-            else {
+            let Message::Request { id, method, .. } = decode(frame) else {
                 panic!()
             };
             ids.insert(method, id);
@@ -711,9 +779,7 @@ mod tests {
         let mut ids = HashMap::new();
         for _ in 0..2 {
             let frame = out.recv().await.unwrap();
-            let Message::Request { id, method, params } =
-                Message::decode(frame.as_bytes()).unwrap()
-            else {
+            let Message::Request { id, method, params } = decode(frame) else {
                 panic!()
             };
             if method == "fs/readFile" {
@@ -752,6 +818,117 @@ mod tests {
             pending.await.unwrap(),
             Err(LinkError::Disconnected { .. })
         ));
+    }
+
+    /// With an executor that reads binary frames, bytes go raw both ways;
+    /// a bridge's tap still gets base64.
+    #[tokio::test]
+    async fn binary_frames_carry_raw_bytes_both_ways() {
+        use execgate_protocol::exec::{ReadRangeResult, WriteRangeParams};
+        let (link, mut out) = link();
+        link.set_handshake(Handshake {
+            session_id: "s".into(),
+            info: EnvironmentInfo::default(),
+            ext: ExtCapabilities {
+                binary_frames: true,
+                ..Default::default()
+            },
+        });
+        let l = link.clone();
+        let write = tokio::spawn(async move {
+            let params = WriteRangeParams {
+                path: "file:///f".into(),
+                offset: 0,
+                data_base64: Blob::raw(&b"\0raw"[..]),
+                truncate: false,
+            };
+            l.request::<_, execgate_protocol::exec::Empty>(
+                "fs/writeRange",
+                &params,
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        let Some(Encoded::Binary(frame)) = out.recv().await else {
+            panic!("expected a binary frame")
+        };
+        let sent = Envelope::decode_binary(Bytes::from(frame)).unwrap();
+        assert_eq!(&sent.payload[..], b"\0raw");
+        let Message::Request { id, params, .. } = sent.message else {
+            panic!()
+        };
+        assert_eq!(params["dataBase64"], json!({"$bin": [0, 4]}));
+
+        link.dispatch(Message::response(id, Ok(json!({}))).encode().as_bytes());
+        write.await.unwrap().unwrap();
+
+        // An answer with bytes comes back binary, and decodes without base64.
+        let answer = |id: Id, data: &'static [u8]| {
+            let (result, payload) = blob::to_value(
+                &ReadRangeResult {
+                    data_base64: Blob::raw(data),
+                    size: 9,
+                },
+                true,
+            )
+            .unwrap();
+            let Encoded::Binary(frame) = (Envelope {
+                message: Message::response(id, Ok(result)),
+                payload,
+            })
+            .encode() else {
+                panic!()
+            };
+            Bytes::from(frame)
+        };
+        let l = link.clone();
+        let read = tokio::spawn(async move {
+            l.request::<_, ReadRangeResult>("fs/readRange", &json!({}), Duration::from_secs(5))
+                .await
+        });
+        let Some(frame) = out.recv().await else {
+            panic!()
+        };
+        let Message::Request { id, .. } = decode(frame) else {
+            panic!()
+        };
+        link.dispatch_binary(answer(id, b"\xffbytes"));
+        let read = read.await.unwrap().unwrap();
+        assert_eq!(read.data_base64, Blob::raw(&b"\xffbytes"[..]));
+
+        // Notifications: raw to subscribers, base64 to a bridge's tap.
+        let mut sub = link.subscribe("p");
+        let mut tap = link.tap("k", 4);
+        for pid in ["p", "br-k-p"] {
+            let (params, payload) = blob::to_value(
+                &OutputNotification {
+                    process_id: pid.into(),
+                    seq: 1,
+                    stream: Stream::Stdout,
+                    chunk: Blob::raw(&b"hi"[..]),
+                },
+                true,
+            )
+            .unwrap();
+            let Encoded::Binary(frame) = (Envelope {
+                message: Message::notification("process/output", params),
+                payload,
+            })
+            .encode() else {
+                panic!()
+            };
+            link.dispatch_binary(Bytes::from(frame));
+        }
+        assert_eq!(
+            sub.recv().await,
+            ProcessEvent::Output {
+                seq: 1,
+                stream: Stream::Stdout,
+                data: Bytes::from_static(b"hi")
+            }
+        );
+        let (_, params) = tap.recv().await.unwrap();
+        assert_eq!(params["chunk"], "aGk=");
     }
 
     #[tokio::test]

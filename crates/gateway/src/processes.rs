@@ -25,6 +25,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
+use execgate_protocol::blob::{base64_decoded_len, Blob};
 use execgate_protocol::connectors::{
     error_code as code, ErrorBody, ErrorResponse, OkResponse, OutputChunk, OutputResponse,
     ProcessInfo, ProcessListResponse, ResizeRequest, SignalName, SignalRequest,
@@ -198,7 +199,7 @@ async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result
                 method::PROCESS_WRITE,
                 &ProcessWriteParams {
                     process_id: s.row.process_id.clone(),
-                    chunk: data_b64.to_string(),
+                    chunk: Blob::Base64(data_b64.to_string()),
                     write_id: crate::secret::random_id("w_", 8),
                 },
                 RPC_TIMEOUT,
@@ -269,7 +270,11 @@ pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<OutputR
     let r = output_inner(s, since, wait_ms).await;
     match &r {
         Ok(out) => {
-            let bytes: u64 = out.chunks.iter().map(|c| decoded_len(&c.data_b64)).sum();
+            let bytes: u64 = out
+                .chunks
+                .iter()
+                .map(|c| base64_decoded_len(&c.data_b64))
+                .sum();
             let rec = s.audit.record();
             rec.add_bytes_out(bytes);
             rec.exit_code = out.exit_code;
@@ -283,12 +288,6 @@ pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<OutputR
         Err(e) => s.audit.fail(e.code),
     }
     r
-}
-
-/// The length of the bytes standard base64 `b64` encodes.
-pub(crate) fn decoded_len(b64: &str) -> u64 {
-    let padding = b64.bytes().rev().take_while(|b| *b == b'=').count();
-    (b64.len() / 4 * 3).saturating_sub(padding) as u64
 }
 
 async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<OutputResponse, ApiError> {
@@ -335,7 +334,7 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRes
     // `closed` is process state. When the answer may have been cut at
     // max_bytes, more chunks can follow, so the session is still "alive" to
     // this reader until a read comes back short.
-    let returned: u64 = r.chunks.iter().map(|c| c.chunk.len() as u64 / 4 * 3).sum();
+    let returned: u64 = r.chunks.iter().map(|c| c.chunk.len()).sum();
     let maybe_cut = returned >= MAX_OUTPUT_BYTES * 9 / 10;
     let next_since = r.next_seq.saturating_sub(1).max(since);
     Ok(OutputResponse {
@@ -344,7 +343,7 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<OutputRes
             .into_iter()
             .map(|c| OutputChunk {
                 stream: c.stream.as_str().to_string(),
-                data_b64: c.chunk,
+                data_b64: c.chunk.into_base64(),
                 seq: c.seq,
             })
             .collect(),
@@ -613,19 +612,4 @@ pub async fn list_handler(
     let processes =
         futures_util::future::join_all(rows.into_iter().map(|row| describe(&state, row))).await;
     Ok(Json(ProcessListResponse { processes }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decoded_len;
-    use base64::Engine;
-
-    #[test]
-    fn decoded_len_matches_the_decoder() {
-        for n in 0..20 {
-            let data = vec![7u8; n];
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            assert_eq!(decoded_len(&b64), n as u64, "{b64}");
-        }
-    }
 }

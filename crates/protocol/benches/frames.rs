@@ -1,7 +1,8 @@
 //! Criterion micro-benchmark of the JSON-RPC frames on the executor link:
 //! every tool call encodes a request and decodes a response, and every chunk
 //! of process output is one `process/output` notification that the executor
-//! encodes and the gateway decodes (then decodes its params). These are pure
+//! encodes and the gateway decodes (then decodes its params), as base64 text
+//! (codex's way) or in a binary frame (between execgate peers). These are pure
 //! functions, so this is where per-frame allocation and re-encoding costs
 //! show up without the noise of sockets and threads.
 //!
@@ -9,10 +10,11 @@
 
 use std::hint::black_box;
 
-use base64::Engine;
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use execgate_protocol::blob::{self, Blob};
 use execgate_protocol::exec::{OutputNotification, Stream};
-use execgate_protocol::jsonrpc::{Id, Message};
+use execgate_protocol::jsonrpc::{Encoded, Envelope, Id, Message};
 use serde_json::json;
 
 /// A `process/start` request as the shell tool sends it.
@@ -26,16 +28,36 @@ fn start_request() -> Message {
     )
 }
 
-/// A `process/output` notification carrying `n` bytes of output.
-fn output_notification(n: usize) -> Message {
-    let chunk = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; n]);
+/// What the executor does per chunk of output: the `process/output`
+/// notification for `n` bytes, serialised for a peer that reads binary
+/// frames or for one that reads only text (base64).
+fn encode_output(data: &Bytes, binary: bool) -> Encoded {
     let params = OutputNotification {
         process_id: "sh-0123456789abcdef".into(),
         seq: 1234,
         stream: Stream::Stdout,
-        chunk,
+        chunk: Blob::Raw(data.clone()),
     };
-    Message::notification("process/output", serde_json::to_value(params).unwrap())
+    let (params, payload) = blob::to_value(&params, binary).unwrap();
+    Envelope {
+        message: Message::notification("process/output", params),
+        payload,
+    }
+    .encode()
+}
+
+/// What the gateway does per chunk: the frame, then the typed params, then
+/// the bytes.
+fn decode_output(frame: &Encoded) -> Bytes {
+    let envelope = match frame {
+        Encoded::Text(text) => Envelope::text(Message::decode(text.as_bytes()).unwrap()),
+        Encoded::Binary(data) => Envelope::decode_binary(Bytes::from(data.clone())).unwrap(),
+    };
+    let Message::Notification { params, .. } = envelope.message else {
+        unreachable!()
+    };
+    let p: OutputNotification = blob::from_value(params, &envelope.payload).unwrap();
+    p.chunk.to_bytes().unwrap()
 }
 
 fn frames(c: &mut Criterion) {
@@ -50,29 +72,21 @@ fn frames(c: &mut Criterion) {
         b.iter(|| Message::decode(black_box(req_bytes.as_bytes())).unwrap())
     });
 
-    // 8 KiB is the pipe read size on the executor, so the common chunk.
+    // 64 KiB is the pipe read size on the executor, so the common chunk of
+    // bulk output. (The binary decode includes copying the frame into
+    // `Bytes`, which the socket's reader does once in real life.)
     for n in [64usize, 8 << 10, 64 << 10] {
-        let note = output_notification(n);
-        let bytes = note.encode();
+        let data = Bytes::from(vec![b'x'; n]);
         g.throughput(Throughput::Bytes(n as u64));
-        g.bench_function(format!("encode/process_output_{n}"), |b| {
-            b.iter(|| black_box(&note).encode())
-        });
-        g.bench_function(format!("decode/process_output_{n}"), |b| {
-            b.iter(|| {
-                // What the gateway does per chunk: the frame, then the typed
-                // params, then the base64 back to bytes.
-                let Message::Notification { params, .. } =
-                    Message::decode(black_box(bytes.as_bytes())).unwrap()
-                else {
-                    unreachable!()
-                };
-                let p: OutputNotification = serde_json::from_value(params).unwrap();
-                base64::engine::general_purpose::STANDARD
-                    .decode(p.chunk)
-                    .unwrap()
-            })
-        });
+        for (kind, binary) in [("text", false), ("binary", true)] {
+            let frame = encode_output(&data, binary);
+            g.bench_function(format!("encode/process_output_{n}/{kind}"), |b| {
+                b.iter(|| encode_output(black_box(&data), binary))
+            });
+            g.bench_function(format!("decode/process_output_{n}/{kind}"), |b| {
+                b.iter(|| decode_output(black_box(&frame)))
+            });
+        }
     }
     g.finish();
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blob::Blob;
+
 /// Method and notification names.
 pub mod method {
     pub const INITIALIZE: &str = "initialize";
@@ -49,6 +51,19 @@ pub struct InitializeParams {
     pub client_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_session_id: Option<String>,
+    /// [ext] What an execgate gateway accepts from the executor. Absent
+    /// from other clients; codex ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execgate: Option<ClientExt>,
+}
+
+/// [ext] A client's side of execgate's extensions, in `initialize`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientExt {
+    /// The client reads binary frames (see [`crate::blob`]): the executor
+    /// may send output and file data raw instead of as base64.
+    pub binary_frames: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +120,9 @@ pub struct ShellInfo {
 pub struct ExtCapabilities {
     /// `process/closeStdin` is served.
     pub close_stdin: bool,
+    /// Binary frames are read (see [`crate::blob`]): the gateway may send
+    /// file data and stdin raw instead of as base64.
+    pub binary_frames: bool,
     /// `process/resize` is served and `process/start` takes `cols`/`rows`.
     pub resize: bool,
     /// `process/read` results carry an exact `lostBytes`.
@@ -242,8 +260,8 @@ impl Stream {
 pub struct ProcessChunk {
     pub seq: u64,
     pub stream: Stream,
-    /// Base64 of the bytes.
-    pub chunk: String,
+    /// The bytes: base64, or raw in a binary frame [ext].
+    pub chunk: Blob,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -277,8 +295,8 @@ pub struct ProcessReadResult {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessWriteParams {
     pub process_id: String,
-    /// Base64 of the bytes.
-    pub chunk: String,
+    /// The bytes: base64, or raw in a binary frame [ext].
+    pub chunk: Blob,
     pub write_id: String,
 }
 
@@ -330,7 +348,7 @@ pub struct OutputNotification {
     pub process_id: String,
     pub seq: u64,
     pub stream: Stream,
-    pub chunk: String,
+    pub chunk: Blob,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -357,7 +375,7 @@ pub struct PathParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadFileResult {
-    pub data_base64: String,
+    pub data_base64: Blob,
 }
 
 /// [ext] `fs/readRange`.
@@ -372,7 +390,7 @@ pub struct ReadRangeParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadRangeResult {
-    pub data_base64: String,
+    pub data_base64: Blob,
     /// The file's size when it was read.
     pub size: u64,
 }
@@ -381,7 +399,7 @@ pub struct ReadRangeResult {
 #[serde(rename_all = "camelCase")]
 pub struct WriteFileParams {
     pub path: String,
-    pub data_base64: String,
+    pub data_base64: Blob,
     /// [ext] Create missing parent directories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_parents: Option<bool>,
@@ -432,7 +450,7 @@ pub struct RenameParams {
 pub struct WriteRangeParams {
     pub path: String,
     pub offset: u64,
-    pub data_base64: String,
+    pub data_base64: Blob,
     #[serde(default)]
     pub truncate: bool,
 }

@@ -6,6 +6,7 @@
 //! notifications and responses apart by which fields are present. That is how
 //! JSON-RPC defines them; serde's untagged enums would give useless errors.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -255,6 +256,72 @@ impl Message {
     }
 }
 
+/// [ext] A message and the payload its blobs point into: what one binary
+/// frame carries between two execgate peers that announced `binaryFrames`
+/// (see [`crate::blob`] for the layout). With an empty payload it is an
+/// ordinary text frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub message: Message,
+    pub payload: Bytes,
+}
+
+/// A frame ready for the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoded {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Envelope {
+    /// A message whose blobs, if any, are base64 text.
+    pub fn text(message: Message) -> Envelope {
+        Envelope {
+            message,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// The frame: text when there is no payload, else binary.
+    pub fn encode(&self) -> Encoded {
+        if self.payload.is_empty() {
+            return Encoded::Text(self.message.encode());
+        }
+        let header = self.message.encode();
+        let mut frame = Vec::with_capacity(4 + header.len() + self.payload.len());
+        // A header beyond 4 GiB cannot be framed; no message comes near it.
+        frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(&self.payload);
+        Encoded::Binary(frame)
+    }
+
+    /// Decodes a binary frame. A binary frame that starts with `{` is plain
+    /// JSON (a length prefix that large cannot occur), so a peer that sends
+    /// its JSON as binary is still understood.
+    pub fn decode_binary(frame: Bytes) -> Result<Envelope, DecodeError> {
+        if frame.first() == Some(&b'{') {
+            return Message::decode(&frame).map(Envelope::text);
+        }
+        let bad = |why: &str| DecodeError {
+            id: None,
+            error: RpcError::new(code::PARSE_ERROR, format!("invalid binary frame: {why}")),
+        };
+        let Some(prefix) = frame.get(..4) else {
+            return Err(bad("shorter than its 4-byte length prefix"));
+        };
+        let n = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let Some(header) = frame.get(4..4 + n) else {
+            return Err(bad("the message is longer than the frame"));
+        };
+        let message = Message::decode(header)?;
+        Ok(Envelope {
+            message,
+            payload: frame.slice(4 + n..),
+        })
+    }
+}
+
 /// A frame as written: borrowed parts, `jsonrpc` first.
 #[derive(Serialize)]
 struct Wire<'a> {
@@ -319,6 +386,52 @@ mod tests {
         assert_eq!(e.error.code, code::INVALID_REQUEST);
         assert!(Message::decode(b"[1]").is_err());
         assert!(Message::decode(br#"{"result":1}"#).is_err());
+    }
+
+    #[test]
+    fn envelopes_carry_raw_blobs_in_a_binary_frame() {
+        use crate::blob::{self, Blob};
+        let chunk = Blob::raw(vec![0u8, 1, 2, 255]);
+        let envelope = |binary| {
+            let (result, payload) = blob::to_value(&chunk, binary).unwrap();
+            Envelope {
+                message: Message::response(Id::Num(9), Ok(result)),
+                payload,
+            }
+        };
+        // Without binary: base64 text in a text frame.
+        assert_eq!(
+            envelope(false).encode(),
+            Encoded::Text(r#"{"jsonrpc":"2.0","id":9,"result":"AAEC/w=="}"#.into())
+        );
+        // With binary: a reference, and the bytes after the header.
+        let env = envelope(true);
+        let Encoded::Binary(frame) = env.encode() else {
+            panic!("expected a binary frame")
+        };
+        let header = br#"{"jsonrpc":"2.0","id":9,"result":{"$bin":[0,4]}}"#;
+        assert_eq!(&frame[..4], &(header.len() as u32).to_be_bytes());
+        assert_eq!(&frame[4..4 + header.len()], header);
+        assert_eq!(&frame[4 + header.len()..], &[0u8, 1, 2, 255]);
+
+        let back = Envelope::decode_binary(Bytes::from(frame)).unwrap();
+        assert_eq!(back, env);
+        let Message::Response { result: Ok(v), .. } = back.message else {
+            panic!("expected a result")
+        };
+        let decoded: Blob = blob::from_value(v, &back.payload).unwrap();
+        assert_eq!(decoded, chunk);
+    }
+
+    #[test]
+    fn malformed_binary_frames_are_decode_errors() {
+        assert!(Envelope::decode_binary(Bytes::from_static(b"\0\0")).is_err());
+        assert!(Envelope::decode_binary(Bytes::from_static(b"\0\0\0\x09{}")).is_err());
+        assert!(Envelope::decode_binary(Bytes::from_static(b"\0\0\0\x02{}")).is_err());
+        // Plain JSON sent as a binary frame is still a message.
+        let env = Envelope::decode_binary(Bytes::from_static(br#"{"id":1,"result":2}"#)).unwrap();
+        assert_eq!(env.message, Message::response(Id::Num(1), Ok(json!(2))));
+        assert!(env.payload.is_empty());
     }
 
     #[test]

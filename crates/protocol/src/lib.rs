@@ -2,6 +2,7 @@
 //! runtime. If a type crosses a process boundary, it is defined here.
 //!
 //! - [`jsonrpc`]: the framing of the gateway⇄executor link.
+//! - [`blob`]: bytes in a message, as base64 text or in a binary frame [ext].
 //! - [`exec`]: the executor protocol's methods (compatible with codex `exec-server`).
 //! - [`register`]: how an executor asks the gateway for a link.
 //! - [`connectors`]: the connectors REST API that agents call.
@@ -11,6 +12,7 @@
 //! - [`uri`]: `file://` URIs for paths.
 
 pub mod admin;
+pub mod blob;
 pub mod connectors;
 pub mod custom_tool;
 pub mod exec;

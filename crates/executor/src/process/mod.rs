@@ -33,16 +33,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use bytes::Bytes;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
     method, ClosedNotification, Empty, ExitedNotification, OutputNotification, ProcessChunk,
     ProcessReadParams, ProcessReadResult, ProcessResizeParams, ProcessSignalParams,
     ProcessStartParams, ProcessStartResult, ProcessTerminateResult, ProcessWriteParams,
     ProcessWriteResult, Stream, WriteStatus,
 };
-use execgate_protocol::jsonrpc::{Message, RpcError};
+use execgate_protocol::jsonrpc::RpcError;
 use portable_pty::{MasterPty, PtySize};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -363,7 +362,7 @@ impl ProcessTable {
                 .map(|chunk| ProcessChunk {
                     seq: chunk.seq,
                     stream: chunk.stream,
-                    chunk: BASE64.encode(&chunk.data),
+                    chunk: Blob::Raw(chunk.data.clone()),
                 })
                 .collect(),
             next_seq: slice.next_seq,
@@ -378,8 +377,9 @@ impl ProcessTable {
 
     /// `process/write`. Answers once the bytes are in the pipe (or pty).
     pub async fn write(&self, params: ProcessWriteParams) -> Result<ProcessWriteResult, RpcError> {
-        let data = BASE64
-            .decode(params.chunk.as_bytes())
+        let data = params
+            .chunk
+            .to_bytes()
             .map_err(|e| RpcError::invalid_params(format!("chunk is not valid base64: {e}")))?;
         let process = match lock(&self.slots).get(&params.process_id) {
             Some(Slot::Running(process)) => process.clone(),
@@ -506,7 +506,7 @@ fn pty_size(cols: Option<u16>, rows: Option<u16>) -> Result<PtySize, RpcError> {
 }
 
 impl Process {
-    async fn write_stdin(&self, data: Vec<u8>) -> Result<WriteStatus, RpcError> {
+    async fn write_stdin(&self, data: Bytes) -> Result<WriteStatus, RpcError> {
         let mut stdin = self.stdin.lock().await;
         if self.shared.exited() {
             return Ok(WriteStatus::StdinClosed);
@@ -585,21 +585,17 @@ impl Shared {
     }
 
     fn push_output(&self, stream: Stream, data: Bytes) {
-        // Encode outside the lock, and only if someone will get it.
-        let encoded = self.notifier.is_attached().then(|| BASE64.encode(&data));
         self.log.update(|log| {
-            let seq = log.push_chunk(stream, data);
-            if let Some(chunk) = encoded {
-                self.notify(
-                    method::PROCESS_OUTPUT,
-                    &OutputNotification {
-                        process_id: self.id.clone(),
-                        seq,
-                        stream,
-                        chunk,
-                    },
-                );
-            }
+            let seq = log.push_chunk(stream, data.clone());
+            self.notifier.send(
+                method::PROCESS_OUTPUT,
+                &OutputNotification {
+                    process_id: self.id.clone(),
+                    seq,
+                    stream,
+                    chunk: Blob::Raw(data),
+                },
+            );
         });
     }
 
@@ -641,10 +637,7 @@ impl Shared {
 
     /// Called under the log's lock, so notifications leave in seq order.
     fn notify(&self, method: &str, params: &impl Serialize) {
-        match serde_json::to_value(params) {
-            Ok(params) => self.notifier.send(Message::notification(method, params)),
-            Err(err) => tracing::warn!("cannot encode {method}: {err}"),
-        }
+        self.notifier.send(method, params);
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use execgate_protocol::jsonrpc::Encoded;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -30,7 +31,7 @@ struct Fixture {
     link: std::sync::Arc<Link>,
     exe_id: String,
     /// What the gateway sent the "executor".
-    executor: mpsc::UnboundedReceiver<String>,
+    executor: mpsc::UnboundedReceiver<Encoded>,
 }
 
 async fn fixture() -> Fixture {
@@ -138,7 +139,10 @@ async fn a_revocation_through_the_admin_route_closes_the_turns_sessions_at_once(
         .await
         .unwrap();
     let mut executor = f.executor;
-    let sent: Value = serde_json::from_str(&executor.recv().await.unwrap()).unwrap();
+    let Some(Encoded::Text(sent)) = executor.recv().await else {
+        panic!("the bridge sends text frames")
+    };
+    let sent: Value = serde_json::from_str(&sent).unwrap();
     assert_eq!(sent["method"], "fs/getMetadata");
     // The executor sees the link's numeric id, not the client's.
     assert!(sent["id"].is_i64(), "{sent}");

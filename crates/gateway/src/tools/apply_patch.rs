@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::CallToolResult;
 use execgate_protocol::exec::{
     method, CreateDirectoryParams, Empty, PathParams, ReadFileResult, RemoveParams, RenameParams,
@@ -97,9 +97,10 @@ impl<'a> View<'a> {
             .await;
         let contents = match r {
             Ok(r) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(r.data_base64.as_bytes())
-                    .map_err(|e| ApiError::internal(format!("executor sent bad base64: {e}")))?,
+                r.data_base64
+                    .to_bytes()
+                    .map_err(|e| ApiError::internal(format!("executor sent bad base64: {e}")))?
+                    .to_vec(),
             ),
             Err(LinkError::Rpc { error, .. }) if error.code == rpc_code::NOT_FOUND => None,
             Err(LinkError::Rpc { error, .. }) => {
@@ -274,7 +275,6 @@ async fn commit(ctx: &ToolContext<'_>, view: &View<'_>) -> Result<(), String> {
     writes.sort();
     removes.sort();
     let ext = link.ext();
-    let b64 = base64::engine::general_purpose::STANDARD;
     let rpc = |e: LinkError| match e {
         LinkError::Rpc { error, .. } => error.message,
         other => other.to_string(),
@@ -295,7 +295,7 @@ async fn commit(ctx: &ToolContext<'_>, view: &View<'_>) -> Result<(), String> {
             }
             let params = WriteFileParams {
                 path: uri(path).map_err(|e| e.message)?,
-                data_base64: b64.encode(bytes),
+                data_base64: Blob::from(bytes.as_slice()),
                 create_parents: None,
             };
             link.request::<_, Empty>(method::FS_WRITE_FILE, &params, RPC_TIMEOUT)
@@ -317,7 +317,7 @@ async fn commit(ctx: &ToolContext<'_>, view: &View<'_>) -> Result<(), String> {
         let tmp_uri = uri(&tmp).map_err(|e| e.message)?;
         let params = WriteFileParams {
             path: tmp_uri.clone(),
-            data_base64: b64.encode(bytes),
+            data_base64: Blob::from(bytes.as_slice()),
             create_parents: Some(true),
         };
         if let Err(e) = link
@@ -402,7 +402,7 @@ async fn restore<'p>(
                     method::FS_WRITE_FILE,
                     &WriteFileParams {
                         path: u,
-                        data_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                        data_base64: Blob::from(bytes),
                         create_parents: Some(true),
                     },
                     RPC_TIMEOUT,

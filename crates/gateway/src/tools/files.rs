@@ -6,6 +6,8 @@
 //! structured result says where to continue.
 
 use base64::Engine;
+use bytes::Bytes;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::CallToolResult;
 use execgate_protocol::exec::{
     method, CreateDirectoryParams, Empty, PathParams, ReadFileResult, ReadRangeParams,
@@ -72,7 +74,7 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
         let size = all.len() as u64;
         let start = a.offset.min(size) as usize;
         let end = (a.offset.saturating_add(want)).min(size) as usize;
-        (all[start..end].to_vec(), size)
+        (all.slice(start..end), size)
     };
     let end = a.offset + data.len() as u64;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
@@ -90,9 +92,8 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
     ))
 }
 
-fn decode(b64: &str) -> Result<Vec<u8>, ApiError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
+fn decode(data: &Blob) -> Result<Bytes, ApiError> {
+    data.to_bytes()
         .map_err(|e| ApiError::internal(format!("the executor sent invalid base64: {e}")))
 }
 
@@ -139,7 +140,7 @@ pub async fn write_file(
     }
     let params = WriteFileParams {
         path: uri,
-        data_base64: a.content_b64,
+        data_base64: Blob::Base64(a.content_b64),
         create_parents: ext.atomic_write.then_some(a.create_parents),
     };
     if let Err(e) = link

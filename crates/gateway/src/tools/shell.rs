@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use execgate_protocol::connectors::{CallToolResult, ShellOutput};
 use execgate_protocol::exec::{
     method, EnvPolicy, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessStartParams,
@@ -318,10 +317,11 @@ impl Collector {
             if c.seq <= self.cursor {
                 continue;
             }
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(c.chunk.as_bytes())
-                .unwrap_or_default();
-            self.append(c.stream, &data);
+            match c.chunk.to_bytes() {
+                Ok(data) => self.append(c.stream, &data),
+                // Undecodable (a broken executor): reported, not dropped silently.
+                Err(_) => self.lost_bytes += c.chunk.len(),
+            }
             self.cursor = c.seq;
         }
         self.cursor = self.cursor.max(r.next_seq.saturating_sub(1));
@@ -400,7 +400,9 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use bytes::Bytes;
+    use execgate_protocol::blob::Blob;
     use execgate_protocol::exec::ProcessChunk;
 
     fn out(seq: u64, s: &str) -> ProcessEvent {
@@ -445,7 +447,7 @@ mod tests {
         c.push(out(1, "a"));
         assert!(matches!(c.push(out(3, "c")), Push::Gap));
         assert_eq!(c.cursor, 1);
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let b64 = |s: &str| Blob::Base64(base64::engine::general_purpose::STANDARD.encode(s));
         let done = c.pull(ProcessReadResult {
             chunks: vec![
                 ProcessChunk {
@@ -456,7 +458,8 @@ mod tests {
                 ProcessChunk {
                     seq: 3,
                     stream: Stream::Stdout,
-                    chunk: b64("c"),
+                    // Raw, as from a binary frame.
+                    chunk: Blob::from(&b"c"[..]),
                 },
             ],
             next_seq: 5,

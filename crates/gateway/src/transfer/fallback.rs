@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{method, Empty, WriteFileParams};
 
 use super::{on, uri, TransferError};
@@ -116,7 +116,7 @@ async fn write_whole(link: &Arc<Link>, path: &Path, data: &[u8]) -> Result<(), T
         method::FS_WRITE_FILE,
         &WriteFileParams {
             path: uri(path)?,
-            data_base64: base64::engine::general_purpose::STANDARD.encode(data),
+            data_base64: Blob::from(data),
             create_parents: None,
         },
         STEP_TIMEOUT,

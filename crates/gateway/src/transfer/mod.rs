@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
+use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
     method, CommitFileParams, CommitFileResult, CreateDirectoryParams, DirEntry, Empty, Metadata,
     PathParams, ReadDirectoryResult, ReadRangeParams, ReadRangeResult, RemoveParams, RenameParams,
@@ -147,12 +147,9 @@ pub async fn read_range(
         )
         .await
         .map_err(on(path, "reading"))?;
-    base64::engine::general_purpose::STANDARD
-        .decode(r.data_base64.as_bytes())
-        .map(Bytes::from)
-        .map_err(|e| {
-            TransferError::Api(ApiError::internal(format!("executor sent bad base64: {e}")))
-        })
+    r.data_base64.to_bytes().map_err(|e| {
+        TransferError::Api(ApiError::internal(format!("executor sent bad base64: {e}")))
+    })
 }
 
 /// Where a file is written before it is verified and renamed into place:
@@ -233,7 +230,7 @@ impl Sink {
                 &WriteRangeParams {
                     path: uri(&self.staged)?,
                     offset,
-                    data_base64: base64::engine::general_purpose::STANDARD.encode(data),
+                    data_base64: Blob::from(data),
                     truncate,
                 },
                 RPC_TIMEOUT,
@@ -260,7 +257,7 @@ impl Sink {
             let params = WriteRangeParams {
                 path: uri(&self.staged)?,
                 offset: self.offset,
-                data_base64: base64::engine::general_purpose::STANDARD.encode(data),
+                data_base64: Blob::from(data),
                 truncate: false,
             };
             let dest = self.dest.clone();
