@@ -46,7 +46,7 @@ use crate::audit::Via;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
-use crate::link::{ProcessEvent, Subscription};
+use crate::link::{Link, LinkError, ProcessEvent, Subscription};
 use crate::openapi::{SessionErrors, SessionPath, StreamEvent};
 use crate::processes::{self, Session};
 use crate::state::AppState;
@@ -191,25 +191,22 @@ impl Pump {
 
     /// Catches up with `process/read` until a read returns nothing new;
     /// sends `exit` and stops if the process is closed.
+    ///
+    /// While one read's chunks go to the client, the next read is already
+    /// on its way (after the last seq of this one), so the executor reads
+    /// its log while the gateway encodes and the client decodes.
     async fn pull(&mut self) -> Result<(), Stop> {
+        let mut ahead: Option<ReadAhead> = None;
         loop {
-            let read = self
-                .session
-                .link
-                .request::<_, ProcessReadResult>(
-                    method::PROCESS_READ,
-                    &ProcessReadParams {
-                        process_id: self.session.row.process_id.clone(),
-                        after_seq: Some(self.cursor),
-                        max_bytes: Some(READ_MAX_BYTES),
-                        wait_ms: None,
-                    },
-                    RPC_TIMEOUT,
-                )
-                .await;
+            let read = match ahead.take() {
+                Some(next) if next.after_seq == self.cursor => next.result().await,
+                // Nothing ahead, or it was asked before a loss moved the
+                // cursor: ask now.
+                _ => self.read_after(self.cursor).spawn().result().await,
+            };
             let r = match read {
                 Ok(r) => r,
-                Err(crate::link::LinkError::Disconnected { .. }) => {
+                Err(LinkError::Disconnected { .. }) => {
                     // Handled like a lost subscription: wait for the link.
                     self.relink().await?;
                     continue;
@@ -219,6 +216,9 @@ impl Pump {
                     return self.fail(e.code, &e.message).await;
                 }
             };
+            if let Some(last) = r.chunks.last() {
+                ahead = Some(self.read_after(last.seq.max(self.cursor)).spawn());
+            }
             if let Some(first) = r.chunks.first() {
                 // The executor's exact count, or for a stock codex what the
                 // link's seq ledger saw go by.
@@ -253,6 +253,19 @@ impl Pump {
                 return self.exit(last, r.exit_code.or(self.exit_code)).await;
             }
             return Ok(());
+        }
+    }
+
+    /// A `process/read` of what follows `after_seq`, not yet sent.
+    fn read_after(&self, after_seq: u64) -> Read {
+        Read {
+            link: self.session.link.clone(),
+            params: ProcessReadParams {
+                process_id: self.session.row.process_id.clone(),
+                after_seq: Some(after_seq),
+                max_bytes: Some(READ_MAX_BYTES),
+                wait_ms: None,
+            },
         }
     }
 
@@ -382,6 +395,52 @@ impl Pump {
 
     async fn send(&self, event: Event) -> Result<(), Stop> {
         self.tx.send(event).await.map_err(|_| Stop::ClientGone)
+    }
+}
+
+/// A `process/read` to send.
+struct Read {
+    link: Arc<Link>,
+    params: ProcessReadParams,
+}
+
+impl Read {
+    /// Sends it on its own task, so that it proceeds while the pump waits
+    /// for the client. Dropped unawaited (the client left), its answer is
+    /// discarded when it comes.
+    fn spawn(self) -> ReadAhead {
+        let after_seq = self.params.after_seq.unwrap_or(0);
+        let name = self.link.name.clone();
+        let task = tokio::spawn(async move {
+            self.link
+                .request::<_, ProcessReadResult>(method::PROCESS_READ, &self.params, RPC_TIMEOUT)
+                .await
+        });
+        ReadAhead {
+            after_seq,
+            name,
+            task,
+        }
+    }
+}
+
+/// A `process/read` on its way.
+struct ReadAhead {
+    after_seq: u64,
+    /// The executor's, for the error if the task itself fails.
+    name: String,
+    task: tokio::task::JoinHandle<Result<ProcessReadResult, LinkError>>,
+}
+
+impl ReadAhead {
+    async fn result(self) -> Result<ProcessReadResult, LinkError> {
+        self.task.await.unwrap_or_else(|e| {
+            Err(LinkError::BadResponse {
+                name: self.name,
+                method: method::PROCESS_READ.into(),
+                detail: format!("the read task failed: {e}"),
+            })
+        })
     }
 }
 
