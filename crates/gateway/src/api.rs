@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use execgate_protocol::connectors::{
@@ -342,9 +343,11 @@ async fn output(
     caller: Caller,
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<OutputQuery>,
-) -> Result<Json<OutputResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "output").await?;
-    Ok(Json(processes::output(&mut s, q.since, q.wait_ms).await?))
+    let out = processes::output(&mut s, q.since, q.wait_ms).await?;
+    // An OutputResponse, written without serde's detour (see Output::to_json).
+    Ok(([(header::CONTENT_TYPE, "application/json")], out.to_json()))
 }
 
 /// Kills the process (its whole process group).

@@ -302,9 +302,8 @@ impl McpServer {
                 let a: ReadOutputArgs = parse_args(arguments)?;
                 let mut s =
                     session(state, caller, &a.session_id, a.environment_id, "output").await?;
-                Ok(json_result(
-                    &processes::output(&mut s, a.after_seq, a.wait_ms).await?,
-                ))
+                let out = processes::output(&mut s, a.after_seq, a.wait_ms).await?;
+                Ok(json_result(&out.into_response()))
             }
             Route::Terminate => {
                 let a: TerminateArgs = parse_args(arguments)?;
