@@ -482,6 +482,56 @@ async fn cwd_env_and_arg0() {
     );
 }
 
+/// Signals the executor ignores (as when a non-interactive shell started it
+/// in the background) are not ignored by the processes it starts, through
+/// pipes or a pty.
+#[tokio::test]
+async fn children_start_with_default_signal_dispositions() {
+    // SAFETY: setting a disposition is process-wide but harmless here:
+    // ignoring SIGINT/SIGQUIT/SIGHUP is exactly the situation under test,
+    // and no other test relies on them.
+    unsafe {
+        for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    for (id, tty) in [("pipes", false), ("pty", true)] {
+        client
+            .start(id, &["sleep", "30"], json!({ "tty": tty }))
+            .await;
+        let session = state.sessions.get(&session_id).unwrap();
+        let pid = session.processes.pgid_of(id).unwrap();
+        let mut ignored = String::new();
+        eventually("the sleeper has exec'd", || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let exec_done = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().contains("sleep"));
+            ignored = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            exec_done
+        })
+        .await;
+        // Bit n-1 is signal n. The standard signals (1-31) must all be at
+        // their default; above them glibc reserves some for itself.
+        let ignored = u64::from_str_radix(&ignored, 16).unwrap();
+        assert_eq!(
+            ignored & 0x7fff_ffff,
+            0,
+            "{id}: ignored in the child: {ignored:#x}"
+        );
+        client
+            .ok(method::PROCESS_TERMINATE, json!({ "processId": id }))
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn terminate_kills_the_whole_group_and_reports_137() {
     let (state, _dir) = state();

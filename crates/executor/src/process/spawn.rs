@@ -84,7 +84,32 @@ pub(crate) fn spawn(request: SpawnRequest) -> io::Result<Spawned> {
     }
 }
 
+/// Gives the child default signal dispositions and an empty signal mask.
+/// An ignored signal stays ignored across exec: an executor started in the
+/// background by a non-interactive shell (SIGINT and SIGQUIT ignored) or
+/// under `nohup` (SIGHUP) would otherwise start processes that `interrupt`
+/// or `hangup` cannot reach.
+fn reset_signals(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls (signal, sigprocmask); it allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in 1..32 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 fn spawn_with_pipes(mut command: Command, pipe_stdin: bool) -> io::Result<Spawned> {
+    reset_signals(&mut command);
     command
         .process_group(0)
         .stdin(if pipe_stdin {
@@ -132,6 +157,7 @@ fn spawn_with_pty(mut command: Command, size: PtySize) -> io::Result<Spawned> {
         .stdin(slave.try_clone()?)
         .stdout(slave.try_clone()?)
         .stderr(slave);
+    reset_signals(&mut command);
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls; it allocates nothing.
     unsafe {
