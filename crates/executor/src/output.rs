@@ -105,21 +105,29 @@ impl ReadPlan {
 
     /// The read, with spilled chunks read back from disk (blocking).
     pub fn load(self) -> std::io::Result<ReadSlice> {
+        // Spilled chunks come first and are read back together.
+        let disk: Vec<DiskChunk> = self
+            .chunks
+            .iter()
+            .filter_map(|c| match c {
+                Planned::Disk(d) => Some(d.clone()),
+                Planned::Memory(_) => None,
+            })
+            .collect();
+        let mut loaded = DiskChunk::load_all(&disk)?.into_iter();
         let chunks = self
             .chunks
             .into_iter()
-            .map(|c| {
-                Ok(match c {
-                    Planned::Memory(chunk) => chunk,
-                    Planned::Disk(d) => Chunk {
-                        seq: d.seq,
-                        stream: d.stream,
-                        data: d.load()?,
-                        start: d.start,
-                    },
-                })
+            .map(|c| match c {
+                Planned::Memory(chunk) => chunk,
+                Planned::Disk(d) => Chunk {
+                    seq: d.seq,
+                    stream: d.stream,
+                    data: loaded.next().unwrap_or_default(),
+                    start: d.start,
+                },
             })
-            .collect::<std::io::Result<_>>()?;
+            .collect();
         Ok(ReadSlice {
             chunks,
             next_seq: self.next_seq,

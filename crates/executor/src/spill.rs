@@ -129,10 +129,38 @@ impl DiskChunk {
     }
 
     /// Reads the bytes back (blocking).
+    #[cfg(test)]
     pub fn load(&self) -> io::Result<Bytes> {
-        let mut buf = vec![0u8; self.len as usize];
-        self.file.read_exact_at(&mut buf, self.offset)?;
-        Ok(Bytes::from(buf))
+        Ok(Self::load_all(std::slice::from_ref(self))?.remove(0))
+    }
+
+    /// Reads the bytes of `chunks` back (blocking), in order. Chunks that
+    /// lie end to end in one file (the usual case: a segment is written in
+    /// seq order) are read with one system call into one buffer, which the
+    /// returned `Bytes` share.
+    pub fn load_all(chunks: &[DiskChunk]) -> io::Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut rest = chunks;
+        while let Some(first) = rest.first() {
+            let run = 1 + rest.windows(2).take_while(|w| w[1].follows(&w[0])).count();
+            let (run, tail) = rest.split_at(run);
+            let len: u64 = run.iter().map(|c| c.len).sum();
+            let mut buf = vec![0u8; len as usize];
+            first.file.read_exact_at(&mut buf, first.offset)?;
+            let buf = Bytes::from(buf);
+            let mut at = 0usize;
+            for c in run {
+                out.push(buf.slice(at..at + c.len as usize));
+                at += c.len as usize;
+            }
+            rest = tail;
+        }
+        Ok(out)
+    }
+
+    /// Whether this chunk starts where `prev` ends, in the same file.
+    fn follows(&self, prev: &DiskChunk) -> bool {
+        Arc::ptr_eq(&self.file, &prev.file) && prev.offset + prev.len == self.offset
     }
 }
 
@@ -288,6 +316,30 @@ mod tests {
             stream: Stream::Stdout,
             start,
             data: Bytes::from(vec![seq as u8; n]),
+        }
+    }
+
+    #[test]
+    fn chunks_across_segments_read_back_together_byte_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 64 KiB (the floor), so 40 chunks of 5000 bytes span
+        // several files: runs break at each file boundary.
+        let cfg = config(dir.path(), 256 * 1024, 1 << 30);
+        let mut spill = Spill::new(cfg);
+        let mut start = 0;
+        for seq in 1..=40 {
+            assert!(spill.push(evicted(seq, start, 5000)).is_empty());
+            start += 5000;
+        }
+        let chunks: Vec<DiskChunk> = spill.after(0).cloned().collect();
+        assert!(
+            chunks.windows(2).any(|w| !w[1].follows(&w[0])),
+            "more than one file"
+        );
+        let loaded = DiskChunk::load_all(&chunks).unwrap();
+        assert_eq!(loaded.len(), chunks.len());
+        for (c, data) in chunks.iter().zip(&loaded) {
+            assert_eq!(data[..], vec![c.seq as u8; 5000][..], "seq {}", c.seq);
         }
     }
 
