@@ -369,6 +369,7 @@ mod tests {
             env_policy: Some(env),
             cols: None,
             rows: None,
+            push_output: None,
         }
     }
 

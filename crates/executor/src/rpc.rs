@@ -14,7 +14,7 @@ use bytes::Bytes;
 use execgate_protocol::blob;
 use execgate_protocol::exec::{
     method, InitializeParams, InitializeResult, ProcessIdParams, ProcessResizeParams,
-    ProcessSignalParams,
+    ProcessSetPushParams, ProcessSignalParams,
 };
 use execgate_protocol::jsonrpc::{Envelope, Id, Message, RpcError};
 use serde::de::DeserializeOwned;
@@ -123,11 +123,19 @@ impl RpcConnection {
     }
 
     /// Takes one notification from the gateway.
-    pub fn notification(&self, method: &str, _params: Value) {
-        if method == method::INITIALIZED {
-            self.lifecycle().initialized = true;
-        } else {
-            tracing::debug!(method, "ignoring notification");
+    pub fn notification(&self, method: &str, params: Value) {
+        match method {
+            method::INITIALIZED => self.lifecycle().initialized = true,
+            method::PROCESS_SET_PUSH => {
+                let set: Result<ProcessSetPushParams, _> = parse_params(params, &Bytes::new());
+                match (set, self.ready_session()) {
+                    (Ok(set), Ok(session)) => session.processes.set_push(&set),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::debug!("ignoring process/setPush: {e}")
+                    }
+                }
+            }
+            _ => tracing::debug!(method, "ignoring notification"),
         }
     }
 

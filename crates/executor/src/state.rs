@@ -136,6 +136,7 @@ fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> 
     let ext = ExtCapabilities {
         close_stdin: true,
         binary_frames: true,
+        push_control: true,
         resize: true,
         lost_bytes: true,
         read_range: true,

@@ -372,6 +372,47 @@ async fn a_gateway_that_reads_binary_frames_gets_output_raw() {
     assert_eq!(read.chunks[0].chunk, Blob::raw(&b"a\0b"[..]));
 }
 
+/// [ext] pushOutput/setPush: output a reader only pulls is not pushed;
+/// exit and close still are, and the log has everything.
+#[tokio::test]
+async fn output_is_pushed_only_while_the_gateway_wants_it() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    client
+        .start("quiet", &["printf", "x"], json!({"pushOutput": false}))
+        .await;
+    let notes = client.until_closed("quiet").await;
+    let methods: Vec<&str> = notes.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, [method::PROCESS_EXITED, method::PROCESS_CLOSED]);
+    let read = client
+        .ok(
+            method::PROCESS_READ,
+            json!({"processId": "quiet", "afterSeq": 0}),
+        )
+        .await;
+    assert_eq!(decode(&read["chunks"][0]["chunk"]), b"x");
+
+    // Turned on while it runs: what comes after is pushed.
+    client
+        .start(
+            "later",
+            &["sh", "-c", "sleep 0.5; printf y"],
+            json!({"pushOutput": false}),
+        )
+        .await;
+    assert!(client
+        .conn
+        .handle(Message::notification(
+            method::PROCESS_SET_PUSH,
+            json!({"processId": "later", "output": true}),
+        ))
+        .await
+        .is_none());
+    let notes = client.until_closed("later").await;
+    assert_eq!(output_of(&notes)["stdout"], b"y");
+}
+
 #[tokio::test]
 async fn long_poll_read_waits_for_output() {
     let (state, _dir) = state();

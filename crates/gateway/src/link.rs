@@ -429,18 +429,28 @@ impl Link {
     /// Receives every later event of `process_id`. Subscribe *before* the
     /// action whose events you want (push, then pull: catch up with
     /// `process/read` for anything older).
+    ///
+    /// With an executor that serves `process/setPush` [ext], the first
+    /// subscriber of a process turns the pushing of its output on and the
+    /// last one to go turns it off: output nobody follows (a process read
+    /// only by `/output`, or a stream catching up by reading) does not
+    /// cross the link twice.
     pub fn subscribe(self: &Arc<Self>, process_id: &str) -> Subscription {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
-        {
+        let first = {
             let mut subs = self.subscribers.lock().unwrap();
             if self.is_closed() {
                 let _ = tx.send(ProcessEvent::LinkLost);
+                false
             } else {
-                subs.entry(process_id.to_string())
-                    .or_default()
-                    .push((id, tx));
+                let list = subs.entry(process_id.to_string()).or_default();
+                list.push((id, tx));
+                list.len() == 1
             }
+        };
+        if first {
+            self.set_push(process_id, true);
         }
         Subscription {
             link: self.clone(),
@@ -451,12 +461,31 @@ impl Link {
     }
 
     fn unsubscribe(&self, process_id: &str, id: u64) {
-        let mut subs = self.subscribers.lock().unwrap();
-        if let Some(list) = subs.get_mut(process_id) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                subs.remove(process_id);
+        let last = {
+            let mut subs = self.subscribers.lock().unwrap();
+            match subs.get_mut(process_id) {
+                Some(list) => {
+                    list.retain(|(i, _)| *i != id);
+                    let empty = list.is_empty();
+                    if empty {
+                        subs.remove(process_id);
+                    }
+                    empty
+                }
+                None => false,
             }
+        };
+        if last && !self.is_closed() {
+            self.set_push(process_id, false);
+        }
+    }
+
+    /// `process/setPush` [ext], when the executor serves it. A notification:
+    /// it is ordered with the requests that follow it on the link.
+    fn set_push(&self, process_id: &str, output: bool) {
+        if self.ext().push_control {
+            let params = serde_json::json!({ "processId": process_id, "output": output });
+            let _ = self.notify(method::PROCESS_SET_PUSH, params);
         }
     }
 
@@ -929,6 +958,38 @@ mod tests {
         );
         let (_, params) = tap.recv().await.unwrap();
         assert_eq!(params["chunk"], "aGk=");
+    }
+
+    /// The first subscriber of a process turns its output pushing on, the
+    /// last one off; only with an executor that announced the extension.
+    #[tokio::test]
+    async fn subscriptions_turn_output_pushing_on_and_off() {
+        for push_control in [false, true] {
+            let (link, mut out) = link();
+            link.set_handshake(Handshake {
+                session_id: "s".into(),
+                info: EnvironmentInfo::default(),
+                ext: ExtCapabilities {
+                    push_control,
+                    ..Default::default()
+                },
+            });
+            let a = link.subscribe("p");
+            let b = link.subscribe("p");
+            drop(a);
+            drop(b);
+            let mut sent = Vec::new();
+            while let Ok(frame) = out.try_recv() {
+                let Message::Notification { method, params } = decode(frame) else {
+                    panic!("expected a notification")
+                };
+                assert_eq!(method, method::PROCESS_SET_PUSH);
+                assert_eq!(params["processId"], "p");
+                sent.push(params["output"].as_bool().unwrap());
+            }
+            let expected: &[bool] = if push_control { &[true, false] } else { &[] };
+            assert_eq!(sent, expected);
+        }
     }
 
     #[tokio::test]

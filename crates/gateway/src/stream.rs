@@ -10,10 +10,13 @@
 //! keepalive comment goes out every 15 s. A client resumes with
 //! `Last-Event-ID` (or `?since=`): it gets everything after that seq.
 //!
-//! **Push, then pull.** A [`Pump`] subscribes to the link's notifications for
-//! the process, then catches up with `process/read` from its cursor until a
-//! read comes back empty, then takes notifications as long as they continue
-//! the cursor's seq exactly. Anything else (a gap from a dropped
+//! **Pull, then push.** A [`Pump`] catches up with `process/read` from its
+//! cursor until a read comes back empty, holding no subscription meanwhile
+//! (an execgate executor pushes a process's output only while someone
+//! subscribes, so bulk output being caught up does not cross the link
+//! twice). Then it subscribes, reads once more (for what came in between),
+//! and takes notifications as long as they continue the cursor's seq
+//! exactly. Anything else (a gap from a dropped
 //! notification, a subscription falling behind, silence for a while) sends it
 //! back to `process/read` from the cursor. The cursor only moves over seqs
 //! that were emitted (or reported lost), so nothing is delivered twice and a
@@ -172,8 +175,12 @@ impl Pump {
                 .await;
         }
         loop {
-            // Subscribe first, then read: whatever happens in between shows
-            // up in one or the other (and seqs weed out doubles).
+            // Catch up by reading, with no subscription: pushed output would
+            // only cross the link a second time (an execgate executor pushes
+            // a process's output only while someone subscribes).
+            self.pull().await?;
+            // Then follow. Subscribe first, then read: whatever happens in
+            // between shows up in one or the other (and seqs weed out doubles).
             let mut sub = self.session.link.subscribe(&self.session.row.process_id);
             loop {
                 self.pull().await?;

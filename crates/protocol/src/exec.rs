@@ -22,6 +22,10 @@ pub mod method {
     pub const PROCESS_CLOSE_STDIN: &str = "process/closeStdin";
     /// [ext] Resize a tty process's terminal.
     pub const PROCESS_RESIZE: &str = "process/resize";
+    /// [ext] A notification to the executor: push a process's output as
+    /// `process/output` notifications, or stop (exit and close are always
+    /// pushed). See [`super::ProcessSetPushParams`].
+    pub const PROCESS_SET_PUSH: &str = "process/setPush";
     pub const FS_READ_FILE: &str = "fs/readFile";
     /// [ext] A byte range of a file.
     pub const FS_READ_RANGE: &str = "fs/readRange";
@@ -123,6 +127,8 @@ pub struct ExtCapabilities {
     /// Binary frames are read (see [`crate::blob`]): the gateway may send
     /// file data and stdin raw instead of as base64.
     pub binary_frames: bool,
+    /// `process/start {pushOutput}` and `process/setPush` are served.
+    pub push_control: bool,
     /// `process/resize` is served and `process/start` takes `cols`/`rows`.
     pub resize: bool,
     /// `process/read` results carry an exact `lostBytes`.
@@ -214,6 +220,21 @@ pub struct ProcessStartParams {
     /// [ext] Terminal size for `tty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u16>,
+    /// [ext] Push output as `process/output` notifications from the start
+    /// (absent: yes, as codex does). A reader that only pulls says no, so
+    /// that bulk output does not cross the link twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_output: Option<bool>,
+}
+
+/// [ext] `process/setPush`: whether the process's output is pushed from
+/// now on. Output produced while it was off is in the log for
+/// `process/read`, so a reader turning it on reads once afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSetPushParams {
+    pub process_id: String,
+    pub output: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -546,6 +567,7 @@ mod tests {
             env_policy: None,
             cols: None,
             rows: None,
+            push_output: None,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(

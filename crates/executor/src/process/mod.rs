@@ -30,6 +30,7 @@ mod spawn;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,9 @@ use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
     method, ClosedNotification, Empty, ExitedNotification, OutputNotification, ProcessChunk,
-    ProcessReadParams, ProcessReadResult, ProcessResizeParams, ProcessSignalParams,
-    ProcessStartParams, ProcessStartResult, ProcessTerminateResult, ProcessWriteParams,
-    ProcessWriteResult, Stream, WriteStatus,
+    ProcessReadParams, ProcessReadResult, ProcessResizeParams, ProcessSetPushParams,
+    ProcessSignalParams, ProcessStartParams, ProcessStartResult, ProcessTerminateResult,
+    ProcessWriteParams, ProcessWriteResult, Stream, WriteStatus,
 };
 use execgate_protocol::jsonrpc::RpcError;
 use portable_pty::{MasterPty, PtySize};
@@ -107,6 +108,10 @@ struct Shared {
     id: String,
     log: SharedLog,
     notifier: Arc<Notifier>,
+    /// Whether output goes out as `process/output` notifications ([ext]
+    /// `pushOutput`, `process/setPush`; on unless the gateway said
+    /// otherwise). Exit and close are pushed regardless.
+    push_output: AtomicBool,
     /// When the process finished (exited and output closed), for retention.
     finished_at: Mutex<Option<Instant>>,
 }
@@ -212,8 +217,10 @@ impl ProcessTable {
             }
             slots.insert(id.clone(), Slot::Starting);
         }
+        let push_output = params.push_output.unwrap_or(true);
         let launched = self.launch(
             &id,
+            push_output,
             spawn::SpawnRequest {
                 argv: params.argv,
                 arg0: params.arg0,
@@ -249,6 +256,7 @@ impl ProcessTable {
     fn launch(
         &self,
         id: &str,
+        push_output: bool,
         request: spawn::SpawnRequest,
         permit: ProcessPermit,
     ) -> io::Result<(Arc<Process>, StartGate)> {
@@ -265,6 +273,7 @@ impl ProcessTable {
                 None => OutputLog::new(self.retained_bytes, open_streams),
             }),
             notifier: self.notifier.clone(),
+            push_output: AtomicBool::new(push_output),
             finished_at: Mutex::new(None),
         });
         let (gate, gate_wait) = start_gate();
@@ -423,6 +432,21 @@ impl ProcessTable {
             .signal_group(libc::SIGKILL)
             .map_err(|e| RpcError::internal(format!("killing process {id}: {e}")))?;
         Ok(ProcessTerminateResult { running })
+    }
+
+    /// `process/setPush` [ext]. Unknown ids are ignored: it is a
+    /// notification, and the gateway may name a process that is not
+    /// started yet or already forgotten.
+    pub fn set_push(&self, params: &ProcessSetPushParams) {
+        if let Ok(process) = self.get(&params.process_id) {
+            let shared = &process.shared;
+            // Under the log's lock, which `push_output` holds while it looks:
+            // each chunk is either logged before the change (and a later read
+            // finds it) or pushed according to it.
+            shared
+                .log
+                .inspect(|_| shared.push_output.store(params.output, Ordering::Relaxed));
+        }
     }
 
     /// `process/resize` [ext].
@@ -587,6 +611,9 @@ impl Shared {
     fn push_output(&self, stream: Stream, data: Bytes) {
         self.log.update(|log| {
             let seq = log.push_chunk(stream, data.clone());
+            if !self.push_output.load(Ordering::Relaxed) {
+                return;
+            }
             self.notifier.send(
                 method::PROCESS_OUTPUT,
                 &OutputNotification {

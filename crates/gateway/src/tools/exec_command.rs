@@ -68,6 +68,10 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         env_policy: Some(EnvPolicy::inherit_all(a.env)),
         cols: a.cols,
         rows: a.rows,
+        // Its readers pull (`/output`), and a stream turns pushing on
+        // while it follows (`Link::subscribe`): bulk output that nobody
+        // follows does not cross the link twice.
+        push_output: link.ext().push_control.then_some(false),
     };
     if a.max_runtime_ms == Some(0) {
         return Err(ApiError::bad_arguments(

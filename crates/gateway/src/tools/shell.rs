@@ -148,6 +148,8 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
         env_policy: Some(EnvPolicy::inherit_all(command.env)),
         cols: None,
         rows: None,
+        // Collected from the pushed notifications: push, as codex does.
+        push_output: None,
     };
 
     let started = Instant::now();
