@@ -33,7 +33,7 @@ use execgate_protocol::connectors::{
 use execgate_protocol::exec::{
     method, Empty, ProcessChunk, ProcessIdParams, ProcessReadParams, ProcessReadResult,
     ProcessResizeParams, ProcessSignalParams, ProcessTerminateResult, ProcessWriteParams,
-    ProcessWriteResult, WriteStatus,
+    ProcessWriteResult, Stream, WriteStatus,
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 
@@ -312,10 +312,9 @@ impl Output {
     }
 
     /// The JSON of [`Output::into_response`], written by hand for the
-    /// chunks: base64 made here goes straight into the one pre-sized buffer,
-    /// where serde_json would scan each character for escapes (none in
-    /// base64) and grow its buffer by doubling: together most of the
-    /// gateway's time for an 8 MiB answer (BENCHMARKS.md).
+    /// chunks ([`push_chunk_fields`]) into one pre-sized buffer, where
+    /// serde_json would also grow its buffer by doubling: together most of
+    /// the gateway's time for an 8 MiB answer (BENCHMARKS.md).
     pub fn to_json(&self) -> Vec<u8> {
         const EMPTY: &str = r#"{"chunks":[]"#;
         // Only strings, numbers and booleans: serialising cannot fail.
@@ -332,20 +331,8 @@ impl Output {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(r#"{"stream":""#);
-            out.push_str(c.stream.as_str());
-            out.push_str(r#"","data_b64":"#);
-            match &c.chunk {
-                Blob::Raw(bytes) => {
-                    out.push('"');
-                    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
-                    out.push('"');
-                }
-                // An executor's own text (a stock codex): escaped as serde would.
-                Blob::Base64(text) => {
-                    out.push_str(&serde_json::to_string(text).unwrap_or_default())
-                }
-            }
+            out.push('{');
+            push_chunk_fields(&mut out, c.stream, &c.chunk);
             out.push_str(r#","seq":"#);
             out.push_str(&c.seq.to_string());
             out.push('}');
@@ -353,6 +340,26 @@ impl Output {
         out.push(']');
         out.push_str(rest);
         out.into_bytes()
+    }
+}
+
+/// Appends a chunk's `"stream":…,"data_b64":…` (the fields `/output`'s
+/// chunks and the stream's `output` events share), as serde would write
+/// them. Base64 made here holds no character JSON must escape, so it goes
+/// straight into `out`; serde_json would scan each character for one (a
+/// tenth of the gateway's time on the output path; BENCHMARKS.md).
+pub(crate) fn push_chunk_fields(out: &mut String, stream: Stream, data: &Blob) {
+    out.push_str(r#""stream":""#);
+    out.push_str(stream.as_str());
+    out.push_str(r#"","data_b64":"#);
+    match data {
+        Blob::Raw(bytes) => {
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+            out.push('"');
+        }
+        // An executor's own text (a stock codex): escaped like any string.
+        Blob::Base64(text) => out.push_str(&serde_json::to_string(text).unwrap_or_default()),
     }
 }
 
@@ -681,7 +688,6 @@ pub async fn list_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use execgate_protocol::exec::Stream;
 
     /// The hand-written JSON is the JSON serde writes for the response,
     /// byte for byte, whichever way the bytes came.

@@ -36,7 +36,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use base64::Engine;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::error_code as code;
 use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult, Stream as ExecStream};
@@ -453,28 +452,17 @@ impl ReadAhead {
 
 /// The data of an `output` event: `{"stream":…,"data_b64":…}`.
 fn output_data(stream: ExecStream, data: &Blob) -> String {
-    match data {
-        // Base64 made here holds no character JSON must escape: write it
-        // straight out, rather than have serde_json scan each one (a tenth
-        // of the gateway's time on this path; BENCHMARKS.md).
-        Blob::Raw(bytes) => {
-            let (head, tail) = (r#"{"stream":""#, r#"","data_b64":""#);
-            let mut out = String::with_capacity(48 + bytes.len().div_ceil(3) * 4);
-            out.push_str(head);
-            out.push_str(stream.as_str());
-            out.push_str(tail);
-            base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
-            out.push_str(r#""}"#);
-            out
-        }
-        // An executor's own text (a stock codex): escaped like any string.
-        Blob::Base64(text) => json!({"stream": stream.as_str(), "data_b64": text}).to_string(),
-    }
+    let mut out = String::with_capacity(48 + (data.len() as usize).div_ceil(3) * 4);
+    out.push('{');
+    processes::push_chunk_fields(&mut out, stream, data);
+    out.push('}');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use serde_json::Value;
 
     #[test]
