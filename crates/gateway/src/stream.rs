@@ -208,7 +208,12 @@ impl Pump {
                 Some(next) if next.after_seq == self.cursor => next.result().await,
                 // Nothing ahead, or it was asked before a loss moved the
                 // cursor: ask now.
-                _ => self.read_after(self.cursor).spawn().result().await,
+                _ => {
+                    let params = self.read_params(self.cursor);
+                    let link = &self.session.link;
+                    link.request(method::PROCESS_READ, &params, RPC_TIMEOUT)
+                        .await
+                }
             };
             let r = match read {
                 Ok(r) => r,
@@ -223,7 +228,8 @@ impl Pump {
                 }
             };
             if let Some(last) = r.chunks.last() {
-                ahead = Some(self.read_after(last.seq.max(self.cursor)).spawn());
+                let params = self.read_params(last.seq.max(self.cursor));
+                ahead = Some(ReadAhead::send(self.session.link.clone(), params));
             }
             if let Some(first) = r.chunks.first() {
                 // The executor's exact count, or for a stock codex what the
@@ -262,16 +268,13 @@ impl Pump {
         }
     }
 
-    /// A `process/read` of what follows `after_seq`, not yet sent.
-    fn read_after(&self, after_seq: u64) -> Read {
-        Read {
-            link: self.session.link.clone(),
-            params: ProcessReadParams {
-                process_id: self.session.row.process_id.clone(),
-                after_seq: Some(after_seq),
-                max_bytes: Some(READ_MAX_BYTES),
-                wait_ms: None,
-            },
+    /// A `process/read` of what follows `after_seq`.
+    fn read_params(&self, after_seq: u64) -> ProcessReadParams {
+        ProcessReadParams {
+            process_id: self.session.row.process_id.clone(),
+            after_seq: Some(after_seq),
+            max_bytes: Some(READ_MAX_BYTES),
+            wait_ms: None,
         }
     }
 
@@ -404,32 +407,6 @@ impl Pump {
     }
 }
 
-/// A `process/read` to send.
-struct Read {
-    link: Arc<Link>,
-    params: ProcessReadParams,
-}
-
-impl Read {
-    /// Sends it on its own task, so that it proceeds while the pump waits
-    /// for the client. Dropped unawaited (the client left), its answer is
-    /// discarded when it comes.
-    fn spawn(self) -> ReadAhead {
-        let after_seq = self.params.after_seq.unwrap_or(0);
-        let name = self.link.name.clone();
-        let task = tokio::spawn(async move {
-            self.link
-                .request::<_, ProcessReadResult>(method::PROCESS_READ, &self.params, RPC_TIMEOUT)
-                .await
-        });
-        ReadAhead {
-            after_seq,
-            name,
-            task,
-        }
-    }
-}
-
 /// A `process/read` on its way.
 struct ReadAhead {
     after_seq: u64,
@@ -439,6 +416,23 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// Sends it on its own task, so that it proceeds while the pump waits
+    /// for the client. Dropped unawaited (the client left), its answer is
+    /// discarded when it comes.
+    fn send(link: Arc<Link>, params: ProcessReadParams) -> ReadAhead {
+        let after_seq = params.after_seq.unwrap_or(0);
+        let name = link.name.clone();
+        let task = tokio::spawn(async move {
+            link.request::<_, ProcessReadResult>(method::PROCESS_READ, &params, RPC_TIMEOUT)
+                .await
+        });
+        ReadAhead {
+            after_seq,
+            name,
+            task,
+        }
+    }
+
     async fn result(self) -> Result<ProcessReadResult, LinkError> {
         self.task.await.unwrap_or_else(|e| {
             Err(LinkError::BadResponse {
