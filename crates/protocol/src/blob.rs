@@ -26,7 +26,6 @@
 //! synchronous closures, so nothing else can run on the thread in between.
 //! Outside them a blob is base64 text, exactly as codex expects it.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
@@ -60,14 +59,6 @@ impl Blob {
         match self {
             Blob::Raw(b) => Ok(b.clone()),
             Blob::Base64(s) => BASE64.decode(s.as_bytes()).map(Bytes::from),
-        }
-    }
-
-    /// The bytes as base64, encoding them if they came raw.
-    pub fn to_base64(&self) -> Cow<'_, str> {
-        match self {
-            Blob::Raw(b) => Cow::Owned(BASE64.encode(b)),
-            Blob::Base64(s) => Cow::Borrowed(s),
         }
     }
 
