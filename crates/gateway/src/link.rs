@@ -694,6 +694,31 @@ mod tests {
         )
     }
 
+    /// A link whose executor announced `ext`.
+    fn link_with(ext: ExtCapabilities) -> (Arc<Link>, mpsc::UnboundedReceiver<Encoded>) {
+        let (link, out) = link();
+        link.set_handshake(Handshake {
+            session_id: "s".into(),
+            info: EnvironmentInfo::default(),
+            ext,
+        });
+        (link, out)
+    }
+
+    /// The binary frame an executor sends for `body` (with its raw bytes in
+    /// the payload), wrapped into a message by `message`.
+    fn binary_frame(message: impl FnOnce(Value) -> Message, body: &impl Serialize) -> Bytes {
+        let (value, payload) = blob::to_value(body, true).unwrap();
+        let envelope = Envelope {
+            message: message(value),
+            payload,
+        };
+        let Encoded::Binary(frame) = envelope.encode() else {
+            panic!("a body with raw bytes makes a binary frame")
+        };
+        Bytes::from(frame)
+    }
+
     /// A text frame the link sent.
     fn decode(frame: Encoded) -> Message {
         let Encoded::Text(text) = frame else {
@@ -854,14 +879,9 @@ mod tests {
     #[tokio::test]
     async fn binary_frames_carry_raw_bytes_both_ways() {
         use execgate_protocol::exec::{ReadRangeResult, WriteRangeParams};
-        let (link, mut out) = link();
-        link.set_handshake(Handshake {
-            session_id: "s".into(),
-            info: EnvironmentInfo::default(),
-            ext: ExtCapabilities {
-                binary_frames: true,
-                ..Default::default()
-            },
+        let (link, mut out) = link_with(ExtCapabilities {
+            binary_frames: true,
+            ..Default::default()
         });
         let l = link.clone();
         let write = tokio::spawn(async move {
@@ -892,24 +912,6 @@ mod tests {
         write.await.unwrap().unwrap();
 
         // An answer with bytes comes back binary, and decodes without base64.
-        let answer = |id: Id, data: &'static [u8]| {
-            let (result, payload) = blob::to_value(
-                &ReadRangeResult {
-                    data_base64: Blob::raw(data),
-                    size: 9,
-                },
-                true,
-            )
-            .unwrap();
-            let Encoded::Binary(frame) = (Envelope {
-                message: Message::response(id, Ok(result)),
-                payload,
-            })
-            .encode() else {
-                panic!()
-            };
-            Bytes::from(frame)
-        };
         let l = link.clone();
         let read = tokio::spawn(async move {
             l.request::<_, ReadRangeResult>("fs/readRange", &json!({}), Duration::from_secs(5))
@@ -921,7 +923,11 @@ mod tests {
         let Message::Request { id, .. } = decode(frame) else {
             panic!()
         };
-        link.dispatch_binary(answer(id, b"\xffbytes"));
+        let result = ReadRangeResult {
+            data_base64: Blob::raw(&b"\xffbytes"[..]),
+            size: 9,
+        };
+        link.dispatch_binary(binary_frame(|r| Message::response(id, Ok(r)), &result));
         let read = read.await.unwrap().unwrap();
         assert_eq!(read.data_base64, Blob::raw(&b"\xffbytes"[..]));
 
@@ -929,24 +935,14 @@ mod tests {
         let mut sub = link.subscribe("p");
         let mut tap = link.tap("k", 4);
         for pid in ["p", "br-k-p"] {
-            let (params, payload) = blob::to_value(
-                &OutputNotification {
-                    process_id: pid.into(),
-                    seq: 1,
-                    stream: Stream::Stdout,
-                    chunk: Blob::raw(&b"hi"[..]),
-                },
-                true,
-            )
-            .unwrap();
-            let Encoded::Binary(frame) = (Envelope {
-                message: Message::notification("process/output", params),
-                payload,
-            })
-            .encode() else {
-                panic!()
+            let output = OutputNotification {
+                process_id: pid.into(),
+                seq: 1,
+                stream: Stream::Stdout,
+                chunk: Blob::raw(&b"hi"[..]),
             };
-            link.dispatch_binary(Bytes::from(frame));
+            let note = |p| Message::notification("process/output", p);
+            link.dispatch_binary(binary_frame(note, &output));
         }
         assert_eq!(
             sub.recv().await,
@@ -965,14 +961,9 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_turn_output_pushing_on_and_off() {
         for push_control in [false, true] {
-            let (link, mut out) = link();
-            link.set_handshake(Handshake {
-                session_id: "s".into(),
-                info: EnvironmentInfo::default(),
-                ext: ExtCapabilities {
-                    push_control,
-                    ..Default::default()
-                },
+            let (link, mut out) = link_with(ExtCapabilities {
+                push_control,
+                ..Default::default()
             });
             let a = link.subscribe("p");
             let b = link.subscribe("p");
