@@ -483,7 +483,9 @@ impl Link {
     /// `process/setPush` [ext], when the executor serves it. A notification:
     /// it is ordered with the requests that follow it on the link.
     fn set_push(&self, process_id: &str, output: bool) {
-        if self.ext().push_control {
+        // Borrowed, not `ext()`: that clones the whole announcement (custom
+        // tools and all), and this runs twice per shell call.
+        if self.handshake().is_some_and(|h| h.ext.push_control) {
             let params = serde_json::json!({ "processId": process_id, "output": output });
             let _ = self.notify(method::PROCESS_SET_PUSH, params);
         }
