@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::paths::{Last, PathRules};
-use crate::rpc::{encode, parse_params, Encoded};
+use crate::rpc::{encode, parse_params, WireResult};
 
 /// Whether `method` is one of ours.
 pub(crate) fn is_fs_method(method: &str) -> bool {
@@ -45,7 +45,7 @@ pub(crate) fn call(
     payload: &Bytes,
     binary: bool,
     rules: &PathRules,
-) -> Result<Encoded, RpcError> {
+) -> Result<WireResult, RpcError> {
     let call = Call {
         params,
         payload,
@@ -81,7 +81,7 @@ impl Call<'_> {
     fn run<P: DeserializeOwned, R: Serialize>(
         self,
         method: impl FnOnce(P, &PathRules) -> Result<R, RpcError>,
-    ) -> Result<Encoded, RpcError> {
+    ) -> Result<WireResult, RpcError> {
         let params = parse_params(self.params, self.payload)?;
         encode(&method(params, self.rules)?, self.binary)
     }

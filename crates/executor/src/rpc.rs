@@ -58,7 +58,7 @@ pub(crate) struct Reply {
 
 /// A result as it goes on the wire: JSON, and the payload its raw blobs
 /// moved to (empty unless the gateway reads binary frames).
-pub(crate) type Encoded = (Value, Bytes);
+pub(crate) type WireResult = (Value, Bytes);
 
 impl RpcConnection {
     pub fn new(state: Arc<ExecutorState>, outgoing: mpsc::Sender<Envelope>) -> Self {
@@ -152,7 +152,7 @@ impl RpcConnection {
         method: &str,
         params: Value,
         payload: &Bytes,
-    ) -> Result<(Encoded, Option<StartGate>), RpcError> {
+    ) -> Result<(WireResult, Option<StartGate>), RpcError> {
         if method == method::INITIALIZE {
             return Ok(((self.initialize(params)?, Bytes::new()), None));
         }
@@ -261,7 +261,7 @@ pub(crate) fn parse_params<T: DeserializeOwned>(
 }
 
 /// Encodes a result; with `binary`, its raw bytes go in the payload.
-pub(crate) fn encode(result: &impl Serialize, binary: bool) -> Result<Encoded, RpcError> {
+pub(crate) fn encode(result: &impl Serialize, binary: bool) -> Result<WireResult, RpcError> {
     blob::to_value(result, binary)
         .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
 }
