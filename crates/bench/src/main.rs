@@ -150,6 +150,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "latency.shell_true.p50_ms",
         "latency.shell_true.p90_ms",
         "latency.shell_true.p99_ms",
+        "latency.read_file_1k.p50_ms",
         "latency.executor_idle_rss_mib",
         "throughput.read_file_1k.c1.calls_per_s",
         "throughput.read_file_1k.c16.calls_per_s",
