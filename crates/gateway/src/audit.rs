@@ -655,7 +655,7 @@ mod tests {
         sqlx::query(
             "CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit blocked'); END",
         )
-        .execute(store.pool())
+        .execute(store.audit_pool())
         .await
         .unwrap();
     }

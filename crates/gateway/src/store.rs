@@ -5,8 +5,14 @@
 //! The store is opened in WAL mode with a busy timeout so that `execgate
 //! admin` can change it while a gateway serves from the same data dir.
 //! Nothing on a tool call's hot path writes here, except the one row that
-//! a new exec_command session is (audit records are written by their own
-//! task, in batches).
+//! a new exec_command session is.
+//!
+//! Two database files: `execgate.db` (everything but the audit log) and
+//! `audit.db` (the audit log, written by its own task in batches). They are
+//! apart because the hot-path lookups (`lookups`) stay valid only while
+//! `execgate.db`'s files are unchanged: with the audit log inside it, every
+//! call's record invalidated the next call's lookups, which then paid two
+//! queries (0.1–0.35 ms per call; BENCHMARKS.md).
 
 mod audit;
 mod lookups;
@@ -167,9 +173,62 @@ pub struct ConnectInfo {
     pub kind: String,
 }
 
+/// The store's main database file, in the data dir.
+pub const MAIN_DB: &str = "execgate.db";
+/// The audit log's database file, in the data dir.
+pub const AUDIT_DB: &str = "audit.db";
+
+/// Stores made before the audit log had its own file keep it in
+/// `execgate.db`'s table `audit`: copy its rows (ids kept, so cursors stay
+/// valid) into `audit.db`, then drop it. Both steps are idempotent, so a
+/// crash between the two commits (one per file) repeats the copy harmlessly
+/// at the next start. Migration 0006 drops the table on fresh stores too.
+async fn move_audit_log(main: &SqliteConnectOptions, audit_db: &Path) -> Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = main.connect().await?;
+    let old: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit')",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    if old {
+        let path = audit_db.to_str().ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "data dir path is not UTF-8: {}",
+                audit_db.display()
+            ))
+        })?;
+        sqlx::query("ATTACH DATABASE ? AS audit_db")
+            .bind(path)
+            .execute(&mut conn)
+            .await?;
+        const COLUMNS: &str =
+            "id, at, workspace, user_id, environment, exe_id, kind, method, via, \
+             session_id, args_sha256, args_bytes, outcome, error_code, exit_code, duration_ms, \
+             bytes_in, bytes_out";
+        let mut tx = conn.begin().await?;
+        sqlx::query(&format!(
+            "INSERT OR IGNORE INTO audit_db.audit ({COLUMNS}) SELECT {COLUMNS} FROM main.audit"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DROP TABLE main.audit")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        sqlx::query("DETACH DATABASE audit_db")
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// `audit.db`: the audit log only (see the module docs).
+    audit_pool: SqlitePool,
     /// Hot-path reads, kept until the database files change.
     lookups: std::sync::Arc<lookups::Lookups>,
 }
@@ -193,25 +252,40 @@ impl Store {
                 },
             )?;
         }
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(data_dir.join("execgate.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+        let options = |file: &str| -> Result<SqliteConnectOptions> {
+            Ok(SqliteConnectOptions::from_str("sqlite://")?
+                .filename(data_dir.join(file))
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true))
+        };
+        let audit_pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options(AUDIT_DB)?)
+            .await?;
+        sqlx::migrate!("./migrations_audit")
+            .run(&audit_pool)
+            .await?;
+        let opts = options(MAIN_DB)?;
+        move_audit_log(&opts, &data_dir.join(AUDIT_DB)).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let lookups = std::sync::Arc::new(lookups::Lookups::new(&data_dir.join("execgate.db")));
-        Ok(Store { pool, lookups })
+        let lookups = std::sync::Arc::new(lookups::Lookups::new(&data_dir.join(MAIN_DB)));
+        Ok(Store {
+            pool,
+            audit_pool,
+            lookups,
+        })
     }
 
-    /// The pool, for tests that tamper with the database.
+    /// The audit log's pool, for tests that tamper with it.
     #[cfg(test)]
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub(crate) fn audit_pool(&self) -> &SqlitePool {
+        &self.audit_pool
     }
 
     // ---- workspaces ----
@@ -733,6 +807,62 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn an_old_stores_audit_log_moves_to_its_own_file() {
+        use sqlx::ConnectOptions;
+        let (dir, store) = store().await;
+        drop(store);
+        // The layout before audit.db: the table in execgate.db, with rows.
+        let mut old = SqliteConnectOptions::new()
+            .filename(dir.path().join(MAIN_DB))
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../migrations_audit/0001_audit.sql"))
+            .execute(&mut old)
+            .await
+            .unwrap();
+        for id in [7, 9] {
+            sqlx::query(
+                "INSERT INTO audit (id, at, workspace, kind, method, via, outcome)
+                 VALUES (?, 1, 'w', 'tool', 'shell', 'rest', 'ok')",
+            )
+            .bind(id)
+            .execute(&mut old)
+            .await
+            .unwrap();
+        }
+        drop(old);
+
+        // Opened twice: the second open finds nothing left to move.
+        drop(Store::open(dir.path()).await.unwrap());
+        let store = Store::open(dir.path()).await.unwrap();
+        let ids = |rows: Vec<crate::audit::AuditRecord>| -> Vec<i64> {
+            rows.iter().map(|r| r.id).collect()
+        };
+        let rows = store.list_audit(&AuditQuery::default()).await.unwrap();
+        assert_eq!(ids(rows), [7, 9]);
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit')")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(!left, "execgate.db still has the audit table");
+        // Ids go on after the moved ones, so cursors stay valid.
+        let rec = crate::audit::AuditRecord::new(
+            "w",
+            None,
+            crate::audit::Via::Rest,
+            crate::audit::Kind::Tool,
+            "shell",
+        );
+        let new = store
+            .write_audit(&[&crate::audit::Write::Insert(rec)])
+            .await
+            .unwrap();
+        assert!(new[0] > 9, "{new:?}");
     }
 
     #[test]

@@ -47,7 +47,7 @@ fn find(records: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {
 pub(crate) async fn block_audit(data_dir: &Path, blocked: bool) {
     use sqlx::ConnectOptions;
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(data_dir.join("execgate.db"))
+        .filename(data_dir.join("audit.db"))
         .busy_timeout(Duration::from_secs(10))
         .connect()
         .await
@@ -264,8 +264,15 @@ async fn every_operation_is_recorded_with_digests_not_bytes() {
     assert_eq!(mcp[0]["method"], "shell");
     assert_eq!(mcp[0]["exit_code"], 0);
 
-    // Never the arguments' bytes: not in the database, its WAL or its index.
-    for file in ["execgate.db", "execgate.db-wal", "execgate.db-shm"] {
+    // Never the arguments' bytes: not in the databases, their WALs or indexes.
+    for file in [
+        "execgate.db",
+        "execgate.db-wal",
+        "execgate.db-shm",
+        "audit.db",
+        "audit.db-wal",
+        "audit.db-shm",
+    ] {
         if let Ok(bytes) = std::fs::read(w.data_dir.join(file)) {
             assert!(
                 !bytes

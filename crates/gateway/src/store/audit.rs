@@ -1,4 +1,5 @@
-//! The store's side of the audit log (table `audit`, migration 0004):
+//! The store's side of the audit log (table `audit` in `audit.db`,
+//! `migrations_audit/0001`):
 //! batched writes for `crate::audit`'s writer task, and filtered reads for
 //! `execgate admin audit` and `GET /api/admin/audit`.
 
@@ -31,7 +32,7 @@ impl Store {
     /// Writes records in one transaction; answers each one's row id. Any
     /// failure fails them all (nothing is committed).
     pub async fn write_audit(&self, writes: &[&Write]) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.audit_pool.begin().await?;
         let mut ids = Vec::with_capacity(writes.len());
         for w in writes {
             let id = match w {
@@ -105,7 +106,7 @@ impl Store {
         .bind(q.since_ms)
         .bind(q.after_id)
         .bind(q.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.audit_pool)
         .await?)
     }
 }

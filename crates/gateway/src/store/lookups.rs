@@ -20,7 +20,9 @@
 //!
 //! The gateway's own writes (a session row, an executor's last-seen time)
 //! change the generation too, and simply empty the cache's usefulness for
-//! the next read: correctness never depends on who wrote.
+//! the next read: correctness never depends on who wrote. The audit log,
+//! written after every call, is in another file (`audit.db`) for this
+//! reason: in `execgate.db` it emptied the cache for every next call.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
