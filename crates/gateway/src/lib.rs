@@ -47,6 +47,7 @@ pub mod openapi;
 pub mod patch;
 pub mod policy;
 pub mod processes;
+pub mod read_ahead;
 pub mod registry;
 pub mod secret;
 pub mod seq_ledger;

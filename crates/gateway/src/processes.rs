@@ -384,20 +384,18 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, A
         });
     }
     let wait_ms = wait_ms.min(MAX_WAIT_MS);
-    let r: ProcessReadResult = s
-        .link
-        .request(
-            method::PROCESS_READ,
-            &ProcessReadParams {
-                process_id: s.row.process_id.clone(),
-                after_seq: Some(since),
-                max_bytes: Some(MAX_OUTPUT_BYTES),
-                wait_ms: (wait_ms > 0).then_some(wait_ms),
-            },
-            Duration::from_millis(wait_ms) + RPC_TIMEOUT,
-        )
-        .await
-        .map_err(|e| map_rpc(s, e))?;
+    let r = match read_ahead(s, since).await {
+        Some(r) => r,
+        None => s
+            .link
+            .request(
+                method::PROCESS_READ,
+                &read_params(s, since, wait_ms),
+                Duration::from_millis(wait_ms) + RPC_TIMEOUT,
+            )
+            .await
+            .map_err(|e| map_rpc(s, e))?,
+    };
     // Output evicted before the first returned chunk: our executor counts it
     // ([ext] lostBytes); for a stock codex the link's seq ledger does, or
     // says it cannot (see `seq_ledger`).
@@ -413,6 +411,13 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, A
     let returned: u64 = r.chunks.iter().map(|c| c.chunk.len()).sum();
     let maybe_cut = returned >= MAX_OUTPUT_BYTES * 9 / 10;
     let next_since = r.next_seq.saturating_sub(1).max(since);
+    if maybe_cut {
+        // A client catching up on a backlog: the executor reads the next
+        // part while this one is encoded, sent and decoded.
+        s.state
+            .poll_aheads()
+            .start(&s.row.sid, s.link.clone(), read_params(s, next_since, 0));
+    }
     Ok(Output {
         head: OutputResponse {
             chunks: Vec::new(),
@@ -427,6 +432,27 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, A
         },
         chunks: r.chunks,
     })
+}
+
+fn read_params(s: &Session, since: u64, wait_ms: u64) -> ProcessReadParams {
+    ProcessReadParams {
+        process_id: s.row.process_id.clone(),
+        after_seq: Some(since),
+        max_bytes: Some(MAX_OUTPUT_BYTES),
+        wait_ms: (wait_ms > 0).then_some(wait_ms),
+    }
+}
+
+/// The answer of the read the previous poll left ahead for this one (see
+/// `crate::read_ahead`), if it reads from `since` and found something. An
+/// empty one is not used: this poll may want to wait for output, and a
+/// failed one is not either: a read of its own reports the error.
+async fn read_ahead(s: &Session, since: u64) -> Option<ProcessReadResult> {
+    let ahead = s.state.poll_aheads().take(&s.row.sid, since)?;
+    match ahead.result().await {
+        Ok(r) if !r.chunks.is_empty() || r.closed => Some(r),
+        _ => None,
+    }
 }
 
 /// Kills the process's group. Its session stops counting as live (see

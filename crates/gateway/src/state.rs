@@ -10,6 +10,7 @@ use crate::audit::{Audit, AuditMode};
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
 use crate::captoken::CapTokenSecret;
 use crate::limits::{Limits, LimitsConfig};
+use crate::read_ahead::PollAheads;
 use crate::registry::Registry;
 use crate::secret::SecretString;
 use crate::seq_ledger::SeqLedger;
@@ -87,6 +88,8 @@ pub(crate) struct Inner {
     pub cap_token_secret: CapTokenSecret,
     /// Turn ids revoked through this gateway, to the live bridge sessions.
     pub revoked_turns: tokio::sync::broadcast::Sender<String>,
+    /// `/output` polling's reads ahead (see `read_ahead`).
+    pub poll_aheads: PollAheads,
 }
 
 #[derive(Clone)]
@@ -122,11 +125,17 @@ impl AppState {
             registry: Registry::default(),
             tickets: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
+            poll_aheads: PollAheads::default(),
         }))
     }
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// `/output` polling's reads ahead, per session.
+    pub fn poll_aheads(&self) -> &PollAheads {
+        &self.0.poll_aheads
     }
 
     pub fn registry(&self) -> &Registry {

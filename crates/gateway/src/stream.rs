@@ -38,7 +38,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::error_code as code;
-use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult, Stream as ExecStream};
+use execgate_protocol::exec::{method, ProcessReadParams, Stream as ExecStream};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -48,9 +48,10 @@ use crate::audit::Via;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
-use crate::link::{Link, LinkError, ProcessEvent, Subscription};
+use crate::link::{LinkError, ProcessEvent, Subscription};
 use crate::openapi::{SessionErrors, SessionPath, StreamEvent};
 use crate::processes::{self, Session};
+use crate::read_ahead::ReadAhead;
 use crate::state::AppState;
 use crate::tools::RPC_TIMEOUT;
 
@@ -404,43 +405,6 @@ impl Pump {
 
     async fn send(&self, event: Event) -> Result<(), Stop> {
         self.tx.send(event).await.map_err(|_| Stop::ClientGone)
-    }
-}
-
-/// A `process/read` on its way.
-struct ReadAhead {
-    after_seq: u64,
-    /// The executor's, for the error if the task itself fails.
-    name: String,
-    task: tokio::task::JoinHandle<Result<ProcessReadResult, LinkError>>,
-}
-
-impl ReadAhead {
-    /// Sends it on its own task, so that it proceeds while the pump waits
-    /// for the client. Dropped unawaited (the client left), its answer is
-    /// discarded when it comes.
-    fn send(link: Arc<Link>, params: ProcessReadParams) -> ReadAhead {
-        let after_seq = params.after_seq.unwrap_or(0);
-        let name = link.name.clone();
-        let task = tokio::spawn(async move {
-            link.request::<_, ProcessReadResult>(method::PROCESS_READ, &params, RPC_TIMEOUT)
-                .await
-        });
-        ReadAhead {
-            after_seq,
-            name,
-            task,
-        }
-    }
-
-    async fn result(self) -> Result<ProcessReadResult, LinkError> {
-        self.task.await.unwrap_or_else(|e| {
-            Err(LinkError::BadResponse {
-                name: self.name,
-                method: method::PROCESS_READ.into(),
-                detail: format!("the read task failed: {e}"),
-            })
-        })
     }
 }
 

@@ -62,6 +62,51 @@ async fn twenty_mib_written_quickly_are_read_back_whole() {
     assert!(out == data, "the bytes differ");
 }
 
+/// A poll answer cut at its size limit leaves a read ahead for the next
+/// poll (`read_ahead`); a poll that asks for something else (here: the
+/// same answer again, as a client retrying would) must not get it.
+#[tokio::test]
+async fn a_poll_that_goes_back_gets_what_it_asked_for() {
+    let w = World::start(&[]).await;
+    let data = pattern(20 << 20);
+    std::fs::write(w.workdir.join("big.bin"), &data).unwrap();
+    let sid = w
+        .api
+        .exec(
+            "laptop",
+            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
+        )
+        .await;
+    w.api.read_until(&sid, 999_999_999, |_| false).await;
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| b64d(c["data_b64"].as_str().unwrap()))
+            .collect()
+    };
+    let first = w.api.output(&sid, 0).await;
+    let again = w.api.output(&sid, 0).await;
+    let first_bytes = bytes(&first);
+    assert!(first_bytes.len() > 4 << 20, "cut at the size limit");
+    assert_eq!(bytes(&again), first_bytes);
+    assert_eq!(again["next_since"], first["next_since"]);
+    // Then on to the end, through the read-aheads.
+    let mut out = first_bytes;
+    let mut since = first["next_since"].as_u64().unwrap();
+    loop {
+        let v = w.api.output(&sid, since).await;
+        assert_eq!(v["lost_bytes"], 0);
+        out.extend(bytes(&v));
+        since = v["next_since"].as_u64().unwrap();
+        if v["session_alive"] == false {
+            break;
+        }
+    }
+    assert!(out == data, "the bytes differ");
+}
+
 #[tokio::test]
 async fn beyond_the_disk_bound_the_loss_is_exact() {
     // 1 MiB in memory, 4 MiB on disk, 20 MiB written.
