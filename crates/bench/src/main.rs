@@ -121,6 +121,17 @@ pub fn percentiles(samples: &[Duration]) -> [f64; 3] {
 
 /// p50/p90/p99 figures of `samples`, each beside the same percentile of
 /// `base` (the same-run baseline).
+/// Decodes base64 `text`, appending to `out`, as every client in the bench
+/// does: with SIMD (`base64-simd`), as a throughput-minded client would.
+/// The scalar `base64` crate took ~12 % of the machine in the SSE window, a
+/// load generator's cost that the 2 cores then lacked for the gateway
+/// (BENCHMARKS.md, session 4).
+pub fn decode_base64(text: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    base64_simd::STANDARD
+        .decode_append(text, out)
+        .map_err(|e| anyhow::anyhow!("bad base64: {e}"))
+}
+
 pub fn latency_figures(
     key: &str,
     label: &str,

@@ -18,15 +18,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::harness::{http, local_pipe_mb_s, Gateway};
 use crate::{Figure, Report};
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     let bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
@@ -133,7 +130,7 @@ async fn polling(
         }
         for c in &out.chunks {
             decoded.clear();
-            B64.decode_vec(c.data_b64, &mut decoded)?;
+            crate::decode_base64(c.data_b64.as_bytes(), &mut decoded)?;
             got += decoded.len() as u64;
         }
         since = out.next_since;
@@ -215,7 +212,7 @@ async fn sse(
                 "output" => {
                     let v: OutputEvent = serde_json::from_slice(data)?;
                     decoded.clear();
-                    B64.decode_vec(v.data_b64, &mut decoded)?;
+                    crate::decode_base64(v.data_b64.as_bytes(), &mut decoded)?;
                     got += decoded.len() as u64;
                 }
                 "lost" => {

@@ -22,7 +22,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -154,7 +153,7 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     };
     // Runs one process to its `process/closed`; returns its stdout bytes.
     async fn run_to_close(ws: &mut Socket, id: &str, limit: Duration) -> anyhow::Result<u64> {
-        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut decoded = Vec::new();
         let mut got = 0u64;
         // Bounded by count as well as by the per-frame timeout.
         for _ in 0..10_000_000 {
@@ -167,9 +166,10 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
             }
             match v["method"].as_str() {
                 Some("process/output") => {
-                    got += b64
-                        .decode(v["params"]["chunk"].as_str().unwrap_or_default())?
-                        .len() as u64
+                    decoded.clear();
+                    let chunk = v["params"]["chunk"].as_str().unwrap_or_default();
+                    crate::decode_base64(chunk.as_bytes(), &mut decoded)?;
+                    got += decoded.len() as u64;
                 }
                 Some("process/closed") => return Ok(got),
                 _ => {}
