@@ -347,7 +347,10 @@ impl Output {
 /// chunks and the stream's `output` events share), as serde would write
 /// them. Base64 made here holds no character JSON must escape, so it goes
 /// straight into `out`; serde_json would scan each character for one (a
-/// tenth of the gateway's time on the output path; BENCHMARKS.md).
+/// tenth of the gateway's time on the output path; BENCHMARKS.md). It is
+/// encoded with SIMD (`base64-simd`, AVX2 where the CPU has it): the
+/// scalar encoder was the largest single item of the machine's profile
+/// while output streamed (BENCHMARKS.md, session 4).
 pub(crate) fn push_chunk_fields(out: &mut String, stream: Stream, data: &Blob) {
     out.push_str(r#""stream":""#);
     out.push_str(stream.as_str());
@@ -355,7 +358,7 @@ pub(crate) fn push_chunk_fields(out: &mut String, stream: Stream, data: &Blob) {
     match data {
         Blob::Raw(bytes) => {
             out.push('"');
-            base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
+            base64_simd::STANDARD.encode_append(bytes, out);
             out.push('"');
         }
         // An executor's own text (a stock codex): escaped like any string.
