@@ -43,6 +43,29 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     std::fs::remove_file(&cp_dst)?;
     let base = || Some((format!("local cp {label}"), cp));
 
+    // The disk's bound for a durable copy: `PUT` and `copy_path` end with
+    // an fsync of the whole file (issue 3: a verified, durable file or
+    // nothing), which `cp` alone does not wait for.
+    let t = Instant::now();
+    if !std::process::Command::new("cp")
+        .arg(&src)
+        .arg(&cp_dst)
+        .status()?
+        .success()
+    {
+        bail!("cp failed");
+    }
+    std::fs::File::open(&cp_dst)?.sync_all()?;
+    let durable = mb(t.elapsed().as_secs_f64());
+    std::fs::remove_file(&cp_dst)?;
+    figures.push(Figure {
+        key: "files.local_cp_fsync.mb_per_s".into(),
+        label: format!("local cp + fsync {label}"),
+        value: durable,
+        unit: "MB/s",
+        baseline: base(),
+    });
+
     // PUT from a local file.
     let t = Instant::now();
     let file = tokio::fs::File::open(&src).await?;

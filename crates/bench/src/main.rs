@@ -169,6 +169,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "throughput.read_file_1k.c64.gateway_cpu_us_per_call",
         "output.polling.mb_per_s",
         "output.sse.mb_per_s",
+        "files.local_cp_fsync.mb_per_s",
         "files.put.mb_per_s",
         "files.get.mb_per_s",
         "files.copy_path.mb_per_s",
