@@ -98,6 +98,45 @@ async fn shell_reports_stdout_stderr_exit_code_cwd_and_env() {
     assert_eq!(r["isError"], true, "{r}");
 }
 
+/// A script with no `#!` runs under /bin/sh, as execvp would run it, by
+/// path and by a name found in PATH (the executor spawns with posix_spawn,
+/// which has no such fallback of its own).
+#[tokio::test]
+async fn a_script_without_a_shebang_runs_under_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start(&[]).await;
+    let bin = w.workdir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("greet");
+    std::fs::write(&script, "echo \"hi $1 from $0\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let r = w
+        .api
+        .call("laptop", "shell", json!({"command": ["bin/greet", "a"]}))
+        .await;
+    assert_eq!(
+        r["structuredContent"]["stdout"], "hi a from bin/greet\n",
+        "{r}"
+    );
+    assert_eq!(r["structuredContent"]["exit_code"], 0);
+
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({"command": ["greet", "b"], "env": {"PATH": path}}),
+        )
+        .await;
+    assert_eq!(
+        r["structuredContent"]["stdout"],
+        format!("hi b from {}\n", script.display()),
+        "{r}"
+    );
+}
+
 #[tokio::test]
 async fn shell_timeout_kills_the_process_and_its_children() {
     let w = World::start(&[]).await;

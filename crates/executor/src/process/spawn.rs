@@ -22,7 +22,9 @@
 //! or when there is code to run between fork and exec. So the pipes path
 //! runs none; the signal dispositions it would reset are seen to by
 //! [`stop_passing_on_ignored_signals`] instead. (The pty path runs such code
-//! anyway, so it also resets every signal in the child.)
+//! anyway, so it also resets every signal in the child.) `posix_spawn` does
+//! not run a file without `#!` under `/bin/sh` as `execvp` does; [`spawn`]
+//! does, when the first attempt fails with `ENOEXEC`.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -77,11 +79,35 @@ pub(crate) fn spawn(request: SpawnRequest) -> io::Result<Spawned> {
             "argv must not be empty",
         ));
     };
-    let mut command = Command::new(resolve_program(
+    let resolved = resolve_program(
         OsStr::new(program),
         request.env.get(OsStr::new("PATH")),
         &request.cwd,
-    ));
+    );
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    // argv[0] stays what the caller wrote, not the resolved path.
+    let arg0 = OsString::from(request.arg0.as_deref().unwrap_or(program));
+    match start(&request, &resolved, &args, &arg0) {
+        // A file with neither a binary's header nor `#!`: execvp runs it
+        // with /bin/sh, and so does the executor. (posix_spawn, which the
+        // executor uses, has no such fallback of its own.)
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            let sh = Path::new("/bin/sh");
+            let mut sh_args = vec![resolved.into_os_string()];
+            sh_args.extend(args);
+            start(&request, sh, &sh_args, sh.as_os_str())
+        }
+        started => started,
+    }
+}
+
+fn start(
+    request: &SpawnRequest,
+    program: &Path,
+    args: &[OsString],
+    arg0: &OsStr,
+) -> io::Result<Spawned> {
+    let mut command = Command::new(program);
     command
         .args(args)
         .current_dir(&request.cwd)
@@ -89,9 +115,8 @@ pub(crate) fn spawn(request: SpawnRequest) -> io::Result<Spawned> {
         .envs(&request.env)
         // A backstop: the process table kills whole groups, but if the task
         // that owns the `Child` is dropped some other way, its leader dies too.
-        .kill_on_drop(true);
-    // argv[0] stays what the caller wrote, not the resolved path.
-    command.arg0(request.arg0.as_deref().unwrap_or(program));
+        .kill_on_drop(true)
+        .arg0(arg0);
     match request.pty {
         None => spawn_with_pipes(command, request.pipe_stdin),
         Some(size) => spawn_with_pty(command, size),
