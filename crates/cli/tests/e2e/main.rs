@@ -5,7 +5,6 @@ mod admin_api;
 mod audit;
 mod bad_input;
 mod basics;
-mod bench;
 mod bridge;
 mod cli;
 mod codex;
