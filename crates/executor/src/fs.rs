@@ -104,6 +104,9 @@ fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, Rp
     })
 }
 
+/// The most `fs/readRange` allocates before it has read anything.
+const MAX_PRESIZE: u64 = 64 << 20;
+
 fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeResult, RpcError> {
     let path = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &path, e);
@@ -117,6 +120,11 @@ fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeRes
             n => n.min(available),
         };
         file.seek(SeekFrom::Start(params.offset)).map_err(fail)?;
+        // Sized up front: from an empty Vec, `read_to_end` reads 32 bytes,
+        // then doubles, reallocating and copying a 1 MiB transfer chunk's
+        // bytes over a dozen reads. (Capped: a huge `want` may still fail
+        // half-way, and is then grown into as before.)
+        data.reserve_exact(want.min(MAX_PRESIZE) as usize);
         // `take` bounds the read even if the file grows meanwhile.
         file.take(want).read_to_end(&mut data).map_err(fail)?;
     }
