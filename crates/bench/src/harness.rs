@@ -214,6 +214,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The part of a process's RSS that is its own (`Private_Clean` +
+/// `Private_Dirty` of /proc/PID/smaps_rollup): without the pages of its
+/// binary and libraries that other processes map too (the gateway and every
+/// executor on a host run the one `execgate` binary).
+pub fn private_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// CPU time (user + system) a process has used so far, from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::harness::{http, rss_kib, Gateway};
+use crate::harness::{http, private_kib, rss_kib, Gateway};
 use crate::{latency_figures, percentiles, Figure, Report};
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
@@ -28,6 +28,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     // Idle: connected, nothing run yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(exe.0.id()) as f64 / 1024.0;
+    let idle_private = private_kib(exe.0.id()) as f64 / 1024.0;
 
     let client = http();
     let url = format!("{}/api/connectors/envs/a/tool/call", gw.url);
@@ -131,6 +132,12 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         "latency.executor_idle_rss_mib",
         "executor idle RSS",
         idle_rss,
+        "MiB",
+    ));
+    figures.push(Figure::new(
+        "latency.executor_idle_private_mib",
+        "  of which its own (not shared)",
+        idle_private,
         "MiB",
     ));
     Ok(Report {

@@ -163,6 +163,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "latency.shell_true.p99_ms",
         "latency.read_file_1k.p50_ms",
         "latency.executor_idle_rss_mib",
+        "latency.executor_idle_private_mib",
         "throughput.read_file_1k.c1.calls_per_s",
         "throughput.read_file_1k.c16.calls_per_s",
         "throughput.read_file_1k.c64.calls_per_s",

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::harness::{local_pipe_mb_s, rss_kib};
+use crate::harness::{local_pipe_mb_s, private_kib, rss_kib};
 use crate::{latency_figures, Figure, Report};
 
 pub async fn run(codex_bin: Option<&Path>, ssh: bool, quick: bool) -> anyhow::Result<Report> {
@@ -142,6 +142,7 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = child.id().map(rss_kib).unwrap_or(0) as f64 / 1024.0;
+    let idle_private = child.id().map(private_kib).unwrap_or(0) as f64 / 1024.0;
 
     let start = |id: String, argv: Value| {
         Ws::text(
@@ -228,6 +229,12 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
         "peers.codex.idle_rss_mib",
         "codex exec-server idle RSS",
         idle_rss,
+        "MiB",
+    ));
+    figures.push(Figure::new(
+        "peers.codex.idle_private_mib",
+        "  of which its own (not shared)",
+        idle_private,
         "MiB",
     ));
     let _ = ws.close(None).await;
