@@ -352,10 +352,10 @@ async fn pump(sink: &mut Sink, body: Body, audit: &mut AuditEntry) -> Result<(),
             buf.extend_from_slice(&data);
             while buf.len() as u64 >= CHUNK {
                 let chunk = buf.split_to(CHUNK as usize);
-                sink.write(&chunk).await?;
+                sink.write(chunk.freeze()).await?;
             }
         }
-        sink.write(&buf).await?;
+        sink.write(buf.freeze()).await?;
         Ok(())
     }
     .await;

@@ -29,7 +29,6 @@ use execgate_protocol::exec::{
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 use execgate_protocol::uri::path_to_uri;
-use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -172,8 +171,11 @@ pub struct Sink {
     offset: u64,
     /// Over the bytes in order, whatever order the writes complete in.
     hasher: Sha256,
-    /// Writes sent and not yet answered, at most [`IN_FLIGHT`].
-    pending: FuturesUnordered<BoxFuture<'static, Result<(), TransferError>>>,
+    /// Writes sent and not yet answered, at most [`IN_FLIGHT`]. Each is a
+    /// task of its own, so that it goes out at once rather than when this
+    /// sink is next awaited (which, as futures polled only from here, they
+    /// did one read round trip late).
+    pending: FuturesUnordered<tokio::task::JoinHandle<Result<(), TransferError>>>,
 }
 
 impl Sink {
@@ -243,34 +245,35 @@ impl Sink {
     /// Queues `data` after what was written so far. With the extensions,
     /// up to [`IN_FLIGHT`] positioned writes overlap; [`Sink::commit`] waits
     /// for them all.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), TransferError> {
         if data.is_empty() {
             return Ok(());
         }
         if self.ext {
             while self.pending.len() >= IN_FLIGHT {
                 if let Some(r) = self.pending.next().await {
-                    r?;
+                    joined(r)?;
                 }
             }
             let link = self.link.clone();
             let params = WriteRangeParams {
                 path: uri(&self.staged)?,
                 offset: self.offset,
-                data_base64: Blob::from(data),
+                data_base64: Blob::from(data.clone()),
                 truncate: false,
             };
             let dest = self.dest.clone();
-            self.pending.push(Box::pin(async move {
+            self.pending.push(tokio::spawn(async move {
                 link.request::<_, Empty>(method::FS_WRITE_RANGE, &params, RPC_TIMEOUT)
                     .await
                     .map(|_| ())
                     .map_err(on(&dest, "writing"))
             }));
         } else {
-            fallback::append(&self.link, &self.staged, data).await?;
+            fallback::append(&self.link, &self.staged, &data).await?;
         }
-        self.hasher.update(data);
+        // While the write travels.
+        self.hasher.update(&data);
         self.offset += data.len() as u64;
         Ok(())
     }
@@ -278,7 +281,7 @@ impl Sink {
     /// Waits for every queued write.
     async fn flush(&mut self) -> Result<(), TransferError> {
         while let Some(r) = self.pending.next().await {
-            r?;
+            joined(r)?;
         }
         Ok(())
     }
@@ -338,8 +341,22 @@ impl Sink {
 
     /// Removes the staged file (best effort; the link may be gone).
     pub async fn abort(&mut self) {
+        // Writes already sent land first, so none can follow the removal.
+        while self.pending.next().await.is_some() {}
         remove(&self.link, &self.staged).await;
     }
+}
+
+/// A write task's result; a task that panicked or was cancelled is an
+/// internal error.
+fn joined(
+    r: Result<Result<(), TransferError>, tokio::task::JoinError>,
+) -> Result<(), TransferError> {
+    r.unwrap_or_else(|e| {
+        Err(TransferError::Api(ApiError::internal(format!(
+            "a write task failed: {e}"
+        ))))
+    })
 }
 
 /// Best-effort removal (recursive).
@@ -407,14 +424,14 @@ pub async fn copy_file(
                         src_path.display()
                     )));
                 }
-                sink.write(&chunk).await?;
+                sink.write(chunk).await?;
                 expected = rest;
                 // Drop the reads queued after this one and re-queue from here.
                 reads = FuturesOrdered::new();
                 next_read = rest;
                 continue;
             }
-            sink.write(&chunk).await?;
+            sink.write(chunk).await?;
             expected += len;
         }
         if sink.written() != size {
