@@ -30,34 +30,13 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
 
     // Baseline: a local cp of the same file.
     let cp_dst = work_b.join("cp.bin");
-    let t = Instant::now();
-    if !std::process::Command::new("cp")
-        .arg(&src)
-        .arg(&cp_dst)
-        .status()?
-        .success()
-    {
-        bail!("cp failed");
-    }
-    let cp = mb(t.elapsed().as_secs_f64());
-    std::fs::remove_file(&cp_dst)?;
+    let cp = mb(local_cp(&src, &cp_dst, false)?.as_secs_f64());
     let base = || Some((format!("local cp {label}"), cp));
 
     // The disk's bound for a durable copy: `PUT` and `copy_path` end with
     // an fsync of the whole file (issue 3: a verified, durable file or
     // nothing), which `cp` alone does not wait for.
-    let t = Instant::now();
-    if !std::process::Command::new("cp")
-        .arg(&src)
-        .arg(&cp_dst)
-        .status()?
-        .success()
-    {
-        bail!("cp failed");
-    }
-    std::fs::File::open(&cp_dst)?.sync_all()?;
-    let durable = mb(t.elapsed().as_secs_f64());
-    std::fs::remove_file(&cp_dst)?;
+    let durable = mb(local_cp(&src, &cp_dst, true)?.as_secs_f64());
     figures.push(Figure {
         key: "files.local_cp_fsync.mb_per_s".into(),
         label: format!("local cp + fsync {label}"),
@@ -208,4 +187,24 @@ fn tokio_stream_of(
             Err(e) => Some((Err(e), file)),
         }
     })
+}
+
+/// Times `cp src dst` (and, with `fsync`, the fsync of `dst` after it),
+/// then removes `dst`.
+fn local_cp(src: &Path, dst: &Path, fsync: bool) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    if !std::process::Command::new("cp")
+        .arg(src)
+        .arg(dst)
+        .status()?
+        .success()
+    {
+        bail!("cp failed");
+    }
+    if fsync {
+        std::fs::File::open(dst)?.sync_all()?;
+    }
+    let took = t.elapsed();
+    std::fs::remove_file(dst)?;
+    Ok(took)
 }

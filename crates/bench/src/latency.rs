@@ -32,18 +32,25 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
 
     let client = http();
     let url = format!("{}/api/connectors/envs/a/tool/call", gw.url);
-    let body = json!({"tool": "shell", "arguments": {"command": ["true"]}});
+    // One tool call through the REST API: its answer and how long it took.
+    let tool_call = |body: serde_json::Value| {
+        let (client, url, token) = (&client, &url, &gw.token);
+        async move {
+            let t = Instant::now();
+            let v: serde_json::Value = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok((t.elapsed(), v))
+        }
+    };
     let call = || async {
-        let t = Instant::now();
-        let v: serde_json::Value = client
-            .post(&url)
-            .bearer_auth(&gw.token)
-            .json(&body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let d = t.elapsed();
+        let (d, v) =
+            tool_call(json!({"tool": "shell", "arguments": {"command": ["true"]}})).await?;
         if v["isError"] != false || v["structuredContent"]["exit_code"] != 0 {
             bail!("shell true failed: {v}");
         }
@@ -59,18 +66,9 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     };
 
     std::fs::write(work.join("1k.txt"), vec![b'x'; 1024])?;
-    let read_body = json!({"tool": "read_file", "arguments": {"path": "1k.txt"}});
     let read_file = || async {
-        let t = Instant::now();
-        let v: serde_json::Value = client
-            .post(&url)
-            .bearer_auth(&gw.token)
-            .json(&read_body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let d = t.elapsed();
+        let (d, v) =
+            tool_call(json!({"tool": "read_file", "arguments": {"path": "1k.txt"}})).await?;
         if v["isError"] != false {
             bail!("read_file failed: {v}");
         }

@@ -18,10 +18,9 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Writes `data` quickly (cat of a file), waits for the exit without reading
-/// the output, then reads it all from the start. Returns (bytes, lost_bytes
-/// of the first answer, sum of lost_bytes).
-async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
+/// Starts `cat` of a file holding `data` and waits for its exit without
+/// reading any output; returns the session and the last (empty) answer.
+async fn cat_unread(w: &World, data: &[u8]) -> (String, serde_json::Value) {
     std::fs::write(w.workdir.join("big.bin"), data).unwrap();
     let sid = w
         .api
@@ -31,6 +30,14 @@ async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
         )
         .await;
     let (_, v) = w.api.read_until(&sid, 999_999_999, |_| false).await;
+    (sid, v)
+}
+
+/// Writes `data` quickly (cat of a file), waits for the exit without reading
+/// the output, then reads it all from the start. Returns (bytes, lost_bytes
+/// of the first answer, sum of lost_bytes).
+async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
+    let (sid, v) = cat_unread(w, data).await;
     assert_eq!(v["exit_code"], 0);
     let mut since = 0;
     let mut out = Vec::new();
@@ -69,15 +76,7 @@ async fn twenty_mib_written_quickly_are_read_back_whole() {
 async fn a_poll_that_goes_back_gets_what_it_asked_for() {
     let w = World::start(&[]).await;
     let data = pattern(20 << 20);
-    std::fs::write(w.workdir.join("big.bin"), &data).unwrap();
-    let sid = w
-        .api
-        .exec(
-            "laptop",
-            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
-        )
-        .await;
-    w.api.read_until(&sid, 999_999_999, |_| false).await;
+    let (sid, _) = cat_unread(&w, &data).await;
     let bytes = |v: &serde_json::Value| -> Vec<u8> {
         v["chunks"]
             .as_array()
