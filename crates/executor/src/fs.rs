@@ -30,10 +30,20 @@ use serde_json::Value;
 
 use crate::paths::{Last, PathRules};
 use crate::rpc::{encode, parse_params, WireResult};
+use crate::staged::StagedHashes;
 
 /// Whether `method` is one of ours.
 pub(crate) fn is_fs_method(method: &str) -> bool {
     method.starts_with("fs/")
+}
+
+/// What the `fs/*` methods work with besides their parameters.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    /// Resolve every path.
+    pub rules: &'a PathRules,
+    /// `fs/writeRange` feeds them, `fs/commitFile` takes them.
+    pub staged: &'a StagedHashes,
 }
 
 /// Runs one `fs/*` method. Blocking: call it from `spawn_blocking`.
@@ -44,14 +54,15 @@ pub(crate) fn call(
     params: Value,
     payload: &Bytes,
     binary: bool,
-    rules: &PathRules,
+    ctx: Ctx<'_>,
 ) -> Result<WireResult, RpcError> {
     let call = Call {
         params,
         payload,
         binary,
-        rules,
+        rules: ctx.rules,
     };
+    let staged = ctx.staged;
     match method {
         method::FS_READ_FILE => call.run(read_file),
         method::FS_READ_RANGE => call.run(read_range),
@@ -59,11 +70,11 @@ pub(crate) fn call(
         method::FS_CREATE_DIRECTORY => call.run(create_directory),
         method::FS_GET_METADATA => call.run(get_metadata),
         method::FS_READ_DIRECTORY => call.run(read_directory),
-        method::FS_REMOVE => call.run(remove),
+        method::FS_REMOVE => call.run(|p, rules| remove(p, rules, staged)),
         method::FS_COPY => call.run(copy),
         method::FS_RENAME => call.run(rename),
-        method::FS_WRITE_RANGE => call.run(write_range),
-        method::FS_COMMIT_FILE => call.run(commit_file),
+        method::FS_WRITE_RANGE => call.run(|p, rules| write_range(p, rules, staged)),
+        method::FS_COMMIT_FILE => call.run(|p, rules| commit_file(p, rules, staged)),
         method::FS_SYMLINK => call.run(symlink),
         other => Err(RpcError::method_not_found(other)),
     }
@@ -252,24 +263,29 @@ fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
 }
 
 /// [ext] `fs/writeRange`: one chunk of a streamed transfer into a staged
-/// file. Chunks arrive in order from one writer, so a plain positioned write
-/// is enough.
-fn write_range(params: WriteRangeParams, rules: &PathRules) -> Result<Empty, RpcError> {
+/// file. Several may be in flight, each a positioned write; `staged` keeps
+/// the running hash of what they wrote, for the commit.
+fn write_range(
+    params: WriteRangeParams,
+    rules: &PathRules,
+    staged: &StagedHashes,
+) -> Result<Empty, RpcError> {
+    use std::os::unix::fs::FileExt;
     let path = rules.resolve(&params.path, Last::Follow)?;
     let data = params
         .data_base64
         .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(params.truncate)
         .open(&path)
         .map_err(|e| io_error("opening", &path, e))?;
-    file.seek(SeekFrom::Start(params.offset))
-        .and_then(|_| file.write_all(&data))
+    file.write_all_at(&data, params.offset)
         .map_err(|e| io_error("writing", &path, e))?;
     start_writeback(&file, params.offset, data.len() as u64);
+    staged.wrote(&path, &file, params.offset, data, params.truncate);
     Ok(Empty {})
 }
 
@@ -297,25 +313,39 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// [ext] `fs/commitFile`: verify, set the mode, rename into place. The
 /// file is flushed to disk before the rename, so a crash leaves either the
 /// old destination or the complete new one.
-fn commit_file(params: CommitFileParams, rules: &PathRules) -> Result<CommitFileResult, RpcError> {
-    let staged = rules.resolve(&params.path, Last::Follow)?;
+///
+/// The hash to verify is the running one `fs/writeRange` kept when it
+/// covers exactly what the file holds (see [`crate::staged`]); otherwise
+/// the file is read back.
+fn commit_file(
+    params: CommitFileParams,
+    rules: &PathRules,
+    staged: &StagedHashes,
+) -> Result<CommitFileResult, RpcError> {
+    let staged_path = rules.resolve(&params.path, Last::Follow)?;
     let dest = rules.resolve(&params.destination_path, Last::Entry)?;
-    let file = File::open(&staged).map_err(|e| io_error("opening", &staged, e))?;
+    let file = File::open(&staged_path).map_err(|e| io_error("opening", &staged_path, e))?;
+    // Before the mode changes the file's ctime, which the check compares.
+    let running = staged.take(&staged_path, &file);
     if let Some(mode) = params.mode {
         // Before the flush, so that it covers the mode too.
-        set_mode(&staged, mode)?;
+        set_mode(&staged_path, mode)?;
     }
-    // The flush to disk waits on the device and the hash on the CPU: do
-    // both at once. (A mismatch, which removes the file, wastes the flush.)
-    let (hashed, synced) = std::thread::scope(|scope| {
-        let sync = scope.spawn(|| file.sync_all());
-        let hashed = hash_file(&file);
-        (hashed, sync.join())
-    });
-    let (sha256, size) = hashed.map_err(|e| io_error("reading", &staged, e))?;
+    let (hashed, synced) = match running {
+        Some((sha256, size)) => (Ok((hex_lower(&sha256), size)), Ok(file.sync_all())),
+        // The flush to disk waits on the device and the hash on the CPU:
+        // do both at once. (A mismatch, which removes the file, wastes the
+        // flush.)
+        None => std::thread::scope(|scope| {
+            let sync = scope.spawn(|| file.sync_all());
+            let hashed = hash_file(&file);
+            (hashed, sync.join())
+        }),
+    };
+    let (sha256, size) = hashed.map_err(|e| io_error("reading", &staged_path, e))?;
     if let Some(expected) = &params.sha256 {
         if !expected.eq_ignore_ascii_case(&sha256) {
-            let _ = fs::remove_file(&staged);
+            let _ = fs::remove_file(&staged_path);
             return Err(RpcError::invalid_params(format!(
                 "sha256 mismatch for {}: expected {expected}, the staged file has {sha256}; nothing was written",
                 dest.display()
@@ -323,10 +353,10 @@ fn commit_file(params: CommitFileParams, rules: &PathRules) -> Result<CommitFile
         }
     }
     match synced {
-        Ok(result) => result.map_err(|e| io_error("flushing", &staged, e))?,
+        Ok(result) => result.map_err(|e| io_error("flushing", &staged_path, e))?,
         Err(_) => return Err(RpcError::internal("the flush thread panicked")),
     }
-    fs::rename(&staged, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
+    fs::rename(&staged_path, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
     Ok(CommitFileResult { sha256, size })
 }
 
@@ -428,8 +458,14 @@ fn read_directory(params: PathParams, rules: &PathRules) -> Result<ReadDirectory
     Ok(ReadDirectoryResult { entries })
 }
 
-fn remove(params: RemoveParams, rules: &PathRules) -> Result<Empty, RpcError> {
+fn remove(
+    params: RemoveParams,
+    rules: &PathRules,
+    staged: &StagedHashes,
+) -> Result<Empty, RpcError> {
     let path = rules.resolve(&params.path, Last::Entry)?;
+    // An aborted transfer removes its staged file.
+    staged.forget(&path);
     let recursive = params.recursive.unwrap_or(true);
     let force = params.force.unwrap_or(true);
     let meta = match fs::symlink_metadata(&path) {
@@ -579,9 +615,20 @@ mod tests {
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The tests' staged hashes: one registry, as in an executor.
+    static STAGED: std::sync::LazyLock<StagedHashes> =
+        std::sync::LazyLock::new(StagedHashes::default);
+
+    fn ctx(rules: &PathRules) -> Ctx<'_> {
+        Ctx {
+            rules,
+            staged: &STAGED,
+        }
+    }
+
     /// A call as from a text frame: base64 in, base64 out.
     fn call(method: &str, params: Value, rules: &PathRules) -> Result<Value, RpcError> {
-        let (value, payload) = super::call(method, params, &Bytes::new(), false, rules)?;
+        let (value, payload) = super::call(method, params, &Bytes::new(), false, ctx(rules))?;
         assert!(payload.is_empty(), "no payload without binary frames");
         Ok(value)
     }
@@ -603,18 +650,76 @@ mod tests {
         let data = Bytes::from_static(&[0, 1, 2, 0xff, b'"', b'\\']);
         // writeRange with its bytes in the payload.
         let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, data.len()]}});
-        super::call(method::FS_WRITE_RANGE, params, &data, true, &rules).unwrap();
+        super::call(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap();
         assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
         // readRange answers with a reference and the bytes.
         let params = json!({"path": path, "offset": 1, "length": 0});
-        let (value, payload) =
-            super::call(method::FS_READ_RANGE, params, &Bytes::new(), true, &rules).unwrap();
+        let (value, payload) = super::call(
+            method::FS_READ_RANGE,
+            params,
+            &Bytes::new(),
+            true,
+            ctx(&rules),
+        )
+        .unwrap();
         assert_eq!(value["dataBase64"], json!({"$bin": [0, 5]}));
         assert_eq!(payload, data.slice(1..));
         // A reference past the payload is a params error, not a panic.
         let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, 99]}});
-        let err = super::call(method::FS_WRITE_RANGE, params, &data, true, &rules).unwrap_err();
+        let err =
+            super::call(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap_err();
         assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
+    }
+
+    /// `fs/writeRange`s of `parts` (offset, bytes), in the given order, into
+    /// a staged file in `dir`, as a transfer writes them.
+    fn write_ranges(dir: &Path, parts: &[(u64, &[u8])]) -> String {
+        let staged = dir.join(".staged").display().to_string();
+        let create = json!({"path": staged, "offset": 0, "dataBase64": "", "truncate": true});
+        call_ok(method::FS_WRITE_RANGE, create, dir);
+        for &(offset, data) in parts {
+            let params =
+                json!({"path": staged, "offset": offset, "dataBase64": BASE64.encode(data)});
+            call_ok(method::FS_WRITE_RANGE, params, dir);
+        }
+        staged
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        hex_lower(&Sha256::digest(data))
+    }
+
+    #[test]
+    fn commit_verifies_ranges_written_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = write_ranges(dir.path(), &[(5, b" world"), (0, b"hello")]);
+        let sha = sha256_hex(b"hello world");
+        let params = json!({"path": staged, "destinationPath": "dest", "sha256": sha});
+        let r = call_ok(method::FS_COMMIT_FILE, params, dir.path());
+        assert_eq!(r, json!({"sha256": sha, "size": 11}));
+        assert_eq!(fs::read(dir.path().join("dest")).unwrap(), b"hello world");
+        // The commit took the running hash.
+        assert!(STAGED
+            .take(
+                Path::new(&staged),
+                &File::open(dir.path().join("dest")).unwrap()
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn commit_notices_a_staged_file_changed_behind_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = write_ranges(dir.path(), &[(0, b"hello")]);
+        // Someone else rewrites the staged file with bytes of the same size.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(&staged, b"HELLO").unwrap();
+        let sha = sha256_hex(b"hello");
+        let params = json!({"path": staged, "destinationPath": "dest", "sha256": sha});
+        let err = call_err(method::FS_COMMIT_FILE, params, dir.path());
+        assert!(err.message.contains("sha256 mismatch"), "{err}");
+        assert!(!dir.path().join("dest").exists());
     }
 
     /// A root (also the workdir) beside `outside/`, which holds `secret`;

@@ -34,6 +34,7 @@ mod process;
 mod rpc;
 mod session;
 mod spill;
+mod staged;
 mod state;
 mod tools_file;
 

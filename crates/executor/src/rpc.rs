@@ -192,10 +192,14 @@ impl RpcConnection {
             }
             other if fs::is_fs_method(other) => {
                 let method = other.to_owned();
-                let policy = self.state.policy.clone();
+                let state = self.state.clone();
                 let payload = payload.clone();
                 tokio::task::spawn_blocking(move || {
-                    fs::call(&method, params, &payload, binary, &policy.paths)
+                    let ctx = fs::Ctx {
+                        rules: &state.policy.paths,
+                        staged: &state.staged,
+                    };
+                    fs::call(&method, params, &payload, binary, ctx)
                 })
                 .await
                 .map_err(|e| RpcError::internal(format!("{other} failed: {e}")))?

@@ -14,6 +14,7 @@ use execgate_protocol::uri::path_to_uri;
 use crate::policy::Policy;
 use crate::session::SessionRegistry;
 use crate::spill::SpillConfig;
+use crate::staged::StagedHashes;
 use crate::{ExecutorConfig, ExecutorError};
 
 pub(crate) struct ExecutorState {
@@ -25,6 +26,8 @@ pub(crate) struct ExecutorState {
     pub exited_retention: Duration,
     pub sessions: SessionRegistry,
     pub environment: EnvironmentInfo,
+    /// Running hashes of files `fs/writeRange` is filling.
+    pub staged: Arc<StagedHashes>,
 }
 
 impl ExecutorState {
@@ -81,6 +84,7 @@ impl ExecutorState {
             exited_retention: config.exited_retention,
             sessions: SessionRegistry::new(config.retained_bytes).with_spill(spill),
             environment,
+            staged: Arc::default(),
         })
     }
 
