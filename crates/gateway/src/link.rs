@@ -436,6 +436,20 @@ impl Link {
     /// only by `/output`, or a stream catching up by reading) does not
     /// cross the link twice.
     pub fn subscribe(self: &Arc<Self>, process_id: &str) -> Subscription {
+        self.subscribe_with(process_id, true)
+    }
+
+    /// [`Link::subscribe`] for a process the caller is about to start with
+    /// its output pushed (`process/start` without `pushOutput: false`, as
+    /// `shell` does): pushing is already on, so no `process/setPush`. That
+    /// notification would go out as a frame of its own just before
+    /// `process/start`, and wake the executor once more on the way to the
+    /// spawn.
+    pub fn subscribe_to_start(self: &Arc<Self>, process_id: &str) -> Subscription {
+        self.subscribe_with(process_id, false)
+    }
+
+    fn subscribe_with(self: &Arc<Self>, process_id: &str, turn_on: bool) -> Subscription {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let first = {
@@ -449,7 +463,7 @@ impl Link {
                 list.len() == 1
             }
         };
-        if first {
+        if first && turn_on {
             self.set_push(process_id, true);
         }
         Subscription {
@@ -457,10 +471,13 @@ impl Link {
             process_id: process_id.to_string(),
             id,
             rx,
+            closed: false,
         }
     }
 
-    fn unsubscribe(&self, process_id: &str, id: u64) {
+    /// `closed`: the subscriber saw the process close, so there is no
+    /// output left to stop pushing.
+    fn unsubscribe(&self, process_id: &str, id: u64, closed: bool) {
         let last = {
             let mut subs = self.subscribers.lock().unwrap();
             match subs.get_mut(process_id) {
@@ -475,7 +492,7 @@ impl Link {
                 None => false,
             }
         };
-        if last && !self.is_closed() {
+        if last && !closed && !self.is_closed() {
             self.set_push(process_id, false);
         }
     }
@@ -662,12 +679,16 @@ pub struct Subscription {
     process_id: String,
     id: u64,
     rx: mpsc::UnboundedReceiver<ProcessEvent>,
+    /// `Closed` was received.
+    closed: bool,
 }
 
 impl Subscription {
     /// The next event; `LinkLost` once the link is gone.
     pub async fn recv(&mut self) -> ProcessEvent {
-        self.rx.recv().await.unwrap_or(ProcessEvent::LinkLost)
+        let ev = self.rx.recv().await.unwrap_or(ProcessEvent::LinkLost);
+        self.closed |= matches!(ev, ProcessEvent::Closed { .. });
+        ev
     }
 
     /// Events queued and not yet received: how far the subscriber is behind.
@@ -678,7 +699,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.link.unsubscribe(&self.process_id, self.id);
+        self.link
+            .unsubscribe(&self.process_id, self.id, self.closed);
     }
 }
 
@@ -983,6 +1005,37 @@ mod tests {
             let expected: &[bool] = if push_control { &[true, false] } else { &[] };
             assert_eq!(sent, expected);
         }
+    }
+
+    /// A subscription to a process about to be started with push on sends
+    /// no `setPush`, and one that saw the process close sends no `setPush`
+    /// off; one that left early still turns pushing off.
+    #[tokio::test]
+    async fn no_set_push_around_a_process_started_pushed_and_closed() {
+        let (link, mut out) = link_with(ExtCapabilities {
+            push_control: true,
+            ..Default::default()
+        });
+        let sent = |out: &mut mpsc::UnboundedReceiver<Encoded>| {
+            let mut sent = Vec::new();
+            while let Ok(frame) = out.try_recv() {
+                let Message::Notification { params, .. } = decode(frame) else {
+                    panic!("expected a notification")
+                };
+                sent.push(params["output"].as_bool().unwrap());
+            }
+            sent
+        };
+        let mut sub = link.subscribe_to_start("p");
+        link.dispatch(
+            br#"{"jsonrpc":"2.0","method":"process/closed","params":{"processId":"p","seq":1}}"#,
+        );
+        assert_eq!(sub.recv().await, ProcessEvent::Closed { seq: 1 });
+        drop(sub);
+        assert_eq!(sent(&mut out), Vec::<bool>::new());
+        // Left before the close: the executor must stop pushing.
+        drop(link.subscribe_to_start("q"));
+        assert_eq!(sent(&mut out), vec![false]);
     }
 
     #[tokio::test]

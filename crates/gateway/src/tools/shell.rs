@@ -154,7 +154,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
 
     let started = Instant::now();
     // Subscribe before starting, so the first notification cannot be missed.
-    let mut sub = link.subscribe(&process_id);
+    let mut sub = link.subscribe_to_start(&process_id);
     if let Err(e) = link
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
         .await
