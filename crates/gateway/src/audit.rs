@@ -10,10 +10,14 @@
 //! its request future was dropped) is still recorded, as `cancelled`.
 //!
 //! **Writing.** Records go through a bounded queue ([`QUEUE`]) to one
-//! writer task, which takes whatever is queued (up to [`MAX_BATCH`]) and
-//! writes it in one transaction: under load many records share a commit.
-//! If a batch fails, its records are retried one by one, so one bad record
-//! does not take the others with it.
+//! writer task, which takes whatever is queued (up to [`MAX_BATCH`]),
+//! waits up to [`LINGER`] for more unless a fail-closed call is waiting on
+//! the batch, and writes it in one transaction: many records share a
+//! commit, even when calls come one after another. (A commit per call was
+//! about 40 % of the gateway's CPU per call at one client; BENCHMARKS.md,
+//! session 5. The cost: a best-effort record reaches the disk up to
+//! [`LINGER`] later.) If a batch fails, its records are retried one by
+//! one, so one bad record does not take the others with it.
 //!
 //! **Modes.** `best-effort` (the default): nothing waits for the store; a
 //! record that cannot be queued (queue full) or written (store failure) is
@@ -58,6 +62,9 @@ use crate::store::{now_ms, Store};
 pub const QUEUE: usize = 8192;
 /// Records written in one transaction, at most.
 pub const MAX_BATCH: usize = 512;
+/// How long the writer waits for more records to share a batch's commit,
+/// when no fail-closed call is waiting on it.
+pub const LINGER: Duration = Duration::from_millis(5);
 /// How long a fail-closed call waits for its record's commit.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Seconds a client should wait after `audit_unavailable`.
@@ -517,11 +524,30 @@ impl Drop for AuditEntry {
 async fn writer(store: Store, mut rx: mpsc::Receiver<Op>, counters: Arc<Counters>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        gather(&mut rx, &mut batch).await;
         // A fail-closed call that stopped waiting was refused: its row
         // must not appear.
         batch.retain(|op| !op.ack.as_ref().is_some_and(|a| a.is_closed()));
         write_batch(&store, &mut batch, &counters).await;
         batch.clear();
+    }
+}
+
+/// Adds to `batch` what arrives within [`LINGER`], so that it shares one
+/// commit; at once when the batch is full, when the queue closed, or when a
+/// fail-closed call waits on a record of the batch (it waits for nothing
+/// else).
+async fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut awaited = batch.iter().any(|op| op.ack.is_some());
+    while !awaited && batch.len() < MAX_BATCH {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(op)) => {
+                awaited = op.ack.is_some();
+                batch.push(op);
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
 }
 
@@ -658,6 +684,98 @@ mod tests {
         .execute(store.audit_pool())
         .await
         .unwrap();
+    }
+
+    /// The writer waits a moment for more records to share a commit, but
+    /// not when a fail-closed call waits on the batch.
+    #[tokio::test]
+    async fn a_batch_lingers_for_company_unless_a_call_waits_on_it() {
+        let op = |ack| Op {
+            write: Write::Insert(rec("x")),
+            ack,
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut batch = vec![op(None)];
+        let late = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(LINGER / 5).await;
+                tx.send(op(None)).await.unwrap();
+            }
+        });
+        gather(&mut rx, &mut batch).await;
+        late.await.unwrap();
+        assert_eq!(batch.len(), 2, "the record sent within LINGER joined");
+
+        let (ack, _acked) = oneshot::channel();
+        let mut batch = vec![op(Some(ack))];
+        tx.send(op(None)).await.unwrap();
+        let started = Instant::now();
+        gather(&mut rx, &mut batch).await;
+        assert_eq!(batch.len(), 1, "nothing gathered while a call waits");
+        assert!(started.elapsed() < LINGER);
+    }
+
+    /// A batch's ids answer its writes in order, whether its inserts fit
+    /// one statement or not, and with updates among them.
+    #[tokio::test]
+    async fn a_batch_answers_each_write_its_own_row() {
+        let (_d, store) = store().await;
+        let all = |store: &Store| {
+            let store = store.clone();
+            async move {
+                store
+                    .list_audit(&crate::store::AuditQuery {
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        // More inserts than one statement takes.
+        let recs: Vec<Write> = (0..300)
+            .map(|i| Write::Insert(rec(&format!("m{i}"))))
+            .collect();
+        let ids = store
+            .write_audit(&recs.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let rows = all(&store).await;
+        assert_eq!(rows.len(), 300);
+        for (i, id) in ids.iter().enumerate() {
+            let row = rows.iter().find(|r| r.id == *id).unwrap();
+            assert_eq!(row.method, format!("m{i}"), "write {i} got row {id}");
+        }
+        // Inserts and an update of an earlier row, in one batch.
+        let mut done = rec("m7");
+        done.outcome = outcome::OK.to_string();
+        let batch = [
+            Write::Insert(rec("a")),
+            Write::Update(ids[7], done),
+            Write::Insert(rec("b")),
+        ];
+        let got = store
+            .write_audit(&batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(got[1], ids[7]);
+        let rows = all(&store).await;
+        let method_of = |id: i64| rows.iter().find(|r| r.id == id).unwrap().method.clone();
+        assert_eq!(
+            (method_of(got[0]), method_of(got[2])),
+            ("a".into(), "b".into())
+        );
+        let updated = rows.iter().find(|r| r.id == ids[7]).unwrap();
+        assert_eq!(updated.outcome, outcome::OK);
+        // A failing batch writes nothing.
+        block_inserts(&store).await;
+        let batch = [Write::Insert(rec("c")), Write::Insert(rec("d"))];
+        assert!(store
+            .write_audit(&batch.iter().collect::<Vec<_>>())
+            .await
+            .is_err());
+        assert_eq!(all(&store).await.len(), 302);
     }
 
     #[tokio::test]

@@ -31,66 +31,22 @@ impl Default for AuditQuery {
 impl Store {
     /// Writes records in one transaction; answers each one's row id. Any
     /// failure fails them all (nothing is committed).
+    ///
+    /// The inserts go as one multi-row `INSERT` per [`INSERT_ROWS`] rows:
+    /// sqlx runs every statement on its connection's worker thread, two
+    /// thread hand-offs each, and a statement per record (with `BEGIN` and
+    /// `COMMIT` around them) made a batch of n records n + 2 round trips.
+    /// Up to [`INSERT_ROWS`] inserts alone are one statement and need no
+    /// explicit transaction: a statement is atomic.
     pub async fn write_audit(&self, writes: &[&Write]) -> Result<Vec<i64>> {
-        let mut tx = self.audit_pool.begin().await?;
-        let mut ids = Vec::with_capacity(writes.len());
-        for w in writes {
-            let id = match w {
-                Write::Insert(r) => {
-                    sqlx::query_scalar(
-                        "INSERT INTO audit (at, workspace, user_id, environment, exe_id, kind, method, via,
-                                            session_id, args_sha256, args_bytes, outcome, error_code,
-                                            exit_code, duration_ms, bytes_in, bytes_out)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    )
-                    .bind(r.at)
-                    .bind(&r.workspace)
-                    .bind(&r.user_id)
-                    .bind(&r.environment)
-                    .bind(&r.exe_id)
-                    .bind(&r.kind)
-                    .bind(&r.method)
-                    .bind(&r.via)
-                    .bind(&r.session_id)
-                    .bind(&r.args_sha256)
-                    .bind(r.args_bytes)
-                    .bind(&r.outcome)
-                    .bind(&r.error_code)
-                    .bind(r.exit_code)
-                    .bind(r.duration_ms)
-                    .bind(r.bytes_in)
-                    .bind(r.bytes_out)
-                    .fetch_one(&mut *tx)
-                    .await?
-                }
-                Write::Update(id, r) => {
-                    // Who and what were written by the insert; the rest
-                    // was learnt while the operation ran.
-                    sqlx::query(
-                        "UPDATE audit SET environment = ?, exe_id = ?, session_id = ?, args_sha256 = ?,
-                                          args_bytes = ?, outcome = ?, error_code = ?, exit_code = ?,
-                                          duration_ms = ?, bytes_in = ?, bytes_out = ?
-                         WHERE id = ?",
-                    )
-                    .bind(&r.environment)
-                    .bind(&r.exe_id)
-                    .bind(&r.session_id)
-                    .bind(&r.args_sha256)
-                    .bind(r.args_bytes)
-                    .bind(&r.outcome)
-                    .bind(&r.error_code)
-                    .bind(r.exit_code)
-                    .bind(r.duration_ms)
-                    .bind(r.bytes_in)
-                    .bind(r.bytes_out)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    *id
-                }
-            };
-            ids.push(id);
+        let lone_insert =
+            writes.len() <= INSERT_ROWS && writes.iter().all(|w| matches!(w, Write::Insert(_)));
+        if lone_insert {
+            let mut conn = self.audit_pool.acquire().await?;
+            return Ok(write_rows(&mut conn, writes).await?);
         }
+        let mut tx = self.audit_pool.begin().await?;
+        let ids = write_rows(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -109,4 +65,112 @@ impl Store {
         .fetch_all(&self.audit_pool)
         .await?)
     }
+}
+
+/// The inserts of `writes` as multi-row `INSERT`s, then its updates;
+/// answers each write's row id.
+async fn write_rows(
+    conn: &mut sqlx::SqliteConnection,
+    writes: &[&Write],
+) -> std::result::Result<Vec<i64>, sqlx::Error> {
+    let inserts: Vec<(usize, &AuditRecord)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Insert(r) => Some((i, r)),
+            Write::Update(..) => None,
+        })
+        .collect();
+    let mut ids = vec![0i64; writes.len()];
+    for chunk in inserts.chunks(INSERT_ROWS) {
+        let mut new_ids = insert_rows(conn, chunk.iter().map(|(_, r)| *r)).await?;
+        // RETURNING answers in no set order; the rows were inserted in
+        // VALUES order, each with an id above all before it
+        // (AUTOINCREMENT), so ascending ids are that order.
+        new_ids.sort_unstable();
+        if new_ids.len() != chunk.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "an audit insert of {} rows answered {} ids",
+                chunk.len(),
+                new_ids.len()
+            )));
+        }
+        for ((i, _), id) in chunk.iter().zip(new_ids) {
+            ids[*i] = id;
+        }
+    }
+    for (i, w) in writes.iter().enumerate() {
+        if let Write::Update(id, r) = w {
+            update_row(conn, *id, r).await?;
+            ids[i] = *id;
+        }
+    }
+    Ok(ids)
+}
+
+/// Rows per multi-row `INSERT`: 17 parameters each, well under SQLite's
+/// limit of 32,766 parameters per statement.
+const INSERT_ROWS: usize = 256;
+
+/// One `INSERT … VALUES (…), (…) RETURNING id`; the ids in no set order.
+async fn insert_rows<'r>(
+    conn: &mut sqlx::SqliteConnection,
+    rows: impl Iterator<Item = &'r AuditRecord>,
+) -> std::result::Result<Vec<i64>, sqlx::Error> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO audit (at, workspace, user_id, environment, exe_id, kind, method, via,
+                            session_id, args_sha256, args_bytes, outcome, error_code,
+                            exit_code, duration_ms, bytes_in, bytes_out) ",
+    );
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.at)
+            .push_bind(&r.workspace)
+            .push_bind(&r.user_id)
+            .push_bind(&r.environment)
+            .push_bind(&r.exe_id)
+            .push_bind(&r.kind)
+            .push_bind(&r.method)
+            .push_bind(&r.via)
+            .push_bind(&r.session_id)
+            .push_bind(&r.args_sha256)
+            .push_bind(r.args_bytes)
+            .push_bind(&r.outcome)
+            .push_bind(&r.error_code)
+            .push_bind(r.exit_code)
+            .push_bind(r.duration_ms)
+            .push_bind(r.bytes_in)
+            .push_bind(r.bytes_out);
+    });
+    q.push(" RETURNING id");
+    q.build_query_scalar().fetch_all(&mut *conn).await
+}
+
+/// Completes a row written earlier as `started` (fail-closed mode): who
+/// and what were written then; the rest was learnt while the operation ran.
+async fn update_row(
+    conn: &mut sqlx::SqliteConnection,
+    id: i64,
+    r: &AuditRecord,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE audit SET environment = ?, exe_id = ?, session_id = ?, args_sha256 = ?,
+                          args_bytes = ?, outcome = ?, error_code = ?, exit_code = ?,
+                          duration_ms = ?, bytes_in = ?, bytes_out = ?
+         WHERE id = ?",
+    )
+    .bind(&r.environment)
+    .bind(&r.exe_id)
+    .bind(&r.session_id)
+    .bind(&r.args_sha256)
+    .bind(r.args_bytes)
+    .bind(&r.outcome)
+    .bind(&r.error_code)
+    .bind(r.exit_code)
+    .bind(r.duration_ms)
+    .bind(r.bytes_in)
+    .bind(r.bytes_out)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
