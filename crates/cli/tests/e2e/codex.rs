@@ -373,7 +373,10 @@ async fn a_wrong_sigv4_secret_is_refused_and_codex_gives_up() {
     let Some(bin) = codex_bin() else { return };
     let w = CodexWorld::start(bin).await;
     let mut creds = add_codex_executor(&w.data_dir, "intruder");
-    creds.secret = format!("{}x", &creds.secret[..creds.secret.len() - 1]);
+    // Change the last character to one it is not: replacing it with a fixed
+    // 'x' left the secret intact whenever it already ended in 'x' (a flake).
+    let last = creds.secret.pop().unwrap();
+    creds.secret.push(if last == 'x' { 'y' } else { 'x' });
     let mut codex = start_codex(&w.bin, &w.gateway.url(), &creds, w.dir.path(), "bad");
     // codex exits for good on the 401 to its register.
     let deadline = Instant::now() + Duration::from_secs(30);
