@@ -27,7 +27,7 @@ pub(crate) struct ExecutorState {
     pub sessions: SessionRegistry,
     pub environment: EnvironmentInfo,
     /// Running hashes of files `fs/writeRange` is filling.
-    pub staged: Arc<StagedHashes>,
+    pub staged: StagedHashes,
 }
 
 impl ExecutorState {
@@ -84,7 +84,7 @@ impl ExecutorState {
             exited_retention: config.exited_retention,
             sessions: SessionRegistry::new(config.retained_bytes).with_spill(spill),
             environment,
-            staged: Arc::default(),
+            staged: StagedHashes::default(),
         })
     }
 
