@@ -157,14 +157,10 @@ impl<'a> Target<'a> {
     /// must stay beneath the root). `flags` are open(2)'s; `O_CLOEXEC` is
     /// always added.
     pub fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
-        let fd = match &self.beneath {
-            None => {
-                let path = cstring(self.path.as_os_str())?;
-                openat(libc::AT_FDCWD, &path, flags, mode)?
-            }
-            Some((root, rel)) => open_beneath(root, rel, flags, mode)?,
-        };
-        Ok(File::from(fd))
+        match &self.beneath {
+            None => open_path(&self.path, flags, mode),
+            Some((root, rel)) => Ok(File::from(open_beneath(root, rel, flags, mode)?)),
+        }
     }
 
     /// `fs::read`.
@@ -381,16 +377,10 @@ impl Entry {
     /// gives ELOOP, or the link itself with `O_PATH`).
     pub fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
         let flags = flags | libc::O_NOFOLLOW;
-        let fd = match &self.at {
-            None => openat(
-                libc::AT_FDCWD,
-                &cstring(self.path.as_os_str())?,
-                flags,
-                mode,
-            )?,
-            Some((dir, name)) => openat(dir.as_raw_fd(), name, flags, mode)?,
-        };
-        Ok(File::from(fd))
+        match &self.at {
+            None => open_path(&self.path, flags, mode),
+            Some((dir, name)) => Ok(File::from(openat(dir.as_raw_fd(), name, flags, mode)?)),
+        }
     }
 
     /// `fs::symlink_metadata`.
@@ -602,6 +592,23 @@ fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, u8)>> {
     // SAFETY: a valid stream, closed once.
     unsafe { libc::closedir(stream) };
     result.map(|()| names)
+}
+
+/// Opens `path` by name (no root) with open(2)'s `flags`, through std as
+/// the executor always did (the same system call, no extra allocation).
+fn open_path(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let access = flags & libc::O_ACCMODE;
+    let create = flags & libc::O_CREAT != 0;
+    fs::OpenOptions::new()
+        .read(access != libc::O_WRONLY)
+        .write(access != libc::O_RDONLY)
+        .create(create)
+        .create_new(create && flags & libc::O_EXCL != 0)
+        .truncate(flags & libc::O_TRUNC != 0)
+        .mode(mode)
+        .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
+        .open(path)
 }
 
 /// `/proc/self/fd/N` of an open file: the kernel resolves it to exactly the

@@ -1653,6 +1653,29 @@ mod root_race {
         assert!(created.is_empty(), "created outside: {created:?}");
     }
 
+    /// Under a root, a process starts in the directory opened for its cwd
+    /// (the child changes into its /proc/self/fd link), with pipes and
+    /// under a pty alike, and sees the directory's real path.
+    #[tokio::test]
+    async fn a_process_under_a_root_starts_in_its_cwd() {
+        let r = race();
+        let mut client = Client::new(&r.state);
+        client.init(None).await;
+        for (id, tty) in [("pipes", false), ("pty", true)] {
+            let params = json!({"processId": id, "argv": ["sh", "-c", "pwd -P; cat f"],
+                "cwd": "d", "env": path_env(), "tty": tty});
+            client.ok(method::PROCESS_START, params).await;
+            let out = output_of(&client.until_closed(id).await);
+            let out = String::from_utf8_lossy(&out[if tty { "pty" } else { "stdout" }]);
+            let out = out.replace('\r', "");
+            assert_eq!(
+                out,
+                format!("{}\ninside", r.root.join("d").display()),
+                "{id}"
+            );
+        }
+    }
+
     /// A process started with its cwd in `d` runs inside the root.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_process_cwd_stays_inside() {
