@@ -574,7 +574,7 @@ fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, u8)>> {
         // through it.
         unsafe { *libc::__errno_location() = 0 };
         // SAFETY: a valid stream, used by this thread only.
-        let entry = unsafe { libc::readdir64(stream) };
+        let entry = unsafe { libc::readdir(stream) };
         if entry.is_null() {
             let err = io::Error::last_os_error();
             break match err.raw_os_error() {

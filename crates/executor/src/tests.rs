@@ -1560,13 +1560,22 @@ mod root_race {
             (ok, out(format!("k{i}")))
         })
         .await;
+        std::fs::create_dir_all(r.root.join("tree/sub")).unwrap();
+        std::fs::write(r.root.join("tree/sub/x"), "inside").unwrap();
+        std::os::unix::fs::symlink("sub/x", r.root.join("tree/link")).unwrap();
+        let (_, tree) = hammer(&mut r, "copy (a tree)", MAX_CALLS, async |c, i| {
+            let params = json!({"sourcePath": "tree", "destinationPath": format!("d/tree{i}"), "recursive": true});
+            let ok = c.call(method::FS_COPY, params).await.is_ok();
+            (ok, out(format!("tree{i}")))
+        })
+        .await;
         let names = r.outside_names();
         eprintln!(
             "created outside: {} (of which temporaries: {})",
             names.len() - 2,
             names.iter().filter(|n| n.ends_with(".tmp")).count()
         );
-        assert_eq!((write, mkdir, link, staged, copy), (0, 0, 0, 0, 0));
+        assert_eq!((write, mkdir, link, staged, copy, tree), (0, 0, 0, 0, 0, 0));
         assert_eq!(names, ["f", "victim"], "nothing was created outside");
         assert_eq!(std::fs::read(r.outside.join("f")).unwrap(), b"OUTSIDE!");
     }
@@ -1621,7 +1630,7 @@ mod root_race {
             let params =
                 json!({"sourcePath": format!("i{i}"), "destinationPath": format!("d/r{i}")});
             let ok = c.call(method::FS_RENAME, params).await.is_ok();
-            (ok, false)
+            (ok, outside.join(format!("r{i}")).exists())
         })
         .await;
         for i in 0..n {
@@ -1635,6 +1644,18 @@ mod root_race {
             (ok, gone(i))
         })
         .await;
+        let trees = 1000;
+        for i in 0..trees {
+            let real = r.real_dir();
+            std::fs::create_dir_all(real.join(format!("t{i}/sub"))).unwrap();
+            std::fs::create_dir_all(outside.join(format!("t{i}/sub"))).unwrap();
+        }
+        let (_, remove_tree) = hammer(&mut r, "remove (a tree)", trees, async |c, i| {
+            let params = json!({"path": format!("d/t{i}"), "force": false});
+            let ok = c.call(method::FS_REMOVE, params).await.is_ok();
+            (ok, !outside.join(format!("t{i}/sub")).exists())
+        })
+        .await;
         let root = r.root.clone();
         let (_, copy_from) = hammer(&mut r, "copy (from d)", MAX_CALLS, async |c, i| {
             let params = json!({"sourcePath": "d/f", "destinationPath": format!("k{i}"), "recursive": false});
@@ -1646,10 +1667,13 @@ mod root_race {
         let created: Vec<_> = r
             .outside_names()
             .into_iter()
-            .filter(|n| !n.starts_with('o') && n != "f" && n != "victim")
+            .filter(|n| !n.starts_with(['o', 't']) && n != "f" && n != "victim")
             .collect();
         eprintln!("created outside: {}", created.len());
-        assert_eq!((rename_in, rename_out, remove, copy_from), (0, 0, 0, 0));
+        assert_eq!(
+            (rename_in, rename_out, remove, remove_tree, copy_from),
+            (0, 0, 0, 0, 0)
+        );
         assert!(created.is_empty(), "created outside: {created:?}");
     }
 
