@@ -4,15 +4,19 @@
 //! blocking pool by the dispatcher: a multi-step operation such as a
 //! recursive copy then costs one thread hop instead of one per system call.
 //!
+//! Every path goes through [`PathRules`], and is used as a [`Target`] or an
+//! [`Entry`] (see `beneath`): with `--root`, through descriptors beneath
+//! the root, so that a path changed between its check and its use cannot
+//! lead out.
+//!
 //! Errors: a missing file or directory is -32004 (the message names the
 //! path), bad parameters -32602, any other I/O failure -32603 with the OS
 //! message. Defaults follow codex `exec-server`: `createDirectory` and
 //! `remove` are recursive unless told otherwise, and `remove` ignores a
 //! missing path unless `force` is false.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::beneath::{self, Entry, Escape, Kind, Target};
 use crate::paths::{Last, PathRules};
 use crate::rpc::{encode, parse_params, WireResult};
 use crate::staged::StagedHashes;
@@ -98,8 +103,12 @@ impl Call<'_> {
     }
 }
 
-/// Maps an I/O error on `path` to the protocol's error codes.
+/// Maps an I/O error on `path` to the protocol's error codes: a path that
+/// led out of the root when used is refused as policy (-32030).
 fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
+    if let Some(escape) = err.get_ref().and_then(|e| e.downcast_ref::<Escape>()) {
+        return RpcError::policy_denied(format!("{action} {}: {escape}", path.display()));
+    }
     if err.kind() == io::ErrorKind::NotFound {
         RpcError::not_found(format!("no such file or directory: {}", path.display()))
     } else {
@@ -108,8 +117,10 @@ fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
 }
 
 fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, RpcError> {
-    let path = rules.resolve(&params.path, Last::Follow)?;
-    let data = fs::read(&path).map_err(|e| io_error("reading", &path, e))?;
+    let target = rules.resolve(&params.path, Last::Follow)?;
+    let data = target
+        .read()
+        .map_err(|e| io_error("reading", &target.path, e))?;
     Ok(ReadFileResult {
         data_base64: Blob::from(data),
     })
@@ -119,9 +130,9 @@ fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, Rp
 const MAX_PRESIZE: u64 = 64 << 20;
 
 fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeResult, RpcError> {
-    let path = rules.resolve(&params.path, Last::Follow)?;
-    let fail = |e| io_error("reading", &path, e);
-    let mut file = File::open(&path).map_err(fail)?;
+    let target = rules.resolve(&params.path, Last::Follow)?;
+    let fail = |e| io_error("reading", &target.path, e);
+    let mut file = target.open(libc::O_RDONLY, 0).map_err(fail)?;
     let size = file.metadata().map_err(fail)?.len();
     let mut data = Vec::new();
     if params.offset < size {
@@ -146,15 +157,22 @@ fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeRes
 }
 
 fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcError> {
-    let path = rules.resolve(&params.path, Last::Follow)?;
+    let resolved = rules.resolve(&params.path, Last::Follow)?;
+    let path = resolved.path.clone();
     let data = params
         .data_base64
         .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
     // Writing through a symlink replaces the file it points to, as a plain
-    // write would, rather than replacing the link with a file.
-    let target = follow_symlink(&path);
-    let parent = match target.parent() {
+    // write would, rather than replacing the link with a file. With a root,
+    // `confine` followed every link already; one that appears since is
+    // replaced, not followed.
+    let target = if rules.root.is_none() {
+        Target::free(follow_symlink(&path))
+    } else {
+        resolved
+    };
+    let parent = match target.path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => {
             return Err(RpcError::invalid_params(format!(
@@ -163,9 +181,14 @@ fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcEr
             )))
         }
     };
+    // By name: this only chooses the error, or whether to create the
+    // parents; what is written is reached through the kernel below.
     if !parent.is_dir() {
         if params.create_parents == Some(true) {
-            fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+            rules
+                .confine(parent, Last::Follow)?
+                .create_dir_all()
+                .map_err(|e| io_error("creating", parent, e))?;
         } else if parent.exists() {
             return Err(RpcError::invalid_params(format!(
                 "parent of {} is not a directory",
@@ -178,7 +201,7 @@ fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcEr
             )));
         }
     }
-    atomic_write(&target, parent, &data).map_err(|e| io_error("writing", &path, e))?;
+    atomic_write(&target, &data).map_err(|e| io_error("writing", &path, e))?;
     Ok(Empty {})
 }
 
@@ -204,61 +227,63 @@ fn follow_symlink(path: &Path) -> PathBuf {
 /// `target`: readers see the old content or the new, never a mix. The file
 /// keeps the permissions of the one it replaces (an executable stays
 /// executable). There is no fsync: the write is atomic, not durable.
-fn atomic_write(target: &Path, dir: &Path, data: &[u8]) -> io::Result<()> {
-    let existing = fs::metadata(target).ok();
+fn atomic_write(target: &Target<'_>, data: &[u8]) -> io::Result<()> {
+    let existing = target.metadata().ok();
     if existing.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(io::Error::new(
             io::ErrorKind::IsADirectory,
             "is a directory",
         ));
     }
+    let entry = target.entry()?;
     // A short name of our own: the target's name plus a suffix could exceed
     // the file system's name length limit.
-    let temp = dir.join(format!(".execgate-{:016x}.tmp", rand::random::<u64>()));
+    let temp = entry.sibling(&format!(".execgate-{:016x}.tmp", rand::random::<u64>()))?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o666)
-            .open(&temp)?;
+        let mut file = temp.open(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o666)?;
         file.write_all(data)?;
         if let Some(existing) = &existing {
             file.set_permissions(existing.permissions())?;
         }
         drop(file);
-        fs::rename(&temp, target)
+        temp.rename(&entry)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = temp.remove_file();
     }
     result
 }
 
 fn create_directory(params: CreateDirectoryParams, rules: &PathRules) -> Result<Empty, RpcError> {
-    let path = rules.resolve(&params.path, Last::Follow)?;
+    let target = rules.resolve(&params.path, Last::Follow)?;
     let created = if params.recursive.unwrap_or(true) {
-        fs::create_dir_all(&path)
+        target.create_dir_all()
     } else {
-        fs::create_dir(&path)
+        target.entry().and_then(|entry| entry.create_dir())
     };
-    created.map_err(|e| io_error("creating directory", &path, e))?;
+    created.map_err(|e| io_error("creating directory", &target.path, e))?;
     if let Some(mode) = params.mode {
-        set_mode(&path, mode)?;
+        target
+            .set_mode(mode)
+            .map_err(|e| io_error("setting the mode of", &target.path, e))?;
     }
     Ok(Empty {})
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), RpcError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| io_error("setting the mode of", path, e))
+/// The directory entry of `target`, errors mapped for `action`.
+fn entry_of(target: &Target<'_>, action: &str) -> Result<Entry, RpcError> {
+    target
+        .entry()
+        .map_err(|e| io_error(action, &target.path, e))
 }
 
 /// [ext] `fs/rename`: atomic within one file system.
 fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
     let from = rules.resolve(&params.source_path, Last::Entry)?;
     let to = rules.resolve(&params.destination_path, Last::Entry)?;
-    fs::rename(&from, &to).map_err(|e| io_error("renaming", &from, e))?;
+    entry_of(&from, "renaming")?
+        .rename(&entry_of(&to, "renaming into")?)
+        .map_err(|e| io_error("renaming", &from.path, e))?;
     Ok(Empty {})
 }
 
@@ -271,21 +296,20 @@ fn write_range(
     staged: &StagedHashes,
 ) -> Result<Empty, RpcError> {
     use std::os::unix::fs::FileExt;
-    let path = rules.resolve(&params.path, Last::Follow)?;
+    let target = rules.resolve(&params.path, Last::Follow)?;
+    let path = &target.path;
     let data = params
         .data_base64
         .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(params.truncate)
-        .open(&path)
-        .map_err(|e| io_error("opening", &path, e))?;
+    let truncate = if params.truncate { libc::O_TRUNC } else { 0 };
+    let file = target
+        .open(libc::O_WRONLY | libc::O_CREAT | truncate, 0o666)
+        .map_err(|e| io_error("opening", path, e))?;
     file.write_all_at(&data, params.offset)
-        .map_err(|e| io_error("writing", &path, e))?;
+        .map_err(|e| io_error("writing", path, e))?;
     start_writeback(&file, params.offset, data.len() as u64);
-    staged.wrote(&path, &file, params.offset, data, params.truncate);
+    staged.wrote(path, &file, params.offset, data, params.truncate);
     Ok(Empty {})
 }
 
@@ -322,14 +346,20 @@ fn commit_file(
     rules: &PathRules,
     staged: &StagedHashes,
 ) -> Result<CommitFileResult, RpcError> {
-    let staged_path = rules.resolve(&params.path, Last::Follow)?;
+    let staged_target = rules.resolve(&params.path, Last::Follow)?;
+    let staged_path = &staged_target.path;
     let dest = rules.resolve(&params.destination_path, Last::Entry)?;
-    let file = File::open(&staged_path).map_err(|e| io_error("opening", &staged_path, e))?;
+    let file = staged_target
+        .open(libc::O_RDONLY, 0)
+        .map_err(|e| io_error("opening", staged_path, e))?;
     // Before the mode changes the file's ctime, which the check compares.
-    let running = staged.take(&staged_path, &file);
+    let running = staged.take(staged_path, &file);
     if let Some(mode) = params.mode {
-        // Before the flush, so that it covers the mode too.
-        set_mode(&staged_path, mode)?;
+        use std::os::unix::fs::PermissionsExt;
+        // Before the flush, so that it covers the mode too. On the open
+        // file: exactly the one verified and renamed.
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| io_error("setting the mode of", staged_path, e))?;
     }
     let (hashed, synced) = match running {
         Some((sha256, size)) => (Ok((hex_lower(&sha256), size)), Ok(file.sync_all())),
@@ -342,21 +372,24 @@ fn commit_file(
             (hashed, sync.join())
         }),
     };
-    let (sha256, size) = hashed.map_err(|e| io_error("reading", &staged_path, e))?;
+    let (sha256, size) = hashed.map_err(|e| io_error("reading", staged_path, e))?;
+    let staged_entry = entry_of(&staged_target, "opening")?;
     if let Some(expected) = &params.sha256 {
         if !expected.eq_ignore_ascii_case(&sha256) {
-            let _ = fs::remove_file(&staged_path);
+            let _ = staged_entry.remove_file();
             return Err(RpcError::invalid_params(format!(
                 "sha256 mismatch for {}: expected {expected}, the staged file has {sha256}; nothing was written",
-                dest.display()
+                dest.path.display()
             )));
         }
     }
     match synced {
-        Ok(result) => result.map_err(|e| io_error("flushing", &staged_path, e))?,
+        Ok(result) => result.map_err(|e| io_error("flushing", staged_path, e))?,
         Err(_) => return Err(RpcError::internal("the flush thread panicked")),
     }
-    fs::rename(&staged_path, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
+    staged_entry
+        .rename(&entry_of(&dest, "renaming into")?)
+        .map_err(|e| io_error("renaming into", &dest.path, e))?;
     Ok(CommitFileResult { sha256, size })
 }
 
@@ -385,15 +418,20 @@ fn hex_lower(bytes: &[u8]) -> String {
 
 /// [ext] `fs/symlink`.
 fn symlink(params: SymlinkParams, rules: &PathRules) -> Result<Empty, RpcError> {
-    let path = rules.resolve(&params.path, Last::Entry)?;
-    std::os::unix::fs::symlink(&params.target, &path)
-        .map_err(|e| io_error("creating the symlink", &path, e))?;
+    let target = rules.resolve(&params.path, Last::Entry)?;
+    entry_of(&target, "creating the symlink")?
+        .symlink(Path::new(&params.target))
+        .map_err(|e| io_error("creating the symlink", &target.path, e))?;
     Ok(Empty {})
 }
 
 fn get_metadata(params: PathParams, rules: &PathRules) -> Result<Metadata, RpcError> {
-    let path = rules.resolve(&params.path, Last::Inspect)?;
-    let link = fs::symlink_metadata(&path).map_err(|e| io_error("inspecting", &path, e))?;
+    let target = rules.resolve(&params.path, Last::Inspect)?;
+    let path = &target.path;
+    let entry = entry_of(&target, "inspecting")?;
+    let link = entry
+        .symlink_metadata()
+        .map_err(|e| io_error("inspecting", path, e))?;
     let is_symlink = link.file_type().is_symlink();
     let mode = {
         use std::os::unix::fs::PermissionsExt;
@@ -402,8 +440,8 @@ fn get_metadata(params: PathParams, rules: &PathRules) -> Result<Metadata, RpcEr
     // Everything but `isSymlink` describes what a link points to; a dangling
     // link describes itself, and so does a link out of the root (nothing
     // outside is described).
-    let meta = if is_symlink && !rules.link_points_out(&path) {
-        fs::metadata(&path).unwrap_or(link)
+    let meta = if is_symlink {
+        rules.follow_metadata(path).unwrap_or(link)
     } else {
         link
     };
@@ -416,7 +454,8 @@ fn get_metadata(params: PathParams, rules: &PathRules) -> Result<Metadata, RpcEr
         modified_at_ms: meta.modified().map_or(0, millis_since_epoch),
         mode: Some(mode),
         symlink_target: if is_symlink {
-            fs::read_link(&path)
+            entry
+                .read_link()
                 .ok()
                 .map(|t| t.to_string_lossy().into_owned())
         } else {
@@ -433,23 +472,27 @@ fn millis_since_epoch(time: SystemTime) -> i64 {
 }
 
 fn read_directory(params: PathParams, rules: &PathRules) -> Result<ReadDirectoryResult, RpcError> {
-    let path = rules.resolve(&params.path, Last::Follow)?;
-    let fail = |e| io_error("listing", &path, e);
+    let target = rules.resolve(&params.path, Last::Follow)?;
+    let listing = target
+        .list()
+        .map_err(|e| io_error("listing", &target.path, e))?;
     let mut entries = Vec::new();
-    for entry in fs::read_dir(&path).map_err(fail)? {
-        let entry = entry.map_err(fail)?;
+    for (name, kind) in listing.entries {
         // Follow links, like getMetadata; a dangling link is neither, and
-        // so is a link out of the root.
-        let followed = match entry.file_type() {
-            Ok(kind) if kind.is_symlink() && rules.link_points_out(&entry.path()) => None,
-            _ => fs::metadata(entry.path()).ok(),
-        };
-        let (is_directory, is_file) = match followed {
-            Some(meta) => (meta.is_dir(), meta.is_file()),
-            None => (false, false),
+        // so is a link out of the root. With a root, the listing's own
+        // word is taken for what is not a link: looking again by name
+        // could meet a link swapped in since.
+        let (is_directory, is_file) = match kind {
+            Kind::Dir if rules.root.is_some() => (true, false),
+            Kind::File if rules.root.is_some() => (false, true),
+            Kind::Other if rules.root.is_some() => (false, false),
+            _ => match rules.follow_metadata(&listing.path.join(&name)) {
+                Some(meta) => (meta.is_dir(), meta.is_file()),
+                None => (false, false),
+            },
         };
         entries.push(DirEntry {
-            file_name: entry.file_name().to_string_lossy().into_owned(),
+            file_name: name.to_string_lossy().into_owned(),
             is_directory,
             is_file,
         });
@@ -463,78 +506,81 @@ fn remove(
     rules: &PathRules,
     staged: &StagedHashes,
 ) -> Result<Empty, RpcError> {
-    let path = rules.resolve(&params.path, Last::Entry)?;
+    let target = rules.resolve(&params.path, Last::Entry)?;
+    let path = &target.path;
     // An aborted transfer removes its staged file.
-    staged.forget(&path);
+    staged.forget(path);
     let recursive = params.recursive.unwrap_or(true);
     let force = params.force.unwrap_or(true);
-    let meta = match fs::symlink_metadata(&path) {
-        Ok(meta) => meta,
+    let (meta, entry) = match target
+        .entry()
+        .and_then(|entry| Ok((entry.symlink_metadata()?, entry)))
+    {
+        Ok(found) => found,
         Err(e) if e.kind() == io::ErrorKind::NotFound && force => return Ok(Empty {}),
-        Err(e) => return Err(io_error("removing", &path, e)),
+        Err(e) => return Err(io_error("removing", path, e)),
     };
     // A link is removed itself, never what it points to.
     let removed = if meta.is_dir() {
         if recursive {
-            fs::remove_dir_all(&path)
+            entry.remove_dir_all()
         } else {
-            fs::remove_dir(&path)
+            entry.remove_dir()
         }
     } else {
-        fs::remove_file(&path)
+        entry.remove_file()
     };
     match removed {
         Err(e) if e.kind() == io::ErrorKind::NotFound && force => Ok(Empty {}),
         other => other
             .map(|()| Empty {})
-            .map_err(|e| io_error("removing", &path, e)),
+            .map_err(|e| io_error("removing", path, e)),
     }
 }
 
 fn copy(params: CopyParams, rules: &PathRules) -> Result<Empty, RpcError> {
     let source = rules.resolve(&params.source_path, Last::Inspect)?;
     let destination = rules.resolve(&params.destination_path, Last::Follow)?;
-    let meta = fs::symlink_metadata(&source).map_err(|e| io_error("copying", &source, e))?;
+    let from = entry_of(&source, "copying")?;
+    let meta = from
+        .symlink_metadata()
+        .map_err(|e| io_error("copying", &source.path, e))?;
     let kind = meta.file_type();
     let copied = if kind.is_dir() {
         if !params.recursive {
             return Err(RpcError::invalid_params(format!(
                 "{} is a directory: pass recursive to copy it",
-                source.display()
+                source.path.display()
             )));
         }
-        if is_same_or_inside(&source, &destination) {
+        if is_same_or_inside(&source.path, &destination.path) {
             return Err(RpcError::invalid_params(format!(
                 "cannot copy {} into itself ({})",
-                source.display(),
-                destination.display()
+                source.path.display(),
+                destination.path.display()
             )));
         }
         copy_dir(&source, &destination, rules)
     } else if kind.is_symlink() {
-        copy_symlink(&source, &destination).map_err(CopyFail::Io)
+        copy_symlink(&from, &destination).map_err(CopyFail::Io)
     } else if kind.is_file() {
-        fs::copy(&source, &destination)
-            .map(drop)
-            .map_err(CopyFail::Io)
+        beneath::copy_file(&from, &destination).map_err(CopyFail::Io)
     } else {
         return Err(RpcError::invalid_params(format!(
             "{} is not a regular file, directory or symlink",
-            source.display()
+            source.path.display()
         )));
     };
+    let (source, destination) = (source.path.display(), destination.path.display());
     copied.map_err(|fail| match fail {
         CopyFail::Denied(e) => e,
-        CopyFail::Io(e) if e.kind() == io::ErrorKind::NotFound => RpcError::not_found(format!(
-            "copying {} to {}: {e}",
-            source.display(),
-            destination.display()
-        )),
-        CopyFail::Io(e) => RpcError::internal(format!(
-            "copying {} to {}: {e}",
-            source.display(),
-            destination.display()
-        )),
+        CopyFail::Io(e) if e.get_ref().is_some_and(|e| e.is::<Escape>()) => {
+            RpcError::policy_denied(format!("copying {source} to {destination}: {e}"))
+        }
+        CopyFail::Io(e) if e.kind() == io::ErrorKind::NotFound => {
+            RpcError::not_found(format!("copying {source} to {destination}: {e}"))
+        }
+        CopyFail::Io(e) => RpcError::internal(format!("copying {source} to {destination}: {e}")),
     })?;
     Ok(Empty {})
 }
@@ -556,28 +602,40 @@ impl From<io::Error> for CopyFail {
 /// Copies a directory tree. Links are recreated, not followed, so a link
 /// loop cannot make the copy endless. Each destination is confined again:
 /// the destination tree may exist already and hold links pointing out.
-fn copy_dir(source: &Path, destination: &Path, rules: &PathRules) -> Result<(), CopyFail> {
-    fs::create_dir_all(destination)?;
-    for entry in fs::read_dir(source)? {
-        let entry = entry?;
-        let from = entry.path();
-        let to = destination.join(entry.file_name());
-        let to = rules.confine(&to, Last::Follow).map_err(CopyFail::Denied)?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_dir(&from, &to, rules)?;
-        } else if kind.is_symlink() {
-            copy_symlink(&from, &to)?;
-        } else if kind.is_file() {
-            fs::copy(&from, &to)?;
+fn copy_dir(
+    source: &Target<'_>,
+    destination: &Target<'_>,
+    rules: &PathRules,
+) -> Result<(), CopyFail> {
+    destination.create_dir_all()?;
+    let listing = source.list()?;
+    for (name, kind) in &listing.entries {
+        let from = listing.entry(name)?;
+        let to = rules
+            .confine(&destination.path.join(name), Last::Follow)
+            .map_err(CopyFail::Denied)?;
+        let kind = match kind {
+            Kind::Unknown => Kind::of_metadata(&from.symlink_metadata()?),
+            known => *known,
+        };
+        match kind {
+            Kind::Dir => {
+                let from = rules
+                    .confine(&from.path, Last::Inspect)
+                    .map_err(CopyFail::Denied)?;
+                copy_dir(&from, &to, rules)?;
+            }
+            Kind::Symlink => copy_symlink(&from, &to)?,
+            Kind::File => beneath::copy_file(&from, &to)?,
+            // Sockets, fifos and devices are skipped.
+            Kind::Other | Kind::Unknown => {}
         }
-        // Sockets, fifos and devices are skipped.
     }
     Ok(())
 }
 
-fn copy_symlink(source: &Path, destination: &Path) -> io::Result<()> {
-    std::os::unix::fs::symlink(fs::read_link(source)?, destination)
+fn copy_symlink(source: &Entry, destination: &Target<'_>) -> io::Result<()> {
+    destination.entry()?.symlink(&source.read_link()?)
 }
 
 /// Whether `inner` is `outer` or lies inside it, comparing real paths (the
@@ -747,7 +805,7 @@ mod tests {
             _dir: dir,
             rules: PathRules {
                 workdir: root.clone(),
-                root: Some(root.clone()),
+                root: Some(crate::beneath::Root::open(root.clone()).unwrap()),
             },
             root,
             outside,

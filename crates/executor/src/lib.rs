@@ -17,11 +17,14 @@
 //! - `notify`: the non-blocking path of notifications to the gateway.
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths, and confinement to `--root`.
+//! - `beneath`: using a confined path through the kernel (openat2 beneath
+//!   the root's descriptor, `*at` calls), so that no race escapes the root.
 //! - `policy`: `--root`, `--allow-tools`, `--read-only`, `--max-processes`.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 #[doc(hidden)]
 pub mod bench_api;
+mod beneath;
 mod connect;
 mod connection;
 mod error;

@@ -8,15 +8,14 @@
 //! the way the kernel would resolve it (each symbolic link followed where it
 //! is met, `..` applied to what the path has become so far), with the part
 //! that does not exist yet taken literally, and refused unless the result
-//! lies inside the root. The caller then works on that resolved path, so
-//! what was checked is what is opened. A dangling link is resolved to the
-//! path it names, so a write cannot create a file outside through one.
+//! lies inside the root. A dangling link is resolved to the path it names,
+//! so a write cannot create a file outside through one.
 //!
-//! Residual risk (TOCTOU): between the check and the system call that uses
-//! the path, a process on the machine that can write inside the root can
-//! replace a directory of the resolved path by a symlink pointing out.
-//! Closing that needs `openat2(RESOLVE_BENEATH)` for every operation, which
-//! this module does not do; see ARCHITECTURE.md, "Executor policy".
+//! The caller then works on that resolved path as a [`Target`], which the
+//! kernel resolves again beneath a descriptor of the root (see `beneath`):
+//! the check by name gives the refusals their meaning and their messages,
+//! the kernel makes sure that a path changed after the check cannot lead
+//! out (a race between check and use).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -24,6 +23,8 @@ use std::path::{Component, Path, PathBuf};
 
 use execgate_protocol::jsonrpc::RpcError;
 use execgate_protocol::uri::uri_to_path;
+
+use crate::beneath::{Root, Target};
 
 /// Resolves a `file://` URI or a plain path against `workdir`.
 pub(crate) fn resolve(workdir: &Path, raw: &str) -> Result<PathBuf, RpcError> {
@@ -76,8 +77,8 @@ pub(crate) enum Last {
 pub(crate) struct PathRules {
     /// Absolute.
     pub workdir: PathBuf,
-    /// Canonical (absolute, no symlinks), when `--root` is set.
-    pub root: Option<PathBuf>,
+    /// The canonical root and its descriptor, when `--root` is set.
+    pub root: Option<Root>,
 }
 
 impl PathRules {
@@ -90,37 +91,38 @@ impl PathRules {
 
     /// A `file://` URI or plain path as the local path to work on: as given
     /// without a root; resolved and confined with one (-32030 if outside).
-    pub fn resolve(&self, raw: &str, last: Last) -> Result<PathBuf, RpcError> {
+    pub fn resolve(&self, raw: &str, last: Last) -> Result<Target<'_>, RpcError> {
         let path = resolve(&self.workdir, raw)?;
         self.confine(&path, last)
     }
 
     /// [`resolve`](Self::resolve) for an absolute local path.
-    pub fn confine(&self, path: &Path, last: Last) -> Result<PathBuf, RpcError> {
+    pub fn confine(&self, path: &Path, last: Last) -> Result<Target<'_>, RpcError> {
         let Some(root) = &self.root else {
-            return Ok(path.to_path_buf());
+            return Ok(Target::free(path.to_path_buf()));
         };
-        let resolved = confine(root, path, last).map_err(|e| e.into_rpc(path))?;
-        if last == Last::Entry && resolved == *root {
+        let resolved = confine(&root.path, path, last).map_err(|e| e.into_rpc(path))?;
+        if last == Last::Entry && resolved == root.path {
             return Err(RpcError::policy_denied(format!(
                 "{} is the executor's root {} itself, which cannot be renamed, removed or replaced (--root)",
                 path.display(),
-                root.display()
+                root.path.display()
             )));
         }
-        Ok(resolved)
+        Target::beneath(root, resolved)
+            .map_err(|e| RpcError::policy_denied(format!("{}: {e}", path.display())))
     }
 
-    /// Whether `path` (already resolved) is a link whose target lies
-    /// outside the root, so that reporting on it must not follow it.
-    pub fn link_points_out(&self, path: &Path) -> bool {
-        match &self.root {
-            Some(root) => matches!(
-                confine(root, path, Last::Follow),
-                Err(ConfineError::Outside { .. } | ConfineError::Loop)
-            ),
-            None => false,
-        }
+    /// What the link at `path` (already resolved) points to, followed as
+    /// far as it stays inside the root; `None` when it is dangling, loops or
+    /// leads out of the root (then nothing outside is described).
+    pub fn follow_metadata(&self, path: &Path) -> Option<std::fs::Metadata> {
+        let Some(root) = &self.root else {
+            return std::fs::metadata(path).ok();
+        };
+        let resolved = confine(&root.path, path, Last::Follow).ok()?;
+        let target = Target::beneath(root, resolved).ok()?;
+        target.open(libc::O_PATH, 0).ok()?.metadata().ok()
     }
 }
 
@@ -443,7 +445,7 @@ mod tests {
         let t = tree();
         let rules = PathRules {
             workdir: t.root.clone(),
-            root: Some(t.root.clone()),
+            root: Some(Root::open(t.root.clone()).unwrap()),
         };
         let err = rules
             .resolve("../outside/secret", Last::Follow)
@@ -456,16 +458,18 @@ mod tests {
             err.message
         );
         assert_eq!(
-            rules.resolve("sub/file", Last::Follow).unwrap(),
+            rules.resolve("sub/file", Last::Follow).unwrap().path,
             t.root.join("sub/file")
         );
-        assert_eq!(rules.resolve("", Last::Follow).unwrap(), t.root);
+        assert_eq!(rules.resolve("", Last::Follow).unwrap().path, t.root);
         let err = rules.resolve("", Last::Entry).unwrap_err();
         assert_eq!(err.code, code::POLICY_DENIED, "the root itself is no entry");
         // Without a root nothing changes: paths are taken as given.
         let free = PathRules::new(t.root.clone());
         assert_eq!(
-            free.resolve("../outside/secret", Last::Follow).unwrap(),
+            free.resolve("../outside/secret", Last::Follow)
+                .unwrap()
+                .path,
             t.root.join("../outside/secret")
         );
     }

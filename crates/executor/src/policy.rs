@@ -31,6 +31,7 @@ use execgate_protocol::exec::{method, EnvPolicy, ProcessStartParams};
 use execgate_protocol::jsonrpc::{code, RpcError};
 use execgate_protocol::policy::{ExecutorPolicy, CORE_TOOLS};
 
+use crate::beneath::Root;
 use crate::paths::{confine, Last, PathRules};
 
 /// The policy options, as given (`ExecutorConfig::policy`).
@@ -127,7 +128,7 @@ impl Policy {
             limits.root = Some(canonical.display().to_string());
             paths = PathRules {
                 workdir: inside,
-                root: Some(canonical),
+                root: Some(Root::open(canonical)?),
             };
         }
         if let Some(list) = &config.allow_tools {
@@ -521,7 +522,10 @@ mod tests {
         };
         let (p, workdir) = Policy::new(&c, base.join("alias/sub"), &[]).unwrap();
         assert_eq!(workdir, base.join("real/sub"));
-        assert_eq!(p.paths.root.as_deref(), Some(base.join("real").as_path()));
+        assert_eq!(
+            p.paths.root.as_ref().map(|r| r.path.as_path()),
+            Some(base.join("real").as_path())
+        );
         assert_eq!(
             p.announced().unwrap(),
             ExecutorPolicy {

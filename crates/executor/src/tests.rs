@@ -1316,3 +1316,405 @@ async fn read_only_serves_reads_and_refuses_the_rest() {
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
     assert!(!dir.path().join("g").exists());
 }
+
+/// The `--root` race (issue 16): a local process that can write inside the
+/// root swaps a directory of the root (`d`) with a symlink to a directory
+/// outside it (`l`, to `outside/`) in a loop, with `renameat2(RENAME_EXCHANGE)`,
+/// while the gateway's requests go through `d`. Every file method, the
+/// staged-file methods a copy uses and a process's cwd must stay inside:
+/// each escape is counted, and there must be none.
+mod root_race {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// How long each operation runs against the swapper: enough for
+    /// thousands of file calls here, cheap in CI.
+    const BUDGET: Duration = Duration::from_millis(1500);
+    /// At most this many calls per operation (processes are slower).
+    const MAX_CALLS: usize = 5000;
+
+    struct Race {
+        _dir: tempfile::TempDir,
+        state: Arc<ExecutorState>,
+        root: PathBuf,
+        outside: PathBuf,
+        stop: Arc<AtomicBool>,
+        swapper: Option<std::thread::JoinHandle<u64>>,
+    }
+
+    /// `root/d` (a directory) and `root/l` (a link to `outside/`), both
+    /// holding `f` with different contents; `root/t` a file and `root/tl` a
+    /// link to `outside/victim`, for swapping a last component.
+    fn race() -> Race {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let root = base.join("root");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("d/f"), "inside").unwrap();
+        std::fs::write(outside.join("f"), "OUTSIDE!").unwrap();
+        std::fs::write(root.join("inside"), "inside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
+        std::fs::write(root.join("t"), "inside").unwrap();
+        std::fs::write(outside.join("victim"), "victim").unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("tl")).unwrap();
+        let mut config = ExecutorConfig::new("http://127.0.0.1:1", "exe_test.secret");
+        config.workdir = root.clone();
+        config.spill_dir = Some(base.join(".spill"));
+        config.policy.root = Some(root.clone());
+        let state = Arc::new(ExecutorState::new(&config).unwrap());
+        Race {
+            _dir: dir,
+            state,
+            root,
+            outside,
+            stop: Arc::new(AtomicBool::new(false)),
+            swapper: None,
+        }
+    }
+
+    fn cstr(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_bytes()).unwrap()
+    }
+
+    impl Race {
+        /// Starts swapping `a` and `b` (names in the root) until `stop`.
+        fn swap(&mut self, a: &str, b: &str) {
+            let (a, b) = (cstr(&self.root.join(a)), cstr(&self.root.join(b)));
+            let stop = self.stop.clone();
+            stop.store(false, Ordering::SeqCst);
+            self.swapper = Some(std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: two valid C strings; a plain syscall.
+                    let r = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            a.as_ptr(),
+                            libc::AT_FDCWD,
+                            b.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+                    swaps += 1;
+                }
+                swaps
+            }));
+        }
+
+        /// Stops the swapper; returns how many swaps it made.
+        fn stop(&mut self) -> u64 {
+            self.stop.store(true, Ordering::SeqCst);
+            self.swapper.take().map_or(0, |h| h.join().unwrap())
+        }
+
+        /// Where the real directory is now (`d` or `l`, whichever the
+        /// swapper left it at).
+        fn real_dir(&self) -> PathBuf {
+            for name in ["d", "l"] {
+                let p = self.root.join(name);
+                if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    return p;
+                }
+            }
+            unreachable!()
+        }
+
+        fn outside_names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    /// Runs `op` (given the call's number) against the swapper until the
+    /// budget is spent. `op` tells whether the call was served, and whether
+    /// it escaped. Returns (calls, escapes). Some calls must be served: a
+    /// test where every call fails would prove nothing.
+    async fn hammer<F>(race: &mut Race, what: &str, max: usize, mut op: F) -> (usize, usize)
+    where
+        F: AsyncFnMut(&mut Client, usize) -> (bool, bool),
+    {
+        let mut client = Client::new(&race.state);
+        client.init(None).await;
+        race.swap("d", "l");
+        let started = Instant::now();
+        let (mut calls, mut served, mut escapes) = (0, 0, 0);
+        // Past the budget while nothing was served yet: on a loaded machine
+        // the swapper may sit a long time with `d` swapped out.
+        while (calls < max && started.elapsed() < BUDGET)
+            || (served == 0 && started.elapsed() < WAIT)
+        {
+            let (ok, escaped) = op(&mut client, calls).await;
+            served += usize::from(ok);
+            escapes += usize::from(escaped);
+            calls += 1;
+        }
+        let swaps = race.stop();
+        eprintln!("{what}: {escapes} escapes in {calls} calls, {served} served ({swaps} swaps)");
+        assert!(served > 0, "{what}: no call was served");
+        (calls, escapes)
+    }
+
+    fn b64(data: &[u8]) -> String {
+        BASE64.encode(data)
+    }
+
+    /// A read (whole or a range) never returns the file outside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_stay_inside() {
+        let mut r = race();
+        let (_, whole) = hammer(&mut r, "readFile", MAX_CALLS, async |c, _| {
+            let read = c.call(method::FS_READ_FILE, json!({"path": "d/f"})).await;
+            let escaped = read
+                .as_ref()
+                .is_ok_and(|v| decode(&v["dataBase64"]) == b"OUTSIDE!");
+            (read.is_ok(), escaped)
+        })
+        .await;
+        let (_, range) = hammer(&mut r, "readRange", MAX_CALLS, async |c, _| {
+            let params = json!({"path": "d/f", "offset": 0, "length": 0});
+            let read = c.call(method::FS_READ_RANGE, params).await;
+            let escaped = read
+                .as_ref()
+                .is_ok_and(|v| decode(&v["dataBase64"]) == b"OUTSIDE!" || v["size"] == 8);
+            (read.is_ok(), escaped)
+        })
+        .await;
+        let (_, meta) = hammer(&mut r, "getMetadata", MAX_CALLS, async |c, _| {
+            let meta = c
+                .call(method::FS_GET_METADATA, json!({"path": "d/f"}))
+                .await;
+            (meta.is_ok(), meta.as_ref().is_ok_and(|v| v["size"] == 8))
+        })
+        .await;
+        let (_, list) = hammer(&mut r, "readDirectory", MAX_CALLS, async |c, _| {
+            let list = c
+                .call(method::FS_READ_DIRECTORY, json!({"path": "d"}))
+                .await;
+            let escaped = list
+                .as_ref()
+                .is_ok_and(|v| v.to_string().contains("victim"));
+            (list.is_ok(), escaped)
+        })
+        .await;
+        assert_eq!((whole, range, meta, list), (0, 0, 0, 0));
+    }
+
+    /// Writes, temporaries, new directories, links and staged files are
+    /// never created outside, and nothing outside is overwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_and_creates_stay_inside() {
+        let mut r = race();
+        let data = b64(b"pwned");
+        let outside = r.outside.clone();
+        let out = |name: String| outside.join(name).exists();
+        let (_, write) = hammer(&mut r, "writeFile", MAX_CALLS, async |c, i| {
+            let params = json!({"path": format!("d/w{i}"), "dataBase64": data});
+            let ok = c.call(method::FS_WRITE_FILE, params).await.is_ok();
+            (ok, out(format!("w{i}")))
+        })
+        .await;
+        let (_, mkdir) = hammer(&mut r, "createDirectory", MAX_CALLS, async |c, i| {
+            let params = json!({"path": format!("d/m{i}/deeper")});
+            let ok = c.call(method::FS_CREATE_DIRECTORY, params).await.is_ok();
+            (ok, out(format!("m{i}")))
+        })
+        .await;
+        let (_, link) = hammer(&mut r, "symlink", MAX_CALLS, async |c, i| {
+            let params = json!({"path": format!("d/s{i}"), "target": "x"});
+            let ok = c.call(method::FS_SYMLINK, params).await.is_ok();
+            (
+                ok,
+                std::fs::symlink_metadata(outside.join(format!("s{i}"))).is_ok(),
+            )
+        })
+        .await;
+        // A copy_path's steps: staged part file, then commit.
+        let (_, staged) = hammer(&mut r, "writeRange+commitFile", MAX_CALLS, async |c, i| {
+            let part = format!("d/.p{i}.execgate-part");
+            let params = json!({"path": part, "offset": 0, "dataBase64": data, "truncate": true});
+            let mut ok = false;
+            if c.call(method::FS_WRITE_RANGE, params).await.is_ok() {
+                let params = json!({"path": part, "destinationPath": format!("d/c{i}")});
+                ok = c.call(method::FS_COMMIT_FILE, params).await.is_ok();
+            }
+            (
+                ok,
+                out(format!(".p{i}.execgate-part")) || out(format!("c{i}")),
+            )
+        })
+        .await;
+        let (_, copy) = hammer(&mut r, "copy", MAX_CALLS, async |c, i| {
+            let params = json!({"sourcePath": "inside", "destinationPath": format!("d/k{i}"), "recursive": false});
+            let ok = c.call(method::FS_COPY, params).await.is_ok();
+            (ok, out(format!("k{i}")))
+        })
+        .await;
+        std::fs::create_dir_all(r.root.join("tree/sub")).unwrap();
+        std::fs::write(r.root.join("tree/sub/x"), "inside").unwrap();
+        std::os::unix::fs::symlink("sub/x", r.root.join("tree/link")).unwrap();
+        let (_, tree) = hammer(&mut r, "copy (a tree)", MAX_CALLS, async |c, i| {
+            let params = json!({"sourcePath": "tree", "destinationPath": format!("d/tree{i}"), "recursive": true});
+            let ok = c.call(method::FS_COPY, params).await.is_ok();
+            (ok, out(format!("tree{i}")))
+        })
+        .await;
+        let names = r.outside_names();
+        eprintln!(
+            "created outside: {} (of which temporaries: {})",
+            names.len() - 2,
+            names.iter().filter(|n| n.ends_with(".tmp")).count()
+        );
+        assert_eq!((write, mkdir, link, staged, copy, tree), (0, 0, 0, 0, 0, 0));
+        assert_eq!(names, ["f", "victim"], "nothing was created outside");
+        assert_eq!(std::fs::read(r.outside.join("f")).unwrap(), b"OUTSIDE!");
+    }
+
+    /// Swapping the last component (a file for a link to a file outside)
+    /// during `write_file`: the file outside is never overwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_does_not_follow_a_last_component_swapped_for_a_link() {
+        let mut r = race();
+        let mut client = Client::new(&r.state);
+        client.init(None).await;
+        let victim = r.outside.join("victim");
+        r.swap("t", "tl");
+        let started = Instant::now();
+        let (mut calls, mut escapes) = (0, 0);
+        while calls < MAX_CALLS && started.elapsed() < BUDGET {
+            let params = json!({"path": "t", "dataBase64": b64(b"pwned")});
+            let _ = client.call(method::FS_WRITE_FILE, params).await;
+            if std::fs::read(&victim).unwrap() != b"victim" {
+                escapes += 1;
+                std::fs::write(&victim, "victim").unwrap();
+            }
+            calls += 1;
+        }
+        let swaps = r.stop();
+        eprintln!("writeFile (last component): {escapes} escapes in {calls} calls ({swaps} swaps)");
+        assert_eq!(escapes, 0);
+        assert!(std::fs::symlink_metadata(&victim).unwrap().is_file());
+    }
+
+    /// Renames, removes and copies neither take a file from outside nor
+    /// put one there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renames_removes_and_copies_stay_inside() {
+        let mut r = race();
+        let n = 3000;
+        for i in 0..n {
+            std::fs::write(r.outside.join(format!("o{i}")), "OUTSIDE!").unwrap();
+            std::fs::write(r.root.join(format!("d/o{i}")), "inside").unwrap();
+            std::fs::write(r.root.join(format!("i{i}")), "inside").unwrap();
+        }
+        let outside = r.outside.clone();
+        let gone = |i: usize| !outside.join(format!("o{i}")).exists();
+        let (_, rename_in) = hammer(&mut r, "rename (from d)", n, async |c, i| {
+            let params =
+                json!({"sourcePath": format!("d/o{i}"), "destinationPath": format!("got{i}")});
+            let ok = c.call(method::FS_RENAME, params).await.is_ok();
+            (ok, gone(i))
+        })
+        .await;
+        let (_, rename_out) = hammer(&mut r, "rename (into d)", n, async |c, i| {
+            let params =
+                json!({"sourcePath": format!("i{i}"), "destinationPath": format!("d/r{i}")});
+            let ok = c.call(method::FS_RENAME, params).await.is_ok();
+            (ok, outside.join(format!("r{i}")).exists())
+        })
+        .await;
+        for i in 0..n {
+            let real = r.real_dir();
+            std::fs::write(real.join(format!("o{i}")), "inside").unwrap();
+            std::fs::write(outside.join(format!("o{i}")), "OUTSIDE!").unwrap();
+        }
+        let (_, remove) = hammer(&mut r, "remove", n, async |c, i| {
+            let params = json!({"path": format!("d/o{i}"), "force": false});
+            let ok = c.call(method::FS_REMOVE, params).await.is_ok();
+            (ok, gone(i))
+        })
+        .await;
+        let trees = 1000;
+        for i in 0..trees {
+            let real = r.real_dir();
+            std::fs::create_dir_all(real.join(format!("t{i}/sub"))).unwrap();
+            std::fs::create_dir_all(outside.join(format!("t{i}/sub"))).unwrap();
+        }
+        let (_, remove_tree) = hammer(&mut r, "remove (a tree)", trees, async |c, i| {
+            let params = json!({"path": format!("d/t{i}"), "force": false});
+            let ok = c.call(method::FS_REMOVE, params).await.is_ok();
+            (ok, !outside.join(format!("t{i}/sub")).exists())
+        })
+        .await;
+        let root = r.root.clone();
+        let (_, copy_from) = hammer(&mut r, "copy (from d)", MAX_CALLS, async |c, i| {
+            let params = json!({"sourcePath": "d/f", "destinationPath": format!("k{i}"), "recursive": false});
+            let ok = c.call(method::FS_COPY, params).await.is_ok();
+            let copied = std::fs::read(root.join(format!("k{i}")));
+            (ok, copied.is_ok_and(|d| d == b"OUTSIDE!"))
+        })
+        .await;
+        let created: Vec<_> = r
+            .outside_names()
+            .into_iter()
+            .filter(|n| !n.starts_with(['o', 't']) && n != "f" && n != "victim")
+            .collect();
+        eprintln!("created outside: {}", created.len());
+        assert_eq!(
+            (rename_in, rename_out, remove, remove_tree, copy_from),
+            (0, 0, 0, 0, 0)
+        );
+        assert!(created.is_empty(), "created outside: {created:?}");
+    }
+
+    /// Under a root, a process starts in the directory opened for its cwd
+    /// (the child changes into its /proc/self/fd link), with pipes and
+    /// under a pty alike, and sees the directory's real path.
+    #[tokio::test]
+    async fn a_process_under_a_root_starts_in_its_cwd() {
+        let r = race();
+        let mut client = Client::new(&r.state);
+        client.init(None).await;
+        for (id, tty) in [("pipes", false), ("pty", true)] {
+            let params = json!({"processId": id, "argv": ["sh", "-c", "pwd -P; cat f"],
+                "cwd": "d", "env": path_env(), "tty": tty});
+            client.ok(method::PROCESS_START, params).await;
+            let out = output_of(&client.until_closed(id).await);
+            let out = String::from_utf8_lossy(&out[if tty { "pty" } else { "stdout" }]);
+            let out = out.replace('\r', "");
+            assert_eq!(
+                out,
+                format!("{}\ninside", r.root.join("d").display()),
+                "{id}"
+            );
+        }
+    }
+
+    /// A process started with its cwd in `d` runs inside the root.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_cwd_stays_inside() {
+        let mut r = race();
+        let (_, escapes) = hammer(&mut r, "process/start cwd", 400, async |c, i| {
+            let id = format!("p{i}");
+            let params =
+                json!({"processId": id, "argv": ["cat", "f"], "cwd": "d", "env": path_env()});
+            if c.call(method::PROCESS_START, params).await.is_err() {
+                return (false, false);
+            }
+            let out = output_of(&c.until_closed(&id).await);
+            (true, out.get("stdout").is_some_and(|o| o == b"OUTSIDE!"))
+        })
+        .await;
+        assert_eq!(escapes, 0);
+    }
+}

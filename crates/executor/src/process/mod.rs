@@ -174,26 +174,25 @@ impl ProcessTable {
         let Some(program) = params.argv.first().cloned() else {
             return Err(RpcError::invalid_params("argv must not be empty"));
         };
-        let cwd = policy.paths.resolve(&params.cwd, Last::Follow)?;
-        match std::fs::metadata(&cwd) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(RpcError::invalid_params(format!(
-                    "cwd is not a directory: {}",
-                    cwd.display()
-                )))
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Err(RpcError::invalid_params(format!(
-                    "cwd does not exist: {}",
-                    cwd.display()
-                )))
-            }
-            Err(err) => {
-                return Err(RpcError::invalid_params(format!(
-                    "cwd {}: {err}",
-                    cwd.display()
-                )))
+        let target = policy.paths.resolve(&params.cwd, Last::Follow)?;
+        let cwd = target.path.clone();
+        // With a root, the directory is opened beneath it now, and the child
+        // changes into exactly the directory opened (its /proc/self/fd
+        // link, which the kernel resolves to it), not into whatever the
+        // path names by the time the child starts. Held until the spawn.
+        let cwd_dir = match &policy.paths.root {
+            None => None,
+            Some(_) => Some(
+                target
+                    .open(libc::O_PATH | libc::O_DIRECTORY, 0)
+                    .map_err(|e| cwd_error(&cwd, e))?,
+            ),
+        };
+        if cwd_dir.is_none() {
+            match std::fs::metadata(&cwd) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(cwd_error(&cwd, io::Error::from_raw_os_error(libc::ENOTDIR))),
+                Err(err) => return Err(cwd_error(&cwd, err)),
             }
         }
         policy.check_start(&params, &cwd)?;
@@ -224,7 +223,7 @@ impl ProcessTable {
             spawn::SpawnRequest {
                 argv: params.argv,
                 arg0: params.arg0,
-                cwd,
+                cwd: cwd_dir.as_ref().map_or(cwd, crate::beneath::fd_path),
                 env,
                 pty,
                 pipe_stdin: params.pipe_stdin.unwrap_or(false),
@@ -512,6 +511,24 @@ impl ProcessTable {
 
 fn status(status: WriteStatus) -> ProcessWriteResult {
     ProcessWriteResult { status }
+}
+
+/// The error for a cwd that cannot be used: -32030 when it led out of the
+/// root, else invalid params naming it.
+fn cwd_error(cwd: &std::path::Path, err: io::Error) -> RpcError {
+    if err
+        .get_ref()
+        .is_some_and(|e| e.is::<crate::beneath::Escape>())
+    {
+        return RpcError::policy_denied(format!("cwd {}: {err}", cwd.display()));
+    }
+    if err.raw_os_error() == Some(libc::ENOTDIR) {
+        RpcError::invalid_params(format!("cwd is not a directory: {}", cwd.display()))
+    } else if err.kind() == io::ErrorKind::NotFound {
+        RpcError::invalid_params(format!("cwd does not exist: {}", cwd.display()))
+    } else {
+        RpcError::invalid_params(format!("cwd {}: {err}", cwd.display()))
+    }
 }
 
 fn pty_size(cols: Option<u16>, rows: Option<u16>) -> Result<PtySize, RpcError> {
