@@ -57,13 +57,21 @@ impl Root {
             0,
             libc::RESOLVE_NO_MAGICLINKS,
         );
-        match opened {
-            Ok(fd) => Ok(Root {
-                path,
-                fd: Arc::new(fd),
-            }),
-            Err(e) => Err(refusal(&path, &e, &kernel_release())),
+        let fd = opened.map_err(|e| refusal(&path, &e, &kernel_release()))?;
+        // A process's cwd and a mode change are reached through the
+        // descriptor's /proc/self/fd link: without /proc, refuse now rather
+        // than fail every process/start.
+        if fs::metadata(fd_path(&fd)).is_err() {
+            return Err(format!(
+                "--root {}: /proc is not mounted, and --root needs /proc/self/fd to start \
+                 processes in a directory opened beneath the root",
+                path.display()
+            ));
         }
+        Ok(Root {
+            path,
+            fd: Arc::new(fd),
+        })
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
