@@ -323,11 +323,23 @@ fn commit_file(
     staged: &StagedHashes,
 ) -> Result<CommitFileResult, RpcError> {
     let staged_path = rules.resolve(&params.path, Last::Follow)?;
-    let dest = rules.resolve(&params.destination_path, Last::Entry)?;
+    // A destination that is a symlink is written through, as `write_file`
+    // does: the file it points to is replaced and the link stays. With a
+    // root, `Follow` resolves the link and refuses a target outside it.
+    let dest = follow_symlink(&rules.resolve(&params.destination_path, Last::Follow)?);
     let file = File::open(&staged_path).map_err(|e| io_error("opening", &staged_path, e))?;
     // Before the mode changes the file's ctime, which the check compares.
     let running = staged.take(&staged_path, &file);
-    if let Some(mode) = params.mode {
+    // Without a mode given, a replaced file keeps its own (as `write_file`
+    // does), and a new one keeps the staged file's 0666 minus the umask.
+    let keep = || {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(&dest)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o7777)
+    };
+    if let Some(mode) = params.mode.or_else(keep) {
         // Before the flush, so that it covers the mode too.
         set_mode(&staged_path, mode)?;
     }
@@ -356,8 +368,34 @@ fn commit_file(
         Ok(result) => result.map_err(|e| io_error("flushing", &staged_path, e))?,
         Err(_) => return Err(RpcError::internal("the flush thread panicked")),
     }
-    fs::rename(&staged_path, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
+    rename_into_place(&staged_path, &dest).map_err(|e| io_error("renaming into", &dest, e))?;
     Ok(CommitFileResult { sha256, size })
+}
+
+/// Renames the verified staged file to `dest`. When `dest` was reached
+/// through a link onto another file system (the staged file lies beside
+/// the link), it is copied beside `dest` first, flushed, and renamed from
+/// there: the destination still never holds a partial file.
+fn rename_into_place(staged: &Path, dest: &Path) -> io::Result<()> {
+    match fs::rename(staged, dest) {
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            let dir = dest.parent().unwrap_or(Path::new("/"));
+            let temp = dir.join(format!(".execgate-{:016x}.tmp", rand::random::<u64>()));
+            let moved = (|| {
+                // Copies the permissions too.
+                fs::copy(staged, &temp)?;
+                File::open(&temp)?.sync_all()?;
+                fs::rename(&temp, dest)
+            })();
+            if moved.is_err() {
+                let _ = fs::remove_file(&temp);
+                return moved;
+            }
+            let _ = fs::remove_file(staged);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// SHA-256 (lower-case hex) and size of what `file` holds, read from its start.
