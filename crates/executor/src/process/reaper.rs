@@ -92,20 +92,44 @@ fn send(message: i32) {
 
 impl Reaper {
     fn send(&self, message: i32) {
-        let reaper = self;
         let bytes = message.to_ne_bytes();
-        // SAFETY: writes 4 bytes from a live buffer to a descriptor we own. At
-        // most PIPE_BUF bytes: the write is atomic, all or nothing.
-        let written =
-            unsafe { libc::write(reaper.pipe.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-        if written != bytes.len() as isize && !reaper.broken.swap(true, Ordering::Relaxed) {
-            // EAGAIN: the helper is stopped and 16k messages wait; EPIPE: it died.
-            tracing::warn!(
-                pid = reaper.pid,
-                "cannot reach the reaper process ({}): if the executor is killed \
-             with SIGKILL, some processes it started may keep running",
-                io::Error::last_os_error()
-            );
+        let fd = self.pipe.as_raw_fd();
+        let write = || {
+            // SAFETY: writes 4 bytes from a live buffer to a descriptor we
+            // own. At most PIPE_BUF bytes: the write is atomic, all or nothing.
+            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            if n == bytes.len() as isize {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        let mut written = write();
+        if written
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+        {
+            // 16k messages wait: a burst of spawns while the helper was not
+            // scheduled. Wait a little for room rather than lose one (a lost
+            // "forget" could later kill a reused group), never for long.
+            let mut pollfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pollfd, 1, 100) };
+            written = write();
+        }
+        if let Err(err) = written {
+            if !self.broken.swap(true, Ordering::Relaxed) {
+                // EAGAIN: the helper is stopped; EPIPE: it died.
+                tracing::warn!(
+                    pid = self.pid,
+                    "cannot reach the reaper process ({err}): if the executor is killed \
+                     with SIGKILL, some processes it started may keep running"
+                );
+            }
         }
     }
 }
