@@ -17,7 +17,9 @@
 //! *thread* that forked the child ends rather than the executor, and it needs
 //! code between fork and exec, which turns std's `posix_spawn` fast path into
 //! a fork of the whole executor (about twice the spawn cost, BENCHMARKS.md).
-//! The helper costs one non-blocking 4-byte `write` per start and per finish.
+//! The helper costs one non-blocking 4-byte `write` per start and per finish:
+//! 3.4 µs for both together, measured against 0.69 ms (p50) for a spawn and
+//! wait of `/bin/true` on the same (busy, 2-core) machine, i.e. about 0.5 %.
 //!
 //! The helper is forked from a multi-threaded process, so between `fork` and
 //! `_exit` it makes only async-signal-safe system calls and never allocates:
