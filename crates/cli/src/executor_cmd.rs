@@ -42,6 +42,16 @@ pub struct ExecutorArgs {
     /// Directory for spill files (default: $TMPDIR/execgate-spill-<uid>).
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// Where the executor keeps what outlives it: the journal of where
+    /// transfers staged files (default: $XDG_STATE_HOME/execgate, else
+    /// ~/.local/state/execgate).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds after its last write a staged transfer file
+    /// (`.name.execgate-part-*`) that was never committed is removed.
+    #[arg(long, value_name = "N", default_value_t = execgate_executor::DEFAULT_STALE_STAGED.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stale_staged_secs: u64,
     /// A TOML file of custom tools ([[tool]] tables); checked at start, and
     /// any problem refuses to start. See README, "Custom tools".
     #[arg(long, value_name = "FILE")]
@@ -91,6 +101,10 @@ pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     config.spill_bytes = a.spill_bytes;
     config.spill_total_bytes = a.spill_total_bytes;
     config.spill_dir = a.spill_dir;
+    if let Some(dir) = a.state_dir {
+        config.state_dir = Some(dir);
+    }
+    config.stale_staged_after = Duration::from_secs(a.stale_staged_secs);
     config.tools_file = a.tools;
     execgate_executor::run(config).await?;
     Ok(())

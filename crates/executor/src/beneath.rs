@@ -147,6 +147,12 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// Whether it is used beneath a root (through the kernel) rather than
+    /// by name.
+    pub fn is_beneath(&self) -> bool {
+        self.beneath.is_some()
+    }
+
     /// `path`, which `confine` resolved inside `root`.
     pub fn beneath(root: &'a Root, path: PathBuf) -> io::Result<Target<'a>> {
         let rel = match path.strip_prefix(&root.path) {

@@ -348,13 +348,32 @@ fn commit_file(
 ) -> Result<CommitFileResult, RpcError> {
     let staged_target = rules.resolve(&params.path, Last::Follow)?;
     let staged_path = &staged_target.path;
-    let dest = rules.resolve(&params.destination_path, Last::Entry)?;
+    // A destination that is a symlink is written through, as `write_file`
+    // does: the file it points to is replaced and the link stays. With a
+    // root, `Follow` has resolved the link (refusing a target outside it)
+    // and the rename below goes through the kernel beneath the root;
+    // without one, the link is followed by name.
+    let dest = rules.resolve(&params.destination_path, Last::Follow)?;
+    let dest = if dest.is_beneath() {
+        dest
+    } else {
+        Target::free(follow_symlink(&dest.path))
+    };
     let file = staged_target
         .open(libc::O_RDONLY, 0)
         .map_err(|e| io_error("opening", staged_path, e))?;
     // Before the mode changes the file's ctime, which the check compares.
     let running = staged.take(staged_path, &file);
-    if let Some(mode) = params.mode {
+    // Without a mode given, a replaced file keeps its own (as `write_file`
+    // does), and a new one keeps the staged file's 0666 minus the umask.
+    let keep = || {
+        use std::os::unix::fs::PermissionsExt;
+        dest.metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o7777)
+    };
+    if let Some(mode) = params.mode.or_else(keep) {
         use std::os::unix::fs::PermissionsExt;
         // Before the flush, so that it covers the mode too. On the open
         // file: exactly the one verified and renamed.
@@ -387,10 +406,43 @@ fn commit_file(
         Ok(result) => result.map_err(|e| io_error("flushing", staged_path, e))?,
         Err(_) => return Err(RpcError::internal("the flush thread panicked")),
     }
-    staged_entry
-        .rename(&entry_of(&dest, "renaming into")?)
-        .map_err(|e| io_error("renaming into", &dest.path, e))?;
+    if dest.is_beneath() {
+        // Beneath a root both ends go through the kernel; a rename across
+        // file systems inside the root is refused rather than copied by name.
+        staged_entry
+            .rename(&entry_of(&dest, "renaming into")?)
+            .map_err(|e| io_error("renaming into", &dest.path, e))?;
+    } else {
+        rename_into_place(staged_path, &dest.path)
+            .map_err(|e| io_error("renaming into", &dest.path, e))?;
+    }
     Ok(CommitFileResult { sha256, size })
+}
+
+/// Renames the verified staged file to `dest`. When `dest` was reached
+/// through a link onto another file system (the staged file lies beside
+/// the link), it is copied beside `dest` first, flushed, and renamed from
+/// there: the destination still never holds a partial file.
+fn rename_into_place(staged: &Path, dest: &Path) -> io::Result<()> {
+    match fs::rename(staged, dest) {
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            let dir = dest.parent().unwrap_or(Path::new("/"));
+            let temp = dir.join(format!(".execgate-{:016x}.tmp", rand::random::<u64>()));
+            let moved = (|| {
+                // Copies the permissions too.
+                fs::copy(staged, &temp)?;
+                File::open(&temp)?.sync_all()?;
+                fs::rename(&temp, dest)
+            })();
+            if moved.is_err() {
+                let _ = fs::remove_file(&temp);
+                return moved;
+            }
+            let _ = fs::remove_file(staged);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// SHA-256 (lower-case hex) and size of what `file` holds, read from its start.

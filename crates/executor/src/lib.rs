@@ -15,6 +15,7 @@
 //! - `output`: a process's output log: seqs, retention, lost bytes, long-poll.
 //! - `spill`: the bounded on-disk tail of output logs.
 //! - `notify`: the non-blocking path of notifications to the gateway.
+//! - `staged_sweep`: removing the staged files transfers left behind.
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths, and confinement to `--root`.
 //! - `beneath`: using a confined path through the kernel (openat2 beneath
@@ -38,6 +39,7 @@ mod rpc;
 mod session;
 mod spill;
 mod staged;
+mod staged_sweep;
 mod state;
 mod tools_file;
 
@@ -68,6 +70,8 @@ pub const DEFAULT_EXITED_RETENTION: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_SPILL_BYTES: u64 = 64 << 20;
 /// Output bytes all processes together may keep on disk.
 pub const DEFAULT_SPILL_TOTAL_BYTES: u64 = 1 << 30;
+/// A staged file nobody wrote for this long is removed by default.
+pub const DEFAULT_STALE_STAGED: Duration = Duration::from_secs(60 * 60);
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -102,6 +106,15 @@ pub struct ExecutorConfig {
     pub spill_dir: Option<PathBuf>,
     /// The TOML file of custom tools (`--tools`), checked at start.
     pub tools_file: Option<PathBuf>,
+    /// Where the executor keeps what must survive it: the journal of the
+    /// directories staged files were written in. Default
+    /// `$XDG_STATE_HOME/execgate` (`~/.local/state/execgate`); `None`:
+    /// nothing is kept, and staged files a crash left are swept only by the
+    /// executor that saw them written.
+    pub state_dir: Option<PathBuf>,
+    /// A staged file (`.name.execgate-part-*`) nobody wrote for this long is
+    /// removed: its transfer is dead.
+    pub stale_staged_after: Duration,
     /// The owner's limits (`--root`, `--allow-tools`, `--read-only`,
     /// `--max-processes`), checked at start and enforced on every request.
     /// With a root, `workdir` must lie inside it.
@@ -124,6 +137,8 @@ impl ExecutorConfig {
             spill_total_bytes: DEFAULT_SPILL_TOTAL_BYTES,
             spill_dir: None,
             tools_file: None,
+            state_dir: staged_sweep::default_state_dir(),
+            stale_staged_after: DEFAULT_STALE_STAGED,
             policy: PolicyConfig::default(),
         }
     }
@@ -149,6 +164,8 @@ impl fmt::Debug for ExecutorConfig {
             .field("spill_total_bytes", &self.spill_total_bytes)
             .field("spill_dir", &self.spill_dir)
             .field("tools_file", &self.tools_file)
+            .field("state_dir", &self.state_dir)
+            .field("stale_staged_after", &self.stale_staged_after)
             .field("policy", &self.policy)
             .finish()
     }
@@ -176,6 +193,9 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
     // Request tasks and the sweeper; dropping the set (with `run`) aborts them.
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep_forever(state.clone()));
+    tasks.spawn(sweep_staged_forever(state.clone()));
+    // Now rather than at the first process, so a problem shows at once.
+    process::reaper::start();
 
     tracing::info!(
         gateway = %gateway.base(),
@@ -211,6 +231,17 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
         let delay = backoff.next_delay();
         tracing::info!("reconnecting in {:.1} s", delay.as_secs_f64());
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Removes stale staged files at start, then periodically.
+async fn sweep_staged_forever(state: Arc<ExecutorState>) {
+    let mut ticks = tokio::time::interval(state.staged_sweep.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.sweep_staged()).await;
     }
 }
 

@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::staged_sweep::StagedSweep;
+
 /// Bytes that may wait for a gap before them to fill, per file. Two 1 MiB
 /// writes are in flight per transfer (`gateway::transfer::IN_FLIGHT`), so
 /// one chunk waits at most in practice.
@@ -40,6 +42,8 @@ pub(crate) const MAX_FILES: usize = 32;
 #[derive(Default)]
 pub(crate) struct StagedHashes {
     files: Mutex<Files>,
+    /// Told where staged files are written, to sweep those left behind.
+    sweep: Option<Arc<StagedSweep>>,
 }
 
 #[derive(Default)]
@@ -140,11 +144,22 @@ impl Running {
 }
 
 impl StagedHashes {
+    /// Also records where staged files are written, for `sweep`.
+    pub fn with_sweep(sweep: Arc<StagedSweep>) -> Self {
+        StagedHashes {
+            files: Mutex::default(),
+            sweep: Some(sweep),
+        }
+    }
+
     /// Records that `data` was written at `offset` of `file` (at `path`).
     /// `truncate`: the write truncated the file first, so any earlier
     /// record of it is void. A file first seen at a write past offset 0
     /// gets no running hash; its commit reads it.
     pub fn wrote(&self, path: &Path, file: &File, offset: u64, data: Bytes, truncate: bool) {
+        if let Some(sweep) = &self.sweep {
+            sweep.saw(path);
+        }
         let Some(running) = self.entry(path, truncate || offset == 0) else {
             return;
         };

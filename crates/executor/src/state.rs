@@ -15,6 +15,7 @@ use crate::policy::Policy;
 use crate::session::SessionRegistry;
 use crate::spill::SpillConfig;
 use crate::staged::StagedHashes;
+use crate::staged_sweep::{self, StagedSweep};
 use crate::{ExecutorConfig, ExecutorError};
 
 pub(crate) struct ExecutorState {
@@ -28,6 +29,8 @@ pub(crate) struct ExecutorState {
     pub environment: EnvironmentInfo,
     /// Running hashes of files `fs/writeRange` is filling.
     pub staged: StagedHashes,
+    /// Where staged files were written, to remove those left behind.
+    pub staged_sweep: Arc<StagedSweep>,
 }
 
 impl ExecutorState {
@@ -77,6 +80,11 @@ impl ExecutorState {
         let ext = environment.execgate.get_or_insert_with(Default::default);
         ext.tools = tools;
         ext.policy = policy.announced();
+        let journal = config
+            .state_dir
+            .as_ref()
+            .map(|dir| dir.join(staged_sweep::journal_name(&config.token)));
+        let staged_sweep = Arc::new(StagedSweep::new(journal, config.stale_staged_after));
         Ok(ExecutorState {
             policy: Arc::new(policy),
             workdir,
@@ -84,7 +92,8 @@ impl ExecutorState {
             exited_retention: config.exited_retention,
             sessions: SessionRegistry::new(config.retained_bytes).with_spill(spill),
             environment,
-            staged: StagedHashes::default(),
+            staged: StagedHashes::with_sweep(staged_sweep.clone()),
+            staged_sweep,
         })
     }
 
@@ -92,6 +101,14 @@ impl ExecutorState {
     pub fn sweep(&self) {
         self.sessions
             .sweep(Instant::now(), self.session_ttl, self.exited_retention);
+    }
+
+    /// Removes the staged files transfers left behind (see
+    /// [`staged_sweep`]). Blocking: lists directories.
+    pub fn sweep_staged(&self) {
+        for path in self.staged_sweep.sweep(std::time::SystemTime::now()) {
+            self.staged.forget(&path);
+        }
     }
 
     /// How often [`sweep`](Self::sweep) should run: often enough that nothing

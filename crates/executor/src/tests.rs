@@ -141,6 +141,7 @@ fn state_with(
     let mut config = ExecutorConfig::new("http://127.0.0.1:1", "exe_test.secret");
     config.workdir = dir.path().to_path_buf();
     config.spill_dir = Some(dir.path().join(".spill"));
+    config.state_dir = Some(dir.path().join(".state"));
     configure(&mut config);
     (Arc::new(ExecutorState::new(&config).unwrap()), dir)
 }
@@ -638,6 +639,53 @@ async fn signals_by_name() {
     assert_eq!(result, json!({}));
     let notes = client.until_closed("s").await;
     assert_eq!(exit_code_of(&notes), 128 + libc::SIGTERM as i64);
+}
+
+/// A finished process gives back its stdin pipe, pty master and writer at
+/// once, not after the retention (30 min): one descriptor per finished
+/// process was held, and `ulimit -n` ran out (e2e `leaks` counts them).
+#[tokio::test]
+async fn finished_processes_let_go_of_their_pipes_and_terminal() {
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let session_id = client.init(None).await;
+    client
+        .start("piped", &["true"], json!({"pipeStdin": true}))
+        .await;
+    client.start("tty", &["true"], json!({"tty": true})).await;
+    // Exited, with a background child still holding the output: stdin goes
+    // at the exit, the rest when the output closes.
+    client
+        .start(
+            "bg",
+            &["sh", "-c", "sleep 1 & exit 0"],
+            json!({"pipeStdin": true}),
+        )
+        .await;
+    for id in ["piped", "tty", "bg"] {
+        client.until_closed(id).await;
+    }
+    let session = state.sessions.get(&session_id).unwrap();
+    eventually("every handle to be dropped", || {
+        ["piped", "tty", "bg"]
+            .iter()
+            .all(|id| !session.processes.holds_io(id))
+    })
+    .await;
+    // Still readable, and a resize of a finished terminal does nothing.
+    let read = client
+        .ok(method::PROCESS_READ, json!({"processId": "tty"}))
+        .await;
+    assert_eq!(read["closed"], true);
+    client
+        .ok(
+            method::PROCESS_RESIZE,
+            json!({"processId": "tty", "cols": 100, "rows": 30}),
+        )
+        .await;
+    let write = json!({"processId": "piped", "chunk": "eA==", "writeId": "w"});
+    let result = client.ok(method::PROCESS_WRITE, write).await;
+    assert_eq!(result, json!({"status": "stdinClosed"}));
 }
 
 #[tokio::test]

@@ -304,10 +304,14 @@ async fn receive_upload(
     crate::policy::check_upload(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
+    // A link is written through (as write_file does) and the file it points
+    // to keeps its mode, which the executor sees to: the link's own mode
+    // (0777) must not become the file's.
     let mode = match transfer::stat(&link, &path).await {
         Ok(m) if m.is_directory => {
             return Err(ApiError::bad_request(format!("{} is a directory", q.path)))
         }
+        Ok(m) if m.is_symlink => None,
         Ok(m) => m.mode,
         Err(TransferError::Refused(_)) => None,
         Err(e) => return Err(e.into()),

@@ -148,6 +148,8 @@ pub fn start_executor(url: &str, token: &str, workdir: &Path, args: &[&str]) -> 
         .arg(workdir)
         .args(args)
         .env("EXECGATE_LOG", "info")
+        // Its journal of staged files goes with the test, not to ~/.local.
+        .env("XDG_STATE_HOME", workdir.join("../state"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -11,6 +11,7 @@ mod codex;
 mod custom_tools;
 mod harness;
 mod isolation;
+mod leaks;
 mod limits;
 mod live;
 mod mcp;

@@ -194,6 +194,104 @@ async fn killing_the_destination_mid_copy_leaves_nothing_at_the_destination() {
     );
 }
 
+/// The permission bits of `path` (through links).
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// `PUT /files` and `copy_path` onto a symlink write through it, as
+/// `write_file` does: the link stays, the file it points to gets the bytes
+/// and keeps its mode. Before issue 16 a PUT replaced the link with a
+/// regular file of mode 0777 (the link's own), and a copy replaced the link.
+#[tokio::test]
+async fn put_and_copy_path_onto_a_symlink_write_through_it() {
+    let w = World::start(&[]).await;
+    let work = &w.workdir;
+    std::fs::write(work.join("target.txt"), "old").unwrap();
+    std::fs::set_permissions(work.join("target.txt"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("target.txt", work.join("link.txt")).unwrap();
+    // A dangling link: writing through it creates the file it names.
+    std::os::unix::fs::symlink("made.txt", work.join("dangling.txt")).unwrap();
+    let is_link = |name: &str| {
+        std::fs::symlink_metadata(work.join(name))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
+    let http = fresh_client();
+    let files = format!("{}/api/connectors/envs/laptop/files", w.api.url);
+    let put = |path: &'static str, body: &'static str| {
+        http.put(&files)
+            .query(&[("path", path)])
+            .bearer_auth(&w.api.token)
+            .body(body)
+            .send()
+    };
+
+    let resp = put("link.txt", "put through").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(is_link("link.txt"), "the link stays a link");
+    assert_eq!(
+        std::fs::read_to_string(work.join("target.txt")).unwrap(),
+        "put through"
+    );
+    assert_eq!(
+        mode(&work.join("target.txt")),
+        0o600,
+        "the target keeps its mode"
+    );
+
+    // A new file is never wider than write_file makes one (0666 - umask).
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "ref.txt", "content_b64": b64e(b"x")}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let resp = put("dangling.txt", "made").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(is_link("dangling.txt"));
+    assert_eq!(
+        std::fs::read_to_string(work.join("made.txt")).unwrap(),
+        "made"
+    );
+    assert_eq!(mode(&work.join("made.txt")), mode(&work.join("ref.txt")));
+    assert_eq!(mode(&work.join("made.txt")) & 0o022, 0);
+
+    // copy_path onto the link: through it too, with the source's mode
+    // (a copy keeps modes).
+    std::fs::write(work.join("src.txt"), "copied").unwrap();
+    std::fs::set_permissions(work.join("src.txt"), PermissionsExt::from_mode(0o640)).unwrap();
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "copy_path",
+            json!({
+                "source_environment_id": "laptop", "source_path": "src.txt",
+                "destination_environment_id": "laptop", "destination_path": "link.txt",
+            }),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(is_link("link.txt"));
+    assert_eq!(
+        std::fs::read_to_string(work.join("target.txt")).unwrap(),
+        "copied"
+    );
+    assert_eq!(mode(&work.join("target.txt")), 0o640);
+
+    let leftovers: Vec<_> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("execgate"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[tokio::test]
 async fn put_and_get_64_mib_and_ranges() {
     let w = World::start(&[]).await;

@@ -15,7 +15,14 @@
 //! Those tasks hold only [`Shared`], never the [`Process`] itself, so the table
 //! alone decides when a process is dropped. Dropping a process kills its
 //! process group if it may still be alive; that is what guarantees that no
-//! child outlives its session, or the executor.
+//! child outlives its session, or the executor's orderly stop. An executor
+//! that dies without running any code (SIGKILL) is covered by the
+//! [`reaper`], which holds every group from spawn to finish.
+//!
+//! Descriptors: stdin (a pipe) is closed when the process exits, since no
+//! write can be accepted after; the output pipes close at their EOF; a pty's
+//! master and writer when the process finishes. A finished process holds
+//! none for its retention, only its output log.
 //!
 //! Whose group is it? Once the leader has been reaped *and* every output
 //! stream reached EOF, the group id may be reused by an unrelated process, so
@@ -24,6 +31,7 @@
 //! its shell; one that still holds our pipe does not.
 
 mod env;
+pub(crate) mod reaper;
 mod signal;
 mod spawn;
 
@@ -46,7 +54,7 @@ use execgate_protocol::jsonrpc::RpcError;
 use portable_pty::{MasterPty, PtySize};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::notify::Notifier;
@@ -89,11 +97,14 @@ struct Process {
     /// The child's pid, which is also its process group id.
     pgid: i32,
     shared: Arc<Shared>,
-    /// `None` once closed, or from the start without `pipeStdin`. The async
-    /// mutex serialises writes: each is fully written before the next starts.
-    stdin: tokio::sync::Mutex<Option<Stdin>>,
-    /// The pty's master side, kept for `process/resize`.
-    master: Option<Mutex<Box<dyn MasterPty + Send>>>,
+    /// Whether it runs under a terminal (whose master may be closed already).
+    tty: bool,
+}
+
+/// The output side of a child, which its background tasks read to EOF.
+enum Outputs {
+    Pipes(ChildStdout, ChildStderr),
+    Pty(Box<dyn std::io::Read + Send>),
 }
 
 enum Stdin {
@@ -106,6 +117,8 @@ enum Stdin {
 /// What a process's background tasks share with the table.
 struct Shared {
     id: String,
+    /// The child's process group (see [`Process::pgid`]).
+    pgid: i32,
     log: SharedLog,
     notifier: Arc<Notifier>,
     /// Whether output goes out as `process/output` notifications ([ext]
@@ -114,6 +127,14 @@ struct Shared {
     push_output: AtomicBool,
     /// When the process finished (exited and output closed), for retention.
     finished_at: Mutex<Option<Instant>>,
+    /// `None` once closed, or from the start without `pipeStdin`. The async
+    /// mutex serialises writes: each is fully written before the next starts.
+    /// A pipe is closed when the process exits, a pty writer when it
+    /// finishes (see [`Shared::release_io`]).
+    stdin: tokio::sync::Mutex<Option<Stdin>>,
+    /// The pty's master side, kept for `process/resize` until the process
+    /// finishes.
+    master: Mutex<Option<Box<dyn MasterPty + Send>>>,
 }
 
 /// Holds back a new process's notifications until the `process/start`
@@ -260,12 +281,31 @@ impl ProcessTable {
         permit: ProcessPermit,
     ) -> io::Result<(Arc<Process>, StartGate)> {
         let spawned = spawn::spawn(request)?;
-        let open_streams = match spawned.io {
-            spawn::ChildIo::Pipes { .. } => 2,
-            spawn::ChildIo::Pty { .. } => 1,
+        let pgid = spawned.pgid;
+        // From here on a SIGKILLed executor takes the group with it.
+        reaper::register(pgid);
+        // What the background tasks read, and what the process keeps.
+        let (outputs, stdin, master) = match spawned.io {
+            spawn::ChildIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (Outputs::Pipes(stdout, stderr), stdin.map(Stdin::Pipe), None),
+            spawn::ChildIo::Pty {
+                master,
+                reader,
+                writer,
+            } => (
+                Outputs::Pty(reader),
+                Some(Stdin::Pty(Arc::new(Mutex::new(writer)))),
+                Some(master),
+            ),
         };
+        let tty = master.is_some();
+        let open_streams = if tty { 1 } else { 2 };
         let shared = Arc::new(Shared {
             id: id.to_owned(),
+            pgid,
             log: SharedLog::new(match &self.spill {
                 Some(config) => OutputLog::new(self.retained_bytes, open_streams)
                     .with_spill(Spill::new(config.clone())),
@@ -274,14 +314,12 @@ impl ProcessTable {
             notifier: self.notifier.clone(),
             push_output: AtomicBool::new(push_output),
             finished_at: Mutex::new(None),
+            stdin: tokio::sync::Mutex::new(stdin),
+            master: Mutex::new(master),
         });
         let (gate, gate_wait) = start_gate();
-        let (stdin, master) = match spawned.io {
-            spawn::ChildIo::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => {
+        match outputs {
+            Outputs::Pipes(stdout, stderr) => {
                 tokio::spawn(pump_pipe(
                     stdout,
                     Stream::Stdout,
@@ -294,44 +332,31 @@ impl ProcessTable {
                     shared.clone(),
                     gate_wait.clone(),
                 ));
-                (stdin.map(Stdin::Pipe), None)
             }
-            spawn::ChildIo::Pty {
-                master,
-                reader,
-                writer,
-            } => {
+            Outputs::Pty(reader) => {
                 let (tx, rx) = mpsc::channel(PTY_QUEUE);
                 // A plain thread rather than `spawn_blocking`: it lives as long
                 // as the terminal, and must not hold up runtime shutdown.
                 let thread = std::thread::Builder::new()
-                    .name(format!("pty-reader-{}", spawned.pgid))
+                    .name(format!("pty-reader-{pgid}"))
                     .spawn(move || read_pty(reader, tx));
                 if let Err(err) = thread {
                     // Returning drops the child, whose kill_on_drop kills it;
                     // kill the rest of its group too.
-                    let _ = signal::kill_group(spawned.pgid, libc::SIGKILL);
+                    let _ = signal::kill_group(pgid, libc::SIGKILL);
+                    reaper::unregister(pgid);
                     return Err(err);
                 }
                 tokio::spawn(pump_pty(rx, shared.clone(), gate_wait.clone()));
-                (
-                    Some(Stdin::Pty(Arc::new(Mutex::new(writer)))),
-                    Some(Mutex::new(master)),
-                )
             }
-        };
+        }
         tokio::spawn(wait_for_exit(
             spawned.child,
             shared.clone(),
             gate_wait,
             permit,
         ));
-        let process = Arc::new(Process {
-            pgid: spawned.pgid,
-            shared,
-            stdin: tokio::sync::Mutex::new(stdin),
-            master,
-        });
+        let process = Arc::new(Process { pgid, shared, tty });
         Ok((process, gate))
     }
 
@@ -403,7 +428,7 @@ impl ProcessTable {
         // Waits for a write in progress, then drops the handle. For a pty,
         // portable-pty's writer sends a newline and the terminal's EOF
         // character (^D) when dropped.
-        process.stdin.lock().await.take();
+        process.shared.stdin.lock().await.take();
         Ok(Empty {})
     }
 
@@ -452,15 +477,19 @@ impl ProcessTable {
     pub fn resize(&self, params: &ProcessResizeParams) -> Result<Empty, RpcError> {
         let size = pty_size(Some(params.cols), Some(params.rows))?;
         let process = self.get(&params.process_id)?;
-        let Some(master) = &process.master else {
+        if !process.tty {
             return Err(RpcError::invalid_params(format!(
                 "process {} has no terminal to resize",
                 params.process_id
             )));
-        };
-        lock(master)
-            .resize(size)
-            .map_err(|e| RpcError::internal(format!("resizing the terminal: {e}")))?;
+        }
+        // `None` once the process finished: its terminal is closed, and
+        // there is nothing left to resize.
+        if let Some(master) = lock(&process.shared.master).as_ref() {
+            master
+                .resize(size)
+                .map_err(|e| RpcError::internal(format!("resizing the terminal: {e}")))?;
+        }
         Ok(Empty {})
     }
 
@@ -501,6 +530,20 @@ impl ProcessTable {
     #[cfg(test)]
     pub fn pgid_of(&self, id: &str) -> Option<i32> {
         self.get(id).ok().map(|p| p.pgid)
+    }
+
+    /// Whether a process still holds a stdin handle or a pty master.
+    #[cfg(test)]
+    pub fn holds_io(&self, id: &str) -> bool {
+        let Ok(process) = self.get(id) else {
+            return false;
+        };
+        let stdin = process
+            .shared
+            .stdin
+            .try_lock()
+            .map_or(true, |stdin| stdin.is_some());
+        stdin || lock(&process.shared.master).is_some()
     }
 
     #[cfg(test)]
@@ -548,7 +591,7 @@ fn pty_size(cols: Option<u16>, rows: Option<u16>) -> Result<PtySize, RpcError> {
 
 impl Process {
     async fn write_stdin(&self, data: Bytes) -> Result<WriteStatus, RpcError> {
-        let mut stdin = self.stdin.lock().await;
+        let mut stdin = self.shared.stdin.lock().await;
         if self.shared.exited() {
             return Ok(WriteStatus::StdinClosed);
         }
@@ -643,14 +686,16 @@ impl Shared {
         });
     }
 
-    fn finish_stream(&self) {
+    /// One output stream reached EOF. True when that finished the process.
+    fn finish_stream(&self) -> bool {
         self.log.update(|log| {
             log.finish_stream();
-            self.close_if_done(log);
-        });
+            self.close_if_done(log)
+        })
     }
 
-    fn record_exit(&self, exit_code: i32) {
+    /// True when the exit finished the process (its output was closed).
+    fn record_exit(&self, exit_code: i32) -> bool {
         self.log.update(|log| {
             if let Some(seq) = log.record_exit(exit_code) {
                 self.notify(
@@ -662,20 +707,51 @@ impl Shared {
                     },
                 );
             }
-            self.close_if_done(log);
-        });
+            self.close_if_done(log)
+        })
     }
 
-    fn close_if_done(&self, log: &mut OutputLog) {
-        if let Some(seq) = log.close_if_done() {
-            *lock(&self.finished_at) = Some(Instant::now());
-            self.notify(
-                method::PROCESS_CLOSED,
-                &ClosedNotification {
-                    process_id: self.id.clone(),
-                    seq,
-                },
-            );
+    /// True when this call finished the process.
+    fn close_if_done(&self, log: &mut OutputLog) -> bool {
+        let Some(seq) = log.close_if_done() else {
+            return false;
+        };
+        *lock(&self.finished_at) = Some(Instant::now());
+        self.notify(
+            method::PROCESS_CLOSED,
+            &ClosedNotification {
+                process_id: self.id.clone(),
+                seq,
+            },
+        );
+        true
+    }
+
+    /// Closes a stdin pipe once the process exited: no write can be
+    /// accepted any more ([`Process::write_stdin`] answers `StdinClosed`),
+    /// and keeping the pipe for the whole retention held one descriptor
+    /// per finished process (the 240th `exec_command` failed under
+    /// `ulimit -n 256`). A pty's writer stays until the process finishes:
+    /// dropping it sends the terminal's EOF, which a background job still
+    /// on the terminal would read.
+    async fn close_stdin_pipe(&self) {
+        let mut stdin = self.stdin.lock().await;
+        if matches!(*stdin, Some(Stdin::Pipe(_))) {
+            *stdin = None;
+        }
+    }
+
+    /// Lets go of every descriptor once the process finished (exited, output
+    /// at EOF): the stdin handle and the pty master. The output log keeps
+    /// everything `process/read` may still ask for. From now on the group is
+    /// never signalled again (see the module docs), so the reaper forgets it.
+    async fn release_io(&self) {
+        reaper::unregister(self.pgid);
+        let stdin = self.stdin.lock().await.take();
+        let master = lock(&self.master).take();
+        if stdin.is_some() || master.is_some() {
+            // Dropping a pty writer writes to the terminal: off the runtime.
+            tokio::task::spawn_blocking(move || drop((stdin, master)));
         }
     }
 
@@ -705,7 +781,10 @@ async fn pump_pipe(
             }
         }
     }
-    shared.finish_stream();
+    drop(pipe);
+    if shared.finish_stream() {
+        shared.release_io().await;
+    }
 }
 
 /// Moves what the pty reader thread read into the log.
@@ -714,7 +793,9 @@ async fn pump_pty(mut chunks: mpsc::Receiver<Bytes>, shared: Arc<Shared>, gate: 
     while let Some(chunk) = chunks.recv().await {
         shared.push_output(Stream::Pty, chunk);
     }
-    shared.finish_stream();
+    if shared.finish_stream() {
+        shared.release_io().await;
+    }
 }
 
 /// The pty reader thread: blocking reads of the master until EOF (portable-pty
@@ -757,7 +838,11 @@ async fn wait_for_exit(
     // The process no longer counts against --max-processes.
     drop(permit);
     gate.opened().await;
-    shared.record_exit(exit_code);
+    let finished = shared.record_exit(exit_code);
+    shared.close_stdin_pipe().await;
+    if finished {
+        shared.release_io().await;
+    }
 }
 
 /// The exit code, or 128 + the signal number for a child killed by a signal
