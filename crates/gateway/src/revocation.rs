@@ -181,3 +181,74 @@ pub fn close_removed(state: &AppState, link: &std::sync::Arc<crate::link::Link>)
     link.close("the environment was removed");
     state.registry().remove_if_same(link);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::Link;
+    use crate::{GatewayConfig, Store};
+
+    async fn state() -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.create_workspace("w1").await.unwrap();
+        let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        config.revocation_recheck = Duration::from_millis(50);
+        (dir, AppState::new(config, store))
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_at_revocation_and_at_removal() {
+        let (_dir, state) = state().await;
+        let store = state.store().clone();
+        let (token_id, token) = store.create_proxy_token("w1", None).await.unwrap();
+        let (exe_id, _) = store.add_executor("w1", "laptop", true).await.unwrap();
+        let watch = Watch::new(&state, &token, "w1").with_environment("laptop", &exe_id);
+        watch.check().await.unwrap();
+        // Another workspace's grant is no grant here.
+        assert!(Watch::new(&state, &token, "w2").check().await.is_err());
+
+        store.remove_executor("w1", "laptop").await.unwrap();
+        let e = watch.check().await.unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, code::ENV_NOT_FOUND)
+        );
+
+        let watch = Watch::new(&state, &token, "w1");
+        let pending = watch.guard(std::future::pending::<()>());
+        store.revoke_proxy_token(&token_id).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("the guard ends within a few rechecks")
+            .unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNAUTHORIZED, code::INVALID_TOKEN)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_links_of_removed_executors_only() {
+        let (_dir, state) = state().await;
+        let store = state.store().clone();
+        let (gone, _) = store.add_executor("w1", "a", true).await.unwrap();
+        let (kept, _) = store.add_executor("w1", "b", false).await.unwrap();
+        let link = |id: &str, name: &str| {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            Link::new(id.into(), "w1".into(), name.into(), tx)
+        };
+        let (a, b) = (link(&gone, "a"), link(&kept, "b"));
+        state.registry().insert(a.clone());
+        state.registry().insert(b.clone());
+        tokio::spawn(sweep_removed_executors(state.clone()));
+        store.remove_executor("w1", "a").await.unwrap();
+        tokio::time::timeout(SWEEP_EVERY * 5, a.closed())
+            .await
+            .expect("the removed executor's link closes");
+        assert_eq!(a.close_reason(), Some("the environment was removed"));
+        assert!(state.registry().get(&gone).is_none());
+        assert!(!b.is_closed());
+        assert!(state.registry().get(&kept).is_some());
+    }
+}
