@@ -97,7 +97,7 @@ pub struct GatewayArgs {
     /// Connections served at once (REST, MCP, executor links and bridge
     /// sessions together); past it a new connection gets 503
     /// too_many_connections and is closed at once [default: the open-file
-    /// limit less 256, at most 10000].
+    /// limit less 256, at most 20000].
     #[arg(long, env = "EXECGATE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
     /// Seconds a connection may take to send a request's headers, and stay

@@ -53,8 +53,11 @@ use crate::error::ApiError;
 
 /// The default of `--header-read-timeout-secs`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most `--max-connections` defaults to, whatever the descriptor limit.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The most `--max-connections` defaults to, whatever the descriptor limit:
+/// room for the 10,000 idle executor links the scale figure measures
+/// (BENCHMARKS.md) plus as many agents, while bounding the memory idle
+/// connections can hold (hyper's buffers, some KiB each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Descriptors kept back from the connection cap for everything else the
 /// gateway opens: the store's database files and pool connections, the
 /// audit database, outgoing connections to a token authority, logs.
@@ -263,7 +266,7 @@ mod tests {
     #[test]
     fn the_default_cap_leaves_room_for_other_descriptors() {
         assert_eq!(default_max_connections(1024), 768);
-        assert_eq!(default_max_connections(20_000), 10_000);
+        assert_eq!(default_max_connections(20_000), 19_744);
         assert_eq!(default_max_connections(1 << 20), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(default_max_connections(100), 16);
     }
