@@ -147,7 +147,17 @@ async fn half_sent_and_idle_connections_are_closed_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_new_connections_get_503_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let g = start_gateway_with(dir.path(), "127.0.0.1:0", &["--max-connections", "20"]);
+    // A long header timeout: the held sockets must outlive a slow run.
+    let g = start_gateway_with(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--max-connections",
+            "20",
+            "--header-read-timeout-secs",
+            "120",
+        ],
+    );
     let mut held: Vec<TcpStream> = (0..20).map(|_| holder(g.addr, b"")).collect();
     // Once the gateway has accepted all 20, the next one is refused at once.
     let addr = g.addr;
