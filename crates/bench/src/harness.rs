@@ -58,11 +58,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(bin: &Path) -> anyhow::Result<Gateway> {
+        Self::start_with_args(bin, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra `execgate serve` arguments.
+    pub fn start_with_args(bin: &Path, extra: &[&str]) -> anyhow::Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         admin(bin, &data, &["workspace", "create", "bench"])?;
         let token = admin(bin, &data, &["token", "create", "--workspace", "bench"])?;
-        Self::serve(bin, dir, token)
+        Self::serve(bin, dir, token, extra)
     }
 
     /// A gateway whose store already holds `n` executors named `e0`…, for
@@ -87,14 +92,20 @@ impl Gateway {
             exes.push(store.add_executor("bench", &format!("e{i}"), false).await?);
         }
         drop(store);
-        Ok((Self::serve(bin, dir, token)?, exes))
+        Ok((Self::serve(bin, dir, token, &[])?, exes))
     }
 
-    fn serve(bin: &Path, dir: tempfile::TempDir, token: String) -> anyhow::Result<Gateway> {
+    fn serve(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        token: String,
+        extra: &[&str],
+    ) -> anyhow::Result<Gateway> {
         let data = dir.path().join("data");
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            .args(extra)
             .env("EXECGATE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -14,6 +14,8 @@
 //! - [`files`]: PUT/GET and copy_path against a local `cp`.
 //! - [`scale`]: N idle executor connections (an in-bench executor speaking
 //!   the real protocol): gateway RSS per connection, envs/list latency.
+//! - [`held`]: shell latency while a client holds 5,000 half-open sockets
+//!   on the gateway, against none held.
 //! - [`peers`]: the latency and output figures against a stock codex
 //!   exec-server (`--codex PATH`) and ssh with a ControlMaster (`--ssh`).
 //!
@@ -22,6 +24,7 @@
 
 mod files;
 mod harness;
+mod held;
 mod latency;
 mod lite_executor;
 mod output;
@@ -45,7 +48,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only run figures whose name contains this (latency, throughput,
-    /// output, files, scale, peers).
+    /// output, files, scale, held, peers).
     #[arg(long)]
     only: Option<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
@@ -234,6 +237,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("scale") {
         add("scale", scale::run(&bin, args.quick, nofile).await)?;
+    }
+    if want("held") {
+        add("held", held::run(&bin, args.quick, nofile).await)?;
     }
     if want("peers") && (args.codex.is_some() || args.ssh) {
         add(

@@ -75,6 +75,7 @@ pub struct ExecutorArgs {
 }
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
+    crate::fdlimit::raise_nofile_limit("executor");
     let mut config = ExecutorConfig::new(a.gateway, a.token);
     config.name = a.name;
     config.is_default = a.default;

@@ -6,6 +6,7 @@ mod admin;
 mod client_cmds;
 mod cp;
 mod executor_cmd;
+mod fdlimit;
 mod serve;
 mod terminal;
 mod up;

@@ -10,6 +10,7 @@ use execgate_gateway::audit::AuditMode;
 use execgate_gateway::auth::remote::RemoteConfig;
 use execgate_gateway::auth::{CacheConfig, VerifierConfig};
 use execgate_gateway::limits::{LimitsConfig, RateConfig};
+use execgate_gateway::listener::{self, ListenerConfig};
 use execgate_gateway::secret::SecretString;
 use execgate_gateway::{Gateway, GatewayConfig};
 
@@ -93,6 +94,17 @@ pub struct GatewayArgs {
     /// `execgate admin captoken create` must use the same one.
     #[arg(long, env = "EXECGATE_CAP_TOKEN_SECRET_FILE")]
     pub cap_token_secret_file: Option<PathBuf>,
+    /// Connections served at once (REST, MCP, executor links and bridge
+    /// sessions together); past it a new connection gets 503
+    /// too_many_connections and is closed at once [default: the open-file
+    /// limit less 256, at most 20000].
+    #[arg(long, env = "EXECGATE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Seconds a connection may take to send a request's headers, and stay
+    /// idle between requests, before it is closed. Not applied while a
+    /// request is served (long-polls, SSE, WebSockets).
+    #[arg(long, env = "EXECGATE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -131,6 +143,13 @@ impl GatewayArgs {
             c.auth.internal_secret = Some(read_secret(file, "--internal-secret-file")?);
         }
         c.admin_token_file = self.admin_token_file.clone();
+        c.listener = ListenerConfig {
+            max_connections: match self.max_connections {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => listener::default_max_connections(crate::fdlimit::current()),
+            },
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+        };
         c.audit = self.audit;
         c.limits = LimitsConfig {
             rate: self.rate()?,
@@ -170,6 +189,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    crate::fdlimit::raise_nofile_limit("gateway");
     let gateway = Gateway::bind(a.gateway.config()?).await?;
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(

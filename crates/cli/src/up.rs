@@ -29,6 +29,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
+    crate::fdlimit::raise_nofile_limit("gateway and executor");
     let data_dir = a.gateway.data_dir();
     let gateway = Gateway::bind(a.gateway.config()?).await?;
     let addr = gateway.local_addr();

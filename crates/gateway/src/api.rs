@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,11 +20,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::Via;
-use crate::auth::{self, Caller};
+use crate::auth::{self, bearer_token, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::Link;
 use crate::openapi::{SessionErrors, SessionPath};
+use crate::revocation::Watch;
 use crate::state::AppState;
 use crate::store::now_ms;
 use crate::{connect, file_stream, processes, stream, tools};
@@ -343,8 +344,16 @@ async fn output(
     caller: Caller,
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<OutputQuery>,
+    headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "output").await?;
+    // A long-poll ends early when its token is revoked or its environment
+    // removed (see `revocation`).
+    if q.wait_ms > 0 {
+        let watch = Watch::new(&state, bearer_token(&headers)?, &caller.workspace)
+            .with_environment(&s.link.name, &s.row.exe_id);
+        s.watch = Some(watch);
+    }
     let out = processes::output(&mut s, q.since, q.wait_ms).await?;
     // An OutputResponse, written without serde's detour (see Output::to_json).
     Ok(([(header::CONTENT_TYPE, "application/json")], out.to_json()))

@@ -12,12 +12,16 @@
 //! - [`captoken`]: capability tokens (mint, verify, the secret, the admin
 //!   operations); [`bridge`]: `/bridge/{exe_id}`, a capability-token holder
 //!   speaking the executor protocol over the gateway's link.
+//! - [`listener`]: accepting connections: header read timeout, connection
+//!   cap, TCP_NODELAY.
 //! - [`connect`]: executor register + WebSocket link, handshake, resume.
 //! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
 //!   notification routing.
 //! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
 //! - [`openapi`]: `/openapi.json`, generated from the handlers.
 //! - [`registry`]: live links by exe_id.
+//! - [`revocation`]: long-lived requests re-check their token; links of
+//!   removed executors close.
 //! - [`tools`]: tool semantics (shell, files, exec_command).
 //! - [`policy`]: an executor's announced policy: hidden and refused tools.
 //! - [`processes`]: exec_command sessions: stdin, output, terminate,
@@ -42,6 +46,7 @@ pub mod extract;
 pub mod file_stream;
 pub mod limits;
 pub mod link;
+pub mod listener;
 pub mod mcp;
 pub mod openapi;
 pub mod patch;
@@ -49,6 +54,7 @@ pub mod policy;
 pub mod processes;
 pub mod read_ahead;
 pub mod registry;
+pub mod revocation;
 pub mod secret;
 pub mod seq_ledger;
 pub mod sigv4;
@@ -120,14 +126,15 @@ impl Gateway {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), GatewayError> {
-        use axum::serve::ListenerExt;
-        // Small frames must not wait for Nagle: every socket gets TCP_NODELAY.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         tokio::spawn(deadlines::run(self.state.clone()));
-        axum::serve(listener, api::router(self.state))
-            .await
-            .map_err(GatewayError::Serve)
+        tokio::spawn(revocation::sweep_removed_executors(self.state.clone()));
+        let config = self.state.config().listener.clone();
+        tracing::info!(
+            max_connections = config.max_connections,
+            header_read_timeout_secs = config.header_read_timeout.as_secs_f64(),
+            "accepting connections"
+        );
+        listener::serve(self.listener, api::router(self.state), config).await;
+        Ok(())
     }
 }

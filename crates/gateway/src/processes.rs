@@ -43,6 +43,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::link::{Link, LinkError};
 use crate::openapi::{SessionErrors, SessionPath};
+use crate::revocation::Watch;
 use crate::state::AppState;
 use crate::store::SessionRow;
 use crate::tools::RPC_TIMEOUT;
@@ -61,6 +62,9 @@ pub struct Session {
     /// The audit record of the operation on this session; written when
     /// the session is dropped.
     pub audit: AuditEntry,
+    /// Set by a long-poll: its wait ends early when the request's token is
+    /// revoked or its environment removed (see `crate::revocation`).
+    pub watch: Option<Watch>,
     state: AppState,
 }
 
@@ -115,6 +119,7 @@ pub async fn resolve(
                 link,
                 restarted,
                 audit,
+                watch: None,
                 state: state.clone(),
             })
         }
@@ -389,15 +394,19 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, A
     let wait_ms = wait_ms.min(MAX_WAIT_MS);
     let r = match read_ahead(s, since).await {
         Some(r) => r,
-        None => s
-            .link
-            .request(
+        None => {
+            let params = read_params(s, since, wait_ms);
+            let read = s.link.request(
                 method::PROCESS_READ,
-                &read_params(s, since, wait_ms),
+                &params,
                 Duration::from_millis(wait_ms) + RPC_TIMEOUT,
-            )
-            .await
-            .map_err(|e| map_rpc(s, e))?,
+            );
+            let read = match &s.watch {
+                Some(watch) if wait_ms > 0 => watch.guard(read).await?,
+                _ => read.await,
+            };
+            read.map_err(|e| map_rpc(s, e))?
+        }
     };
     // Output evicted before the first returned chunk: our executor counts it
     // ([ext] lostBytes); for a stock codex the link's seq ledger does, or

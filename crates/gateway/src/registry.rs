@@ -47,6 +47,11 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every live link now (for `revocation::sweep_removed_executors`).
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.links.read().unwrap().values().cloned().collect()
+    }
 }
 
 #[cfg(test)]

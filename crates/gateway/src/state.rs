@@ -10,6 +10,7 @@ use crate::audit::{Audit, AuditMode};
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
 use crate::captoken::CapTokenSecret;
 use crate::limits::{Limits, LimitsConfig};
+use crate::listener::ListenerConfig;
 use crate::read_ahead::PollAheads;
 use crate::registry::Registry;
 use crate::secret::SecretString;
@@ -43,6 +44,12 @@ pub struct GatewayConfig {
     /// revoked by another process (`execgate admin captoken revoke-turn`).
     /// A revocation through this gateway's own admin API closes it at once.
     pub bridge_recheck: Duration,
+    /// How often a long-lived request (SSE stream, `/output` long-poll)
+    /// checks again that its proxy token is good and its environment still
+    /// exists (see `revocation`).
+    pub revocation_recheck: Duration,
+    /// The listener's bounds: connections at once, header read timeout.
+    pub listener: ListenerConfig,
 }
 
 impl GatewayConfig {
@@ -59,6 +66,8 @@ impl GatewayConfig {
             admin_token_file: None,
             cap_token_secret_file: None,
             bridge_recheck: Duration::from_secs(5),
+            revocation_recheck: crate::revocation::DEFAULT_RECHECK,
+            listener: ListenerConfig::default(),
         }
     }
 }

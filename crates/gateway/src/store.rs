@@ -561,6 +561,20 @@ impl Store {
         Ok(row)
     }
 
+    /// Every executor's id (`revocation::sweep_removed_executors`).
+    pub async fn executor_ids(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT exe_id FROM executors")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The database files' generation (see `store::lookups`): it changes
+    /// with every commit, by any process.
+    pub(crate) fn files_generation(&self) -> lookups::Generation {
+        self.lookups.generation()
+    }
+
     /// Removes an executor by name (or exe_id) within a workspace.
     pub async fn remove_executor(&self, workspace: &str, name_or_id: &str) -> Result<()> {
         let res =

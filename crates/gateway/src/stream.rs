@@ -22,6 +22,10 @@
 //! that were emitted (or reported lost), so nothing is delivered twice and a
 //! dropped range is never passed off as delivered.
 //!
+//! A stream ends with an `error` event (`invalid_token`, `env_not_found`)
+//! when its proxy token is revoked or its environment removed while it is
+//! open: it checks again every `revocation_recheck` (see `revocation`).
+//!
 //! A stream is audited as one `stream` operation, recorded when it ends
 //! with the output bytes it delivered (and the exit code).
 //!
@@ -45,13 +49,14 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::audit::Via;
-use crate::auth::Caller;
+use crate::auth::{bearer_token, Caller};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::link::{LinkError, ProcessEvent, Subscription};
 use crate::openapi::{SessionErrors, SessionPath, StreamEvent};
 use crate::processes::{self, Session};
 use crate::read_ahead::ReadAhead;
+use crate::revocation::Watch;
 use crate::state::AppState;
 use crate::tools::RPC_TIMEOUT;
 
@@ -112,6 +117,10 @@ pub async fn stream(
         None => q.since.unwrap_or(0),
     };
     let mut session = processes::resolve(&state, &caller, &sid, Via::Rest, "stream").await?;
+    // The Caller extractor has checked it; the stream checks it again
+    // while it is open.
+    let watch = Watch::new(&state, bearer_token(&headers)?, &caller.workspace)
+        .with_environment(&session.link.name, &session.row.exe_id);
     // Audited as one operation, written when the stream ends.
     session
         .audit
@@ -125,7 +134,7 @@ pub async fn stream(
         tx,
         exit_code: None,
     };
-    tokio::spawn(pump.run());
+    tokio::spawn(pump.run(watch));
     let events =
         futures_util::stream::unfold(
             rx,
@@ -161,8 +170,15 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(mut self) {
-        let _ = self.pump().await;
+    async fn run(mut self, watch: Watch) {
+        let ended = tokio::select! {
+            _ = self.pump() => None,
+            e = watch.ended() => Some(e),
+        };
+        if let Some(e) = ended {
+            tracing::info!(sid = %self.session.row.sid, code = e.code, "stream ended: {}", e.message);
+            let _ = self.fail(e.code, &e.message).await;
+        }
     }
 
     async fn pump(&mut self) -> Result<(), Stop> {

@@ -57,6 +57,9 @@ pub mod error_code {
     pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
     /// 503: the audit record of the call cannot be written (`--audit fail-closed`).
     pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+    /// 503: the gateway serves as many connections as it allows
+    /// (`--max-connections`); the connection is closed. Retry shortly.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
 }
 
 /// Body of every 4xx/5xx answer.

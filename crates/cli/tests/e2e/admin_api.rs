@@ -160,16 +160,18 @@ async fn the_admin_api_creates_what_the_connectors_api_then_uses() {
     assert_eq!(s, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("name"));
 
-    // The audit log has the call.
-    let (s, v) = admin.get("/api/admin/audit?workspace=team").await;
-    assert_eq!(s, 200, "{v}");
-    let shell = v["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["method"] == "shell");
-    assert!(shell.is_some(), "{v}");
-    assert_eq!(v["lost_records"], 0);
+    // The audit log has the call (written after the answer, so wait).
+    eventually(10, "the shell call's audit record", || async {
+        let (s, v) = admin.get("/api/admin/audit?workspace=team").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["lost_records"], 0);
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["method"] == "shell")
+    })
+    .await;
 
     // Revoking takes effect on the next request.
     let (s, v) = admin

@@ -139,7 +139,20 @@ async fn remove_executor(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Result<Json<OkResponse>, ApiError> {
+    // Its live link closes at once (the sweep would find it within a
+    // second or two; this is the same gateway, so no need to wait).
+    let row = match state.store().executor_by_name(&q.workspace, &name).await? {
+        Some(row) => Some(row),
+        None => state
+            .store()
+            .executor(&name)
+            .await?
+            .filter(|r| r.workspace == q.workspace),
+    };
     state.store().remove_executor(&q.workspace, &name).await?;
+    if let Some(link) = row.and_then(|r| state.registry().get(&r.exe_id)) {
+        crate::revocation::close_removed(&state, &link);
+    }
     Ok(Json(OkResponse { ok: true }))
 }
 

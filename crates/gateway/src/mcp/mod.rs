@@ -78,6 +78,7 @@ use crate::audit::Via;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::link::Link;
+use crate::revocation::Watch;
 use crate::state::{AppState, GatewayConfig};
 use crate::tools::{self, parse_args};
 use crate::{api, processes};
@@ -199,6 +200,12 @@ fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
         })
 }
 
+/// The request's bearer token (the middleware has checked it).
+fn bearer(context: &RequestContext<RoleServer>) -> Option<&str> {
+    let parts = context.extensions.get::<Parts>()?;
+    crate::auth::bearer_token(&parts.headers).ok()
+}
+
 impl ServerHandler for McpServer {
     fn get_info(&self) -> InitializeResult {
         InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
@@ -233,8 +240,10 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context)?;
+        // For a long-poll (read_output with wait_ms), which re-checks it.
+        let watch = bearer(&context).map(|t| Watch::new(&self.state, t, &caller.workspace));
         let arguments = request.arguments.unwrap_or_default();
-        let outcome = self.call(&caller, &request.name, arguments).await;
+        let outcome = self.call(&caller, &request.name, arguments, watch).await;
         answer(outcome).map(Into::into)
     }
 }
@@ -245,6 +254,7 @@ impl McpServer {
         caller: &Caller,
         name: &str,
         arguments: Map<String, Value>,
+        watch: Option<Watch>,
     ) -> Result<CallToolResult, ApiError> {
         let state = &self.state;
         let Some(core) = schema::core_tool(name) else {
@@ -302,6 +312,9 @@ impl McpServer {
                 let a: ReadOutputArgs = parse_args(arguments)?;
                 let mut s =
                     session(state, caller, &a.session_id, a.environment_id, "output").await?;
+                if a.wait_ms > 0 {
+                    s.watch = watch.map(|w| w.with_environment(&s.link.name, &s.row.exe_id));
+                }
                 let out = processes::output(&mut s, a.after_seq, a.wait_ms).await?;
                 Ok(json_result(&out.into_response()))
             }
