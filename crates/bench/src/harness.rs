@@ -279,6 +279,8 @@ pub fn http() -> reqwest::Client {
         .tcp_nodelay(true)
         .no_proxy()
         .pool_max_idle_per_host(256)
+        // Below the gateway's 10 s idle timeout.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("reqwest client")
 }

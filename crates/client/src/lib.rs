@@ -71,6 +71,10 @@ impl Client {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
+            // The gateway closes a connection idle for 10 s
+            // (--header-read-timeout-secs); dropping ours sooner keeps a
+            // request from meeting a connection it is just closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Client {
             http,

@@ -187,6 +187,8 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
+        // Below the gateway's 10 s idle timeout (see execgate-client).
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| ExecutorError::HttpClient(error::error_chain(&e)))?;
 

@@ -59,6 +59,8 @@ impl RemoteVerifier {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .tcp_nodelay(true)
+            // Below an execgate authority's 10 s idle timeout.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .build()
             // Only a broken TLS backend fails here; rustls with bundled
             // roots needs nothing from the system.
