@@ -18,6 +18,7 @@
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths, and confinement to `--root`.
 //! - `policy`: `--root`, `--allow-tools`, `--read-only`, `--max-processes`.
+//! - `sandbox`: `--sandbox`: Landlock confinement of every process.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 #[doc(hidden)]
@@ -32,6 +33,7 @@ mod paths;
 mod policy;
 mod process;
 mod rpc;
+mod sandbox;
 mod session;
 mod spill;
 mod staged;
@@ -50,6 +52,7 @@ use tokio::task::JoinSet;
 
 pub use error::ExecutorError;
 pub use policy::PolicyConfig;
+pub use sandbox::SandboxConfig;
 pub use tools_file::{ToolsFileError, ToolsFileProblem};
 
 use connect::{Backoff, Gateway};
@@ -100,7 +103,7 @@ pub struct ExecutorConfig {
     /// The TOML file of custom tools (`--tools`), checked at start.
     pub tools_file: Option<PathBuf>,
     /// The owner's limits (`--root`, `--allow-tools`, `--read-only`,
-    /// `--max-processes`), checked at start and enforced on every request.
+    /// `--max-processes`, `--sandbox`), checked at start and enforced on every request.
     /// With a root, `workdir` must lie inside it.
     pub policy: PolicyConfig,
 }

@@ -1,5 +1,5 @@
 //! What an executor's announced policy (`environmentInfo.execgate.policy`:
-//! `--root`, `--allow-tools`, `--read-only`, `--max-processes`) means on the
+//! `--root`, `--allow-tools`, `--read-only`, `--max-processes`, `--sandbox`) means on the
 //! gateway's side: which tools envs/list shows, which calls are refused
 //! before they reach the executor, and the `policy` field of envs/list.
 //!
@@ -9,7 +9,11 @@
 //! - a tool the allow list does not name: 403 `tool_not_allowed`;
 //! - a tool that would change files or run a process on a read-only
 //!   executor: 403 `policy_denied`;
-//! - what the executor itself refuses (a path outside `--root`, …) comes
+//! - a call's narrower `sandbox` on an executor that cannot apply it (a
+//!   stock codex would ignore it and run the process unconfined): 501
+//!   `not_supported_by_executor`;
+//! - what the executor itself refuses (a path outside `--root`, a `sandbox`
+//!   wider than its own, …) comes
 //!   back as `LinkError::Denied`: 403 `policy_denied`, or 429
 //!   `too_many_processes` (see `error.rs`).
 //!
@@ -17,7 +21,8 @@
 //! announce no policy: nothing here applies to them.
 
 use axum::http::StatusCode;
-use execgate_protocol::connectors::{error_code as code, PolicyInfo};
+use execgate_protocol::connectors::{error_code as code, PolicyInfo, SandboxInfo};
+use execgate_protocol::exec::{NetAccess, SandboxRequest};
 use execgate_protocol::policy::ExecutorPolicy;
 
 use crate::error::ApiError;
@@ -39,7 +44,48 @@ pub fn info(link: &Link) -> Option<PolicyInfo> {
         allow_tools: p.allow_tools,
         read_only: p.read_only,
         max_processes: p.max_processes,
+        sandbox: p.sandbox.map(|s| SandboxInfo {
+            write: s.write,
+            devices: s.devices,
+            read: s.read,
+            net: if s.deny_net { "deny" } else { "allow" }.into(),
+            landlock_abi: s.landlock_abi,
+            scopes: s.scopes,
+        }),
     })
+}
+
+/// A call's narrower `sandbox` (shell, exec_command) goes only to an
+/// executor that announces it can apply it: anything else would run the
+/// process without the confinement it asked for. Whether it is narrower
+/// than the executor's own is the executor's to check (it resolves paths).
+pub fn check_sandbox(link: &Link, request: Option<&SandboxRequest>) -> Result<(), ApiError> {
+    let Some(request) = request else {
+        return Ok(());
+    };
+    let abi = link.ext().sandbox_abi;
+    let needed = if request.net == Some(NetAccess::Deny) {
+        4
+    } else {
+        3
+    };
+    if abi < needed {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            code::NOT_SUPPORTED_BY_EXECUTOR,
+            format!(
+                "environment '{}' cannot run a process in a sandbox{}: {}",
+                link.name,
+                if needed == 4 { " without network" } else { "" },
+                if link.handshake().is_some_and(|h| h.info.execgate.is_some()) {
+                    format!("it applies sandboxes with Landlock ABI {abi} (0: not at all), and this needs ABI {needed}")
+                } else {
+                    "its executor does not support it".to_string()
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether envs/list shows `tool` (core or custom) for this executor.

@@ -20,6 +20,7 @@ mod policy;
 mod proxy_auth;
 mod pty;
 mod restart;
+mod sandbox;
 mod spill;
 mod sse;
 mod streaming;
