@@ -230,6 +230,49 @@ mod tests {
     }
 
     #[test]
+    fn a_call_sandbox_goes_only_to_an_executor_that_applies_it() {
+        let request = |net| SandboxRequest {
+            write: Some(vec!["/srv".into()]),
+            net,
+        };
+        // A stock codex (or an executor without Landlock) would run the
+        // process unconfined: 501, before anything is sent.
+        let plain = link_with(None);
+        check_sandbox(&plain, None).unwrap();
+        let (status, code, message) = code_of(check_sandbox(&plain, Some(&request(None))));
+        assert_eq!((status, code), (501, "not_supported_by_executor"));
+        assert!(message.contains("sandbox"), "{message}");
+
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let with_abi = |abi| {
+            let link = Link::new("exe_2".into(), "w".into(), "box".into(), tx.clone());
+            let ext = ExtCapabilities {
+                sandbox_abi: abi,
+                ..Default::default()
+            };
+            link.set_handshake(Handshake {
+                session_id: "s".into(),
+                info: EnvironmentInfo {
+                    execgate: Some(ext.clone()),
+                    ..Default::default()
+                },
+                ext,
+            });
+            link
+        };
+        let abi3 = with_abi(3);
+        check_sandbox(&abi3, Some(&request(None))).unwrap();
+        let (status, _, message) =
+            code_of(check_sandbox(&abi3, Some(&request(Some(NetAccess::Deny)))));
+        assert_eq!(status, 501);
+        assert!(
+            message.contains("ABI 3") && message.contains("ABI 4"),
+            "{message}"
+        );
+        check_sandbox(&with_abi(7), Some(&request(Some(NetAccess::Deny)))).unwrap();
+    }
+
+    #[test]
     fn read_only_keeps_reads_and_copies_from_it() {
         let ro = link_with(Some(ExecutorPolicy {
             read_only: true,

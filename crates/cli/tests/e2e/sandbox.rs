@@ -353,3 +353,53 @@ async fn sandbox_options_refuse_to_start_with_a_message() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn sandbox_read_confines_reads_but_programs_still_run() {
+    if !have_landlock() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    let (readable, hidden) = (base.join("readable"), base.join("hidden"));
+    std::fs::create_dir_all(&readable).unwrap();
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::write(readable.join("a"), "visible\n").unwrap();
+    std::fs::write(hidden.join("b"), "secret\n").unwrap();
+    let w = World::start(&["--sandbox", "--sandbox-read", readable.to_str().unwrap()]).await;
+    let (work, _, _) = dirs(&w);
+    std::fs::write(work.join("w"), "in the workdir\n").unwrap();
+
+    // Programs (from /usr, /bin, PATH) run and read what is listed, the
+    // write paths, and /etc.
+    let (code, text) = sh(
+        &w.api,
+        "laptop",
+        &format!(
+            "cat {}/a w /etc/passwd >/dev/null && echo ok",
+            readable.display()
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!((code, text.trim()), (0, "ok"), "{text}");
+    let (code, text) = sh(
+        &w.api,
+        "laptop",
+        &format!("cat {}/b", hidden.display()),
+        json!({}),
+    )
+    .await;
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("Permission denied") && !text.contains("secret"),
+        "{text}"
+    );
+    let envs = w.api.envs().await;
+    let read = laptop(&envs)["policy"]["sandbox"]["read"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(read[0], readable.display().to_string(), "{envs}");
+    assert!(read.contains(&json!("/usr")), "{envs}");
+}
