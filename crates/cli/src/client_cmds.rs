@@ -7,6 +7,7 @@ use std::io::Write;
 use base64::Engine;
 use clap::Args;
 use execgate_client::Client;
+use execgate_protocol::connectors::PolicyInfo;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -35,8 +36,54 @@ pub async fn envs() -> anyhow::Result<()> {
             e.last_seen.unwrap_or_default(),
             tools.join(",")
         );
+        if let Some(policy) = &e.policy {
+            for line in policy_lines(policy) {
+                println!("  {line}");
+            }
+        }
     }
     Ok(())
+}
+
+/// The detail lines under an environment with a policy: its limits, and
+/// what its processes may do.
+fn policy_lines(p: &PolicyInfo) -> Vec<String> {
+    let mut limits = Vec::new();
+    if let Some(root) = &p.root {
+        limits.push(format!("root {root}"));
+    }
+    if let Some(tools) = &p.allow_tools {
+        limits.push(format!("allow {}", tools.join(",")));
+    }
+    if p.read_only {
+        limits.push("read-only".to_string());
+    }
+    if let Some(n) = p.max_processes {
+        limits.push(format!("max {n} processes"));
+    }
+    let mut lines = Vec::new();
+    if !limits.is_empty() {
+        lines.push(format!("policy:  {}", limits.join("; ")));
+    }
+    lines.push(match &p.sandbox {
+        None => "sandbox: none (processes can write wherever the executor's user can)".to_string(),
+        Some(s) => {
+            let scopes = if s.scopes.is_empty() {
+                String::new()
+            } else {
+                format!(", scopes {}", s.scopes.join(","))
+            };
+            format!(
+                "sandbox: write {} (+ {}); read {}; net {}; landlock ABI {}{scopes}",
+                s.write.join(","),
+                s.devices.join(","),
+                s.read.as_ref().map_or("all".to_string(), |r| r.join(",")),
+                s.net,
+                s.landlock_abi
+            )
+        }
+    });
+    lines
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +334,39 @@ fn shell_words(argv: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use execgate_protocol::connectors::SandboxInfo;
+
+    #[test]
+    fn policy_lines_show_limits_and_the_sandbox() {
+        let mut p = PolicyInfo {
+            root: Some("/srv/p".into()),
+            allow_tools: Some(vec!["shell".into(), "read_file".into()]),
+            read_only: false,
+            max_processes: Some(4),
+            sandbox: None,
+        };
+        assert_eq!(
+            policy_lines(&p),
+            [
+                "policy:  root /srv/p; allow shell,read_file; max 4 processes",
+                "sandbox: none (processes can write wherever the executor's user can)"
+            ]
+        );
+        p.sandbox = Some(SandboxInfo {
+            write: vec!["/srv/p".into(), "/tmp".into()],
+            devices: vec!["/dev/null".into()],
+            read: None,
+            net: "deny".into(),
+            landlock_abi: 7,
+            scopes: vec!["signal".into()],
+        });
+        assert_eq!(
+            policy_lines(&p)[1],
+            "sandbox: write /srv/p,/tmp (+ /dev/null); read all; net deny; landlock ABI 7, scopes signal"
+        );
+    }
+
     #[test]
     fn argv_is_shown_as_typed() {
         let argv: Vec<String> = ["sh", "-c", "echo 'hi' there", ""]

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
-use execgate_executor::{ExecutorConfig, PolicyConfig};
+use clap::{Args, ValueEnum};
+use execgate_executor::{ExecutorConfig, PolicyConfig, SandboxConfig};
 
 #[derive(Args, Debug)]
 pub struct ExecutorArgs {
@@ -52,13 +52,42 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "N", default_value_t = execgate_executor::DEFAULT_STALE_STAGED.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stale_staged_secs: u64,
+    /// The owner's limits and the sandbox (shared with `execgate up`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
+    crate::fdlimit::raise_nofile_limit("executor");
+    let mut config = ExecutorConfig::new(a.gateway, a.token);
+    config.name = a.name;
+    config.is_default = a.default;
+    a.policy.apply(a.workdir, &mut config)?;
+    config.retained_bytes = a.retain_bytes;
+    config.session_ttl = Duration::from_secs(a.session_ttl_secs);
+    config.exited_retention = Duration::from_secs(a.exited_retention_secs);
+    config.spill_bytes = a.spill_bytes;
+    config.spill_total_bytes = a.spill_total_bytes;
+    config.spill_dir = a.spill_dir;
+    if let Some(dir) = a.state_dir {
+        config.state_dir = Some(dir);
+    }
+    config.stale_staged_after = Duration::from_secs(a.stale_staged_secs);
+    execgate_executor::run(config).await?;
+    Ok(())
+}
+
+/// The executor's policy and sandbox options: `execgate executor` and
+/// `execgate up` (for its local executor) take the same.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
     /// A TOML file of custom tools ([[tool]] tables); checked at start, and
     /// any problem refuses to start. See README, "Custom tools".
     #[arg(long, value_name = "FILE")]
     pub tools: Option<PathBuf>,
     /// Confine every file path and cwd the gateway sends to DIR, after
-    /// resolving `..` and symlinks; an escape is refused. Processes are not
-    /// sandboxed: a shell can still `cd /` (see --allow-tools, --read-only).
+    /// resolving `..` and symlinks; an escape is refused. Processes are
+    /// confined only with --sandbox (else a shell can still `cd /`).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Only these tools may be used, comma-separated: core tools (shell,
@@ -72,41 +101,64 @@ pub struct ExecutorArgs {
     /// At most N processes run at once; more are refused until one exits.
     #[arg(long, value_name = "N")]
     pub max_processes: Option<usize>,
+    /// Confine every process the executor starts (Landlock, Linux 6.2+):
+    /// writes only beneath --root (else --workdir), --sandbox-write paths
+    /// and /dev/null, /dev/tty and the like. Refuses to start where the
+    /// kernel cannot enforce it.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// With --sandbox: processes may also write beneath PATH (repeatable;
+    /// e.g. /tmp).
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    pub sandbox_write: Vec<PathBuf>,
+    /// With --sandbox: processes may read only beneath these paths
+    /// (repeatable), plus /usr, /bin, /lib*, /etc, /dev, /proc, the
+    /// directories of PATH and the write paths [default: everywhere].
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    pub sandbox_read: Vec<PathBuf>,
+    /// With --sandbox: `deny` refuses TCP connect and bind (Linux 6.7+).
+    #[arg(long, value_name = "RULE", requires = "sandbox")]
+    pub sandbox_net: Option<NetRule>,
 }
 
-pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
-    crate::fdlimit::raise_nofile_limit("executor");
-    let mut config = ExecutorConfig::new(a.gateway, a.token);
-    config.name = a.name;
-    config.is_default = a.default;
-    // With a root, work in it unless told otherwise (a workdir outside it
-    // is refused at start).
-    if let Some(w) = a.workdir.as_ref().or(a.root.as_ref()) {
-        let flag = if a.workdir.is_some() {
-            "--workdir"
-        } else {
-            "--root"
+/// `--sandbox-net`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetRule {
+    Allow,
+    Deny,
+}
+
+impl PolicyArgs {
+    /// Sets `config`'s workdir (`workdir`, else the root, else as it is),
+    /// policy and tools file.
+    pub fn apply(
+        self,
+        workdir: Option<PathBuf>,
+        config: &mut ExecutorConfig,
+    ) -> anyhow::Result<()> {
+        // With a root, work in it unless told otherwise (a workdir outside
+        // it is refused at start).
+        if let Some(w) = workdir.as_ref().or(self.root.as_ref()) {
+            let flag = if workdir.is_some() {
+                "--workdir"
+            } else {
+                "--root"
+            };
+            config.workdir = std::fs::canonicalize(w)
+                .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", w.display()))?;
+        }
+        config.policy = PolicyConfig {
+            root: self.root,
+            allow_tools: self.allow_tools,
+            read_only: self.read_only,
+            max_processes: self.max_processes,
+            sandbox: self.sandbox.then(|| SandboxConfig {
+                write: self.sandbox_write,
+                read: (!self.sandbox_read.is_empty()).then_some(self.sandbox_read),
+                deny_net: self.sandbox_net == Some(NetRule::Deny),
+            }),
         };
-        config.workdir =
-            std::fs::canonicalize(w).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", w.display()))?;
+        config.tools_file = self.tools;
+        Ok(())
     }
-    config.policy = PolicyConfig {
-        root: a.root,
-        allow_tools: a.allow_tools,
-        read_only: a.read_only,
-        max_processes: a.max_processes,
-    };
-    config.retained_bytes = a.retain_bytes;
-    config.session_ttl = Duration::from_secs(a.session_ttl_secs);
-    config.exited_retention = Duration::from_secs(a.exited_retention_secs);
-    config.spill_bytes = a.spill_bytes;
-    config.spill_total_bytes = a.spill_total_bytes;
-    config.spill_dir = a.spill_dir;
-    if let Some(dir) = a.state_dir {
-        config.state_dir = Some(dir);
-    }
-    config.stale_staged_after = Duration::from_secs(a.stale_staged_secs);
-    config.tools_file = a.tools;
-    execgate_executor::run(config).await?;
-    Ok(())
 }

@@ -14,6 +14,7 @@ use clap::Args;
 use execgate_executor::ExecutorConfig;
 use execgate_gateway::{Gateway, Store};
 
+use crate::executor_cmd::PolicyArgs;
 use crate::serve::GatewayArgs;
 
 const WORKSPACE: &str = "default";
@@ -23,9 +24,13 @@ const ENV_NAME: &str = "local";
 pub struct UpArgs {
     #[command(flatten)]
     pub gateway: GatewayArgs,
-    /// The local executor's working directory [default: the current directory].
+    /// The local executor's working directory [default: the current
+    /// directory, or --root].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// The local executor's limits and sandbox, as `execgate executor`'s.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
@@ -47,10 +52,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(gateway.serve());
 
     let mut config = ExecutorConfig::new(url.clone(), exe_token);
-    if let Some(w) = a.workdir {
-        config.workdir = std::fs::canonicalize(&w)
-            .map_err(|e| anyhow::anyhow!("--workdir {}: {e}", w.display()))?;
-    }
+    a.policy.apply(a.workdir, &mut config)?;
     let workdir = config.workdir.clone();
     let executor = tokio::spawn(execgate_executor::run(config));
 
@@ -61,10 +63,16 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         .map(|r| r.exe_id)
         .unwrap_or_default();
     for _ in 0..100 {
-        if state.registry().get(&exe_id).is_some() {
+        if state.registry().get(&exe_id).is_some() || executor.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An executor that refused to start (a bad --root, --sandbox on a
+    // kernel that cannot enforce it…) says why, before any example.
+    if executor.is_finished() {
+        executor.await??;
+        anyhow::bail!("the local executor stopped");
     }
 
     println!("execgate is up.");

@@ -21,6 +21,7 @@
 //! - `beneath`: using a confined path through the kernel (openat2 beneath
 //!   the root's descriptor, `*at` calls), so that no race escapes the root.
 //! - `policy`: `--root`, `--allow-tools`, `--read-only`, `--max-processes`.
+//! - `sandbox`: `--sandbox`: Landlock confinement of every process.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
 
 #[doc(hidden)]
@@ -36,6 +37,7 @@ mod paths;
 mod policy;
 mod process;
 mod rpc;
+mod sandbox;
 mod session;
 mod spill;
 mod staged;
@@ -55,6 +57,7 @@ use tokio::task::JoinSet;
 
 pub use error::ExecutorError;
 pub use policy::PolicyConfig;
+pub use sandbox::SandboxConfig;
 pub use tools_file::{ToolsFileError, ToolsFileProblem};
 
 use connect::{Backoff, Gateway};
@@ -116,7 +119,7 @@ pub struct ExecutorConfig {
     /// removed: its transfer is dead.
     pub stale_staged_after: Duration,
     /// The owner's limits (`--root`, `--allow-tools`, `--read-only`,
-    /// `--max-processes`), checked at start and enforced on every request.
+    /// `--max-processes`, `--sandbox`), checked at start and enforced on every request.
     /// With a root, `workdir` must lie inside it.
     pub policy: PolicyConfig,
 }

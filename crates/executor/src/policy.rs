@@ -18,9 +18,12 @@
 //! - **Processes** (`--max-processes`): a [`ProcessPermit`] per process that
 //!   has not exited yet; `process/start` beyond the limit is -32031.
 //!
-//! What this does not do: sandbox processes. A shell started in the root
-//! can `cd /`; `--root` confines the file methods and the cwd, not what a
-//! program does. `--read-only` and `--allow-tools` are the answer to that.
+//! - **Sandbox** (`--sandbox`, see `sandbox`): what every process may do,
+//!   enforced by the kernel; announced here with the rest.
+//!
+//! Without `--sandbox`, processes are not confined: a shell started in the
+//! root can `cd /` and write anywhere the user can; `--root` confines the
+//! file methods and the cwd, not what a program does.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +36,7 @@ use execgate_protocol::policy::{ExecutorPolicy, CORE_TOOLS};
 
 use crate::beneath::Root;
 use crate::paths::{confine, Last, PathRules};
+use crate::sandbox::{SandboxConfig, Sandboxes};
 
 /// The policy options, as given (`ExecutorConfig::policy`).
 #[derive(Debug, Clone, Default)]
@@ -45,6 +49,8 @@ pub struct PolicyConfig {
     pub read_only: bool,
     /// At most this many processes at once (`--max-processes`).
     pub max_processes: Option<usize>,
+    /// Confine every process (`--sandbox`, `--sandbox-write`…).
+    pub sandbox: Option<SandboxConfig>,
 }
 
 impl PolicyConfig {
@@ -53,6 +59,7 @@ impl PolicyConfig {
             && self.allow_tools.is_none()
             && !self.read_only
             && self.max_processes.is_none()
+            && self.sandbox.is_none()
     }
 }
 
@@ -68,6 +75,8 @@ pub(crate) struct Policy {
     commands: Vec<AllowedCommand>,
     max_processes: Option<usize>,
     live: Arc<AtomicUsize>,
+    /// `--sandbox`, and what a call may ask for on top.
+    pub sandboxes: Sandboxes,
 }
 
 /// A command line an allowed custom tool may start.
@@ -160,6 +169,12 @@ impl Policy {
                 })
                 .collect()
         };
+        // Processes write beneath the root, or the workdir without one.
+        let sandboxes = Sandboxes::new(
+            config.sandbox.as_ref(),
+            paths.root.as_ref().map_or(&paths.workdir, |r| &r.path),
+        )?;
+        limits.sandbox = sandboxes.announced();
         let workdir = paths.workdir.clone();
         Ok((
             Policy {
@@ -169,6 +184,7 @@ impl Policy {
                 commands,
                 max_processes: config.max_processes,
                 live: Arc::new(AtomicUsize::new(0)),
+                sandboxes,
             },
             workdir,
         ))
@@ -371,6 +387,7 @@ mod tests {
             cols: None,
             rows: None,
             push_output: None,
+            sandbox: None,
         }
     }
 
@@ -519,6 +536,7 @@ mod tests {
             allow_tools: Some(vec!["read_file".into(), "read_file".into()]),
             read_only: false,
             max_processes: Some(4),
+            sandbox: None,
         };
         let (p, workdir) = Policy::new(&c, base.join("alias/sub"), &[]).unwrap();
         assert_eq!(workdir, base.join("real/sub"));
@@ -533,6 +551,7 @@ mod tests {
                 allow_tools: Some(vec!["read_file".into()]),
                 read_only: false,
                 max_processes: Some(4),
+                sandbox: None,
             }
         );
     }

@@ -80,6 +80,7 @@ impl ExecutorState {
         let ext = environment.execgate.get_or_insert_with(Default::default);
         ext.tools = tools;
         ext.policy = policy.announced();
+        ext.sandbox_abi = policy.sandboxes.per_call_abi();
         let journal = config
             .state_dir
             .as_ref()

@@ -1,5 +1,5 @@
 //! What an executor's announced policy (`environmentInfo.execgate.policy`:
-//! `--root`, `--allow-tools`, `--read-only`, `--max-processes`) means on the
+//! `--root`, `--allow-tools`, `--read-only`, `--max-processes`, `--sandbox`) means on the
 //! gateway's side: which tools envs/list shows, which calls are refused
 //! before they reach the executor, and the `policy` field of envs/list.
 //!
@@ -9,7 +9,11 @@
 //! - a tool the allow list does not name: 403 `tool_not_allowed`;
 //! - a tool that would change files or run a process on a read-only
 //!   executor: 403 `policy_denied`;
-//! - what the executor itself refuses (a path outside `--root`, …) comes
+//! - a call's narrower `sandbox` on an executor that cannot apply it (a
+//!   stock codex would ignore it and run the process unconfined): 501
+//!   `not_supported_by_executor`;
+//! - what the executor itself refuses (a path outside `--root`, a `sandbox`
+//!   wider than its own, …) comes
 //!   back as `LinkError::Denied`: 403 `policy_denied`, or 429
 //!   `too_many_processes` (see `error.rs`).
 //!
@@ -17,7 +21,8 @@
 //! announce no policy: nothing here applies to them.
 
 use axum::http::StatusCode;
-use execgate_protocol::connectors::{error_code as code, PolicyInfo};
+use execgate_protocol::connectors::{error_code as code, PolicyInfo, SandboxInfo};
+use execgate_protocol::exec::{NetAccess, SandboxRequest};
 use execgate_protocol::policy::ExecutorPolicy;
 
 use crate::error::ApiError;
@@ -39,7 +44,48 @@ pub fn info(link: &Link) -> Option<PolicyInfo> {
         allow_tools: p.allow_tools,
         read_only: p.read_only,
         max_processes: p.max_processes,
+        sandbox: p.sandbox.map(|s| SandboxInfo {
+            write: s.write,
+            devices: s.devices,
+            read: s.read,
+            net: if s.deny_net { "deny" } else { "allow" }.into(),
+            landlock_abi: s.landlock_abi,
+            scopes: s.scopes,
+        }),
     })
+}
+
+/// A call's narrower `sandbox` (shell, exec_command) goes only to an
+/// executor that announces it can apply it: anything else would run the
+/// process without the confinement it asked for. Whether it is narrower
+/// than the executor's own is the executor's to check (it resolves paths).
+pub fn check_sandbox(link: &Link, request: Option<&SandboxRequest>) -> Result<(), ApiError> {
+    let Some(request) = request else {
+        return Ok(());
+    };
+    let abi = link.ext().sandbox_abi;
+    let needed = if request.net == Some(NetAccess::Deny) {
+        4
+    } else {
+        3
+    };
+    if abi < needed {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            code::NOT_SUPPORTED_BY_EXECUTOR,
+            format!(
+                "environment '{}' cannot run a process in a sandbox{}: {}",
+                link.name,
+                if needed == 4 { " without network" } else { "" },
+                if link.handshake().is_some_and(|h| h.info.execgate.is_some()) {
+                    format!("it applies sandboxes with Landlock ABI {abi} (0: not at all), and this needs ABI {needed}")
+                } else {
+                    "its executor does not support it".to_string()
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether envs/list shows `tool` (core or custom) for this executor.
@@ -181,6 +227,49 @@ mod tests {
         check_download(&link).unwrap();
         assert_eq!(code_of(check_upload(&link)).1, "tool_not_allowed");
         assert_eq!(code_of(check_copy(&link, &link)).1, "tool_not_allowed");
+    }
+
+    #[test]
+    fn a_call_sandbox_goes_only_to_an_executor_that_applies_it() {
+        let request = |net| SandboxRequest {
+            write: Some(vec!["/srv".into()]),
+            net,
+        };
+        // A stock codex (or an executor without Landlock) would run the
+        // process unconfined: 501, before anything is sent.
+        let plain = link_with(None);
+        check_sandbox(&plain, None).unwrap();
+        let (status, code, message) = code_of(check_sandbox(&plain, Some(&request(None))));
+        assert_eq!((status, code), (501, "not_supported_by_executor"));
+        assert!(message.contains("sandbox"), "{message}");
+
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let with_abi = |abi| {
+            let link = Link::new("exe_2".into(), "w".into(), "box".into(), tx.clone());
+            let ext = ExtCapabilities {
+                sandbox_abi: abi,
+                ..Default::default()
+            };
+            link.set_handshake(Handshake {
+                session_id: "s".into(),
+                info: EnvironmentInfo {
+                    execgate: Some(ext.clone()),
+                    ..Default::default()
+                },
+                ext,
+            });
+            link
+        };
+        let abi3 = with_abi(3);
+        check_sandbox(&abi3, Some(&request(None))).unwrap();
+        let (status, _, message) =
+            code_of(check_sandbox(&abi3, Some(&request(Some(NetAccess::Deny)))));
+        assert_eq!(status, 501);
+        assert!(
+            message.contains("ABI 3") && message.contains("ABI 4"),
+            "{message}"
+        );
+        check_sandbox(&with_abi(7), Some(&request(Some(NetAccess::Deny)))).unwrap();
     }
 
     #[test]

@@ -120,6 +120,29 @@ pub struct PolicyInfo {
     /// At most this many processes run at once.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub max_processes: Option<u32>,
+    /// Every process runs in this sandbox (`--sandbox`); null: processes
+    /// are not confined (they can write wherever the executor's user can).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub sandbox: Option<SandboxInfo>,
+}
+
+/// The kernel-enforced sandbox (Landlock) of an environment's processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SandboxInfo {
+    /// Processes change files only beneath these paths…
+    pub write: Vec<String>,
+    /// …and may always write these devices (`/dev/null`, terminals).
+    pub devices: Vec<String>,
+    /// Processes read only beneath these paths; null: everywhere.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub read: Option<Vec<String>>,
+    /// `"deny"`: no TCP connect or bind; `"allow"`.
+    pub net: String,
+    /// The Landlock ABI of the executor's kernel.
+    pub landlock_abi: u32,
+    /// Landlock scopes in force (`abstract_unix_socket`, `signal`).
+    pub scopes: Vec<String>,
 }
 
 /// What an executor said about itself in `initialize`.
@@ -408,10 +431,11 @@ mod tests {
             allow_tools: None,
             read_only: false,
             max_processes: Some(2),
+            sandbox: None,
         };
         assert_eq!(
             serde_json::to_value(&p).unwrap(),
-            json!({"root":"/srv/p","allow_tools":null,"read_only":false,"max_processes":2})
+            json!({"root":"/srv/p","allow_tools":null,"read_only":false,"max_processes":2,"sandbox":null})
         );
     }
 

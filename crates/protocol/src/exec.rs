@@ -155,10 +155,19 @@ pub struct ExtCapabilities {
     /// `fs/getMetadata` reports `mode` and `symlinkTarget`, and
     /// `fs/createDirectory` takes `mode`.
     pub file_transfer: bool,
+    /// The Landlock ABI with which `process/start {sandbox}` is applied
+    /// (0: it is not: no Landlock, or an older executor). Below 3 the
+    /// executor cannot confine writes, below 4 the network.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sandbox_abi: u32,
     /// The limits the machine's owner set (`--root`, `--allow-tools`,
-    /// `--read-only`, `--max-processes`); absent when none was set.
+    /// `--read-only`, `--max-processes`, `--sandbox`); absent when none was set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::ExecutorPolicy>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Which variables a child inherits. codex 0.169.0 rejects a policy that lacks
@@ -225,6 +234,37 @@ pub struct ProcessStartParams {
     /// that bulk output does not cross the link twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_output: Option<bool>,
+    /// [ext] Confine this process more narrowly than the executor's own
+    /// sandbox (never more widely: a wider request is refused, -32030).
+    /// Sent only to an executor that announces `sandboxAbi`: a stock codex
+    /// would ignore it and run the process unconfined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxRequest>,
+}
+
+/// [ext] A narrower sandbox for one process (`process/start {sandbox}`),
+/// applied on top of the executor's own (Landlock rulesets stack: the
+/// process gets what both allow).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxRequest {
+    /// Writes only beneath these paths (and the always-writable devices).
+    /// Each must exist and lie within what the executor allows. `[]`: no
+    /// writes at all. Absent: the executor's own rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Vec<String>>,
+    /// `"deny"`: no TCP connect or bind. `"allow"` is only accepted where
+    /// the executor allows the network itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetAccess>,
+}
+
+/// [ext] Network access of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetAccess {
+    Allow,
+    Deny,
 }
 
 /// [ext] `process/setPush`: whether the process's output is pushed from
@@ -568,12 +608,34 @@ mod tests {
             cols: None,
             rows: None,
             push_output: None,
+            sandbox: None,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(
             v,
             json!({"processId":"p1","argv":["true"],"cwd":"file:///tmp","env":{},"tty":false,"pipeStdin":true})
         );
+    }
+
+    #[test]
+    fn a_sandbox_request_is_an_ext_field_and_strict() {
+        let p: ProcessStartParams = serde_json::from_value(json!({
+            "processId":"p","argv":["true"],"cwd":"",
+            "sandbox":{"write":["/srv/x"],"net":"deny"}
+        }))
+        .unwrap();
+        assert_eq!(
+            p.sandbox,
+            Some(SandboxRequest {
+                write: Some(vec!["/srv/x".into()]),
+                net: Some(NetAccess::Deny)
+            })
+        );
+        let bad = serde_json::from_value::<SandboxRequest>(json!({"read":["/"]}));
+        assert!(bad.is_err(), "an unknown key must not be ignored");
+        // Executors that cannot apply one say so by omitting sandboxAbi.
+        let ext: ExtCapabilities = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(ext.sandbox_abi, 0);
     }
 
     #[test]

@@ -54,6 +54,33 @@ pub struct ExecutorPolicy {
     /// At most this many processes run at once (started, not yet exited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_processes: Option<u32>,
+    /// Every process the executor starts is confined by the kernel
+    /// (`--sandbox`, Landlock). Absent: processes are not confined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxPolicy>,
+}
+
+/// [ext] The sandbox every process of an executor runs in
+/// (`execgate executor --sandbox`), as announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SandboxPolicy {
+    /// Processes may change files only beneath these paths (canonical),
+    /// besides [`SandboxPolicy::devices`].
+    pub write: Vec<String>,
+    /// Device files always writable (`/dev/null`, the terminals…).
+    pub devices: Vec<String>,
+    /// Processes may read only beneath these paths; `None`: everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<String>>,
+    /// TCP connect and bind refused.
+    pub deny_net: bool,
+    /// The Landlock ABI of the kernel that enforces it.
+    pub landlock_abi: u32,
+    /// Landlock scopes in force: `abstract_unix_socket` (no connecting to
+    /// an abstract unix socket made outside the sandbox) and `signal` (no
+    /// signals to processes outside it); empty below ABI 6.
+    pub scopes: Vec<String>,
 }
 
 impl ExecutorPolicy {
@@ -141,6 +168,7 @@ mod tests {
             allow_tools: None,
             read_only: true,
             max_processes: Some(3),
+            sandbox: None,
         };
         assert_eq!(
             serde_json::to_value(&p).unwrap(),

@@ -10,11 +10,21 @@ use crate::harness::*;
 
 /// Starts `execgate up` and returns it with the URL and token it printed.
 fn start_up(data_dir: &std::path::Path, workdir: &std::path::Path) -> (Proc, String, String) {
+    start_up_with(data_dir, workdir, &[])
+}
+
+/// [`start_up`] with extra arguments (the local executor's options).
+fn start_up_with(
+    data_dir: &std::path::Path,
+    workdir: &std::path::Path,
+    extra: &[&str],
+) -> (Proc, String, String) {
     let mut child = Command::new(bin())
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .arg("--workdir")
         .arg(workdir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -221,4 +231,106 @@ async fn a_call_in_flight_fails_at_once_when_its_executor_dies() {
             .contains("last seen"),
         "{v}"
     );
+}
+
+/// `execgate up` passes the executor's policy and sandbox options to its
+/// local executor, and `execgate envs` shows them (issue 16, part 4).
+#[tokio::test]
+async fn up_takes_the_executor_policy_and_envs_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(dir.path()).unwrap();
+    let (data, root, out) = (base.join("data"), base.join("root"), base.join("out"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let tools = base.join("tools.toml");
+    std::fs::write(
+        &tools,
+        "[[tool]]\nname = \"hello\"\ndescription = \"hi\"\nargv = [\"echo\", \"hi\"]\n[tool.schema]\ntype = \"object\"\n",
+    )
+    .unwrap();
+    let sandboxed = landlock_abi() >= 3;
+    let mut extra = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "--allow-tools",
+        "shell,read_file,hello",
+        "--max-processes",
+        "3",
+        "--tools",
+        tools.to_str().unwrap(),
+    ];
+    if sandboxed {
+        extra.push("--sandbox");
+    }
+    let (_up, url, token) = start_up_with(&data, &root, &extra);
+
+    let api = Api::new(&url, &token);
+    let v = api.envs().await;
+    let policy = &v["envs"][0]["policy"];
+    assert_eq!(policy["root"], root.display().to_string(), "{v}");
+    assert_eq!(
+        policy["allow_tools"],
+        json!(["shell", "read_file", "hello"]),
+        "{v}"
+    );
+    assert_eq!(policy["max_processes"], 3, "{v}");
+    let tools: Vec<&str> = v["envs"][0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"hello") && !tools.contains(&"write_file"),
+        "{v}"
+    );
+
+    let (code, text, err) = client(&url, &token, &["envs"], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "policy:  root {}; allow shell,read_file,hello; max 3 processes",
+            root.display()
+        )),
+        "{text}"
+    );
+    if !sandboxed {
+        eprintln!("no Landlock ABI 3 here: the sandbox part is skipped");
+        assert!(text.contains("sandbox: none"), "{text}");
+        return;
+    }
+    assert_eq!(
+        policy["sandbox"]["write"],
+        json!([root.display().to_string()]),
+        "{v}"
+    );
+    assert!(
+        text.contains(&format!("sandbox: write {} (+ /dev/null", root.display()))
+            && text.contains("read all; net allow; landlock ABI"),
+        "{text}"
+    );
+    // And the local executor's processes are confined.
+    let r = api
+        .call(
+            "local",
+            "shell",
+            json!({"command": format!("echo x > {}/f", out.display())}),
+        )
+        .await;
+    assert_ne!(r["structuredContent"]["exit_code"], 0, "{r}");
+    assert!(!out.join("f").exists());
+}
+
+/// The running kernel's Landlock ABI (0: none).
+fn landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
 }

@@ -23,6 +23,7 @@ mod proxy_auth;
 mod pty;
 mod restart;
 mod revocation;
+mod sandbox;
 mod spill;
 mod sse;
 mod streaming;

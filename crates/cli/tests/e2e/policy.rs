@@ -137,7 +137,7 @@ async fn root_confines_every_file_tool_and_the_cwd() {
     let envs = w.api.envs().await;
     assert_eq!(
         env(&envs, "box")["policy"],
-        json!({"root": root, "allow_tools": null, "read_only": false, "max_processes": null})
+        json!({"root": root, "allow_tools": null, "read_only": false, "max_processes": null, "sandbox": null})
     );
     assert!(env(&envs, "laptop").get("policy").is_none(), "{envs}");
     assert_eq!(tool_names(env(&envs, "box")).len(), 6, "all core tools");
@@ -345,7 +345,7 @@ async fn read_only_refuses_writes_and_processes_with_403_and_serves_reads() {
     let b = env(&envs, "box");
     assert_eq!(
         b["policy"],
-        json!({"root": null, "allow_tools": null, "read_only": true, "max_processes": null})
+        json!({"root": null, "allow_tools": null, "read_only": true, "max_processes": null, "sandbox": null})
     );
     assert_eq!(tool_names(b), ["read_file", "copy_path"]);
 

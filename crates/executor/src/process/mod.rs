@@ -217,6 +217,14 @@ impl ProcessTable {
             }
         }
         policy.check_start(&params, &cwd)?;
+        let confinement = policy
+            .sandboxes
+            .for_start(params.sandbox.as_ref(), &policy.paths.workdir)?;
+        let sandbox_type = if confinement.is_some() {
+            "landlock"
+        } else {
+            "none"
+        };
         let env = env::child_env(&params.env, params.env_policy.as_ref(), std::env::vars_os())
             .map_err(RpcError::invalid_params)?;
         let pty = if params.tty {
@@ -248,6 +256,7 @@ impl ProcessTable {
                 env,
                 pty,
                 pipe_stdin: params.pipe_stdin.unwrap_or(false),
+                confinement,
             },
             permit,
         );
@@ -258,7 +267,7 @@ impl ProcessTable {
                 Ok((
                     ProcessStartResult {
                         process_id: id,
-                        sandbox_type: "none".into(),
+                        sandbox_type: sandbox_type.into(),
                     },
                     gate,
                 ))

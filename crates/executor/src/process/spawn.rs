@@ -49,6 +49,8 @@ pub(crate) struct SpawnRequest {
     pub pty: Option<PtySize>,
     /// Give the child a stdin pipe (without a pty).
     pub pipe_stdin: bool,
+    /// Start it confined (`--sandbox`, a call's `sandbox`): see `sandbox`.
+    pub confinement: Option<crate::sandbox::Confinement>,
 }
 
 /// A started child and its I/O handles.
@@ -72,7 +74,11 @@ pub(crate) enum ChildIo {
     },
 }
 
-pub(crate) fn spawn(request: SpawnRequest) -> io::Result<Spawned> {
+pub(crate) fn spawn(mut request: SpawnRequest) -> io::Result<Spawned> {
+    // A confined child is started, the same way, from a confined thread.
+    if let Some(confinement) = request.confinement.take() {
+        return crate::sandbox::spawn_confined(confinement, move || spawn(request));
+    }
     let Some((program, args)) = request.argv.split_first() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -99,6 +99,21 @@ fn timeout_ms(default: u64) -> Value {
     })
 }
 
+fn sandbox() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "description": "Run the process in a narrower sandbox than the environment's own (Landlock; \
+                        never a wider one, which is refused with 403 policy_denied). `write`: it may \
+                        change files only beneath these existing paths (and /dev/null, terminals); \
+                        `[]` for none. `net: \"deny\"`: no TCP connect or bind.",
+        "properties": {
+            "write": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "net": {"type": "string", "enum": ["allow", "deny"]}
+        }
+    })
+}
+
 fn session_id() -> Value {
     json!({"type": "string", "minLength": 1, "description": "The session_id exec_command returned."})
 }
@@ -122,7 +137,8 @@ pub const CORE_TOOLS: &[CoreTool] = &[
                 "command": command(),
                 "cwd": {"type": "string", "description": "Working directory (default: the executor's)."},
                 "env": env(),
-                "timeout_ms": timeout_ms(60_000)
+                "timeout_ms": timeout_ms(60_000),
+                "sandbox": sandbox()
             })
         },
         required: &["command"],
@@ -189,7 +205,8 @@ pub const CORE_TOOLS: &[CoreTool] = &[
                 "cols": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "Terminal width (tty)."},
                 "rows": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "Terminal height (tty)."},
                 "max_runtime_ms": {"type": "integer", "minimum": 1,
-                                   "description": "Terminate the process (its whole group) once it has run this long."}
+                                   "description": "Terminate the process (its whole group) once it has run this long."},
+                "sandbox": sandbox()
             })
         },
         required: &["command"],

@@ -75,6 +75,7 @@ pub async fn call(
         cwd: args::cwd_uri(&ctx.link, spec.cwd.as_deref())?,
         env: spec.env,
         timeout: Duration::from_millis(spec.timeout_ms),
+        sandbox: None,
     };
     shell::run_to_completion(ctx, command).await
 }

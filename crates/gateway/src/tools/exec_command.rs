@@ -19,7 +19,9 @@
 use std::collections::BTreeMap;
 
 use execgate_protocol::connectors::{CallToolResult, ExecCommandOutput};
-use execgate_protocol::exec::{method, EnvPolicy, ProcessStartParams, ProcessStartResult};
+use execgate_protocol::exec::{
+    method, EnvPolicy, ProcessStartParams, ProcessStartResult, SandboxRequest,
+};
 use serde::Deserialize;
 
 use super::args::{self, default_true};
@@ -49,6 +51,9 @@ pub struct ExecArgs {
     /// Terminate the process (its whole group) once it has run this long.
     #[serde(default)]
     pub max_runtime_ms: Option<u64>,
+    /// A narrower sandbox for this process (see `crate::policy::check_sandbox`).
+    #[serde(default)]
+    pub sandbox: Option<SandboxRequest>,
     #[serde(default)]
     #[allow(dead_code)]
     pub environment_id: Option<String>,
@@ -57,6 +62,7 @@ pub struct ExecArgs {
 pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, ApiError> {
     let link = &ctx.link;
     let sid = random_id("ps_", 12);
+    crate::policy::check_sandbox(link, a.sandbox.as_ref())?;
     let params = ProcessStartParams {
         process_id: sid.clone(),
         argv: a.command.clone(),
@@ -72,6 +78,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         // while it follows (`Link::subscribe`): bulk output that nobody
         // follows does not cross the link twice.
         push_output: link.ext().push_control.then_some(false),
+        sandbox: a.sandbox.clone(),
     };
     if a.max_runtime_ms == Some(0) {
         return Err(ApiError::bad_arguments(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use execgate_protocol::connectors::{CallToolResult, ShellOutput};
 use execgate_protocol::exec::{
     method, EnvPolicy, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessStartParams,
-    ProcessStartResult, ProcessTerminateResult, Stream,
+    ProcessStartResult, ProcessTerminateResult, SandboxRequest, Stream,
 };
 use serde::Deserialize;
 
@@ -45,6 +45,9 @@ pub struct ShellArgs {
     pub env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "args::timeout_ms")]
     pub timeout_ms: Option<u64>,
+    /// A narrower sandbox for this process (see `crate::policy::check_sandbox`).
+    #[serde(default)]
+    pub sandbox: Option<SandboxRequest>,
     /// Checked against the path by the handler.
     #[serde(default)]
     #[allow(dead_code)]
@@ -52,11 +55,13 @@ pub struct ShellArgs {
 }
 
 pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, ApiError> {
+    crate::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
     let command = Command {
         cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
         argv: a.command,
         env: a.env,
         timeout: Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+        sandbox: a.sandbox,
     };
     run_to_completion(ctx, command).await
 }
@@ -71,6 +76,8 @@ pub(crate) struct Command {
     pub env: BTreeMap<String, String>,
     /// Past it, the process group is killed and the result is `isError`.
     pub timeout: Duration,
+    /// [ext] A narrower sandbox, checked against the executor's capability.
+    pub sandbox: Option<SandboxRequest>,
 }
 
 /// Runs `command` on the link's executor and collects its output into
@@ -150,6 +157,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
         rows: None,
         // Collected from the pushed notifications: push, as codex does.
         push_output: None,
+        sandbox: command.sandbox,
     };
 
     let started = Instant::now();

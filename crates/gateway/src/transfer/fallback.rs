@@ -52,6 +52,7 @@ async fn sh(
             cwd,
             env: BTreeMap::new(),
             timeout: STEP_TIMEOUT,
+            sandbox: None,
         },
     )
     .await
