@@ -615,11 +615,13 @@ async fn run_link(
         "the connection ended".to_string()
     });
 
+    let mut slot = slot;
     let reason = tokio::select! {
         hs = handshake(&state, &link, row.session_id.clone()) => match hs {
             Ok(hs) => {
                 // The handshake is done: full-size frames from now on.
                 budget.store(UNLIMITED, Ordering::Release);
+                let slot = slot.take();
                 serve_link(&state, &link, hs, row.session_id.as_deref(), slot, &mut reader).await
             }
             Err(e) => format!("handshake failed: {e}"),
@@ -630,6 +632,9 @@ async fn run_link(
     };
 
     link.close(&reason);
+    // A failed handshake frees the executor's slot at once: its retry must
+    // not meet a 409 for a link that is already gone.
+    drop(slot.take());
     reader.abort();
     let _ = writer.await;
     state.registry().remove_if_same(&link);
