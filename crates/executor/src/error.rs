@@ -71,10 +71,15 @@ impl ConnectError {
     /// 404 or 409 from the register endpoint), if that is what this is. `run`
     /// gives up on it only before its first successful connection; after that
     /// it may be transient (a gateway being redeployed), so it retries.
+    /// A 409 `executor_already_connected` (another executor with this token
+    /// holds the link, or this one's previous link is not yet known dead) is
+    /// never permanent: it is retried with the backoff.
     pub fn permanent_refusal(&self) -> Option<ExecutorError> {
+        use execgate_protocol::connectors::error_code::EXECUTOR_ALREADY_CONNECTED;
         match self {
             ConnectError::Rejected { status, message }
-                if matches!(status, 401 | 403 | 404 | 409) =>
+                if matches!(status, 401 | 403 | 404 | 409)
+                    && !message.ends_with(&format!("({EXECUTOR_ALREADY_CONNECTED})")) =>
             {
                 Some(ExecutorError::Rejected {
                     status: *status,
@@ -119,6 +124,13 @@ mod tests {
         for status in [400, 429, 500, 502, 503] {
             assert!(rejected(status).permanent_refusal().is_none(), "{status}");
         }
+        // Another executor holds the link: retried, not permanent.
+        let busy = ConnectError::Rejected {
+            status: 409,
+            message: "another executor with this token is connected (executor_already_connected)"
+                .into(),
+        };
+        assert!(busy.permanent_refusal().is_none());
         assert!(ConnectError::Register("refused".into())
             .permanent_refusal()
             .is_none());

@@ -14,15 +14,26 @@
 //!
 //! This module also drives the socket for the link's whole life: a reader
 //! task feeds [`Link::dispatch`], a writer task sends queued frames and pings.
+//!
+//! What an executor can make the gateway hold is bounded (README, "Security
+//! model"): one ticket and one link in its handshake at a time, and none
+//! while it has a live link (409 `executor_already_connected`); at most
+//! [`HANDSHAKE_READ_BUDGET`] bytes read from its socket before the handshake
+//! is done; frames of at most [`MAX_FRAME`] after (the one read buffer a
+//! link keeps is at most that large). A link silent for the ping
+//! timeout is declared dead. The WebSocket upgrade is done here (not by
+//! axum's extractor) so that the socket can be read through that budget.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{OriginalUri, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::extract::{FromRequestParts, OriginalUri, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use execgate_protocol::exec::{method, ClientExt, InitializeParams, InitializeResult};
@@ -32,12 +43,17 @@ use execgate_protocol::register::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::extract::{parse_json_body, ApiPath};
 use crate::link::{Handshake, Link, LinkError};
+use crate::registry::{Busy, HandshakeSlot};
 use crate::secret;
 use crate::sigv4;
 use crate::state::{AppState, Ticket, TICKET_TTL};
@@ -45,8 +61,22 @@ use crate::store::{now_ms, ConnectInfo, ExecutorRow};
 
 use execgate_protocol::connectors::error_code as code;
 
-/// Largest frame accepted on a link; file transfers send big frames.
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// Largest frame (and message) accepted on a link once its handshake is
+/// done. The largest legitimate ones: `read_file`'s 32 MiB through
+/// `fs/readRange` (raw, in a binary frame), and a stock codex's whole-file
+/// `fs/readFile` as base64 (files up to ~48 MiB this way).
+///
+/// tungstenite reads each frame into one buffer and keeps reading the next
+/// frames into what is left of it, reusing the whole allocation when it can:
+/// after a large frame, a live link keeps up to this much allocated (60 MiB
+/// measured after a 60 MiB frame) until it closes or a frame needs more.
+/// Hence a cap sized to the largest legitimate frame, not 256 MiB.
+pub const MAX_FRAME: usize = 64 << 20;
+/// Bytes a link may read from its socket before its handshake is done: the
+/// executor has only `initialize`'s answer to send (a few KiB, more with
+/// custom tools' schemas). Past it the link is dropped.
+pub const HANDSHAKE_READ_BUDGET: u64 = 1 << 20;
+
 /// Bytes the link reads from its socket at a time, and the read buffer a
 /// link starts with. tungstenite's default (128 KiB) is allocated up front
 /// per connection and dominated an idle link's memory (~139 KiB each at
@@ -89,22 +119,26 @@ async fn authenticate_executor(
     Ok(row)
 }
 
+fn sigv4_refused(environment_id: &str, why: String) -> ApiError {
+    tracing::warn!(environment_id, "SigV4 request refused: {why}");
+    ApiError::new(
+        axum::http::StatusCode::UNAUTHORIZED,
+        code::INVALID_TOKEN,
+        format!("the SigV4 signature is not valid for environment {environment_id:?}: {why}"),
+    )
+}
+
 /// Checks a SigV4-signed request (a stock codex) against the key of the
-/// environment in the path. Any failure is a 401: codex then exits for
-/// good, which is right for a wrong secret.
+/// environment in the path, and returns its row and the request's
+/// signature, to be spent ([`spend_signature`]) once the request is to
+/// succeed. Any failure is a 401: codex then exits for good, which is right
+/// for a wrong secret.
 async fn authenticate_sigv4(
     state: &AppState,
     environment_id: &str,
     req: &sigv4::Request<'_>,
-) -> Result<ExecutorRow, ApiError> {
-    let refused = |why: String| {
-        tracing::warn!(environment_id, "SigV4 request refused: {why}");
-        ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            code::INVALID_TOKEN,
-            format!("the SigV4 signature is not valid for environment {environment_id:?}: {why}"),
-        )
-    };
+) -> Result<(ExecutorRow, String), ApiError> {
+    let refused = |why: String| sigv4_refused(environment_id, why);
     let auth = sigv4::authorization(req).map_err(|e| refused(e.to_string()))?;
     let key = state
         .store()
@@ -118,11 +152,27 @@ async fn authenticate_sigv4(
     };
     sigv4::verify(req, &key_ref, std::time::SystemTime::now())
         .map_err(|e| refused(e.to_string()))?;
-    state
+    let row = state
         .store()
         .executor(environment_id)
         .await?
-        .ok_or_else(|| refused("the executor was removed".into()))
+        .ok_or_else(|| refused("the executor was removed".into()))?;
+    Ok((row, auth.signature))
+}
+
+/// A valid signature is accepted once: a captured register or upgrade sent
+/// again is refused with 401 (codex signs each request afresh). Spent only
+/// by a request about to succeed, so that a refused one (a 409 while the
+/// executor's old link is still up) does not spoil codex's retry.
+fn spend_signature(
+    state: &AppState,
+    environment_id: &str,
+    signature: &str,
+) -> Result<(), ApiError> {
+    state
+        .sigv4_replays()
+        .first_use(signature)
+        .map_err(|e| sigv4_refused(environment_id, e.to_string()))
 }
 
 pub async fn register(
@@ -133,7 +183,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let signed = sigv4::is_sigv4(&headers);
-    let row = if signed {
+    let (row, signature) = if signed {
         let req = sigv4::Request {
             method: "POST",
             path: uri.path(),
@@ -141,9 +191,11 @@ pub async fn register(
             headers: &headers,
             body: &body,
         };
-        authenticate_sigv4(&state, &environment_id, &req).await?
+        let (row, signature) = authenticate_sigv4(&state, &environment_id, &req).await?;
+        (row, Some(signature))
     } else {
-        authenticate_executor(&state, &environment_id, &headers).await?
+        let row = authenticate_executor(&state, &environment_id, &headers).await?;
+        (row, None)
     };
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest {
@@ -172,6 +224,10 @@ pub async fn register(
             ));
         }
     }
+    check_free(&state, &row.exe_id, None)?;
+    if let Some(signature) = &signature {
+        spend_signature(&state, &row.exe_id, signature)?;
+    }
     if req.is_default == Some(true) && !row.is_default {
         state.store().set_default_executor(&row.exe_id).await?;
     }
@@ -190,7 +246,9 @@ pub async fn register(
     {
         let mut tickets = state.tickets().lock().unwrap();
         let now = Instant::now();
-        tickets.retain(|_, t| t.expires > now);
+        // One ticket per executor: a new one replaces the last, so
+        // registering in a loop holds nothing.
+        tickets.retain(|_, t| t.expires > now && t.exe_id != row.exe_id);
         tickets.insert(
             ticket.clone(),
             Ticket {
@@ -205,6 +263,46 @@ pub async fn register(
         transport: TRANSPORT_DIRECT.into(),
         registration_id: secret::random_id("reg_", 8),
     }))
+}
+
+/// 409 `executor_already_connected` when `exe_id` has a live link (or one
+/// in its handshake), else the handshake slot when `claim`.
+fn check_free(
+    state: &AppState,
+    exe_id: &str,
+    claim: Option<()>,
+) -> Result<Option<HandshakeSlot>, ApiError> {
+    let alive_for = state.config().ping_timeout;
+    let r = match claim {
+        Some(()) => state
+            .registry()
+            .begin_handshake(exe_id, alive_for)
+            .map(Some),
+        None => state
+            .registry()
+            .check_free(exe_id, alive_for)
+            .map(|()| None),
+    };
+    r.map_err(|busy| {
+        let what = match busy {
+            Busy::Connected => "is connected and answering",
+            Busy::Handshaking => "is connecting right now",
+        };
+        tracing::warn!(
+            exe_id,
+            "refused a second executor with the same token: the first {what}"
+        );
+        ApiError::new(
+            StatusCode::CONFLICT,
+            code::EXECUTOR_ALREADY_CONNECTED,
+            format!(
+                "another executor with this token {what} (environment {exe_id}); \
+                 stop the other one, or wait: a connection that stopped answering is \
+                 dropped within {}s",
+                alive_for.as_secs()
+            ),
+        )
+    })
 }
 
 /// `ws://host:port` as the executor should dial it.
@@ -241,8 +339,9 @@ pub async fn connect(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     Query(q): Query<ConnectQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: LinkUpgrade,
 ) -> Result<Response, ApiError> {
+    let mut signature = None;
     if sigv4::is_sigv4(&headers) {
         let req = sigv4::Request {
             method: "GET",
@@ -251,7 +350,7 @@ pub async fn connect(
             headers: &headers,
             body: b"",
         };
-        authenticate_sigv4(&state, &environment_id, &req).await?;
+        signature = Some(authenticate_sigv4(&state, &environment_id, &req).await?.1);
     } else {
         let ticket = q
             .ticket
@@ -261,27 +360,197 @@ pub async fn connect(
             .is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now());
         if !valid {
             return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
+                StatusCode::UNAUTHORIZED,
                 code::INVALID_TOKEN,
                 "unknown, used or expired connect ticket; register again",
             ));
         }
     }
-    let ws = ws.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
+    let ws =
+        ws.0.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
     let row = state
         .store()
         .executor(&environment_id)
         .await?
         .ok_or_else(|| ApiError::not_found("the executor was removed"))?;
-    Ok(ws
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .read_buffer_size(LINK_READ_BUFFER)
-        .on_upgrade(move |socket| run_link(state, row, socket)))
+    let slot = check_free(&state, &row.exe_id, Some(()))?;
+    if let Some(signature) = &signature {
+        spend_signature(&state, &row.exe_id, signature)?;
+    }
+    Ok(ws.upgrade(move |socket, budget| run_link(state, row, socket, budget, slot)))
 }
 
-/// Serves one executor link until its socket closes.
-async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
+/// The parts of a WebSocket upgrade request (HTTP/1.1), checked; the
+/// upgrade itself is [`Upgrade::upgrade`]. An `Err` is kept for the
+/// handler, so that authentication answers first.
+pub struct LinkUpgrade(Result<Upgrade, String>);
+
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for LinkUpgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(LinkUpgrade(Upgrade::from_parts(parts)))
+    }
+}
+
+impl Upgrade {
+    fn from_parts(parts: &mut Parts) -> Result<Upgrade, String> {
+        let has = |name: header::HeaderName, token: &str| {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|v| v.trim().eq_ignore_ascii_case(token))
+        };
+        if parts.method != Method::GET || parts.version > Version::HTTP_11 {
+            return Err("an HTTP/1.1 GET is needed".into());
+        }
+        if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+            return Err("Connection: upgrade and Upgrade: websocket are needed".into());
+        }
+        if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err("Sec-WebSocket-Version: 13 is needed".into());
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or("no Sec-WebSocket-Key")?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or("the connection cannot be upgraded")?;
+        Ok(Upgrade { key, on_upgrade })
+    }
+
+    /// Answers 101 and, once the connection is handed over, runs `serve`
+    /// with the WebSocket, read through a budget of
+    /// [`HANDSHAKE_READ_BUDGET`] bytes until `serve` lifts it.
+    fn upgrade<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(LinkSocket, Arc<AtomicU64>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => return tracing::debug!("executor link upgrade failed: {e}"),
+            };
+            let budget = Arc::new(AtomicU64::new(HANDSHAKE_READ_BUDGET));
+            let io = Budgeted {
+                inner: hyper_util::rt::TokioIo::new(upgraded),
+                budget: budget.clone(),
+            };
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_FRAME))
+                .max_frame_size(Some(MAX_FRAME))
+                .read_buffer_size(LINK_READ_BUFFER);
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            serve(socket, budget).await;
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_str(&accept).expect("base64 is a header value"),
+                ),
+            ],
+        )
+            .into_response()
+    }
+}
+
+type LinkSocket = WebSocketStream<Budgeted<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// A stream whose reads draw on `budget` (bytes) until it is `u64::MAX`:
+/// past it, reads fail, and the WebSocket with them. This caps what a link
+/// reads before its handshake whatever frame sizes the executor announces.
+pub struct Budgeted<T> {
+    inner: T,
+    budget: Arc<AtomicU64>,
+}
+
+/// The budget of a link whose handshake is done.
+const UNLIMITED: u64 = u64::MAX;
+
+impl<T: AsyncRead + Unpin> AsyncRead for Budgeted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        let left = self.budget.load(Ordering::Acquire);
+        if left != UNLIMITED {
+            if n > left {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the executor sent more than {HANDSHAKE_READ_BUDGET} bytes before its handshake was done"),
+                )));
+            }
+            // Only this reader spends, and only `lift` raises it to UNLIMITED.
+            let _ =
+                self.budget
+                    .compare_exchange(left, left - n, Ordering::AcqRel, Ordering::Acquire);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Budgeted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves one executor link until its socket closes. `slot` is held until
+/// the link is registered (or fails its handshake).
+async fn run_link(
+    state: AppState,
+    row: ExecutorRow,
+    socket: LinkSocket,
+    budget: Arc<AtomicU64>,
+    slot: Option<HandshakeSlot>,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Encoded>();
     let link = Link::new(
@@ -292,34 +561,44 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
     );
     link.set_ledger(state.ledger(&row.exe_id));
 
-    let ping_every = state.config().ping_interval;
+    let ping_timeout = state.config().ping_timeout;
+    // Three pings per timeout, so that one lost or late pong is no death.
+    let ping_every = (ping_timeout / 3).max(Duration::from_millis(100));
     let writer_link = link.clone();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
-            tokio::select! {
+            let frame = tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(frame) => {
-                        let frame = match frame {
+                        writer_link.written(&frame);
+                        match frame {
                             Encoded::Text(text) => WsMessage::Text(text.into()),
                             Encoded::Binary(data) => WsMessage::Binary(data.into()),
-                        };
-                        if sink.send(frame).await.is_err() {
-                            break;
                         }
                     }
                     None => break,
                 },
                 _ = ping.tick() => {
-                    if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
-                        break;
+                    // A link that just spoke needs no ping.
+                    let quiet_ms = now_ms() - writer_link.last_seen_ms();
+                    if quiet_ms < ping_every.as_millis() as i64 / 2 {
+                        continue;
                     }
+                    WsMessage::Ping(Bytes::new())
                 }
+                _ = writer_link.closed() => break,
+            };
+            // An executor that does not read (hung, or hostile) must not hold
+            // the writer once the link is closed.
+            tokio::select! {
+                sent = sink.send(frame) => if sent.is_err() { break },
                 _ = writer_link.closed() => break,
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     });
 
     let reader_link = link.clone();
@@ -336,17 +615,26 @@ async fn run_link(state: AppState, row: ExecutorRow, socket: WebSocket) {
         "the connection ended".to_string()
     });
 
+    let mut slot = slot;
     let reason = tokio::select! {
         hs = handshake(&state, &link, row.session_id.clone()) => match hs {
             Ok(hs) => {
-                serve_link(&state, &link, hs, &mut reader).await
+                // The handshake is done: full-size frames from now on.
+                budget.store(UNLIMITED, Ordering::Release);
+                let slot = slot.take();
+                serve_link(&state, &link, hs, row.session_id.as_deref(), slot, &mut reader).await
             }
             Err(e) => format!("handshake failed: {e}"),
         },
         r = &mut reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
+        // The link closed itself (its protocol errors, a full send queue).
+        _ = link.closed() => link.close_reason().unwrap_or("closed").to_string(),
     };
 
     link.close(&reason);
+    // A failed handshake frees the executor's slot at once: its retry must
+    // not meet a 409 for a link that is already gone.
+    drop(slot.take());
     reader.abort();
     let _ = writer.await;
     state.registry().remove_if_same(&link);
@@ -431,12 +719,15 @@ async fn handshake(
     })
 }
 
-/// Registers a handshaken link and keeps its bookkeeping until it closes.
+/// Registers a handshaken link and keeps its bookkeeping until it closes:
+/// declares it dead when the executor is silent for the ping timeout.
 /// Returns why it closed.
 async fn serve_link(
     state: &AppState,
     link: &Arc<Link>,
     hs: Handshake,
+    previous_session: Option<&str>,
+    slot: Option<HandshakeSlot>,
     reader: &mut tokio::task::JoinHandle<String>,
 ) -> String {
     let info = ConnectInfo {
@@ -445,28 +736,47 @@ async fn serve_link(
         version: hs.info.executor_version.clone(),
         kind: executor_kind(&hs).into(),
     };
+    if previous_session != Some(hs.session_id.as_str()) {
+        // Another session: the processes the ledger knew are gone.
+        state.ledger(&link.exe_id).clear();
+    }
     link.set_handshake(hs);
     state.registry().insert(link.clone());
+    drop(slot);
     if let Err(e) = state.store().mark_connected(&link.exe_id, &info).await {
         tracing::warn!("could not record the connect of {}: {e}", link.exe_id);
     }
     tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, kind = %info.kind, version = %info.version, "executor connected");
 
-    let ping_every = state.config().ping_interval;
-    let mut tick = tokio::time::interval(ping_every);
+    let ping_timeout = state.config().ping_timeout;
+    let record_every = state.config().ping_interval;
+    let mut tick = tokio::time::interval((ping_timeout / 4).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut recorded = Instant::now();
     loop {
         tokio::select! {
             r = &mut *reader => return r.unwrap_or_else(|e| format!("reader failed: {e}")),
-            _ = link.closed() => return "closed by the gateway".into(),
+            _ = link.closed() => {
+                return link.close_reason().unwrap_or("closed by the gateway").to_string()
+            }
             _ = tick.tick() => {
                 let seen = link.last_seen_ms();
-                // Three missed pings: the executor or the network is gone.
-                if now_ms() - seen > 3 * ping_every.as_millis() as i64 {
-                    return format!("no frame from the executor for {}s", (now_ms() - seen) / 1000);
+                let silent_ms = now_ms() - seen;
+                // Pings go out every third of the timeout: the executor (or
+                // the network to it) is hung or gone.
+                if silent_ms > ping_timeout.as_millis() as i64 {
+                    return format!(
+                        "no frame or pong from the executor for {:.1}s (ping timeout {}s); declared dead",
+                        silent_ms as f64 / 1000.0,
+                        ping_timeout.as_secs_f64()
+                    );
                 }
-                if let Err(e) = state.store().touch_executor(&link.exe_id, seen).await {
-                    tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
+                if recorded.elapsed() >= record_every {
+                    recorded = Instant::now();
+                    if let Err(e) = state.store().touch_executor(&link.exe_id, seen).await {
+                        tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
+                    }
                 }
             }
         }
@@ -479,5 +789,168 @@ pub fn executor_kind(hs: &Handshake) -> &'static str {
         "execgate"
     } else {
         "codex"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::GatewayConfig;
+    use aws_credential_types::Credentials;
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn state() -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.create_workspace("w1").await.unwrap();
+        let state = AppState::new(
+            GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into()),
+            store,
+        );
+        (dir, state)
+    }
+
+    async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let res = crate::api::router(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    const BODY: &str = r#"{"transport":"direct_jsonrpc_v1"}"#;
+
+    /// A register request signed as codex signs it (`signed_headers` as
+    /// the signer makes them, unless `edit` changes the header).
+    fn signed_register(
+        exe_id: &str,
+        key_id: &str,
+        secret: &str,
+        edit: impl Fn(String) -> String,
+    ) -> Vec<(String, String)> {
+        let path = format!("/cloud/environment/{exe_id}/direct/register");
+        let identity = Credentials::new(key_id, secret, None, None, "test").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name(sigv4::SERVICE)
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let headers = [("content-type", "application/json"), ("host", "gw.test")];
+        let signable = SignableRequest::new(
+            "POST",
+            format!("http://gw.test{path}"),
+            headers.iter().copied(),
+            SignableBody::Bytes(BODY.as_bytes()),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        let mut out = Vec::new();
+        for (k, v) in headers.iter().copied().chain(instructions.headers()) {
+            let v = if k == "authorization" {
+                edit(v.to_string())
+            } else {
+                v.to_string()
+            };
+            out.push((k.to_string(), v));
+        }
+        out
+    }
+
+    fn register_request(exe_id: &str, headers: &[(String, String)]) -> Request<Body> {
+        let mut req = Request::post(format!("/cloud/environment/{exe_id}/direct/register"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.body(Body::from(BODY)).unwrap()
+    }
+
+    /// Regression: a signed register sent again within the skew window was
+    /// accepted (and a replayed upgrade replaced the real executor's link).
+    #[tokio::test]
+    async fn a_replayed_sigv4_request_is_refused() {
+        let (_d, st) = state().await;
+        let key = st
+            .store()
+            .add_sigv4_executor("w1", "codex", false)
+            .await
+            .unwrap();
+        let headers = signed_register(&key.exe_id, &key.key_id, &key.secret, |v| v);
+        let (status, body) = send(&st, register_request(&key.exe_id, &headers)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The captured request, sent again.
+        let (status, body) = send(&st, register_request(&key.exe_id, &headers)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already used"),
+            "{body}"
+        );
+    }
+
+    /// Regression: `SignedHeaders` without `host` made aws-sigv4 panic in
+    /// the handler; it is a 401 now.
+    #[tokio::test]
+    async fn sigv4_without_a_signed_host_is_a_401_not_a_panic() {
+        let (_d, st) = state().await;
+        let key = st
+            .store()
+            .add_sigv4_executor("w1", "codex", false)
+            .await
+            .unwrap();
+        let headers = signed_register(&key.exe_id, &key.key_id, &key.secret, |v| {
+            v.replace("content-type;host;x-amz-date", "content-type;x-amz-date")
+        });
+        let (status, body) = send(&st, register_request(&key.exe_id, &headers)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_token");
+        assert!(body["error"]["message"].as_str().unwrap().contains("host"));
+    }
+
+    fn bearer_register(exe_id: &str, token: &str) -> Request<Body> {
+        Request::post(format!("/cloud/environment/{exe_id}/direct/register"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(BODY))
+            .unwrap()
+    }
+
+    /// Regression: two executors started with the same token replaced each
+    /// other's link in a loop; the second is refused while the first is
+    /// connected and alive, and a new register replaces the last ticket.
+    #[tokio::test]
+    async fn a_second_executor_with_the_same_token_is_refused_409() {
+        let (_d, st) = state().await;
+        let (exe_id, token) = st.store().add_executor("w1", "laptop", true).await.unwrap();
+        // Registering twice holds one ticket, not two.
+        for _ in 0..2 {
+            let (status, body) = send(&st, bearer_register(&exe_id, &token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        assert_eq!(st.tickets().lock().unwrap().len(), 1);
+
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let link = Link::new(exe_id.clone(), "w1".into(), "laptop".into(), tx);
+        st.registry().insert(link.clone());
+        let (status, body) = send(&st, bearer_register(&exe_id, &token)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "executor_already_connected");
+        // Once the first is gone (or declared dead), the next one gets in.
+        link.close("the executor went away");
+        let (status, body) = send(&st, bearer_register(&exe_id, &token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }

@@ -15,11 +15,24 @@
 //! the raw notifications of every process id in the bridge's namespace
 //! `br-<key>-…` ([`tap_key`]). Process ids of the gateway's own tools never
 //! start with `br-`.
+//!
+//! An executor is a tenant's machine and may misbehave; the link bounds
+//! what it can cost the shared gateway (README, "Security model"):
+//! - the outgoing queue holds at most [`MAX_QUEUED_BYTES`]; an executor that
+//!   stops reading is closed when it fills, never buffered without end;
+//! - identifiers it sends are at most [`MAX_ID_LEN`] bytes (a longer process
+//!   id is a protocol error, and nothing is kept under it), and the method
+//!   name echoed in an error reply is cut to [`MAX_ECHOED_METHOD`];
+//! - protocol errors (undecodable frames, answers to ids never sent, requests
+//!   to the gateway, malformed notifications) are counted: at most
+//!   [`WARNINGS_PER_WINDOW`] are logged per [`ERROR_WINDOW`], and past
+//!   [`MAX_ERRORS_PER_WINDOW`] in one window the link is closed with the
+//!   reason logged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use execgate_protocol::blob;
@@ -99,6 +112,25 @@ type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<ProcessEvent>
 pub type RawNotification = (String, Value);
 type Taps = HashMap<String, mpsc::Sender<RawNotification>>;
 
+/// Most bytes of frames queued for the executor and not yet written to its
+/// socket. Agents' writes fill it (16 MiB bodies at most, ~22 MiB as base64)
+/// and the executor drains it; one that stops reading is closed when it is
+/// full, and every call in flight on it fails with 503.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// The longest identifier (process id) accepted from an executor. The
+/// gateway's own are ~16 bytes; a bridge client's ids are its own choice.
+pub const MAX_ID_LEN: usize = 1024;
+/// How much of an unknown method's name is echoed in the error reply.
+pub const MAX_ECHOED_METHOD: usize = 64;
+/// The window protocol errors are counted in.
+pub const ERROR_WINDOW: Duration = Duration::from_secs(60);
+/// Protocol errors logged per window; the rest are counted, and summed up
+/// in the next warning (or the close).
+pub const WARNINGS_PER_WINDOW: u32 = 5;
+/// More protocol errors than this in one window close the link. A correct
+/// executor makes none.
+pub const MAX_ERRORS_PER_WINDOW: u32 = 100;
+
 /// Where bridged process ids start: `br-<key>-<the client's id>`.
 pub const TAP_PREFIX: &str = "br-";
 
@@ -140,6 +172,37 @@ pub struct Link {
     /// notification path skip the lock when there are none.
     taps: Mutex<Taps>,
     taps_live: AtomicUsize,
+    /// Bytes in `outgoing` not yet taken by the writer (see [`Link::written`]).
+    queued: AtomicUsize,
+    errors: Mutex<ProtocolErrors>,
+}
+
+/// Protocol errors of the current window.
+struct ProtocolErrors {
+    window_start: Instant,
+    count: u32,
+    /// Not logged in the windows so far, to be mentioned in the next log line.
+    suppressed: u64,
+}
+
+/// `s`, cut to at most `max` bytes (at a char boundary), for echoing
+/// something an executor sent.
+fn shortened(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+fn encoded_len(frame: &Encoded) -> usize {
+    match frame {
+        Encoded::Text(t) => t.len(),
+        Encoded::Binary(b) => b.len(),
+    }
 }
 
 impl Link {
@@ -167,7 +230,84 @@ impl Link {
             ledger: OnceLock::new(),
             taps: Mutex::new(HashMap::new()),
             taps_live: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            errors: Mutex::new(ProtocolErrors {
+                window_start: Instant::now(),
+                count: 0,
+                suppressed: 0,
+            }),
         })
+    }
+
+    /// Queues `frame` for the writer. Closes the link when the queue would
+    /// pass [`MAX_QUEUED_BYTES`]: the executor is not reading.
+    fn send(&self, frame: Encoded) -> Result<(), LinkError> {
+        let len = encoded_len(&frame);
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        // One frame alone may be larger than the cap: it goes, if the queue
+        // is otherwise empty.
+        if before > 0 && before + len > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            let reason =
+                format!("its send queue is full ({before} bytes not yet read by the executor)");
+            tracing::warn!(exe_id = %self.exe_id, "closing the link: {reason}");
+            self.close(&reason);
+            return Err(self.disconnected());
+        }
+        if self.outgoing.send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(self.disconnected());
+        }
+        Ok(())
+    }
+
+    /// The writer took `frame` off the queue (to write it to the socket).
+    pub fn written(&self, frame: &Encoded) {
+        self.queued.fetch_sub(encoded_len(frame), Ordering::AcqRel);
+    }
+
+    /// Bytes queued for the executor and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Counts one protocol error of the executor: logged while under the
+    /// window's warning quota, and past [`MAX_ERRORS_PER_WINDOW`] the link is
+    /// closed.
+    fn protocol_error(&self, what: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        let (log, close, suppressed) = {
+            let mut e = self.errors.lock().unwrap();
+            if now.duration_since(e.window_start) >= ERROR_WINDOW {
+                e.suppressed += u64::from(e.count.saturating_sub(WARNINGS_PER_WINDOW));
+                e.window_start = now;
+                e.count = 0;
+            }
+            e.count += 1;
+            let log = e.count <= WARNINGS_PER_WINDOW;
+            let close = e.count == MAX_ERRORS_PER_WINDOW + 1;
+            let suppressed = if log {
+                std::mem::take(&mut e.suppressed)
+            } else {
+                0
+            };
+            (log, close, suppressed)
+        };
+        if log {
+            if suppressed > 0 {
+                tracing::warn!(exe_id = %self.exe_id, "protocol error from the executor: {what} ({suppressed} earlier ones not logged)");
+            } else {
+                tracing::warn!(exe_id = %self.exe_id, "protocol error from the executor: {what}");
+            }
+        }
+        if close {
+            let reason = format!(
+                "more than {MAX_ERRORS_PER_WINDOW} protocol errors within {}s (the last: {what})",
+                ERROR_WINDOW.as_secs()
+            );
+            tracing::warn!(exe_id = %self.exe_id, "closing the link: {reason}");
+            self.close(&reason);
+        }
     }
 
     /// Records every later process event in `ledger`. Set before the
@@ -291,9 +431,9 @@ impl Link {
             payload,
         }
         .encode();
-        if self.outgoing.send(frame).is_err() {
+        if let Err(e) = self.send(frame) {
             self.pending.lock().unwrap().remove(&id);
-            return Err(self.disconnected());
+            return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((Ok(v), payload))) => Ok((v, payload)),
@@ -385,9 +525,7 @@ impl Link {
         }
         let _forget = Forget(self, id);
         let frame = Message::request(Id::Num(id), method, params).encode();
-        if self.outgoing.send(Encoded::Text(frame)).is_err() {
-            return Err(self.disconnected());
-        }
+        self.send(Encoded::Text(frame))?;
         let (answer, payload) = rx.await.map_err(|_| self.disconnected())?;
         // The bridge's client speaks text: its bytes go back as base64.
         Ok(answer.map(|mut result| {
@@ -419,11 +557,9 @@ impl Link {
 
     /// Sends a notification (no answer expected).
     pub fn notify(&self, method: &str, params: Value) -> Result<(), LinkError> {
-        self.outgoing
-            .send(Encoded::Text(
-                Message::notification(method, params).encode(),
-            ))
-            .map_err(|_| self.disconnected())
+        self.send(Encoded::Text(
+            Message::notification(method, params).encode(),
+        ))
     }
 
     /// Receives every later event of `process_id`. Subscribe *before* the
@@ -524,8 +660,10 @@ impl Link {
         let Envelope { message, payload } = match decoded {
             Ok(envelope) => envelope,
             Err(e) => {
-                tracing::warn!(exe_id = %self.exe_id, "undecodable frame from executor: {}", e.error);
-                return;
+                return self.protocol_error(format_args!(
+                    "undecodable frame: {}",
+                    shortened(&e.error.to_string(), 200)
+                ));
             }
         };
         match message {
@@ -536,23 +674,49 @@ impl Link {
                 let waiter = self.pending.lock().unwrap().remove(&id);
                 if let Some(tx) = waiter {
                     let _ = tx.send((result, payload));
+                } else if id <= 0 || id >= self.next_id.load(Ordering::Relaxed) {
+                    self.protocol_error(format_args!("answer to id {id}, never sent"));
+                } else {
+                    // The request timed out (or its caller left) before the
+                    // answer came: a late answer, not a fault.
+                    tracing::debug!(exe_id = %self.exe_id, id, "late answer dropped");
                 }
             }
             Message::Response { id, .. } => {
-                tracing::warn!(exe_id = %self.exe_id, %id, "response to an id the gateway never sent");
+                let id = shortened(&id.to_string(), 64);
+                self.protocol_error(format_args!("answer to id {id}, never sent"));
             }
             Message::Notification { method, params } => {
                 self.route_notification(&method, params, &payload)
             }
             Message::Request { id, method, .. } => {
-                // Executors do not call the gateway; say so instead of leaving them waiting.
+                // Executors do not call the gateway; say so instead of leaving
+                // them waiting. The name is cut: an executor must not grow the
+                // queue by sending long ones (nor an id: a long one is not
+                // echoed at all).
+                let method = shortened(&method, MAX_ECHOED_METHOD);
+                self.protocol_error(format_args!("request {method:?} to the gateway"));
+                if matches!(&id, Id::Str(s) if s.len() > MAX_ID_LEN) {
+                    return;
+                }
                 let answer = Message::response(id, Err(RpcError::method_not_found(&method)));
-                let _ = self.outgoing.send(Encoded::Text(answer.encode()));
+                let _ = self.send(Encoded::Text(answer.encode()));
             }
         }
     }
 
     fn route_notification(&self, method: &str, mut params: Value, payload: &Bytes) {
+        if let Some(long) = params
+            .get("processId")
+            .and_then(Value::as_str)
+            .filter(|id| id.len() > MAX_ID_LEN)
+        {
+            return self.protocol_error(format_args!(
+                "{} with a {}-byte processId (at most {MAX_ID_LEN})",
+                shortened(method, MAX_ECHOED_METHOD),
+                long.len()
+            ));
+        }
         // A bridged process: its events go to its bridge only, raw. Gateway
         // tools never subscribe to (or account for) these ids.
         if let Some(key) = params
@@ -574,7 +738,9 @@ impl Link {
                 match blob::from_value::<OutputNotification>(params, payload) {
                     Ok(n) => {
                         let Ok(data) = n.chunk.to_bytes() else {
-                            return tracing::warn!(exe_id = %self.exe_id, "process/output chunk is not base64");
+                            return self.protocol_error(format_args!(
+                                "process/output chunk is not base64"
+                            ));
                         };
                         (
                             n.process_id,
@@ -604,7 +770,11 @@ impl Link {
             },
             _ => return,
         };
-        if let Some(ledger) = self.ledger.get() {
+        // Only for an executor that does not count its lost bytes itself (a
+        // stock codex): ours does ([ext] lostBytes), so its events cost no
+        // ledger memory. Before the handshake is known, record.
+        let counts_itself = self.handshake().is_some_and(|h| h.ext.lost_bytes);
+        if let Some(ledger) = self.ledger.get().filter(|_| !counts_itself) {
             match &event {
                 ProcessEvent::Output { seq, data, .. } => {
                     ledger.record(&process_id, *seq, data.len() as u64, false)
@@ -623,7 +793,8 @@ impl Link {
     }
 
     fn bad_notification(&self, method: &str, e: serde_json::Error) {
-        tracing::warn!(exe_id = %self.exe_id, "malformed {method} notification: {e}");
+        let e = shortened(&e.to_string(), 200);
+        self.protocol_error(format_args!("malformed {method} notification: {e}"));
     }
 
     /// Marks the link closed: fails every request in flight, tells every
@@ -1036,6 +1207,77 @@ mod tests {
         // Left before the close: the executor must stop pushing.
         drop(link.subscribe_to_start("q"));
         assert_eq!(sent(&mut out), vec![false]);
+    }
+
+    /// Regression: an executor that never read its link made the gateway
+    /// queue without bound (error replies to 600 requests with 1 MiB method
+    /// names: +607 MB). Names are cut, and a full queue closes the link.
+    #[tokio::test]
+    async fn requests_from_the_executor_cannot_grow_the_send_queue() {
+        let (link, mut out) = link();
+        let long = "m".repeat(1 << 20);
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": long});
+        link.dispatch(req.to_string().as_bytes());
+        let answer = out.try_recv().unwrap();
+        let Encoded::Text(text) = &answer else {
+            panic!()
+        };
+        assert!(text.len() < 300, "{} bytes", text.len());
+        assert!(link.queued_bytes() > 0);
+        link.written(&answer);
+        assert_eq!(link.queued_bytes(), 0);
+
+        // Nobody drains `out`: the queue fills, then the link closes.
+        let big = "x".repeat(8 << 20);
+        let mut refused = None;
+        for i in 0..20 {
+            if let Err(e) = link.notify("big", json!(big)) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("a full queue must refuse");
+        assert!(i <= MAX_QUEUED_BYTES / (8 << 20) + 1, "{i}");
+        assert!(link.is_closed());
+        assert!(e.to_string().contains("send queue is full"), "{e}");
+        assert!(link.queued_bytes() <= MAX_QUEUED_BYTES);
+    }
+
+    /// Regression: undecodable frames and answers to unknown ids were
+    /// logged one warning each and never closed the link.
+    #[tokio::test]
+    async fn protocol_errors_close_the_link_past_the_threshold() {
+        let (link, _out) = link();
+        for _ in 0..MAX_ERRORS_PER_WINDOW / 2 {
+            link.dispatch(b"{not json");
+            link.dispatch(br#"{"jsonrpc":"2.0","id":987654,"result":{}}"#);
+        }
+        assert!(!link.is_closed());
+        link.dispatch(b"\xff");
+        assert!(link.is_closed());
+        assert!(link.close_reason().unwrap().contains("protocol errors"));
+    }
+
+    /// A late answer (its request timed out) is no protocol error; an id
+    /// never sent is one; a long process id is refused and not routed.
+    #[tokio::test]
+    async fn late_answers_are_no_fault_but_long_process_ids_are() {
+        let (link, _out) = link();
+        let _ = link
+            .request_value("m", json!({}), Duration::from_millis(1))
+            .await;
+        for _ in 0..(MAX_ERRORS_PER_WINDOW * 2) {
+            link.dispatch(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        }
+        assert!(!link.is_closed());
+        assert_eq!(link.errors.lock().unwrap().count, 0);
+
+        let long = "p".repeat(MAX_ID_LEN + 1);
+        let mut sub = link.subscribe(&long);
+        let note = json!({"method": "process/closed", "params": {"processId": long, "seq": 1}});
+        link.dispatch(note.to_string().as_bytes());
+        assert_eq!(link.errors.lock().unwrap().count, 1);
+        assert!(sub.rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -17,7 +17,14 @@
 //! `truncated:true, lost_bytes_unknown:true`.
 //!
 //! The ledger lives in [`crate::state::AppState`], one per executor, so it
-//! outlives the links of one gateway run; it is memory only.
+//! outlives the links of one gateway run; it is memory only. An executor
+//! chooses what it sends, so its ledger is bounded: process ids of at most
+//! [`MAX_ID_LEN`] bytes, [`MAX_PROCESSES`] processes, and [`MAX_TOTAL_SEQS`]
+//! seqs over all of them (the least recently active process goes first):
+//! at most ~13 MiB per executor. It is emptied when the executor comes back
+//! with another session (its processes are gone, so their seqs can no
+//! longer matter), and an executor that counts lost bytes itself (ours,
+//! [ext] `lostBytes`) records nothing in it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,14 +35,25 @@ use std::time::{Duration, Instant};
 const MAX_SEQS: usize = 1 << 18;
 /// At most this many processes per executor are tracked; the least recently
 /// active is forgotten first.
-const MAX_PROCESSES: usize = 4096;
+pub const MAX_PROCESSES: usize = 4096;
+/// At most this many seqs over all the processes of one executor: 8 MiB.
+pub const MAX_TOTAL_SEQS: usize = 1 << 20;
+/// Longer process ids are not recorded (the link refuses them anyway).
+pub const MAX_ID_LEN: usize = crate::link::MAX_ID_LEN;
 /// How long a closed process is remembered. codex 0.169.0 keeps an exited
 /// process readable ~80 s; after that `process/read` fails anyway.
 const KEEP_CLOSED: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 pub struct SeqLedger {
-    procs: Mutex<HashMap<String, Process>>,
+    procs: Mutex<Procs>,
+}
+
+#[derive(Default)]
+struct Procs {
+    by_id: HashMap<String, Process>,
+    /// Sum of `ends.len()` over `by_id`.
+    seqs: usize,
 }
 
 struct Process {
@@ -67,12 +85,20 @@ impl SeqLedger {
     /// Records one event of `process_id`: `bytes` of output at `seq`, or 0
     /// for an exit or close event (`closed` for the latter).
     pub fn record(&self, process_id: &str, seq: u64, bytes: u64, closed: bool) {
+        if process_id.len() > MAX_ID_LEN {
+            return;
+        }
         let now = Instant::now();
-        let mut procs = self.procs.lock().unwrap();
-        if !procs.contains_key(process_id) {
-            Self::make_room(&mut procs, now);
+        let mut guard = self.procs.lock().unwrap();
+        let procs = &mut *guard;
+        if !procs.by_id.contains_key(process_id) {
+            Self::make_room(procs, now);
+        }
+        if procs.seqs >= MAX_TOTAL_SEQS {
+            Self::evict_oldest(procs, Some(process_id));
         }
         let p = procs
+            .by_id
             .entry(process_id.to_string())
             .or_insert_with(|| Process {
                 base: seq,
@@ -89,10 +115,12 @@ impl SeqLedger {
             // Events were missed (the executor was disconnected): what came
             // before them can no longer be accounted for.
             p.base = seq;
+            procs.seqs -= p.ends.len();
             p.ends.clear();
         }
         let last = p.ends.last().copied().unwrap_or(0);
         p.ends.push(last + bytes);
+        procs.seqs += 1;
         if p.ends.len() > MAX_SEQS {
             let drop = MAX_SEQS / 2;
             let dropped = p.ends[drop - 1];
@@ -101,6 +129,8 @@ impl SeqLedger {
                 *e -= dropped;
             }
             p.base += drop as u64;
+            procs.seqs -= drop;
+            p.ends.shrink_to(MAX_SEQS);
         }
         if closed {
             p.closed_at = Some(now);
@@ -114,22 +144,52 @@ impl SeqLedger {
             return Some(0);
         }
         let procs = self.procs.lock().unwrap();
-        let p = procs.get(process_id)?;
+        let p = procs.by_id.get(process_id)?;
         let known = after_seq + 1 >= p.base && first_seq <= p.next_seq();
         known.then(|| p.cumulative(first_seq - 1) - p.cumulative(after_seq))
     }
 
-    fn make_room(procs: &mut HashMap<String, Process>, now: Instant) {
-        procs.retain(|_, p| p.closed_at.is_none_or(|t| now - t < KEEP_CLOSED));
-        while procs.len() >= MAX_PROCESSES {
-            let oldest = procs
-                .iter()
-                .min_by_key(|(_, p)| p.touched)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => procs.remove(&k),
-                None => break,
-            };
+    /// Forgets everything: the executor's processes are gone (it came back
+    /// with another session).
+    pub fn clear(&self) {
+        *self.procs.lock().unwrap() = Procs::default();
+    }
+
+    /// Seqs and process ids held, for tests and their bounds.
+    pub fn size(&self) -> (usize, usize) {
+        let procs = self.procs.lock().unwrap();
+        (procs.by_id.len(), procs.seqs)
+    }
+
+    fn make_room(procs: &mut Procs, now: Instant) {
+        let before = procs.by_id.len();
+        procs
+            .by_id
+            .retain(|_, p| p.closed_at.is_none_or(|t| now - t < KEEP_CLOSED));
+        if procs.by_id.len() != before {
+            procs.seqs = procs.by_id.values().map(|p| p.ends.len()).sum();
+        }
+        while procs.by_id.len() >= MAX_PROCESSES {
+            if !Self::evict_oldest(procs, None) {
+                break;
+            }
+        }
+    }
+
+    /// Forgets the least recently active process other than `keep`.
+    fn evict_oldest(procs: &mut Procs, keep: Option<&str>) -> bool {
+        let oldest = procs
+            .by_id
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != keep)
+            .min_by_key(|(_, p)| p.touched)
+            .map(|(k, _)| k.clone());
+        match oldest.and_then(|k| procs.by_id.remove(&k)) {
+            Some(p) => {
+                procs.seqs -= p.ends.len();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -174,6 +234,34 @@ mod tests {
         // A repeated event does not count twice.
         l.record("p", 51, 3, false);
         assert_eq!(l.lost_between("p", 49, 52), Some(6));
+    }
+
+    /// Regression: the ledger was keyed by whatever process id an executor
+    /// sent, without a bound (1,500 ids of 1 MiB took 1.5 GB).
+    #[test]
+    fn what_one_executor_can_make_the_ledger_hold_is_bounded() {
+        let l = SeqLedger::default();
+        let long = "p".repeat(MAX_ID_LEN + 1);
+        l.record(&long, 1, 10, false);
+        assert_eq!(l.size(), (0, 0));
+        for i in 0..(MAX_PROCESSES + 100) {
+            l.record(&format!("p{i}"), 1, 1, false);
+        }
+        assert_eq!(l.size().0, MAX_PROCESSES);
+        // Many seqs over a few processes: the total stays bounded, the
+        // active process keeps its own.
+        for p in 0..8 {
+            for seq in 1..=(MAX_TOTAL_SEQS as u64 / 4) {
+                l.record(&format!("big{p}"), seq, 1, false);
+            }
+        }
+        let (procs, seqs) = l.size();
+        assert!(seqs <= MAX_TOTAL_SEQS, "{seqs}");
+        assert!(procs <= MAX_PROCESSES);
+        let last = MAX_TOTAL_SEQS as u64 / 4;
+        assert_eq!(l.lost_between("big7", last - 11, last), Some(10));
+        l.clear();
+        assert_eq!(l.size(), (0, 0));
     }
 
     #[test]

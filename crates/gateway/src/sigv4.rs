@@ -47,6 +47,12 @@ pub enum SigV4Error {
     Scope(String),
     #[error("signed header {0:?} is not in the request")]
     MissingHeader(String),
+    /// `SignedHeaders` must name `host`, as every SigV4 signer does: the
+    /// `aws-sigv4` crate panics when asked to sign without one.
+    #[error("SignedHeaders must include host")]
+    HostNotSigned,
+    #[error("this signed request was already used; sign each request afresh")]
+    Replayed,
     #[error("unknown access key id")]
     UnknownKey,
     #[error("signature does not match")]
@@ -75,9 +81,19 @@ pub fn is_sigv4(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with(ALGORITHM))
 }
 
+/// The longest `Authorization` value accepted; codex's is about 200 bytes.
+/// What is refused here is never echoed whole into an error or the log.
+const MAX_AUTHORIZATION_LEN: usize = 2048;
+/// The most headers `SignedHeaders` may name (codex signs two or three).
+const MAX_SIGNED_HEADERS: usize = 16;
+
 /// Parses `AWS4-HMAC-SHA256 Credential=K/D/R/S/aws4_request, SignedHeaders=…, Signature=…`.
+/// Pure (no I/O), so that fuzzing can drive it.
 pub fn parse_authorization(value: &str) -> Result<Authorization, SigV4Error> {
-    let bad = |m: &str| SigV4Error::Malformed(m.to_string());
+    let bad = |m: &str| SigV4Error::Malformed(m.chars().take(64).collect());
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(bad("the Authorization header is too long"));
+    }
     let rest = value
         .strip_prefix(ALGORITHM)
         .ok_or_else(|| bad("not AWS4-HMAC-SHA256"))?
@@ -99,14 +115,27 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, SigV4Error> {
             "Credential is not KEY/DATE/REGION/SERVICE/aws4_request",
         ));
     };
+    let signed_headers = signed_headers.ok_or_else(|| bad("no SignedHeaders"))?;
+    let names: Vec<&str> = signed_headers.split(';').collect();
+    if names.len() > MAX_SIGNED_HEADERS {
+        return Err(bad("too many SignedHeaders"));
+    }
+    // Lowercase header names only, as SigV4 writes them: anything else
+    // could never match what a signer computes.
+    let header_name = |n: &&str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    if !names.iter().all(header_name) {
+        return Err(bad("SignedHeaders is not a list of lowercase header names"));
+    }
     Ok(Authorization {
         key_id: key_id.to_string(),
         date: date.to_string(),
         region: region.to_string(),
         service: service.to_string(),
-        signed_headers: signed_headers
-            .ok_or_else(|| bad("no SignedHeaders"))?
-            .to_string(),
+        signed_headers: signed_headers.to_string(),
         signature: signature.ok_or_else(|| bad("no Signature"))?.to_string(),
     })
 }
@@ -168,6 +197,12 @@ pub fn verify(req: &Request<'_>, key: &Key<'_>, now: SystemTime) -> Result<(), S
         )));
     }
 
+    // The signer always signs `host` (and panics when the request has
+    // none): a client that left it out can never match, so refuse it here.
+    if !auth.signed_headers.split(';').any(|n| n == "host") {
+        return Err(SigV4Error::HostNotSigned);
+    }
+
     // Hand the signer exactly the headers the client says it signed; the
     // signer adds x-amz-date itself from `signed_at`.
     let mut headers: Vec<(&str, &str)> = Vec::new();
@@ -192,15 +227,21 @@ pub fn verify(req: &Request<'_>, key: &Key<'_>, now: SystemTime) -> Result<(), S
     } else {
         format!("{}?{}", req.path, req.query)
     };
-    let expected = expected_authorization(
-        req.method,
-        &uri,
-        headers,
-        req.body,
-        key,
-        &auth.region,
-        signed_at,
-    )?;
+    // The signer is a library made for trusted input, with `expect`s inside:
+    // whatever slipped past the checks above must cost this request a 401,
+    // never the handler a panic.
+    let expected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        expected_authorization(
+            req.method,
+            &uri,
+            headers,
+            req.body,
+            key,
+            &auth.region,
+            signed_at,
+        )
+    }))
+    .map_err(|_| SigV4Error::Malformed("the request cannot be signed".into()))??;
     // A client that signed other headers than the signer would (say, none
     // at all) computes another canonical request: refuse it too.
     let same_headers = expected.signed_headers == auth.signed_headers;
@@ -210,6 +251,47 @@ pub fn verify(req: &Request<'_>, key: &Key<'_>, now: SystemTime) -> Result<(), S
         Ok(())
     } else {
         Err(SigV4Error::Mismatch)
+    }
+}
+
+/// The signatures of the SigV4 requests accepted within the skew window, so
+/// that a captured request sent again is refused ([`SigV4Error::Replayed`]).
+///
+/// A signature can verify from `MAX_SKEW` before its `x-amz-date` to
+/// `MAX_SKEW` after it, so each is remembered for twice the window. Memory is
+/// bounded ([`REPLAY_CAPACITY`] entries of ~150 bytes); only verified
+/// requests are recorded, so only holders of a valid key can fill it. The
+/// memory is per gateway process: with several replicas behind a load
+/// balancer, a request replayed to another replica is not caught here.
+pub struct ReplayGuard {
+    seen: moka::sync::Cache<String, ()>,
+}
+
+/// Most signatures remembered: ~10 MB at most. Past it the oldest are
+/// evicted first, and those could be replayed again within their window.
+pub const REPLAY_CAPACITY: u64 = 65_536;
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        ReplayGuard {
+            seen: moka::sync::Cache::builder()
+                .max_capacity(REPLAY_CAPACITY)
+                .time_to_live(2 * MAX_SKEW + Duration::from_secs(60))
+                .build(),
+        }
+    }
+}
+
+impl ReplayGuard {
+    /// Records `signature`; `Err(Replayed)` when it was seen before. Call it
+    /// once the request has verified, and only then.
+    pub fn first_use(&self, signature: &str) -> Result<(), SigV4Error> {
+        let entry = self.seen.entry(signature.to_string()).or_insert(());
+        if entry.is_fresh() {
+            Ok(())
+        } else {
+            Err(SigV4Error::Replayed)
+        }
     }
 }
 
@@ -471,6 +553,81 @@ mod tests {
         ] {
             assert!(matches!(check(&h, BODY, now), Err(SigV4Error::Skew { .. })));
         }
+    }
+
+    /// Regression: `SignedHeaders` without `host` made `aws-sigv4` panic
+    /// inside the handler ("request uri authority must be set for signing").
+    #[test]
+    fn signed_headers_without_host_are_refused_without_a_panic() {
+        let mut h = register_headers();
+        let v = auth_value(&h).replace(
+            "SignedHeaders=content-type;host;x-amz-date",
+            "SignedHeaders=content-type;x-amz-date",
+        );
+        set(&mut h, "authorization", &v);
+        assert_eq!(check(&h, BODY, t0()), Err(SigV4Error::HostNotSigned));
+        // Even with no Host header at all in the request.
+        h.remove("host");
+        assert_eq!(check(&h, BODY, t0()), Err(SigV4Error::HostNotSigned));
+        // Only x-amz-date signed.
+        let v = auth_value(&h).replace(
+            "SignedHeaders=content-type;x-amz-date",
+            "SignedHeaders=x-amz-date",
+        );
+        set(&mut h, "authorization", &v);
+        assert_eq!(check(&h, BODY, t0()), Err(SigV4Error::HostNotSigned));
+    }
+
+    /// Odd `SignedHeaders` and huge values are refused, never a panic.
+    #[test]
+    fn hostile_authorization_values_are_refused() {
+        let scope = "Credential=AKEGTEST0000000001/20261124/us-east-1/execute-api/aws4_request";
+        for signed in [
+            "host;;x-amz-date",
+            "Host;x-amz-date",
+            "host;x amz",
+            "host;x-amz-date;\u{e9}",
+            "",
+        ] {
+            let v = format!("AWS4-HMAC-SHA256 {scope}, SignedHeaders={signed}, Signature=00");
+            assert!(
+                matches!(parse_authorization(&v), Err(SigV4Error::Malformed(_))),
+                "{signed}"
+            );
+        }
+        let many = vec!["host"; 100].join(";");
+        let v = format!("AWS4-HMAC-SHA256 {scope}, SignedHeaders={many}, Signature=00");
+        assert!(parse_authorization(&v).is_err());
+        let huge = format!(
+            "AWS4-HMAC-SHA256 {scope}, SignedHeaders=host, Signature={}",
+            "a".repeat(1 << 20)
+        );
+        let Err(SigV4Error::Malformed(m)) = parse_authorization(&huge) else {
+            panic!("a 1 MiB header must be refused")
+        };
+        assert!(m.len() < 100, "the refusal must not echo the value");
+        // A signed header the signer would reject, present in the request.
+        let mut h = register_headers();
+        let v = auth_value(&h).replace(
+            "SignedHeaders=content-type;host;x-amz-date",
+            "SignedHeaders=content-type;host;x-amz-date;x-odd",
+        );
+        set(&mut h, "authorization", &v);
+        set(&mut h, "x-odd", "  \t ");
+        assert!(check(&h, BODY, t0()).is_err());
+        // A region the signer has never seen.
+        let mut h = register_headers();
+        let v = auth_value(&h).replace("us-east-1", &"r".repeat(1000));
+        set(&mut h, "authorization", &v);
+        assert_eq!(check(&h, BODY, t0()), Err(SigV4Error::Mismatch));
+    }
+
+    #[test]
+    fn a_signature_is_accepted_once() {
+        let guard = ReplayGuard::default();
+        assert_eq!(guard.first_use("abc"), Ok(()));
+        assert_eq!(guard.first_use("abd"), Ok(()));
+        assert_eq!(guard.first_use("abc"), Err(SigV4Error::Replayed));
     }
 
     #[test]

@@ -26,8 +26,13 @@ pub struct GatewayConfig {
     /// Base URL executors should dial (`http(s)://host:port`). By default it is
     /// derived from the `Host` header of the register request.
     pub public_url: Option<String>,
-    /// How often the gateway pings each executor link.
+    /// How often the gateway records each live executor's `last_seen` in
+    /// the store (and pings a bridge client).
     pub ping_interval: Duration,
+    /// An executor link silent this long (no frame, no answer to the pings
+    /// sent every third of it) is declared dead: its calls in flight fail
+    /// at once with 503 `executor_unavailable`. `--executor-ping-timeout-secs`.
+    pub ping_timeout: Duration,
     /// How proxy tokens are verified; whether `/internal/*` is served.
     pub auth: AuthConfig,
     /// What happens to a call whose audit record cannot be written.
@@ -60,6 +65,7 @@ impl GatewayConfig {
             max_body_bytes: 16 * 1024 * 1024,
             public_url: None,
             ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
             auth: AuthConfig::default(),
             audit: AuditMode::default(),
             limits: LimitsConfig::default(),
@@ -86,6 +92,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub registry: Registry,
     pub tickets: Mutex<HashMap<String, Ticket>>,
+    /// SigV4 signatures already used (see `sigv4::ReplayGuard`).
+    pub sigv4_replays: crate::sigv4::ReplayGuard,
     /// Per exe_id; outlives the executor's links (see `seq_ledger`).
     pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
     pub verifier: Arc<dyn ProxyTokenVerifier>,
@@ -133,6 +141,7 @@ impl AppState {
             store,
             registry: Registry::default(),
             tickets: Mutex::new(HashMap::new()),
+            sigv4_replays: Default::default(),
             ledgers: Mutex::new(HashMap::new()),
             poll_aheads: PollAheads::default(),
         }))
@@ -201,5 +210,9 @@ impl AppState {
 
     pub(crate) fn tickets(&self) -> &Mutex<HashMap<String, Ticket>> {
         &self.0.tickets
+    }
+
+    pub(crate) fn sigv4_replays(&self) -> &crate::sigv4::ReplayGuard {
+        &self.0.sigv4_replays
     }
 }

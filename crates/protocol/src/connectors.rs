@@ -29,6 +29,10 @@ pub mod error_code {
     pub const SESSION_NOT_FOUND: &str = "session_not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const CONFLICT: &str = "conflict";
+    /// 409 at executor register/connect: another executor with the same
+    /// token holds a live link. The executor retries with its backoff (the
+    /// old link is declared dead within the gateway's ping timeout if it is).
+    pub const EXECUTOR_ALREADY_CONNECTED: &str = "executor_already_connected";
     pub const STDIN_CLOSED: &str = "stdin_closed";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";

@@ -10,6 +10,7 @@ mod cli;
 mod codex;
 mod custom_tools;
 mod harness;
+mod hostile_executor;
 mod isolation;
 mod leaks;
 mod limits;

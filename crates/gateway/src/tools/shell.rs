@@ -32,6 +32,11 @@ const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
 /// After a kill, how long to wait for the last output and `closed`.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
+/// Beyond its timeout and the drain, how long a call may wait on its
+/// executor's answers (to `process/start`, `process/terminate`, reads)
+/// before it is answered 504 anyway: a hung executor (SIGSTOP, a stuck
+/// machine) must not hold a call past its own timeout.
+pub(crate) const CALL_MARGIN: Duration = Duration::from_secs(5);
 const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
@@ -161,10 +166,18 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
     };
 
     let started = Instant::now();
+    // The call's own deadline, whatever the executor does; every request
+    // below waits at most until then.
+    let hard_deadline = tokio::time::Instant::now() + timeout + DRAIN_AFTER_KILL + CALL_MARGIN;
+    let left = || {
+        hard_deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
     // Subscribe before starting, so the first notification cannot be missed.
     let mut sub = link.subscribe_to_start(&process_id);
     if let Err(e) = link
-        .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
+        .request::<_, ProcessStartResult>(method::PROCESS_START, &params, left().min(RPC_TIMEOUT))
         .await
     {
         return Err(match e {
@@ -189,7 +202,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
                     break;
                 }
                 timed_out = true;
-                kill(link, &process_id).await?;
+                kill(link, &process_id, left()).await?;
                 stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
                 continue;
             }
@@ -217,7 +230,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
                     break;
                 }
                 timed_out = true;
-                kill(link, &process_id).await?;
+                kill(link, &process_id, left()).await?;
                 stop_at = now + DRAIN_AFTER_KILL;
             }
             let wait = stop_at
@@ -232,7 +245,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
                         max_bytes: Some(READ_MAX_BYTES),
                         wait_ms: Some(wait.as_millis() as u64),
                     },
-                    wait + RPC_TIMEOUT,
+                    (wait + RPC_TIMEOUT).min(left()),
                 )
                 .await
                 .map_err(|e| match e {
@@ -252,14 +265,14 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
     })
 }
 
-async fn kill(link: &Link, process_id: &str) -> Result<(), ApiError> {
+async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), ApiError> {
     let r = link
         .request::<_, ProcessTerminateResult>(
             method::PROCESS_TERMINATE,
             &ProcessIdParams {
                 process_id: process_id.to_string(),
             },
-            RPC_TIMEOUT,
+            within.min(RPC_TIMEOUT),
         )
         .await;
     match r {
