@@ -132,6 +132,8 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RegisterResponse>, ApiError> {
+    // Two Authorization headers: 400, whichever scheme they use.
+    crate::auth::single_header(&headers, &axum::http::header::AUTHORIZATION)?;
     let signed = sigv4::is_sigv4(&headers);
     let row = if signed {
         let req = sigv4::Request {
@@ -243,6 +245,7 @@ pub async fn connect(
     Query(q): Query<ConnectQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    crate::auth::single_header(&headers, &axum::http::header::AUTHORIZATION)?;
     if sigv4::is_sigv4(&headers) {
         let req = sigv4::Request {
             method: "GET",
