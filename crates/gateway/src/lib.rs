@@ -126,6 +126,9 @@ impl Gateway {
             let _ = tcp.set_nodelay(true);
         });
         tokio::spawn(deadlines::run(self.state.clone()));
+        tokio::spawn(captoken::admin::prune_periodically(
+            self.state.store().clone(),
+        ));
         axum::serve(listener, api::router(self.state))
             .await
             .map_err(GatewayError::Serve)
