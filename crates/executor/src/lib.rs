@@ -26,6 +26,8 @@ mod connect;
 mod connection;
 mod error;
 mod fs;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod notify;
 mod output;
 mod paths;
