@@ -177,17 +177,6 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// `fs::read`.
-    pub fn read(&self) -> io::Result<Vec<u8>> {
-        if self.beneath.is_none() {
-            return fs::read(&self.path);
-        }
-        let mut data = Vec::new();
-        // Sized from the file's metadata, as fs::read does.
-        io::Read::read_to_end(&mut self.open(libc::O_RDONLY, 0)?, &mut data)?;
-        Ok(data)
-    }
-
     /// `fs::metadata` (following a link at the end, beneath the root).
     pub fn metadata(&self) -> io::Result<Metadata> {
         match &self.beneath {

@@ -118,12 +118,33 @@ fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
 
 fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
-    let data = target
-        .read()
-        .map_err(|e| io_error("reading", &target.path, e))?;
+    let fail = |e| io_error("reading", &target.path, e);
+    let mut file = open_regular(&target)?;
+    let size = file.metadata().map_err(fail)?.len();
+    let mut data = Vec::with_capacity(size.min(MAX_PRESIZE) as usize);
+    file.read_to_end(&mut data).map_err(fail)?;
     Ok(ReadFileResult {
         data_base64: Blob::from(data),
     })
+}
+
+/// Opens `path` for reading if it is a regular file; anything else (a FIFO,
+/// a device, a socket, a directory) is -32602 at once. `O_NONBLOCK` makes
+/// the open itself return: a plain open of a FIFO waits for a writer
+/// forever, holding a blocking-pool thread and the caller's request. (On a
+/// regular file the flag changes nothing.)
+fn open_regular(target: &Target<'_>) -> Result<File, RpcError> {
+    let fail = |e| io_error("reading", &target.path, e);
+    let file = target
+        .open(libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .map_err(fail)?;
+    if !file.metadata().map_err(fail)?.is_file() {
+        return Err(RpcError::invalid_params(format!(
+            "{} is not a regular file",
+            target.path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// The most `fs/readRange` allocates before it has read anything.
@@ -132,7 +153,7 @@ const MAX_PRESIZE: u64 = 64 << 20;
 fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &target.path, e);
-    let mut file = target.open(libc::O_RDONLY, 0).map_err(fail)?;
+    let mut file = open_regular(&target)?;
     let size = file.metadata().map_err(fail)?.len();
     let mut data = Vec::new();
     if params.offset < size {
@@ -1209,14 +1230,43 @@ mod tests {
     #[test]
     fn other_io_errors_are_internal() {
         let dir = tempfile::tempdir().unwrap();
-        let err = call_err(method::FS_READ_FILE, json!({"path": "."}), dir.path());
-        assert_eq!(err.code, code::INTERNAL_ERROR, "reading a directory");
         let err = call_err(
             method::FS_CREATE_DIRECTORY,
             json!({"path": ".", "recursive": false}),
             dir.path(),
         );
         assert_eq!(err.code, code::INTERNAL_ERROR, "already exists");
+    }
+
+    #[test]
+    fn reading_what_is_not_a_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        for (method, params, what) in [
+            (method::FS_READ_FILE, json!({"path": "fifo"}), "fifo"),
+            (
+                method::FS_READ_RANGE,
+                json!({"path": "fifo", "offset": 0, "length": 10}),
+                "fifo",
+            ),
+            (method::FS_READ_FILE, json!({"path": "."}), "directory"),
+            (
+                method::FS_READ_RANGE,
+                json!({"path": "/dev/null", "offset": 0, "length": 10}),
+                "device",
+            ),
+        ] {
+            let err =
+                call(method, params, &PathRules::new(dir.path().to_path_buf())).expect_err(what);
+            assert_eq!(err.code, code::INVALID_PARAMS, "{method} {what}: {err}");
+            assert!(err.message.contains("not a regular file"), "{err}");
+        }
+        // Before the fix, opening the FIFO blocked until a writer came.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

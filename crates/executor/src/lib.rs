@@ -31,6 +31,8 @@ mod connect;
 mod connection;
 mod error;
 mod fs;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod notify;
 mod output;
 mod paths;

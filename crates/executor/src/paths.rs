@@ -137,7 +137,7 @@ pub(crate) enum ConfineError {
 
 impl ConfineError {
     /// The protocol error for `path` (as requested, made absolute).
-    fn into_rpc(self, path: &Path) -> RpcError {
+    pub(crate) fn into_rpc(self, path: &Path) -> RpcError {
         match self {
             ConfineError::Outside { resolved, root } if resolved == path => {
                 RpcError::policy_denied(format!(

@@ -59,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        // Last resort: whatever error escaped as plain text or empty gets
+        // the envelope (see `error::envelope_bare_errors`).
+        .layer(axum::middleware::map_response(
+            crate::error::envelope_bare_errors,
+        ))
         .with_state(state)
 }
 

@@ -182,6 +182,8 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RegisterResponse>, ApiError> {
+    // Two Authorization headers: 400, whichever scheme they use.
+    crate::auth::single_header(&headers, &axum::http::header::AUTHORIZATION)?;
     let signed = sigv4::is_sigv4(&headers);
     let (row, signature) = if signed {
         let req = sigv4::Request {
@@ -341,6 +343,7 @@ pub async fn connect(
     Query(q): Query<ConnectQuery>,
     ws: LinkUpgrade,
 ) -> Result<Response, ApiError> {
+    crate::auth::single_header(&headers, &axum::http::header::AUTHORIZATION)?;
     let mut signature = None;
     if sigv4::is_sigv4(&headers) {
         let req = sigv4::Request {

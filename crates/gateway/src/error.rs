@@ -104,6 +104,93 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The error code for a status that reached a client without one: what the
+/// HTTP stack (axum's extractors and router, hyper's parser) produced itself.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => code::FORBIDDEN,
+        StatusCode::NOT_FOUND => code::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => code::METHOD_NOT_ALLOWED,
+        StatusCode::CONFLICT => code::CONFLICT,
+        StatusCode::PAYLOAD_TOO_LARGE => code::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => code::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::URI_TOO_LONG => code::URI_TOO_LONG,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => code::HEADERS_TOO_LARGE,
+        StatusCode::TOO_MANY_REQUESTS => code::RATE_LIMITED,
+        StatusCode::SERVICE_UNAVAILABLE => code::UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT => code::GATEWAY_TIMEOUT,
+        s if s.is_server_error() => code::INTERNAL,
+        _ => code::BAD_REQUEST,
+    }
+}
+
+/// A whole HTTP/1.1 error response with the envelope as its body, closing
+/// the connection: for code that answers below axum, on the raw socket (a
+/// request hyper could not parse, a connection refused past a cap), so that
+/// those answers carry the envelope too.
+pub fn raw_http1_response(status: StatusCode, message: &str) -> Vec<u8> {
+    let body = serde_json::to_vec(&ErrorResponse {
+        error: ErrorBody {
+            code: code_for_status(status).to_string(),
+            message: message.to_string(),
+        },
+    })
+    .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The most of a bare error body kept as the envelope's message.
+const BARE_BODY_KEPT: usize = 1024;
+
+/// A `map_response` layer for the whole router: an error answer that is
+/// not JSON (a rejection axum or a library produced as plain text, or an
+/// empty one) gets the envelope, with the text as its message. JSON
+/// answers (the envelope, JSON-RPC errors) pass unchanged, as do
+/// successes and upgrades.
+pub async fn envelope_bare_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Bare rejections are short; a long one is cut, never buffered whole.
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(BARE_BODY_KEPT)])
+            .trim()
+            .to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code_for_status(status), message).into_response();
+    // Keep what the client needs to act on: Allow, Retry-After, Content-Range…
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -189,6 +276,49 @@ impl From<QueryRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bare_errors_get_the_envelope_and_keep_their_headers() {
+        let bare = Response::builder()
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .header(header::ALLOW, "GET")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(axum::body::Body::from("Method Not Allowed"))
+            .unwrap();
+        let resp = envelope_bare_errors(bare).await;
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"code":"method_not_allowed","message":"Method Not Allowed"}})
+        );
+        // Empty: the reason phrase.
+        let bare = Response::builder()
+            .status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let body = axum::body::to_bytes(envelope_bare_errors(bare).await.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unsupported_media_type");
+        assert_eq!(v["error"]["message"], "Unsupported Media Type");
+    }
+
+    #[test]
+    fn raw_responses_are_whole_http_with_the_envelope() {
+        let raw = raw_http1_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too big");
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "headers_too_large");
+    }
 
     #[tokio::test]
     async fn envelope_and_retry_after() {

@@ -4,12 +4,13 @@
 //!
 //! - `GET` answers with `Content-Length` and honours a single `Range`
 //!   (`bytes=a-b`, `bytes=a-`, `bytes=-n`) with 206; an unsatisfiable range
-//!   is 416. Chunks are read ahead of the client by one, through a channel.
+//!   is 416 (see [`parse_range`] for the edge cases). Chunks are read ahead of the client by one, through a channel.
 //! - `PUT` streams the request body into a staged file beside the target,
 //!   then `fs/commitFile` verifies its SHA-256 and renames it into place:
 //!   the target is replaced atomically and keeps its mode. `create_parents`
 //!   (default true) creates missing directories. The body-size limit of the
-//!   JSON routes does not apply.
+//!   JSON routes does not apply. A `Content-Range` (a partial PUT) is
+//!   refused with 400.
 //!
 //! Both use [`crate::transfer`], which falls back to ordinary commands on
 //! an executor without execgate's file extensions (a stock codex).
@@ -233,10 +234,26 @@ enum RangeSpec {
     Unsatisfiable,
 }
 
-/// One `bytes=` range, as RFC 9110 defines it. Anything else (several
-/// ranges, other units, nonsense) is served whole, which the RFC allows.
+/// One `bytes=` range, as RFC 9110 (§14.1.2, §14.2) defines it:
+/// - `bytes=a-b`: a last position at or past the end is clamped to the
+///   last byte (whatever its size: a position is any run of digits, so one
+///   past `u64::MAX` is simply "beyond the end");
+/// - `bytes=a-`: from `a` to the end; `bytes=-n`: the last `n` bytes (the
+///   whole file when `n` is larger);
+/// - a first position at or past the end, or `bytes=-0`: unsatisfiable
+///   (416 with `Content-Range: bytes */size`), as is any range of an empty
+///   file;
+/// - an invalid header (`b < a`, signs, other units, nonsense) is ignored
+///   and the file served whole, as the RFC asks;
+/// - several ranges: served whole (200), which the RFC allows; multipart
+///   answers are not worth their cost to the API's clients.
 fn parse_range(header: &str, size: u64) -> RangeSpec {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+    let header = header.trim();
+    let Some(spec) = header
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &header[6..])
+    else {
         return RangeSpec::Whole;
     };
     if spec.contains(',') {
@@ -248,14 +265,14 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
     let (a, b) = (a.trim(), b.trim());
     let parsed = match (a.is_empty(), b.is_empty()) {
         // bytes=-n: the last n bytes.
-        (true, false) => match b.parse::<u64>() {
-            Ok(0) => return RangeSpec::Unsatisfiable,
-            Ok(n) => Some((size.saturating_sub(n), size)),
-            Err(_) => None,
+        (true, false) => match position(b) {
+            Some(0) => return RangeSpec::Unsatisfiable,
+            Some(n) => Some((size.saturating_sub(n), size)),
+            None => None,
         },
-        (false, true) => a.parse::<u64>().ok().map(|s| (s, size)),
-        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(s), Ok(e)) if e >= s => Some((s, (e + 1).min(size))),
+        (false, true) => position(a).map(|s| (s, size)),
+        (false, false) => match (position(a), position(b)) {
+            (Some(s), Some(e)) if e >= s => Some((s, e.saturating_add(1).min(size))),
             _ => None,
         },
         (true, true) => None,
@@ -267,6 +284,17 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
     }
 }
 
+/// A byte position: one or more ASCII digits (no sign, unlike
+/// `u64::from_str`), saturating at `u64::MAX`, which is past any file's end.
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.bytes().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
+}
+
 /// Replaces (or creates) a file with the request body, atomically: staged,
 /// verified by SHA-256, renamed. A replaced file keeps its mode.
 #[utoipa::path(put, path = "/api/connectors/envs/{name}/files", tag = "files",
@@ -274,6 +302,7 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
     request_body(content = FileBytes, content_type = "application/octet-stream", description = "The file's new bytes, any size"),
     responses(
         (status = 200, description = "Written", body = UploadResponse),
+        (status = 400, description = "A `Content-Range` header (partial PUT is not supported: `bad_request`)", body = ErrorResponse),
         (status = 404, description = "No such environment (`env_not_found`), or a missing parent with `create_parents=false`", body = ErrorResponse),
     ))]
 pub async fn upload(
@@ -281,12 +310,21 @@ pub async fn upload(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let rec = AuditRecord::for_caller(&caller, Via::Rest, Kind::File, "files.put")
         .with_environment(&name);
     let mut audit = state.audit().begin(rec).await?;
-    let r = receive_upload(&state, &caller, &name, &q, body, &mut audit).await;
+    let r = match headers.get(header::CONTENT_RANGE) {
+        // A partial PUT is not supported; RFC 9110 §14.5 asks a server
+        // that does not support it to refuse it rather than replace the
+        // whole file with the part.
+        Some(_) => Err(ApiError::bad_request(
+            "Content-Range on PUT is not supported: a PUT replaces the whole file; send the whole file without Content-Range",
+        )),
+        None => receive_upload(&state, &caller, &name, &q, body, &mut audit).await,
+    };
     audit.finish(&r);
     r
 }
@@ -386,5 +424,51 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
         assert_eq!(parse_range("items=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=x-y", 100), Whole);
+    }
+
+    #[test]
+    fn huge_positions_are_clamped_not_wrapped() {
+        // The last position one short of overflowing `e + 1` once answered
+        // an empty 206 (and panicked in a debug build).
+        assert_eq!(parse_range("bytes=0-18446744073709551615", 10), Part(0, 10));
+        assert_eq!(parse_range("bytes=3-18446744073709551614", 10), Part(3, 10));
+        // Past u64: still "beyond the end".
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999999", 10),
+            Part(0, 10)
+        );
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999999-", 10),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999999", 10),
+            Part(0, 10)
+        );
+        assert_eq!(
+            parse_range("bytes=18446744073709551615-", 10),
+            Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn edge_cases_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=-5", 10), Part(5, 10));
+        assert_eq!(parse_range("bytes=5-", 10), Part(5, 10));
+        assert_eq!(parse_range("bytes=9-9", 10), Part(9, 10));
+        assert_eq!(parse_range("bytes=10-10", 10), Unsatisfiable);
+        assert_eq!(parse_range("Bytes=0-0", 10), Part(0, 1));
+        // An empty file has no satisfiable range.
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+        // Invalid: ignored, the file is served whole.
+        assert_eq!(parse_range("bytes=+1-5", 10), Whole);
+        assert_eq!(parse_range("bytes=1-+5", 10), Whole);
+        assert_eq!(parse_range("bytes=-", 10), Whole);
+        assert_eq!(parse_range("bytes=", 10), Whole);
+        assert_eq!(parse_range("bytes=1", 10), Whole);
+        assert_eq!(parse_range("bytes=1-2-3", 10), Whole);
+        assert_eq!(parse_range("bytés=1-2", 10), Whole);
+        assert_eq!(parse_range("", 10), Whole);
     }
 }

@@ -128,6 +128,9 @@ impl Gateway {
     pub async fn serve(self) -> Result<(), GatewayError> {
         tokio::spawn(deadlines::run(self.state.clone()));
         tokio::spawn(revocation::sweep_removed_executors(self.state.clone()));
+        tokio::spawn(captoken::admin::prune_periodically(
+            self.state.store().clone(),
+        ));
         let config = self.state.config().listener.clone();
         tracing::info!(
             max_connections = config.max_connections,

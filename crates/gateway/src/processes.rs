@@ -136,26 +136,30 @@ async fn lookup(
     sid: &str,
     audit: &mut AuditEntry,
 ) -> Result<(SessionRow, Arc<Link>), ApiError> {
-    let row = state.store().session(sid).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            code::SESSION_NOT_FOUND,
-            format!("no process session {sid:?}; exec_command returns the session_id to use"),
-        )
-    })?;
-    if row.workspace != caller.workspace {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            code::FORBIDDEN,
-            format!("process session {sid:?} belongs to another workspace"),
-        ));
-    }
+    // Another workspace's session answers exactly as an unknown one: a 403
+    // would tell a tenant that another tenant's session exists.
+    let row = state
+        .store()
+        .session(sid)
+        .await?
+        .filter(|row| row.workspace == caller.workspace)
+        .ok_or_else(|| session_not_found(sid))?;
     audit.record().exe_id = Some(row.exe_id.clone());
     let link = match state.registry().get(&row.exe_id) {
         Some(link) => link,
         None => return Err(crate::api::executor_unavailable(state, &row.exe_id).await),
     };
     Ok((row, link))
+}
+
+/// 404 `session_not_found`: the same answer whether `sid` was never issued
+/// or belongs to another workspace.
+pub fn session_not_found(sid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        code::SESSION_NOT_FOUND,
+        format!("no process session {sid:?}; exec_command returns the session_id to use"),
+    )
 }
 
 /// The executor no longer knows the process: it restarted, or the process

@@ -793,6 +793,28 @@ impl Store {
         Ok(at)
     }
 
+    /// Forgets the turns revoked before `revoked_before_ms` (Unix ms): once
+    /// every token they could refuse has expired, they no longer matter
+    /// (see `captoken::admin::REVOKED_TURN_RETENTION`). How many went.
+    pub async fn prune_revoked_turns(&self, revoked_before_ms: i64) -> Result<u64> {
+        let res = sqlx::query("DELETE FROM revoked_turns WHERE revoked_at < ?")
+            .bind(revoked_before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Backdates a revocation, for tests of pruning.
+    #[cfg(test)]
+    pub(crate) async fn set_turn_revoked_at_for_test(&self, turn_id: &str, at_ms: i64) {
+        sqlx::query("UPDATE revoked_turns SET revoked_at = ? WHERE turn_id = ?")
+            .bind(at_ms)
+            .bind(turn_id)
+            .execute(&self.pool)
+            .await
+            .expect("backdating a revoked turn");
+    }
+
     /// Whether `turn_id` was revoked (an indexed read).
     pub async fn turn_revoked(&self, turn_id: &str) -> Result<bool> {
         let row: Option<(i64,)> =

@@ -36,6 +36,12 @@ pub mod error_code {
     pub const STDIN_CLOSED: &str = "stdin_closed";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 431: the request's header section is larger than the gateway takes.
+    pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
+    /// 414: the request's URI is longer than the gateway takes.
+    pub const URI_TOO_LONG: &str = "uri_too_long";
+    /// 503 without a more specific cause (the HTTP stack's own).
+    pub const UNAVAILABLE: &str = "unavailable";
     pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
     pub const EXECUTOR_ERROR: &str = "executor_error";
     pub const NOT_SUPPORTED_BY_EXECUTOR: &str = "not_supported_by_executor";

@@ -187,6 +187,48 @@ async fn malformed_requests_get_clear_errors_and_the_gateway_keeps_serving() {
             code: "bad_arguments",
         },
         Case {
+            what: "shell env name with '='",
+            method: "POST",
+            path: call.clone(),
+            auth: Some(""),
+            body: tool("shell", json!({"command": ["true"], "env": {"A=B": "1"}})),
+            status: 400,
+            code: "bad_arguments",
+        },
+        Case {
+            what: "shell env name empty",
+            method: "POST",
+            path: call.clone(),
+            auth: Some(""),
+            body: tool("shell", json!({"command": ["true"], "env": {"": "1"}})),
+            status: 400,
+            code: "bad_arguments",
+        },
+        Case {
+            what: "exec_command env name with NUL",
+            method: "POST",
+            path: call.clone(),
+            auth: Some(""),
+            body: tool(
+                "exec_command",
+                json!({"command": ["true"], "env": {"A\u{0}B": "1"}}),
+            ),
+            status: 400,
+            code: "bad_arguments",
+        },
+        Case {
+            what: "exec_command env name with '='",
+            method: "POST",
+            path: call.clone(),
+            auth: Some(""),
+            body: tool(
+                "exec_command",
+                json!({"command": ["true"], "env": {"=X": "1"}}),
+            ),
+            status: 400,
+            code: "bad_arguments",
+        },
+        Case {
             what: "read_file without path",
             method: "POST",
             path: call.clone(),
@@ -383,4 +425,64 @@ async fn malformed_requests_get_clear_errors_and_the_gateway_keeps_serving() {
         .await;
     assert_eq!(r["structuredContent"]["stdout"], "still here\n");
     assert_eq!(w.api.stdin(&sid, b"ok\n", false).await.0, 200);
+}
+
+/// What the HTTP stack answers by itself (an extractor's plain-text
+/// rejection) carries the envelope too, and two `Authorization` headers are
+/// refused wherever a token is read, not resolved to the first.
+#[tokio::test]
+async fn bare_rejections_get_the_envelope_and_two_authorization_headers_are_refused() {
+    let w = World::start(&[]).await;
+    let http = fresh_client();
+    // axum's own Query rejection (a duplicate field): once text/plain.
+    let resp = http
+        .get(format!(
+            "{}/cloud/environment/exe_0000000000000000/direct/connect?ticket=a&ticket=b",
+            w.api.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("the envelope");
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+
+    let two = |req: reqwest::RequestBuilder| {
+        req.header("Authorization", format!("Bearer {}", w.api.token))
+            .header("Authorization", "Bearer egp_someone_else")
+    };
+    for (what, req) in [
+        (
+            "REST",
+            two(http.post(format!("{}/api/connectors/envs/list", w.api.url))).json(&json!({})),
+        ),
+        (
+            "MCP",
+            two(http.post(format!("{}/mcp", w.api.url)))
+                .header("Accept", "application/json, text/event-stream")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})),
+        ),
+        (
+            "register",
+            two(http.post(format!(
+                "{}/cloud/environment/exe_0000000000000000/direct/register",
+                w.api.url
+            )))
+            .json(&json!({})),
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.expect("the envelope");
+        assert_eq!(status, 400, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than one"),
+            "{what}: {v}"
+        );
+    }
 }

@@ -243,6 +243,17 @@ async fn codex_serves_the_connectors_api() {
         .call("codex", "read_file", json!({"path": "missing.txt"}))
         .await;
     assert_eq!(r["isError"], true, "{r}");
+    // A FIFO: refused at once (codex's own read would wait for a writer).
+    let fifo = std::ffi::CString::new(w.work().join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    let r = api
+        .call("codex", "read_file", json!({"path": "fifo"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(text(&r).contains("not a regular file"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(20));
 
     // exec_command: stdin, output, terminate.
     let sid = api.exec("codex", json!({"command": ["cat"]})).await;

@@ -48,17 +48,43 @@ async fn a_workspace_token_cannot_list_call_or_touch_another_workspace() {
         (404, Some("env_not_found"))
     );
 
-    // w2 cannot read, write or terminate w1's session.
+    // w2 cannot read, write, signal, resize, stream or terminate w1's
+    // session, and cannot even learn that it exists: every route answers
+    // exactly as it does for a sid that was never issued.
     let sid = w.api.exec("laptop", json!({"command": ["cat"]})).await;
-    let p = |op: &str| format!("/api/connectors/processes/{sid}/{op}");
-    for (s, v) in [
-        api2.get(&p("output")).await,
-        api2.post(&p("stdin"), json!({"data_b64": b64e(b"x\n")}))
-            .await,
-        api2.post(&p("terminate"), json!({})).await,
-    ] {
-        assert_eq!(s, 403, "{v}");
-        assert_eq!(v["error"]["code"], "forbidden");
+    let unknown = "ps_000000000000000000000000";
+    for op in ["output", "stdin", "terminate", "signal", "resize", "stream"] {
+        let answer = |sid: &str| {
+            let path = format!("/api/connectors/processes/{sid}/{op}");
+            let body = match op {
+                "stdin" => json!({"data_b64": b64e(b"x\n")}),
+                "signal" => json!({"signal": "terminate"}),
+                "resize" => json!({"cols": 80, "rows": 24}),
+                _ => json!({}),
+            };
+            let api2 = &api2;
+            async move {
+                if matches!(op, "output" | "stream") {
+                    api2.get(&path).await
+                } else {
+                    api2.post(&path, body).await
+                }
+            }
+        };
+        let (s, v) = answer(&sid).await;
+        assert_eq!(s, 404, "{op}: {v}");
+        assert_eq!(v["error"]["code"], "session_not_found", "{op}: {v}");
+        let (s_unknown, v_unknown) = answer(unknown).await;
+        assert_eq!(s_unknown, 404, "{op}: {v_unknown}");
+        // The same message, but for the sid it names.
+        assert_eq!(
+            v["error"]["message"].as_str().unwrap().replace(&sid, "SID"),
+            v_unknown["error"]["message"]
+                .as_str()
+                .unwrap()
+                .replace(unknown, "SID"),
+            "{op}"
+        );
     }
     // …and the session is untouched: alive, no input from w2.
     assert_eq!(w.api.stdin(&sid, b"mine\n", false).await.0, 200);

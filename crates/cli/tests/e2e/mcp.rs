@@ -316,6 +316,29 @@ async fn mcp_refusals_name_the_problem() {
     // Unknown tool: -32601.
     let m = mcp.call_error("no_such_tool", json!({}), -32601).await;
     assert!(m.contains("no_such_tool"), "{m}");
+    // A known method with params that do not fit: -32602, not -32601.
+    let r = mcp
+        .request("tools/call", json!({"name": 5, "arguments": {}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("name"),
+        "{r}"
+    );
+    let r = mcp.request("initialize", json!({"capabilities": 5})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    // A method nobody knows stays -32601.
+    let r = mcp.request("no/such/method", json!({})).await;
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    // Environment variable names that cannot be set: -32602.
+    let m = mcp
+        .call_error(
+            "exec_command",
+            json!({"command": "true", "env": {"A=B": "1"}}),
+            -32602,
+        )
+        .await;
+    assert!(m.contains("arguments.env"), "{m}");
 
     // Invalid params: -32602, naming the field.
     let m = mcp
@@ -374,10 +397,14 @@ async fn mcp_refusals_name_the_problem() {
         &w.gateway.url(),
         &admin(&w.data_dir, &["token", "create", "--workspace", "w2"]),
     );
-    let m = other
-        .call_error("terminate", json!({"session_id": sid}), -32602)
-        .await;
-    assert!(m.contains("no process session"), "{m}");
+    for (tool, args) in [
+        ("terminate", json!({"session_id": sid})),
+        ("write_stdin", json!({"session_id": sid, "chars": "x"})),
+        ("read_output", json!({"session_id": sid})),
+    ] {
+        let m = other.call_error(tool, args, -32602).await;
+        assert!(m.contains("no process session"), "{tool}: {m}");
+    }
     let m = other
         .call_error(
             "shell",
@@ -407,4 +434,59 @@ async fn mcp_refusals_name_the_problem() {
         r["structuredContent"]["error"]["code"],
         "executor_unavailable"
     );
+}
+
+/// Bodies that are not JSON, or not JSON-RPC: the JSON-RPC error codes
+/// (-32700 Parse error, -32600 Invalid Request) in a 400, as the MCP
+/// Streamable HTTP transport asks; a Content-Type other than JSON stays 415.
+#[tokio::test]
+async fn mcp_bodies_that_are_not_json_rpc_get_json_rpc_errors() {
+    let w = World::start(&[]).await;
+    let mcp = Mcp::new(&w.gateway.url(), &w.api.token);
+    let raw = |content_type: &'static str, body: &'static str| {
+        let req = mcp
+            .http
+            .post(&mcp.url)
+            .bearer_auth(&mcp.token)
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", content_type)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("a JSON body");
+            (status, body)
+        }
+    };
+    for (body, code, id) in [
+        ("this is not json", -32700, Value::Null),
+        ("{\"jsonrpc\": \"2.0\", \"id\": 1, ", -32700, Value::Null),
+        ("", -32700, Value::Null),
+        ("[]", -32600, Value::Null),
+        ("5", -32600, Value::Null),
+        (
+            "{\"jsonrpc\": \"1.0\", \"id\": 7, \"method\": \"ping\"}",
+            -32600,
+            json!(7),
+        ),
+        ("{\"id\": \"x\", \"method\": 5}", -32600, json!("x")),
+    ] {
+        let (status, v) = raw("application/json", body).await;
+        assert_eq!(status, 400, "{body:?}: {v}");
+        assert_eq!(v["jsonrpc"], "2.0", "{body:?}: {v}");
+        assert_eq!(v["id"], id, "{body:?}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body:?}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10, "{v}");
+    }
+    // A Content-Type that is not JSON: 415 with the error envelope.
+    let (status, v) = raw("text/plain", "{}").await;
+    assert_eq!(status, 415, "{v}");
+    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+    // A good request still works after all that.
+    let (status, v) = raw(
+        "application/json",
+        "{\"jsonrpc\": \"2.0\", \"id\": 9, \"method\": \"ping\"}",
+    )
+    .await;
+    assert_eq!((status, &v["id"]), (200, &json!(9)), "{v}");
 }

@@ -401,3 +401,124 @@ async fn the_cp_command_copies_both_ways_and_between_environments() {
     cp(&["gpu:there.bin", back.to_str().unwrap()]);
     assert_eq!(std::fs::read(&back).unwrap(), data);
 }
+
+/// Byte ranges at the edges (RFC 9110 §14): a last position past the end is
+/// clamped (u64::MAX once wrapped to an empty 206), an unsatisfiable range is
+/// 416 with `bytes */size`, an invalid or multiple range is served whole. A
+/// partial PUT (`Content-Range`) is refused, and the file is left as it was.
+#[tokio::test]
+async fn ranges_at_the_edges_and_partial_put_refused() {
+    let w = World::start(&[]).await;
+    std::fs::write(w.workdir.join("ten.bin"), b"0123456789").unwrap();
+    let http = fresh_client();
+    let files = format!("{}/api/connectors/envs/laptop/files", w.api.url);
+    let get = |range: &'static str| {
+        let req = http
+            .get(&files)
+            .query(&[("path", "ten.bin")])
+            .header("Range", range)
+            .bearer_auth(&w.api.token);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let cr = resp
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, cr, resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    for (range, status, cr, body) in [
+        (
+            "bytes=0-18446744073709551615",
+            206,
+            Some("bytes 0-9/10"),
+            &b"0123456789"[..],
+        ),
+        (
+            "bytes=4-99999999999999999999999",
+            206,
+            Some("bytes 4-9/10"),
+            b"456789",
+        ),
+        ("bytes=-3", 206, Some("bytes 7-9/10"), b"789"),
+        ("bytes=8-", 206, Some("bytes 8-9/10"), b"89"),
+        ("bytes=-100", 206, Some("bytes 0-9/10"), b"0123456789"),
+        ("bytes=5-2", 200, None, b"0123456789"),
+        ("bytes=0-1,4-5", 200, None, b"0123456789"),
+        ("bytes=+1-2", 200, None, b"0123456789"),
+        ("lines=1-2", 200, None, b"0123456789"),
+    ] {
+        let (s, got_cr, got) = get(range).await;
+        assert_eq!(s, status, "{range}");
+        assert_eq!(got_cr.as_deref(), cr, "{range}");
+        assert_eq!(got, body, "{range}");
+    }
+    for range in ["bytes=10-", "bytes=18446744073709551615-", "bytes=-0"] {
+        let (s, cr, body) = get(range).await;
+        assert_eq!(s, 416, "{range}");
+        assert_eq!(cr.as_deref(), Some("bytes */10"), "{range}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "range_not_satisfiable", "{range}");
+    }
+
+    let resp = http
+        .put(&files)
+        .query(&[("path", "ten.bin")])
+        .header("Content-Range", "bytes 0-2/10")
+        .bearer_auth(&w.api.token)
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Range"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(w.workdir.join("ten.bin")).unwrap(),
+        b"0123456789"
+    );
+}
+
+/// read_file of a FIFO (or anything that is not a regular file) is refused
+/// at once, as `GET /files` refuses it; it once waited 60 s for a writer and
+/// answered 504.
+#[tokio::test]
+async fn read_file_of_a_fifo_is_refused_at_once() {
+    let w = World::start(&[]).await;
+    let fifo = w.workdir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = std::time::Instant::now();
+    let (s, v) = w
+        .api
+        .call_raw("laptop", "read_file", serde_json::json!({"path": "fifo"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["isError"], true, "{v}");
+    assert!(
+        v["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{v}"
+    );
+    let (s, v) = w
+        .api
+        .get("/api/connectors/envs/laptop/files?path=fifo")
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -41,6 +41,23 @@ pub(crate) fn child_env(
     policy: Option<&EnvPolicy>,
     parent: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<ChildEnv, String> {
+    // The OS keeps `NAME=value` strings: a name with `=` would set another
+    // variable than the one asked for (`A=B` → `A` set to `B=…`), and a NUL
+    // would cut the string. Refused rather than passed on (the gateway
+    // refuses them too; this holds for any client of the protocol).
+    let set = policy.map(|p| &p.set).into_iter().flatten();
+    for (name, value) in env.iter().chain(set) {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "environment variable name {name:?} is empty or contains '=' or NUL"
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!(
+                "the value of environment variable {name:?} contains NUL"
+            ));
+        }
+    }
     let mut out = ChildEnv::new();
     if let Some(policy) = policy {
         let inherited = parent.into_iter();
@@ -168,6 +185,19 @@ mod tests {
         keep.ignore_default_excludes = true;
         let env = child_env(&BTreeMap::new(), Some(&keep), parent()).unwrap();
         assert_eq!(env.len(), 6);
+    }
+
+    #[test]
+    fn names_with_equals_or_nul_and_empty_names_are_refused() {
+        for bad in ["", "A=B", "A\0B"] {
+            let e = child_env(&map(&[(bad, "1")]), None, parent()).unwrap_err();
+            assert!(e.contains("name"), "{bad:?}: {e}");
+            let mut p = policy("none");
+            p.set = map(&[(bad, "1")]);
+            assert!(child_env(&BTreeMap::new(), Some(&p), parent()).is_err());
+        }
+        assert!(child_env(&map(&[("A", "x\0")]), None, parent()).is_err());
+        assert!(child_env(&map(&[("A", "B=1")]), None, parent()).is_ok());
     }
 
     #[test]

@@ -65,8 +65,7 @@ fn check_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         // The routes are not mounted without a secret; be safe anyway.
         return Err(ApiError::not_found("no such route"));
     };
-    let given = headers
-        .get("x-internal-secret")
+    let given = super::single_header(headers, "x-internal-secret")?
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if constant_time_eq(given, expected.expose().as_bytes()) {

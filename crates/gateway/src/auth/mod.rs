@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use execgate_protocol::connectors::error_code as code;
 
 use crate::error::ApiError;
@@ -133,7 +133,26 @@ pub fn verifier(config: &AuthConfig, store: &Store) -> Arc<dyn ProxyTokenVerifie
     }
 }
 
-/// The bearer token of a request, or 401 `missing_bearer`.
+/// The one value of header `name`, or None without one; two or more are a
+/// 400 `bad_request`. Credentials sent twice are ambiguous: taking the
+/// first (as `HeaderMap::get` does) lets a proxy that appends its own header
+/// and a gateway that reads another disagree on who is calling.
+pub fn single_header(
+    headers: &HeaderMap,
+    name: impl header::AsHeaderName + Copy + std::fmt::Display,
+) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "the request has more than one {name} header; send exactly one"
+        )));
+    }
+    Ok(first)
+}
+
+/// The bearer token of a request, or 401 `missing_bearer` (400 for two
+/// `Authorization` headers).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = |why: &str| {
         ApiError::new(
@@ -142,8 +161,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
             format!("{why}: send the header `Authorization: Bearer <token>`"),
         )
     };
-    let value = headers
-        .get(header::AUTHORIZATION)
+    let value = single_header(headers, &header::AUTHORIZATION)?
         .ok_or_else(|| missing("no Authorization header"))?;
     let value = value
         .to_str()
@@ -204,6 +222,18 @@ mod tests {
             bearer_token(&HeaderMap::new()).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn two_authorization_headers_are_a_bad_request() {
+        let mut h = headers("Bearer abc");
+        h.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        let e = bearer_token(&h).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, code::BAD_REQUEST)
+        );
+        assert!(e.message.contains("authorization"), "{}", e.message);
     }
 
     #[test]

@@ -13,14 +13,16 @@ use axum::{Json, Router};
 use execgate_protocol::connectors::error_code as code;
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
 use super::{
     mint as mint_token, new_turn_id, validate_ttl, validate_turn_id, CapTokenSecret, Claims,
-    DEFAULT_TTL_S,
+    DEFAULT_TTL_S, IAT_SKEW_S, MAX_TTL_S,
 };
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
-use crate::store::{Store, StoreError};
+use crate::store::{now_ms, Store, StoreError};
 
 /// `POST /api/admin/captokens`, and `execgate admin captoken create`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -143,6 +145,41 @@ pub async fn mint(
     })
 }
 
+/// How long a revoked turn is remembered. A token lives at most
+/// [`MAX_TTL_S`] from its `iat` (verification refuses longer ones), and its
+/// `iat` may lie up to [`IAT_SKEW_S`] ahead of a gateway's clock; twice the
+/// skew covers the clocks of the gateway that revoked and the one that
+/// verifies. Past that, every token of the turn minted before its
+/// revocation has expired, and the row can go.
+pub const REVOKED_TURN_RETENTION: Duration = Duration::from_secs(MAX_TTL_S + 2 * IAT_SKEW_S as u64);
+
+/// How often the gateway prunes the revoked turns (also at each revocation).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets turns revoked more than `retention` before `now_ms`.
+pub async fn prune_revoked_turns(
+    store: &Store,
+    retention: Duration,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    store.prune_revoked_turns(cutoff).await
+}
+
+/// The gateway's periodic prune of revoked turns; runs for the life of
+/// the process.
+pub async fn prune_periodically(store: Store) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        match prune_revoked_turns(&store, REVOKED_TURN_RETENTION, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("pruned {n} revoked turns past their tokens' lifetime"),
+            Err(e) => tracing::warn!("pruning revoked turns: {e}"),
+        }
+    }
+}
+
 /// Revokes every token of `turn_id`, persisted in the store. Idempotent.
 /// Live bridge sessions of the turn notice within
 /// `GatewayConfig::bridge_recheck` (at once when revoked through the
@@ -150,6 +187,12 @@ pub async fn mint(
 pub async fn revoke_turn(store: &Store, turn_id: &str) -> Result<RevokedTurn, AdminError> {
     validate_turn_id(turn_id).map_err(AdminError::Invalid)?;
     let at = store.revoke_turn(turn_id).await?;
+    // Pruned here too, so that a gateway that only ever serves the CLI's
+    // revocations (no periodic task) stays bounded as well. Best effort:
+    // the revocation itself is recorded.
+    if let Err(e) = prune_revoked_turns(store, REVOKED_TURN_RETENTION, at).await {
+        tracing::warn!("pruning revoked turns: {e}");
+    }
     Ok(RevokedTurn {
         ok: true,
         turn_id: turn_id.to_string(),
@@ -211,6 +254,52 @@ mod tests {
             store,
         );
         (dir, state)
+    }
+
+    #[tokio::test]
+    async fn revoked_turns_are_pruned_past_their_tokens_lifetime() {
+        let (_d, st) = state().await;
+        let store = st.store();
+        revoke_turn(store, "t-old").await.unwrap();
+        revoke_turn(store, "t-new").await.unwrap();
+        // Within the retention nothing goes, whatever is pruned.
+        let now = now_ms();
+        assert_eq!(
+            prune_revoked_turns(store, REVOKED_TURN_RETENTION, now)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(store.turn_revoked("t-old").await.unwrap());
+        // A short retention (as a test may set) drops both once past it.
+        let later = now + 10_000;
+        assert_eq!(
+            prune_revoked_turns(store, Duration::from_secs(5), later)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(!store.turn_revoked("t-old").await.unwrap());
+        assert!(!store.turn_revoked("t-new").await.unwrap());
+        // The real retention outlives the longest token, skew included.
+        assert!(REVOKED_TURN_RETENTION.as_secs() >= MAX_TTL_S + IAT_SKEW_S as u64);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_prunes_what_is_past_the_retention() {
+        let (_d, st) = state().await;
+        let store = st.store();
+        // A row revoked longer ago than the retention, as an old database
+        // has: written directly, with its old time.
+        store.revoke_turn("t-ancient").await.unwrap();
+        let ancient = now_ms() - REVOKED_TURN_RETENTION.as_millis() as i64 - 1_000;
+        store
+            .set_turn_revoked_at_for_test("t-ancient", ancient)
+            .await;
+        assert!(store.turn_revoked("t-ancient").await.unwrap());
+        revoke_turn(store, "t-today").await.unwrap();
+        assert!(!store.turn_revoked("t-ancient").await.unwrap());
+        assert!(store.turn_revoked("t-today").await.unwrap());
     }
 
     #[tokio::test]

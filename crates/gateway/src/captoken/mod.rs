@@ -189,7 +189,16 @@ pub fn verify(secret: &CapTokenSecret, token: &str, now: i64) -> Result<Claims, 
             now,
         });
     }
-    if claims.iat > now + IAT_SKEW_S {
+    // The longest lifetime is what bounds how long a revocation must be
+    // remembered (`admin::REVOKED_TURN_RETENTION`): a token living longer
+    // (minted elsewhere with the secret) would outlive its revocation.
+    if claims.exp.saturating_sub(claims.iat) > MAX_TTL_S as i64 {
+        return Err(CapTokenError::BadPayload(format!(
+            "exp - iat is {} s, longer than the longest lifetime of {MAX_TTL_S} s",
+            claims.exp.saturating_sub(claims.iat)
+        )));
+    }
+    if claims.iat > now.saturating_add(IAT_SKEW_S) {
         return Err(CapTokenError::NotYetValid {
             iat: claims.iat,
             now,
@@ -289,6 +298,23 @@ mod tests {
             URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         );
         assert_eq!(sign_parts(&secret(), HEADER, b"{}"), expected);
+    }
+
+    #[test]
+    fn a_lifetime_past_the_longest_is_refused() {
+        let mut c = claims();
+        c.exp = c.iat + MAX_TTL_S as i64;
+        assert!(verify(&secret(), &mint(&secret(), &c), c.iat).is_ok());
+        c.exp += 1;
+        let e = verify(&secret(), &mint(&secret(), &c), c.iat).unwrap_err();
+        assert!(matches!(e, CapTokenError::BadPayload(_)), "{e}");
+        // Extremes do not overflow.
+        c.iat = i64::MIN;
+        c.exp = i64::MAX;
+        assert!(verify(&secret(), &mint(&secret(), &c), 0).is_err());
+        c.iat = i64::MAX;
+        c.exp = i64::MAX;
+        let _ = verify(&secret(), &mint(&secret(), &c), i64::MAX - 1);
     }
 
     #[test]

@@ -63,8 +63,9 @@ use execgate_protocol::connectors::{
     error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, OkResponse,
 };
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorCode, ErrorData, Implementation,
-    InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool,
+    CallToolRequestParams, CallToolResponse, CustomRequest, CustomResult, ErrorCode, ErrorData,
+    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -143,8 +144,88 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         Err(e) => return e.into_response(),
     };
     parts.extensions.insert(caller);
-    let resp = next.run(Request::from_parts(parts, body)).await;
+    if parts.method != axum::http::Method::POST || !is_json(&parts.headers) {
+        // rmcp answers these (GET: 405; another Content-Type: 415).
+        let resp = next.run(Request::from_parts(parts, body)).await;
+        return envelope_transport_refusal(resp).await;
+    }
+    // rmcp answers HTTP 415 to any body it cannot parse as a JSON-RPC
+    // message, which an MCP client cannot tell from a wrong Content-Type.
+    // JSON-RPC has codes for both cases, so the body is checked here first.
+    let limit = state.config().max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+            .into_response()
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return jsonrpc_refusal(
+            Value::Null,
+            ErrorCode::PARSE_ERROR,
+            format!("Parse error: the body is not JSON: {e}"),
+        );
+    }
+    let resp = next
+        .run(Request::from_parts(
+            parts,
+            axum::body::Body::from(body.clone()),
+        ))
+        .await;
+    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        // The Content-Type was JSON and so was the body: rmcp refused the
+        // message itself (not an object, a batch, no `jsonrpc: "2.0"`, …).
+        return jsonrpc_refusal(
+            request_id(&body),
+            ErrorCode::INVALID_REQUEST,
+            "Invalid Request: the body is not a JSON-RPC 2.0 request, notification or response (one message per POST, no batches)".into(),
+        );
+    }
     envelope_transport_refusal(resp).await
+}
+
+/// Whether the Content-Type is `application/json` (parameters aside), as
+/// rmcp requires.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The message's `id` if it is one JSON-RPC allows (a string or a number),
+/// else null, as JSON-RPC 2.0 asks when the id cannot be determined.
+fn request_id(body: &[u8]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(default)]
+        id: Value,
+    }
+    match serde_json::from_slice::<Id>(body) {
+        Ok(Id {
+            id: id @ (Value::String(_) | Value::Number(_)),
+        }) => id,
+        _ => Value::Null,
+    }
+}
+
+/// A message that is not a JSON-RPC message at all: HTTP 400, as the MCP
+/// Streamable HTTP transport asks of input the server cannot accept, with a
+/// JSON-RPC error response as the body. Its `error` object has `code` (the
+/// JSON-RPC number) and `message`, the envelope's fields.
+fn jsonrpc_refusal(id: Value, code: ErrorCode, message: String) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code.0, "message": message},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 /// rmcp's plain-text HTTP refusals as the error envelope. JSON answers
@@ -246,6 +327,84 @@ impl ServerHandler for McpServer {
         let outcome = self.call(&caller, &request.name, arguments, watch).await;
         answer(outcome).map(Into::into)
     }
+
+    /// rmcp parses a request whose method it knows but whose params do not
+    /// fit (`tools/call` with `name: 5`) as a custom request of that method;
+    /// JSON-RPC calls that -32602 Invalid params, not -32601.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        Err(custom_request_error(&request.method, request.params))
+    }
+}
+
+/// The MCP methods a client may call that rmcp parses into typed requests:
+/// a request for one of them that reaches `on_custom_request` has params
+/// that did not fit.
+const KNOWN_CLIENT_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "resources/directory/read",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+    "skills/list",
+    "skills/get",
+];
+
+/// -32602 for a known method whose params did not parse (naming the field
+/// for the methods this server serves), else -32601.
+fn custom_request_error(method: &str, params: Option<Value>) -> ErrorData {
+    if !KNOWN_CLIENT_METHODS.contains(&method) {
+        return ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("method not found: {method:?}"),
+            None,
+        );
+    }
+    /// `params.name: invalid type: …`, or `params: …` at the root.
+    fn why<T: serde::de::DeserializeOwned>(params: Option<Value>) -> Option<String> {
+        let params = params.unwrap_or(Value::Null);
+        serde_path_to_error::deserialize::<_, T>(params)
+            .err()
+            .map(|e| {
+                let at_root = matches!(e.path().to_string().as_str(), "." | "");
+                let msg = crate::extract::describe(e.path(), e.inner());
+                if at_root {
+                    format!("params: {msg}")
+                } else {
+                    format!("params.{msg}")
+                }
+            })
+    }
+    let detail = match method {
+        "tools/call" => why::<CallToolRequestParams>(params),
+        "initialize" => why::<rmcp::model::InitializeRequestParams>(params),
+        "tools/list" => why::<Option<PaginatedRequestParams>>(params),
+        _ => None,
+    };
+    ErrorData::invalid_params(
+        match detail {
+            Some(d) => format!("invalid params for {method}: {d}"),
+            None => format!("invalid params for {method}"),
+        },
+        None,
+    )
 }
 
 impl McpServer {
@@ -440,7 +599,7 @@ async fn session(
     let mut s = processes::resolve(state, caller, sid, Via::Mcp, method)
         .await
         .map_err(|e| match e.code {
-            code::SESSION_NOT_FOUND | code::FORBIDDEN => ApiError::new(
+            code::SESSION_NOT_FOUND => ApiError::new(
                 StatusCode::NOT_FOUND,
                 code::SESSION_NOT_FOUND,
                 format!(

@@ -2,6 +2,7 @@
 //! object, with errors that name the field, and the conversions every tool
 //! needs (commands, paths).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, Error as _};
@@ -53,6 +54,36 @@ pub fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         other => Err(D::Error::custom(format!(
             "expected an argv array of strings or a command string, not {other}"
         ))),
+    }
+}
+
+/// Environment variables to set: a name must be non-empty and hold neither
+/// `=` nor NUL, and a value no NUL. The OS keeps `NAME=value` strings, so
+/// `{"A=B": "1"}` would reach the process as `A=B=1`, that is `A` set to
+/// `B=1`: a variable the caller did not ask for.
+pub fn env<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let vars = BTreeMap::<String, String>::deserialize(d)?;
+    if let Some(problem) = vars
+        .iter()
+        .find_map(|(name, value)| env_var_problem(name, value))
+    {
+        return Err(D::Error::custom(problem));
+    }
+    Ok(vars)
+}
+
+/// Why `name=value` cannot be set in a process's environment, if it cannot.
+pub fn env_var_problem(name: &str, value: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("a variable name is empty".into())
+    } else if name.contains('=') {
+        Some(format!("variable name {name:?} contains '='"))
+    } else if name.contains('\0') {
+        Some(format!("variable name {name:?} contains a NUL byte"))
+    } else if value.contains('\0') {
+        Some(format!("the value of {name:?} contains a NUL byte"))
+    } else {
+        None
     }
 }
 
@@ -123,6 +154,8 @@ mod tests {
         command: Vec<String>,
         #[serde(default, deserialize_with = "timeout_ms")]
         timeout_ms: Option<u64>,
+        #[serde(default, deserialize_with = "env")]
+        env: BTreeMap<String, String>,
     }
 
     fn parse(v: Value) -> Result<A, ApiError> {
@@ -168,6 +201,22 @@ mod tests {
             (
                 json!({"command":"x","timeout":5}),
                 "unknown field `timeout`",
+            ),
+            (
+                json!({"command":"x","env":{"A=B":"1"}}),
+                "arguments.env: variable name \"A=B\" contains '='",
+            ),
+            (
+                json!({"command":"x","env":{"":"1"}}),
+                "arguments.env: a variable name is empty",
+            ),
+            (
+                json!({"command":"x","env":{"A\u{0}B":"1"}}),
+                "arguments.env: variable name \"A\\0B\" contains a NUL byte",
+            ),
+            (
+                json!({"command":"x","env":{"A":"x\u{0}"}}),
+                "arguments.env: the value of \"A\" contains a NUL byte",
             ),
         ] {
             let e = parse(bad.clone()).unwrap_err();

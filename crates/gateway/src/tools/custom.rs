@@ -70,6 +70,22 @@ pub async fn call(
     }
     let arguments = Value::Object(arguments);
     validate(&spec, &arguments)?;
+    // The executor's tools file sets these, not the caller: an unusable
+    // name is the executor's fault (502), as an unusable schema is.
+    if let Some(problem) = spec
+        .env
+        .iter()
+        .find_map(|(name, value)| args::env_var_problem(name, value))
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            error_code::EXECUTOR_ERROR,
+            format!(
+                "the executor announced custom tool {:?} with an unusable env: {problem}",
+                spec.name
+            ),
+        ));
+    }
     let command = Command {
         argv: render_argv(&spec.argv, &arguments)?,
         cwd: args::cwd_uri(&ctx.link, spec.cwd.as_deref())?,

@@ -38,7 +38,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
     #[serde(default)]
     pub cwd: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "args::env")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub tty: bool,

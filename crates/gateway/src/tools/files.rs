@@ -10,7 +10,7 @@ use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::CallToolResult;
 use execgate_protocol::exec::{
-    method, CreateDirectoryParams, Empty, PathParams, ReadFileResult, ReadRangeParams,
+    method, CreateDirectoryParams, Empty, Metadata, PathParams, ReadFileResult, ReadRangeParams,
     ReadRangeResult, WriteFileParams,
 };
 use serde::Deserialize;
@@ -63,6 +63,27 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
         };
         (decode(&r.data_base64)?, r.size)
     } else {
+        // A stock codex opens the path with a plain blocking open: on a FIFO
+        // that waits for a writer forever, and the call for its timeout.
+        // Its metadata says first. (execgate's executor refuses such files
+        // itself, at no extra round trip.)
+        let m: Metadata = match link
+            .request(
+                method::FS_GET_METADATA,
+                &PathParams { path: uri.clone() },
+                RPC_TIMEOUT,
+            )
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return rpc_failure(e),
+        };
+        if !m.is_file && !m.is_symlink {
+            return Ok(super::tool_error(format!(
+                "{} is not a regular file",
+                a.path
+            )));
+        }
         let r: ReadFileResult = match link
             .request(method::FS_READ_FILE, &PathParams { path: uri }, RPC_TIMEOUT)
             .await

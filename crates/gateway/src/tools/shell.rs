@@ -46,7 +46,7 @@ pub struct ShellArgs {
     pub command: Vec<String>,
     #[serde(default)]
     pub cwd: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "args::env")]
     pub env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "args::timeout_ms")]
     pub timeout_ms: Option<u64>,
