@@ -33,7 +33,7 @@
 //! - **Request heads** are at most [`MAX_HEADER_SIZE`] (64 KiB) and 100
 //!   header fields (hyper's default); past either, 431 `headers_too_large`.
 //!   What hyper refuses on its own (431, a bad header byte or request line:
-//!   400, a URI over 64 KiB: 414) carries the envelope like every other
+//!   400) carries the envelope like every other
 //!   error: see [`parse_errors`].
 //!
 //! HTTP/2 is not compiled in (it was not under `axum::serve` either).

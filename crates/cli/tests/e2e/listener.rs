@@ -398,6 +398,20 @@ async fn requests_hyper_refuses_get_the_error_envelope() {
     let (status, head, body) = raw_exchange(g.addr, big);
     assert_eq!(status, 431, "{head}");
     assert_eq!(envelope_code(&head, &body), "headers_too_large");
+    // 101 header fields; a 70 KiB URI: 431 too.
+    let mut many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut long_uri = b"GET /healthz?q=".to_vec();
+    long_uri.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    for request in [many, long_uri] {
+        let (status, head, body) = raw_exchange(g.addr, request);
+        assert_eq!(status, 431, "{head}");
+        assert_eq!(envelope_code(&head, &body), "headers_too_large");
+    }
 
     // A control byte in a header value, a space in a header name, a
     // malformed request line: 400 bad_request.

@@ -3,7 +3,8 @@
 //! When hyper cannot parse a request head (headers over
 //! [`super::MAX_HEADER_SIZE`] or over [`super::MAX_HEADERS`] of them: 431;
 //! a bad byte in a header name or value, a malformed request line: 400; a
-//! URI over 64 KiB: 414), it answers on its own (`proto/h1/role.rs`,
+//! URI over 64 KiB: 414, which the 64 KiB head bound makes a 431 first),
+//! it answers on its own (`proto/h1/role.rs`,
 //! `Server::on_error`, written by `Conn::on_parse_error`) and closes the
 //! connection: a head with `content-length: 0`, no body. hyper 1.x has no
 //! option to shape that answer, so the connection's socket wrapper
