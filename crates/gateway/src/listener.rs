@@ -30,6 +30,11 @@
 //!   instead of spinning, and are logged at most every 10 s.
 //! - Every accepted socket gets TCP_NODELAY (an invariant: small frames
 //!   must not wait for Nagle).
+//! - **Request heads** are at most [`MAX_HEADER_SIZE`] (64 KiB) and 100
+//!   header fields (hyper's default); past either, 431 `headers_too_large`.
+//!   What hyper refuses on its own (431, a bad header byte or request line:
+//!   400) carries the envelope like every other
+//!   error: see [`parse_errors`].
 //!
 //! HTTP/2 is not compiled in (it was not under `axum::serve` either).
 
@@ -51,6 +56,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
+mod parse_errors;
+
 /// The default of `--header-read-timeout-secs`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most `--max-connections` defaults to, whatever the descriptor limit:
@@ -62,6 +69,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// gateway opens: the store's database files and pool connections, the
 /// audit database, outgoing connections to a token authority, logs.
 pub const FD_RESERVE: u64 = 256;
+/// The most bytes a request head may take (request line and headers).
+/// hyper's default is its read buffer's bound, ~400 KiB, which 20,000
+/// connections could make 8 GB; bearer tokens, capability tokens and SigV4
+/// headers take a few KiB at most.
+pub const MAX_HEADER_SIZE: usize = 64 * 1024;
 /// How long accepting pauses after `EMFILE`/`ENFILE`.
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// At most one warning per this long about refused connections.
@@ -99,6 +111,7 @@ pub async fn serve(listener: TcpListener, router: Router, config: ListenerConfig
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_header_size(MAX_HEADER_SIZE)
         .keep_alive(true);
     let refused = Refusals::new(config.max_connections);
     loop {
@@ -121,6 +134,8 @@ pub async fn serve(listener: TcpListener, router: Router, config: ListenerConfig
         let io = TokioIo::new(Admitted {
             tcp,
             _permit: permit,
+            watch: true,
+            replacing: None,
         });
         let service = TowerToHyperService::new(router.clone());
         let conn = http.serve_connection(io, service).with_upgrades();
@@ -137,9 +152,72 @@ pub async fn serve(listener: TcpListener, router: Router, config: ListenerConfig
 /// An admitted connection's socket. Its permit is given back when the
 /// socket closes, which for an upgraded connection (a WebSocket) is when
 /// the WebSocket ends, not when hyper hands the socket over.
+///
+/// It also puts the envelope on the answers hyper writes on its own to a
+/// request it cannot parse ([`parse_errors`]).
 struct Admitted {
     tcp: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Whether writes are still looked at: until a `101` (after it the
+    /// socket carries WebSocket frames, never hyper's error answers).
+    watch: bool,
+    /// An answer with the envelope being written in place of hyper's own.
+    replacing: Option<Replacing>,
+}
+
+/// [`parse_errors::replacement`] being written.
+struct Replacing {
+    bytes: Vec<u8>,
+    written: usize,
+    /// How many bytes of hyper's it stands for: what the write reports once
+    /// the replacement is all written, so hyper sees its own answer sent.
+    stands_for: usize,
+}
+
+impl Admitted {
+    /// Looks at a write of `total` bytes starting with `first` (hyper's
+    /// error answer is one head, in one buffer): a `101` ends the watch;
+    /// hyper's own error answer starts a replacement.
+    fn look_at(&mut self, first: &[u8], total: usize) {
+        if !first.starts_with(b"HTTP/1.") {
+            return;
+        }
+        if first.get(9..13) == Some(b"101 ") {
+            self.watch = false;
+        } else if first.len() == total {
+            if let Some(bytes) = parse_errors::replacement(first) {
+                self.replacing = Some(Replacing {
+                    bytes,
+                    written: 0,
+                    stands_for: total,
+                });
+            }
+        }
+    }
+
+    /// Writes the replacement on; done, reports hyper's bytes written.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(r) = self.replacing.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while r.written < r.bytes.len() {
+            match Pin::new(&mut self.tcp).poll_write(cx, &r.bytes[r.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.replacing = None;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => r.written += n,
+                Poll::Ready(Err(e)) => {
+                    self.replacing = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = r.stands_for;
+        self.replacing = None;
+        Poll::Ready(Ok(n))
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -158,7 +236,14 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.watch && this.replacing.is_none() {
+            this.look_at(buf, buf.len());
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacing(cx);
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -166,7 +251,19 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if this.watch && this.replacing.is_none() {
+            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                if first.starts_with(b"HTTP/1.") {
+                    let total = bufs.iter().map(|b| b.len()).sum();
+                    this.look_at(first, total);
+                }
+            }
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacing(cx);
+        }
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -281,5 +378,67 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], code::TOO_MANY_CONNECTIONS);
         assert!(v["error"]["message"].as_str().unwrap().contains('7'));
+    }
+}
+
+#[cfg(test)]
+mod admitted_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An [`Admitted`] socket and its peer.
+    async fn pair() -> (Admitted, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = l.accept().await.unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let admitted = Admitted {
+            tcp,
+            _permit: permit,
+            watch: true,
+            replacing: None,
+        };
+        (admitted, peer)
+    }
+
+    async fn received(mut admitted: Admitted, mut peer: TcpStream) -> Vec<u8> {
+        admitted.shutdown().await.unwrap();
+        drop(admitted);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    const HYPERS_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 09:21:14 GMT\r\n\r\n";
+
+    #[tokio::test]
+    async fn hypers_error_answer_is_replaced_and_reported_written() {
+        let (mut a, peer) = pair().await;
+        let bufs = [io::IoSlice::new(HYPERS_431), io::IoSlice::new(b"")];
+        // hyper sees its whole answer written.
+        assert_eq!(a.write_vectored(&bufs).await.unwrap(), HYPERS_431.len());
+        let got = received(a, peer).await;
+        let want = crate::error::raw_http1_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request's header section is too large: at most 64 KiB and 100 header fields",
+        );
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn other_writes_pass_byte_for_byte() {
+        let (mut a, peer) = pair().await;
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let mut sent = [&head[..], b"ok"].concat();
+        let bufs = [io::IoSlice::new(head), io::IoSlice::new(b"ok")];
+        let n = a.write_vectored(&bufs).await.unwrap();
+        a.write_all(&sent[n..]).await.unwrap();
+        // After an upgrade nothing is looked at, even hyper's shape.
+        let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+        a.write_all(upgrade).await.unwrap();
+        a.write_all(HYPERS_431).await.unwrap();
+        sent.extend_from_slice(upgrade);
+        sent.extend_from_slice(HYPERS_431);
+        assert_eq!(received(a, peer).await, sent);
     }
 }

@@ -327,3 +327,132 @@ async fn a_tool_call_answers_while_5000_idle_sockets_are_held() {
     assert!(took < Duration::from_secs(30));
     call_latency(&api, 3).await;
 }
+
+/// Sends `request` on a fresh connection (from a thread, so that a gateway
+/// that answers before reading it all is read meanwhile) and reads until
+/// the gateway closes: the status, the head, and the body.
+fn raw_exchange(addr: SocketAddr, request: Vec<u8>) -> (u16, String, String) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    // The gateway may close before reading everything: a failed write is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&request);
+    });
+    let mut r = s;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// The envelope's code in `body`, checking its length against the head's
+/// `content-length`.
+fn envelope_code(head: &str, body: &str) -> String {
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    assert_eq!(
+        len.trim().parse::<usize>().unwrap(),
+        body.len(),
+        "{head:?} {body:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {head:?} {body:?}"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_refuses_get_the_error_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start_gateway_with(dir.path(), "127.0.0.1:0", &[]);
+
+    // A 100 KiB header: 431 headers_too_large.
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let (status, head, body) = raw_exchange(g.addr, big);
+    assert_eq!(status, 431, "{head}");
+    assert_eq!(envelope_code(&head, &body), "headers_too_large");
+    // 101 header fields; a 70 KiB URI: 431 too.
+    let mut many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut long_uri = b"GET /healthz?q=".to_vec();
+    long_uri.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    for request in [many, long_uri] {
+        let (status, head, body) = raw_exchange(g.addr, request);
+        assert_eq!(status, 431, "{head}");
+        assert_eq!(envelope_code(&head, &body), "headers_too_large");
+    }
+
+    // A control byte in a header value, a space in a header name, a
+    // malformed request line: 400 bad_request.
+    for bad in [
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
+        b"GET /healthz HTTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (status, head, body) = raw_exchange(g.addr, bad.to_vec());
+        assert_eq!(status, 400, "{:?}: {head}", String::from_utf8_lossy(bad));
+        assert_eq!(envelope_code(&head, &body), "bad_request");
+    }
+
+    // On a kept-alive connection: the first request is answered as ever,
+    // the broken second one gets the envelope.
+    let (status, head, body) = raw_exchange(
+        g.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nX-A: \x02\r\n\r\n"
+            .to_vec(),
+    );
+    assert_eq!(status, 200, "{head}");
+    let (first, second) = body
+        .split_once("HTTP/1.1 ")
+        .unwrap_or_else(|| panic!("one answer only: {head} {body}"));
+    assert_eq!(first, "ok", "{head}");
+    let (head2, body2) = second.split_once("\r\n\r\n").unwrap();
+    assert!(head2.starts_with("400 Bad Request\r\n"), "{head2}");
+    assert_eq!(envelope_code(head2, body2), "bad_request");
+
+    // The gateway's own answers pass unchanged: a 200, and a 4xx of axum's
+    // (an unknown route), whose envelope is axum's, byte for byte.
+    let (status, head, body) = raw_exchange(
+        g.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    );
+    assert_eq!((status, body.as_str()), (200, "ok"), "{head}");
+    let (status, head, body) = raw_exchange(
+        g.addr,
+        b"GET /no/such/route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    );
+    assert_eq!(status, 404, "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(envelope_code(&head, &body), "not_found");
+}
