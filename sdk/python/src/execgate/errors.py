@@ -87,7 +87,8 @@ class AuthError(ExecgateError):
 
 
 class Forbidden(ExecgateError):
-    """403 ``forbidden``: e.g. a process session of another workspace."""
+    """403 ``forbidden``: refused for this caller (the base of the policy
+    refusals below). A session of another workspace is ``SessionNotFound``."""
 
 
 class PolicyDenied(Forbidden):
