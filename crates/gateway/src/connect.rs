@@ -798,8 +798,6 @@ pub fn executor_kind(hs: &Handshake) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
-    use crate::GatewayConfig;
     use aws_credential_types::Credentials;
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     use aws_sigv4::sign::v4;
@@ -808,14 +806,7 @@ mod tests {
     use tower::ServiceExt;
 
     async fn state() -> (tempfile::TempDir, AppState) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        store.create_workspace("w1").await.unwrap();
-        let state = AppState::new(
-            GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into()),
-            store,
-        );
-        (dir, state)
+        crate::state::test_state(|_| {}).await
     }
 
     async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, serde_json::Value) {

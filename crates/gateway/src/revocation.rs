@@ -186,15 +186,9 @@ pub fn close_removed(state: &AppState, link: &std::sync::Arc<crate::link::Link>)
 mod tests {
     use super::*;
     use crate::link::Link;
-    use crate::{GatewayConfig, Store};
 
     async fn state() -> (tempfile::TempDir, AppState) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        store.create_workspace("w1").await.unwrap();
-        let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
-        config.revocation_recheck = Duration::from_millis(50);
-        (dir, AppState::new(config, store))
+        crate::state::test_state(|c| c.revocation_recheck = Duration::from_millis(50)).await
     }
 
     #[tokio::test]

@@ -216,3 +216,18 @@ impl AppState {
         &self.0.sigv4_replays
     }
 }
+
+/// The unit tests' gateway state: a fresh store in a temporary directory
+/// (kept alive by the returned guard) holding workspace `w1`, with the
+/// default config as `tweak` leaves it.
+#[cfg(test)]
+pub(crate) async fn test_state(
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> (tempfile::TempDir, AppState) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_workspace("w1").await.unwrap();
+    let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    tweak(&mut config);
+    (dir, AppState::new(config, store))
+}

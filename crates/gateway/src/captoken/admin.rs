@@ -240,20 +240,12 @@ pub async fn revoke_turn_route(
 mod tests {
     use super::*;
     use crate::captoken::{verify, CapTokenError};
-    use crate::GatewayConfig;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     async fn state() -> (tempfile::TempDir, AppState) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        store.create_workspace("w1").await.unwrap();
-        let state = AppState::new(
-            GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into()),
-            store,
-        );
-        (dir, state)
+        crate::state::test_state(|_| {}).await
     }
 
     #[tokio::test]
