@@ -1,6 +1,6 @@
-//! The connectors REST API's bodies, with the seed's JSON field names kept
-//! byte for byte (`../shared/seed/sdk-package-doc.txt`). Additions beyond the
-//! seed are optional fields, omitted when empty, so seed clients keep working.
+//! The connectors REST API's bodies, with the JSON field names of the
+//! reference system's API kept byte for byte. Additions beyond it are
+//! optional fields, omitted when empty, so its clients keep working.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
