@@ -65,7 +65,7 @@ async fn envs_list(client: &reqwest::Client, gw: &Gateway) -> anyhow::Result<(Du
 
 async fn one(bin: &Path, n: usize, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let t0 = Instant::now();
-    let (gw, exes) = Gateway::start_with_executors(bin, n).await?;
+    let (gw, exes) = crate::harness::gateway_with_executors(bin, n).await?;
     let client = http();
     let samples = if quick { 20 } else { 50 };
 
