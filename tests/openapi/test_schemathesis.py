@@ -13,11 +13,10 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from conftest import call
+from conftest import call, eventually
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,15 +32,15 @@ def exited_session(url: str, token: str) -> str:
                           {"tool": "exec_command", "arguments": {"command": ["sh", "-c", "echo fuzz"]}})
     assert status == 200, result
     sid = result["structuredContent"]["session_id"]
-    deadline = time.monotonic() + 30
-    while True:
+
+    def exited() -> Optional[Dict[str, Any]]:
         status, out = call(url, token, "GET", f"/api/connectors/processes/{sid}/output?wait_ms=1000")
         assert status == 200, out
-        if out["exit_code"] is not None:
-            assert b"".join(base64.b64decode(c["data_b64"]) for c in out["chunks"]) == b"fuzz\n"
-            return sid
-        assert time.monotonic() < deadline, out
-        time.sleep(0.1)
+        return out if out["exit_code"] is not None else None
+
+    out = eventually(30, "the process to exit", exited)
+    assert b"".join(base64.b64decode(c["data_b64"]) for c in out["chunks"]) == b"fuzz\n"
+    return sid
 
 
 def test_schemathesis_finds_no_server_error_or_nonconformance(gateway: Tuple[str, str], tmp_path: Path) -> None:

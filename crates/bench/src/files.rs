@@ -13,14 +13,14 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{rss_kib, Gateway};
+use crate::harness::rss_kib;
 use crate::Figure;
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let size: u64 = if quick { 64 << 20 } else { 1 << 30 };
-    let gw = Gateway::start(bin)?;
-    let (_a, work_a) = gw.executor("a").await?;
-    let (_b, work_b) = gw.executor("b").await?;
+    let gw = crate::harness::gateway(bin, &[]);
+    let (_a, work_a) = gw.executor("a", &[]).await;
+    let (_b, work_b) = gw.executor("b", &[]).await;
     let src = work_a.join("src.bin");
     write_pseudo_random(&src, size)?;
     let mb = |secs: f64| size as f64 / 1e6 / secs;

@@ -1,12 +1,14 @@
 //! Real processes for the benchmarks: the release `execgate` binary as
-//! gateway and executors, set up through `execgate admin`.
+//! gateway and executors, set up through `execgate admin` by the test kit
+//! (crates/testkit); and what the bench measures processes with.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+pub use execgate_testkit::Gateway;
+use execgate_testkit::{Execgate, Prepared};
 
 /// The `execgate` binary: `$EXECGATE_BENCH_BIN` when set (CI runs the quick
 /// suite against its debug build), else the one beside this binary, built
@@ -38,178 +40,34 @@ pub fn execgate_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The bench's gateway: workspace `bench` in a fresh data dir, with a
+/// proxy token, served by `bin` with extra `execgate serve` arguments.
+/// Its children log warnings only, to nowhere. Executors:
+/// [`Gateway::executor`].
+pub fn gateway(bin: &Path, extra: &[&str]) -> Gateway {
+    Gateway::start(&Execgate::new(bin).quiet(), "bench", extra)
 }
 
-/// A gateway with workspace `bench` and a proxy token.
-pub struct Gateway {
-    pub bin: PathBuf,
-    pub dir: tempfile::TempDir,
-    pub proc: Proc,
-    pub url: String,
-    pub token: String,
-}
-
-impl Gateway {
-    pub fn start(bin: &Path) -> anyhow::Result<Gateway> {
-        Self::start_with_args(bin, &[])
+/// A gateway whose store already holds `n` executors named `e0`…, for
+/// executors that the bench itself plays. Returns their `(exe_id, token)`.
+///
+/// They are added through the store library, the very call `execgate
+/// admin executor add` makes, in this process: 10,000 runs of the CLI
+/// would each open the database and check its migrations (minutes),
+/// where one open and 10,000 inserts take seconds. Done before the
+/// gateway starts, so its caches see them all.
+pub async fn gateway_with_executors(
+    bin: &Path,
+    n: usize,
+) -> anyhow::Result<(Gateway, Vec<(String, String)>)> {
+    let prepared = Prepared::new(&Execgate::new(bin).quiet(), "bench");
+    let store = execgate_gateway::Store::open(&prepared.data_dir).await?;
+    let mut exes = Vec::with_capacity(n);
+    for i in 0..n {
+        exes.push(store.add_executor("bench", &format!("e{i}"), false).await?);
     }
-
-    /// Like [`Gateway::start`], with extra `execgate serve` arguments.
-    pub fn start_with_args(bin: &Path, extra: &[&str]) -> anyhow::Result<Gateway> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        admin(bin, &data, &["workspace", "create", "bench"])?;
-        let token = admin(bin, &data, &["token", "create", "--workspace", "bench"])?;
-        Self::serve(bin, dir, token, extra)
-    }
-
-    /// A gateway whose store already holds `n` executors named `e0`…, for
-    /// executors that the bench itself plays. Returns their `(exe_id, token)`.
-    ///
-    /// They are added through the store library, the very call `execgate
-    /// admin executor add` makes, in this process: 10,000 runs of the CLI
-    /// would each open the database and check its migrations (minutes),
-    /// where one open and 10,000 inserts take seconds. Done before the
-    /// gateway starts, so its caches see them all.
-    pub async fn start_with_executors(
-        bin: &Path,
-        n: usize,
-    ) -> anyhow::Result<(Gateway, Vec<(String, String)>)> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        admin(bin, &data, &["workspace", "create", "bench"])?;
-        let token = admin(bin, &data, &["token", "create", "--workspace", "bench"])?;
-        let store = execgate_gateway::Store::open(&data).await?;
-        let mut exes = Vec::with_capacity(n);
-        for i in 0..n {
-            exes.push(store.add_executor("bench", &format!("e{i}"), false).await?);
-        }
-        drop(store);
-        Ok((Self::serve(bin, dir, token, &[])?, exes))
-    }
-
-    fn serve(
-        bin: &Path,
-        dir: tempfile::TempDir,
-        token: String,
-        extra: &[&str],
-    ) -> anyhow::Result<Gateway> {
-        let data = dir.path().join("data");
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .args(extra)
-            .env("EXECGATE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("gateway stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("execgate gateway listening on ")
-            .context("the gateway did not say where it listens")?
-            .to_string();
-        Ok(Gateway {
-            bin: bin.to_owned(),
-            dir,
-            proc: Proc(child),
-            url,
-            token,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.0.id()
-    }
-
-    /// Starts an executor named `name` working in a fresh directory.
-    pub async fn executor(&self, name: &str) -> anyhow::Result<(Proc, PathBuf)> {
-        self.executor_with(name, &[]).await
-    }
-
-    /// Like [`Gateway::executor`], with extra `execgate executor` arguments.
-    pub async fn executor_with(
-        &self,
-        name: &str,
-        extra: &[&str],
-    ) -> anyhow::Result<(Proc, PathBuf)> {
-        let data = self.dir.path().join("data");
-        let token = admin(
-            &self.bin,
-            &data,
-            &["executor", "add", "--workspace", "bench", "--name", name],
-        )?;
-        let work = self.dir.path().join(format!("work-{name}"));
-        std::fs::create_dir_all(&work)?;
-        let child = Command::new(&self.bin)
-            .args([
-                "executor",
-                "--gateway",
-                &self.url,
-                "--token",
-                &token,
-                "--workdir",
-            ])
-            .arg(&work)
-            .args(extra)
-            .env("EXECGATE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let proc = Proc(child);
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v: serde_json::Value = client
-                .post(format!("{}/api/connectors/envs/list", self.url))
-                .bearer_auth(&self.token)
-                .json(&serde_json::json!({}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if v["envs"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["name"] == name))
-            {
-                return Ok((proc, work));
-            }
-            if Instant::now() > deadline {
-                bail!("executor {name} did not connect");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Runs `execgate admin` and returns the last line of its stdout.
-pub fn admin(bin: &Path, data: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin)
-        .arg("admin")
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "execgate admin {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string())
+    drop(store);
+    Ok((prepared.serve(&[]), exes))
 }
 
 /// Resident set size of a process, in KiB, from /proc.

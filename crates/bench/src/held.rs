@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::harness::{http, Gateway};
+use crate::harness::http;
 use crate::{latency_figures, Report};
 
 pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report> {
@@ -28,8 +28,8 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     if n < want {
         println!("note: held sockets: {n} instead of {want} (open-file limit {nofile})");
     }
-    let gw = Gateway::start_with_args(bin, &["--header-read-timeout-secs", "60"])?;
-    let (_exe, _work) = gw.executor("a").await?;
+    let gw = crate::harness::gateway(bin, &["--header-read-timeout-secs", "60"]);
+    let (_exe, _work) = gw.executor("a", &[]).await;
     let client = http();
     let url = format!("{}/api/connectors/envs/a/tool/call", gw.url);
     let call = || async {

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::harness::{http, private_kib, rss_kib, Gateway};
+use crate::harness::{http, private_kib, rss_kib};
 use crate::{latency_figures, percentiles, Figure, Report};
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
-    let gw = Gateway::start(bin)?;
-    let (exe, work) = gw.executor("a").await?;
+    let gw = crate::harness::gateway(bin, &[]);
+    let (exe, work) = gw.executor("a", &[]).await;
     // Idle: connected, nothing run yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(exe.0.id()) as f64 / 1024.0;

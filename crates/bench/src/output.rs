@@ -29,18 +29,18 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     let bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
     let label = if quick { "32 MiB" } else { "256 MiB" };
     let budget = Duration::from_secs(if quick { 30 } else { 180 });
-    let gw = Gateway::start(bin)?;
+    let gw = crate::harness::gateway(bin, &[]);
     // Per process 320 MiB, in all 1 GiB: the polled process's spill stays
     // on disk (it is readable until its retention ends), and SSE's process
     // needs room of its own. (A total of 320 MiB made SSE lose 143 MiB.)
     let spill = (320u64 << 20).to_string();
     let total = (1024u64 << 20).to_string();
     let (_exe, _work) = gw
-        .executor_with(
+        .executor(
             "a",
             &["--spill-bytes", &spill, "--spill-total-bytes", &total],
         )
-        .await?;
+        .await;
     let client = http();
     let pipe = local_pipe_mb_s(bytes).await?;
     let base = format!("cat {label} through a local pipe");

@@ -28,6 +28,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use execgate_testkit::eventually;
+
 use crate::harness::{local_pipe_mb_s, private_kib, rss_kib};
 use crate::{latency_figures, Figure, Report};
 
@@ -330,16 +332,10 @@ async fn start_sshd() -> anyhow::Result<Sshd> {
         .kill_on_drop(true)
         .spawn()?;
     let s = Sshd { dir, port, sshd };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("sshd did not listen on port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(10, &format!("sshd to listen on port {port}"), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+    })
+    .await;
     // The master: authenticates once, then backgrounds (-f) and serves
     // every later client over the control socket.
     let ok = tokio::time::timeout(

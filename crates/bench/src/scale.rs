@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use execgate_testkit::eventually;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -65,7 +66,7 @@ async fn envs_list(client: &reqwest::Client, gw: &Gateway) -> anyhow::Result<(Du
 
 async fn one(bin: &Path, n: usize, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let t0 = Instant::now();
-    let (gw, exes) = Gateway::start_with_executors(bin, n).await?;
+    let (gw, exes) = crate::harness::gateway_with_executors(bin, n).await?;
     let client = http();
     let samples = if quick { 20 } else { 50 };
 
@@ -96,17 +97,14 @@ async fn one(bin: &Path, n: usize, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let connect_secs = t_connect.elapsed().as_secs_f64();
     // The gateway registers a link just after `initialized`: wait until
     // envs/list shows all N (bounded).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, count) = envs_list(&client, &gw).await?;
-        if count == n {
-            break;
+    eventually(60, "envs/list to show every executor", || async {
+        match envs_list(&client, &gw).await {
+            Ok((_, count)) if count == n => Ok(()),
+            Ok((_, count)) => Err(format!("{count} of {n} connected")),
+            Err(e) => Err(format!("{e:#}")),
         }
-        if Instant::now() > deadline {
-            bail!("envs/list shows {count} of {n} connected executors");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // Idle for a moment, so the RSS is that of idle links.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gw_rss1 = rss_kib(gw.pid());

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::harness::{cpu_time, http, Gateway};
+use crate::harness::{cpu_time, http};
 use crate::{Figure, Report};
 
 /// Runs `clients` loops of `req` for `dur`; returns the calls completed.
@@ -53,8 +53,8 @@ async fn load(
 }
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
-    let gw = Gateway::start(bin)?;
-    let (exe, work) = gw.executor("a").await?;
+    let gw = crate::harness::gateway(bin, &[]);
+    let (exe, work) = gw.executor("a", &[]).await;
     std::fs::write(work.join("1k.txt"), vec![b'x'; 1024])?;
     let dur = Duration::from_secs_f64(if quick { 1.5 } else { 5.0 });
     let (gpid, epid) = (gw.pid(), exe.0.id());

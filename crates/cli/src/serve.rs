@@ -112,6 +112,11 @@ pub struct GatewayArgs {
     /// request is served (long-polls, SSE, WebSockets).
     #[arg(long, env = "EXECGATE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+    /// Milliseconds between a live bridge session's checks that its turn
+    /// was not revoked by another process [default: 5000]. Hidden: for
+    /// tests, which need not wait the default interval.
+    #[arg(long, hide = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bridge_recheck_ms: Option<u64>,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -158,6 +163,9 @@ impl GatewayArgs {
             },
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
         };
+        if let Some(ms) = self.bridge_recheck_ms {
+            c.bridge_recheck = Duration::from_millis(ms);
+        }
         c.audit = self.audit;
         c.limits = LimitsConfig {
             rate: self.rate()?,

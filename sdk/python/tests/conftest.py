@@ -1,24 +1,22 @@
 """Starts the real ``execgate`` gateway and executors on 127.0.0.1 with a
-temporary data dir, once per test session (see
-crates/cli/tests/e2e/harness.rs for the Rust twin).
+temporary data dir, once per test session, with the kit the repository's
+Python suites share: tests/execgate_fixtures.py (the Rust twin is
+crates/testkit).
 
 The binary is ``$EXECGATE_BIN``, by default ``target/debug/execgate`` of
 this checkout (``cargo build -p execgate``).
 
 The world: workspace ``w1`` with environments ``laptop`` (default, with
-custom tools), ``gpu`` (a second executor), ``tiny`` (small output buffers,
-short retention), plus ``offline`` (added but never started); workspace
-``w2`` with its own token.
+the custom tools of tests/fixtures/custom-tools.toml), ``gpu`` (a second
+executor), ``tiny`` (small output buffers, short retention), plus
+``offline`` (added but never started); workspace ``w2`` with its own token.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import re
 import subprocess
-import threading
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Set
@@ -30,44 +28,21 @@ import pytest
 import execgate
 
 ROOT = Path(__file__).resolve().parents[3]
-BIN = os.environ.get("EXECGATE_BIN") or str(ROOT / "target" / "debug" / "execgate")
+# The kit the repository's Python suites share (not part of the package).
+sys.path.append(str(ROOT / "tests"))
+from execgate_fixtures import (  # noqa: E402
+    BIN,
+    CUSTOM_TOOLS,
+    add_executor,
+    admin,
+    eventually,
+    kill_all,
+    require_bin,
+    start_executor,
+    start_gateway,
+)
 
-TOOLS_TOML = r"""
-[[tool]]
-name = "echo_arg"
-description = "echo one argument"
-argv = ["printf", "%s", "{text}"]
-timeout_ms = 10000
-[tool.schema]
-type = "object"
-required = ["text"]
-[tool.schema.properties.text]
-type = "string"
-
-[[tool]]
-name = "add"
-description = "add two integers"
-argv = ["sh", "-c", 'echo $(($1 + $2))', "add", "{a}", "{b}"]
-[tool.schema]
-type = "object"
-required = ["a", "b"]
-[tool.schema.properties.a]
-type = "integer"
-[tool.schema.properties.b]
-type = "integer"
-"""
-
-
-def admin(data_dir: Path, *args: str) -> str:
-    """``execgate admin --data-dir D ARGS…``; the last line of stdout."""
-    out = subprocess.run(
-        [BIN, "admin", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"execgate admin {args}: {out.stderr}"
-    return out.stdout.strip().splitlines()[-1]
+__all__ = ["BIN", "World", "admin", "eventually"]
 
 
 @dataclass
@@ -136,52 +111,13 @@ def probe(url: str, token: str) -> Set[str]:
     return found
 
 
-def _start_gateway(data_dir: Path) -> "tuple[subprocess.Popen, str]":
-    log = open(data_dir / "gateway.log", "wb")
-    proc = subprocess.Popen(
-        [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        env={**os.environ, "EXECGATE_LOG": "info"},
-    )
-    found: "queue.Queue[str]" = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").strip()
-            prefix = "execgate gateway listening on "
-            if line.startswith(prefix):
-                found.put(line[len(prefix):])
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        url = found.get(timeout=30)
-    except queue.Empty:
-        proc.kill()
-        raise RuntimeError(
-            "the gateway did not start: " + (data_dir / "gateway.log").read_text()
-        )
-    return proc, url
-
-
 def _start_executor(url: str, token: str, workdir: Path, *extra: str) -> subprocess.Popen:
-    log = open(workdir.parent / f"{workdir.name}-executor.log", "ab")
-    return subprocess.Popen(
-        [BIN, "executor", "--gateway", url, "--token", token, "--workdir", str(workdir), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env={**os.environ, "EXECGATE_LOG": "info"},
-    )
+    return start_executor(url, token, workdir, *extra, log=workdir.parent / f"{workdir.name}-executor.log")
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    if not os.access(BIN, os.X_OK):
-        pytest.exit(
-            f"no execgate binary at {BIN}: run `cargo build -p execgate` or set EXECGATE_BIN",
-            returncode=2,
-        )
+    require_bin()
     root = tmp_path_factory.mktemp("execgate")
     data = root / "data"
     laptop_dir = root / "laptop"
@@ -189,22 +125,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tiny_dir = root / "tiny"
     for d in (data, laptop_dir, gpu_dir, tiny_dir):
         d.mkdir()
-    tools = root / "tools.toml"
-    tools.write_text(TOOLS_TOML)
 
     admin(data, "workspace", "create", "w1")
     token = admin(data, "token", "create", "--workspace", "w1")
-    laptop_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "laptop", "--default")
-    gpu_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "gpu")
-    tiny_token = admin(data, "executor", "add", "--workspace", "w1", "--name", "tiny")
-    admin(data, "executor", "add", "--workspace", "w1", "--name", "offline")
+    laptop_token = add_executor(data, "w1", "laptop", default=True)
+    gpu_token = add_executor(data, "w1", "gpu")
+    tiny_token = add_executor(data, "w1", "tiny")
+    add_executor(data, "w1", "offline")
     admin(data, "workspace", "create", "w2")
     other_token = admin(data, "token", "create", "--workspace", "w2")
 
-    gateway, url = _start_gateway(data)
+    gateway, url = start_gateway(data)
     procs = [gateway]
     try:
-        procs.append(_start_executor(url, laptop_token, laptop_dir, "--tools", str(tools)))
+        procs.append(_start_executor(url, laptop_token, laptop_dir, "--tools", str(CUSTOM_TOOLS)))
         procs.append(_start_executor(url, gpu_token, gpu_dir))
         # Keeps 4 KiB of output per process and nothing on disk, and forgets
         # exited processes after 2 s: for lost output and expired sessions.
@@ -219,20 +153,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         procs.append(_start_executor(url, tiny_token, tiny_dir, *tiny_args))
         w = World(url, token, other_token, root, laptop_dir, gpu_dir, procs, features, gpu_token)
         with w.client() as c:
-            deadline = time.monotonic() + 40
-            while True:
-                names = {e.name for e in c.envs()}
-                if {"laptop", "gpu", "tiny"} <= names:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"executors did not connect (have {names})")
-                time.sleep(0.1)
+            eventually(40, "laptop, gpu and tiny to connect", lambda: {"laptop", "gpu", "tiny"} <= {e.name for e in c.envs()})
         w.features |= probe(url, token)
         yield w
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        kill_all(procs)
 
 
 @pytest.fixture()

@@ -22,20 +22,17 @@ pub(crate) async fn records_until(
     what: &str,
     ready: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(20, what, || async {
         let (s, v) = admin.get("/api/admin/audit?workspace=w1&limit=1000").await;
         assert_eq!(s, 200, "{v}");
         let records = v["records"].as_array().unwrap().clone();
         if ready(&records) {
-            return records;
+            Ok(records)
+        } else {
+            Err(format!("{records:#?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {records:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn find(records: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {

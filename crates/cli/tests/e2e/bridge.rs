@@ -509,7 +509,9 @@ async fn a_bridge_runs_processes_beside_rest_calls_and_sees_only_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_end_at_expiry_unless_renewed_and_at_revocation() {
-    let w = World::start(&[]).await;
+    // Another process's revocation is seen within the recheck interval:
+    // 500 ms here (5 s by default), so that the test need not wait 5 s.
+    let w = World::start_with(&["--bridge-recheck-ms", "500"], &[]).await;
     let cwd = file_uri(&w.workdir);
     // Minted first: a CLI run takes a while on a busy machine, and the
     // short tokens below must not expire before the renewal.
@@ -557,7 +559,8 @@ async fn sessions_end_at_expiry_unless_renewed_and_at_revocation() {
     assert_eq!(r["processId"], "late");
 
     // Revoking the turn (from another process: the CLI) closes it within
-    // the recheck interval (5 s), and the token is refused from then on.
+    // the recheck interval (500 ms here), and the token is refused from
+    // then on.
     admin(&w.data_dir, &["captoken", "revoke-turn", "turn-a"]);
     let (code, reason) = a.closed(Duration::from_secs(12)).await;
     assert_eq!(code, 4403, "{reason}");

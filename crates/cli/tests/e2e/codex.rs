@@ -390,14 +390,7 @@ async fn a_wrong_sigv4_secret_is_refused_and_codex_gives_up() {
     creds.secret.push(if last == 'x' { 'y' } else { 'x' });
     let mut codex = start_codex(&w.bin, &w.gateway.url(), &creds, w.dir.path(), "bad");
     // codex exits for good on the 401 to its register.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = codex.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "codex did not give up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = codex.exits_within(30, "codex to give up").await;
     assert!(!status.success());
     let log = std::fs::read_to_string(w.dir.path().join("codex-bad.log")).unwrap();
     assert!(log.contains("401"), "{log}");

@@ -4,28 +4,17 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// The contract form (issue 3), a tool that shows how values render, and one
-/// with a cwd and env.
-fn tools_toml(cwd: &Path) -> String {
+/// After the shared ones (`tests/fixtures/custom-tools.toml`: `echo_arg`, the contract
+/// form of issue 3, and `add`): a tool that shows how values render, and
+/// one with a cwd and env.
+fn more_tools_toml(cwd: &Path) -> String {
     format!(
         r#"
-[[tool]]
-name = "echo_arg"
-description = "echo one argument"
-argv = ["printf", "%s", "{{text}}"]
-timeout_ms = 10000
-[tool.schema]
-type = "object"
-required = ["text"]
-[tool.schema.properties.text]
-type = "string"
-
 [[tool]]
 name = "show_args"
 description = "print each argument in angle brackets"
@@ -69,8 +58,7 @@ async fn custom_tools_are_listed_checked_and_run_with_literal_arguments() {
     let files = tempfile::tempdir().unwrap();
     let tools_dir = files.path().join("tools-cwd");
     std::fs::create_dir_all(&tools_dir).unwrap();
-    let tools_file = files.path().join("tools.toml");
-    std::fs::write(&tools_file, tools_toml(&tools_dir)).unwrap();
+    let tools_file = write_tools_file(files.path(), &more_tools_toml(&tools_dir));
     let w = World::start(&["--tools", tools_file.to_str().unwrap()]).await;
 
     // envs/list: custom tools alongside the core ones, with their schema.
@@ -192,7 +180,7 @@ fn executor_with_tools_file(text: &str) -> (std::process::ExitStatus, String, St
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad-tools.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args([
             "executor",
             "--gateway",
@@ -209,19 +197,14 @@ fn executor_with_tools_file(text: &str) -> (std::process::ExitStatus, String, St
         .stderr(Stdio::piped())
         .spawn()
         .expect("start executor");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the executor did not refuse the tools file; it kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Killed when dropped, should it keep running.
+    let mut child = Proc(child);
+    let status = child.exits_within_blocking(
+        20,
+        "the executor to refuse the tools file (it kept running)",
+    );
     let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     (status, stderr, path.display().to_string())
 }
 

@@ -175,8 +175,7 @@ impl Rogue {
     async fn dial_env(gateway: &str, env: &str, token: &str) -> Rogue {
         // As an executor does, retry a 409 (its last link may still be
         // being dropped) for a while.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let body = loop {
+        let (status, body) = eventually(15, "a register that is not 409", || async {
             let r = fresh_client()
                 .post(format!("{gateway}/cloud/environment/{env}/direct/register"))
                 .bearer_auth(token)
@@ -186,13 +185,14 @@ impl Rogue {
                 .unwrap();
             let status = r.status();
             let body: Value = r.json().await.unwrap();
-            if status == 409 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            if status == 409 {
+                Err(body)
+            } else {
+                Ok((status, body))
             }
-            assert_eq!(status, 200, "{body}");
-            break body;
-        };
+        })
+        .await;
+        assert_eq!(status, 200, "{body}");
         let url = body["url"].as_str().unwrap().to_string();
         let config = WebSocketConfig::default()
             .max_message_size(Some(512 << 20))

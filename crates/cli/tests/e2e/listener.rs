@@ -63,20 +63,18 @@ fn holder(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 /// `within`; returns how long it took.
 async fn all_closed(held: &mut [TcpStream], within: Duration) -> Duration {
     let started = Instant::now();
-    let mut open: Vec<usize> = (0..held.len()).collect();
-    loop {
+    let total = held.len();
+    let mut open: Vec<usize> = (0..total).collect();
+    eventually(within, "the gateway to close every held socket", || {
         open.retain(|&i| !closed_by_peer(&mut held[i]));
-        if open.is_empty() {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{} of {} sockets still open after {within:?}",
-            open.len(),
-            held.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let left = if open.is_empty() {
+            Ok(started.elapsed())
+        } else {
+            Err(format!("{} of {total} sockets still open", open.len()))
+        };
+        async move { left }
+    })
+    .await
 }
 
 /// One `GET /healthz` on a fresh connection: the status line's code, and

@@ -87,22 +87,10 @@ impl Mcp {
     }
 }
 
-const TOOLS_TOML: &str = r#"
-[[tool]]
-name = "echo_arg"
-description = "echo one argument"
-argv = ["printf", "%s", "{text}"]
-[tool.schema]
-type = "object"
-required = ["text"]
-[tool.schema.properties.text]
-type = "string"
-"#;
-
+/// The executor has the shared custom tools (`tests/fixtures/custom-tools.toml`).
 async fn world() -> (World, Mcp) {
     let files = tempfile::tempdir().unwrap();
-    let tools = files.path().join("tools.toml");
-    std::fs::write(&tools, TOOLS_TOML).unwrap();
+    let tools = write_tools_file(files.path(), "");
     let w = World::start(&["--tools", tools.to_str().unwrap()]).await;
     // The executor has read the file once it is connected.
     drop(files);

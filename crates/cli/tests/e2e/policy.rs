@@ -431,20 +431,10 @@ async fn read_only_refuses_writes_and_processes_with_403_and_serves_reads() {
     );
 }
 
-/// A custom tool whose command line is fixed but for one argument.
-fn tools_toml() -> &'static str {
+/// After the shared custom tools (`tests/fixtures/custom-tools.toml`; `echo_arg`'s
+/// command line is fixed but for one argument), one that is not allowed.
+fn more_tools_toml() -> &'static str {
     r#"
-[[tool]]
-name = "echo_arg"
-description = "echo one argument"
-argv = ["printf", "%s", "{text}"]
-timeout_ms = 10000
-[tool.schema]
-type = "object"
-required = ["text"]
-[tool.schema.properties.text]
-type = "string"
-
 [[tool]]
 name = "hidden_tool"
 description = "not allowed"
@@ -458,8 +448,7 @@ type = "object"
 async fn allow_tools_hides_and_refuses_the_others() {
     let mut w = World::start(&[]).await;
     let d = box_dirs(&w);
-    let tools = d.base.join("tools.toml");
-    std::fs::write(&tools, tools_toml()).unwrap();
+    let tools = write_tools_file(&d.base, more_tools_toml());
     start_box(
         &mut w,
         &d.root,
