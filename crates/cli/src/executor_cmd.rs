@@ -25,13 +25,13 @@ pub struct ExecutorArgs {
     #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Output bytes kept in memory per process.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = execgate_executor::DEFAULT_RETAINED_BYTES)]
     pub retain_bytes: usize,
     /// Seconds a disconnected session keeps its processes for a reconnect.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = execgate_executor::DEFAULT_SESSION_TTL.as_secs())]
     pub session_ttl_secs: u64,
     /// Seconds a finished process stays readable; then its session expires.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = execgate_executor::DEFAULT_EXITED_RETENTION.as_secs())]
     pub exited_retention_secs: u64,
     /// Output bytes per process kept on disk after the in-memory ring (0: off).
     #[arg(long, default_value_t = execgate_executor::DEFAULT_SPILL_BYTES)]

@@ -16,6 +16,8 @@
 //! Every non-2xx answer becomes [`ClientError::Api`] with the gateway's
 //! stable error `code`, so callers can match on it.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use base64::Engine;

@@ -1,8 +1,10 @@
 //! The `fs/*` methods: files and directories on the executor's machine.
 //!
-//! Every function here is synchronous (std::fs) and is run on tokio's
-//! blocking pool by the dispatcher: a multi-step operation such as a
-//! recursive copy then costs one thread hop instead of one per system call.
+//! Each method is a function from its params and a [`Ctx`] to its result,
+//! named in the method table (`methods`), which decodes the params, runs
+//! it on tokio's blocking pool and encodes the result. Every function here
+//! is synchronous (std::fs): a multi-step operation such as a recursive
+//! copy then costs one thread hop instead of one per system call.
 //!
 //! Every path goes through [`PathRules`], and is used as a [`Target`] or an
 //! [`Entry`] (see `beneath`): with `--root`, through descriptors beneath
@@ -20,27 +22,17 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
-    method, CommitFileParams, CommitFileResult, CopyParams, CreateDirectoryParams, DirEntry, Empty,
+    CommitFileParams, CommitFileResult, CopyParams, CreateDirectoryParams, DirEntry, Empty,
     Metadata, PathParams, ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult,
     RemoveParams, RenameParams, SymlinkParams, WriteFileParams, WriteRangeParams,
 };
 use execgate_protocol::jsonrpc::RpcError;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::Value;
 
 use crate::beneath::{self, Entry, Escape, Kind, Target};
 use crate::paths::{Last, PathRules};
-use crate::rpc::{encode, parse_params, WireResult};
 use crate::staged::StagedHashes;
-
-/// Whether `method` is one of ours.
-pub(crate) fn is_fs_method(method: &str) -> bool {
-    method.starts_with("fs/")
-}
 
 /// What the `fs/*` methods work with besides their parameters.
 #[derive(Clone, Copy)]
@@ -49,58 +41,6 @@ pub(crate) struct Ctx<'a> {
     pub rules: &'a PathRules,
     /// `fs/writeRange` feeds them, `fs/commitFile` takes them.
     pub staged: &'a StagedHashes,
-}
-
-/// Runs one `fs/*` method. Blocking: call it from `spawn_blocking`.
-/// `payload` and `binary` are the frame's, as for any method (see
-/// [`crate::rpc::parse_params`] and [`crate::rpc::encode`]).
-pub(crate) fn call(
-    method: &str,
-    params: Value,
-    payload: &Bytes,
-    binary: bool,
-    ctx: Ctx<'_>,
-) -> Result<WireResult, RpcError> {
-    let call = Call {
-        params,
-        payload,
-        binary,
-        rules: ctx.rules,
-    };
-    let staged = ctx.staged;
-    match method {
-        method::FS_READ_FILE => call.run(read_file),
-        method::FS_READ_RANGE => call.run(read_range),
-        method::FS_WRITE_FILE => call.run(write_file),
-        method::FS_CREATE_DIRECTORY => call.run(create_directory),
-        method::FS_GET_METADATA => call.run(get_metadata),
-        method::FS_READ_DIRECTORY => call.run(read_directory),
-        method::FS_REMOVE => call.run(|p, rules| remove(p, rules, staged)),
-        method::FS_COPY => call.run(copy),
-        method::FS_RENAME => call.run(rename),
-        method::FS_WRITE_RANGE => call.run(|p, rules| write_range(p, rules, staged)),
-        method::FS_COMMIT_FILE => call.run(|p, rules| commit_file(p, rules, staged)),
-        method::FS_SYMLINK => call.run(symlink),
-        other => Err(RpcError::method_not_found(other)),
-    }
-}
-
-/// One call's parts, so that each method is one line above.
-struct Call<'a> {
-    params: Value,
-    payload: &'a Bytes,
-    binary: bool,
-    rules: &'a PathRules,
-}
-
-impl Call<'_> {
-    fn run<P: DeserializeOwned, R: Serialize>(
-        self,
-        method: impl FnOnce(P, &PathRules) -> Result<R, RpcError>,
-    ) -> Result<WireResult, RpcError> {
-        let params = parse_params(self.params, self.payload)?;
-        encode(&method(params, self.rules)?, self.binary)
-    }
 }
 
 /// Maps an I/O error on `path` to the protocol's error codes: a path that
@@ -116,7 +56,10 @@ fn io_error(action: &str, path: &Path, err: io::Error) -> RpcError {
     }
 }
 
-fn read_file(params: PathParams, rules: &PathRules) -> Result<ReadFileResult, RpcError> {
+pub(crate) fn read_file(
+    params: PathParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<ReadFileResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &target.path, e);
     let mut file = open_regular(&target)?;
@@ -150,7 +93,10 @@ fn open_regular(target: &Target<'_>) -> Result<File, RpcError> {
 /// The most `fs/readRange` allocates before it has read anything.
 const MAX_PRESIZE: u64 = 64 << 20;
 
-fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeResult, RpcError> {
+pub(crate) fn read_range(
+    params: ReadRangeParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<ReadRangeResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &target.path, e);
     let mut file = open_regular(&target)?;
@@ -177,7 +123,10 @@ fn read_range(params: ReadRangeParams, rules: &PathRules) -> Result<ReadRangeRes
     })
 }
 
-fn write_file(params: WriteFileParams, rules: &PathRules) -> Result<Empty, RpcError> {
+pub(crate) fn write_file(
+    params: WriteFileParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<Empty, RpcError> {
     let resolved = rules.resolve(&params.path, Last::Follow)?;
     let path = resolved.path.clone();
     let data = params
@@ -275,7 +224,10 @@ fn atomic_write(target: &Target<'_>, data: &[u8]) -> io::Result<()> {
     result
 }
 
-fn create_directory(params: CreateDirectoryParams, rules: &PathRules) -> Result<Empty, RpcError> {
+pub(crate) fn create_directory(
+    params: CreateDirectoryParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<Empty, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let created = if params.recursive.unwrap_or(true) {
         target.create_dir_all()
@@ -299,7 +251,7 @@ fn entry_of(target: &Target<'_>, action: &str) -> Result<Entry, RpcError> {
 }
 
 /// [ext] `fs/rename`: atomic within one file system.
-fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
+pub(crate) fn rename(params: RenameParams, Ctx { rules, .. }: Ctx<'_>) -> Result<Empty, RpcError> {
     let from = rules.resolve(&params.source_path, Last::Entry)?;
     let to = rules.resolve(&params.destination_path, Last::Entry)?;
     entry_of(&from, "renaming")?
@@ -311,10 +263,9 @@ fn rename(params: RenameParams, rules: &PathRules) -> Result<Empty, RpcError> {
 /// [ext] `fs/writeRange`: one chunk of a streamed transfer into a staged
 /// file. Several may be in flight, each a positioned write; `staged` keeps
 /// the running hash of what they wrote, for the commit.
-fn write_range(
+pub(crate) fn write_range(
     params: WriteRangeParams,
-    rules: &PathRules,
-    staged: &StagedHashes,
+    Ctx { rules, staged }: Ctx<'_>,
 ) -> Result<Empty, RpcError> {
     use std::os::unix::fs::FileExt;
     let target = rules.resolve(&params.path, Last::Follow)?;
@@ -362,10 +313,9 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// The hash to verify is the running one `fs/writeRange` kept when it
 /// covers exactly what the file holds (see [`crate::staged`]); otherwise
 /// the file is read back.
-fn commit_file(
+pub(crate) fn commit_file(
     params: CommitFileParams,
-    rules: &PathRules,
-    staged: &StagedHashes,
+    Ctx { rules, staged }: Ctx<'_>,
 ) -> Result<CommitFileResult, RpcError> {
     let staged_target = rules.resolve(&params.path, Last::Follow)?;
     let staged_path = &staged_target.path;
@@ -490,7 +440,10 @@ fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// [ext] `fs/symlink`.
-fn symlink(params: SymlinkParams, rules: &PathRules) -> Result<Empty, RpcError> {
+pub(crate) fn symlink(
+    params: SymlinkParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<Empty, RpcError> {
     let target = rules.resolve(&params.path, Last::Entry)?;
     entry_of(&target, "creating the symlink")?
         .symlink(Path::new(&params.target))
@@ -498,7 +451,10 @@ fn symlink(params: SymlinkParams, rules: &PathRules) -> Result<Empty, RpcError> 
     Ok(Empty {})
 }
 
-fn get_metadata(params: PathParams, rules: &PathRules) -> Result<Metadata, RpcError> {
+pub(crate) fn get_metadata(
+    params: PathParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<Metadata, RpcError> {
     let target = rules.resolve(&params.path, Last::Inspect)?;
     let path = &target.path;
     let entry = entry_of(&target, "inspecting")?;
@@ -544,7 +500,10 @@ fn millis_since_epoch(time: SystemTime) -> i64 {
     }
 }
 
-fn read_directory(params: PathParams, rules: &PathRules) -> Result<ReadDirectoryResult, RpcError> {
+pub(crate) fn read_directory(
+    params: PathParams,
+    Ctx { rules, .. }: Ctx<'_>,
+) -> Result<ReadDirectoryResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let listing = target
         .list()
@@ -574,10 +533,9 @@ fn read_directory(params: PathParams, rules: &PathRules) -> Result<ReadDirectory
     Ok(ReadDirectoryResult { entries })
 }
 
-fn remove(
+pub(crate) fn remove(
     params: RemoveParams,
-    rules: &PathRules,
-    staged: &StagedHashes,
+    Ctx { rules, staged }: Ctx<'_>,
 ) -> Result<Empty, RpcError> {
     let target = rules.resolve(&params.path, Last::Entry)?;
     let path = &target.path;
@@ -611,7 +569,7 @@ fn remove(
     }
 }
 
-fn copy(params: CopyParams, rules: &PathRules) -> Result<Empty, RpcError> {
+pub(crate) fn copy(params: CopyParams, Ctx { rules, .. }: Ctx<'_>) -> Result<Empty, RpcError> {
     let source = rules.resolve(&params.source_path, Last::Inspect)?;
     let destination = rules.resolve(&params.destination_path, Last::Follow)?;
     let from = entry_of(&source, "copying")?;
@@ -740,10 +698,13 @@ fn is_same_or_inside(outer: &Path, inner: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{Call, WireResult};
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine as _;
+    use bytes::Bytes;
+    use execgate_protocol::exec::method;
     use execgate_protocol::jsonrpc::code;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::os::unix::fs::PermissionsExt;
 
     /// The tests' staged hashes: one registry, as in an executor.
@@ -757,9 +718,31 @@ mod tests {
         }
     }
 
+    /// Runs `fs/*` method `method` as the method table routes it, on this
+    /// thread; a method the table does not know is -32601, as from the
+    /// dispatcher.
+    fn call_with(
+        method: &str,
+        params: Value,
+        payload: &Bytes,
+        binary: bool,
+        ctx: Ctx<'_>,
+    ) -> Result<WireResult, RpcError> {
+        let handler =
+            crate::methods::fs_handler(method).ok_or_else(|| RpcError::method_not_found(method))?;
+        handler(
+            Call {
+                params,
+                payload,
+                binary,
+            },
+            ctx,
+        )
+    }
+
     /// A call as from a text frame: base64 in, base64 out.
     fn call(method: &str, params: Value, rules: &PathRules) -> Result<Value, RpcError> {
-        let (value, payload) = super::call(method, params, &Bytes::new(), false, ctx(rules))?;
+        let (value, payload) = call_with(method, params, &Bytes::new(), false, ctx(rules))?;
         assert!(payload.is_empty(), "no payload without binary frames");
         Ok(value)
     }
@@ -781,11 +764,11 @@ mod tests {
         let data = Bytes::from_static(&[0, 1, 2, 0xff, b'"', b'\\']);
         // writeRange with its bytes in the payload.
         let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, data.len()]}});
-        super::call(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap();
+        call_with(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap();
         assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
         // readRange answers with a reference and the bytes.
         let params = json!({"path": path, "offset": 1, "length": 0});
-        let (value, payload) = super::call(
+        let (value, payload) = call_with(
             method::FS_READ_RANGE,
             params,
             &Bytes::new(),
@@ -797,8 +780,7 @@ mod tests {
         assert_eq!(payload, data.slice(1..));
         // A reference past the payload is a params error, not a panic.
         let params = json!({"path": path, "offset": 0, "dataBase64": {"$bin": [0, 99]}});
-        let err =
-            super::call(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap_err();
+        let err = call_with(method::FS_WRITE_RANGE, params, &data, true, ctx(&rules)).unwrap_err();
         assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
     }
 

@@ -8,13 +8,19 @@
 //! Modules, outermost first:
 //! - `connect`: register with the gateway, dial the WebSocket, back off.
 //! - `connection`: one WebSocket: frame loop, the writer task, idle timeout.
-//! - `rpc`: one connection's JSON-RPC lifecycle and method routing.
+//! - `rpc`: one connection's JSON-RPC lifecycle: the handshake, and each
+//!   request turned into its response.
+//! - `methods`: the method table, the only routing: each method's name,
+//!   where it runs, its policy class and its handler, declared once.
+//! - `wire`: params and results as they travel (JSON, blobs in binary
+//!   frames), shared by the table and the method modules.
 //! - `state`: what every connection shares, and `environmentInfo`.
 //! - `session`: sessions, which keep processes across reconnects.
 //! - `process`: a session's process table: spawn, pipes/pty, env, signals.
 //! - `output`: a process's output log: seqs, retention, lost bytes, long-poll.
 //! - `spill`: the bounded on-disk tail of output logs.
 //! - `notify`: the non-blocking path of notifications to the gateway.
+//! - `staged`: the running SHA-256 of staged files, for `fs/commitFile`.
 //! - `staged_sweep`: removing the staged files transfers left behind.
 //! - `fs`: the `fs/*` methods.
 //! - `paths`: `file://` URIs and relative paths, and confinement to `--root`.
@@ -23,6 +29,12 @@
 //! - `policy`: `--root`, `--allow-tools`, `--read-only`, `--max-processes`.
 //! - `sandbox`: `--sandbox`: Landlock confinement of every process.
 //! - `tools_file`: the `--tools` file of custom tools, checked at start.
+//!
+//! `unsafe` is used for system calls std lacks (`openat2`, the `*at` calls,
+//! Landlock, `fork` for the reaper); each block says why it is sound in a
+//! `// SAFETY:` comment, which clippy enforces below.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[doc(hidden)]
 pub mod bench_api;
@@ -33,6 +45,7 @@ mod error;
 mod fs;
 #[doc(hidden)]
 pub mod fuzz_api;
+mod methods;
 mod notify;
 mod output;
 mod paths;
@@ -46,6 +59,7 @@ mod staged;
 mod staged_sweep;
 mod state;
 mod tools_file;
+mod wire;
 
 #[cfg(test)]
 mod tests;

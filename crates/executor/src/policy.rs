@@ -9,7 +9,8 @@
 //! - **Method classes** (`--read-only`, `--allow-tools`): the executor does
 //!   not know which tool a request serves, so it allows a *class* of methods
 //!   when some allowed tool needs it (reads, writes, processes; the mapping
-//!   is `execgate_protocol::policy`'s). Read-only refuses every write and
+//!   is `execgate_protocol::policy`'s). Each method's class ([`Access`]) is
+//!   declared with it in the method table (`methods`). Read-only refuses every write and
 //!   every `process/start`: a process can write anywhere the user can.
 //! - **Custom tools**: when no allowed tool runs arbitrary commands (`shell`,
 //!   `exec_command`) but some allowed custom tools do, `process/start` is
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use execgate_protocol::custom_tool::{could_render, CustomToolSpec};
-use execgate_protocol::exec::{method, EnvPolicy, ProcessStartParams};
+use execgate_protocol::exec::{EnvPolicy, ProcessStartParams};
 use execgate_protocol::jsonrpc::{code, RpcError};
 use execgate_protocol::policy::{ExecutorPolicy, CORE_TOOLS};
 
@@ -203,20 +204,21 @@ impl Policy {
         self.announce.then(|| self.limits.clone())
     }
 
-    /// Refuses a method whose class no allowed tool needs, or that would
-    /// change something on a read-only executor.
-    pub fn check_method(&self, name: &str) -> Result<(), RpcError> {
+    /// Refuses method `name`, of class `access` (the method table's), when
+    /// no allowed tool needs that class, or when it would change something
+    /// on a read-only executor.
+    pub fn check(&self, name: &str, access: Access) -> Result<(), RpcError> {
         let limits = &self.limits;
-        let refusal = match class_of(name) {
-            Class::Read if !limits.allows_reads() => self.not_needed(name, "reads files"),
-            Class::Write if limits.read_only => RpcError::policy_denied(format!(
+        let refusal = match access {
+            Access::Read if !limits.allows_reads() => self.not_needed(name, "reads files"),
+            Access::Write if limits.read_only => RpcError::policy_denied(format!(
                 "{name} is refused: this executor is read-only (--read-only)"
             )),
-            Class::Write if !limits.allows_writes() => self.not_needed(name, "changes files"),
-            Class::Start if limits.read_only => RpcError::policy_denied(format!(
+            Access::Write if !limits.allows_writes() => self.not_needed(name, "changes files"),
+            Access::Start if limits.read_only => RpcError::policy_denied(format!(
                 "{name} is refused: this executor is read-only (--read-only), and a process could change files"
             )),
-            Class::Start if !limits.allows_any_process() && self.commands.is_empty() => {
+            Access::Start if !limits.allows_any_process() && self.commands.is_empty() => {
                 self.not_needed(name, "runs processes")
             }
             _ => return Ok(()),
@@ -277,35 +279,33 @@ impl Policy {
     }
 }
 
-/// What a method does, as far as the policy is concerned.
-enum Class {
+/// What a method does, as far as the policy is concerned: each method's
+/// entry in the method table (`methods`) names its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reads files: allowed when some allowed tool reads files.
     Read,
+    /// Changes files: refused by `--read-only`, allowed when some allowed
+    /// tool changes files.
     Write,
+    /// Starts a process: refused by `--read-only`, allowed when some allowed
+    /// tool runs processes (or only for custom tools' commands).
     Start,
-    /// Everything else: the lifecycle, and acting on processes already
-    /// started (read, write, signal, terminate, resize).
+    /// Nothing the policy limits: the lifecycle, and acting on processes
+    /// already started (read, write, signal, terminate, resize).
     Other,
 }
 
-fn class_of(name: &str) -> Class {
-    match name {
-        method::FS_READ_FILE
-        | method::FS_READ_RANGE
-        | method::FS_GET_METADATA
-        | method::FS_READ_DIRECTORY => Class::Read,
-        method::FS_WRITE_FILE
-        | method::FS_WRITE_RANGE
-        | method::FS_COMMIT_FILE
-        | method::FS_RENAME
-        | method::FS_REMOVE
-        | method::FS_CREATE_DIRECTORY
-        | method::FS_COPY
-        | method::FS_SYMLINK => Class::Write,
-        // An `fs/*` method not listed above is taken to change files until
-        // it is classified: a new method must not slip past read-only.
-        other if other.starts_with("fs/") => Class::Write,
-        method::PROCESS_START => Class::Start,
-        _ => Class::Other,
+impl Access {
+    /// The class of a method the table does not list, checked before it is
+    /// answered -32601: an `fs/*` name is taken to change files, so that a
+    /// read-only executor refuses it (-32030) as it refuses every write.
+    pub fn unlisted(name: &str) -> Access {
+        if name.starts_with("fs/") {
+            Access::Write
+        } else {
+            Access::Other
+        }
     }
 }
 
@@ -340,6 +340,7 @@ fn allow_list(list: &[String], tools: &[CustomToolSpec]) -> Result<Vec<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execgate_protocol::exec::method;
     use serde_json::json;
     use std::collections::BTreeMap;
 
@@ -391,6 +392,13 @@ mod tests {
         }
     }
 
+    /// The verdict on method `name`, of the class the method table gives
+    /// it (as the dispatcher asks).
+    fn check_method(p: &Policy, name: &str) -> Result<(), RpcError> {
+        let access = crate::methods::find(name).map_or(Access::unlisted(name), |m| m.access);
+        p.check(name, access)
+    }
+
     fn denied(r: Result<(), RpcError>) -> String {
         let e = r.expect_err("refused");
         assert_eq!(e.code, code::POLICY_DENIED, "{e}");
@@ -407,7 +415,7 @@ mod tests {
             method::FS_WRITE_FILE,
             method::PROCESS_START,
         ] {
-            p.check_method(m).unwrap();
+            check_method(&p, m).unwrap();
         }
     }
 
@@ -415,9 +423,9 @@ mod tests {
     fn read_only_refuses_writes_and_processes_but_not_reads() {
         let dir = tempfile::tempdir().unwrap();
         let (p, _) = Policy::new(&config(|c| c.read_only = true), dir.path().into(), &[]).unwrap();
-        p.check_method(method::FS_READ_RANGE).unwrap();
-        p.check_method(method::FS_GET_METADATA).unwrap();
-        p.check_method(method::PROCESS_READ).unwrap();
+        check_method(&p, method::FS_READ_RANGE).unwrap();
+        check_method(&p, method::FS_GET_METADATA).unwrap();
+        check_method(&p, method::PROCESS_READ).unwrap();
         for m in [
             method::FS_WRITE_FILE,
             method::FS_RENAME,
@@ -425,7 +433,7 @@ mod tests {
             method::FS_COMMIT_FILE,
             method::PROCESS_START,
         ] {
-            assert!(denied(p.check_method(m)).contains("--read-only"), "{m}");
+            assert!(denied(check_method(&p, m)).contains("--read-only"), "{m}");
         }
         assert!(p.announced().unwrap().read_only);
     }
@@ -434,18 +442,18 @@ mod tests {
     fn allow_tools_enables_only_the_method_classes_its_tools_need() {
         let dir = tempfile::tempdir().unwrap();
         let (p, _) = Policy::new(&allow(&["read_file"]), dir.path().into(), &[]).unwrap();
-        p.check_method(method::FS_READ_FILE).unwrap();
-        let m = denied(p.check_method(method::FS_WRITE_FILE));
+        check_method(&p, method::FS_READ_FILE).unwrap();
+        let m = denied(check_method(&p, method::FS_WRITE_FILE));
         assert!(
             m.contains("read_file") && m.contains("--allow-tools"),
             "{m}"
         );
-        denied(p.check_method(method::PROCESS_START));
+        denied(check_method(&p, method::PROCESS_START));
 
         let (p, _) = Policy::new(&allow(&["shell", "write_file"]), dir.path().into(), &[]).unwrap();
-        p.check_method(method::PROCESS_START).unwrap();
-        p.check_method(method::FS_WRITE_FILE).unwrap();
-        denied(p.check_method(method::FS_READ_FILE));
+        check_method(&p, method::PROCESS_START).unwrap();
+        check_method(&p, method::FS_WRITE_FILE).unwrap();
+        denied(check_method(&p, method::FS_READ_FILE));
         p.check_start(&start(&["anything"], env_of(&[])), dir.path())
             .unwrap();
     }
@@ -459,7 +467,7 @@ mod tests {
             spec("other", &["rm", "-rf", "{what}"], None),
         ];
         let (p, _) = Policy::new(&allow(&["grep_logs"]), cwd.clone(), &tools).unwrap();
-        p.check_method(method::PROCESS_START).unwrap();
+        check_method(&p, method::PROCESS_START).unwrap();
         let env = env_of(&[("MODE", "tool")]);
         p.check_start(
             &start(&["grep", "-n", "x; id", "app.log"], env.clone()),
@@ -490,7 +498,7 @@ mod tests {
         }
         // Not even those without any allowed custom tool.
         let (p, _) = Policy::new(&allow(&["read_file"]), cwd.clone(), &tools).unwrap();
-        denied(p.check_method(method::PROCESS_START));
+        denied(check_method(&p, method::PROCESS_START));
     }
 
     #[test]

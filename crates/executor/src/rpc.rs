@@ -1,6 +1,7 @@
 //! The JSON-RPC server side of one connection, independent of the transport:
-//! the `initialize`/`initialized` lifecycle and the routing of each method to
-//! the module that implements it.
+//! the `initialize`/`initialized` lifecycle, and turning each request into
+//! its response. Which method does what is the method table's (`methods`),
+//! which this connection serves as its [`Connection`].
 //!
 //! [`RpcConnection::request`] turns a request into its response; the frame
 //! loop in [`connection`](crate::connection) and the tests both drive it. The
@@ -11,22 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use execgate_protocol::blob;
-use execgate_protocol::exec::{
-    method, InitializeParams, InitializeResult, ProcessIdParams, ProcessResizeParams,
-    ProcessSetPushParams, ProcessSignalParams,
-};
+use execgate_protocol::exec::{InitializeParams, InitializeResult};
 use execgate_protocol::jsonrpc::{Envelope, Id, Message, RpcError};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::fs;
+use crate::methods::{self, Answer, Connection};
 use crate::notify::Sink;
 use crate::process::StartGate;
 use crate::session::{ConnectionId, Session};
 use crate::state::ExecutorState;
+use crate::wire::parse_params;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -55,10 +51,6 @@ pub(crate) struct Reply {
     pub envelope: Envelope,
     pub gate: Option<StartGate>,
 }
-
-/// A result as it goes on the wire: JSON, and the payload its raw blobs
-/// moved to (empty unless the gateway reads binary frames).
-pub(crate) type WireResult = (Value, Bytes);
 
 impl RpcConnection {
     pub fn new(state: Arc<ExecutorState>, outgoing: mpsc::Sender<Envelope>) -> Self {
@@ -99,7 +91,7 @@ impl RpcConnection {
     /// Answers one request. `payload` is what its binary frame carried
     /// beside the JSON (empty for a text frame).
     pub async fn request(&self, id: Id, method: &str, params: Value, payload: Bytes) -> Reply {
-        match self.dispatch(method, params, &payload).await {
+        match methods::request(self, method, params, &payload).await {
             Ok(((result, payload), gate)) => Reply {
                 envelope: Envelope {
                     message: Message::response(id, Ok(result)),
@@ -117,26 +109,9 @@ impl RpcConnection {
         }
     }
 
-    /// Whether results may carry raw bytes in a binary frame.
-    fn binary(&self) -> bool {
-        self.binary.load(Ordering::Relaxed)
-    }
-
     /// Takes one notification from the gateway.
     pub fn notification(&self, method: &str, params: Value) {
-        match method {
-            method::INITIALIZED => self.lifecycle().initialized = true,
-            method::PROCESS_SET_PUSH => {
-                let set: Result<ProcessSetPushParams, _> = parse_params(params, &Bytes::new());
-                match (set, self.ready_session()) {
-                    (Ok(set), Ok(session)) => session.processes.set_push(&set),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::debug!("ignoring process/setPush: {e}")
-                    }
-                }
-            }
-            _ => tracing::debug!(method, "ignoring notification"),
-        }
+        methods::notification(self, method, params);
     }
 
     /// The connection is gone: its session detaches (its processes live on).
@@ -146,70 +121,30 @@ impl RpcConnection {
             self.state.sessions.detach(&session, self.id);
         }
     }
+}
 
-    async fn dispatch(
-        &self,
-        method: &str,
-        params: Value,
-        payload: &Bytes,
-    ) -> Result<(WireResult, Option<StartGate>), RpcError> {
-        if method == method::INITIALIZE {
-            return Ok(((self.initialize(params)?, Bytes::new()), None));
-        }
-        let session = self.ready_session()?;
-        self.state.policy.check_method(method)?;
-        let processes = &session.processes;
-        let binary = self.binary();
-        let result = match method {
-            method::PROCESS_START => {
-                let (result, gate) =
-                    processes.start(parse_params(params, payload)?, &self.state.policy)?;
-                return Ok((encode(&result, binary)?, Some(gate)));
-            }
-            method::PROCESS_READ => encode(
-                &processes.read(parse_params(params, payload)?).await?,
-                binary,
-            ),
-            method::PROCESS_WRITE => encode(
-                &processes.write(parse_params(params, payload)?).await?,
-                binary,
-            ),
-            method::PROCESS_SIGNAL => {
-                let params: ProcessSignalParams = parse_params(params, payload)?;
-                encode(&processes.signal(&params)?, binary)
-            }
-            method::PROCESS_TERMINATE => {
-                let params: ProcessIdParams = parse_params(params, payload)?;
-                encode(&processes.terminate(&params.process_id)?, binary)
-            }
-            method::PROCESS_CLOSE_STDIN => {
-                let params: ProcessIdParams = parse_params(params, payload)?;
-                encode(&processes.close_stdin(&params.process_id).await?, binary)
-            }
-            method::PROCESS_RESIZE => {
-                let params: ProcessResizeParams = parse_params(params, payload)?;
-                encode(&processes.resize(&params)?, binary)
-            }
-            other if fs::is_fs_method(other) => {
-                let method = other.to_owned();
-                let state = self.state.clone();
-                let payload = payload.clone();
-                tokio::task::spawn_blocking(move || {
-                    let ctx = fs::Ctx {
-                        rules: &state.policy.paths,
-                        staged: &state.staged,
-                    };
-                    fs::call(&method, params, &payload, binary, ctx)
-                })
-                .await
-                .map_err(|e| RpcError::internal(format!("{other} failed: {e}")))?
-            }
-            other => Err(RpcError::method_not_found(other)),
-        }?;
-        Ok((result, None))
+impl Connection for RpcConnection {
+    fn state(&self) -> &Arc<ExecutorState> {
+        &self.state
     }
 
-    fn initialize(&self, params: Value) -> Result<Value, RpcError> {
+    fn binary(&self) -> bool {
+        self.binary.load(Ordering::Relaxed)
+    }
+
+    fn ready_session(&self) -> Result<Arc<Session>, RpcError> {
+        let lifecycle = self.lifecycle();
+        match &lifecycle.session {
+            Some(session) if lifecycle.initialized => Ok(session.clone()),
+            _ => Err(RpcError::invalid_request(
+                "connection not initialized: send initialize, then the initialized notification",
+            )),
+        }
+    }
+
+    /// Attaches a session (a new one, or the one it resumes); its result is
+    /// never encoded for binary frames.
+    fn initialize(&self, params: Value) -> Result<Answer, RpcError> {
         let params: InitializeParams = parse_params(params, &Bytes::new())?;
         let binary = params.execgate.is_some_and(|ext| ext.binary_frames);
         self.binary.store(binary, Ordering::Relaxed);
@@ -229,43 +164,15 @@ impl RpcConnection {
         );
         tracing::info!(client = %params.client_name, session = %session.id, "initialize");
         lifecycle.session = Some(session.clone());
-        serde_json::to_value(InitializeResult {
+        let result = serde_json::to_value(InitializeResult {
             session_id: session.id.clone(),
             environment_info: self.state.environment.clone(),
         })
-        .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
+        .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))?;
+        Ok(((result, Bytes::new()), None))
     }
 
-    fn ready_session(&self) -> Result<Arc<Session>, RpcError> {
-        let lifecycle = self.lifecycle();
-        match &lifecycle.session {
-            Some(session) if lifecycle.initialized => Ok(session.clone()),
-            _ => Err(RpcError::invalid_request(
-                "connection not initialized: send initialize, then the initialized notification",
-            )),
-        }
+    fn initialized(&self, _params: Value) {
+        self.lifecycle().initialized = true;
     }
-}
-
-/// Decodes a method's params, resolving blob references against the
-/// frame's `payload`; a serde error becomes -32602 with its message.
-/// Absent params read as `{}`, so that methods whose params are all optional
-/// accept them being left out.
-pub(crate) fn parse_params<T: DeserializeOwned>(
-    params: Value,
-    payload: &Bytes,
-) -> Result<T, RpcError> {
-    let params = if params.is_null() {
-        Value::Object(serde_json::Map::new())
-    } else {
-        params
-    };
-    blob::from_value(params, payload)
-        .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
-}
-
-/// Encodes a result; with `binary`, its raw bytes go in the payload.
-pub(crate) fn encode(result: &impl Serialize, binary: bool) -> Result<WireResult, RpcError> {
-    blob::to_value(result, binary)
-        .map_err(|e| RpcError::internal(format!("encoding the result: {e}")))
 }

@@ -206,6 +206,49 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The method table routes every request it lists, and a name it does not
+/// list (or lists as a notification) is answered as before the table: the
+/// handshake first, then the policy (an unknown `fs/*` counts as a write),
+/// then -32601 naming it.
+#[tokio::test]
+async fn every_listed_request_is_routed_and_unknown_methods_answer_as_before() {
+    use crate::methods::{Kind, Run, METHODS};
+    let (state, _dir) = state();
+    let mut client = Client::new(&state);
+    let err = client.err("fs/frobnicate", json!({})).await;
+    assert_eq!(err.code, code::INVALID_REQUEST, "{err}");
+    assert!(err.message.contains("not initialized"), "{err}");
+    client.init(None).await;
+    for m in METHODS {
+        if m.kind != Kind::Request || m.run == Run::Handshake {
+            continue;
+        }
+        // No params: each method refuses them its own way, none as unknown.
+        let err = client.err(m.name, json!({})).await;
+        assert_ne!(err.code, code::METHOD_NOT_FOUND, "{}: {err}", m.name);
+    }
+    for name in [
+        "no/such/method",
+        "fs/frobnicate",
+        method::INITIALIZED,
+        method::PROCESS_SET_PUSH,
+        method::PROCESS_OUTPUT,
+    ] {
+        let err = client.err(name, json!({})).await;
+        assert_eq!(err.code, code::METHOD_NOT_FOUND, "{name}: {err}");
+        assert_eq!(err.message, format!("unknown method: {name}"));
+    }
+
+    let (state, _dir) = state_with(|c| c.policy.read_only = true);
+    let mut client = Client::new(&state);
+    client.init(None).await;
+    let err = client.err("fs/frobnicate", json!({})).await;
+    assert_eq!(err.code, code::POLICY_DENIED, "{err}");
+    assert!(err.message.contains("--read-only"), "{err}");
+    let err = client.err("no/such/method", json!({})).await;
+    assert_eq!(err.code, code::METHOD_NOT_FOUND, "{err}");
+}
+
 #[tokio::test]
 async fn methods_before_initialize_and_initialized_are_invalid_requests() {
     let (state, _dir) = state();

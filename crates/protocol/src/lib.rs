@@ -11,6 +11,8 @@
 //! - [`policy`]: an executor's policy (`--root`, `--allow-tools`, …) [ext].
 //! - [`uri`]: `file://` URIs for paths.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod blob;
 pub mod connectors;
