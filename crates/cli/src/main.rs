@@ -7,6 +7,7 @@ mod client_cmds;
 mod cp;
 mod executor_cmd;
 mod fdlimit;
+mod mcp_stdio;
 mod serve;
 mod terminal;
 mod up;
@@ -46,6 +47,10 @@ enum Command {
     Ps,
     /// Copy files: LOCAL ENV:PATH, ENV:PATH LOCAL, or ENV:PATH ENV2:PATH.
     Cp(cp::CpArgs),
+    /// Serve MCP on stdin/stdout for clients that launch a command (Claude
+    /// Desktop, Codex, IDEs), relayed to the gateway's /mcp (EXECGATE_URL,
+    /// EXECGATE_TOKEN): the same tools, results and errors.
+    Mcp(mcp_stdio::McpArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (what a gateway
     /// serves at /openapi.json).
     Openapi,
@@ -54,8 +59,11 @@ enum Command {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EXECGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colors only on a terminal: `execgate mcp`'s stderr, for one, ends up
+    // in an MCP client's log file.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -71,7 +79,8 @@ fn main() -> std::process::ExitCode {
     // Blocking file work still goes to the blocking pool. The gateway can
     // be asked for the same with `--worker-threads 1`.
     let threads = match &cli.command {
-        Command::Executor(_) => Some(1),
+        // The relay mostly waits on stdin and HTTP answers.
+        Command::Executor(_) | Command::Mcp(_) => Some(1),
         Command::Serve(a) => a.gateway.worker_threads,
         Command::Up(a) => a.gateway.worker_threads,
         _ => None,
@@ -130,6 +139,11 @@ fn main() -> std::process::ExitCode {
             Command::Cp(a) => {
                 init_tracing("warn");
                 cp::run(a).await.map(|_| 0)
+            }
+            Command::Mcp(a) => {
+                // stderr only: stdout carries the protocol.
+                init_tracing("warn,execgate=info");
+                mcp_stdio::run(a).await
             }
             Command::Openapi => {
                 let doc = execgate_gateway::openapi::document();

@@ -17,6 +17,7 @@ mod limits;
 mod listener;
 mod live;
 mod mcp;
+mod mcp_stdio;
 mod openapi;
 mod patches;
 mod policy;
