@@ -25,7 +25,9 @@
 //! `Mcp-Method`, `Mcp-Name`, and `Mcp-Param-*` for tool arguments whose
 //! schema (remembered from the `tools/list` answers that passed through)
 //! carries `x-mcp-header`. An `Mcp-Session-Id` the gateway hands out is sent
-//! back (today's gateway is stateless and hands out none).
+//! back (today's gateway is stateless and hands out none). Connecting gives
+//! up after 10 s; an answer has no time limit (a `shell` call may run for
+//! minutes: the client's own timeout and cancellation decide).
 //!
 //! **Concurrency.** Each message is forwarded on its own task, on its own
 //! HTTP request, and its answer is written when it comes: a long `shell`
@@ -806,6 +808,140 @@ mod tests {
         );
         assert_eq!(encode_header_value("shell"), "shell");
         assert_eq!(encode_header_value("é"), "=?base64?w6k=?=");
+    }
+
+    /// A server that answers one HTTP request with `response` and returns
+    /// the request (head and body) it got.
+    async fn one_shot(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            socket.write_all(response.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        (url, server)
+    }
+
+    /// Forwards `line` through a relay to `url`; the lines it writes.
+    async fn relay_once(url: &str, line: &str) -> Vec<Value> {
+        let relay = Arc::new(Relay::new(url, "egp_t".into()).unwrap());
+        let (out, mut rx) = mpsc::unbounded_channel();
+        let parsed = serde_json::from_str(line).ok();
+        relay.forward(line.as_bytes().to_vec(), parsed, out).await;
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            lines.push(serde_json::from_slice(&line).unwrap());
+        }
+        lines
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"shell","arguments":{"command":"true"},"_meta":{"progressToken":"p"}}}"#;
+
+    #[tokio::test]
+    async fn an_sse_answer_is_relayed_event_by_event() {
+        let (url, server) = one_shot(concat!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+            "id: 0\nretry: 3000\ndata:\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p\",\"progress\":1}}\n\n",
+            ": keep-alive\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[],\"isError\":false}}\n\n",
+        ))
+        .await;
+        let lines = relay_once(&url, CALL).await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["method"], "notifications/progress");
+        assert_eq!(lines[1]["id"], 7);
+        assert_eq!(lines[1]["result"]["isError"], false);
+
+        let request = server.await.unwrap();
+        let head = request.to_ascii_lowercase();
+        assert!(head.starts_with("post /mcp http/1.1\r\n"), "{request}");
+        for header in [
+            "authorization: bearer egp_t",
+            "accept: application/json, text/event-stream",
+            "content-type: application/json",
+        ] {
+            assert!(head.contains(header), "no {header:?} in {request}");
+        }
+        // The body is the line itself, unchanged.
+        assert!(request.ends_with(&format!("\r\n\r\n{CALL}")), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_request_left_without_an_answer_gets_an_error() {
+        // The stream ends after a notification: the request gets the relay's error.
+        let (url, _server) = one_shot(concat!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p\",\"progress\":1}}\n\n",
+        ))
+        .await;
+        let lines = relay_once(&url, CALL).await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1]["id"], 7);
+        assert_eq!(lines[1]["error"]["code"], GATEWAY_UNREACHABLE);
+        let message = lines[1]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("without a JSON-RPC response"), "{message}");
+
+        // A 200 that is not JSON-RPC.
+        let (url, _server) = one_shot(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\nconnection: close\r\n\r\n<p>hi</p>",
+        )
+        .await;
+        let lines = relay_once(&url, CALL).await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["error"]["code"], GATEWAY_UNREACHABLE);
+        assert!(lines[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("<p>hi</p>"));
+
+        // A notification accepted (202) is answered with nothing.
+        let (url, _server) =
+            one_shot("HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        let lines = relay_once(
+            &url,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .await;
+        assert!(lines.is_empty(), "{lines:?}");
+
+        // A 413 envelope: the relay's refusal, with the envelope as data.
+        let (url, _server) = one_shot(concat!(
+            "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            "{\"error\":{\"code\":\"payload_too_large\",\"message\":\"too big\"}}",
+        ))
+        .await;
+        let lines = relay_once(&url, CALL).await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["id"], 7);
+        assert_eq!(lines[0]["error"]["code"], GATEWAY_REFUSED);
+        assert_eq!(lines[0]["error"]["data"]["http_status"], 413);
+        assert_eq!(
+            lines[0]["error"]["data"]["error"]["code"],
+            "payload_too_large"
+        );
     }
 
     #[test]
