@@ -199,7 +199,7 @@ async fn mcp_over_stdio_runs_calls_concurrently_and_drops_cancelled_ones() {
     // A call that runs for two minutes does not hold up the next one.
     mcp.send(
         json!({"jsonrpc": "2.0", "id": "slow", "method": "tools/call",
-                    "params": {"name": "shell", "arguments": {"command": "sleep 120; echo slow"}}}),
+                    "params": {"name": "shell", "arguments": {"command": "echo $$ > slow.pid; exec sleep 120"}}}),
     );
     let fast = mcp.request(
         2,
@@ -238,6 +238,17 @@ async fn mcp_over_stdio_runs_calls_concurrently_and_drops_cancelled_ones() {
         mcp.lines.try_recv().is_err(),
         "the cancelled call was answered"
     );
+
+    // Whether cancelling a call stops its process is the gateway's matter,
+    // not the relay's: the sleep is killed here so that it outlives nothing.
+    // (No pid file: the call was cancelled before its process started.)
+    let pid = std::fs::read_to_string(w.workdir.join("slow.pid")).unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        if alive(pid as u32) {
+            // SAFETY: kill(2) of the pid the test's own command wrote.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 #[tokio::test]
