@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use execgate_gateway::audit::AuditMode;
 use execgate_gateway::auth::remote::RemoteConfig;
 use execgate_gateway::auth::{CacheConfig, VerifierConfig};
-use execgate_gateway::limits::{LimitsConfig, RateConfig};
-use execgate_gateway::listener::{self, ListenerConfig};
+use execgate_gateway::http::listener::{self, ListenerConfig};
+use execgate_gateway::ops::limits::{LimitsConfig, RateConfig};
 use execgate_gateway::secret::SecretString;
+use execgate_gateway::store::audit_log::AuditMode;
 use execgate_gateway::{Gateway, GatewayConfig};
 
 #[derive(Args, Debug, Clone)]

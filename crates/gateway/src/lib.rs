@@ -33,40 +33,16 @@
 //! - [`error`]: the API error and its envelope; [`extract`]: extractors
 //!   whose rejections use it.
 
-pub mod admin;
-pub mod api;
-pub mod audit;
 pub mod auth;
-pub mod bridge;
-pub mod captoken;
-pub mod connect;
-pub mod deadlines;
-pub mod error;
-pub mod extract;
-pub mod file_stream;
-pub mod limits;
+pub mod http;
 pub mod link;
-pub mod listener;
-pub mod mcp;
-pub mod openapi;
-pub mod patch;
-pub mod policy;
-pub mod processes;
-pub mod read_ahead;
-pub mod registry;
-pub mod revocation;
+pub mod ops;
 pub mod secret;
-pub mod seq_ledger;
-pub mod sigv4;
-pub mod state;
 pub mod store;
-pub mod stream;
-pub mod tools;
-pub mod transfer;
 
 use std::net::SocketAddr;
 
-pub use state::{AppState, GatewayConfig};
+pub use ops::state::{AppState, GatewayConfig};
 pub use store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +59,7 @@ pub enum GatewayError {
     #[error("admin token: {0}")]
     AdminToken(String),
     #[error(transparent)]
-    CapTokenSecret(#[from] captoken::keyfile::KeyFileError),
+    CapTokenSecret(#[from] auth::captoken::keyfile::KeyFileError),
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -98,10 +74,12 @@ impl Gateway {
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::open(&config.data_dir).await?;
         let admin_token =
-            admin::token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
+            auth::admin_token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
                 .map_err(GatewayError::AdminToken)?;
-        let secret =
-            captoken::keyfile::load(config.cap_token_secret_file.as_deref(), &config.data_dir)?;
+        let secret = auth::captoken::keyfile::load(
+            config.cap_token_secret_file.as_deref(),
+            &config.data_dir,
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -126,9 +104,9 @@ impl Gateway {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), GatewayError> {
-        tokio::spawn(deadlines::run(self.state.clone()));
-        tokio::spawn(revocation::sweep_removed_executors(self.state.clone()));
-        tokio::spawn(captoken::admin::prune_periodically(
+        tokio::spawn(ops::deadlines::run(self.state.clone()));
+        tokio::spawn(ops::revocation::sweep_removed_executors(self.state.clone()));
+        tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));
         let config = self.state.config().listener.clone();
@@ -137,7 +115,7 @@ impl Gateway {
             header_read_timeout_secs = config.header_read_timeout.as_secs_f64(),
             "accepting connections"
         );
-        listener::serve(self.listener, api::router(self.state), config).await;
+        http::listener::serve(self.listener, http::router(self.state), config).await;
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! The admin token, and [`AdminCaller`], the extractor that checks it.
+//! The admin token: where it is, and [`matches`]. The extractor that
+//! checks it is `crate::http::extract::AdminCaller`.
 //!
 //! The token is read from `--admin-token-file`, or else from
 //! `<data-dir>/admin-token`, which the first start creates (mode 0600,
@@ -8,15 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::StatusCode;
-use execgate_protocol::connectors::error_code as code;
-
-use crate::auth::bearer_token;
-use crate::error::ApiError;
 use crate::secret::{self, SecretString};
-use crate::state::AppState;
 
 /// The token's file in the data dir.
 pub const FILE_NAME: &str = "admin-token";
@@ -75,32 +68,15 @@ impl Mode0600 for std::fs::OpenOptions {
     }
 }
 
-/// A request that presented the admin token as `Authorization: Bearer`.
-/// No header: 401 `missing_bearer`; any other token: 401 `invalid_token`.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminCaller;
-
-impl FromRequestParts<AppState> for AdminCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers)?;
-        let ok = state.admin_token().is_some_and(|expected| {
-            secret::constant_time_eq(
-                secret::sha256_hex(token.as_bytes()).as_bytes(),
-                secret::sha256_hex(expected.expose().as_bytes()).as_bytes(),
-            )
-        });
-        if ok {
-            Ok(AdminCaller)
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                code::INVALID_TOKEN,
-                "not the admin token: the admin API takes the token in the gateway's <data-dir>/admin-token (or its --admin-token-file)",
-            ))
-        }
-    }
+/// Whether `token` is the admin token (`None`: no token is). Compared in
+/// constant time, as SHA-256 digests.
+pub fn matches(expected: Option<&SecretString>, token: &str) -> bool {
+    expected.is_some_and(|expected| {
+        secret::constant_time_eq(
+            secret::sha256_hex(token.as_bytes()).as_bytes(),
+            secret::sha256_hex(expected.expose().as_bytes()).as_bytes(),
+        )
+    })
 }
 
 #[cfg(test)]

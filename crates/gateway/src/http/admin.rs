@@ -14,9 +14,6 @@
 //! Every route is behind one layer that runs the [`AdminCaller`]
 //! extractor, so a route merged into [`router`] cannot be left open.
 
-pub mod ops;
-pub mod token;
-
 use axum::extract::State;
 use axum::extract::{FromRequestParts, Request};
 use axum::middleware::{self, Next};
@@ -30,11 +27,13 @@ use execgate_protocol::admin::{
 use execgate_protocol::connectors::OkResponse;
 use serde::Deserialize;
 
-pub use self::token::AdminCaller;
-use crate::audit::parse_since;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+pub use crate::http::extract::AdminCaller;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::ops::admin as ops;
+use crate::ops::captoken::{self, MintRequest, Minted, RevokeTurnRequest, RevokedTurn};
+use crate::ops::state::AppState;
+use crate::store::audit_log::parse_since;
 use crate::store::{now_ms, AuditQuery};
 
 /// The most records one audit page holds.
@@ -54,7 +53,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/api/admin/audit", get(audit))
         .route("/api/admin/stats", get(stats))
         // `POST /api/admin/captokens`, `POST /api/admin/revoke-turn`.
-        .merge(crate::captoken::admin::admin_routes())
+        .merge(captoken_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 
@@ -151,7 +150,7 @@ async fn remove_executor(
     };
     state.store().remove_executor(&q.workspace, &name).await?;
     if let Some(link) = row.and_then(|r| state.registry().get(&r.exe_id)) {
-        crate::revocation::close_removed(&state, &link);
+        crate::ops::revocation::close_removed(&state, &link);
     }
     Ok(Json(OkResponse { ok: true }))
 }
@@ -202,4 +201,125 @@ async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(Stats {
         audit: state.audit().stats(),
     })
+}
+/// The captoken admin routes, WITHOUT authentication: mount them behind
+/// the admin token only.
+fn captoken_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/captokens", post(create_captoken))
+        .route("/api/admin/revoke-turn", post(revoke_turn_route))
+}
+
+/// `POST /api/admin/captokens {workspace, ttl_s, turn_id?, user_id?, skip_audit?}`.
+async fn create_captoken(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<MintRequest>,
+) -> Result<Json<Minted>, ApiError> {
+    Ok(Json(
+        captoken::mint(
+            state.store(),
+            state.cap_token_secret(),
+            &req,
+            crate::auth::captoken::now_s(),
+        )
+        .await?,
+    ))
+}
+
+/// `POST /api/admin/revoke-turn {turn_id}`: also closes this gateway's live
+/// bridge sessions of the turn at once.
+async fn revoke_turn_route(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RevokeTurnRequest>,
+) -> Result<Json<RevokedTurn>, ApiError> {
+    let revoked = captoken::revoke_turn(state.store(), &req.turn_id).await?;
+    // No receiver (no live bridge) is not an error.
+    let _ = state.revoked_turns().send(revoked.turn_id.clone());
+    Ok(Json(revoked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::captoken::verify;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn state() -> (tempfile::TempDir, AppState) {
+        crate::ops::state::test_state(|_| {}).await
+    }
+
+    async fn call(st: &AppState, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let resp = captoken_routes()
+            .with_state(st.clone())
+            .oneshot(
+                Request::post(path)
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_routes_mint_and_revoke() {
+        let (_d, st) = state().await;
+        let mut revocations = st.revoked_turns().subscribe();
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl_s":60,"turn_id":"t9"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["turn_id"], "t9");
+        assert_eq!(v["exp"].as_i64().unwrap() - v["iat"].as_i64().unwrap(), 60);
+        let c = verify(
+            st.cap_token_secret(),
+            v["token"].as_str().unwrap(),
+            crate::auth::captoken::now_s(),
+        )
+        .unwrap();
+        assert_eq!(c.workspace_id, "w1");
+
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl_s":0}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("86400"),
+            "{v}"
+        );
+        let (s, v) = call(
+            &st,
+            "/api/admin/captokens",
+            r#"{"workspace":"w1","ttl":60}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("ttl"),
+            "{v}"
+        );
+        let (s, _) = call(&st, "/api/admin/captokens", r#"{"workspace":"zz"}"#).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        let (s, v) = call(&st, "/api/admin/revoke-turn", r#"{"turn_id":"t9"}"#).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true);
+        assert!(st.store().turn_revoked("t9").await.unwrap());
+        assert_eq!(revocations.recv().await.unwrap(), "t9");
+        let (s, _) = call(&st, "/api/admin/revoke-turn", r#"{}"#).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
 }

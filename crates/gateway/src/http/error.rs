@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse};
 use execgate_protocol::jsonrpc::code as rpc_code;
 
-use crate::captoken::CapTokenError;
+use crate::auth::captoken::CapTokenError;
 use crate::link::LinkError;
 use crate::store::StoreError;
 
@@ -273,6 +273,20 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::AUTH_UNAVAILABLE,
+                format!("cannot check the proxy token right now: {m}"),
+            )
+            .with_retry_after(crate::auth::AUTH_RETRY_AFTER_SECS),
+            crate::auth::AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +349,13 @@ mod tests {
             v,
             serde_json::json!({"error":{"code":"x_y","message":"msg"}})
         );
+    }
+
+    #[test]
+    fn unavailable_is_503_with_retry_after() {
+        let e: ApiError = crate::auth::AuthError::Unavailable("down".into()).into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, code::AUTH_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(crate::auth::AUTH_RETRY_AFTER_SECS));
     }
 }

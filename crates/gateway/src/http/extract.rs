@@ -6,13 +6,16 @@
 //! JSON path of the offending field.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use execgate_protocol::connectors::error_code as code;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::ops::state::AppState;
+pub use crate::ops::tools::describe;
 
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -82,19 +85,92 @@ pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> 
     Ok(value)
 }
 
-/// `field.sub: problem`, or just the problem at the root.
-pub fn describe(path: &serde_path_to_error::Path, err: &serde_json::Error) -> String {
-    // serde_json appends " at line L column C"; the field path says more.
-    let msg = err.to_string();
-    let msg = msg
-        .rsplit_once(" at line ")
-        .map(|(m, _)| m.to_string())
-        .unwrap_or(msg);
-    let path = path.to_string();
-    if path == "." || path.is_empty() {
-        msg
-    } else {
-        format!("{path}: {msg}")
+/// The one value of header `name`, or None without one; two or more are a
+/// 400 `bad_request`. Credentials sent twice are ambiguous: taking the
+/// first (as `HeaderMap::get` does) lets a proxy that appends its own header
+/// and a gateway that reads another disagree on who is calling.
+pub fn single_header(
+    headers: &HeaderMap,
+    name: impl header::AsHeaderName + Copy + std::fmt::Display,
+) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "the request has more than one {name} header; send exactly one"
+        )));
+    }
+    Ok(first)
+}
+
+/// The bearer token of a request, or 401 `missing_bearer` (400 for two
+/// `Authorization` headers).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::MISSING_BEARER,
+            format!("{why}: send the header `Authorization: Bearer <token>`"),
+        )
+    };
+    let value = single_header(headers, &header::AUTHORIZATION)?
+        .ok_or_else(|| missing("no Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| missing("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| missing("the Authorization header has no Bearer token"))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(missing("the Authorization header has no Bearer token"));
+    }
+    Ok(token)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)?;
+        match state.verifier().verify(token).await? {
+            Some(grant) => {
+                // Every authenticated request counts against the
+                // workspace's rate (see `limits`).
+                state.limits().check_rate(&grant.workspace)?;
+                Ok(Caller {
+                    workspace: grant.workspace,
+                    user_id: grant.user_id,
+                })
+            }
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                code::INVALID_TOKEN,
+                "the proxy token is unknown or revoked",
+            )),
+        }
+    }
+}
+
+/// A request that presented the admin token as `Authorization: Bearer`.
+/// No header: 401 `missing_bearer`; any other token: 401 `invalid_token`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminCaller;
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)?;
+        if crate::auth::admin_token::matches(state.admin_token(), token) {
+            Ok(AdminCaller)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                code::INVALID_TOKEN,
+                "not the admin token: the admin API takes the token in the gateway's <data-dir>/admin-token (or its --admin-token-file)",
+            ))
+        }
     }
 }
 
@@ -130,5 +206,42 @@ mod tests {
         struct Empty {}
         assert!(parse_json_body::<Empty>(b"  ").is_ok());
         assert!(parse_json_body::<Body>(b"").is_err());
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&headers("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(&headers("bearer  abc ")).unwrap(), "abc");
+        for bad in ["Basic abc", "Bearer", "Bearer   ", "abc"] {
+            let e = bearer_token(&headers(bad)).unwrap_err();
+            assert_eq!(e.code, code::MISSING_BEARER, "{bad}");
+        }
+        assert_eq!(
+            bearer_token(&HeaderMap::new()).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn two_authorization_headers_are_a_bad_request() {
+        let mut h = headers("Bearer abc");
+        h.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        let e = bearer_token(&h).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, code::BAD_REQUEST)
+        );
+        assert!(e.message.contains("authorization"), "{}", e.message);
     }
 }

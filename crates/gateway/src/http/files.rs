@@ -12,7 +12,7 @@
 //!   JSON routes does not apply. A `Content-Range` (a partial PUT) is
 //!   refused with 400.
 //!
-//! Both use [`crate::transfer`], which falls back to ordinary commands on
+//! Both use [`crate::ops::transfer`], which falls back to ordinary commands on
 //! an executor without execgate's file extensions (a stock codex).
 //!
 //! Both are audited (`files.get`, `files.put`): a download's arguments are
@@ -31,14 +31,15 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery};
-use crate::openapi::FileBytes;
-use crate::state::AppState;
-use crate::tools::{default_true, resolve_path};
-use crate::transfer::{self, Sink, TransferError, CHUNK};
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::openapi::FileBytes;
+use crate::ops::audit::RecordExt as _;
+use crate::ops::state::AppState;
+use crate::ops::tools::{default_true, resolve_path};
+use crate::ops::transfer::{self, Sink, TransferError, CHUNK};
+use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -161,9 +162,9 @@ async fn serve_download(
     headers: &HeaderMap,
     audit: &mut AuditEntry,
 ) -> Result<Served, ApiError> {
-    let link = crate::api::environment(state, caller, name).await?;
+    let link = crate::ops::environment::environment(state, caller, name).await?;
     audit.record().set_link(&link);
-    crate::policy::check_download(&link)?;
+    crate::ops::policy::check_download(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
     if !meta.is_file {
@@ -337,9 +338,9 @@ async fn receive_upload(
     body: Body,
     audit: &mut AuditEntry,
 ) -> Result<Json<UploadResponse>, ApiError> {
-    let link = crate::api::environment(state, caller, name).await?;
+    let link = crate::ops::environment::environment(state, caller, name).await?;
     audit.record().set_link(&link);
-    crate::policy::check_upload(&link)?;
+    crate::ops::policy::check_upload(&link)?;
     let path = resolve_path(&link, "path", &q.path)?;
     // Keep the mode of a file being replaced; refuse to replace a directory.
     // A link is written through (as write_file does) and the file it points

@@ -2,7 +2,7 @@
 //! `execgate openapi`).
 //!
 //! The paths are not written here: each public handler carries its own
-//! `#[utoipa::path]`, and [`crate::api::public_routes`] registers handlers
+//! `#[utoipa::path]`, and [`crate::http::public_routes`] registers handlers
 //! and document entries from one list (utoipa-axum's `routes!`), so a route
 //! cannot be served without being documented, nor documented without being
 //! served. This module owns what is shared by every operation: the info
@@ -12,7 +12,7 @@
 
 use execgate_protocol::connectors::ErrorResponse;
 
-use crate::mcp::schema::{Route, CORE_TOOLS};
+use crate::http::mcp::schema::{Route, CORE_TOOLS};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -85,7 +85,7 @@ impl ToSchema for FileBytes {}
 /// One Server-Sent Event of `GET /processes/{sid}/stream`, as OpenAPI 3.1
 /// (and schemathesis) describe an event stream: an object with `event`,
 /// `id` and `data`, whose `data` is JSON with its own `contentSchema`. The
-/// events are written by [`crate::stream`].
+/// events are written by [`crate::http::stream`].
 pub struct StreamEvent;
 
 impl PartialSchema for StreamEvent {
@@ -238,7 +238,7 @@ pub fn finish(doc: &mut OpenApi) {
 
 /// `ShellArguments`, `ReadFileArguments`…: the `arguments` of each core tool
 /// of `tool/call`, from the same schemas MCP advertises
-/// ([`crate::mcp::schema`], checked against the REST parsers by a test).
+/// ([`crate::http::mcp::schema`], checked against the REST parsers by a test).
 /// `ToolCallRequest.arguments` stays a plain object because custom tools
 /// take any shape (envs/list gives each one's `input_schema`).
 fn core_tool_arguments(doc: &mut OpenApi) {
@@ -272,7 +272,7 @@ fn arguments_schema_name(tool: &str) -> String {
 
 /// The whole document, as `/openapi.json` serves it.
 pub fn document() -> OpenApi {
-    let mut doc = crate::api::public_routes().into_openapi();
+    let mut doc = crate::http::public_routes().into_openapi();
     finish(&mut doc);
     doc
 }

@@ -48,17 +48,18 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::audit::Via;
-use crate::auth::{bearer_token, Caller};
-use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery};
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::http::extract::bearer_token;
+use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::openapi::{SessionErrors, SessionPath, StreamEvent};
+use crate::link::read_ahead::ReadAhead;
 use crate::link::{LinkError, ProcessEvent, Subscription};
-use crate::openapi::{SessionErrors, SessionPath, StreamEvent};
-use crate::processes::{self, Session};
-use crate::read_ahead::ReadAhead;
-use crate::revocation::Watch;
-use crate::state::AppState;
-use crate::tools::RPC_TIMEOUT;
+use crate::ops::processes::{self, Session};
+use crate::ops::revocation::Watch;
+use crate::ops::state::AppState;
+use crate::ops::tools::RPC_TIMEOUT;
+use crate::store::audit_log::Via;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Most output one catch-up read asks for.

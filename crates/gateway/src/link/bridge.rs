@@ -45,11 +45,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
-use super::Grant;
-use crate::audit::AuditEntry;
-use crate::captoken::{self, Claims};
+use crate::auth::captoken::{self, Claims};
+use crate::link::host::Host;
 use crate::link::{Link, Tap, TAP_PREFIX};
-use crate::state::AppState;
+use crate::store::audit_log::AuditEntry;
 use crate::store::now_ms;
 
 /// Client requests in flight at once; past it the session stops reading
@@ -165,8 +164,18 @@ enum Out {
     Close(Option<CloseFrame>),
 }
 
+/// What an authorized bridge request may use.
+pub struct Grant {
+    pub claims: Claims,
+    pub link: Arc<Link>,
+    /// The session's audit record, opened before the upgrade so that
+    /// `--audit fail-closed` can refuse the session (503) when it cannot be
+    /// written; `None` for a token with the `skip_audit` claim.
+    pub audit: Option<AuditEntry>,
+}
+
 /// Serves one upgraded bridge socket until the session ends.
-pub(crate) async fn run(state: AppState, grant: Grant, socket: WebSocket) {
+pub(crate) async fn run(state: Host, grant: Grant, socket: WebSocket) {
     let started = Instant::now();
     let Grant {
         claims,
@@ -343,7 +352,7 @@ async fn forward_notifications(shared: Arc<Shared>, mut tap: Tap) {
 }
 
 struct Session {
-    state: AppState,
+    state: Host,
     shared: Arc<Shared>,
     claims: Claims,
     key: String,

@@ -9,7 +9,7 @@
 //! The socket itself is driven by `connect.rs`: a reader task feeds
 //! [`Link::dispatch`] and a writer task drains the link's outgoing queue.
 //!
-//! Bridge sessions (`crate::bridge`) share the link: [`Link::request_raw`]
+//! Bridge sessions (`crate::http::bridge`) share the link: [`Link::request_raw`]
 //! sends a request on a bridge client's behalf (under a link id, like any
 //! other) and hands back the executor's raw answer, and a [`Tap`] receives
 //! the raw notifications of every process id in the bridge's namespace
@@ -28,6 +28,16 @@
 //!   [`WARNINGS_PER_WINDOW`] are logged per [`ERROR_WINDOW`], and past
 //!   [`MAX_ERRORS_PER_WINDOW`] in one window the link is closed with the
 //!   reason logged.
+pub mod bridge;
+pub mod connect;
+pub mod host;
+pub mod read_ahead;
+pub mod registry;
+pub mod seq_ledger;
+pub mod sigv4;
+
+/// How long a plain executor request (not a long-poll) may take.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -48,7 +58,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::seq_ledger::SeqLedger;
+use crate::link::seq_ledger::SeqLedger;
 use crate::store::now_ms;
 
 /// Why a request on a link did not produce a result.

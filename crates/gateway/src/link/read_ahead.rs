@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult};
 
+use crate::link::RPC_TIMEOUT;
 use crate::link::{Link, LinkError};
-use crate::tools::RPC_TIMEOUT;
 
 /// One `process/read` on its own task.
 pub struct ReadAhead {

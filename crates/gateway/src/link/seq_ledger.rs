@@ -16,7 +16,7 @@
 //! ([`SeqLedger::lost_between`] answers `None`), which `/output` reports as
 //! `truncated:true, lost_bytes_unknown:true`.
 //!
-//! The ledger lives in [`crate::state::AppState`], one per executor, so it
+//! The ledger lives in the gateway's state (`LinkHost::ledger`), one per executor, so it
 //! outlives the links of one gateway run; it is memory only. An executor
 //! chooses what it sends, so its ledger is bounded: process ids of at most
 //! [`MAX_ID_LEN`] bytes, [`MAX_PROCESSES`] processes, and [`MAX_TOTAL_SEQS`]

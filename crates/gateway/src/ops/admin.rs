@@ -7,8 +7,8 @@ use execgate_protocol::admin::{
     ProxyToken, SigV4Credentials, TokenList, Workspace, WorkspaceList,
 };
 
-use crate::api::rfc3339;
-use crate::registry::Registry;
+use crate::link::registry::Registry;
+use crate::ops::environment::rfc3339;
 use crate::store::{AuditQuery, Result, Store, StoreError};
 
 pub async fn create_workspace(store: &Store, name: &str) -> Result<Workspace> {

@@ -1,27 +1,19 @@
 //! Minting capability tokens and revoking turns, against the store: the
 //! logic shared by `execgate admin captoken …` and the admin HTTP routes
 //! `POST /api/admin/captokens` and `POST /api/admin/revoke-turn`.
-//!
-//! [`admin_routes`] carries no authentication of its own: it must be mounted
-//! behind the admin token (the `AdminCaller` extractor of the admin API),
-//! never in the public router.
+//! The routes are in `crate::http::admin`.
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use execgate_protocol::connectors::error_code as code;
 use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
 
-use super::{
+use crate::auth::captoken::{
     mint as mint_token, new_turn_id, validate_ttl, validate_turn_id, CapTokenSecret, Claims,
     DEFAULT_TTL_S, IAT_SKEW_S, MAX_TTL_S,
 };
-use crate::error::ApiError;
-use crate::extract::ApiJson;
-use crate::state::AppState;
+use crate::http::error::ApiError;
 use crate::store::{now_ms, Store, StoreError};
 
 /// `POST /api/admin/captokens`, and `execgate admin captoken create`.
@@ -196,56 +188,18 @@ pub async fn revoke_turn(store: &Store, turn_id: &str) -> Result<RevokedTurn, Ad
     Ok(RevokedTurn {
         ok: true,
         turn_id: turn_id.to_string(),
-        revoked_at: crate::api::rfc3339(at),
+        revoked_at: crate::ops::environment::rfc3339(at),
     })
-}
-
-/// The captoken admin routes, WITHOUT authentication: mount them behind
-/// the admin token only.
-pub fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/admin/captokens", post(create_captoken))
-        .route("/api/admin/revoke-turn", post(revoke_turn_route))
-}
-
-/// `POST /api/admin/captokens {workspace, ttl_s, turn_id?, user_id?, skip_audit?}`.
-pub async fn create_captoken(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<MintRequest>,
-) -> Result<Json<Minted>, ApiError> {
-    Ok(Json(
-        mint(
-            state.store(),
-            state.cap_token_secret(),
-            &req,
-            super::now_s(),
-        )
-        .await?,
-    ))
-}
-
-/// `POST /api/admin/revoke-turn {turn_id}`: also closes this gateway's live
-/// bridge sessions of the turn at once.
-pub async fn revoke_turn_route(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<RevokeTurnRequest>,
-) -> Result<Json<RevokedTurn>, ApiError> {
-    let revoked = revoke_turn(state.store(), &req.turn_id).await?;
-    // No receiver (no live bridge) is not an error.
-    let _ = state.revoked_turns().send(revoked.turn_id.clone());
-    Ok(Json(revoked))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::captoken::{verify, CapTokenError};
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
+    use crate::auth::captoken::{verify, CapTokenError};
+    use crate::ops::state::AppState;
 
     async fn state() -> (tempfile::TempDir, AppState) {
-        crate::state::test_state(|_| {}).await
+        crate::ops::state::test_state(|_| {}).await
     }
 
     #[tokio::test]
@@ -368,78 +322,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("revoked"), "{e}");
-    }
-
-    async fn call(st: &AppState, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
-        let resp = admin_routes()
-            .with_state(st.clone())
-            .oneshot(
-                Request::post(path)
-                    .body(Body::from(body.to_string()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[tokio::test]
-    async fn the_routes_mint_and_revoke() {
-        let (_d, st) = state().await;
-        let mut revocations = st.revoked_turns().subscribe();
-        let (s, v) = call(
-            &st,
-            "/api/admin/captokens",
-            r#"{"workspace":"w1","ttl_s":60,"turn_id":"t9"}"#,
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["turn_id"], "t9");
-        assert_eq!(v["exp"].as_i64().unwrap() - v["iat"].as_i64().unwrap(), 60);
-        let c = verify(
-            st.cap_token_secret(),
-            v["token"].as_str().unwrap(),
-            super::super::now_s(),
-        )
-        .unwrap();
-        assert_eq!(c.workspace_id, "w1");
-
-        let (s, v) = call(
-            &st,
-            "/api/admin/captokens",
-            r#"{"workspace":"w1","ttl_s":0}"#,
-        )
-        .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
-        assert_eq!(v["error"]["code"], "bad_request");
-        assert!(
-            v["error"]["message"].as_str().unwrap().contains("86400"),
-            "{v}"
-        );
-        let (s, v) = call(
-            &st,
-            "/api/admin/captokens",
-            r#"{"workspace":"w1","ttl":60}"#,
-        )
-        .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-        assert!(
-            v["error"]["message"].as_str().unwrap().contains("ttl"),
-            "{v}"
-        );
-        let (s, _) = call(&st, "/api/admin/captokens", r#"{"workspace":"zz"}"#).await;
-        assert_eq!(s, StatusCode::NOT_FOUND);
-
-        let (s, v) = call(&st, "/api/admin/revoke-turn", r#"{"turn_id":"t9"}"#).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(v["ok"], true);
-        assert!(st.store().turn_revoked("t9").await.unwrap());
-        assert_eq!(revocations.recv().await.unwrap(), "t9");
-        let (s, _) = call(&st, "/api/admin/revoke-turn", r#"{}"#).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
     }
 }

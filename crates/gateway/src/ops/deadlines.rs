@@ -17,10 +17,10 @@ use execgate_protocol::exec::{method, ProcessIdParams, ProcessTerminateResult};
 use execgate_protocol::jsonrpc::code as rpc_code;
 
 use crate::link::LinkError;
-use crate::processes::is_restarted;
-use crate::state::AppState;
+use crate::ops::processes::is_restarted;
+use crate::ops::state::AppState;
+use crate::ops::tools::RPC_TIMEOUT;
 use crate::store::{now_ms, SessionRow};
-use crate::tools::RPC_TIMEOUT;
 
 /// The longest the task sleeps between looks at the store: a new deadline
 /// is noticed within this, and due ones are enforced within it.

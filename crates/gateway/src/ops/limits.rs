@@ -28,8 +28,8 @@ use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::ops::state::AppState;
 
 /// How long the session cap waits for an executor to say whether a
 /// process has ended.
@@ -178,10 +178,12 @@ impl Limits {
                     let sid = row.sid.clone();
                     // An executor slow to answer holds up the workspace's
                     // starts: its sessions count as live after a while.
-                    let info =
-                        tokio::time::timeout(CHECK_TIMEOUT, crate::processes::describe(state, row))
-                            .await
-                            .ok()?;
+                    let info = tokio::time::timeout(
+                        CHECK_TIMEOUT,
+                        crate::ops::processes::describe(state, row),
+                    )
+                    .await
+                    .ok()?;
                     let ended = matches!(
                         info.status.as_str(),
                         "exited" | "expired" | code::EXECUTOR_RESTARTED

@@ -25,7 +25,7 @@ use execgate_protocol::connectors::{error_code as code, PolicyInfo, SandboxInfo}
 use execgate_protocol::exec::{NetAccess, SandboxRequest};
 use execgate_protocol::policy::ExecutorPolicy;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::Link;
 
 /// Tools a read-only executor still serves: `copy_path` as a source (its

@@ -1,6 +1,6 @@
 //! Process sessions started by `exec_command`: stdin, output, terminate,
 //! signal, resize and the workspace's listing. (The SSE stream is in
-//! `crate::stream`, deadlines in `crate::deadlines`.)
+//! `crate::http::stream`, deadlines in `crate::ops::deadlines`.)
 //!
 //! The gateway holds only the index row; every operation goes to the
 //! executor that runs the process. Output is read with `process/read` from
@@ -21,14 +21,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use base64::Engine;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::{
-    error_code as code, ErrorBody, ErrorResponse, OkResponse, OutputChunk, OutputResponse,
-    ProcessInfo, ProcessListResponse, ResizeRequest, SignalName, SignalRequest,
+    error_code as code, ErrorBody, OutputChunk, OutputResponse, ProcessInfo, SignalName,
 };
 use execgate_protocol::exec::{
     method, Empty, ProcessChunk, ProcessIdParams, ProcessReadParams, ProcessReadResult,
@@ -37,16 +34,15 @@ use execgate_protocol::exec::{
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 
-use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
-use crate::openapi::{SessionErrors, SessionPath};
-use crate::revocation::Watch;
-use crate::state::AppState;
+use crate::ops::audit::RecordExt as _;
+use crate::ops::revocation::Watch;
+use crate::ops::state::AppState;
+use crate::ops::tools::RPC_TIMEOUT;
+use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 use crate::store::SessionRow;
-use crate::tools::RPC_TIMEOUT;
 
 /// The longest a long-poll may wait.
 pub const MAX_WAIT_MS: u64 = 30_000;
@@ -63,7 +59,7 @@ pub struct Session {
     /// the session is dropped.
     pub audit: AuditEntry,
     /// Set by a long-poll: its wait ends early when the request's token is
-    /// revoked or its environment removed (see `crate::revocation`).
+    /// revoked or its environment removed (see `crate::ops::revocation`).
     pub watch: Option<Watch>,
     state: AppState,
 }
@@ -147,7 +143,9 @@ async fn lookup(
     audit.record().exe_id = Some(row.exe_id.clone());
     let link = match state.registry().get(&row.exe_id) {
         Some(link) => link,
-        None => return Err(crate::api::executor_unavailable(state, &row.exe_id).await),
+        None => {
+            return Err(crate::ops::environment::executor_unavailable(state, &row.exe_id).await)
+        }
     };
     Ok((row, link))
 }
@@ -460,7 +458,7 @@ fn read_params(s: &Session, since: u64, wait_ms: u64) -> ProcessReadParams {
 }
 
 /// The answer of the read the previous poll left ahead for this one (see
-/// `crate::read_ahead`), if it reads from `since` and found something. An
+/// `crate::link::read_ahead`), if it reads from `since` and found something. An
 /// empty one is not used: this poll may want to wait for output, and a
 /// failed one is not either: a read of its own reports the error.
 async fn read_ahead(s: &Session, since: u64) -> Option<ProcessReadResult> {
@@ -472,7 +470,7 @@ async fn read_ahead(s: &Session, since: u64) -> Option<ProcessReadResult> {
 }
 
 /// Kills the process's group. Its session stops counting as live (see
-/// `crate::limits`).
+/// `crate::ops::limits`).
 pub async fn terminate(s: &mut Session) -> Result<(), ApiError> {
     let r = terminate_inner(s).await;
     s.audit.finish(&r);
@@ -606,7 +604,7 @@ pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
         sid: row.sid.clone(),
         env,
         command: serde_json::from_str(&row.command).unwrap_or_default(),
-        started_at: crate::api::rfc3339(row.created_at),
+        started_at: crate::ops::environment::rfc3339(row.created_at),
         session_alive: None,
         exit_code: None,
         status: "executor_unavailable".into(),
@@ -645,86 +643,6 @@ pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
         Err(_) => {}
     }
     info
-}
-
-// ---- HTTP handlers of the routes added by issue 5 ----
-
-/// `POST /api/connectors/processes/{sid}/resize {cols, rows}`.
-#[utoipa::path(post, path = "/api/connectors/processes/{sid}/resize", tag = "processes",
-    params(SessionPath),
-    request_body = ResizeRequest,
-    responses(
-        (status = 200, description = "Resized", body = OkResponse),
-        (status = 409, description = "The process has no terminal (`not_a_terminal`) or has exited", body = ErrorResponse),
-        SessionErrors,
-    ))]
-pub async fn resize_handler(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(sid): ApiPath<String>,
-    ApiJson(req): ApiJson<ResizeRequest>,
-) -> Result<Json<OkResponse>, ApiError> {
-    let mut s = resolve(&state, &caller, &sid, Via::Rest, "resize").await?;
-    resize(&mut s, req.cols, req.rows).await?;
-    Ok(Json(OkResponse { ok: true }))
-}
-
-/// `POST /api/connectors/processes/{sid}/signal {signal}`: to the whole
-/// process group.
-#[utoipa::path(post, path = "/api/connectors/processes/{sid}/signal", tag = "processes",
-    params(SessionPath),
-    request_body = SignalRequest,
-    responses(
-        (status = 200, description = "Sent", body = OkResponse),
-        (status = 409, description = "The process has exited", body = ErrorResponse),
-        SessionErrors,
-    ))]
-pub async fn signal_handler(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(sid): ApiPath<String>,
-    ApiJson(req): ApiJson<SignalRequest>,
-) -> Result<Json<OkResponse>, ApiError> {
-    let mut s = resolve(&state, &caller, &sid, Via::Rest, "signal").await?;
-    signal(&mut s, req.signal).await?;
-    Ok(Json(OkResponse { ok: true }))
-}
-
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// At most this many sessions, newest first.
-    #[serde(default = "default_list_limit")]
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    limit: u32,
-}
-
-fn default_list_limit() -> u32 {
-    100
-}
-
-/// `GET /api/connectors/processes[?limit=N]`: the workspace's sessions,
-/// newest first (at most 1000).
-#[utoipa::path(get, path = "/api/connectors/processes", tag = "processes",
-    params(ListQuery),
-    responses((status = 200, description = "The workspace's sessions, newest first", body = ProcessListResponse)))]
-pub async fn list_handler(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<ProcessListResponse>, ApiError> {
-    if !(1..=1000).contains(&q.limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let rows = state
-        .store()
-        .list_sessions(&caller.workspace, q.limit)
-        .await?;
-    // One state read per process, concurrently: the executor answers
-    // requests in parallel.
-    let processes =
-        futures_util::future::join_all(rows.into_iter().map(|row| describe(&state, row))).await;
-    Ok(Json(ProcessListResponse { processes }))
 }
 
 #[cfg(test)]

@@ -45,9 +45,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::ops::state::AppState;
 use crate::secret::SecretString;
-use crate::state::AppState;
 
 /// The default of `GatewayConfig::revocation_recheck`.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
@@ -188,7 +188,7 @@ mod tests {
     use crate::link::Link;
 
     async fn state() -> (tempfile::TempDir, AppState) {
-        crate::state::test_state(|c| c.revocation_recheck = Duration::from_millis(50)).await
+        crate::ops::state::test_state(|c| c.revocation_recheck = Duration::from_millis(50)).await
     }
 
     #[tokio::test]

@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::audit::{Audit, AuditMode};
+use crate::auth::captoken::CapTokenSecret;
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
-use crate::captoken::CapTokenSecret;
-use crate::limits::{Limits, LimitsConfig};
-use crate::listener::ListenerConfig;
-use crate::read_ahead::PollAheads;
-use crate::registry::Registry;
+use crate::link::host::{Host, LinkConfig, LinkHost};
+use crate::link::read_ahead::PollAheads;
+use crate::link::registry::Registry;
+use crate::link::seq_ledger::SeqLedger;
+use crate::ops::limits::{Limits, LimitsConfig};
 use crate::secret::SecretString;
-use crate::seq_ledger::SeqLedger;
+use crate::store::audit_log::{Audit, AuditMode};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -72,12 +72,38 @@ impl GatewayConfig {
             admin_token_file: None,
             cap_token_secret_file: None,
             bridge_recheck: Duration::from_secs(5),
-            revocation_recheck: crate::revocation::DEFAULT_RECHECK,
+            revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
         }
     }
 }
 
+/// The listener's bounds (`crate::http::listener` serves with them).
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Connections served at once; more are refused at once.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head, and how long
+    /// an idle kept-alive connection stays open.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// The default of `--header-read-timeout-secs`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most `--max-connections` defaults to, whatever the descriptor limit:
+/// room for the 10,000 idle executor links the scale figure measures
+/// (BENCHMARKS.md) plus as many agents, while bounding the memory idle
+/// connections can hold (hyper's buffers, some KiB each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// A single-use permission to open an executor link, handed out by the
 /// register endpoint. Short-lived, so the URL is never a standing credential.
 pub(crate) struct Ticket {
@@ -89,11 +115,13 @@ pub(crate) const TICKET_TTL: Duration = Duration::from_secs(60);
 
 pub(crate) struct Inner {
     pub config: GatewayConfig,
+    /// The link layer's part of `config`.
+    pub link_config: LinkConfig,
     pub store: Store,
     pub registry: Registry,
     pub tickets: Mutex<HashMap<String, Ticket>>,
     /// SigV4 signatures already used (see `sigv4::ReplayGuard`).
-    pub sigv4_replays: crate::sigv4::ReplayGuard,
+    pub sigv4_replays: crate::link::sigv4::ReplayGuard,
     /// Per exe_id; outlives the executor's links (see `seq_ledger`).
     pub ledgers: Mutex<HashMap<String, Arc<SeqLedger>>>,
     pub verifier: Arc<dyn ProxyTokenVerifier>,
@@ -137,6 +165,11 @@ impl AppState {
             audit: Audit::start(store.clone(), config.audit),
             limits: Limits::new(config.limits.clone()),
             admin_token,
+            link_config: LinkConfig {
+                ping_interval: config.ping_interval,
+                ping_timeout: config.ping_timeout,
+                bridge_recheck: config.bridge_recheck,
+            },
             config,
             store,
             registry: Registry::default(),
@@ -212,8 +245,41 @@ impl AppState {
         &self.0.tickets
     }
 
-    pub(crate) fn sigv4_replays(&self) -> &crate::sigv4::ReplayGuard {
+    pub(crate) fn sigv4_replays(&self) -> &crate::link::sigv4::ReplayGuard {
         &self.0.sigv4_replays
+    }
+}
+
+impl AppState {
+    /// This state as the link layer holds it.
+    pub fn host(&self) -> Host {
+        Arc::new(self.clone())
+    }
+}
+
+impl LinkHost for AppState {
+    fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    fn config(&self) -> &LinkConfig {
+        &self.0.link_config
+    }
+
+    fn ledger(&self, exe_id: &str) -> Arc<SeqLedger> {
+        AppState::ledger(self, exe_id)
+    }
+
+    fn revoked_turns(&self) -> &tokio::sync::broadcast::Sender<String> {
+        &self.0.revoked_turns
+    }
+
+    fn cap_token_secret(&self) -> &CapTokenSecret {
+        &self.0.cap_token_secret
     }
 }
 

@@ -52,9 +52,7 @@ use execgate_protocol::connectors::error_code as code;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::link::Link;
+use crate::http::error::ApiError;
 use crate::secret::sha256_hex;
 use crate::store::{now_ms, Store};
 
@@ -194,17 +192,6 @@ impl AuditRecord {
         }
     }
 
-    /// A record of an operation of a connectors API (or MCP) caller.
-    pub fn for_caller(caller: &Caller, via: Via, kind: Kind, method: &str) -> Self {
-        Self::new(
-            &caller.workspace,
-            caller.user_id.as_deref(),
-            via,
-            kind,
-            method,
-        )
-    }
-
     pub fn with_environment(mut self, name: &str) -> Self {
         self.environment = Some(name.to_string());
         self
@@ -237,10 +224,10 @@ impl AuditRecord {
         self.args_bytes = Some(clamp(len));
     }
 
-    /// The environment the operation runs in.
-    pub fn set_link(&mut self, link: &Link) {
-        self.environment = Some(link.name.clone());
-        self.exe_id = Some(link.exe_id.clone());
+    /// The environment the operation runs in (its name and exe_id).
+    pub fn set_environment(&mut self, name: &str, exe_id: &str) {
+        self.environment = Some(name.to_string());
+        self.exe_id = Some(exe_id.to_string());
     }
 
     pub fn add_bytes_in(&mut self, n: u64) {
@@ -635,11 +622,8 @@ mod tests {
 
     #[test]
     fn arguments_are_kept_as_digest_and_size() {
-        let caller = Caller {
-            workspace: "w".into(),
-            user_id: Some("u".into()),
-        };
-        let r = AuditRecord::for_caller(&caller, Via::Mcp, Kind::Tool, "shell")
+        let (workspace, user_id) = ("w", Some("u"));
+        let r = AuditRecord::new(workspace, user_id, Via::Mcp, Kind::Tool, "shell")
             .with_args_json(&serde_json::json!({"command": ["echo", "hunter2"]}));
         let json = br#"{"command":["echo","hunter2"]}"#;
         assert_eq!(r.args_sha256.as_deref(), Some(sha256_hex(json).as_str()));
@@ -650,7 +634,7 @@ mod tests {
         // Keys sorted: the digest does not depend on the sender's order.
         let args: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": [2]}"#).unwrap();
         let sorted =
-            AuditRecord::for_caller(&caller, Via::Rest, Kind::Tool, "x").with_args_json(&args);
+            AuditRecord::new(workspace, user_id, Via::Rest, Kind::Tool, "x").with_args_json(&args);
         assert_eq!(
             sorted.args_sha256.as_deref(),
             Some(sha256_hex(br#"{"a":[2],"b":1}"#).as_str())

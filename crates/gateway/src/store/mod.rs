@@ -15,6 +15,7 @@
 //! queries (0.1–0.35 ms per call; BENCHMARKS.md).
 
 mod audit;
+pub mod audit_log;
 mod lookups;
 
 pub use audit::AuditQuery;
@@ -856,7 +857,7 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        sqlx::raw_sql(include_str!("../migrations_audit/0001_audit.sql"))
+        sqlx::raw_sql(include_str!("../../migrations_audit/0001_audit.sql"))
             .execute(&mut old)
             .await
             .unwrap();
@@ -875,7 +876,7 @@ mod tests {
         // Opened twice: the second open finds nothing left to move.
         drop(Store::open(dir.path()).await.unwrap());
         let store = Store::open(dir.path()).await.unwrap();
-        let ids = |rows: Vec<crate::audit::AuditRecord>| -> Vec<i64> {
+        let ids = |rows: Vec<crate::store::audit_log::AuditRecord>| -> Vec<i64> {
             rows.iter().map(|r| r.id).collect()
         };
         let rows = store.list_audit(&AuditQuery::default()).await.unwrap();
@@ -887,15 +888,15 @@ mod tests {
                 .unwrap();
         assert!(!left, "execgate.db still has the audit table");
         // Ids go on after the moved ones, so cursors stay valid.
-        let rec = crate::audit::AuditRecord::new(
+        let rec = crate::store::audit_log::AuditRecord::new(
             "w",
             None,
-            crate::audit::Via::Rest,
-            crate::audit::Kind::Tool,
+            crate::store::audit_log::Via::Rest,
+            crate::store::audit_log::Kind::Tool,
             "shell",
         );
         let new = store
-            .write_audit(&[&crate::audit::Write::Insert(rec)])
+            .write_audit(&[&crate::store::audit_log::Write::Insert(rec)])
             .await
             .unwrap();
         assert!(new[0] > 9, "{new:?}");

@@ -17,7 +17,6 @@
 //! constant time, hmac's `verify_slice`), and only then decodes the
 //! payload: bytes an attacker made up never reach the JSON parser.
 
-pub mod admin;
 pub mod keyfile;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::captoken::admin::{mint, MintRequest};
-use crate::captoken::CapTokenSecret;
+use crate::auth::captoken::CapTokenSecret;
+use crate::ops::captoken::{mint, MintRequest};
 use crate::secret::SecretString;
 
 const ADMIN_TOKEN: &str = "test-admin-token";
@@ -52,7 +52,7 @@ async fn fixture() -> Fixture {
     let link = Link::new(exe_id.clone(), "w1".into(), "laptop".into(), tx);
     state.registry().insert(link.clone());
     // The real router: the captoken routes are in it, behind the admin token.
-    let app = crate::api::router(state.clone());
+    let app = crate::http::router(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -76,7 +76,7 @@ async fn token(f: &Fixture, turn: &str) -> String {
         f.state.store(),
         f.state.cap_token_secret(),
         &req,
-        crate::captoken::now_s(),
+        crate::auth::captoken::now_s(),
     )
     .await
     .unwrap()

@@ -54,17 +54,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+pub use crate::ops::state::{ListenerConfig, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 mod parse_errors;
 
-/// The default of `--header-read-timeout-secs`.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most `--max-connections` defaults to, whatever the descriptor limit:
-/// room for the 10,000 idle executor links the scale figure measures
-/// (BENCHMARKS.md) plus as many agents, while bounding the memory idle
-/// connections can hold (hyper's buffers, some KiB each).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Descriptors kept back from the connection cap for everything else the
 /// gateway opens: the store's database files and pool connections, the
 /// audit database, outgoing connections to a token authority, logs.
@@ -78,24 +72,6 @@ pub const MAX_HEADER_SIZE: usize = 64 * 1024;
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// At most one warning per this long about refused connections.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Connections served at once; more are refused at once.
-    pub max_connections: usize,
-    /// How long a connection may take to send a request head, and how long
-    /// an idle kept-alive connection stays open.
-    pub header_read_timeout: Duration,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-        }
-    }
-}
 
 /// The default connection cap for a soft `RLIMIT_NOFILE` of `fd_limit`:
 /// the limit less [`FD_RESERVE`], at most [`DEFAULT_MAX_CONNECTIONS`], at
@@ -418,7 +394,7 @@ mod admitted_tests {
         // hyper sees its whole answer written.
         assert_eq!(a.write_vectored(&bufs).await.unwrap(), HYPERS_431.len());
         let got = received(a, peer).await;
-        let want = crate::error::raw_http1_response(
+        let want = crate::http::error::raw_http1_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "the request's header section is too large: at most 64 KiB and 100 header fields",
         );

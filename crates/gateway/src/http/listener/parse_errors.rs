@@ -23,7 +23,7 @@
 
 use axum::http::StatusCode;
 
-use crate::error::raw_http1_response;
+use crate::http::error::raw_http1_response;
 
 /// The longest head hyper writes for a parse error (status line,
 /// `content-length`, `date`, maybe `connection`), with room to spare.

@@ -75,14 +75,15 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use self::schema::{ReadOutputArgs, Route, TerminateArgs, WriteStdinArgs};
-use crate::audit::Via;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::Link;
-use crate::revocation::Watch;
-use crate::state::{AppState, GatewayConfig};
-use crate::tools::{self, parse_args};
-use crate::{api, processes};
+use crate::ops::environment as api;
+use crate::ops::processes;
+use crate::ops::revocation::Watch;
+use crate::ops::state::{AppState, GatewayConfig};
+use crate::ops::tools::{self, parse_args};
+use crate::store::audit_log::Via;
 
 const INSTRUCTIONS: &str = "execgate runs commands and edits files on the machines \
     (environments) connected to this workspace. list_environments shows them and the \
@@ -284,7 +285,7 @@ fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
 /// The request's bearer token (the middleware has checked it).
 fn bearer(context: &RequestContext<RoleServer>) -> Option<&str> {
     let parts = context.extensions.get::<Parts>()?;
-    crate::auth::bearer_token(&parts.headers).ok()
+    crate::http::extract::bearer_token(&parts.headers).ok()
 }
 
 impl ServerHandler for McpServer {
@@ -384,7 +385,7 @@ fn custom_request_error(method: &str, params: Option<Value>) -> ErrorData {
             .err()
             .map(|e| {
                 let at_root = matches!(e.path().to_string().as_str(), "." | "");
-                let msg = crate::extract::describe(e.path(), e.inner());
+                let msg = crate::http::extract::describe(e.path(), e.inner());
                 if at_root {
                     format!("params: {msg}")
                 } else {

@@ -2,7 +2,7 @@
 //! their arguments (`inputSchema`), written once, here.
 //!
 //! Six of them (`shell` … `copy_path`) are the REST tools and take exactly
-//! the fields of their REST argument structs (`crate::tools::*Args`); the
+//! the fields of their REST argument structs (`crate::ops::tools::*Args`); the
 //! `rest_structs_match_the_schemas` test in `mcp` checks that, field by
 //! field, against the real parser, so the two cannot drift apart silently.
 //! The other four exist only in MCP, where there is no `/processes` URL to
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 /// How a core MCP tool is carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// `crate::tools::call`, exactly as `POST /envs/{name}/tool/call`.
+    /// `crate::ops::tools::call`, exactly as `POST /envs/{name}/tool/call`.
     Rest,
     ListEnvironments,
     WriteStdin,
@@ -262,7 +262,7 @@ pub const CORE_TOOLS: &[CoreTool] = &[
                 "wait_ms": {"type": "integer", "minimum": 0, "default": 0,
                             "description": format!("Long-poll up to this long when there is no new \
                                                     output (at most {} ms; longer waits are capped).",
-                                                   crate::processes::MAX_WAIT_MS)}
+                                                   crate::ops::processes::MAX_WAIT_MS)}
             })
         },
         required: &["session_id"],

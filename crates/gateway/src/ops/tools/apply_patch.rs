@@ -33,9 +33,9 @@ use serde_json::json;
 
 use super::args::resolve_path;
 use super::{ToolContext, RPC_TIMEOUT};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::LinkError;
-use crate::patch::{self, FileOp};
+use crate::ops::patch::{self, FileOp};
 use crate::secret::{random_id, sha256_hex};
 
 #[derive(Debug, Deserialize)]

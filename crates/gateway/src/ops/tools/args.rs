@@ -9,8 +9,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
-use crate::extract::describe;
+use crate::http::error::ApiError;
 use crate::link::Link;
 
 /// Parses `arguments` into `T`; a failure is 400 `bad_arguments` naming the
@@ -138,6 +137,22 @@ pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, ApiError> {
             .map(|h| h.info.cwd.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "file:///".into())),
+    }
+}
+
+/// `field.sub: problem`, or just the problem at the root.
+pub fn describe(path: &serde_path_to_error::Path, err: &serde_json::Error) -> String {
+    // serde_json appends " at line L column C"; the field path says more.
+    let msg = err.to_string();
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_string())
+        .unwrap_or(msg);
+    let path = path.to_string();
+    if path == "." || path.is_empty() {
+        msg
+    } else {
+        format!("{path}: {msg}")
     }
 }
 

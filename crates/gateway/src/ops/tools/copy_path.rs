@@ -1,6 +1,6 @@
 //! `copy_path`: copy a file or a directory tree from one environment to
 //! another (or within one), streamed through the gateway by
-//! [`crate::transfer`].
+//! [`crate::ops::transfer`].
 //!
 //! A single file is staged beside its destination, verified by SHA-256 and
 //! renamed into place (replacing an existing file atomically). A tree is
@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::args::{self, resolve_path};
 use super::{tool_error, ToolContext};
-use crate::error::ApiError;
-use crate::transfer::{self, TransferError};
+use crate::http::error::ApiError;
+use crate::ops::transfer::{self, TransferError};
 
 const DEFAULT_TIMEOUT_MS: u64 = 600_000;
 
@@ -39,9 +39,12 @@ pub struct CopyPathArgs {
 }
 
 pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResult, ApiError> {
-    let src = crate::api::environment(ctx.state, ctx.caller, &a.source_environment_id).await?;
-    let dst = crate::api::environment(ctx.state, ctx.caller, &a.destination_environment_id).await?;
-    crate::policy::check_copy(&src, &dst)?;
+    let src = crate::ops::environment::environment(ctx.state, ctx.caller, &a.source_environment_id)
+        .await?;
+    let dst =
+        crate::ops::environment::environment(ctx.state, ctx.caller, &a.destination_environment_id)
+            .await?;
+    crate::ops::policy::check_copy(&src, &dst)?;
     let src_path = resolve_path(&src, "source_path", &a.source_path)?;
     let dst_path = resolve_path(&dst, "destination_path", &a.destination_path)?;
     let timeout = Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));

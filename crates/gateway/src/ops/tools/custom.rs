@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::shell::{self, Command};
 use super::{args, ToolContext};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::Link;
 
 /// The custom tools the link's executor announced, in file order.

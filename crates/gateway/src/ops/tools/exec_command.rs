@@ -3,12 +3,12 @@
 //! The process lives on the executor; the gateway records only the index row
 //! `sid → (workspace, exe_id, process id, executor session, deadline)`, the
 //! one store write a tool call makes. Output, stdin and terminate go through
-//! `crate::processes`.
+//! `crate::ops::processes`.
 //!
 //! The row is written *before* `process/start`, so a process can never run
 //! without a row that reaches it: if the executor refuses the start the row
 //! is deleted; if the outcome is unknown (the link dropped, a timeout), the
-//! row gets an immediate deadline and `crate::deadlines` terminates the
+//! row gets an immediate deadline and `crate::ops::deadlines` terminates the
 //! process should it have started. Retries and reconnects therefore leave
 //! neither orphans nor duplicates (process ids are fresh per call, and an
 //! executor refuses a duplicate id).
@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::args::{self, default_true};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::LinkError;
 use crate::secret::random_id;
 use crate::store::{now_ms, SessionRow};
@@ -51,7 +51,7 @@ pub struct ExecArgs {
     /// Terminate the process (its whole group) once it has run this long.
     #[serde(default)]
     pub max_runtime_ms: Option<u64>,
-    /// A narrower sandbox for this process (see `crate::policy::check_sandbox`).
+    /// A narrower sandbox for this process (see `crate::ops::policy::check_sandbox`).
     #[serde(default)]
     pub sandbox: Option<SandboxRequest>,
     #[serde(default)]
@@ -62,7 +62,7 @@ pub struct ExecArgs {
 pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, ApiError> {
     let link = &ctx.link;
     let sid = random_id("ps_", 12);
-    crate::policy::check_sandbox(link, a.sandbox.as_ref())?;
+    crate::ops::policy::check_sandbox(link, a.sandbox.as_ref())?;
     let params = ProcessStartParams {
         process_id: sid.clone(),
         argv: a.command.clone(),
@@ -99,7 +99,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
             .map(|ms| created_at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))),
     };
     let store = ctx.state.store();
-    // The workspace's cap on live sessions (`crate::limits`): checked and
+    // The workspace's cap on live sessions (`crate::ops::limits`): checked and
     // the row inserted under the workspace's lock.
     let slot = ctx
         .state

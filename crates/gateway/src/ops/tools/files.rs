@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::args::{default_true, path_uri};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The most one read_file call returns (it travels as base64 inside JSON).
 pub const MAX_READ: u64 = 32 * 1024 * 1024;

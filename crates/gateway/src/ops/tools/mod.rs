@@ -10,7 +10,7 @@
 //! with reaching the executor is an HTTP error.
 //!
 //! [`call`] is the one door to the tools, for REST and MCP alike: it opens
-//! the call's audit record (`crate::audit`) before anything runs, and
+//! the call's audit record (`crate::store::audit_log`) before anything runs, and
 //! completes it with the outcome, exit code, sizes and duration.
 
 mod apply_patch;
@@ -23,22 +23,21 @@ pub(crate) mod shell;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use execgate_protocol::connectors::{CallToolResult, ConnectorTool};
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEntry, AuditRecord, Kind, Via};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
-use crate::policy;
-use crate::state::AppState;
+use crate::ops::audit::RecordExt as _;
+use crate::ops::policy;
+use crate::ops::state::AppState;
+use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
-pub use args::{default_true, parse_args, resolve_path};
+pub use args::{default_true, describe, parse_args, resolve_path};
 
-/// How long a plain executor request (not a long-poll) may take.
-pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) use crate::link::RPC_TIMEOUT;
 
 /// Everything a tool needs for one call.
 pub struct ToolContext<'a> {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::args;
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::{Link, LinkError, ProcessEvent};
 use crate::secret::random_id;
 
@@ -50,7 +50,7 @@ pub struct ShellArgs {
     pub env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "args::timeout_ms")]
     pub timeout_ms: Option<u64>,
-    /// A narrower sandbox for this process (see `crate::policy::check_sandbox`).
+    /// A narrower sandbox for this process (see `crate::ops::policy::check_sandbox`).
     #[serde(default)]
     pub sandbox: Option<SandboxRequest>,
     /// Checked against the path by the handler.
@@ -60,7 +60,7 @@ pub struct ShellArgs {
 }
 
 pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, ApiError> {
-    crate::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
+    crate::ops::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
     let command = Command {
         cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
         argv: a.command,

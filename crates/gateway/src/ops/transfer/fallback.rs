@@ -25,7 +25,7 @@ use execgate_protocol::exec::{method, Empty, WriteFileParams};
 
 use super::{on, uri, TransferError};
 use crate::link::Link;
-use crate::tools::shell::{run, Command, Completed, RunError};
+use crate::ops::tools::shell::{run, Command, Completed, RunError};
 
 /// Bytes per piece: well inside codex's 1 MiB output retention.
 pub const PIECE: u64 = 512 * 1024;

@@ -33,7 +33,7 @@ use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
 use crate::secret::random_id;
 
