@@ -1,18 +1,24 @@
 //! The gateway's API error, and the one place where any failure becomes the
 //! `{"error":{"code","message"}}` envelope with its HTTP status.
 //!
-//! Handlers return `Result<_, ApiError>`. Extractor rejections, store errors
-//! and link errors convert into it here, so no other module builds an error
-//! body by hand.
+//! Handlers return `Result<_, ApiError>`. An operation's [`ops::Error`]
+//! converts into it here (its status from its kind, [`status_of`]), as do
+//! the lower layers' errors (through `ops::Error`) and extractor
+//! rejections, so no other module builds an error body by hand. Only what
+//! the HTTP stack answers itself (a route or method that does not exist, a
+//! body or head too large, an unsatisfiable range) is an `ApiError` made
+//! here with its own status.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse};
-use execgate_protocol::jsonrpc::code as rpc_code;
 
 use crate::auth::captoken::CapTokenError;
+use crate::auth::AuthError;
 use crate::link::LinkError;
+use crate::ops::{self, captoken::AdminError, transfer::TransferError, Kind};
+use crate::store::audit_log::{AuditUnavailable, ErrorCode};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,73 +197,62 @@ pub async fn envelope_bare_errors(resp: Response) -> Response {
     out
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, code::CONFLICT, m),
-            StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::Invalid(m) => ApiError::bad_request(m),
-            other => {
-                tracing::error!("store failure: {other}");
-                ApiError::internal("the gateway's store failed; try again")
-            }
+/// The HTTP status of each kind of operation error: with [`crate::ops::error::kind_of`]
+/// (code → kind), the one code → status table.
+pub fn status_of(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Denied => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::Gone => StatusCode::GONE,
+        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::Limited => StatusCode::TOO_MANY_REQUESTS,
+        Kind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        Kind::Upstream => StatusCode::BAD_GATEWAY,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<ops::Error> for ApiError {
+    fn from(e: ops::Error) -> Self {
+        ApiError {
+            status: status_of(e.kind()),
+            code: e.code,
+            message: e.message,
+            retry_after: e.retry_after,
         }
     }
 }
 
-impl From<LinkError> for ApiError {
-    fn from(e: LinkError) -> Self {
-        match e {
-            LinkError::Disconnected { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::EXECUTOR_UNAVAILABLE,
-                e.to_string(),
-            )
-            .with_retry_after(1),
-            LinkError::Timeout { .. } => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                code::GATEWAY_TIMEOUT,
-                e.to_string(),
-            ),
-            LinkError::Denied {
-                ref name,
-                ref error,
-                ..
-            } if error.code == rpc_code::TOO_MANY_PROCESSES => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::TOO_MANY_PROCESSES,
-                format!("environment '{name}': {}", error.message),
-            )
-            .with_retry_after(1),
-            LinkError::Denied {
-                ref name,
-                ref method,
-                ref error,
-            } => ApiError::new(
-                StatusCode::FORBIDDEN,
-                code::POLICY_DENIED,
-                format!(
-                    "environment '{name}' refused {method} by its executor's policy: {}",
-                    error.message
-                ),
-            ),
-            LinkError::Rpc { .. } | LinkError::BadResponse { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, code::EXECUTOR_ERROR, e.to_string())
+/// The lower layers' errors reach HTTP through [`ops::Error`], so that each
+/// has one code (and so one status) wherever it surfaces.
+macro_rules! via_ops {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ops::Error::from(e).into()
             }
         }
-    }
+    )*};
 }
 
-impl From<CapTokenError> for ApiError {
-    /// Every refused capability token is a 401; an expired one has its own
-    /// code, so that a client knows to mint a new one rather than fix its
-    /// configuration.
-    fn from(e: CapTokenError) -> Self {
-        let code = match e {
-            CapTokenError::Expired { .. } => code::CAPTOKEN_EXPIRED,
-            _ => code::INVALID_CAPTOKEN,
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+via_ops!(
+    StoreError,
+    LinkError,
+    CapTokenError,
+    AuthError,
+    AuditUnavailable,
+    TransferError,
+    AdminError,
+);
+
+impl ErrorCode for ApiError {
+    fn error_code(&self) -> &str {
+        self.code
     }
 }
 
@@ -270,20 +265,6 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
         ApiError::bad_request(format!("bad query string: {}", e.body_text()))
-    }
-}
-
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(e: crate::auth::AuthError) -> Self {
-        match e {
-            crate::auth::AuthError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::AUTH_UNAVAILABLE,
-                format!("cannot check the proxy token right now: {m}"),
-            )
-            .with_retry_after(crate::auth::AUTH_RETRY_AFTER_SECS),
-            crate::auth::AuthError::Store(e) => e.into(),
-        }
     }
 }
 

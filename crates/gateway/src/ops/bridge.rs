@@ -2,21 +2,19 @@
 //! order the HTTP handler (`crate::http::bridge`) documents, and the live
 //! link of the executor it names. The relay itself is `crate::link::bridge`.
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 
 use crate::auth::captoken;
-use crate::http::error::ApiError;
 use crate::link::bridge::Grant;
 use crate::ops::state::AppState;
+use crate::ops::Error;
 
 /// Checks the bearer capability token and finds the executor's live link,
 /// in the order the module docs give.
-pub async fn authorize(state: &AppState, target: &str, token: &str) -> Result<Grant, ApiError> {
+pub async fn authorize(state: &AppState, target: &str, token: &str) -> Result<Grant, Error> {
     let claims = captoken::verify(state.cap_token_secret(), token, captoken::now_s())?;
     if state.store().turn_revoked(&claims.turn_id).await? {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        return Err(Error::new(
             code::TURN_REVOKED,
             format!(
                 "turn {:?} was revoked; its capability tokens are no longer accepted",
@@ -36,9 +34,7 @@ pub async fn authorize(state: &AppState, target: &str, token: &str) -> Result<Gr
     // A missing executor and another workspace's look the same, so a token
     // cannot probe which exe_ids exist elsewhere.
     let Some(row) = row.filter(|r| r.workspace == claims.workspace_id) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            code::FORBIDDEN,
+        return Err(Error::new(code::FORBIDDEN,
             format!(
                 "executor {target:?} is not in workspace {:?}; a capability token reaches only its own workspace's executors",
                 claims.workspace_id

@@ -3,7 +3,6 @@
 //! `POST /api/admin/captokens` and `POST /api/admin/revoke-turn`.
 //! The routes are in `crate::http::admin`.
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +12,7 @@ use crate::auth::captoken::{
     mint as mint_token, new_turn_id, validate_ttl, validate_turn_id, CapTokenSecret, Claims,
     DEFAULT_TTL_S, IAT_SKEW_S, MAX_TTL_S,
 };
-use crate::http::error::ApiError;
+use crate::ops::Error;
 use crate::store::{now_ms, Store, StoreError};
 
 /// `POST /api/admin/captokens`, and `execgate admin captoken create`.
@@ -74,13 +73,11 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
-impl From<AdminError> for ApiError {
+impl From<AdminError> for Error {
     fn from(e: AdminError) -> Self {
         match e {
-            AdminError::Invalid(m) => ApiError::bad_request(m),
-            AdminError::NoWorkspace(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, e.to_string())
-            }
+            AdminError::Invalid(m) => Error::bad_request(m),
+            AdminError::NoWorkspace(_) => Error::new(code::NOT_FOUND, e.to_string()),
             AdminError::Store(e) => e.into(),
         }
     }

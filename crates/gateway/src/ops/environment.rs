@@ -4,22 +4,18 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::{error_code as code, ConnectorEnv, ExecutorInfo};
 
 use crate::auth::Caller;
-use crate::http::error::ApiError;
 use crate::link::Link;
 use crate::ops::state::AppState;
 use crate::ops::tools;
+use crate::ops::Error;
 use crate::store::now_ms;
 
 /// The caller's environments that have a live link, as envs/list shows
 /// them (MCP's list_environments too).
-pub async fn connected_envs(
-    state: &AppState,
-    caller: &Caller,
-) -> Result<Vec<ConnectorEnv>, ApiError> {
+pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<ConnectorEnv>, Error> {
     let rows = state
         .store()
         .list_executors(Some(&caller.workspace))
@@ -72,7 +68,7 @@ fn ago(ms: i64) -> String {
 
 /// 503 for an environment that exists but has no live link, saying when it
 /// was last seen.
-pub async fn executor_unavailable(state: &AppState, exe_id: &str) -> ApiError {
+pub async fn executor_unavailable(state: &AppState, exe_id: &str) -> Error {
     let row = state.store().executor(exe_id).await.ok().flatten();
     let message = match row {
         Some(r) => match r.last_seen_at {
@@ -85,12 +81,7 @@ pub async fn executor_unavailable(state: &AppState, exe_id: &str) -> ApiError {
         },
         None => "the executor is not connected".to_string(),
     };
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        code::EXECUTOR_UNAVAILABLE,
-        message,
-    )
-    .with_retry_after(5)
+    Error::new(code::EXECUTOR_UNAVAILABLE, message).with_retry_after(5)
 }
 
 /// The live link of the caller's environment `name`.
@@ -98,15 +89,13 @@ pub async fn environment(
     state: &AppState,
     caller: &Caller,
     name: &str,
-) -> Result<Arc<Link>, ApiError> {
+) -> Result<Arc<Link>, Error> {
     let row = state
         .store()
         .executor_by_name(&caller.workspace, name)
         .await?
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                code::ENV_NOT_FOUND,
+            Error::new(code::ENV_NOT_FOUND,
                 format!(
                     "workspace {:?} has no environment {name:?}; envs/list shows the connected ones",
                     caller.workspace

@@ -24,12 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::http::error::ApiError;
 use crate::ops::state::AppState;
+use crate::ops::Error;
 
 /// How long the session cap waits for an executor to say whether a
 /// process has ended.
@@ -122,7 +121,7 @@ impl Limits {
 
     /// One request of `workspace`: 429 `rate_limited` when its bucket is
     /// empty.
-    pub fn check_rate(&self, workspace: &str) -> Result<(), ApiError> {
+    pub fn check_rate(&self, workspace: &str) -> Result<(), Error> {
         let Some(rate) = self.config.rate else {
             return Ok(());
         };
@@ -136,9 +135,7 @@ impl Limits {
             .entry(workspace.to_string())
             .or_insert_with(|| Bucket::new(rate, now));
         bucket.take(rate, now).map_err(|wait| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::RATE_LIMITED,
+            Error::new(code::RATE_LIMITED,
                 format!(
                     "workspace {workspace:?} is over its request rate ({} per second, bursts of {}); retry after {:.1} s",
                     rate.per_second,
@@ -157,7 +154,7 @@ impl Limits {
         &self,
         state: &AppState,
         workspace: &str,
-    ) -> Result<SessionSlot, ApiError> {
+    ) -> Result<SessionSlot, Error> {
         let Some(max) = self.config.max_sessions_per_workspace else {
             return Ok(SessionSlot { _guard: None });
         };
@@ -198,9 +195,7 @@ impl Limits {
             count -= ended.len();
         }
         if count >= max as usize {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::TOO_MANY_SESSIONS,
+            return Err(Error::new(code::TOO_MANY_SESSIONS,
                 format!(
                     "workspace {workspace:?} has {count} live process sessions, the most allowed (--max-sessions-per-workspace {max}); \
                      terminate one (POST /api/connectors/processes/{{sid}}/terminate; GET /api/connectors/processes lists them) or wait for one to exit"
@@ -269,7 +264,8 @@ mod tests {
         });
         on.check_rate("a").unwrap();
         on.check_rate("a").unwrap();
-        let e = on.check_rate("a").unwrap_err();
+        let e = crate::http::error::ApiError::from(on.check_rate("a").unwrap_err());
+        use axum::http::StatusCode;
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.code, code::RATE_LIMITED);
         assert!(e.retry_after.unwrap() >= 999, "{:?}", e.retry_after);

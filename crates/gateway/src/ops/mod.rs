@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod captoken;
 pub mod deadlines;
 pub mod environment;
+pub mod error;
 pub mod limits;
 pub mod patch;
 pub mod policy;
@@ -14,3 +15,5 @@ pub mod revocation;
 pub mod state;
 pub mod tools;
 pub mod transfer;
+
+pub use error::{Error, Kind};

@@ -20,13 +20,12 @@
 //! A stock codex, and an execgate executor started without options,
 //! announce no policy: nothing here applies to them.
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::{error_code as code, PolicyInfo, SandboxInfo};
 use execgate_protocol::exec::{NetAccess, SandboxRequest};
 use execgate_protocol::policy::ExecutorPolicy;
 
-use crate::http::error::ApiError;
 use crate::link::Link;
+use crate::ops::Error;
 
 /// Tools a read-only executor still serves: `copy_path` as a source (its
 /// destination is checked by [`check_copy`]).
@@ -59,7 +58,7 @@ pub fn info(link: &Link) -> Option<PolicyInfo> {
 /// executor that announces it can apply it: anything else would run the
 /// process without the confinement it asked for. Whether it is narrower
 /// than the executor's own is the executor's to check (it resolves paths).
-pub fn check_sandbox(link: &Link, request: Option<&SandboxRequest>) -> Result<(), ApiError> {
+pub fn check_sandbox(link: &Link, request: Option<&SandboxRequest>) -> Result<(), Error> {
     let Some(request) = request else {
         return Ok(());
     };
@@ -70,8 +69,7 @@ pub fn check_sandbox(link: &Link, request: Option<&SandboxRequest>) -> Result<()
         3
     };
     if abi < needed {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(Error::new(
             code::NOT_SUPPORTED_BY_EXECUTOR,
             format!(
                 "environment '{}' cannot run a process in a sandbox{}: {}",
@@ -95,7 +93,7 @@ pub fn visible(link: &Link, tool: &str) -> bool {
 
 /// Refuses a call of `tool` (a core or custom tool of this executor) that
 /// its policy does not allow.
-pub fn check_tool(link: &Link, tool: &str) -> Result<(), ApiError> {
+pub fn check_tool(link: &Link, tool: &str) -> Result<(), Error> {
     let Some(policy) = of(link) else {
         return Ok(());
     };
@@ -110,7 +108,7 @@ pub fn check_tool(link: &Link, tool: &str) -> Result<(), ApiError> {
 
 /// `copy_path` reads its source and writes its destination: both must
 /// allow it, and the destination must not be read-only.
-pub fn check_copy(src: &Link, dst: &Link) -> Result<(), ApiError> {
+pub fn check_copy(src: &Link, dst: &Link) -> Result<(), Error> {
     for link in [src, dst] {
         if let Some(policy) = of(link).filter(|p| !p.lists("copy_path")) {
             return Err(not_allowed(link, &policy, "tool \"copy_path\" is"));
@@ -123,7 +121,7 @@ pub fn check_copy(src: &Link, dst: &Link) -> Result<(), ApiError> {
 }
 
 /// `GET /envs/{name}/files`: a read, as `read_file` or `copy_path` does.
-pub fn check_download(link: &Link) -> Result<(), ApiError> {
+pub fn check_download(link: &Link) -> Result<(), Error> {
     match of(link) {
         Some(p) if !p.lists("read_file") && !p.lists("copy_path") => Err(not_allowed(
             link,
@@ -135,7 +133,7 @@ pub fn check_download(link: &Link) -> Result<(), ApiError> {
 }
 
 /// `PUT /envs/{name}/files`: a write, as `write_file` or `copy_path` does.
-pub fn check_upload(link: &Link) -> Result<(), ApiError> {
+pub fn check_upload(link: &Link) -> Result<(), Error> {
     match of(link) {
         Some(p) if p.read_only => Err(read_only(link, "uploading a file")),
         Some(p) if !p.lists("write_file") && !p.lists("copy_path") => Err(not_allowed(
@@ -147,10 +145,9 @@ pub fn check_upload(link: &Link) -> Result<(), ApiError> {
     }
 }
 
-fn not_allowed(link: &Link, policy: &ExecutorPolicy, what: &str) -> ApiError {
+fn not_allowed(link: &Link, policy: &ExecutorPolicy, what: &str) -> Error {
     let allowed = policy.allow_tools.clone().unwrap_or_default();
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+    Error::new(
         code::TOOL_NOT_ALLOWED,
         format!(
             "{what} not allowed on environment '{}': its executor allows only {} (--allow-tools)",
@@ -160,10 +157,8 @@ fn not_allowed(link: &Link, policy: &ExecutorPolicy, what: &str) -> ApiError {
     )
 }
 
-fn read_only(link: &Link, what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        code::POLICY_DENIED,
+fn read_only(link: &Link, what: &str) -> Error {
+    Error::new(code::POLICY_DENIED,
         format!(
             "environment '{}' is read-only (its executor runs with --read-only): {what} would change files or run a process; read_file, and copy_path from it, still work",
             link.name
@@ -196,8 +191,9 @@ mod tests {
         link
     }
 
-    fn code_of(r: Result<(), ApiError>) -> (u16, &'static str, String) {
-        let e = r.expect_err("refused");
+    fn code_of(r: Result<(), Error>) -> (u16, &'static str, String) {
+        // The status callers see: through the HTTP layer.
+        let e = crate::http::error::ApiError::from(r.expect_err("refused"));
         (e.status.as_u16(), e.code, e.message)
     }
 

@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use base64::Engine;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::{
@@ -35,12 +34,12 @@ use execgate_protocol::exec::{
 use execgate_protocol::jsonrpc::code as rpc_code;
 
 use crate::auth::Caller;
-use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
 use crate::ops::audit::RecordExt as _;
 use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
 use crate::ops::tools::RPC_TIMEOUT;
+use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 use crate::store::SessionRow;
 
@@ -67,10 +66,9 @@ pub struct Session {
 impl Session {
     /// 410 `executor_restarted` when the process is known to be gone with
     /// its executor session.
-    pub fn require_same_executor(&self) -> Result<(), ApiError> {
+    pub fn require_same_executor(&self) -> Result<(), Error> {
         if self.restarted {
-            return Err(ApiError::new(
-                StatusCode::GONE,
+            return Err(Error::new(
                 code::EXECUTOR_RESTARTED,
                 restarted_message(self),
             ));
@@ -103,7 +101,7 @@ pub async fn resolve(
     sid: &str,
     via: Via,
     method: &'static str,
-) -> Result<Session, ApiError> {
+) -> Result<Session, Error> {
     let rec = AuditRecord::for_caller(caller, via, Kind::Process, method).with_session(sid);
     let mut audit = state.audit().begin(rec).await?;
     match lookup(state, caller, sid, &mut audit).await {
@@ -131,7 +129,7 @@ async fn lookup(
     caller: &Caller,
     sid: &str,
     audit: &mut AuditEntry,
-) -> Result<(SessionRow, Arc<Link>), ApiError> {
+) -> Result<(SessionRow, Arc<Link>), Error> {
     // Another workspace's session answers exactly as an unknown one: a 403
     // would tell a tenant that another tenant's session exists.
     let row = state
@@ -152,9 +150,8 @@ async fn lookup(
 
 /// 404 `session_not_found`: the same answer whether `sid` was never issued
 /// or belongs to another workspace.
-pub fn session_not_found(sid: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
+pub fn session_not_found(sid: &str) -> Error {
+    Error::new(
         code::SESSION_NOT_FOUND,
         format!("no process session {sid:?}; exec_command returns the session_id to use"),
     )
@@ -162,10 +159,8 @@ pub fn session_not_found(sid: &str) -> ApiError {
 
 /// The executor no longer knows the process: it restarted, or the process
 /// outlived the executor's retention.
-pub fn gone(s: &Session) -> ApiError {
-    ApiError::new(
-        StatusCode::GONE,
-        code::SESSION_EXPIRED,
+pub fn gone(s: &Session) -> Error {
+    Error::new(code::SESSION_EXPIRED,
         format!(
             "executor '{}' no longer has process session {:?}: it expired or the executor restarted",
             s.link.name, s.row.sid
@@ -173,7 +168,7 @@ pub fn gone(s: &Session) -> ApiError {
     )
 }
 
-pub fn map_rpc(s: &Session, e: LinkError) -> ApiError {
+pub fn map_rpc(s: &Session, e: LinkError) -> Error {
     match e {
         LinkError::Rpc { error, .. } if error.code == rpc_code::INVALID_REQUEST => gone(s),
         other => other.into(),
@@ -181,16 +176,16 @@ pub fn map_rpc(s: &Session, e: LinkError) -> ApiError {
 }
 
 /// Writes to the process's stdin (and closes it with `eof`).
-pub async fn write_stdin(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), ApiError> {
+pub async fn write_stdin(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), Error> {
     let r = write_stdin_inner(s, data_b64, eof).await;
     s.audit.finish(&r);
     r
 }
 
-async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), ApiError> {
+async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result<(), Error> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(data_b64.as_bytes())
-        .map_err(|e| ApiError::bad_base64("data_b64", e))?;
+        .map_err(|e| Error::bad_base64("data_b64", e))?;
     let rec = s.audit.record();
     rec.set_args(&data);
     rec.add_bytes_in(data.len() as u64);
@@ -218,8 +213,7 @@ async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result
             WriteStatus::StdinClosed => return Err(stdin_closed(s)),
             WriteStatus::UnknownProcess => return Err(gone(s)),
             WriteStatus::Starting => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
+                return Err(Error::new(
                     code::CONFLICT,
                     "the process is still starting; retry the write",
                 )
@@ -242,10 +236,8 @@ async fn write_stdin_inner(s: &mut Session, data_b64: &str, eof: bool) -> Result
     Ok(())
 }
 
-fn stdin_closed(s: &Session) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        code::STDIN_CLOSED,
+fn stdin_closed(s: &Session) -> Error {
+    Error::new(code::STDIN_CLOSED,
         format!(
             "the stdin of process session {:?} is closed (after eof, after exit, or started with pipe_stdin:false)",
             s.row.sid
@@ -253,14 +245,13 @@ fn stdin_closed(s: &Session) -> ApiError {
     )
 }
 
-pub fn not_supported(s: &Session, what: &str) -> ApiError {
+pub fn not_supported(s: &Session, what: &str) -> Error {
     let version = s
         .link
         .handshake()
         .map(|h| h.info.executor_version.clone())
         .unwrap_or_default();
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
+    Error::new(
         code::NOT_SUPPORTED_BY_EXECUTOR,
         format!(
             "executor '{}' (version {version}) does not support {what}",
@@ -270,7 +261,7 @@ pub fn not_supported(s: &Session, what: &str) -> ApiError {
 }
 
 /// The process's output after seq `since`, waiting up to `wait_ms` for some.
-pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<Output, ApiError> {
+pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<Output, Error> {
     s.audit
         .record()
         .set_args_json(&serde_json::json!({"since": since, "wait_ms": wait_ms}));
@@ -373,7 +364,7 @@ pub(crate) fn push_chunk_fields(out: &mut String, stream: Stream, data: &Blob) {
     }
 }
 
-async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, ApiError> {
+async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, Error> {
     if s.restarted {
         // 200, not an error: the seed's fields say "over", and `error` why.
         return Ok(Output {
@@ -471,13 +462,13 @@ async fn read_ahead(s: &Session, since: u64) -> Option<ProcessReadResult> {
 
 /// Kills the process's group. Its session stops counting as live (see
 /// `crate::ops::limits`).
-pub async fn terminate(s: &mut Session) -> Result<(), ApiError> {
+pub async fn terminate(s: &mut Session) -> Result<(), Error> {
     let r = terminate_inner(s).await;
     s.audit.finish(&r);
     r
 }
 
-async fn terminate_inner(s: &Session) -> Result<(), ApiError> {
+async fn terminate_inner(s: &Session) -> Result<(), Error> {
     s.require_same_executor()?;
     s.link
         .request::<_, ProcessTerminateResult>(
@@ -497,7 +488,7 @@ async fn terminate_inner(s: &Session) -> Result<(), ApiError> {
 }
 
 /// `POST /processes/{sid}/resize`: the terminal size of a tty process.
-pub async fn resize(s: &mut Session, cols: u16, rows: u16) -> Result<(), ApiError> {
+pub async fn resize(s: &mut Session, cols: u16, rows: u16) -> Result<(), Error> {
     s.audit
         .record()
         .set_args_json(&serde_json::json!({"cols": cols, "rows": rows}));
@@ -506,9 +497,9 @@ pub async fn resize(s: &mut Session, cols: u16, rows: u16) -> Result<(), ApiErro
     r
 }
 
-async fn resize_inner(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError> {
+async fn resize_inner(s: &Session, cols: u16, rows: u16) -> Result<(), Error> {
     if cols == 0 || rows == 0 {
-        return Err(ApiError::bad_arguments(
+        return Err(Error::bad_arguments(
             "cols and rows must both be at least 1",
         ));
     }
@@ -530,9 +521,7 @@ async fn resize_inner(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError>
         .map_err(|e| match e {
             // Our executor's answer for a process started without tty.
             LinkError::Rpc { error, .. } if error.code == rpc_code::INVALID_PARAMS => {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    code::NOT_A_TERMINAL,
+                Error::new(code::NOT_A_TERMINAL,
                     format!(
                         "process session {:?} has no terminal to resize; start it with exec_command tty:true",
                         s.row.sid
@@ -548,7 +537,7 @@ async fn resize_inner(s: &Session, cols: u16, rows: u16) -> Result<(), ApiError>
 ///
 /// codex only knows `interrupt`; on codex `kill` becomes `process/terminate`
 /// (SIGKILL to the group, the same thing), and the others are refused.
-pub async fn signal(s: &mut Session, signal: SignalName) -> Result<(), ApiError> {
+pub async fn signal(s: &mut Session, signal: SignalName) -> Result<(), Error> {
     s.audit
         .record()
         .set_args_json(&serde_json::json!({"signal": signal.as_str()}));
@@ -557,7 +546,7 @@ pub async fn signal(s: &mut Session, signal: SignalName) -> Result<(), ApiError>
     r
 }
 
-async fn signal_inner(s: &Session, signal: SignalName) -> Result<(), ApiError> {
+async fn signal_inner(s: &Session, signal: SignalName) -> Result<(), Error> {
     s.require_same_executor()?;
     if signal != SignalName::Interrupt && !s.link.ext().signals {
         if signal == SignalName::Kill {

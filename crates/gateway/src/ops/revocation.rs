@@ -42,11 +42,10 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use execgate_protocol::connectors::error_code as code;
 
-use crate::http::error::ApiError;
 use crate::ops::state::AppState;
+use crate::ops::Error;
 use crate::secret::SecretString;
 
 /// The default of `GatewayConfig::revocation_recheck`.
@@ -82,12 +81,11 @@ impl Watch {
     }
 
     /// One check: `Err` with the reason the request may no longer go on.
-    pub async fn check(&self) -> Result<(), ApiError> {
+    pub async fn check(&self) -> Result<(), Error> {
         match self.state.verifier().verify(self.token.expose()).await {
             Ok(Some(grant)) if grant.workspace == self.workspace => {}
             Ok(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
+                return Err(Error::new(
                     code::INVALID_TOKEN,
                     "the proxy token was revoked while this request was open",
                 ))
@@ -104,8 +102,7 @@ impl Watch {
             {
                 Ok(Some(row)) if row.exe_id == *exe_id => {}
                 Ok(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
+                    return Err(Error::new(
                         code::ENV_NOT_FOUND,
                         format!("environment {name:?} was removed while this request was open"),
                     ))
@@ -118,7 +115,7 @@ impl Watch {
 
     /// Resolves, with the reason, once a check fails; checks every
     /// `revocation_recheck`. Never resolves while the grant holds.
-    pub async fn ended(&self) -> ApiError {
+    pub async fn ended(&self) -> Error {
         let every = self.state.config().revocation_recheck;
         loop {
             tokio::time::sleep(every).await;
@@ -129,7 +126,7 @@ impl Watch {
     }
 
     /// `fut`, unless the grant ends first (then `fut` is dropped).
-    pub async fn guard<F: Future>(&self, fut: F) -> Result<F::Output, ApiError> {
+    pub async fn guard<F: Future>(&self, fut: F) -> Result<F::Output, Error> {
         tokio::select! {
             biased;
             out = fut => Ok(out),
@@ -184,8 +181,11 @@ pub fn close_removed(state: &AppState, link: &std::sync::Arc<crate::link::Link>)
 
 #[cfg(test)]
 mod tests {
+    // The statuses callers see: through the HTTP layer.
     use super::*;
+    use crate::http::error::ApiError;
     use crate::link::Link;
+    use axum::http::StatusCode;
 
     async fn state() -> (tempfile::TempDir, AppState) {
         crate::ops::state::test_state(|c| c.revocation_recheck = Duration::from_millis(50)).await
@@ -203,7 +203,7 @@ mod tests {
         assert!(Watch::new(&state, &token, "w2").check().await.is_err());
 
         store.remove_executor("w1", "laptop").await.unwrap();
-        let e = watch.check().await.unwrap_err();
+        let e = ApiError::from(watch.check().await.unwrap_err());
         assert_eq!(
             (e.status, e.code),
             (StatusCode::NOT_FOUND, code::ENV_NOT_FOUND)
@@ -212,10 +212,12 @@ mod tests {
         let watch = Watch::new(&state, &token, "w1");
         let pending = watch.guard(std::future::pending::<()>());
         store.revoke_proxy_token(&token_id).await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(5), pending)
-            .await
-            .expect("the guard ends within a few rechecks")
-            .unwrap_err();
+        let e = ApiError::from(
+            tokio::time::timeout(Duration::from_secs(5), pending)
+                .await
+                .expect("the guard ends within a few rechecks")
+                .unwrap_err(),
+        );
         assert_eq!(
             (e.status, e.code),
             (StatusCode::UNAUTHORIZED, code::INVALID_TOKEN)

@@ -46,13 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use execgate_protocol::admin::{AuditRecord as WireRecord, AuditStats};
-use execgate_protocol::connectors::error_code as code;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::error::ApiError;
 use crate::secret::sha256_hex;
 use crate::store::{now_ms, Store};
 
@@ -372,7 +369,7 @@ impl Audit {
     /// Opens the record of an operation about to run. Best-effort: at
     /// once. Fail-closed: once its `started` row is committed, or 503
     /// `audit_unavailable` (see the module header).
-    pub async fn begin(&self, mut rec: AuditRecord) -> Result<AuditEntry, ApiError> {
+    pub async fn begin(&self, mut rec: AuditRecord) -> Result<AuditEntry, AuditUnavailable> {
         rec.outcome = outcome::STARTED.to_string();
         let mut entry = AuditEntry {
             audit: self.clone(),
@@ -389,12 +386,10 @@ impl Audit {
         entry.submitted = true;
         let refuse = |why: String| {
             self.0.counters.refused.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::AUDIT_UNAVAILABLE,
-                format!("the call was refused because its audit record cannot be written ({why}); nothing ran, retry later"),
-            )
-            .with_retry_after(RETRY_AFTER_SECS)
+            AuditUnavailable {
+                message: format!("the call was refused because its audit record cannot be written ({why}); nothing ran, retry later"),
+                retry_after: RETRY_AFTER_SECS,
+            }
         };
         let (ack, acked) = oneshot::channel();
         let op = Op {
@@ -445,6 +440,22 @@ impl Audit {
     }
 }
 
+/// `--audit fail-closed` refused an operation: its record cannot be
+/// written (`audit_unavailable` to the caller, who may retry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AuditUnavailable {
+    pub message: String,
+    /// Seconds before a retry may succeed.
+    pub retry_after: u64,
+}
+
+/// An error with a stable code, as an audit record's `error_code` keeps it
+/// (the store names no error type of the layers above).
+pub trait ErrorCode {
+    fn error_code(&self) -> &str;
+}
+
 /// The open record of one operation; submitted when dropped (see the
 /// module header).
 pub struct AuditEntry {
@@ -464,10 +475,10 @@ impl AuditEntry {
     }
 
     /// `ok`, or `error` with the error's code.
-    pub fn finish<T>(&mut self, result: &Result<T, ApiError>) {
+    pub fn finish<T, E: ErrorCode>(&mut self, result: &Result<T, E>) {
         match result {
             Ok(_) => self.succeed(),
-            Err(e) => self.fail(e.code),
+            Err(e) => self.fail(e.error_code()),
         }
     }
 
@@ -820,7 +831,12 @@ mod tests {
         assert_eq!(rows[0].exit_code, Some(3));
 
         block_inserts(&store).await;
-        let err = audit.begin(rec("stdin")).await.err().unwrap();
+        // As the caller sees it: through ops' error into the HTTP answer.
+        let err = crate::http::error::ApiError::from(crate::ops::Error::from(
+            audit.begin(rec("stdin")).await.err().unwrap(),
+        ));
+        use axum::http::StatusCode;
+        use execgate_protocol::connectors::error_code as code;
         assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(err.code, code::AUDIT_UNAVAILABLE);
         assert!(err.retry_after.is_some());

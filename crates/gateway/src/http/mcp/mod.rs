@@ -432,7 +432,7 @@ impl McpServer {
                     None => default_environment(state, caller).await?,
                 };
                 let link = environment(state, caller, &env);
-                tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await
+                Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
             }
             Route::ListEnvironments => {
                 let a: schema::ListEnvironmentsArgs = parse_args(arguments)?;
@@ -531,7 +531,7 @@ impl McpServer {
         // With an explicit environment_id, the REST path decides: it knows
         // the environment's tools, and answers unknown_tool when it lacks it.
         let link = environment(state, caller, &env);
-        tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await
+        Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
     }
 }
 
@@ -547,10 +547,14 @@ fn environment_arg(arguments: &Map<String, Value>) -> Result<Option<String>, Api
 }
 
 /// The live link of environment `name`; an unknown name is a bad argument.
-async fn environment(state: &AppState, caller: &Caller, name: &str) -> Result<Arc<Link>, ApiError> {
+async fn environment(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Arc<Link>, crate::ops::Error> {
     api::environment(state, caller, name).await.map_err(|e| {
         if e.code == code::ENV_NOT_FOUND {
-            ApiError {
+            crate::ops::Error {
                 message: format!("arguments.environment_id: {}", e.message),
                 ..e
             }
@@ -596,12 +600,11 @@ async fn session(
     sid: &str,
     environment_id: Option<String>,
     method: &'static str,
-) -> Result<processes::Session, ApiError> {
+) -> Result<processes::Session, crate::ops::Error> {
     let mut s = processes::resolve(state, caller, sid, Via::Mcp, method)
         .await
         .map_err(|e| match e.code {
-            code::SESSION_NOT_FOUND => ApiError::new(
-                StatusCode::NOT_FOUND,
+            code::SESSION_NOT_FOUND => crate::ops::Error::new(
                 code::SESSION_NOT_FOUND,
                 format!(
                     "arguments.session_id: no process session {sid:?} in this workspace; exec_command returns the session_id to use"
@@ -611,7 +614,7 @@ async fn session(
         })?;
     if let Some(env) = environment_id {
         if env != s.link.name {
-            let e = ApiError::bad_arguments(format!(
+            let e = crate::ops::Error::bad_arguments(format!(
                 "arguments.environment_id: session {sid:?} runs in {:?}, not {env:?}",
                 s.link.name
             ));

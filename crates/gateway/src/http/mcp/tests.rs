@@ -5,7 +5,7 @@ use crate::store::Store;
 
 /// The field names a `deny_unknown_fields` struct accepts, read from the
 /// parser's own refusal of an unknown field ("expected one of `a`, `b`").
-fn accepted_fields(error: &ApiError) -> Vec<String> {
+fn accepted_fields(error: &crate::ops::Error) -> Vec<String> {
     assert_eq!(error.code, code::BAD_ARGUMENTS, "{error}");
     let (_, expected) = error
         .message
@@ -58,7 +58,7 @@ fn sample(property: &Value) -> Value {
 async fn check<F, Fut>(tool: &schema::CoreTool, parse: F)
 where
     F: Fn(Map<String, Value>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ApiError>>,
+    Fut: std::future::Future<Output = Result<(), crate::ops::Error>>,
 {
     let (props, required) = schema_fields(tool);
     let mut unknown = Map::new();

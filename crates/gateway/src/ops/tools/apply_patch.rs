@@ -33,9 +33,9 @@ use serde_json::json;
 
 use super::args::resolve_path;
 use super::{ToolContext, RPC_TIMEOUT};
-use crate::http::error::ApiError;
 use crate::link::LinkError;
 use crate::ops::patch::{self, FileOp};
+use crate::ops::Error;
 use crate::secret::{random_id, sha256_hex};
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +76,7 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// The file's contents now, or `None` if it does not exist.
-    async fn get(&mut self, path: &Path) -> Result<Option<Vec<u8>>, ApiError> {
+    async fn get(&mut self, path: &Path) -> Result<Option<Vec<u8>>, Error> {
         if let Some(c) = self.current.get(path) {
             return Ok(c.clone());
         }
@@ -85,7 +85,7 @@ impl<'a> View<'a> {
         Ok(read)
     }
 
-    async fn read_original(&mut self, path: &Path) -> Result<Option<Vec<u8>>, ApiError> {
+    async fn read_original(&mut self, path: &Path) -> Result<Option<Vec<u8>>, Error> {
         if let Some(c) = self.original.get(path) {
             return Ok(c.clone());
         }
@@ -99,12 +99,12 @@ impl<'a> View<'a> {
             Ok(r) => Some(
                 r.data_base64
                     .to_bytes()
-                    .map_err(|e| ApiError::internal(format!("executor sent bad base64: {e}")))?
+                    .map_err(|e| Error::internal(format!("executor sent bad base64: {e}")))?
                     .to_vec(),
             ),
             Err(LinkError::Rpc { error, .. }) if error.code == rpc_code::NOT_FOUND => None,
             Err(LinkError::Rpc { error, .. }) => {
-                return Err(ApiError::bad_arguments(format!(
+                return Err(Error::bad_arguments(format!(
                     "cannot read {}: {}",
                     path.display(),
                     error.message
@@ -121,14 +121,14 @@ impl<'a> View<'a> {
     }
 }
 
-fn uri(path: &Path) -> Result<String, ApiError> {
+fn uri(path: &Path) -> Result<String, Error> {
     path_to_uri(path)
-        .ok_or_else(|| ApiError::bad_arguments(format!("{} is not a usable path", path.display())))
+        .ok_or_else(|| Error::bad_arguments(format!("{} is not a usable path", path.display())))
 }
 
-pub async fn call(ctx: &ToolContext<'_>, a: ApplyPatchArgs) -> Result<CallToolResult, ApiError> {
+pub async fn call(ctx: &ToolContext<'_>, a: ApplyPatchArgs) -> Result<CallToolResult, Error> {
     let ops = patch::parse(&a.patch)
-        .map_err(|e| ApiError::bad_arguments(format!("arguments.patch: {e}")))?;
+        .map_err(|e| Error::bad_arguments(format!("arguments.patch: {e}")))?;
     let mut view = View {
         ctx,
         original: HashMap::new(),
@@ -176,7 +176,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: ApplyPatchArgs) -> Result<CallToolRe
 }
 
 /// Checks one operation against the view and records its effect there.
-async fn plan(view: &mut View<'_>, op: &FileOp) -> Result<FileReport, ApiError> {
+async fn plan(view: &mut View<'_>, op: &FileOp) -> Result<FileReport, Error> {
     let link = view.ctx.link.clone();
     let report = |action, to: Option<&String>, error: Option<String>| FileReport {
         path: op.path().to_string(),

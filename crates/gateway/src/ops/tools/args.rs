@@ -9,15 +9,15 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::http::error::ApiError;
 use crate::link::Link;
+use crate::ops::Error;
 
 /// Parses `arguments` into `T`; a failure is 400 `bad_arguments` naming the
 /// field, like `arguments.timeout_ms: invalid type: string "x", expected u64`.
-pub fn parse_args<T: DeserializeOwned>(arguments: Map<String, Value>) -> Result<T, ApiError> {
+pub fn parse_args<T: DeserializeOwned>(arguments: Map<String, Value>) -> Result<T, Error> {
     serde_path_to_error::deserialize(Value::Object(arguments)).map_err(|e| {
         let msg = describe(e.path(), e.inner());
-        ApiError::bad_arguments(
+        Error::bad_arguments(
             if msg.starts_with(|c: char| c.is_ascii_lowercase()) && e.path().to_string() != "." {
                 format!("arguments.{msg}")
             } else {
@@ -97,22 +97,22 @@ pub fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 
 /// A path argument as the `file://` URI the executor wants. Relative paths
 /// resolve against the executor's working directory.
-pub fn path_uri(link: &Link, field: &str, path: &str) -> Result<String, ApiError> {
+pub fn path_uri(link: &Link, field: &str, path: &str) -> Result<String, Error> {
     let abs = resolve_path(link, field, path)?;
     execgate_protocol::uri::path_to_uri(&abs).ok_or_else(|| {
-        ApiError::bad_arguments(format!("arguments.{field}: {path:?} is not a usable path"))
+        Error::bad_arguments(format!("arguments.{field}: {path:?} is not a usable path"))
     })
 }
 
 /// A path argument made absolute against the executor's working directory.
-pub fn resolve_path(link: &Link, field: &str, path: &str) -> Result<PathBuf, ApiError> {
+pub fn resolve_path(link: &Link, field: &str, path: &str) -> Result<PathBuf, Error> {
     if path.is_empty() {
-        return Err(ApiError::bad_arguments(format!(
+        return Err(Error::bad_arguments(format!(
             "arguments.{field}: must not be empty"
         )));
     }
     if path.contains('\0') {
-        return Err(ApiError::bad_arguments(format!(
+        return Err(Error::bad_arguments(format!(
             "arguments.{field}: must not contain a NUL byte"
         )));
     }
@@ -122,14 +122,14 @@ pub fn resolve_path(link: &Link, field: &str, path: &str) -> Result<PathBuf, Api
     }
     match link.cwd() {
         Some(cwd) => Ok(cwd.join(p)),
-        None => Err(ApiError::bad_arguments(format!(
+        None => Err(Error::bad_arguments(format!(
             "arguments.{field}: {path:?} is relative and the executor reported no working directory; use an absolute path"
         ))),
     }
 }
 
 /// The executor's working directory as a URI (the default `cwd`).
-pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, ApiError> {
+pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, Error> {
     match cwd {
         Some(c) => path_uri(link, "cwd", c),
         None => Ok(link
@@ -173,7 +173,7 @@ mod tests {
         env: BTreeMap<String, String>,
     }
 
-    fn parse(v: Value) -> Result<A, ApiError> {
+    fn parse(v: Value) -> Result<A, Error> {
         parse_args(v.as_object().unwrap().clone())
     }
 

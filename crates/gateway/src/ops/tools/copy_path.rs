@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::args::{self, resolve_path};
 use super::{tool_error, ToolContext};
-use crate::http::error::ApiError;
 use crate::ops::transfer::{self, TransferError};
+use crate::ops::Error;
 
 const DEFAULT_TIMEOUT_MS: u64 = 600_000;
 
@@ -38,7 +38,7 @@ pub struct CopyPathArgs {
     pub environment_id: Option<String>,
 }
 
-pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResult, ApiError> {
+pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResult, Error> {
     let src = crate::ops::environment::environment(ctx.state, ctx.caller, &a.source_environment_id)
         .await?;
     let dst =
@@ -97,7 +97,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResu
             Ok(CallToolResult::text(v.to_string(), Some(v), false))
         }
         Ok(Err(TransferError::Refused(m))) => Ok(tool_error(m)),
-        Ok(Err(TransferError::Api(e))) => Err(ApiError {
+        Ok(Err(TransferError::Api(e))) => Err(Error {
             message: format!(
                 "copy_path failed, nothing was written at the destination: {}",
                 e.message

@@ -23,8 +23,8 @@ use serde_json::{Map, Value};
 
 use super::shell::{self, Command};
 use super::{args, ToolContext};
-use crate::http::error::ApiError;
 use crate::link::Link;
+use crate::ops::Error;
 
 /// The custom tools the link's executor announced, in file order.
 pub fn specs(link: &Link) -> Vec<CustomToolSpec> {
@@ -57,7 +57,7 @@ pub async fn call(
     ctx: &ToolContext<'_>,
     spec: CustomToolSpec,
     mut arguments: Map<String, Value>,
-) -> Result<CallToolResult, ApiError> {
+) -> Result<CallToolResult, Error> {
     // The handler has checked `environment_id` against the path; it is not
     // the tool's argument unless its schema declares it.
     let declares_env_id = spec
@@ -77,8 +77,7 @@ pub async fn call(
         .iter()
         .find_map(|(name, value)| args::env_var_problem(name, value))
     {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
+        return Err(Error::new(
             error_code::EXECUTOR_ERROR,
             format!(
                 "the executor announced custom tool {:?} with an unusable env: {problem}",
@@ -98,13 +97,12 @@ pub async fn call(
 
 /// Checks `arguments` against the tool's schema; the error names the first
 /// failing field, like `arguments.text: 5 is not of type "string"`.
-fn validate(spec: &CustomToolSpec, arguments: &Value) -> Result<(), ApiError> {
+fn validate(spec: &CustomToolSpec, arguments: &Value) -> Result<(), Error> {
     // Compiled per call: schemas are small, and the executor may reconnect
     // with a different file at any time, so there is nothing safe to cache
     // by name.
     let validator = jsonschema::validator_for(&spec.schema).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
+        Error::new(
             error_code::EXECUTOR_ERROR,
             format!(
                 "the executor announced custom tool {:?} with an unusable schema: {e}",
@@ -118,7 +116,7 @@ fn validate(spec: &CustomToolSpec, arguments: &Value) -> Result<(), ApiError> {
         .map(|e| format!("{}: {e}", field_path(e.instance_path().as_str())));
     match first {
         None => Ok(()),
-        Some(message) => Err(ApiError::bad_arguments(message)),
+        Some(message) => Err(Error::bad_arguments(message)),
     }
 }
 
@@ -139,7 +137,7 @@ fn field_path(pointer: &str) -> String {
 }
 
 /// Fills the argv template in (rules in the module header).
-pub fn render_argv(template: &[String], arguments: &Value) -> Result<Vec<String>, ApiError> {
+pub fn render_argv(template: &[String], arguments: &Value) -> Result<Vec<String>, Error> {
     let mut argv = Vec::with_capacity(template.len());
     for element in template {
         let Some(name) = placeholder(element) else {
@@ -156,13 +154,13 @@ pub fn render_argv(template: &[String], arguments: &Value) -> Result<Vec<String>
                 } else {
                     "an object"
                 };
-                return Err(ApiError::bad_arguments(format!(
+                return Err(Error::bad_arguments(format!(
                     "arguments.{name}: is {what}, but it fills the argv element {element:?}, which takes one string, number or boolean"
                 )));
             }
         };
         if value.contains('\0') {
-            return Err(ApiError::bad_arguments(format!(
+            return Err(Error::bad_arguments(format!(
                 "arguments.{name}: contains a NUL byte, which no argv element can hold"
             )));
         }

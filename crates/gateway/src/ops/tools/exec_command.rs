@@ -26,8 +26,8 @@ use serde::Deserialize;
 
 use super::args::{self, default_true};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::http::error::ApiError;
 use crate::link::LinkError;
+use crate::ops::Error;
 use crate::secret::random_id;
 use crate::store::{now_ms, SessionRow};
 
@@ -59,7 +59,7 @@ pub struct ExecArgs {
     pub environment_id: Option<String>,
 }
 
-pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, ApiError> {
+pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, Error> {
     let link = &ctx.link;
     let sid = random_id("ps_", 12);
     crate::ops::policy::check_sandbox(link, a.sandbox.as_ref())?;
@@ -81,7 +81,7 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         sandbox: a.sandbox.clone(),
     };
     if a.max_runtime_ms == Some(0) {
-        return Err(ApiError::bad_arguments(
+        return Err(Error::bad_arguments(
             "max_runtime_ms must be at least 1 (leave it out for no limit)",
         ));
     }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::args::{default_true, path_uri};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::http::error::ApiError;
+use crate::ops::Error;
 
 /// The most one read_file call returns (it travels as base64 inside JSON).
 pub const MAX_READ: u64 = 32 * 1024 * 1024;
@@ -37,7 +37,7 @@ pub struct ReadFileArgs {
     pub environment_id: Option<String>,
 }
 
-pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToolResult, ApiError> {
+pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToolResult, Error> {
     let link = &ctx.link;
     let uri = path_uri(link, "path", &a.path)?;
     let want = if a.limit == 0 {
@@ -113,9 +113,9 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
     ))
 }
 
-fn decode(data: &Blob) -> Result<Bytes, ApiError> {
+fn decode(data: &Blob) -> Result<Bytes, Error> {
     data.to_bytes()
-        .map_err(|e| ApiError::internal(format!("the executor sent invalid base64: {e}")))
+        .map_err(|e| Error::internal(format!("the executor sent invalid base64: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,15 +130,12 @@ pub struct WriteFileArgs {
     pub environment_id: Option<String>,
 }
 
-pub async fn write_file(
-    ctx: &ToolContext<'_>,
-    a: WriteFileArgs,
-) -> Result<CallToolResult, ApiError> {
+pub async fn write_file(ctx: &ToolContext<'_>, a: WriteFileArgs) -> Result<CallToolResult, Error> {
     let link = &ctx.link;
     let uri = path_uri(link, "path", &a.path)?;
     let data = base64::engine::general_purpose::STANDARD
         .decode(a.content_b64.as_bytes())
-        .map_err(|e| ApiError::bad_base64("arguments.content_b64", e))?;
+        .map_err(|e| Error::bad_base64("arguments.content_b64", e))?;
     let ext = link.ext();
     if a.create_parents && !ext.atomic_write {
         // A stock codex does not create parents; ask for them first.

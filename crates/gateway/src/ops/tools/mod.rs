@@ -28,11 +28,11 @@ use execgate_protocol::connectors::{CallToolResult, ConnectorTool};
 use serde_json::{Map, Value};
 
 use crate::auth::Caller;
-use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
 use crate::ops::audit::RecordExt as _;
 use crate::ops::policy;
 use crate::ops::state::AppState;
+use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
 pub use args::{default_true, describe, parse_args, resolve_path};
@@ -116,10 +116,10 @@ pub async fn call(
     caller: &Caller,
     via: Via,
     env: &str,
-    link: impl Future<Output = Result<Arc<Link>, ApiError>>,
+    link: impl Future<Output = Result<Arc<Link>, Error>>,
     tool: &str,
     arguments: Map<String, Value>,
-) -> Result<CallToolResult, ApiError> {
+) -> Result<CallToolResult, Error> {
     let mut rec = AuditRecord::for_caller(caller, via, Kind::Tool, tool)
         .with_environment(env)
         .with_args_json(&arguments);
@@ -141,7 +141,7 @@ pub async fn call(
 }
 
 /// Fills in the audit record of a finished tool call.
-fn complete(audit: &mut AuditEntry, tool: &str, result: &Result<CallToolResult, ApiError>) {
+fn complete(audit: &mut AuditEntry, tool: &str, result: &Result<CallToolResult, Error>) {
     let r = match result {
         Ok(r) => r,
         Err(e) => return audit.fail(e.code),
@@ -183,7 +183,7 @@ async fn dispatch(
     ctx: &ToolContext<'_>,
     tool: &str,
     arguments: Map<String, Value>,
-) -> Result<CallToolResult, ApiError> {
+) -> Result<CallToolResult, Error> {
     // A tool this executor has but its policy refuses: 403, before anything
     // reaches the executor. Unknown names stay `unknown_tool`.
     if CORE_TOOLS.iter().any(|t| t.name == tool) || custom::find(&ctx.link, tool).is_some() {
@@ -202,8 +202,7 @@ async fn dispatch(
                 return custom::call(ctx, spec, arguments).await;
             }
             let known: Vec<_> = list(&ctx.link).into_iter().map(|t| t.name).collect();
-            Err(ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
+            Err(Error::new(
                 execgate_protocol::connectors::error_code::UNKNOWN_TOOL,
                 format!(
                     "unknown tool {other:?}; this environment has: {}",
@@ -226,7 +225,7 @@ pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
 
 /// Maps an executor's refusal to a tool error; anything else (the link is
 /// down, a timeout) stays an HTTP error.
-pub(crate) fn rpc_failure(e: LinkError) -> Result<CallToolResult, ApiError> {
+pub(crate) fn rpc_failure(e: LinkError) -> Result<CallToolResult, Error> {
     match e {
         LinkError::Rpc { error, .. } => Ok(tool_error(error.message)),
         other => Err(other.into()),

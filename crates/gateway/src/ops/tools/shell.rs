@@ -21,8 +21,8 @@ use serde::Deserialize;
 
 use super::args;
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
-use crate::http::error::ApiError;
 use crate::link::{Link, LinkError, ProcessEvent};
+use crate::ops::Error;
 use crate::secret::random_id;
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
@@ -59,7 +59,7 @@ pub struct ShellArgs {
     pub environment_id: Option<String>,
 }
 
-pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, ApiError> {
+pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, Error> {
     crate::ops::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
     let command = Command {
         cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
@@ -90,7 +90,7 @@ pub(crate) struct Command {
 pub(crate) async fn run_to_completion(
     ctx: &ToolContext<'_>,
     command: Command,
-) -> Result<CallToolResult, ApiError> {
+) -> Result<CallToolResult, Error> {
     let timeout = command.timeout;
     match run(&ctx.link, command).await {
         Ok(done) => Ok(done.into_tool_result(timeout)),
@@ -104,11 +104,11 @@ pub(crate) enum RunError {
     /// The executor refused to start the process.
     Start(LinkError),
     /// The executor could not be reached, or went away mid-run.
-    Api(ApiError),
+    Api(Error),
 }
 
-impl From<ApiError> for RunError {
-    fn from(e: ApiError) -> Self {
+impl From<Error> for RunError {
+    fn from(e: Error) -> Self {
         RunError::Api(e)
     }
 }
@@ -265,7 +265,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
     })
 }
 
-async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), ApiError> {
+async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), Error> {
     let r = link
         .request::<_, ProcessTerminateResult>(
             method::PROCESS_TERMINATE,
@@ -282,9 +282,8 @@ async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), Api
     }
 }
 
-fn lost_mid_command(link: &Link) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+fn lost_mid_command(link: &Link) -> Error {
+    Error::new(
         execgate_protocol::connectors::error_code::EXECUTOR_UNAVAILABLE,
         format!(
             "executor '{}' disconnected while the command ran; its outcome is unknown",

@@ -33,8 +33,8 @@ use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::http::error::ApiError;
 use crate::link::{Link, LinkError};
+use crate::ops::Error;
 use crate::secret::random_id;
 
 mod fallback;
@@ -56,19 +56,19 @@ pub enum TransferError {
     Refused(String),
     /// An executor cannot take part.
     #[error("{0}")]
-    Api(ApiError),
+    Api(Error),
 }
 
-impl From<ApiError> for TransferError {
-    fn from(e: ApiError) -> Self {
+impl From<Error> for TransferError {
+    fn from(e: Error) -> Self {
         TransferError::Api(e)
     }
 }
 
-impl From<TransferError> for ApiError {
+impl From<TransferError> for Error {
     fn from(e: TransferError) -> Self {
         match e {
-            TransferError::Refused(m) => ApiError::bad_request(m),
+            TransferError::Refused(m) => Error::bad_request(m),
             TransferError::Api(e) => e,
         }
     }
@@ -146,9 +146,9 @@ pub async fn read_range(
         )
         .await
         .map_err(on(path, "reading"))?;
-    r.data_base64.to_bytes().map_err(|e| {
-        TransferError::Api(ApiError::internal(format!("executor sent bad base64: {e}")))
-    })
+    r.data_base64
+        .to_bytes()
+        .map_err(|e| TransferError::Api(Error::internal(format!("executor sent bad base64: {e}"))))
 }
 
 /// Where a file is written before it is verified and renamed into place:
@@ -353,7 +353,7 @@ fn joined(
     r: Result<Result<(), TransferError>, tokio::task::JoinError>,
 ) -> Result<(), TransferError> {
     r.unwrap_or_else(|e| {
-        Err(TransferError::Api(ApiError::internal(format!(
+        Err(TransferError::Api(Error::internal(format!(
             "a write task failed: {e}"
         ))))
     })
