@@ -12,7 +12,7 @@
 
 use execgate_protocol::connectors::ErrorResponse;
 
-use crate::http::mcp::schema::{Route, CORE_TOOLS};
+use crate::ops::tools::{Route, CORE_TOOLS};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -238,7 +238,7 @@ pub fn finish(doc: &mut OpenApi) {
 
 /// `ShellArguments`, `ReadFileArguments`…: the `arguments` of each core tool
 /// of `tool/call`, from the same schemas MCP advertises
-/// ([`crate::http::mcp::schema`], checked against the REST parsers by a test).
+/// ([`crate::ops::tools`], checked against the REST parsers by a test).
 /// `ToolCallRequest.arguments` stays a plain object because custom tools
 /// take any shape (envs/list gives each one's `input_schema`).
 fn core_tool_arguments(doc: &mut OpenApi) {

@@ -108,6 +108,25 @@ pub async fn environment(
     }
 }
 
+/// The live link of environment `name` given as `arguments.environment_id`
+/// (MCP): an unknown name says which argument named it.
+pub async fn environment_argument(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<Arc<Link>, Error> {
+    environment(state, caller, name).await.map_err(|e| {
+        if e.code == code::ENV_NOT_FOUND {
+            Error {
+                message: format!("arguments.environment_id: {}", e.message),
+                ..e
+            }
+        } else {
+            e
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

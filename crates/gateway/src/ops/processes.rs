@@ -634,6 +634,41 @@ pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
     info
 }
 
+/// The caller's process session `sid` given as `arguments.session_id`
+/// (the MCP tools), checked against `arguments.environment_id` when given.
+/// Another workspace's session is as unknown as a made-up one.
+pub async fn resolve_argument(
+    state: &AppState,
+    caller: &Caller,
+    sid: &str,
+    environment_id: Option<String>,
+    via: Via,
+    method: &'static str,
+) -> Result<Session, Error> {
+    let mut s = resolve(state, caller, sid, via, method)
+        .await
+        .map_err(|e| match e.code {
+            code::SESSION_NOT_FOUND => Error::new(
+                code::SESSION_NOT_FOUND,
+                format!(
+                    "arguments.session_id: no process session {sid:?} in this workspace; exec_command returns the session_id to use"
+                ),
+            ),
+            _ => e,
+        })?;
+    if let Some(env) = environment_id {
+        if env != s.link.name {
+            let e = Error::bad_arguments(format!(
+                "arguments.environment_id: session {sid:?} runs in {:?}, not {env:?}",
+                s.link.name
+            ));
+            s.audit.fail(e.code);
+            return Err(e);
+        }
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,12 +23,14 @@
 //! by, so there the check is off: the bearer token, which a rebinding page
 //! does not have, is the protection.
 //!
-//! **Calls.** `shell`, `read_file`, `write_file`, `apply_patch`,
-//! `exec_command` and `copy_path` go through [`tools::call`] with the
-//! arguments unchanged, exactly as `POST /envs/{name}/tool/call`, and return
-//! its CallToolResult. `write_stdin`, `read_output` and `terminate` go
-//! through [`processes`] like the `/processes/{sid}/…` routes;
-//! `list_environments` answers what envs/list does. Schemas: [`schema`].
+//! **Tools.** `tools/list` and the calls read the core tools' one registry,
+//! [`tools::CORE_TOOLS`] (name, description, schema, call). `shell`,
+//! `read_file`, `write_file`, `apply_patch`, `exec_command` and `copy_path`
+//! go through [`tools::call`] with the arguments unchanged, exactly as `POST
+//! /envs/{name}/tool/call`, and return its CallToolResult. The MCP-only
+//! `write_stdin`, `read_output` and `terminate` call the process operations
+//! like the `/processes/{sid}/…` routes; `list_environments` answers what
+//! envs/list does.
 //!
 //! **Environments.** `environment_id` names an environment; omitted, it is
 //! the workspace's default one (or the only one). `copy_path` defaults to
@@ -38,7 +40,7 @@
 //! does, else it is required (and the schema says so). A core tool's name
 //! always wins over a custom tool's.
 //!
-//! **Errors**, from the gateway's [`ApiError`]: an unknown tool is JSON-RPC
+//! **Errors**, from the operations' [`crate::ops::Error`] (as [`ApiError`]): an unknown tool is JSON-RPC
 //! -32601; `bad_arguments`, `bad_request`, `bad_base64`, `env_not_found` and
 //! an unknown `session_id` (or one of another workspace) are -32602 with the
 //! field named (`arguments.timeout_ms: …`); a store failure is -32603.
@@ -46,8 +48,6 @@
 //! session, …) is a tool result with `isError: true`, its text the REST
 //! error's message ("executor 'laptop' is not connected (last seen …)") and
 //! `structuredContent` the REST error envelope.
-
-pub mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,10 +58,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use base64::Engine;
-use execgate_protocol::connectors::{
-    error_code as code, CallToolResult, ConnectorEnv, EnvsListResponse, OkResponse,
-};
+use execgate_protocol::connectors::{error_code as code, CallToolResult, ConnectorEnv};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CustomRequest, CustomResult, ErrorCode, ErrorData,
     Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
@@ -71,18 +68,15 @@ use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use self::schema::{ReadOutputArgs, Route, TerminateArgs, WriteStdinArgs};
 use crate::auth::Caller;
 use crate::http::error::ApiError;
-use crate::link::Link;
 use crate::ops::environment as api;
-use crate::ops::processes;
+use crate::ops::environment::environment_argument;
 use crate::ops::revocation::Watch;
 use crate::ops::state::{AppState, GatewayConfig};
-use crate::ops::tools::{self, parse_args};
+use crate::ops::tools::{self, Call, WorkspaceContext};
 use crate::store::audit_log::Via;
 
 const INSTRUCTIONS: &str = "execgate runs commands and edits files on the machines \
@@ -304,7 +298,7 @@ impl ServerHandler for McpServer {
         let envs = api::connected_envs(&self.state, &caller)
             .await
             .map_err(|e| ErrorData::internal_error(e.message, None))?;
-        let mut tools: Vec<Tool> = schema::CORE_TOOLS
+        let mut tools: Vec<Tool> = tools::CORE_TOOLS
             .iter()
             .map(|t| Tool::new(t.name, t.description, t.input_schema()))
             .collect();
@@ -417,11 +411,11 @@ impl McpServer {
         watch: Option<Watch>,
     ) -> Result<CallToolResult, ApiError> {
         let state = &self.state;
-        let Some(core) = schema::core_tool(name) else {
+        let Some(core) = tools::core_tool(name) else {
             return self.call_custom(caller, name, arguments).await;
         };
-        match core.route {
-            Route::Rest => {
+        match core.call {
+            Call::OnEnvironment(_) => {
                 let env = match environment_arg(&arguments)? {
                     Some(env) => env,
                     None if name == "copy_path" => match arguments.get("source_environment_id") {
@@ -431,59 +425,17 @@ impl McpServer {
                     },
                     None => default_environment(state, caller).await?,
                 };
-                let link = environment(state, caller, &env);
+                let link = environment_argument(state, caller, &env);
                 Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
             }
-            Route::ListEnvironments => {
-                let a: schema::ListEnvironmentsArgs = parse_args(arguments)?;
-                let mut envs = api::connected_envs(state, caller).await?;
-                if let Some(name) = a.environment_id {
-                    envs.retain(|e| e.name == name);
-                    if envs.is_empty() {
-                        // Not connected: say whether it exists at all.
-                        environment(state, caller, &name).await?;
-                    }
-                }
-                Ok(json_result(&EnvsListResponse { envs }))
-            }
-            Route::WriteStdin => {
-                let a: WriteStdinArgs = parse_args(arguments)?;
-                let data_b64 = match (a.chars, a.data_b64) {
-                    (Some(chars), None) => base64::engine::general_purpose::STANDARD.encode(chars),
-                    (None, Some(data_b64)) => data_b64,
-                    (None, None) if a.eof => String::new(),
-                    (None, None) => {
-                        return Err(ApiError::bad_arguments(
-                            "arguments: give chars (text) or data_b64 (bytes), or eof: true",
-                        ))
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(ApiError::bad_arguments(
-                            "arguments.data_b64: give chars or data_b64, not both",
-                        ))
-                    }
+            Call::InWorkspace(call) => {
+                let ctx = WorkspaceContext {
+                    state,
+                    caller,
+                    via: Via::Mcp,
+                    watch,
                 };
-                let mut s =
-                    session(state, caller, &a.session_id, a.environment_id, "stdin").await?;
-                processes::write_stdin(&mut s, &data_b64, a.eof).await?;
-                Ok(json_result(&OkResponse { ok: true }))
-            }
-            Route::ReadOutput => {
-                let a: ReadOutputArgs = parse_args(arguments)?;
-                let mut s =
-                    session(state, caller, &a.session_id, a.environment_id, "output").await?;
-                if a.wait_ms > 0 {
-                    s.watch = watch.map(|w| w.with_environment(&s.link.name, &s.row.exe_id));
-                }
-                let out = processes::output(&mut s, a.after_seq, a.wait_ms).await?;
-                Ok(json_result(&out.into_response()))
-            }
-            Route::Terminate => {
-                let a: TerminateArgs = parse_args(arguments)?;
-                let mut s =
-                    session(state, caller, &a.session_id, a.environment_id, "terminate").await?;
-                processes::terminate(&mut s).await?;
-                Ok(json_result(&OkResponse { ok: true }))
+                Ok(call(ctx, arguments).await?)
             }
         }
     }
@@ -502,7 +454,7 @@ impl McpServer {
                 let envs = api::connected_envs(state, caller).await?;
                 let customs = custom_tools(&envs);
                 let Some(offers) = customs.get(name) else {
-                    let mut known: Vec<String> = schema::CORE_TOOLS
+                    let mut known: Vec<String> = tools::CORE_TOOLS
                         .iter()
                         .map(|t| t.name.to_string())
                         .collect();
@@ -530,7 +482,7 @@ impl McpServer {
         };
         // With an explicit environment_id, the REST path decides: it knows
         // the environment's tools, and answers unknown_tool when it lacks it.
-        let link = environment(state, caller, &env);
+        let link = environment_argument(state, caller, &env);
         Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
     }
 }
@@ -544,24 +496,6 @@ fn environment_arg(arguments: &Map<String, Value>) -> Result<Option<String>, Api
             "arguments.environment_id: must be an environment's name (a non-empty string), not {other}"
         ))),
     }
-}
-
-/// The live link of environment `name`; an unknown name is a bad argument.
-async fn environment(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-) -> Result<Arc<Link>, crate::ops::Error> {
-    api::environment(state, caller, name).await.map_err(|e| {
-        if e.code == code::ENV_NOT_FOUND {
-            crate::ops::Error {
-                message: format!("arguments.environment_id: {}", e.message),
-                ..e
-            }
-        } else {
-            e
-        }
-    })
 }
 
 /// The workspace's default environment: the one marked default, or the
@@ -590,45 +524,6 @@ async fn default_environment(state: &AppState, caller: &Caller) -> Result<String
             many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
-}
-
-/// The caller's process session `sid`. Another workspace's session is as
-/// unknown as a made-up one: only the caller's workspace is visible.
-async fn session(
-    state: &AppState,
-    caller: &Caller,
-    sid: &str,
-    environment_id: Option<String>,
-    method: &'static str,
-) -> Result<processes::Session, crate::ops::Error> {
-    let mut s = processes::resolve(state, caller, sid, Via::Mcp, method)
-        .await
-        .map_err(|e| match e.code {
-            code::SESSION_NOT_FOUND => crate::ops::Error::new(
-                code::SESSION_NOT_FOUND,
-                format!(
-                    "arguments.session_id: no process session {sid:?} in this workspace; exec_command returns the session_id to use"
-                ),
-            ),
-            _ => e,
-        })?;
-    if let Some(env) = environment_id {
-        if env != s.link.name {
-            let e = crate::ops::Error::bad_arguments(format!(
-                "arguments.environment_id: session {sid:?} runs in {:?}, not {env:?}",
-                s.link.name
-            ));
-            s.audit.fail(e.code);
-            return Err(e);
-        }
-    }
-    Ok(s)
-}
-
-/// A tool result whose text and structuredContent are `value` as JSON.
-fn json_result(value: &impl Serialize) -> CallToolResult {
-    let value = serde_json::to_value(value).expect("API bodies serialize");
-    CallToolResult::text(value.to_string(), Some(value), false)
 }
 
 /// The gateway's outcome as MCP's (the mapping is in the module header).
@@ -682,7 +577,7 @@ fn custom_tools(envs: &[ConnectorEnv]) -> BTreeMap<String, Vec<Offer>> {
     let mut out: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
     for env in envs {
         for tool in &env.tools {
-            if tool.kind != "custom" || schema::core_tool(&tool.name).is_some() {
+            if tool.kind != "custom" || tools::core_tool(&tool.name).is_some() {
                 continue;
             }
             out.entry(tool.name.clone()).or_default().push(Offer {

@@ -1,6 +1,8 @@
 //! The MCP schemas against the real argument parsers, and the pure helpers.
 
 use super::*;
+use crate::link::Link;
+use crate::ops::tools::{parse_args, ReadOutputArgs, Route, TerminateArgs, WriteStdinArgs};
 use crate::store::Store;
 
 /// The field names a `deny_unknown_fields` struct accepts, read from the
@@ -21,7 +23,7 @@ fn accepted_fields(error: &crate::ops::Error) -> Vec<String> {
     fields
 }
 
-fn schema_fields(tool: &schema::CoreTool) -> (Vec<String>, Vec<String>) {
+fn schema_fields(tool: &tools::CoreTool) -> (Vec<String>, Vec<String>) {
     let s = tool.input_schema();
     let mut props: Vec<String> = s["properties"]
         .as_object()
@@ -55,7 +57,7 @@ fn sample(property: &Value) -> Value {
 
 /// Checks one tool's schema against `parse`: the same field set, and each
 /// required field refused when missing.
-async fn check<F, Fut>(tool: &schema::CoreTool, parse: F)
+async fn check<F, Fut>(tool: &tools::CoreTool, parse: F)
 where
     F: Fn(Map<String, Value>) -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::ops::Error>>,
@@ -67,7 +69,7 @@ where
     assert_eq!(
         accepted_fields(&e),
         props,
-        "{}: the MCP schema (left side: the REST parser) disagrees; fix crates/gateway/src/mcp/schema.rs",
+        "{}: the MCP schema (left side: the REST parser) disagrees; fix its declaration in crates/gateway/src/ops/tools/",
         tool.name
     );
     let schema = tool.input_schema();
@@ -109,8 +111,8 @@ async fn rest_structs_match_the_schemas() {
         .collect();
     assert!(rest_tools.len() >= 4, "{rest_tools:?}");
     for name in &rest_tools {
-        let tool = schema::core_tool(name)
-            .unwrap_or_else(|| panic!("REST tool {name} has no MCP schema in mcp/schema.rs"));
+        let tool = tools::core_tool(name)
+            .unwrap_or_else(|| panic!("REST tool {name} has no declaration in ops/tools"));
         assert_eq!(tool.route, Route::Rest, "{name}");
         let (state, caller, link) = (&state, &caller, &link);
         check(tool, move |args| async move {
@@ -122,13 +124,13 @@ async fn rest_structs_match_the_schemas() {
         .await;
     }
     // The MCP-only tools against their own structs.
-    for tool in schema::CORE_TOOLS {
+    for tool in tools::CORE_TOOLS {
         let name = tool.name;
         match tool.route {
             Route::Rest => continue,
             Route::ListEnvironments => {
                 check(tool, |a| async move {
-                    parse_args::<schema::ListEnvironmentsArgs>(a).map(|_| ())
+                    parse_args::<tools::ListEnvironmentsArgs>(a).map(|_| ())
                 })
                 .await
             }
@@ -157,7 +159,7 @@ async fn rest_structs_match_the_schemas() {
 
 #[test]
 fn every_schema_is_a_closed_object_with_environment_id() {
-    for tool in schema::CORE_TOOLS {
+    for tool in tools::CORE_TOOLS {
         let s = tool.input_schema();
         assert_eq!(s["type"], "object", "{}", tool.name);
         assert_eq!(s["additionalProperties"], false, "{}", tool.name);

@@ -32,11 +32,43 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::args::resolve_path;
+use super::{parse_args, Call, CallFuture, CoreTool, Route};
 use super::{ToolContext, RPC_TIMEOUT};
 use crate::link::LinkError;
 use crate::ops::patch::{self, FileOp};
 use crate::ops::Error;
 use crate::secret::{random_id, sha256_hex};
+use serde_json::{Map, Value};
+
+/// The `apply_patch` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "apply_patch",
+    route: Route::Rest,
+    description: "Apply a patch in Codex's grammar (*** Begin Patch … *** End Patch: Add File, \
+                      Update File with @@ hunks, Move to, Delete File), atomically across files.",
+    envs_list: Some((
+        4,
+        "Apply a patch in Codex's grammar (*** Begin Patch … *** End Patch: Add File, Update File \
+                      with @@ hunks, Move to, Delete File), atomically across files. Arguments: patch, dry_run, \
+                      expected_sha256 (path → hash the file must have).",
+    )),
+    properties: || {
+            json!({
+                "patch": {"type": "string", "minLength": 1},
+                "dry_run": {"type": "boolean", "default": false, "description": "Only check that it applies."},
+                "expected_sha256": {
+                    "type": "object", "additionalProperties": {"type": "string"},
+                    "description": "path → SHA-256 (hex) the file must have, else nothing is changed."
+                }
+            })
+        },
+    required: &["patch"],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { call(ctx, parse_args(arguments)?).await })
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

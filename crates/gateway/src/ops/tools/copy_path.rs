@@ -16,9 +16,47 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::args::{self, resolve_path};
+use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
 use super::{tool_error, ToolContext};
 use crate::ops::transfer::{self, TransferError};
 use crate::ops::Error;
+use serde_json::{Map, Value};
+
+/// The `copy_path` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "copy_path",
+    route: Route::Rest,
+    description: "Copy a file or (with recursive) a directory tree between environments of this \
+                      workspace, verified by SHA-256; nothing appears at the destination unless complete.",
+    envs_list: Some((
+        5,
+        "Copy a file or directory tree between environments of this workspace (or within one), \
+                      streamed and verified by SHA-256; nothing appears at the destination unless complete. \
+                      Arguments: source_environment_id, source_path, destination_environment_id, \
+                      destination_path, recursive, timeout_ms (default 600000).",
+    )),
+    properties: || {
+            json!({
+                "source_environment_id": {"type": "string", "minLength": 1},
+                "source_path": {"type": "string", "minLength": 1},
+                "destination_environment_id": {"type": "string", "minLength": 1},
+                "destination_path": {"type": "string", "minLength": 1},
+                "recursive": {"type": "boolean", "default": false},
+                "timeout_ms": schema::timeout_ms(600_000)
+            })
+        },
+    required: &[
+            "source_environment_id",
+            "source_path",
+            "destination_environment_id",
+            "destination_path",
+        ],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { call(ctx, parse_args(arguments)?).await })
+}
 
 const DEFAULT_TIMEOUT_MS: u64 = 600_000;
 

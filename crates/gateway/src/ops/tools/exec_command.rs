@@ -25,11 +25,48 @@ use execgate_protocol::exec::{
 use serde::Deserialize;
 
 use super::args::{self, default_true};
+use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::link::LinkError;
 use crate::ops::Error;
 use crate::secret::random_id;
 use crate::store::{now_ms, SessionRow};
+use serde_json::{json, Map, Value};
+
+/// The `exec_command` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "exec_command",
+    route: Route::Rest,
+    description: "Start a long-running process and return its session_id. Then use \
+                      write_stdin, read_output and terminate with that session_id.",
+    envs_list: Some((
+        3,
+        "Start a long-running process and return its session_id; then use the processes API \
+                      for output (or its SSE stream), stdin, signal, resize and terminate. Arguments: command, cwd, env, \
+                      tty (with cols, rows), pipe_stdin (default true), max_runtime_ms.",
+    )),
+    properties: || {
+            json!({
+                "command": schema::command(),
+                "cwd": {"type": "string"},
+                "env": schema::env(),
+                "tty": {"type": "boolean", "default": false, "description": "Run under a pseudo-terminal."},
+                "pipe_stdin": {"type": "boolean", "default": true,
+                               "description": "Keep stdin open for write_stdin."},
+                "cols": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "Terminal width (tty)."},
+                "rows": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "Terminal height (tty)."},
+                "max_runtime_ms": {"type": "integer", "minimum": 1,
+                                   "description": "Terminate the process (its whole group) once it has run this long."},
+                "sandbox": schema::sandbox()
+            })
+        },
+    required: &["command"],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { call(ctx, parse_args(arguments)?).await })
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,10 +20,40 @@ use execgate_protocol::exec::{
 use serde::Deserialize;
 
 use super::args;
+use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::link::{Link, LinkError, ProcessEvent};
 use crate::ops::Error;
 use crate::secret::random_id;
+use serde_json::{json, Map, Value};
+
+/// The `shell` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "shell",
+    route: Route::Rest,
+    description: "Run a command to completion and return its stdout, stderr and exit code. \
+                      A non-zero exit is not an error; a timeout kills the whole process group.",
+    envs_list: Some((
+        0,
+        "Run a command to completion and return its stdout, stderr and exit code. \
+                      Arguments: command (argv array, or a string run with sh -c), cwd, env, timeout_ms (default 60000).",
+    )),
+    properties: || {
+            json!({
+                "command": schema::command(),
+                "cwd": {"type": "string", "description": "Working directory (default: the executor's)."},
+                "env": schema::env(),
+                "timeout_ms": schema::timeout_ms(60_000),
+                "sandbox": schema::sandbox()
+            })
+        },
+    required: &["command"],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { call(ctx, parse_args(arguments)?).await })
+}
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 /// `shell` holds all output in the gateway's memory; past this much it keeps

@@ -1,4 +1,4 @@
-//! `read_file` and `write_file`.
+//! `read_file`: a file's bytes, as base64.
 //!
 //! Reads go through the [ext] `fs/readRange` when the executor has it, so
 //! only the asked-for range crosses the link; a stock codex gets `fs/readFile`
@@ -10,15 +10,41 @@ use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::CallToolResult;
 use execgate_protocol::exec::{
-    method, CreateDirectoryParams, Empty, Metadata, PathParams, ReadFileResult, ReadRangeParams,
-    ReadRangeResult, WriteFileParams,
+    method, Metadata, PathParams, ReadFileResult, ReadRangeParams, ReadRangeResult,
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::args::{default_true, path_uri};
+use super::args::path_uri;
+use super::{parse_args, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::ops::Error;
+use serde_json::{Map, Value};
+
+/// The `read_file` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "read_file",
+    route: Route::Rest,
+    description: "Read a file; the content comes back base64-encoded. Relative paths resolve \
+                      against the executor's working directory.",
+    envs_list: Some((
+        1,
+        "Read a file as base64. Arguments: path, offset, limit (0 = to the end).",
+    )),
+    properties: || {
+        json!({
+            "path": {"type": "string", "minLength": 1},
+            "offset": {"type": "integer", "minimum": 0, "description": "Byte offset to start at."},
+            "limit": {"type": "integer", "minimum": 0, "description": "Bytes to read; 0 reads to the end."}
+        })
+    },
+    required: &["path"],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { read_file(ctx, parse_args(arguments)?).await })
+}
 
 /// The most one read_file call returns (it travels as base64 inside JSON).
 pub const MAX_READ: u64 = 32 * 1024 * 1024;
@@ -116,60 +142,4 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
 fn decode(data: &Blob) -> Result<Bytes, Error> {
     data.to_bytes()
         .map_err(|e| Error::internal(format!("the executor sent invalid base64: {e}")))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WriteFileArgs {
-    pub path: String,
-    pub content_b64: String,
-    #[serde(default = "default_true")]
-    pub create_parents: bool,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub environment_id: Option<String>,
-}
-
-pub async fn write_file(ctx: &ToolContext<'_>, a: WriteFileArgs) -> Result<CallToolResult, Error> {
-    let link = &ctx.link;
-    let uri = path_uri(link, "path", &a.path)?;
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(a.content_b64.as_bytes())
-        .map_err(|e| Error::bad_base64("arguments.content_b64", e))?;
-    let ext = link.ext();
-    if a.create_parents && !ext.atomic_write {
-        // A stock codex does not create parents; ask for them first.
-        if let Some(parent) = std::path::Path::new(&a.path).parent() {
-            let parent = parent.to_string_lossy();
-            if !parent.is_empty() {
-                let params = CreateDirectoryParams {
-                    path: path_uri(link, "path", &parent)?,
-                    recursive: Some(true),
-                    mode: None,
-                };
-                if let Err(e) = link
-                    .request::<_, Empty>(method::FS_CREATE_DIRECTORY, &params, RPC_TIMEOUT)
-                    .await
-                {
-                    return rpc_failure(e);
-                }
-            }
-        }
-    }
-    let params = WriteFileParams {
-        path: uri,
-        data_base64: Blob::Base64(a.content_b64),
-        create_parents: ext.atomic_write.then_some(a.create_parents),
-    };
-    if let Err(e) = link
-        .request::<_, Empty>(method::FS_WRITE_FILE, &params, RPC_TIMEOUT)
-        .await
-    {
-        return rpc_failure(e);
-    }
-    Ok(CallToolResult::text(
-        "ok",
-        Some(json!({ "path": a.path, "bytes": data.len() })),
-        false,
-    ))
 }
