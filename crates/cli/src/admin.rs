@@ -1,7 +1,7 @@
 //! `execgate admin`: workspaces, proxy tokens, executors, the audit log and
 //! capability tokens, straight in the store of a data dir. Safe while a
 //! gateway serves from the same data dir. The work is
-//! `execgate_gateway::admin::ops` (and `captoken::admin`), which the admin
+//! `execgate_gateway::admin` (operations and capability tokens), which the admin
 //! API (`/api/admin/*`) shares; this module only prints.
 //!
 //! Commands that create a secret print it alone on the last line of stdout;
@@ -13,12 +13,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use execgate_gateway::auth::captoken;
-use execgate_gateway::ops::admin as ops;
-use execgate_gateway::ops::captoken::MintRequest;
-use execgate_gateway::ops::environment::rfc3339;
-use execgate_gateway::store::audit_log::parse_since;
-use execgate_gateway::store::{now_ms, AuditQuery};
+use execgate_gateway::admin::{self as ops, now_ms, parse_since, rfc3339, AuditQuery, MintRequest};
+use execgate_gateway::captoken;
 use execgate_gateway::Store;
 use execgate_protocol::admin::{AddExecutor, CreateToken};
 
@@ -59,7 +55,7 @@ pub enum CaptokenCmd {
         #[arg(long)]
         workspace: String,
         /// Lifetime in seconds (1-86400).
-        #[arg(long, default_value_t = execgate_gateway::auth::captoken::DEFAULT_TTL_S)]
+        #[arg(long, default_value_t = execgate_gateway::captoken::DEFAULT_TTL_S)]
         ttl: u64,
         /// The turn the token belongs to (revocation is per turn); default: a new `turn_…`.
         #[arg(long)]
@@ -271,8 +267,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 user_id: user,
                 skip_audit: skip_audit.then_some(true),
             };
-            let m = execgate_gateway::ops::captoken::mint(&store, &secret, &req, captoken::now_s())
-                .await?;
+            let m = ops::mint(&store, &secret, &req, captoken::now_s()).await?;
             println!(
                 "capability token for workspace {}, turn {}, expires {} (shown once):",
                 m.workspace,
@@ -282,7 +277,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             println!("{}", m.token);
         }
         AdminCommand::Captoken(CaptokenCmd::RevokeTurn { turn_id }) => {
-            let r = execgate_gateway::ops::captoken::revoke_turn(&store, &turn_id).await?;
+            let r = ops::revoke_turn(&store, &turn_id).await?;
             println!("revoked turn {} (since {})", r.turn_id, r.revoked_at);
         }
         AdminCommand::Executor(ExecutorCmd::Remove { workspace, name }) => {

@@ -132,7 +132,7 @@ fn main() -> std::process::ExitCode {
                 cp::run(a).await.map(|_| 0)
             }
             Command::Openapi => {
-                let doc = execgate_gateway::http::openapi::document();
+                let doc = execgate_gateway::openapi_document();
                 println!("{}", serde_json::to_string_pretty(&doc)?);
                 Ok(0)
             }

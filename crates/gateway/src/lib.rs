@@ -1,49 +1,118 @@
 //! The execgate gateway: it accepts executors' outbound WebSocket links,
-//! serves the connectors REST API to agents, and routes each tool call to
-//! the right executor.
+//! serves the connectors REST API (and MCP, and the bridge) to agents, and
+//! routes each tool call to the right executor.
 //!
-//! Map of the crate (see ARCHITECTURE.md for the whole picture):
-//! - [`api`]: the router and the connectors API handlers.
-//! - [`admin`]: the admin API (`/api/admin/*`) and what `execgate admin`
-//!   shares with it; the admin token.
-//! - [`auth`]: proxy token → [`auth::Caller`].
-//! - [`audit`]: the audit log: records, and their batched writer.
-//! - [`limits`]: per-workspace request rate and live-session cap.
-//! - [`captoken`]: capability tokens (mint, verify, the secret, the admin
-//!   operations); [`bridge`]: `/bridge/{exe_id}`, a capability-token holder
-//!   speaking the executor protocol over the gateway's link.
-//! - [`listener`]: accepting connections: header read timeout, connection
-//!   cap, TCP_NODELAY.
-//! - [`connect`]: executor register + WebSocket link, handshake, resume.
-//! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
-//!   notification routing.
-//! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
-//! - [`openapi`]: `/openapi.json`, generated from the handlers.
-//! - [`registry`]: live links by exe_id.
-//! - [`revocation`]: long-lived requests re-check their token; links of
-//!   removed executors close.
-//! - [`tools`]: tool semantics (shell, files, exec_command).
-//! - [`policy`]: an executor's announced policy: hidden and refused tools.
-//! - [`processes`]: exec_command sessions: stdin, output, terminate,
-//!   signal, resize, listing. [`stream`]: their output as Server-Sent Events.
-//!   [`deadlines`]: `max_runtime_ms`, enforced from the store.
-//! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
-//! - [`sigv4`]: SigV4 verification of codex executors.
-//! - [`seq_ledger`]: bytes per output seq, for exact `lost_bytes` on codex.
-//! - [`error`]: the API error and its envelope; [`extract`]: extractors
-//!   whose rejections use it.
+//! # The layers
+//!
+//! The crate is five layers, as folders; a module names only layers below
+//! its own (`tests/layering.rs` fails on a violation):
+//!
+//! ```text
+//! http  >  ops  >  link, auth  >  store          (secret: a leaf any may use)
+//! ```
+//!
+//! - `http`: everything that knows HTTP. The router, every handler
+//!   (connectors REST, files, SSE, processes, admin, `/internal`, executor
+//!   register/connect, the `/bridge` upgrade), MCP (`http::mcp`), OpenAPI,
+//!   the extractors (`Caller`, `AdminCaller`), the listener, and
+//!   `http::error`, the one place an operation's error becomes the
+//!   `{"error":{code,message}}` envelope and a status.
+//! - `ops`: what a call does, callable without an HTTP request. The core
+//!   tools, one file each, and their one registry (`ops::tools`); process
+//!   sessions; transfers and patches; policy, limits, deadlines,
+//!   revocation; environment resolution; admin operations; the gateway's
+//!   shared state (`ops::state::AppState`); `ops::Error` (a stable code, a
+//!   message, a kind; no HTTP status).
+//! - `link`: executor links. The session loop and handshake
+//!   (`link::connect`), the `Link` (JSON-RPC client, multiplexing), the
+//!   registry, SigV4, the seq ledger, read-ahead, the bridge relay. It sees
+//!   the gateway through `link::host::LinkHost`.
+//! - `auth`: proxy-token verification (embedded, remote, cache, the
+//!   authority side), capability tokens, the admin token.
+//! - `store`: SQLite: workspaces, tokens, executors, sessions, and the
+//!   audit log (records and their batched writer).
+//!
+//! # The public surface
+//!
+//! Modules are private. Exported: [`Gateway`] and [`GatewayConfig`] with
+//! the config types of [`config`]; [`Store`]; [`admin`], what `execgate
+//! admin` shares with the admin API; [`captoken`], the capability-token
+//! format; [`openapi_document`]; and, hidden, `fuzz_api` for the fuzz
+//! targets.
 
-pub mod auth;
-pub mod http;
-pub mod link;
-pub mod ops;
-pub mod secret;
-pub mod store;
+#![forbid(unsafe_code)]
+
+mod auth;
+mod http;
+mod link;
+mod ops;
+mod secret;
+mod store;
 
 use std::net::SocketAddr;
 
-pub use ops::state::{AppState, GatewayConfig};
+pub use ops::state::GatewayConfig;
 pub use store::Store;
+
+/// The configuration types [`GatewayConfig`] is made of.
+pub mod config {
+    pub use crate::auth::remote::RemoteConfig;
+    pub use crate::auth::{AuthConfig, CacheConfig, VerifierConfig};
+    pub use crate::http::listener::default_max_connections;
+    pub use crate::ops::limits::{LimitsConfig, RateConfig};
+    pub use crate::ops::state::ListenerConfig;
+    pub use crate::secret::SecretString;
+    pub use crate::store::audit_log::AuditMode;
+}
+
+/// What `execgate admin` shares with the admin API (`/api/admin/*`): the
+/// operations on a [`Store`], capability-token minting and turn revocation,
+/// and the time formats the CLI prints and parses.
+pub mod admin {
+    pub use crate::ops::admin::*;
+    pub use crate::ops::captoken::{mint, revoke_turn, MintRequest, Minted, RevokedTurn};
+    pub use crate::ops::environment::rfc3339;
+    pub use crate::store::audit_log::{parse_since, AuditRecord};
+    pub use crate::store::{now_ms, AuditQuery};
+}
+
+/// Capability tokens (the bridge's credential): the format, minting and
+/// checking, and the secret's file.
+pub mod captoken {
+    pub use crate::auth::captoken::{
+        keyfile, mint, now_s, sign_parts, verify, CapTokenError, CapTokenSecret, Claims,
+        DEFAULT_TTL_S, HEADER, MAX_TTL_S,
+    };
+}
+
+/// The OpenAPI document of the public API, as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    http::openapi::document()
+}
+
+/// What the fuzz targets (`fuzz/fuzz_targets/*`) exercise; not an API.
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use crate::auth::captoken::{sign_parts, verify, CapTokenSecret, HEADER};
+    pub use crate::link::sigv4::parse_authorization;
+    pub use crate::ops::patch::{apply_hunks, parse, FileOp};
+}
+
+/// A running gateway's view for the process that started it (`execgate
+/// up`): its store, and which executors are connected.
+#[derive(Clone)]
+pub struct GatewayHandle(ops::state::AppState);
+
+impl GatewayHandle {
+    pub fn store(&self) -> &Store {
+        self.0.store()
+    }
+
+    /// Whether executor `exe_id` has a live link.
+    pub fn is_connected(&self, exe_id: &str) -> bool {
+        self.0.registry().get(exe_id).is_some()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -64,7 +133,7 @@ pub enum GatewayError {
 
 /// A gateway bound to its address, ready to serve.
 pub struct Gateway {
-    state: AppState,
+    state: ops::state::AppState,
     listener: tokio::net::TcpListener,
 }
 
@@ -87,7 +156,7 @@ impl Gateway {
                 source,
             })?;
         Ok(Gateway {
-            state: AppState::with_secrets(config, store, Some(admin_token), secret),
+            state: ops::state::AppState::with_secrets(config, store, Some(admin_token), secret),
             listener,
         })
     }
@@ -98,8 +167,9 @@ impl Gateway {
             .expect("a bound listener has an address")
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
+    /// A handle on the gateway's state, valid while it serves.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle(self.state.clone())
     }
 
     /// Serves until the process ends.

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use execgate_gateway::auth::captoken::{self, CapTokenSecret};
+use execgate_gateway::captoken::{self, CapTokenSecret};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -1,3 +1,7 @@
+//! The auth layer: proxy tokens, capability tokens ([`captoken`]), the
+//! admin token ([`admin_token`]). It names neither `http`, `ops` nor `link`,
+//! and no axum: the extractors that run it are `http::extract`'s.
+//!
 //! Who is calling: the proxy token in `Authorization: Bearer` becomes a
 //! [`Caller`] scoped to one workspace.
 //!

@@ -1,5 +1,6 @@
 //! The admin API, `/api/admin/*`: the HTTP face of `execgate admin`,
-//! behind the admin token ([`token`]). Both share [`ops`].
+//! behind the admin token (`auth::admin_token`, checked by [`AdminCaller`]). Both
+//! share `ops::admin`; the capability-token routes call `ops::captoken`.
 //!
 //! | route | what |
 //! |---|---|

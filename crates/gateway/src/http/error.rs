@@ -48,22 +48,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code::BAD_ARGUMENTS, message)
     }
 
-    pub fn bad_base64(field: &str, err: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            code::BAD_BASE64,
-            format!("{field} is not valid standard base64: {err}"),
-        )
-    }
-
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code::NOT_FOUND, message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, message)
-    }
-
+    #[cfg(test)]
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self

@@ -11,7 +11,7 @@
 //! - [`executor`]: executor register and the `/connect` upgrade;
 //!   [`bridge`]: the `/bridge/{exe_id}` upgrade (the relay is `link::bridge`).
 //! - [`mcp`]: the MCP server at `/mcp`; [`openapi`]: the document.
-//! - [`extract`]: extractors (the [`extract::Caller`] one included);
+//! - [`extract`]: extractors (the `Caller` one included);
 //!   [`error`]: the one place an error becomes the envelope and a status;
 //!   [`listener`]: accepting connections.
 

@@ -1,3 +1,12 @@
+//! The link layer: executor links. [`connect`] runs a link's session
+//! (handshake, resume, the socket's life) once `http::executor` upgraded it;
+//! this module is the [`Link`] itself; [`registry`] holds the live ones;
+//! [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
+//! serve output reads; [`bridge`] relays a bridge session. It names neither
+//! `http` nor `ops`: it sees the gateway through [`host::LinkHost`]. (The
+//! bridge relay also names `auth::captoken`, to re-verify tokens; the
+//! layering test lists that edge.)
+//!
 //! One live executor link: the gateway's JSON-RPC client side of a connected
 //! executor's WebSocket.
 //!

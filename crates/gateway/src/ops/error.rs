@@ -29,8 +29,6 @@ pub struct Error {
     pub retry_after: Option<u64>,
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
 /// What kind of failure a code is, whatever carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -144,6 +144,7 @@ impl AppState {
     /// A state without an admin token (the admin API refuses everyone) and
     /// with a random capability-token secret: for tests. Starts the audit
     /// writer, so it must run inside a Tokio runtime.
+    #[cfg(test)]
     pub fn new(config: GatewayConfig, store: Store) -> Self {
         Self::with_secrets(config, store, None, CapTokenSecret::random())
     }

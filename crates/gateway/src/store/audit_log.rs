@@ -362,10 +362,6 @@ impl Audit {
         Audit(Arc::new(Shared { tx, mode, counters }))
     }
 
-    pub fn mode(&self) -> AuditMode {
-        self.0.mode
-    }
-
     /// Opens the record of an operation about to run. Best-effort: at
     /// once. Fail-closed: once its `started` row is committed, or 503
     /// `audit_unavailable` (see the module header).
@@ -412,12 +408,6 @@ impl Audit {
                 ACK_TIMEOUT.as_secs()
             ))),
         }
-    }
-
-    /// Records a finished operation (best effort in either mode: the
-    /// operation has already happened).
-    pub fn record(&self, rec: AuditRecord) {
-        self.submit(Write::Insert(rec));
     }
 
     fn submit(&self, write: Write) {

@@ -1,3 +1,5 @@
+//! The store layer (the bottom one: it names no other layer).
+//!
 //! The durable store: workspaces, proxy tokens, executors, process
 //! sessions and (in [`audit`]) the audit log, in SQLite (sqlx, migrations
 //! run at open).

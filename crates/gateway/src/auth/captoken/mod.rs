@@ -1,7 +1,7 @@
 //! Capability tokens: short-lived, workspace-scoped bearer tokens that let
 //! their holder speak the executor protocol through `/bridge/{exe_id}`
 //! (the seed's CapTokenSecret). This module is the pure format: mint and
-//! verify, no I/O. [`keyfile`] loads the HMAC secret; [`admin`] mints and
+//! verify, no I/O. [`keyfile`] loads the HMAC secret; `ops::captoken` mints and
 //! revokes against the store (the CLI and the admin routes).
 //!
 //! Format, JWT-like: `b64url(header).b64url(payload).b64url(sig)`, base64url

@@ -19,7 +19,8 @@ use crate::secret::SecretString;
 
 const ADMIN_TOKEN: &str = "test-admin-token";
 use crate::link::Link;
-use crate::{AppState, GatewayConfig, Store};
+use crate::ops::state::{AppState, GatewayConfig};
+use crate::store::Store;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

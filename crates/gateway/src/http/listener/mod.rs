@@ -55,7 +55,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::error::ApiError;
-pub use crate::ops::state::{ListenerConfig, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
+pub use crate::ops::state::{ListenerConfig, DEFAULT_MAX_CONNECTIONS};
 
 mod parse_errors;
 

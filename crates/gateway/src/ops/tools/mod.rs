@@ -60,10 +60,11 @@ use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
 pub use args::{default_true, describe, parse_args, resolve_path};
-pub use list_environments::ListEnvironmentsArgs;
-pub use read_output::ReadOutputArgs;
-pub use terminate::TerminateArgs;
-pub use write_stdin::WriteStdinArgs;
+#[cfg(test)]
+pub use {
+    list_environments::ListEnvironmentsArgs, read_output::ReadOutputArgs, terminate::TerminateArgs,
+    write_stdin::WriteStdinArgs,
+};
 
 pub(crate) use crate::link::RPC_TIMEOUT;
 
