@@ -16,10 +16,12 @@ use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::{bearer_token, ApiJson, ApiPath, ApiQuery};
 use crate::http::openapi::{SessionErrors, SessionPath};
-use crate::ops::processes;
+use crate::ops::processes::{self, Output};
 use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
 use crate::store::audit_log::Via;
+use execgate_protocol::blob::Blob;
+use execgate_protocol::exec::Stream;
 
 /// Writes to a process's stdin; `eof` closes it after the data.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/stdin", tag = "processes",
@@ -178,4 +180,124 @@ pub(crate) async fn list(
     )
     .await;
     Ok(Json(ProcessListResponse { processes }))
+}
+
+/// `/output`'s answer as JSON bytes.
+pub(crate) trait OutputJson {
+    fn to_json(&self) -> Vec<u8>;
+}
+
+impl OutputJson for Output {
+    /// The JSON of `Output::into_response`, written by hand for the
+    /// chunks ([`push_chunk_fields`]) into one pre-sized buffer, where
+    /// serde_json would also grow its buffer by doubling: together most of
+    /// the gateway's time for an 8 MiB answer (BENCHMARKS.md).
+    fn to_json(&self) -> Vec<u8> {
+        const EMPTY: &str = r#"{"chunks":[]"#;
+        // Only strings, numbers and booleans: serialising cannot fail.
+        let head = serde_json::to_string(&self.head).unwrap_or_default();
+        let rest = head.strip_prefix(EMPTY).unwrap_or_default();
+        let data: usize = self
+            .chunks
+            .iter()
+            .map(|c| (c.chunk.len() as usize).div_ceil(3) * 4 + 64)
+            .sum();
+        let mut out = String::with_capacity(EMPTY.len() + data + head.len());
+        out.push_str(r#"{"chunks":["#);
+        for (i, c) in self.chunks.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('{');
+            push_chunk_fields(&mut out, c.stream, &c.chunk);
+            out.push_str(r#","seq":"#);
+            out.push_str(&c.seq.to_string());
+            out.push('}');
+        }
+        out.push(']');
+        out.push_str(rest);
+        out.into_bytes()
+    }
+}
+
+/// Appends a chunk's `"stream":…,"data_b64":…` (the fields `/output`'s
+/// chunks and the stream's `output` events share), as serde would write
+/// them. Base64 made here holds no character JSON must escape, so it goes
+/// straight into `out`; serde_json would scan each character for one (a
+/// tenth of the gateway's time on the output path; BENCHMARKS.md). It is
+/// encoded with SIMD (`base64-simd`, AVX2 where the CPU has it): the
+/// scalar encoder was the largest single item of the machine's profile
+/// while output streamed (BENCHMARKS.md, session 4).
+pub(crate) fn push_chunk_fields(out: &mut String, stream: Stream, data: &Blob) {
+    out.push_str(r#""stream":""#);
+    out.push_str(stream.as_str());
+    out.push_str(r#"","data_b64":"#);
+    match data {
+        Blob::Raw(bytes) => {
+            out.push('"');
+            base64_simd::STANDARD.encode_append(bytes, out);
+            out.push('"');
+        }
+        // An executor's own text (a stock codex): escaped like any string.
+        Blob::Base64(text) => out.push_str(&serde_json::to_string(text).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use execgate_protocol::connectors::ErrorBody;
+    use execgate_protocol::exec::ProcessChunk;
+
+    /// The hand-written JSON is the JSON serde writes for the response,
+    /// byte for byte, whichever way the bytes came.
+    #[test]
+    fn output_json_is_the_responses_json() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let head = OutputResponse {
+            chunks: Vec::new(),
+            exit_code: Some(3),
+            session_alive: false,
+            truncated: true,
+            lost_bytes: 7,
+            lost_bytes_unknown: false,
+            next_since: Some(12),
+            error: None,
+        };
+        let chunk = |seq, stream, chunk| ProcessChunk { seq, stream, chunk };
+        let cases = [
+            vec![],
+            vec![chunk(1, Stream::Stdout, Blob::raw(&b"\0\"hi\"\n\xff"[..]))],
+            vec![
+                chunk(4, Stream::Stderr, Blob::Base64(b64(b"x"))),
+                chunk(5, Stream::Pty, Blob::raw(&b""[..])),
+                // Not base64 at all (a broken executor): still valid JSON.
+                chunk(6, Stream::Stdout, Blob::Base64("\"\\\n".into())),
+            ],
+        ];
+        for chunks in cases {
+            for error in [
+                None,
+                Some(ErrorBody {
+                    code: "c".into(),
+                    message: "m\"".into(),
+                }),
+            ] {
+                let out = Output {
+                    head: OutputResponse {
+                        error,
+                        ..head.clone()
+                    },
+                    chunks: chunks.clone(),
+                };
+                let hand = out.to_json();
+                let serde = serde_json::to_vec(&out.into_response()).unwrap();
+                assert_eq!(
+                    String::from_utf8(hand).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+            }
+        }
+    }
 }

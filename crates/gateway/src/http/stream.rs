@@ -429,7 +429,7 @@ impl Pump {
 fn output_data(stream: ExecStream, data: &Blob) -> String {
     let mut out = String::with_capacity(48 + (data.len() as usize).div_ceil(3) * 4);
     out.push('{');
-    processes::push_chunk_fields(&mut out, stream, data);
+    crate::http::processes::push_chunk_fields(&mut out, stream, data);
     out.push('}');
     out
 }
