@@ -17,7 +17,7 @@ use execgate_protocol::connectors::{error_code as code, ErrorBody, ErrorResponse
 use crate::auth::captoken::CapTokenError;
 use crate::auth::AuthError;
 use crate::link::LinkError;
-use crate::ops::{self, captoken::AdminError, transfer::TransferError, Kind};
+use crate::ops::{self, captoken::AdminError, transfer::TransferError, ErrorKind};
 use crate::store::audit_log::{AuditUnavailable, ErrorCode};
 use crate::store::StoreError;
 
@@ -188,21 +188,21 @@ pub async fn envelope_bare_errors(resp: Response) -> Response {
 
 /// The HTTP status of each kind of operation error: with [`crate::ops::error::kind_of`]
 /// (code → kind), the one code → status table.
-pub fn status_of(kind: Kind) -> StatusCode {
+pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
-        Kind::Invalid => StatusCode::BAD_REQUEST,
-        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Kind::Denied => StatusCode::FORBIDDEN,
-        Kind::NotFound => StatusCode::NOT_FOUND,
-        Kind::Conflict => StatusCode::CONFLICT,
-        Kind::Gone => StatusCode::GONE,
-        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Kind::Limited => StatusCode::TOO_MANY_REQUESTS,
-        Kind::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        Kind::Upstream => StatusCode::BAD_GATEWAY,
-        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Gone => StatusCode::GONE,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Limited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -31,7 +31,7 @@ pub struct Error {
 
 /// What kind of failure a code is, whatever carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ErrorKind {
     /// The request itself is wrong (a field, the JSON, a range).
     Invalid,
     /// No credentials, or ones that are not accepted.
@@ -61,38 +61,40 @@ pub enum Kind {
 /// The kind of each code: the one table (`http::error` maps kinds to
 /// statuses). A code missing here is `Internal`; the test below lists
 /// every code.
-pub fn kind_of(code: &str) -> Kind {
+pub fn kind_of(code: &str) -> ErrorKind {
     match code {
         code::BAD_REQUEST
         | code::BAD_JSON
         | code::UNKNOWN_TOOL
         | code::BAD_ARGUMENTS
-        | code::BAD_BASE64 => Kind::Invalid,
+        | code::BAD_BASE64 => ErrorKind::Invalid,
         code::MISSING_BEARER
         | code::INVALID_TOKEN
         | code::INVALID_CAPTOKEN
         | code::CAPTOKEN_EXPIRED
-        | code::TURN_REVOKED => Kind::Unauthenticated,
-        code::FORBIDDEN | code::POLICY_DENIED | code::TOOL_NOT_ALLOWED => Kind::Denied,
+        | code::TURN_REVOKED => ErrorKind::Unauthenticated,
+        code::FORBIDDEN | code::POLICY_DENIED | code::TOOL_NOT_ALLOWED => ErrorKind::Denied,
         code::NOT_FOUND | code::ENV_NOT_FOUND | code::SESSION_NOT_FOUND | FILE_NOT_FOUND => {
-            Kind::NotFound
+            ErrorKind::NotFound
         }
         code::CONFLICT
         | code::EXECUTOR_ALREADY_CONNECTED
         | code::STDIN_CLOSED
-        | code::NOT_A_TERMINAL => Kind::Conflict,
-        code::SESSION_EXPIRED | code::EXECUTOR_RESTARTED => Kind::Gone,
-        code::PAYLOAD_TOO_LARGE => Kind::TooLarge,
-        code::RATE_LIMITED | code::TOO_MANY_SESSIONS | code::TOO_MANY_PROCESSES => Kind::Limited,
-        code::NOT_SUPPORTED_BY_EXECUTOR => Kind::Unsupported,
-        code::EXECUTOR_ERROR => Kind::Upstream,
+        | code::NOT_A_TERMINAL => ErrorKind::Conflict,
+        code::SESSION_EXPIRED | code::EXECUTOR_RESTARTED => ErrorKind::Gone,
+        code::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
+        code::RATE_LIMITED | code::TOO_MANY_SESSIONS | code::TOO_MANY_PROCESSES => {
+            ErrorKind::Limited
+        }
+        code::NOT_SUPPORTED_BY_EXECUTOR => ErrorKind::Unsupported,
+        code::EXECUTOR_ERROR => ErrorKind::Upstream,
         code::UNAVAILABLE
         | code::EXECUTOR_UNAVAILABLE
         | code::AUTH_UNAVAILABLE
         | code::AUDIT_UNAVAILABLE
-        | code::TOO_MANY_CONNECTIONS => Kind::Unavailable,
-        code::GATEWAY_TIMEOUT => Kind::Timeout,
-        _ => Kind::Internal,
+        | code::TOO_MANY_CONNECTIONS => ErrorKind::Unavailable,
+        code::GATEWAY_TIMEOUT => ErrorKind::Timeout,
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -137,7 +139,7 @@ impl Error {
         self
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> ErrorKind {
         kind_of(self.code)
     }
 }
@@ -282,9 +284,9 @@ mod tests {
             FILE_NOT_FOUND,
         ];
         for c in all {
-            assert_ne!(kind_of(c), Kind::Internal, "{c}");
+            assert_ne!(kind_of(c), ErrorKind::Internal, "{c}");
         }
-        assert_eq!(kind_of(code::INTERNAL), Kind::Internal);
+        assert_eq!(kind_of(code::INTERNAL), ErrorKind::Internal);
         // Codes only the HTTP stack answers have no operation behind them.
         for c in [
             code::METHOD_NOT_ALLOWED,
@@ -292,7 +294,7 @@ mod tests {
             code::HEADERS_TOO_LARGE,
             code::URI_TOO_LONG,
         ] {
-            assert_eq!(kind_of(c), Kind::Internal, "{c}");
+            assert_eq!(kind_of(c), ErrorKind::Internal, "{c}");
         }
     }
 }

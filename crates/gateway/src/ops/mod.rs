@@ -1,7 +1,7 @@
 //! The operations layer: what a call does, callable where no HTTP request
 //! exists (REST, MCP, the bridge, and later a peer replica call the same
 //! functions). It names no `http` and no axum; it fails with [`Error`]
-//! (a stable code, a message, a [`Kind`]), which `http::error` alone turns
+//! (a stable code, a message, an [`ErrorKind`]), which `http::error` alone turns
 //! into a status and the envelope.
 //!
 //! - [`tools`]: every core tool, one file each, and the one registry;
@@ -35,4 +35,4 @@ pub mod state;
 pub mod tools;
 pub mod transfer;
 
-pub use error::{Error, Kind};
+pub use error::{Error, ErrorKind};
