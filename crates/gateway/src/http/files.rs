@@ -12,8 +12,9 @@
 //!   JSON routes does not apply. A `Content-Range` (a partial PUT) is
 //!   refused with 400.
 //!
-//! Both use [`crate::ops::transfer`], which falls back to ordinary commands on
-//! an executor without execgate's file extensions (a stock codex).
+//! What they do is [`crate::ops::files`] (through `ops::transfer`); this
+//! module is their HTTP: the query, `Range` and its 206/416, the headers,
+//! and the bodies as byte streams.
 //!
 //! Both are audited (`files.get`, `files.put`): a download's arguments are
 //! `{"path": …}`, an upload's are its body, hashed while it streams; the
@@ -24,11 +25,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::{Bytes, BytesMut};
-use execgate_protocol::connectors::{error_code as code, ErrorResponse, UploadResponse};
-use futures_util::StreamExt;
+use bytes::Bytes;
+use execgate_protocol::connectors::{ErrorResponse, UploadResponse};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
@@ -36,9 +35,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::FileBytes;
 use crate::ops::audit::RecordExt as _;
+use crate::ops::files::{self, Download, ReadAhead};
 use crate::ops::state::AppState;
-use crate::ops::tools::{default_true, resolve_path};
-use crate::ops::transfer::{self, Sink, TransferError, CHUNK};
+use crate::ops::tools::default_true;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -51,16 +50,6 @@ pub struct FileQuery {
     #[serde(default = "default_true")]
     #[param(default = true)]
     create_parents: bool,
-}
-
-/// A missing file is 404 `file_not_found`; other refusals 400.
-fn file_error(e: TransferError) -> ApiError {
-    match e {
-        TransferError::Refused(m) if m.ends_with("no such file or directory") => {
-            ApiError::new(StatusCode::NOT_FOUND, "file_not_found", m)
-        }
-        other => other.into(),
-    }
 }
 
 /// A file's bytes. Honours one `Range` (206); an unsatisfiable range is 416.
@@ -110,50 +99,6 @@ enum Served {
     Refused(Response, &'static str),
 }
 
-/// Reads `[offset, end)` ahead of the client by one chunk, into the body.
-struct ReadAhead {
-    link: std::sync::Arc<crate::link::Link>,
-    path: std::path::PathBuf,
-    offset: u64,
-    end: u64,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-}
-
-impl ReadAhead {
-    async fn run(mut self, mut audit: AuditEntry) {
-        while self.offset < self.end {
-            let want = CHUNK.min(self.end - self.offset);
-            let chunk = match transfer::read_range(&self.link, &self.path, self.offset, want).await
-            {
-                Ok(c) if c.is_empty() => {
-                    audit.fail(code::EXECUTOR_ERROR);
-                    Err(std::io::Error::other(
-                        "the file shrank while it was being read",
-                    ))
-                }
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    audit.fail(match &e {
-                        TransferError::Refused(_) => code::BAD_REQUEST,
-                        TransferError::Api(a) => a.code,
-                    });
-                    Err(std::io::Error::other(e.to_string()))
-                }
-            };
-            let n = chunk.as_ref().map_or(0, |c| c.len() as u64);
-            let failed = chunk.is_err();
-            // The client went away (the record says cancelled), or the
-            // read failed: stop either way.
-            if self.tx.send(chunk).await.is_err() || failed {
-                return;
-            }
-            self.offset += n;
-            audit.record().add_bytes_out(n);
-        }
-        audit.succeed();
-    }
-}
-
 async fn serve_download(
     state: &AppState,
     caller: &Caller,
@@ -162,18 +107,8 @@ async fn serve_download(
     headers: &HeaderMap,
     audit: &mut AuditEntry,
 ) -> Result<Served, ApiError> {
-    let link = crate::ops::environment::environment(state, caller, name).await?;
-    audit.record().set_link(&link);
-    crate::ops::policy::check_download(&link)?;
-    let path = resolve_path(&link, "path", &q.path)?;
-    let meta = transfer::stat(&link, &path).await.map_err(file_error)?;
-    if !meta.is_file {
-        return Err(ApiError::bad_request(format!(
-            "{} is not a regular file",
-            q.path
-        )));
-    }
-    let size = meta.size;
+    let Download { link, path, size } =
+        files::open_download(state, caller, name, &q.path, audit).await?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(r) => match parse_range(r, size) {
@@ -324,87 +259,20 @@ pub async fn upload(
         Some(_) => Err(ApiError::bad_request(
             "Content-Range on PUT is not supported: a PUT replaces the whole file; send the whole file without Content-Range",
         )),
-        None => receive_upload(&state, &caller, &name, &q, body, &mut audit).await,
+        None => files::upload(
+            &state,
+            &caller,
+            &name,
+            &q.path,
+            q.create_parents,
+            body.into_data_stream(),
+            &mut audit,
+        )
+        .await
+        .map(Json)
+        .map_err(ApiError::from),
     };
     audit.finish(&r);
-    r
-}
-
-async fn receive_upload(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    q: &FileQuery,
-    body: Body,
-    audit: &mut AuditEntry,
-) -> Result<Json<UploadResponse>, ApiError> {
-    let link = crate::ops::environment::environment(state, caller, name).await?;
-    audit.record().set_link(&link);
-    crate::ops::policy::check_upload(&link)?;
-    let path = resolve_path(&link, "path", &q.path)?;
-    // Keep the mode of a file being replaced; refuse to replace a directory.
-    // A link is written through (as write_file does) and the file it points
-    // to keeps its mode, which the executor sees to: the link's own mode
-    // (0777) must not become the file's.
-    let mode = match transfer::stat(&link, &path).await {
-        Ok(m) if m.is_directory => {
-            return Err(ApiError::bad_request(format!("{} is a directory", q.path)))
-        }
-        Ok(m) if m.is_symlink => None,
-        Ok(m) => m.mode,
-        Err(TransferError::Refused(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let mut sink = Sink::create(link, &path, q.create_parents)
-        .await
-        .map_err(file_error)?;
-    match pump(&mut sink, body, audit).await {
-        Ok(()) => {
-            let r = sink.commit(mode).await?;
-            Ok(Json(UploadResponse {
-                path: q.path.clone(),
-                bytes: r.size,
-                sha256: r.sha256,
-            }))
-        }
-        Err(e) => {
-            sink.abort().await;
-            Err(e)
-        }
-    }
-}
-
-/// Moves the request body into the sink in chunks of [`CHUNK`], hashing
-/// it for the audit record as it goes.
-async fn pump(sink: &mut Sink, body: Body, audit: &mut AuditEntry) -> Result<(), ApiError> {
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let r = async {
-        let mut stream = body.into_data_stream();
-        let mut buf = BytesMut::with_capacity(CHUNK as usize);
-        while let Some(frame) = stream.next().await {
-            let data = frame.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    code::BAD_REQUEST,
-                    format!("the upload was interrupted: {e}; nothing was written"),
-                )
-            })?;
-            hasher.update(&data);
-            received += data.len() as u64;
-            buf.extend_from_slice(&data);
-            while buf.len() as u64 >= CHUNK {
-                let chunk = buf.split_to(CHUNK as usize);
-                sink.write(chunk.freeze()).await?;
-            }
-        }
-        sink.write(buf.freeze()).await?;
-        Ok(())
-    }
-    .await;
-    let rec = audit.record();
-    rec.set_args_digest(hex::encode(hasher.finalize()), received);
-    rec.add_bytes_in(received);
     r
 }
 

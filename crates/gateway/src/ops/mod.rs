@@ -26,6 +26,7 @@ pub mod captoken;
 pub mod deadlines;
 pub mod environment;
 pub mod error;
+pub mod files;
 pub mod limits;
 pub mod patch;
 pub mod policy;
