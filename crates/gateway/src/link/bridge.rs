@@ -45,7 +45,6 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
-use crate::auth::captoken::{self, Claims};
 use crate::link::host::Host;
 use crate::link::{Link, Tap, TAP_PREFIX};
 use crate::store::audit_log::AuditEntry;
@@ -164,9 +163,21 @@ enum Out {
     Close(Option<CloseFrame>),
 }
 
+/// What a capability token grants a bridge session (its claims, as the
+/// auth layer verified them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnClaims {
+    pub turn_id: String,
+    pub workspace_id: String,
+    pub user_id: Option<String>,
+    /// Seconds since the epoch.
+    pub exp: i64,
+    pub skip_audit: Option<bool>,
+}
+
 /// What an authorized bridge request may use.
 pub struct Grant {
-    pub claims: Claims,
+    pub claims: TurnClaims,
     pub link: Arc<Link>,
     /// The session's audit record, opened before the upgrade so that
     /// `--audit fail-closed` can refuse the session (503) when it cannot be
@@ -354,7 +365,7 @@ async fn forward_notifications(shared: Arc<Shared>, mut tap: Tap) {
 struct Session {
     state: Host,
     shared: Arc<Shared>,
-    claims: Claims,
+    claims: TurnClaims,
     key: String,
     /// When the session's token expires, Unix ms.
     exp_ms: i64,
@@ -499,10 +510,9 @@ impl Session {
     /// moves the session's end to its `exp`. Returns the answer, and the
     /// end of the session when the turn turns out to be revoked.
     async fn renew(&mut self, token: &str) -> (Result<Value, RpcError>, Option<End>) {
-        let claims = match captoken::verify(self.state.cap_token_secret(), token, captoken::now_s())
-        {
+        let claims = match self.state.verify_captoken(token) {
             Ok(c) => c,
-            Err(e) => return (Err(RpcError::invalid_params(e.to_string())), None),
+            Err(e) => return (Err(RpcError::invalid_params(e)), None),
         };
         if claims.workspace_id != self.claims.workspace_id || claims.turn_id != self.claims.turn_id
         {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::link::bridge::TurnClaims;
 use crate::link::registry::Registry;
 use crate::link::seq_ledger::SeqLedger;
 use crate::store::Store;
@@ -34,9 +35,9 @@ pub trait LinkHost: Send + Sync + 'static {
     fn ledger(&self, exe_id: &str) -> Arc<SeqLedger>;
     /// Turn ids revoked through this gateway, to the live bridge sessions.
     fn revoked_turns(&self) -> &broadcast::Sender<String>;
-    /// The secret capability tokens are verified with (bridge sessions
-    /// re-check the tokens a client sends mid-session).
-    fn cap_token_secret(&self) -> &crate::auth::captoken::CapTokenSecret;
+    /// The claims of capability token `token`, or why it is refused: a
+    /// bridge session checks the token a client renews it with.
+    fn verify_captoken(&self, token: &str) -> Result<TurnClaims, String>;
 }
 
 /// A handle on the gateway, as links hold it.

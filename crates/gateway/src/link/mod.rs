@@ -3,9 +3,9 @@
 //! this module is the [`Link`] itself; [`registry`] holds the live ones;
 //! [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
 //! serve output reads; [`bridge`] relays a bridge session. It names neither
-//! `http` nor `ops`: it sees the gateway through [`host::LinkHost`]. (The
-//! bridge relay also names `auth::captoken`, to re-verify tokens; the
-//! layering test lists that edge.)
+//! `http`, `ops` nor `auth`: it sees the gateway (its store, registry,
+//! config, and the check of a bridge session's renewal token) through
+//! [`host::LinkHost`].
 //!
 //! One live executor link: the gateway's JSON-RPC client side of a connected
 //! executor's WebSocket.

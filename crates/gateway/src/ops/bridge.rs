@@ -5,7 +5,7 @@
 use execgate_protocol::connectors::error_code as code;
 
 use crate::auth::captoken;
-use crate::link::bridge::Grant;
+use crate::link::bridge::{Grant, TurnClaims};
 use crate::ops::state::AppState;
 use crate::ops::Error;
 
@@ -43,10 +43,21 @@ pub async fn authorize(state: &AppState, target: &str, token: &str) -> Result<Gr
     };
     match state.registry().get(&row.exe_id) {
         Some(link) => Ok(Grant {
-            claims,
+            claims: turn_claims(claims),
             link,
             audit: None,
         }),
         None => Err(crate::ops::environment::executor_unavailable(state, &row.exe_id).await),
+    }
+}
+
+/// A verified token's claims, as the bridge relay keeps them.
+pub fn turn_claims(c: captoken::Claims) -> TurnClaims {
+    TurnClaims {
+        turn_id: c.turn_id,
+        workspace_id: c.workspace_id,
+        user_id: c.user_id,
+        exp: c.exp,
+        skip_audit: c.skip_audit,
     }
 }

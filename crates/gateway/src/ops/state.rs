@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::captoken::CapTokenSecret;
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
+use crate::link::bridge::TurnClaims;
 use crate::link::host::{Host, LinkConfig, LinkHost};
 use crate::link::read_ahead::PollAheads;
 use crate::link::registry::Registry;
@@ -279,8 +280,14 @@ impl LinkHost for AppState {
         &self.0.revoked_turns
     }
 
-    fn cap_token_secret(&self) -> &CapTokenSecret {
-        &self.0.cap_token_secret
+    fn verify_captoken(&self, token: &str) -> Result<TurnClaims, String> {
+        crate::auth::captoken::verify(
+            &self.0.cap_token_secret,
+            token,
+            crate::auth::captoken::now_s(),
+        )
+        .map(crate::ops::bridge::turn_claims)
+        .map_err(|e| e.to_string())
     }
 }
 
