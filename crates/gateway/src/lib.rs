@@ -19,14 +19,15 @@
 //!   `{"error":{code,message}}` envelope and a status.
 //! - `ops`: what a call does, callable without an HTTP request. The core
 //!   tools, one file each, and their one registry (`ops::tools`); process
-//!   sessions; transfers and patches; policy, limits, deadlines,
-//!   revocation; environment resolution; admin operations; the gateway's
-//!   shared state (`ops::state::AppState`); `ops::Error` (a stable code, a
-//!   message, a kind; no HTTP status).
+//!   sessions; file transfers (`ops::files`, `ops::transfer`) and patches;
+//!   policy, limits, deadlines, revocation; environment resolution; admin
+//!   operations; the gateway's shared state (`ops::state::AppState`);
+//!   `ops::Error` (a stable code, a message, a kind; no HTTP status).
 //! - `link`: executor links. The session loop and handshake
 //!   (`link::connect`), the `Link` (JSON-RPC client, multiplexing), the
 //!   registry, SigV4, the seq ledger, read-ahead, the bridge relay. It sees
-//!   the gateway through `link::host::LinkHost`.
+//!   the gateway (and checks a bridge renewal token) only through
+//!   `link::host::LinkHost`.
 //! - `auth`: proxy-token verification (embedded, remote, cache, the
 //!   authority side), capability tokens, the admin token.
 //! - `store`: SQLite: workspaces, tokens, executors, sessions, and the

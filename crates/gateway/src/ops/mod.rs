@@ -8,7 +8,8 @@
 //!   custom tools. [`processes`]: exec_command sessions (stdin, output,
 //!   terminate, signal, resize, listing, restart detection);
 //!   [`deadlines`]: `max_runtime_ms`.
-//! - [`transfer`]: streamed file transfers (`/files`, copy_path);
+//! - [`files`]: a caller's file bytes in and out (`/files`), over
+//!   [`transfer`]: streamed, verified transfers (copy_path too);
 //!   [`patch`]: the apply_patch grammar.
 //! - [`environment`]: a caller's environments and their live links;
 //!   [`bridge`]: who may open a bridge session.

@@ -74,7 +74,7 @@ const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The default connection cap for a soft `RLIMIT_NOFILE` of `fd_limit`:
-/// the limit less [`FD_RESERVE`], at most [`DEFAULT_MAX_CONNECTIONS`], at
+/// the limit less `FD_RESERVE`, at most `DEFAULT_MAX_CONNECTIONS`, at
 /// least 16 (a tiny limit still serves a few).
 pub fn default_max_connections(fd_limit: u64) -> usize {
     let room = fd_limit.saturating_sub(FD_RESERVE).max(16);
