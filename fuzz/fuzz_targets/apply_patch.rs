@@ -4,7 +4,7 @@
 //! and applying answer Ok or Err, never panic.
 #![no_main]
 
-use execgate_gateway::patch::{apply_hunks, parse, FileOp};
+use execgate_gateway::fuzz_api::{apply_hunks, parse, FileOp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 //! checks after it are fuzzed too.
 #![no_main]
 
-use execgate_gateway::captoken::{sign_parts, verify, CapTokenSecret, HEADER};
+use execgate_gateway::fuzz_api::{sign_parts, verify, CapTokenSecret, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! client that can reach the gateway sends it.
 #![no_main]
 
-use execgate_gateway::sigv4::parse_authorization;
+use execgate_gateway::fuzz_api::parse_authorization;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! `execgate admin`: workspaces, proxy tokens, executors, the audit log and
 //! capability tokens, straight in the store of a data dir. Safe while a
 //! gateway serves from the same data dir. The work is
-//! `execgate_gateway::admin::ops` (and `captoken::admin`), which the admin
+//! `execgate_gateway::admin` (operations and capability tokens), which the admin
 //! API (`/api/admin/*`) shares; this module only prints.
 //!
 //! Commands that create a secret print it alone on the last line of stdout;
@@ -13,11 +13,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use execgate_gateway::admin::ops;
-use execgate_gateway::api::rfc3339;
-use execgate_gateway::audit::parse_since;
-use execgate_gateway::captoken::{self, admin::MintRequest};
-use execgate_gateway::store::{now_ms, AuditQuery};
+use execgate_gateway::admin::{self as ops, now_ms, parse_since, rfc3339, AuditQuery, MintRequest};
+use execgate_gateway::captoken;
 use execgate_gateway::Store;
 use execgate_protocol::admin::{AddExecutor, CreateToken};
 
@@ -270,7 +267,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
                 user_id: user,
                 skip_audit: skip_audit.then_some(true),
             };
-            let m = captoken::admin::mint(&store, &secret, &req, captoken::now_s()).await?;
+            let m = ops::mint(&store, &secret, &req, captoken::now_s()).await?;
             println!(
                 "capability token for workspace {}, turn {}, expires {} (shown once):",
                 m.workspace,
@@ -280,7 +277,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             println!("{}", m.token);
         }
         AdminCommand::Captoken(CaptokenCmd::RevokeTurn { turn_id }) => {
-            let r = captoken::admin::revoke_turn(&store, &turn_id).await?;
+            let r = ops::revoke_turn(&store, &turn_id).await?;
             println!("revoked turn {} (since {})", r.turn_id, r.revoked_at);
         }
         AdminCommand::Executor(ExecutorCmd::Remove { workspace, name }) => {

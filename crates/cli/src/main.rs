@@ -146,7 +146,7 @@ fn main() -> std::process::ExitCode {
                 mcp_stdio::run(a).await
             }
             Command::Openapi => {
-                let doc = execgate_gateway::openapi::document();
+                let doc = execgate_gateway::openapi_document();
                 println!("{}", serde_json::to_string_pretty(&doc)?);
                 Ok(0)
             }

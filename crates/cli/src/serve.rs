@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use execgate_gateway::audit::AuditMode;
-use execgate_gateway::auth::remote::RemoteConfig;
-use execgate_gateway::auth::{CacheConfig, VerifierConfig};
-use execgate_gateway::limits::{LimitsConfig, RateConfig};
-use execgate_gateway::listener::{self, ListenerConfig};
-use execgate_gateway::secret::SecretString;
+use execgate_gateway::config::{
+    default_max_connections, AuditMode, CacheConfig, LimitsConfig, ListenerConfig, RateConfig,
+    RemoteConfig, SecretString, VerifierConfig,
+};
 use execgate_gateway::{Gateway, GatewayConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -159,7 +157,7 @@ impl GatewayArgs {
         c.listener = ListenerConfig {
             max_connections: match self.max_connections {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-                None => listener::default_max_connections(crate::fdlimit::current()),
+                None => default_max_connections(crate::fdlimit::current()),
             },
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
         };

@@ -39,7 +39,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     let gateway = Gateway::bind(a.gateway.config()?).await?;
     let addr = gateway.local_addr();
     let url = format!("http://{addr}");
-    let store = gateway.state().store().clone();
+    let store = gateway.handle().store().clone();
 
     store.ensure_workspace(WORKSPACE).await?;
     let exe_token = match store.executor_by_name(WORKSPACE, ENV_NAME).await? {
@@ -48,7 +48,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     };
     let proxy_token = proxy_token(&store, &data_dir).await?;
 
-    let state = gateway.state().clone();
+    let handle = gateway.handle();
     let server = tokio::spawn(gateway.serve());
 
     let mut config = ExecutorConfig::new(url.clone(), exe_token);
@@ -63,7 +63,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         .map(|r| r.exe_id)
         .unwrap_or_default();
     for _ in 0..100 {
-        if state.registry().get(&exe_id).is_some() || executor.is_finished() {
+        if handle.is_connected(&exe_id) || executor.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

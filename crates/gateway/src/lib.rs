@@ -1,73 +1,119 @@
 //! The execgate gateway: it accepts executors' outbound WebSocket links,
-//! serves the connectors REST API to agents, and routes each tool call to
-//! the right executor.
+//! serves the connectors REST API (and MCP, and the bridge) to agents, and
+//! routes each tool call to the right executor.
 //!
-//! Map of the crate (see ARCHITECTURE.md for the whole picture):
-//! - [`api`]: the router and the connectors API handlers.
-//! - [`admin`]: the admin API (`/api/admin/*`) and what `execgate admin`
-//!   shares with it; the admin token.
-//! - [`auth`]: proxy token → [`auth::Caller`].
-//! - [`audit`]: the audit log: records, and their batched writer.
-//! - [`limits`]: per-workspace request rate and live-session cap.
-//! - [`captoken`]: capability tokens (mint, verify, the secret, the admin
-//!   operations); [`bridge`]: `/bridge/{exe_id}`, a capability-token holder
-//!   speaking the executor protocol over the gateway's link.
-//! - [`listener`]: accepting connections: header read timeout, connection
-//!   cap, TCP_NODELAY.
-//! - [`connect`]: executor register + WebSocket link, handshake, resume.
-//! - [`link`]: one executor link: JSON-RPC client, request multiplexing,
-//!   notification routing.
-//! - [`mcp`]: the MCP server at `/mcp`, over the same tools.
-//! - [`openapi`]: `/openapi.json`, generated from the handlers.
-//! - [`registry`]: live links by exe_id.
-//! - [`revocation`]: long-lived requests re-check their token; links of
-//!   removed executors close.
-//! - [`tools`]: tool semantics (shell, files, exec_command).
-//! - [`policy`]: an executor's announced policy: hidden and refused tools.
-//! - [`processes`]: exec_command sessions: stdin, output, terminate,
-//!   signal, resize, listing. [`stream`]: their output as Server-Sent Events.
-//!   [`deadlines`]: `max_runtime_ms`, enforced from the store.
-//! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
-//! - [`sigv4`]: SigV4 verification of codex executors.
-//! - [`seq_ledger`]: bytes per output seq, for exact `lost_bytes` on codex.
-//! - [`error`]: the API error and its envelope; [`extract`]: extractors
-//!   whose rejections use it.
+//! # The layers
+//!
+//! The crate is five layers, as folders; a module names only layers below
+//! its own (`tests/layering.rs` fails on a violation):
+//!
+//! ```text
+//! http  >  ops  >  link, auth  >  store          (secret: a leaf any may use)
+//! ```
+//!
+//! - `http`: everything that knows HTTP. The router, every handler
+//!   (connectors REST, files, SSE, processes, admin, `/internal`, executor
+//!   register/connect, the `/bridge` upgrade), MCP (`http::mcp`), OpenAPI,
+//!   the extractors (`Caller`, `AdminCaller`), the listener, and
+//!   `http::error`, the one place an operation's error becomes the
+//!   `{"error":{code,message}}` envelope and a status.
+//! - `ops`: what a call does, callable without an HTTP request. The core
+//!   tools, one file each, and their one registry (`ops::tools`); process
+//!   sessions; file transfers (`ops::files`, `ops::transfer`) and patches;
+//!   policy, limits, deadlines, revocation; environment resolution; admin
+//!   operations; the gateway's shared state (`ops::state::AppState`);
+//!   `ops::Error` (a stable code, a message, a kind; no HTTP status).
+//! - `link`: executor links. The session loop and handshake
+//!   (`link::connect`), the `Link` (JSON-RPC client, multiplexing), the
+//!   registry, SigV4, the seq ledger, read-ahead, the bridge relay. It sees
+//!   the gateway (and checks a bridge renewal token) only through
+//!   `link::host::LinkHost`.
+//! - `auth`: proxy-token verification (embedded, remote, cache, the
+//!   authority side), capability tokens, the admin token.
+//! - `store`: SQLite: workspaces, tokens, executors, sessions, and the
+//!   audit log (records and their batched writer).
+//!
+//! # The public surface
+//!
+//! Modules are private. Exported: [`Gateway`] and [`GatewayConfig`] with
+//! the config types of [`config`]; [`Store`]; [`admin`], what `execgate
+//! admin` shares with the admin API; [`captoken`], the capability-token
+//! format; [`openapi_document`]; and, hidden, `fuzz_api` for the fuzz
+//! targets.
 
-pub mod admin;
-pub mod api;
-pub mod audit;
-pub mod auth;
-pub mod bridge;
-pub mod captoken;
-pub mod connect;
-pub mod deadlines;
-pub mod error;
-pub mod extract;
-pub mod file_stream;
-pub mod limits;
-pub mod link;
-pub mod listener;
-pub mod mcp;
-pub mod openapi;
-pub mod patch;
-pub mod policy;
-pub mod processes;
-pub mod read_ahead;
-pub mod registry;
-pub mod revocation;
-pub mod secret;
-pub mod seq_ledger;
-pub mod sigv4;
-pub mod state;
-pub mod store;
-pub mod stream;
-pub mod tools;
-pub mod transfer;
+#![forbid(unsafe_code)]
+
+mod auth;
+mod http;
+mod link;
+mod ops;
+mod secret;
+mod store;
 
 use std::net::SocketAddr;
 
-pub use state::{AppState, GatewayConfig};
+pub use ops::state::GatewayConfig;
 pub use store::Store;
+
+/// The configuration types [`GatewayConfig`] is made of.
+pub mod config {
+    pub use crate::auth::remote::RemoteConfig;
+    pub use crate::auth::{AuthConfig, CacheConfig, VerifierConfig};
+    pub use crate::http::listener::default_max_connections;
+    pub use crate::ops::limits::{LimitsConfig, RateConfig};
+    pub use crate::ops::state::ListenerConfig;
+    pub use crate::secret::SecretString;
+    pub use crate::store::audit_log::AuditMode;
+}
+
+/// What `execgate admin` shares with the admin API (`/api/admin/*`): the
+/// operations on a [`Store`], capability-token minting and turn revocation,
+/// and the time formats the CLI prints and parses.
+pub mod admin {
+    pub use crate::ops::admin::*;
+    pub use crate::ops::captoken::{mint, revoke_turn, MintRequest, Minted, RevokedTurn};
+    pub use crate::ops::environment::rfc3339;
+    pub use crate::store::audit_log::{parse_since, AuditRecord};
+    pub use crate::store::{now_ms, AuditQuery};
+}
+
+/// Capability tokens (the bridge's credential): the format, minting and
+/// checking, and the secret's file.
+pub mod captoken {
+    pub use crate::auth::captoken::{
+        keyfile, mint, now_s, sign_parts, verify, CapTokenError, CapTokenSecret, Claims,
+        DEFAULT_TTL_S, HEADER, MAX_TTL_S,
+    };
+}
+
+/// The OpenAPI document of the public API, as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    http::openapi::document()
+}
+
+/// What the fuzz targets (`fuzz/fuzz_targets/*`) exercise; not an API.
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use crate::auth::captoken::{sign_parts, verify, CapTokenSecret, HEADER};
+    pub use crate::link::sigv4::parse_authorization;
+    pub use crate::ops::patch::{apply_hunks, parse, FileOp};
+}
+
+/// A running gateway's view for the process that started it (`execgate
+/// up`): its store, and which executors are connected.
+#[derive(Clone)]
+pub struct GatewayHandle(ops::state::AppState);
+
+impl GatewayHandle {
+    pub fn store(&self) -> &Store {
+        self.0.store()
+    }
+
+    /// Whether executor `exe_id` has a live link.
+    pub fn is_connected(&self, exe_id: &str) -> bool {
+        self.0.registry().get(exe_id).is_some()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -83,12 +129,12 @@ pub enum GatewayError {
     #[error("admin token: {0}")]
     AdminToken(String),
     #[error(transparent)]
-    CapTokenSecret(#[from] captoken::keyfile::KeyFileError),
+    CapTokenSecret(#[from] auth::captoken::keyfile::KeyFileError),
 }
 
 /// A gateway bound to its address, ready to serve.
 pub struct Gateway {
-    state: AppState,
+    state: ops::state::AppState,
     listener: tokio::net::TcpListener,
 }
 
@@ -98,10 +144,12 @@ impl Gateway {
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::open(&config.data_dir).await?;
         let admin_token =
-            admin::token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
+            auth::admin_token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
                 .map_err(GatewayError::AdminToken)?;
-        let secret =
-            captoken::keyfile::load(config.cap_token_secret_file.as_deref(), &config.data_dir)?;
+        let secret = auth::captoken::keyfile::load(
+            config.cap_token_secret_file.as_deref(),
+            &config.data_dir,
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -109,7 +157,7 @@ impl Gateway {
                 source,
             })?;
         Ok(Gateway {
-            state: AppState::with_secrets(config, store, Some(admin_token), secret),
+            state: ops::state::AppState::with_secrets(config, store, Some(admin_token), secret),
             listener,
         })
     }
@@ -120,15 +168,16 @@ impl Gateway {
             .expect("a bound listener has an address")
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
+    /// A handle on the gateway's state, valid while it serves.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle(self.state.clone())
     }
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), GatewayError> {
-        tokio::spawn(deadlines::run(self.state.clone()));
-        tokio::spawn(revocation::sweep_removed_executors(self.state.clone()));
-        tokio::spawn(captoken::admin::prune_periodically(
+        tokio::spawn(ops::deadlines::run(self.state.clone()));
+        tokio::spawn(ops::revocation::sweep_removed_executors(self.state.clone()));
+        tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));
         let config = self.state.config().listener.clone();
@@ -137,7 +186,7 @@ impl Gateway {
             header_read_timeout_secs = config.header_read_timeout.as_secs_f64(),
             "accepting connections"
         );
-        listener::serve(self.listener, api::router(self.state), config).await;
+        http::listener::serve(self.listener, http::router(self.state), config).await;
         Ok(())
     }
 }

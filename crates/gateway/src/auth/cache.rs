@@ -71,13 +71,10 @@ impl VerdictCache {
     }
 
     /// Number of cached verdicts (after pending maintenance).
+    #[cfg(test)]
     pub async fn len(&self) -> u64 {
         self.inner.run_pending_tasks().await;
         self.inner.entry_count()
-    }
-
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
     }
 }
 

@@ -1,6 +1,7 @@
-//! `POST /internal/validate-proxy-token`: this gateway as the token
-//! authority of other gateways (their remote verifier), answered from its
-//! own store.
+//! This gateway as the token authority of other gateways (their remote
+//! verifier): the wire types of `POST /internal/validate-proxy-token` and
+//! `GET /internal/stats`, the counters, the secret check. The routes are
+//! `crate::http::internal`.
 //!
 //! Served only when the gateway starts with `--internal-secret-file`;
 //! otherwise the route does not exist and `/internal/*` is 404. The caller
@@ -13,16 +14,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
-use execgate_protocol::connectors::error_code as code;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
-use crate::extract::ApiJson;
-use crate::secret::constant_time_eq;
-use crate::state::AppState;
+use crate::secret::{constant_time_eq, SecretString};
 
 /// The request body. The reference's two sides disagreed on the field
 /// name, so both are accepted (and sent).
@@ -60,73 +54,45 @@ pub struct ValidateStats {
     pub rejected: u64,
 }
 
-fn check_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.config().auth.internal_secret else {
-        // The routes are not mounted without a secret; be safe anyway.
-        return Err(ApiError::not_found("no such route"));
-    };
-    let given = super::single_header(headers, "x-internal-secret")?
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if constant_time_eq(given, expected.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            code::FORBIDDEN,
-            "missing or wrong X-Internal-Secret",
-        ))
+impl Stats {
+    /// Counts one answer.
+    pub fn record(&self, accepted: bool) {
+        let counter = if accepted {
+            &self.accepted
+        } else {
+            &self.rejected
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far, as `GET /internal/stats` answers them.
+    pub fn snapshot(&self) -> StatsResponse {
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        StatsResponse {
+            validate_proxy_token: ValidateStats {
+                calls: accepted + rejected,
+                accepted,
+                rejected,
+            },
+        }
     }
 }
 
-pub async fn validate_proxy_token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(req): ApiJson<ValidateRequest>,
-) -> Result<Json<ValidateResponse>, ApiError> {
-    check_secret(&state, &headers)?;
-    let token = match (req.token, req.proxy_token) {
+/// Whether `given` (the `X-Internal-Secret` bytes) is `expected`, compared
+/// in constant time.
+pub fn secret_matches(expected: &SecretString, given: &[u8]) -> bool {
+    constant_time_eq(given, expected.expose().as_bytes())
+}
+
+/// The token of a validate request: `token` or `proxy_token` (both only if
+/// equal), or why not.
+pub fn requested_token(req: ValidateRequest) -> Result<String, &'static str> {
+    match (req.token, req.proxy_token) {
         (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::bad_request(
-                "`token` and `proxy_token` differ; send one, or the same in both",
-            ))
+            Err("`token` and `proxy_token` differ; send one, or the same in both")
         }
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => return Err(ApiError::bad_request("send the token as `token`")),
-    };
-    let stats = state.internal_stats();
-    match state.store().verify_proxy_token(&token).await? {
-        Some(grant) => {
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
-            Ok(Json(ValidateResponse {
-                workspace_id: grant.workspace,
-                user_id: grant.user_id,
-            }))
-        }
-        None => {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                code::INVALID_TOKEN,
-                "the proxy token is unknown or revoked",
-            ))
-        }
+        (Some(t), _) | (None, Some(t)) => Ok(t),
+        (None, None) => Err("send the token as `token`"),
     }
-}
-
-pub async fn stats(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<StatsResponse>, ApiError> {
-    check_secret(&state, &headers)?;
-    let s = state.internal_stats();
-    let accepted = s.accepted.load(Ordering::Relaxed);
-    let rejected = s.rejected.load(Ordering::Relaxed);
-    Ok(Json(StatsResponse {
-        validate_proxy_token: ValidateStats {
-            calls: accepted + rejected,
-            accepted,
-            rejected,
-        },
-    }))
 }

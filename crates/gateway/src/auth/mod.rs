@@ -1,3 +1,7 @@
+//! The auth layer: proxy tokens, capability tokens ([`captoken`]), the
+//! admin token ([`admin_token`]). It names neither `http`, `ops` nor `link`,
+//! and no axum: the extractors that run it are `http::extract`'s.
+//!
 //! Who is calling: the proxy token in `Authorization: Bearer` becomes a
 //! [`Caller`] scoped to one workspace.
 //!
@@ -13,15 +17,18 @@
 //! [`internal`] is the other side: this gateway acting as the authority for
 //! others, from its own store.
 //!
-//! The extractor also applies the workspace's request rate limit
-//! (`crate::limits`): it is the one door of the connectors API and `/mcp`.
+//! The `Caller` extractor (`crate::http::extract`) runs the verifier and
+//! applies the workspace's request rate limit: it is the one door of the
+//! connectors API and `/mcp`.
 //!
 //! Status codes: a rejected token is always 401, never 5xx, so a
 //! misconfigured client stops instead of retrying forever; an authority that
 //! cannot answer is 503 `auth_unavailable` with Retry-After, because the
 //! token may well be good and the client should retry.
 
+pub mod admin_token;
 pub mod cache;
+pub mod captoken;
 pub mod embedded;
 pub mod internal;
 pub mod remote;
@@ -31,14 +38,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use execgate_protocol::connectors::error_code as code;
-
-use crate::error::ApiError;
 use crate::secret::SecretString;
-use crate::state::AppState;
 use crate::store::{Store, StoreError, TokenGrant};
 
 /// The authenticated caller of a connectors API request.
@@ -61,21 +61,7 @@ pub enum AuthError {
 }
 
 /// Seconds a client should wait before retrying after `auth_unavailable`.
-const AUTH_RETRY_AFTER_SECS: u64 = 2;
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::AUTH_UNAVAILABLE,
-                format!("cannot check the proxy token right now: {m}"),
-            )
-            .with_retry_after(AUTH_RETRY_AFTER_SECS),
-            AuthError::Store(e) => e.into(),
-        }
-    }
-}
+pub const AUTH_RETRY_AFTER_SECS: u64 = 2;
 
 /// What a verification yields: the grant of an accepted token, `None` for a
 /// rejected one.
@@ -130,117 +116,5 @@ pub fn verifier(config: &AuthConfig, store: &Store) -> Arc<dyn ProxyTokenVerifie
     match &config.verifier {
         VerifierConfig::Embedded => Arc::new(embedded::EmbeddedVerifier::new(store.clone())),
         VerifierConfig::Remote(remote) => Arc::new(remote::RemoteVerifier::new(remote.clone())),
-    }
-}
-
-/// The one value of header `name`, or None without one; two or more are a
-/// 400 `bad_request`. Credentials sent twice are ambiguous: taking the
-/// first (as `HeaderMap::get` does) lets a proxy that appends its own header
-/// and a gateway that reads another disagree on who is calling.
-pub fn single_header(
-    headers: &HeaderMap,
-    name: impl header::AsHeaderName + Copy + std::fmt::Display,
-) -> Result<Option<&HeaderValue>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(ApiError::bad_request(format!(
-            "the request has more than one {name} header; send exactly one"
-        )));
-    }
-    Ok(first)
-}
-
-/// The bearer token of a request, or 401 `missing_bearer` (400 for two
-/// `Authorization` headers).
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let missing = |why: &str| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code::MISSING_BEARER,
-            format!("{why}: send the header `Authorization: Bearer <token>`"),
-        )
-    };
-    let value = single_header(headers, &header::AUTHORIZATION)?
-        .ok_or_else(|| missing("no Authorization header"))?;
-    let value = value
-        .to_str()
-        .map_err(|_| missing("the Authorization header is not ASCII"))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or_else(|| missing("the Authorization header has no Bearer token"))?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(missing("the Authorization header has no Bearer token"));
-    }
-    Ok(token)
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers)?;
-        match state.verifier().verify(token).await? {
-            Some(grant) => {
-                // Every authenticated request counts against the
-                // workspace's rate (see `limits`).
-                state.limits().check_rate(&grant.workspace)?;
-                Ok(Caller {
-                    workspace: grant.workspace,
-                    user_id: grant.user_id,
-                })
-            }
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                code::INVALID_TOKEN,
-                "the proxy token is unknown or revoked",
-            )),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, v.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(&headers("Bearer abc")).unwrap(), "abc");
-        assert_eq!(bearer_token(&headers("bearer  abc ")).unwrap(), "abc");
-        for bad in ["Basic abc", "Bearer", "Bearer   ", "abc"] {
-            let e = bearer_token(&headers(bad)).unwrap_err();
-            assert_eq!(e.code, code::MISSING_BEARER, "{bad}");
-        }
-        assert_eq!(
-            bearer_token(&HeaderMap::new()).unwrap_err().status,
-            StatusCode::UNAUTHORIZED
-        );
-    }
-
-    #[test]
-    fn two_authorization_headers_are_a_bad_request() {
-        let mut h = headers("Bearer abc");
-        h.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
-        let e = bearer_token(&h).unwrap_err();
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, code::BAD_REQUEST)
-        );
-        assert!(e.message.contains("authorization"), "{}", e.message);
-    }
-
-    #[test]
-    fn unavailable_is_503_with_retry_after() {
-        let e: ApiError = AuthError::Unavailable("down".into()).into();
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code, code::AUTH_UNAVAILABLE);
-        assert_eq!(e.retry_after, Some(AUTH_RETRY_AFTER_SECS));
     }
 }

@@ -18,8 +18,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-
 use crate::auth::cache::VerdictCache;
 use crate::auth::internal::{ValidateRequest, ValidateResponse};
 use crate::auth::{AuthError, CacheConfig, ProxyTokenVerifier, Verdict, VerifyFuture};
@@ -99,8 +97,10 @@ impl RemoteVerifier {
                     unavailable(format!("is unreachable ({e})"))
                 }
             })?;
-        match resp.status() {
-            StatusCode::OK => {
+        // A client's view of the authority's answer: 200, 401, or trouble.
+        let status = resp.status();
+        match status.as_u16() {
+            200 => {
                 let body: ValidateResponse = resp
                     .json()
                     .await
@@ -113,11 +113,11 @@ impl RemoteVerifier {
                     user_id: body.user_id.filter(|u| !u.is_empty()),
                 }))
             }
-            StatusCode::UNAUTHORIZED => Ok(None),
-            s @ (StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => Err(unavailable(format!(
-                "answered {s}: check --agentserver-url and --agentserver-secret-file"
+            401 => Ok(None),
+            403 | 404 => Err(unavailable(format!(
+                "answered {status}: check --agentserver-url and --agentserver-secret-file"
             ))),
-            s => Err(unavailable(format!("answered {s}"))),
+            _ => Err(unavailable(format!("answered {status}"))),
         }
     }
 }

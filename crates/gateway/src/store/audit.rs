@@ -1,10 +1,10 @@
 //! The store's side of the audit log (table `audit` in `audit.db`,
 //! `migrations_audit/0001`):
-//! batched writes for `crate::audit`'s writer task, and filtered reads for
+//! batched writes for `crate::store::audit_log`'s writer task, and filtered reads for
 //! `execgate admin audit` and `GET /api/admin/audit`.
 
 use super::{Result, Store};
-use crate::audit::{AuditRecord, Write};
+use crate::store::audit_log::{AuditRecord, Write};
 
 /// Which records to read: oldest first, after the cursor.
 #[derive(Debug, Clone)]

@@ -1,0 +1,90 @@
+//! The HTTP surface: the router, and the connectors API handlers. Handlers
+//! stay small: authenticate (the [`Caller`] extractor), resolve the
+//! environment or session, then hand over to `tools` or `processes`.
+
+use axum::extract::State;
+use axum::Json;
+use execgate_protocol::connectors::{
+    CallToolResult, EnvsListResponse, ErrorResponse, ToolCallRequest,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::ops::environment::{connected_envs, environment};
+use crate::ops::state::AppState;
+use crate::ops::tools;
+use crate::store::audit_log::Via;
+
+/// The caller's connected environments and their tools.
+#[utoipa::path(post, path = "/api/connectors/envs/list", tag = "environments",
+    request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
+    responses((status = 200, description = "Connected environments of the token's workspace", body = EnvsListResponse)))]
+pub(crate) async fn envs_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
+) -> Result<Json<EnvsListResponse>, ApiError> {
+    let envs = connected_envs(&state, &caller).await?;
+    Ok(Json(EnvsListResponse { envs }))
+}
+
+/// The tool/call body. `arguments` is taken as any JSON here so that a
+/// non-object gets `bad_arguments` rather than a generic parse error.
+#[derive(Deserialize)]
+pub(crate) struct ToolCallBody {
+    tool: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// Calls a tool (core or custom) on one environment. A tool that ran and
+/// failed (a non-zero exit, a missing file) is a 200 with `isError: true`;
+/// 4xx/5xx mean the call could not be made.
+#[utoipa::path(post, path = "/api/connectors/envs/{name}/tool/call", tag = "environments",
+    params(("name" = String, Path, description = "The environment's name, as envs/list shows it")),
+    request_body = ToolCallRequest,
+    responses(
+        (status = 200, description = "The tool's result, as an MCP CallToolResult", body = CallToolResult),
+        (status = 404, description = "No such environment in this workspace (`env_not_found`), or no such tool (`unknown_tool`)", body = ErrorResponse),
+        (status = 504, description = "The executor did not answer in time (`gateway_timeout`)", body = ErrorResponse),
+    ))]
+pub(crate) async fn tool_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ToolCallBody>,
+) -> Result<Json<CallToolResult>, ApiError> {
+    let arguments = match body.arguments {
+        Value::Object(map) => map,
+        Value::Null => Default::default(),
+        other => {
+            return Err(ApiError::bad_arguments(format!(
+                "arguments must be a JSON object, not {other}"
+            )))
+        }
+    };
+    match arguments.get("environment_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(env)) if *env == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_arguments(format!(
+                "arguments.environment_id is {other} but the path names environment {name:?}; omit it or make them agree"
+            )))
+        }
+    }
+    let link = environment(&state, &caller, &name);
+    let result = tools::call(
+        &state,
+        &caller,
+        Via::Rest,
+        &name,
+        link,
+        &body.tool,
+        arguments,
+    )
+    .await?;
+    Ok(Json(result))
+}

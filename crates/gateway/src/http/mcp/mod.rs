@@ -1,0 +1,647 @@
+//! The MCP server at `/mcp`: MCP Streamable HTTP (the `rmcp` crate) in
+//! front of the same tool code as the connectors REST API.
+//!
+//! **Transport.** rmcp's `StreamableHttpService`, stateless, answering
+//! plain JSON: every POST carries one JSON-RPC message and is served on its
+//! own. No MCP session lives in gateway memory, so nothing is lost on a
+//! restart and any replica can answer; the price is no server-to-client
+//! stream (GET answers 405), which these tools never need.
+//!
+//! **Auth.** An axum middleware runs the REST API's [`Caller`] extractor
+//! before rmcp sees the request: a missing or bad token is 401 with the
+//! error envelope, never a JSON-RPC answer. The caller rides in the HTTP
+//! request's extensions, which rmcp hands to the handler in
+//! `RequestContext::extensions` as `http::request::Parts`; the handler only
+//! ever looks at that caller's workspace. rmcp's own HTTP refusals (Host not
+//! allowed, wrong Accept, …) are plain text; the middleware turns them into
+//! the envelope too, so every 4xx/5xx body stays the envelope.
+//!
+//! **Host check.** rmcp refuses `Host` headers outside an allow-list (DNS
+//! rebinding). We allow the loopback names, the listen address, and the
+//! host of `--public-url`. A gateway listening on every interface
+//! (`0.0.0.0`) without `--public-url` cannot know the names it is reached
+//! by, so there the check is off: the bearer token, which a rebinding page
+//! does not have, is the protection.
+//!
+//! **Tools.** `tools/list` and the calls read the core tools' one registry,
+//! [`tools::CORE_TOOLS`] (name, description, schema, call). `shell`,
+//! `read_file`, `write_file`, `apply_patch`, `exec_command` and `copy_path`
+//! go through [`tools::call`] with the arguments unchanged, exactly as `POST
+//! /envs/{name}/tool/call`, and return its CallToolResult. The MCP-only
+//! `write_stdin`, `read_output` and `terminate` call the process operations
+//! like the `/processes/{sid}/…` routes; `list_environments` answers what
+//! envs/list does.
+//!
+//! **Environments.** `environment_id` names an environment; omitted, it is
+//! the workspace's default one (or the only one). `copy_path` defaults to
+//! its `source_environment_id`. A custom tool is listed once under its
+//! own name, whichever environments offer it; omitted, `environment_id` is
+//! the default environment if it offers the tool, else the only one that
+//! does, else it is required (and the schema says so). A core tool's name
+//! always wins over a custom tool's.
+//!
+//! **Errors**, from the operations' [`crate::ops::Error`] (as [`ApiError`]): an unknown tool is JSON-RPC
+//! -32601; `bad_arguments`, `bad_request`, `bad_base64`, `env_not_found` and
+//! an unknown `session_id` (or one of another workspace) are -32602 with the
+//! field named (`arguments.timeout_ms: …`); a store failure is -32603.
+//! Everything else (the executor is offline, a timeout, an expired
+//! session, …) is a tool result with `isError: true`, its text the REST
+//! error's message ("executor 'laptop' is not connected (last seen …)") and
+//! `structuredContent` the REST error envelope.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use execgate_protocol::connectors::{error_code as code, CallToolResult, ConnectorEnv};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CustomRequest, CustomResult, ErrorCode, ErrorData,
+    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::ops::environment as api;
+use crate::ops::environment::environment_argument;
+use crate::ops::revocation::Watch;
+use crate::ops::state::{AppState, GatewayConfig};
+use crate::ops::tools::{self, Call, WorkspaceContext};
+use crate::store::audit_log::Via;
+
+const INSTRUCTIONS: &str = "execgate runs commands and edits files on the machines \
+    (environments) connected to this workspace. list_environments shows them and the \
+    default one; every tool takes environment_id, defaulting to the default environment. \
+    Long-running processes: exec_command, then write_stdin / read_output / terminate.";
+
+/// The `/mcp` route, authenticated; merged into the API router.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_max_request_body_bytes(state.config().max_body_bytes);
+    let config = match allowed_hosts(state.config()) {
+        Some(hosts) => config.with_allowed_hosts(hosts),
+        None => config.disable_allowed_hosts(),
+    };
+    let server = McpServer {
+        state: state.clone(),
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp", service)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// The `Host` names MCP answers to, or None for any (see the module header).
+fn allowed_hosts(config: &GatewayConfig) -> Option<Vec<String>> {
+    let ip = config.listen.ip();
+    if ip.is_unspecified() && config.public_url.is_none() {
+        return None;
+    }
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !ip.is_unspecified() {
+        hosts.push(ip.to_string());
+    }
+    if let Some(host) = config.public_url.as_deref().and_then(url_host) {
+        hosts.push(host);
+    }
+    Some(hosts)
+}
+
+/// `gateway.example` of `https://gateway.example:6060/x`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority: axum::http::uri::Authority = authority.parse().ok()?;
+    Some(authority.host().to_string())
+}
+
+/// Authenticates before rmcp sees the request (see the module header).
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    parts.extensions.insert(caller);
+    if parts.method != axum::http::Method::POST || !is_json(&parts.headers) {
+        // rmcp answers these (GET: 405; another Content-Type: 415).
+        let resp = next.run(Request::from_parts(parts, body)).await;
+        return envelope_transport_refusal(resp).await;
+    }
+    // rmcp answers HTTP 415 to any body it cannot parse as a JSON-RPC
+    // message, which an MCP client cannot tell from a wrong Content-Type.
+    // JSON-RPC has codes for both cases, so the body is checked here first.
+    let limit = state.config().max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+            .into_response()
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return jsonrpc_refusal(
+            Value::Null,
+            ErrorCode::PARSE_ERROR,
+            format!("Parse error: the body is not JSON: {e}"),
+        );
+    }
+    let resp = next
+        .run(Request::from_parts(
+            parts,
+            axum::body::Body::from(body.clone()),
+        ))
+        .await;
+    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        // The Content-Type was JSON and so was the body: rmcp refused the
+        // message itself (not an object, a batch, no `jsonrpc: "2.0"`, …).
+        return jsonrpc_refusal(
+            request_id(&body),
+            ErrorCode::INVALID_REQUEST,
+            "Invalid Request: the body is not a JSON-RPC 2.0 request, notification or response (one message per POST, no batches)".into(),
+        );
+    }
+    envelope_transport_refusal(resp).await
+}
+
+/// Whether the Content-Type is `application/json` (parameters aside), as
+/// rmcp requires.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The message's `id` if it is one JSON-RPC allows (a string or a number),
+/// else null, as JSON-RPC 2.0 asks when the id cannot be determined.
+fn request_id(body: &[u8]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(default)]
+        id: Value,
+    }
+    match serde_json::from_slice::<Id>(body) {
+        Ok(Id {
+            id: id @ (Value::String(_) | Value::Number(_)),
+        }) => id,
+        _ => Value::Null,
+    }
+}
+
+/// A message that is not a JSON-RPC message at all: HTTP 400, as the MCP
+/// Streamable HTTP transport asks of input the server cannot accept, with a
+/// JSON-RPC error response as the body. Its `error` object has `code` (the
+/// JSON-RPC number) and `message`, the envelope's fields.
+fn jsonrpc_refusal(id: Value, code: ErrorCode, message: String) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code.0, "message": message},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// rmcp's plain-text HTTP refusals as the error envelope. JSON answers
+/// (JSON-RPC errors included) pass unchanged.
+async fn envelope_transport_refusal(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error_code = match status {
+        StatusCode::FORBIDDEN => code::FORBIDDEN,
+        StatusCode::METHOD_NOT_ALLOWED => code::METHOD_NOT_ALLOWED,
+        StatusCode::PAYLOAD_TOO_LARGE => code::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => code::UNSUPPORTED_MEDIA_TYPE,
+        s if s.is_server_error() => code::INTERNAL,
+        _ => code::BAD_REQUEST,
+    };
+    let mut out =
+        ApiError::new(status, error_code, format!("MCP transport: {text}")).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+#[derive(Clone)]
+struct McpServer {
+    state: AppState,
+}
+
+/// The caller the middleware authenticated.
+fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    context
+        .extensions
+        .get::<Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .cloned()
+        .ok_or_else(|| {
+            ErrorData::internal_error(
+                "the request reached MCP without an authenticated caller",
+                None,
+            )
+        })
+}
+
+/// The request's bearer token (the middleware has checked it).
+fn bearer(context: &RequestContext<RoleServer>) -> Option<&str> {
+    let parts = context.extensions.get::<Parts>()?;
+    crate::http::extract::bearer_token(&parts.headers).ok()
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("execgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = caller(&context)?;
+        let envs = api::connected_envs(&self.state, &caller)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.message, None))?;
+        let mut tools: Vec<Tool> = tools::CORE_TOOLS
+            .iter()
+            .map(|t| Tool::new(t.name, t.description, t.input_schema()))
+            .collect();
+        tools.extend(
+            custom_tools(&envs)
+                .iter()
+                .map(|(name, offers)| custom_tool(name, offers)),
+        );
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller(&context)?;
+        // For a long-poll (read_output with wait_ms), which re-checks it.
+        let watch = bearer(&context).map(|t| Watch::new(&self.state, t, &caller.workspace));
+        let arguments = request.arguments.unwrap_or_default();
+        let outcome = self.call(&caller, &request.name, arguments, watch).await;
+        answer(outcome).map(Into::into)
+    }
+
+    /// rmcp parses a request whose method it knows but whose params do not
+    /// fit (`tools/call` with `name: 5`) as a custom request of that method;
+    /// JSON-RPC calls that -32602 Invalid params, not -32601.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        Err(custom_request_error(&request.method, request.params))
+    }
+}
+
+/// The MCP methods a client may call that rmcp parses into typed requests:
+/// a request for one of them that reaches `on_custom_request` has params
+/// that did not fit.
+const KNOWN_CLIENT_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "resources/directory/read",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+    "skills/list",
+    "skills/get",
+];
+
+/// -32602 for a known method whose params did not parse (naming the field
+/// for the methods this server serves), else -32601.
+fn custom_request_error(method: &str, params: Option<Value>) -> ErrorData {
+    if !KNOWN_CLIENT_METHODS.contains(&method) {
+        return ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("method not found: {method:?}"),
+            None,
+        );
+    }
+    /// `params.name: invalid type: …`, or `params: …` at the root.
+    fn why<T: serde::de::DeserializeOwned>(params: Option<Value>) -> Option<String> {
+        let params = params.unwrap_or(Value::Null);
+        serde_path_to_error::deserialize::<_, T>(params)
+            .err()
+            .map(|e| {
+                let at_root = matches!(e.path().to_string().as_str(), "." | "");
+                let msg = crate::http::extract::describe(e.path(), e.inner());
+                if at_root {
+                    format!("params: {msg}")
+                } else {
+                    format!("params.{msg}")
+                }
+            })
+    }
+    let detail = match method {
+        "tools/call" => why::<CallToolRequestParams>(params),
+        "initialize" => why::<rmcp::model::InitializeRequestParams>(params),
+        "tools/list" => why::<Option<PaginatedRequestParams>>(params),
+        _ => None,
+    };
+    ErrorData::invalid_params(
+        match detail {
+            Some(d) => format!("invalid params for {method}: {d}"),
+            None => format!("invalid params for {method}"),
+        },
+        None,
+    )
+}
+
+impl McpServer {
+    async fn call(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: Map<String, Value>,
+        watch: Option<Watch>,
+    ) -> Result<CallToolResult, ApiError> {
+        let state = &self.state;
+        let Some(core) = tools::core_tool(name) else {
+            return self.call_custom(caller, name, arguments).await;
+        };
+        match core.call {
+            Call::OnEnvironment(_) => {
+                let env = match environment_arg(&arguments)? {
+                    Some(env) => env,
+                    None if name == "copy_path" => match arguments.get("source_environment_id") {
+                        Some(Value::String(src)) => src.clone(),
+                        // Let the REST parser name the problem.
+                        _ => default_environment(state, caller).await?,
+                    },
+                    None => default_environment(state, caller).await?,
+                };
+                let link = environment_argument(state, caller, &env);
+                Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
+            }
+            Call::InWorkspace(call) => {
+                let ctx = WorkspaceContext {
+                    state,
+                    caller,
+                    via: Via::Mcp,
+                    watch,
+                };
+                Ok(call(ctx, arguments).await?)
+            }
+        }
+    }
+
+    /// A custom tool of one of the workspace's connected environments.
+    async fn call_custom(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<CallToolResult, ApiError> {
+        let state = &self.state;
+        let env = match environment_arg(&arguments)? {
+            Some(env) => env,
+            None => {
+                let envs = api::connected_envs(state, caller).await?;
+                let customs = custom_tools(&envs);
+                let Some(offers) = customs.get(name) else {
+                    let mut known: Vec<String> = tools::CORE_TOOLS
+                        .iter()
+                        .map(|t| t.name.to_string())
+                        .collect();
+                    known.extend(customs.into_keys());
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        code::UNKNOWN_TOOL,
+                        format!(
+                            "unknown tool {name:?}; this workspace has: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                match home(offers) {
+                    Some(offer) => offer.env.clone(),
+                    None => {
+                        let names: Vec<&str> = offers.iter().map(|o| o.env.as_str()).collect();
+                        return Err(ApiError::bad_arguments(format!(
+                            "arguments.environment_id: is required: tool {name:?} is offered by {} and the default environment does not offer it",
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        // With an explicit environment_id, the REST path decides: it knows
+        // the environment's tools, and answers unknown_tool when it lacks it.
+        let link = environment_argument(state, caller, &env);
+        Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
+    }
+}
+
+/// `arguments.environment_id`, if given.
+fn environment_arg(arguments: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match arguments.get("environment_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_arguments(format!(
+            "arguments.environment_id: must be an environment's name (a non-empty string), not {other}"
+        ))),
+    }
+}
+
+/// The workspace's default environment: the one marked default, or the
+/// only one.
+async fn default_environment(state: &AppState, caller: &Caller) -> Result<String, ApiError> {
+    let rows = state
+        .store()
+        .list_executors(Some(&caller.workspace))
+        .await?;
+    if let Some(row) = rows.iter().find(|r| r.is_default) {
+        return Ok(row.name.clone());
+    }
+    match rows.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::ENV_NOT_FOUND,
+            format!(
+                "arguments.environment_id: workspace {:?} has no environments yet",
+                caller.workspace
+            ),
+        )),
+        many => Err(ApiError::bad_arguments(format!(
+            "arguments.environment_id: is required: workspace {:?} has no default environment; name one of: {}",
+            caller.workspace,
+            many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The gateway's outcome as MCP's (the mapping is in the module header).
+fn answer(
+    outcome: Result<CallToolResult, ApiError>,
+) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    let result = match outcome {
+        Ok(result) => result,
+        Err(e) => {
+            let data = Some(json!(e.envelope()));
+            match e.code {
+                code::UNKNOWN_TOOL => {
+                    return Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, e.message, data))
+                }
+                code::BAD_ARGUMENTS
+                | code::BAD_REQUEST
+                | code::BAD_JSON
+                | code::BAD_BASE64
+                | code::ENV_NOT_FOUND
+                | code::SESSION_NOT_FOUND => {
+                    return Err(ErrorData::invalid_params(e.message, data))
+                }
+                code::INTERNAL => return Err(ErrorData::internal_error(e.message, data)),
+                _ => CallToolResult::text(e.message.clone(), data, true),
+            }
+        }
+    };
+    // The REST type is already an MCP CallToolResult on the wire. 2026-07-28
+    // wants `resultType`; rmcp drops it again for older protocol versions.
+    let mut result: rmcp::model::CallToolResult = serde_json::to_value(&result)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            ErrorData::internal_error(format!("tool result does not convert: {e}"), None)
+        })?;
+    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
+    Ok(result)
+}
+
+/// One environment's offer of a custom tool.
+struct Offer {
+    env: String,
+    is_default: bool,
+    description: String,
+    schema: Value,
+}
+
+/// The connected environments' custom tools by name, each with the
+/// environments that offer it (in name order). Names of core MCP tools are
+/// left out: a core tool always wins.
+fn custom_tools(envs: &[ConnectorEnv]) -> BTreeMap<String, Vec<Offer>> {
+    let mut out: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
+    for env in envs {
+        for tool in &env.tools {
+            if tool.kind != "custom" || tools::core_tool(&tool.name).is_some() {
+                continue;
+            }
+            out.entry(tool.name.clone()).or_default().push(Offer {
+                env: env.name.clone(),
+                is_default: env.is_default,
+                description: tool.description.clone(),
+                schema: tool
+                    .input_schema
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            });
+        }
+    }
+    out
+}
+
+/// Where a custom tool runs when `environment_id` is omitted.
+fn home(offers: &[Offer]) -> Option<&Offer> {
+    offers.iter().find(|o| o.is_default).or(match offers {
+        [only] => Some(only),
+        _ => None,
+    })
+}
+
+/// A custom tool as MCP lists it: the schema of the environment it runs in
+/// by default (else the first that offers it) plus `environment_id`.
+fn custom_tool(name: &str, offers: &[Offer]) -> Tool {
+    let shown = home(offers).unwrap_or(&offers[0]);
+    let envs: Vec<&str> = offers.iter().map(|o| o.env.as_str()).collect();
+    let mut input_schema = match &shown.schema {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    input_schema.insert("type".into(), json!("object"));
+    let properties = input_schema
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    if let Value::Object(properties) = properties {
+        // A tool whose own schema declares environment_id keeps its meaning.
+        properties.entry("environment_id").or_insert_with(|| {
+            json!({
+                "type": "string",
+                "enum": envs,
+                "description": "The environment to run in. Default: the default environment if it offers this tool, else the only one that does."
+            })
+        });
+    }
+    if home(offers).is_none() {
+        let required = input_schema.entry("required").or_insert_with(|| json!([]));
+        if let Value::Array(required) = required {
+            if !required.iter().any(|r| r == "environment_id") {
+                required.push(json!("environment_id"));
+            }
+        }
+    }
+    let mut description = shown.description.clone();
+    if offers.len() > 1 {
+        description.push_str(&format!(
+            " (offered by {}: environment_id picks one)",
+            envs.join(", ")
+        ));
+    }
+    Tool::new(name.to_string(), description, input_schema)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The HTTP layer: everything that knows HTTP. It turns requests into
+//! calls of [`crate::ops`] and their results (or [`crate::ops::Error`]s)
+//! into responses; nothing below it names axum or a status code.
+//!
+//! - [`router`] (here): every route of the gateway; [`public_routes`] the
+//!   documented ones, from which [`openapi`] builds `/openapi.json`.
+//! - [`connectors`]: envs/list and tool/call; [`processes`]: every
+//!   `/processes` route; [`files`]: `/files` streaming; [`stream`]: SSE.
+//! - [`admin`]: `/api/admin/*` (captoken routes included); [`internal`]:
+//!   `/internal/*` of a token authority.
+//! - [`executor`]: executor register and the `/connect` upgrade;
+//!   [`bridge`]: the `/bridge/{exe_id}` upgrade (the relay is `link::bridge`).
+//! - [`mcp`]: the MCP server at `/mcp`; [`openapi`]: the document.
+//! - [`extract`]: extractors (the `Caller` one included);
+//!   [`error`]: the one place an error becomes the envelope and a status;
+//!   [`listener`]: accepting connections.
+
+pub mod admin;
+pub mod bridge;
+pub mod connectors;
+pub mod error;
+pub mod executor;
+pub mod extract;
+pub mod files;
+pub mod internal;
+pub mod listener;
+pub mod mcp;
+pub mod openapi;
+pub mod processes;
+pub mod stream;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use execgate_protocol::connectors::error_code as code;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::ops::state::AppState;
+use error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    let (public, mut doc) = public_routes().split_for_parts();
+    openapi::finish(&mut doc);
+    // Serialised once: the document is fixed for the life of the process.
+    let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+    Router::new()
+        .merge(public)
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+        )
+        .route(
+            "/cloud/environment/{environment_id}/direct/register",
+            post(executor::register),
+        )
+        .route(
+            "/cloud/environment/{environment_id}/direct/connect",
+            get(executor::connect),
+        )
+        // The executor protocol for capability-token holders (WebSocket);
+        // like /cloud/*, not part of the OpenAPI document.
+        .route("/bridge/{exe_id}", get(bridge::bridge))
+        .merge(mcp::router(&state))
+        .merge(admin::router(&state))
+        .merge(internal_routes(&state))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        // Last resort: whatever error escaped as plain text or empty gets
+        // the envelope (see `error::envelope_bare_errors`).
+        .layer(axum::middleware::map_response(error::envelope_bare_errors))
+        .with_state(state)
+}
+
+/// The public HTTP API: the routes agents call. Each handler is listed once
+/// and carries its `#[utoipa::path]`, so the router and `/openapi.json`
+/// ([`crate::http::openapi`]) are built from the same list and cannot drift.
+/// Executor-facing routes (`/cloud/*`), `/mcp` (MCP has its own discovery)
+/// and `/internal/*` are not part of it.
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    let (schemas, paths, files) = routes!(files::download, files::upload);
+    // Uploads stream; the JSON body limit does not apply.
+    let files = files.layer(DefaultBodyLimit::disable());
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(connectors::envs_list))
+        .routes(routes!(connectors::tool_call))
+        .routes(routes!(processes::list))
+        .routes(routes!(processes::stdin))
+        .routes(routes!(processes::output))
+        .routes(routes!(processes::terminate))
+        .routes(routes!(stream::stream))
+        .routes(routes!(processes::resize))
+        .routes(routes!(processes::signal))
+        .routes((schemas, paths, files))
+        .routes(routes!(healthz))
+}
+
+/// Liveness: answers while the process serves, without touching the store.
+#[utoipa::path(get, path = "/healthz", security(()), responses(
+    (status = 200, description = "The gateway is serving", body = String, content_type = "text/plain", example = "ok")
+))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `/internal/*` exists only on a gateway that is a token authority
+/// (`--internal-secret-file`); elsewhere it falls through to 404.
+fn internal_routes(state: &AppState) -> Router<AppState> {
+    if state.config().auth.internal_secret.is_none() {
+        return Router::new();
+    }
+    Router::new()
+        .route(
+            "/internal/validate-proxy-token",
+            post(internal::validate_proxy_token),
+        )
+        .route("/internal/stats", get(internal::stats))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        code::NOT_FOUND,
+        "no such route; the connectors API lives under /api/connectors",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        "this route does not take that HTTP method",
+    )
+}

@@ -1,0 +1,543 @@
+//! `shell`: run a command to completion and collect its output.
+//!
+//! `process/start`, then collect `process/output` notifications until
+//! `process/closed`, killing the process group at the deadline. Push, then
+//! pull: notifications are taken strictly in seq order, and at the first gap
+//! (the executor dropped a notification under load, or codex sent `closed`
+//! before `exited`) collection switches to `process/read` from the last
+//! contiguous seq, which the executor answers from its output log. Nothing is
+//! missed and nothing is counted twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use execgate_protocol::connectors::{CallToolResult, ShellOutput};
+use execgate_protocol::exec::{
+    method, EnvPolicy, ProcessIdParams, ProcessReadParams, ProcessReadResult, ProcessStartParams,
+    ProcessStartResult, ProcessTerminateResult, SandboxRequest, Stream,
+};
+use serde::Deserialize;
+
+use super::args;
+use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
+use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
+use crate::link::{Link, LinkError, ProcessEvent};
+use crate::ops::Error;
+use crate::secret::random_id;
+use serde_json::{json, Map, Value};
+
+/// The `shell` tool (see `super` for what a declaration feeds).
+pub static TOOL: CoreTool = CoreTool {
+    name: "shell",
+    route: Route::Rest,
+    description: "Run a command to completion and return its stdout, stderr and exit code. \
+                      A non-zero exit is not an error; a timeout kills the whole process group.",
+    envs_list: Some((
+        0,
+        "Run a command to completion and return its stdout, stderr and exit code. \
+                      Arguments: command (argv array, or a string run with sh -c), cwd, env, timeout_ms (default 60000).",
+    )),
+    properties: || {
+            json!({
+                "command": schema::command(),
+                "cwd": {"type": "string", "description": "Working directory (default: the executor's)."},
+                "env": schema::env(),
+                "timeout_ms": schema::timeout_ms(60_000),
+                "sandbox": schema::sandbox()
+            })
+        },
+    required: &["command"],
+    call: Call::OnEnvironment(invoke),
+};
+
+fn invoke<'a>(ctx: &'a ToolContext<'a>, arguments: Map<String, Value>) -> CallFuture<'a> {
+    Box::pin(async move { call(ctx, parse_args(arguments)?).await })
+}
+
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// `shell` holds all output in the gateway's memory; past this much it keeps
+/// counting but stops storing, and says how much it dropped.
+/// `exec_command` is the tool for unbounded output.
+pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+/// After a kill, how long to wait for the last output and `closed`.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
+/// Beyond its timeout and the drain, how long a call may wait on its
+/// executor's answers (to `process/start`, `process/terminate`, reads)
+/// before it is answered 504 anyway: a hung executor (SIGSTOP, a stuck
+/// machine) must not hold a call past its own timeout.
+pub(crate) const CALL_MARGIN: Duration = Duration::from_secs(5);
+const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellArgs {
+    #[serde(deserialize_with = "args::command")]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default, deserialize_with = "args::env")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "args::timeout_ms")]
+    pub timeout_ms: Option<u64>,
+    /// A narrower sandbox for this process (see `crate::ops::policy::check_sandbox`).
+    #[serde(default)]
+    pub sandbox: Option<SandboxRequest>,
+    /// Checked against the path by the handler.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub environment_id: Option<String>,
+}
+
+pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, Error> {
+    crate::ops::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
+    let command = Command {
+        cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
+        argv: a.command,
+        env: a.env,
+        timeout: Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+        sandbox: a.sandbox,
+    };
+    run_to_completion(ctx, command).await
+}
+
+/// A command to run to completion. `shell` and custom tools (`custom`) both
+/// run one, so they share the collection logic and the result shape.
+pub(crate) struct Command {
+    pub argv: Vec<String>,
+    /// `file://` URI.
+    pub cwd: String,
+    /// Set on top of the executor's environment.
+    pub env: BTreeMap<String, String>,
+    /// Past it, the process group is killed and the result is `isError`.
+    pub timeout: Duration,
+    /// [ext] A narrower sandbox, checked against the executor's capability.
+    pub sandbox: Option<SandboxRequest>,
+}
+
+/// Runs `command` on the link's executor and collects its output into
+/// `{stdout, stderr, exit_code, timed_out, duration_ms}`.
+pub(crate) async fn run_to_completion(
+    ctx: &ToolContext<'_>,
+    command: Command,
+) -> Result<CallToolResult, Error> {
+    let timeout = command.timeout;
+    match run(&ctx.link, command).await {
+        Ok(done) => Ok(done.into_tool_result(timeout)),
+        Err(RunError::Start(e)) => rpc_failure(e),
+        Err(RunError::Api(e)) => Err(e),
+    }
+}
+
+/// Why [`run`] produced no output.
+pub(crate) enum RunError {
+    /// The executor refused to start the process.
+    Start(LinkError),
+    /// The executor could not be reached, or went away mid-run.
+    Api(Error),
+}
+
+impl From<Error> for RunError {
+    fn from(e: Error) -> Self {
+        RunError::Api(e)
+    }
+}
+
+/// A process that ran to its end (or was killed at its deadline).
+pub(crate) struct Completed {
+    out: Collector,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Completed {
+    pub fn stdout(&self) -> &[u8] {
+        &self.out.stdout
+    }
+
+    pub fn stderr(&self) -> &[u8] {
+        &self.out.stderr
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        self.out.exit_code
+    }
+
+    /// Output that is missing from `stdout`/`stderr`: lost on the executor,
+    /// or beyond the capture limit.
+    pub fn missing_bytes(&self) -> u64 {
+        self.out.lost_bytes + self.out.dropped_bytes
+    }
+
+    fn into_tool_result(self, timeout: Duration) -> CallToolResult {
+        self.out.finish(self.timed_out, timeout, self.elapsed)
+    }
+}
+
+/// Runs `command` on `link`'s executor to its end and collects its output
+/// in seq order (push, then pull; see the module docs).
+pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed, RunError> {
+    let timeout = command.timeout;
+    let process_id = random_id("sh_", 8);
+    let params = ProcessStartParams {
+        process_id: process_id.clone(),
+        argv: command.argv,
+        cwd: command.cwd,
+        env: BTreeMap::new(),
+        tty: false,
+        pipe_stdin: Some(false),
+        arg0: None,
+        env_policy: Some(EnvPolicy::inherit_all(command.env)),
+        cols: None,
+        rows: None,
+        // Collected from the pushed notifications: push, as codex does.
+        push_output: None,
+        sandbox: command.sandbox,
+    };
+
+    let started = Instant::now();
+    // The call's own deadline, whatever the executor does; every request
+    // below waits at most until then.
+    let hard_deadline = tokio::time::Instant::now() + timeout + DRAIN_AFTER_KILL + CALL_MARGIN;
+    let left = || {
+        hard_deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    // Subscribe before starting, so the first notification cannot be missed.
+    let mut sub = link.subscribe_to_start(&process_id);
+    if let Err(e) = link
+        .request::<_, ProcessStartResult>(method::PROCESS_START, &params, left().min(RPC_TIMEOUT))
+        .await
+    {
+        return Err(match e {
+            e @ LinkError::Rpc { .. } => RunError::Start(e),
+            other => RunError::Api(other.into()),
+        });
+    }
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Collector::default();
+    let mut timed_out = false;
+    // Until the deadline, then (after the kill) until the drain time is up.
+    let mut stop_at = deadline;
+
+    // Push: notifications in seq order.
+    let mut gap = false;
+    loop {
+        let ev = tokio::select! {
+            ev = sub.recv() => ev,
+            _ = tokio::time::sleep_until(stop_at) => {
+                if timed_out {
+                    break;
+                }
+                timed_out = true;
+                kill(link, &process_id, left()).await?;
+                stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
+                continue;
+            }
+        };
+        match ev {
+            ProcessEvent::LinkLost => return Err(lost_mid_command(link).into()),
+            ev => match out.push(ev) {
+                Push::Accepted => {}
+                Push::Done => break,
+                Push::Gap => {
+                    gap = true;
+                    break;
+                }
+            },
+        }
+    }
+    drop(sub);
+
+    // Pull: read from the last contiguous seq until the executor says closed.
+    if gap {
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= stop_at {
+                if timed_out {
+                    break;
+                }
+                timed_out = true;
+                kill(link, &process_id, left()).await?;
+                stop_at = now + DRAIN_AFTER_KILL;
+            }
+            let wait = stop_at
+                .saturating_duration_since(now)
+                .min(Duration::from_secs(10));
+            let r: ProcessReadResult = link
+                .request(
+                    method::PROCESS_READ,
+                    &ProcessReadParams {
+                        process_id: process_id.clone(),
+                        after_seq: Some(out.cursor),
+                        max_bytes: Some(READ_MAX_BYTES),
+                        wait_ms: Some(wait.as_millis() as u64),
+                    },
+                    (wait + RPC_TIMEOUT).min(left()),
+                )
+                .await
+                .map_err(|e| match e {
+                    LinkError::Disconnected { .. } => lost_mid_command(link),
+                    other => other.into(),
+                })?;
+            if out.pull(r) {
+                break;
+            }
+        }
+    }
+
+    Ok(Completed {
+        out,
+        timed_out,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), Error> {
+    let r = link
+        .request::<_, ProcessTerminateResult>(
+            method::PROCESS_TERMINATE,
+            &ProcessIdParams {
+                process_id: process_id.to_string(),
+            },
+            within.min(RPC_TIMEOUT),
+        )
+        .await;
+    match r {
+        Ok(_) | Err(LinkError::Rpc { .. }) => Ok(()),
+        Err(LinkError::Disconnected { .. }) => Err(lost_mid_command(link)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn lost_mid_command(link: &Link) -> Error {
+    Error::new(
+        execgate_protocol::connectors::error_code::EXECUTOR_UNAVAILABLE,
+        format!(
+            "executor '{}' disconnected while the command ran; its outcome is unknown",
+            link.name
+        ),
+    )
+    .with_retry_after(1)
+}
+
+enum Push {
+    Accepted,
+    Done,
+    Gap,
+}
+
+/// Output of one shell command, assembled in seq order.
+#[derive(Default)]
+struct Collector {
+    /// Every seq up to here has been taken in.
+    cursor: u64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: Option<i32>,
+    lost_bytes: u64,
+    dropped_bytes: u64,
+}
+
+impl Collector {
+    fn push(&mut self, ev: ProcessEvent) -> Push {
+        let seq = match &ev {
+            ProcessEvent::Output { seq, .. }
+            | ProcessEvent::Exited { seq, .. }
+            | ProcessEvent::Closed { seq } => *seq,
+            ProcessEvent::LinkLost => return Push::Gap,
+        };
+        if seq != self.cursor + 1 {
+            return Push::Gap;
+        }
+        self.cursor = seq;
+        match ev {
+            ProcessEvent::Output { stream, data, .. } => self.append(stream, &data),
+            ProcessEvent::Exited { exit_code, .. } => self.exit_code = Some(exit_code),
+            ProcessEvent::Closed { .. } => return Push::Done,
+            ProcessEvent::LinkLost => {}
+        }
+        Push::Accepted
+    }
+
+    /// Takes in one `process/read` result; true once the output is complete.
+    fn pull(&mut self, r: ProcessReadResult) -> bool {
+        self.lost_bytes += r.lost_bytes.unwrap_or(0);
+        for c in &r.chunks {
+            if c.seq <= self.cursor {
+                continue;
+            }
+            match c.chunk.to_bytes() {
+                Ok(data) => self.append(c.stream, &data),
+                // Undecodable (a broken executor): reported, not dropped silently.
+                Err(_) => self.lost_bytes += c.chunk.len(),
+            }
+            self.cursor = c.seq;
+        }
+        self.cursor = self.cursor.max(r.next_seq.saturating_sub(1));
+        if r.exited {
+            self.exit_code = self.exit_code.or(r.exit_code);
+        }
+        r.closed
+    }
+
+    fn append(&mut self, stream: Stream, data: &[u8]) {
+        let held = self.stdout.len() + self.stderr.len();
+        let room = MAX_CAPTURE.saturating_sub(held).min(data.len());
+        let target = match stream {
+            Stream::Stderr => &mut self.stderr,
+            Stream::Stdout | Stream::Pty => &mut self.stdout,
+        };
+        target.extend_from_slice(&data[..room]);
+        self.dropped_bytes += (data.len() - room) as u64;
+    }
+
+    fn finish(self, timed_out: bool, timeout: Duration, elapsed: Duration) -> CallToolResult {
+        let stdout = String::from_utf8_lossy(&self.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&self.stderr).into_owned();
+        let mut text = stdout.clone();
+        if !stderr.is_empty() {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("--- stderr ---\n");
+            text.push_str(&stderr);
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if self.lost_bytes > 0 {
+            text.push_str(&format!(
+                "[{} bytes of output were lost: the executor no longer retained them]\n",
+                self.lost_bytes
+            ));
+        }
+        if self.dropped_bytes > 0 {
+            text.push_str(&format!(
+                "[{} bytes of output were dropped: shell keeps at most {} MiB; use exec_command for more]\n",
+                self.dropped_bytes,
+                MAX_CAPTURE >> 20
+            ));
+        }
+        if timed_out {
+            text.push_str(&format!(
+                "[timed out after {} ms; the process group was killed]",
+                timeout.as_millis()
+            ));
+        } else {
+            match self.exit_code {
+                Some(code) => text.push_str(&format!("[exit_code={code}]")),
+                None => text.push_str("[exit_code=unknown]"),
+            }
+        }
+        let structured = ShellOutput {
+            stdout,
+            stderr,
+            exit_code: self.exit_code,
+            timed_out,
+            duration_ms: elapsed.as_millis() as u64,
+            lost_bytes: self.lost_bytes,
+            dropped_bytes: self.dropped_bytes,
+        };
+        CallToolResult::text(
+            text,
+            Some(serde_json::to_value(structured).expect("shell output serializes")),
+            timed_out,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use bytes::Bytes;
+    use execgate_protocol::blob::Blob;
+    use execgate_protocol::exec::ProcessChunk;
+
+    fn out(seq: u64, s: &str) -> ProcessEvent {
+        ProcessEvent::Output {
+            seq,
+            stream: Stream::Stdout,
+            data: Bytes::from(s.to_string()),
+        }
+    }
+
+    #[test]
+    fn in_order_events_complete() {
+        let mut c = Collector::default();
+        assert!(matches!(c.push(out(1, "a")), Push::Accepted));
+        assert!(matches!(
+            c.push(ProcessEvent::Output {
+                seq: 2,
+                stream: Stream::Stderr,
+                data: Bytes::from_static(b"e")
+            }),
+            Push::Accepted
+        ));
+        assert!(matches!(
+            c.push(ProcessEvent::Exited {
+                seq: 3,
+                exit_code: 3
+            }),
+            Push::Accepted
+        ));
+        assert!(matches!(
+            c.push(ProcessEvent::Closed { seq: 4 }),
+            Push::Done
+        ));
+        let r = c.finish(false, Duration::from_secs(1), Duration::from_millis(5));
+        assert_eq!(r.first_text(), "a\n--- stderr ---\ne\n[exit_code=3]");
+        assert!(!r.is_error);
+    }
+
+    #[test]
+    fn a_gap_switches_to_pull_from_the_contiguous_prefix() {
+        let mut c = Collector::default();
+        c.push(out(1, "a"));
+        assert!(matches!(c.push(out(3, "c")), Push::Gap));
+        assert_eq!(c.cursor, 1);
+        let b64 = |s: &str| Blob::Base64(base64::engine::general_purpose::STANDARD.encode(s));
+        let done = c.pull(ProcessReadResult {
+            chunks: vec![
+                ProcessChunk {
+                    seq: 2,
+                    stream: Stream::Stdout,
+                    chunk: b64("b"),
+                },
+                ProcessChunk {
+                    seq: 3,
+                    stream: Stream::Stdout,
+                    // Raw, as from a binary frame.
+                    chunk: Blob::from(&b"c"[..]),
+                },
+            ],
+            next_seq: 5,
+            exited: true,
+            exit_code: Some(0),
+            closed: true,
+            lost_bytes: Some(0),
+            ..Default::default()
+        });
+        assert!(done);
+        assert_eq!(c.stdout, b"abc");
+        assert_eq!(c.exit_code, Some(0));
+    }
+
+    #[test]
+    fn capture_is_bounded_and_the_excess_reported() {
+        let mut c = Collector::default();
+        let big = vec![b'x'; MAX_CAPTURE + 10];
+        c.append(Stream::Stdout, &big);
+        assert_eq!(c.stdout.len(), MAX_CAPTURE);
+        assert_eq!(c.dropped_bytes, 10);
+        let r = c.finish(true, Duration::from_millis(100), Duration::from_millis(100));
+        assert!(r.is_error);
+        assert!(r.first_text().contains("10 bytes of output were dropped"));
+        assert!(r
+            .first_text()
+            .ends_with("[timed out after 100 ms; the process group was killed]"));
+    }
+}
