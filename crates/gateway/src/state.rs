@@ -49,6 +49,10 @@ pub struct GatewayConfig {
     /// revoked by another process (`execgate admin captoken revoke-turn`).
     /// A revocation through this gateway's own admin API closes it at once.
     pub bridge_recheck: Duration,
+    /// A bridge client's request the executor has not answered within this
+    /// (a `process/read` its `waitMs` on top) is answered with an error by
+    /// the gateway (see `bridge::session`). `--bridge-request-timeout-secs`.
+    pub bridge_request_timeout: Duration,
     /// How often a long-lived request (SSE stream, `/output` long-poll)
     /// checks again that its proxy token is good and its environment still
     /// exists (see `revocation`).
@@ -72,6 +76,7 @@ impl GatewayConfig {
             admin_token_file: None,
             cap_token_secret_file: None,
             bridge_recheck: Duration::from_secs(5),
+            bridge_request_timeout: crate::tools::RPC_TIMEOUT,
             revocation_recheck: crate::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
         }

@@ -18,10 +18,10 @@ use crate::harness::*;
 
 /// Resumes (SIGCONT) a stopped process when dropped, whatever the test's
 /// outcome, so no stopped executor outlives it.
-struct Stopped(u32);
+pub(crate) struct Stopped(u32);
 
 impl Stopped {
-    fn stop(pid: u32) -> Stopped {
+    pub(crate) fn stop(pid: u32) -> Stopped {
         // SAFETY: kill(2) with a pid this test started.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
         Stopped(pid)
