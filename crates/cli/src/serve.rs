@@ -29,7 +29,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "EXECGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
     /// Seconds an executor link may stay silent (no frame, no answer to the
-    /// gateway's pings, sent every third of it) before it is declared dead:
+    /// gateway's pings, sent after half of it in silence) before it is declared dead:
     /// its calls in flight fail at once with 503 executor_unavailable, and
     /// the executor may connect again.
     #[arg(long, env = "EXECGATE_EXECUTOR_PING_TIMEOUT_SECS", default_value_t = 10,

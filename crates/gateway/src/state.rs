@@ -30,7 +30,7 @@ pub struct GatewayConfig {
     /// the store (and pings a bridge client).
     pub ping_interval: Duration,
     /// An executor link silent this long (no frame, no answer to the pings
-    /// sent every third of it) is declared dead: its calls in flight fail
+    /// sent after half of it in silence) is declared dead: its calls in flight fail
     /// at once with 503 `executor_unavailable`. `--executor-ping-timeout-secs`.
     pub ping_timeout: Duration,
     /// How proxy tokens are verified; whether `/internal/*` is served.
