@@ -7,6 +7,8 @@
 //!   idle, less its RSS before the first one, over N. Beside it, the same
 //!   for this process, which holds the other end of the same sockets (with
 //!   small tungstenite buffers), as a sense of scale;
+//! - the gateway's CPU time per second while the N links idle (pings,
+//!   timers, sweeps), beside this process's (the executors' pongs);
 //! - `envs/list` latency (p50/p90/p99) with all N connected, beside the
 //!   same call on the same gateway before any connected (the store's N rows
 //!   are read either way; the difference is the N live links listed).
@@ -25,7 +27,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::harness::{http, rss_kib, Gateway};
+use crate::harness::{cpu_time, http, rss_kib, Gateway};
 use crate::{latency_figures, lite_executor, Figure, Report};
 
 pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report> {
@@ -109,6 +111,20 @@ async fn one(bin: &Path, n: usize, quick: bool) -> anyhow::Result<Vec<Figure>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gw_rss1 = rss_kib(gw.pid());
     let me_rss1 = rss_kib(std::process::id());
+    // What N idle links cost the gateway (pings, timers, its sweeps) and
+    // this process (the executors' side: pongs), in CPU per second.
+    let idle_for = Duration::from_secs(if quick { 2 } else { 5 });
+    let (gw_cpu0, me_cpu0, t_idle) = (
+        cpu_time(gw.pid()),
+        cpu_time(std::process::id()),
+        Instant::now(),
+    );
+    tokio::time::sleep(idle_for).await;
+    let idle_secs = t_idle.elapsed().as_secs_f64();
+    let cpu_ms_per_s =
+        |a: Duration, b: Duration| (a.saturating_sub(b)).as_secs_f64() * 1000.0 / idle_secs;
+    let gw_idle_cpu = cpu_ms_per_s(cpu_time(gw.pid()), gw_cpu0);
+    let me_idle_cpu = cpu_ms_per_s(cpu_time(std::process::id()), me_cpu0);
 
     let mut after = Vec::new();
     for _ in 0..samples {
@@ -140,6 +156,13 @@ async fn one(bin: &Path, n: usize, quick: bool) -> anyhow::Result<Vec<Figure>> {
             "MiB",
         )
         .vs("before any connected", gw_rss0 as f64 / 1024.0),
+        Figure::new(
+            format!("{k}.gateway_idle_cpu_ms_per_s"),
+            format!("  gateway CPU with N={n} idle, per s"),
+            gw_idle_cpu,
+            "ms/s",
+        )
+        .vs("in-bench executor side", me_idle_cpu),
         Figure::new(
             format!("{k}.connects_per_s"),
             format!("  executor connects/s, N={n}"),

@@ -27,12 +27,18 @@ pub struct GatewayArgs {
     #[arg(long, env = "EXECGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
     /// Seconds an executor link may stay silent (no frame, no answer to the
-    /// gateway's pings, sent every third of it) before it is declared dead:
+    /// gateway's pings, sent after half of it in silence) before it is declared dead:
     /// its calls in flight fail at once with 503 executor_unavailable, and
     /// the executor may connect again.
     #[arg(long, env = "EXECGATE_EXECUTOR_PING_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub executor_ping_timeout_secs: u64,
+    /// Seconds a bridge client's request may wait for the executor's answer
+    /// (a process/read its waitMs on top) before the gateway answers it with
+    /// a JSON-RPC error (-32603, data.code gateway_timeout).
+    #[arg(long, env = "EXECGATE_BRIDGE_REQUEST_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub bridge_request_timeout_secs: u64,
     /// Request bodies larger than this many bytes get 413.
     #[arg(long, env = "EXECGATE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -137,6 +143,7 @@ impl GatewayArgs {
         let mut c = GatewayConfig::new(self.listen, self.data_dir());
         c.max_body_bytes = self.max_body_bytes;
         c.ping_timeout = Duration::from_secs(self.executor_ping_timeout_secs);
+        c.bridge_request_timeout = Duration::from_secs(self.bridge_request_timeout_secs);
         c.public_url = self.public_url.clone();
         if let (Some(url), Some(file)) = (&self.agentserver_url, &self.agentserver_secret_file) {
             let secret = read_secret(file, "--agentserver-secret-file")?;

@@ -568,6 +568,83 @@ async fn sessions_end_at_expiry_unless_renewed_and_at_revocation() {
     refused(&w.gateway, "laptop", &fresh, 401, "turn_revoked").await;
 }
 
+/// Regression (#15, part 2): a bridge request had no gateway-side deadline,
+/// so with its executor stopped (SIGSTOP; a ping timeout far away) it was
+/// answered only when the executor resumed. Now each waits at most its
+/// deadline, `--bridge-request-timeout-secs` (a `process/read` its `waitMs`
+/// on top), and is then answered -32603 with `data.code` `gateway_timeout`;
+/// the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_executor_does_not_hold_a_bridge_request_past_its_deadline() {
+    let w = World::start_with(
+        &[
+            "--executor-ping-timeout-secs",
+            "600",
+            "--bridge-request-timeout-secs",
+            "2",
+        ],
+        &[],
+    )
+    .await;
+    let token = mint(&w.data_dir, "w1", 120, &[]);
+    let cwd = file_uri(&w.workdir);
+    let mut b = bridge(&w.gateway, "laptop", &token).await;
+    b.ok(
+        json!(1),
+        "process/start",
+        json!({"processId": "p", "argv": ["sh", "-c", "echo up; exec sleep 60"],
+               "cwd": cwd, "env": {}, "tty": false}),
+    )
+    .await;
+
+    let stopped = crate::hostile_executor::Stopped::stop(w.executors[0].0.id());
+    // The default deadline (2 s here).
+    let t = Instant::now();
+    let e = b
+        .err(
+            json!(2),
+            "fs/readFile",
+            json!({"path": file_uri(&w.workdir.join("f.txt"))}),
+        )
+        .await;
+    let took = t.elapsed();
+    assert_eq!(e["code"], -32603, "{e}");
+    assert_eq!(e["data"]["code"], "gateway_timeout", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("fs/readFile"),
+        "{e}"
+    );
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A long-poll waits its wait first: 1.5 s + 2 s.
+    let t = Instant::now();
+    let e = b
+        .err(
+            json!(3),
+            "process/read",
+            json!({"processId": "p", "afterSeq": 0, "waitMs": 1500}),
+        )
+        .await;
+    let took = t.elapsed();
+    assert_eq!(e["data"]["code"], "gateway_timeout", "{e}");
+    assert!(took >= Duration::from_millis(3500), "{took:?}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+
+    // Resumed, the executor's late answers are dropped, and the session
+    // works on.
+    drop(stopped);
+    let r = b
+        .ok(
+            json!(4),
+            "process/read",
+            json!({"processId": "p", "afterSeq": 0, "waitMs": 2000}),
+        )
+        .await;
+    assert!(!r["chunks"].as_array().unwrap().is_empty(), "{r}");
+    let log = std::fs::read_to_string(w.data_dir.join("gateway.log")).unwrap();
+    assert!(!log.contains("protocol error"), "{log}");
+}
+
 #[test]
 fn captoken_create_prints_the_token_last_and_checks_its_arguments() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,14 @@
 //!   the executor's `environmentInfo` and the session's own id), the
 //!   `initialized` notification is ignored, `bridge/renewToken {token}`
 //!   extends the session (below), anything else is -32601.
+//! - **Deadlines.** Every forwarded request has a gateway-side deadline
+//!   ([`deadline`]): `GatewayConfig::bridge_request_timeout`
+//!   (`--bridge-request-timeout-secs`, 60 s, the REST calls' own), a
+//!   `process/read` its `waitMs` on top, as the REST `/output` long-poll.
+//!   Past it the client gets -32603 with `data.code` `gateway_timeout`
+//!   (a link that dropped: -32603 with `executor_unavailable`, then the
+//!   close), the link forgets the id, and a late answer is dropped. An
+//!   executor that is merely slow may still act on the request.
 //! - **Lifetime.** The session ends when the client goes, when the token
 //!   expires (close 4401) unless renewed, when its turn is revoked (close
 //!   4403; through this gateway at once, otherwise seen by a store check
@@ -46,7 +54,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use crate::link::host::Host;
-use crate::link::{Link, Tap, TAP_PREFIX};
+use crate::link::{Link, LinkError, Tap, TAP_PREFIX};
 use crate::store::audit_log::AuditEntry;
 use crate::store::now_ms;
 
@@ -60,6 +68,9 @@ const OUT_QUEUE: usize = 256;
 const TAP_CAPACITY: usize = 1024;
 /// How long the end of a session waits for a stuck client socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The longest `waitMs` of a `process/read` that its deadline allows for
+/// (our executor waits at most 30 s).
+const MAX_READ_WAIT: Duration = Duration::from_secs(600);
 
 /// WebSocket close codes the session ends with.
 pub mod close_code {
@@ -155,6 +166,8 @@ struct Shared {
     procs: Mutex<HashMap<String, bool>>,
     out: mpsc::Sender<Out>,
     bytes_out: AtomicU64,
+    /// `GatewayConfig::bridge_request_timeout`.
+    request_timeout: Duration,
 }
 
 enum Out {
@@ -202,6 +215,7 @@ pub(crate) async fn run(state: Host, grant: Grant, socket: WebSocket) {
         procs: Mutex::new(HashMap::new()),
         out: out_tx.clone(),
         bytes_out: AtomicU64::new(0),
+        request_timeout: state.config().bridge_request_timeout,
     });
 
     let ping_every = state.config().ping_interval;
@@ -554,7 +568,8 @@ async fn forward(
     params: Value,
     fresh_start: Option<String>,
 ) {
-    let answer = match shared.link.request_raw(&method, params).await {
+    let timeout = deadline(&method, &params, shared.request_timeout);
+    let answer = match shared.link.request_raw(&method, params, timeout).await {
         Ok(Ok(mut result)) => {
             strip_process_id(&mut result, &shared.prefix);
             Ok(result)
@@ -566,13 +581,35 @@ async fn forward(
             e.message = e.message.replace(&shared.prefix, "");
             Err(e)
         }
+        // The started process may yet run: its id stays claimed, so the
+        // session's end terminates it.
+        Err(e @ LinkError::Timeout { .. }) => Err(gateway_error(&e, error_code::GATEWAY_TIMEOUT)),
         // The link is gone: the session closes with 1013 right after.
-        Err(e) => Err(RpcError::internal(e.to_string())),
+        Err(e) => Err(gateway_error(&e, error_code::EXECUTOR_UNAVAILABLE)),
     };
     let _ = shared
         .out
         .send(Out::Frame(response(id, answer).to_string()))
         .await;
+}
+
+/// The gateway-side deadline of a forwarded request: `default`, and a
+/// `process/read`'s `waitMs` (at most [`MAX_READ_WAIT`]) on top.
+fn deadline(method: &str, params: &Value, default: Duration) -> Duration {
+    let wait = match method {
+        method::PROCESS_READ => params.get("waitMs").and_then(Value::as_u64).unwrap_or(0),
+        _ => 0,
+    };
+    default + Duration::from_millis(wait).min(MAX_READ_WAIT)
+}
+
+/// The gateway's own failure of a forwarded request: -32603, with the
+/// REST API's error code (`gateway_timeout`, `executor_unavailable`) as
+/// `data.code`.
+fn gateway_error(e: &LinkError, code: &str) -> RpcError {
+    let mut error = RpcError::internal(e.to_string());
+    error.data = Some(json!({ "code": code }));
+    error
 }
 
 fn strip_process_id(v: &mut Value, prefix: &str) {
@@ -818,6 +855,34 @@ mod tests {
             error_code(&c(r#"{"id":1,"method":5}"#)),
             rpc_code::INVALID_REQUEST
         );
+    }
+
+    #[test]
+    fn deadlines_are_the_default_and_a_reads_wait() {
+        let d = Duration::from_secs(60);
+        let read = |p: Value| deadline(method::PROCESS_READ, &p, d);
+        assert_eq!(read(json!({"processId": "p"})), d);
+        assert_eq!(
+            read(json!({"processId": "p", "waitMs": 1500})),
+            d + Duration::from_millis(1500)
+        );
+        assert_eq!(read(json!({"waitMs": u64::MAX})), d + MAX_READ_WAIT);
+        assert_eq!(read(json!({"waitMs": "soon"})), d);
+        // Only a read waits.
+        assert_eq!(
+            deadline(method::FS_READ_FILE, &json!({"waitMs": 9000}), d),
+            d
+        );
+        let e = gateway_error(
+            &LinkError::Timeout {
+                name: "laptop".into(),
+                method: "fs/readFile".into(),
+                after: d,
+            },
+            execgate_protocol::connectors::error_code::GATEWAY_TIMEOUT,
+        );
+        assert_eq!(e.code, rpc_code::INTERNAL_ERROR);
+        assert_eq!(e.data, Some(json!({"code": "gateway_timeout"})));
     }
 
     #[test]

@@ -156,15 +156,16 @@ pub async fn run_link(
     );
     link.set_ledger(state.ledger(&row.exe_id));
 
-    let ping_timeout = state.config().ping_timeout;
-    // Three pings per timeout, so that one lost or late pong is no death.
-    let ping_every = (ping_timeout / 3).max(Duration::from_millis(100));
+    let liveness = Liveness::new(state.config().ping_timeout);
     let writer_link = link.clone();
     let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        loop {
+        let mut liveness = liveness;
+        // One timer per link, set to the next moment that matters: the
+        // next ping, or the ping timeout (see `Liveness`).
+        let timer =
+            tokio::time::sleep_until(on_grid(tokio::time::Instant::now() + liveness.ping_after));
+        tokio::pin!(timer);
+        'frames: loop {
             let frame = tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(frame) => {
@@ -176,10 +177,10 @@ pub async fn run_link(
                     }
                     None => break,
                 },
-                _ = ping.tick() => {
-                    // A link that just spoke needs no ping.
-                    let quiet_ms = now_ms() - writer_link.last_seen_ms();
-                    if quiet_ms < ping_every.as_millis() as i64 / 2 {
+                _ = &mut timer => {
+                    let (ping, next) = liveness.check(&writer_link, true);
+                    timer.as_mut().reset(next);
+                    if !ping {
                         continue;
                     }
                     WsMessage::Ping(Bytes::new())
@@ -187,10 +188,29 @@ pub async fn run_link(
                 _ = writer_link.closed() => break,
             };
             // An executor that does not read (hung, or hostile) must not hold
-            // the writer once the link is closed.
-            tokio::select! {
-                sent = sink.send(frame) => if sent.is_err() { break },
-                _ = writer_link.closed() => break,
+            // the writer once the link is closed, and is declared dead on
+            // time even while a frame waits for its socket.
+            let send = sink.send(frame);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    sent = &mut send => match sent {
+                        Ok(()) => break,
+                        // Nobody else watches the link's silence now.
+                        Err(e) => {
+                            writer_link.close(&format!("could not write to the executor: {e}"));
+                            break 'frames;
+                        }
+                    },
+                    _ = writer_link.closed() => break 'frames,
+                    _ = &mut timer => {
+                        let (_, next) = liveness.check(&writer_link, false);
+                        timer.as_mut().reset(next);
+                    }
+                }
+            }
+            if liveness.owed {
+                timer.as_mut().reset(tokio::time::Instant::now());
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
@@ -343,12 +363,11 @@ async fn serve_link(
     }
     tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, kind = %info.kind, version = %info.version, "executor connected");
 
-    let ping_timeout = state.config().ping_timeout;
-    let record_every = state.config().ping_interval;
-    let mut tick = tokio::time::interval((ping_timeout / 4).max(Duration::from_millis(50)));
+    // The ping timeout is the writer's (`Liveness`); here only the
+    // record of `last_seen` in the store.
+    let mut tick = tokio::time::interval(state.config().ping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut recorded = Instant::now();
     loop {
         tokio::select! {
             r = &mut *reader => return r.unwrap_or_else(|e| format!("reader failed: {e}")),
@@ -356,26 +375,94 @@ async fn serve_link(
                 return link.close_reason().unwrap_or("closed by the gateway").to_string()
             }
             _ = tick.tick() => {
-                let seen = link.last_seen_ms();
-                let silent_ms = now_ms() - seen;
-                // Pings go out every third of the timeout: the executor (or
-                // the network to it) is hung or gone.
-                if silent_ms > ping_timeout.as_millis() as i64 {
-                    return format!(
-                        "no frame or pong from the executor for {:.1}s (ping timeout {}s); declared dead",
-                        silent_ms as f64 / 1000.0,
-                        ping_timeout.as_secs_f64()
-                    );
-                }
-                if recorded.elapsed() >= record_every {
-                    recorded = Instant::now();
-                    if let Err(e) = state.store().touch_executor(&link.exe_id, seen).await {
-                        tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
-                    }
+                if let Err(e) = state.store().touch_executor(&link.exe_id, link.last_seen_ms()).await {
+                    tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
                 }
             }
         }
     }
+}
+
+/// When a link is pinged and when it is declared dead, on one timer per
+/// link (the writer's). A link quiet for half the ping timeout gets a
+/// WebSocket ping; one silent (no frame, no pong) for the whole timeout is
+/// closed as dead, failing its calls in flight. An idle link thus costs
+/// one timer wake-up and one ping per half timeout (a third before, with
+/// a second timer checking every quarter), and a hung executor is declared
+/// dead within [`LIVENESS_GRID`] of its timeout, even while a frame waits
+/// for its socket.
+struct Liveness {
+    timeout_ms: i64,
+    ping_after: Duration,
+    /// The `last_seen_ms` a ping went out for (no answer since, if it is
+    /// still the link's).
+    pinged_for: Option<i64>,
+    /// A ping fell due while a frame was being written.
+    owed: bool,
+}
+
+impl Liveness {
+    fn new(timeout: Duration) -> Liveness {
+        Liveness {
+            timeout_ms: timeout.as_millis() as i64,
+            ping_after: (timeout / 2).max(Duration::from_millis(50)),
+            pinged_for: None,
+            owed: false,
+        }
+    }
+
+    /// At a timer: closes a silent link; else whether to ping now (only
+    /// when the writer `can_ping`), and when to look again.
+    fn check(&mut self, link: &Link, can_ping: bool) -> (bool, tokio::time::Instant) {
+        let now = now_ms();
+        let seen = link.last_seen_ms();
+        let silent_ms = now - seen;
+        let at = |ms: i64| {
+            on_grid(tokio::time::Instant::now() + Duration::from_millis((ms - now).max(1) as u64))
+        };
+        if silent_ms > self.timeout_ms {
+            let reason = format!(
+                "no frame or pong from the executor for {:.1}s (ping timeout {}s); declared dead",
+                silent_ms as f64 / 1000.0,
+                self.timeout_ms as f64 / 1000.0
+            );
+            link.close(&reason);
+            return (false, at(now + self.timeout_ms));
+        }
+        let ping_after_ms = self.ping_after.as_millis() as i64;
+        let dead_at = seen + self.timeout_ms + 1;
+        if self.pinged_for == Some(seen) {
+            // A ping is out and unanswered: look again at the timeout.
+            return (false, at(dead_at));
+        }
+        // A link that spoke within half the ping interval needs no ping yet.
+        if silent_ms < ping_after_ms / 2 {
+            return (false, at((seen + ping_after_ms).min(dead_at)));
+        }
+        if !can_ping {
+            // A frame is being written: ping right after it.
+            self.owed = true;
+            return (false, at(dead_at));
+        }
+        self.owed = false;
+        self.pinged_for = Some(seen);
+        (true, at((now + ping_after_ms).min(dead_at)))
+    }
+}
+
+/// The liveness timers of all links fall on a common grid of this step, so
+/// that pings go out (and pongs come back) in batches: a wake-up of the
+/// runtime per step for thousands of idle links, not one per link, which
+/// is most of what an idle link costs (BENCHMARKS.md, session 7).
+const LIVENESS_GRID: Duration = Duration::from_millis(100);
+
+/// `t`, rounded up to the next point of [`LIVENESS_GRID`].
+fn on_grid(t: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = tokio::time::Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let step = LIVENESS_GRID.as_nanos();
+    let steps = t.saturating_duration_since(epoch).as_nanos().div_ceil(step);
+    epoch + Duration::from_nanos((steps * step) as u64)
 }
 
 /// `"execgate"` when the executor announced execgate's extensions, else `"codex"`.
@@ -384,5 +471,40 @@ pub fn executor_kind(hs: &Handshake) -> &'static str {
         "execgate"
     } else {
         "codex"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One timer per link: a quiet link is pinged once per silence, a
+    /// silent one is declared dead at its timeout; timers fall on the grid.
+    #[tokio::test]
+    async fn liveness_pings_a_quiet_link_once_and_declares_a_silent_one_dead() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = Link::new("e".into(), "w".into(), "laptop".into(), tx);
+        let mut l = Liveness::new(Duration::from_secs(2));
+        let (ping, next) = l.check(&link, true);
+        assert!(!ping, "a link just heard from needs no ping");
+        assert!(next > tokio::time::Instant::now() + Duration::from_millis(800));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Writing a frame: the ping is owed, sent at the next look.
+        assert!(!l.check(&link, false).0);
+        assert!(l.owed);
+        assert!(l.check(&link, true).0, "quiet for half the ping interval");
+        assert!(!l.check(&link, true).0, "one ping per silence");
+        link.touch();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(!link.is_closed());
+        assert!(!l.check(&link, true).0);
+        assert!(link.is_closed());
+        assert!(link.close_reason().unwrap().contains("declared dead"));
+
+        let t = tokio::time::Instant::now();
+        let (a, b) = (on_grid(t), on_grid(t + Duration::from_millis(1)));
+        assert!(a >= t && a - t <= LIVENESS_GRID);
+        assert!(b == a || b - a == LIVENESS_GRID);
+        assert_eq!(on_grid(a), a);
     }
 }

@@ -23,6 +23,10 @@ pub struct LinkConfig {
     /// How often a bridge session asks the store whether its turn was
     /// revoked by another process.
     pub bridge_recheck: Duration,
+    /// A bridge client's request the executor has not answered within this
+    /// (a `process/read` its `waitMs` on top) is answered by the gateway
+    /// with an error (`link::bridge`).
+    pub bridge_request_timeout: Duration,
 }
 
 /// The gateway a link lives in.

@@ -515,15 +515,19 @@ impl Link {
         })
     }
 
-    /// Sends a request on behalf of a bridge client and waits, without a
-    /// timeout, for the executor's raw answer: `Ok(Ok(result))`,
-    /// `Ok(Err(its JSON-RPC error))`, or `Err` when the link is gone. The
-    /// request gets a link id like any other, so it cannot collide with the
-    /// gateway's own; dropping the future forgets the id.
+    /// Sends a request on behalf of a bridge client and waits, at most
+    /// `timeout` (the bridge's gateway-side deadline), for the executor's
+    /// raw answer: `Ok(Ok(result))`, `Ok(Err(its JSON-RPC error))`, or
+    /// `Err`: [`LinkError::Disconnected`] when the link is gone,
+    /// [`LinkError::Timeout`] past the deadline. The request gets a link id
+    /// like any other, so it cannot collide with the gateway's own; a
+    /// timeout or dropping the future forgets the id (a late answer is then
+    /// dropped, as for any request).
     pub async fn request_raw(
         &self,
         method: &str,
         params: Value,
+        timeout: Duration,
     ) -> Result<Result<Value, RpcError>, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -545,7 +549,16 @@ impl Link {
         let _forget = Forget(self, id);
         let frame = Message::request(Id::Num(id), method, params).encode();
         self.send(Encoded::Text(frame))?;
-        let (answer, payload) = rx.await.map_err(|_| self.disconnected())?;
+        let (answer, payload) = match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| self.disconnected())?,
+            Err(_) => {
+                return Err(LinkError::Timeout {
+                    name: self.name.clone(),
+                    method: method.to_string(),
+                    after: timeout,
+                })
+            }
+        };
         // The bridge's client speaks text: its bytes go back as base64.
         Ok(answer.map(|mut result| {
             blob::inline(&mut result, &payload);
@@ -1043,7 +1056,10 @@ mod tests {
                 .await
         });
         let l = link.clone();
-        let raw = tokio::spawn(async move { l.request_raw("fs/readFile", json!({"p":1})).await });
+        let raw = tokio::spawn(async move {
+            l.request_raw("fs/readFile", json!({"p":1}), Duration::from_secs(5))
+                .await
+        });
         let mut ids = HashMap::new();
         for _ in 0..2 {
             let frame = out.recv().await.unwrap();
@@ -1072,20 +1088,51 @@ mod tests {
 
         // A raw request whose caller gives up leaves no pending entry.
         let l = link.clone();
-        let gone = tokio::spawn(async move { l.request_raw("process/read", json!({})).await });
+        let gone = tokio::spawn(async move {
+            l.request_raw("process/read", json!({}), Duration::from_secs(60))
+                .await
+        });
         out.recv().await.unwrap();
         gone.abort();
         let _ = gone.await;
         assert!(link.pending.lock().unwrap().is_empty());
         // And one in flight when the link closes fails at once.
         let l = link.clone();
-        let pending = tokio::spawn(async move { l.request_raw("process/read", json!({})).await });
+        let pending = tokio::spawn(async move {
+            l.request_raw("process/read", json!({}), Duration::from_secs(60))
+                .await
+        });
         out.recv().await.unwrap();
         link.close("bye");
         assert!(matches!(
             pending.await.unwrap(),
             Err(LinkError::Disconnected { .. })
         ));
+    }
+
+    /// Regression (#15): a raw (bridge) request waited for its answer
+    /// without a deadline. Past it, it fails with a timeout, its id is
+    /// forgotten, and the late answer is dropped without a protocol error.
+    #[tokio::test]
+    async fn a_raw_request_fails_at_its_deadline_and_is_forgotten() {
+        let (link, mut out) = link();
+        let started = Instant::now();
+        let err = link
+            .request_raw("fs/readFile", json!({}), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(
+            matches!(&err, LinkError::Timeout { method, .. } if method == "fs/readFile"),
+            "{err:?}"
+        );
+        assert!(link.pending.lock().unwrap().is_empty());
+        let Message::Request { id, .. } = decode(out.recv().await.unwrap()) else {
+            panic!()
+        };
+        link.dispatch(Message::response(id, Ok(json!({}))).encode().as_bytes());
+        assert_eq!(link.errors.lock().unwrap().count, 0);
+        assert!(!link.is_closed());
     }
 
     /// With an executor that reads binary frames, bytes go raw both ways;

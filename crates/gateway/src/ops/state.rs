@@ -31,7 +31,7 @@ pub struct GatewayConfig {
     /// the store (and pings a bridge client).
     pub ping_interval: Duration,
     /// An executor link silent this long (no frame, no answer to the pings
-    /// sent every third of it) is declared dead: its calls in flight fail
+    /// sent after half of it in silence) is declared dead: its calls in flight fail
     /// at once with 503 `executor_unavailable`. `--executor-ping-timeout-secs`.
     pub ping_timeout: Duration,
     /// How proxy tokens are verified; whether `/internal/*` is served.
@@ -50,6 +50,10 @@ pub struct GatewayConfig {
     /// revoked by another process (`execgate admin captoken revoke-turn`).
     /// A revocation through this gateway's own admin API closes it at once.
     pub bridge_recheck: Duration,
+    /// A bridge client's request the executor has not answered within this
+    /// (a `process/read` its `waitMs` on top) is answered with an error by
+    /// the gateway (see `bridge::session`). `--bridge-request-timeout-secs`.
+    pub bridge_request_timeout: Duration,
     /// How often a long-lived request (SSE stream, `/output` long-poll)
     /// checks again that its proxy token is good and its environment still
     /// exists (see `revocation`).
@@ -73,6 +77,7 @@ impl GatewayConfig {
             admin_token_file: None,
             cap_token_secret_file: None,
             bridge_recheck: Duration::from_secs(5),
+            bridge_request_timeout: crate::link::RPC_TIMEOUT,
             revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
         }
@@ -171,6 +176,7 @@ impl AppState {
                 ping_interval: config.ping_interval,
                 ping_timeout: config.ping_timeout,
                 bridge_recheck: config.bridge_recheck,
+                bridge_request_timeout: config.bridge_request_timeout,
             },
             config,
             store,
