@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::mcp::router(&state))
         .merge(crate::admin::router(&state))
         .merge(internal_routes(&state))
+        // The web console's static files (`/ui/`); not part of the API.
+        .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

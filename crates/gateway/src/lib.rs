@@ -30,6 +30,7 @@
 //! - [`store`]: SQLite: workspaces, tokens, executors, sessions.
 //! - [`sigv4`]: SigV4 verification of codex executors.
 //! - [`seq_ledger`]: bytes per output seq, for exact `lost_bytes` on codex.
+//! - [`ui`]: the web console's embedded files at `/ui/`.
 //! - [`error`]: the API error and its envelope; [`extract`]: extractors
 //!   whose rejections use it.
 
@@ -63,6 +64,7 @@ pub mod store;
 pub mod stream;
 pub mod tools;
 pub mod transfer;
+pub mod ui;
 
 use std::net::SocketAddr;
 
