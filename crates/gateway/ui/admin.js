@@ -10,7 +10,7 @@ const sh = (s) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, 
 function secretBox(title, lines, note) {
   return h("div", { class: "secret", role: "status" },
     h("strong", {}, title), h("pre", { class: "mono" }, lines.join("\n")),
-    h("span", { class: "muted" }, note || "Shown once: the gateway keeps only its hash."));
+    h("span", { class: "muted" }, note || "Shown once: copy it now."));
 }
 
 /** How to start the executor just added, with its secret filled in. */
@@ -127,7 +127,7 @@ export default {
     };
     sections.push(workspaceSection(() => refreshAll()), tokenSection(() => refreshAll()), executorSection());
     root.append(h("div", { class: "row" }, h("h1", {}, "Admin"), h("button", { type: "button", onclick: refreshAll }, "Refresh")),
-      datalist, sections.map((s) => s.el));
+      datalist, ...sections.map((s) => s.el));
     await refreshAll();
   },
 };
