@@ -69,6 +69,17 @@ async function signedIn(token = gw.proxyToken) {
 
 const shot = (page, name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 
+// The README's two pictures: `EXECGATE_CONSOLE_DOCS=../../docs npm test`
+// writes docs/console-<name>.png, a 1000×600 view.
+async function docShot(page, name) {
+  const dir = process.env.EXECGATE_CONSOLE_DOCS;
+  if (!dir) return;
+  const size = page.viewportSize();
+  await page.setViewportSize({ width: 1000, height: 600 });
+  await page.screenshot({ path: join(dir, `console-${name}.png`) });
+  await page.setViewportSize(size);
+}
+
 test("a bad token gets the gateway's error, by code and message", async () => {
   const page = await newPage();
   await page.goto(`${gw.url}/ui/#token=egp_not-a-real-token`);
@@ -99,6 +110,7 @@ test("sign in by the form, see the environment; sign out clears the token", asyn
   assert.equal(await page.evaluate(() => sessionStorage.getItem("execgate.token")), gw.proxyToken);
   assert.equal(await page.locator("#who").textContent(), "proxy token: one workspace");
   await shot(page, "environments");
+  await docShot(page, "environments");
 
   await page.click("#signout");
   await page.locator("#signin").waitFor();
@@ -154,6 +166,7 @@ test("a process: live output, stdin, terminate", async () => {
   await row.waitFor();
   assert.match(await row.textContent(), /running/);
   await shot(page, "processes");
+  await docShot(page, "processes");
 
   await page.click("#proc-terminate");
   await waitFor("the exit", async () => /exited/.test(await page.locator("#proc-state").textContent()));
