@@ -174,6 +174,37 @@ test("a process: live output, stdin, terminate", async () => {
   await page.close();
 });
 
+test("a tty process opens in a terminal: a prompt, keys, colours, its size", async () => {
+  const page = await signedIn();
+  await page.click('#nav button[data-view="run"]');
+  await page.fill("#run-command", "PS1='console$ ' exec bash --norc --noprofile -i");
+  await page.check("#run-tty");
+  await page.click("#run-process");
+  const rows = page.locator("#proc-term .xterm-rows");
+  const screen = async () => (await rows.textContent()).replace(/\u00a0/g, " ");
+  await waitFor("the prompt", async () => (await rows.count()) === 1 && (await screen()).includes("console$ "));
+  assert.equal(await page.locator("#proc-output").isHidden(), true);
+  assert.equal(await page.locator("#proc-stdin-form").isHidden(), true);
+  await page.locator("#proc-term").click();
+  await page.keyboard.type("echo $((6*7)); printf '\\033[31mred-text\\033[0m\\n'; stty size\n");
+  const size = await page.locator("#proc-term").getAttribute("data-size");
+  assert.match(size, /^\d+ \d+$/);
+  await waitFor("the answers", async () => {
+    const text = await screen();
+    return text.includes("42") && text.includes("red-text") && text.includes(size);
+  });
+  // Red (xterm's palette colour 1, #cc0000) comes from a class whose rule
+  // xterm.js writes into a <style>: the CSP shim (terminal.js) carries it.
+  const red = rows.locator("span", { hasText: "red-text" }).last();
+  assert.match(await red.getAttribute("class"), /xterm-fg-1\b/);
+  assert.doesNotMatch((await red.getAttribute("style")) || "", /color/);
+  assert.equal(await red.evaluate((el) => getComputedStyle(el).color), "rgb(204, 0, 0)");
+  await shot(page, "terminal");
+  await page.click("#proc-terminate");
+  await waitFor("the exit", async () => /exited/.test(await page.locator("#proc-state").textContent()));
+  await page.close();
+});
+
 test("output the executor dropped is marked where it was lost", async () => {
   // 200 KB of numbered lines on `tiny` (16 KiB kept), before anyone reads.
   const resp = await fetch(`${gw.url}/api/connectors/envs/tiny/tool/call`, {

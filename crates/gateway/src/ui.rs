@@ -63,6 +63,14 @@ static ASSETS: &[Asset] = &[
     asset!("files.js", JS),
     asset!("admin.js", JS),
     asset!("audit.js", JS),
+    asset!("terminal.js", JS),
+    // From npm, copied by `crates/gateway/ui-vendor/vendor.sh` from its
+    // lockfile (CI checks they are up to date).
+    asset!("vendor/xterm.mjs", JS),
+    asset!("vendor/xterm.css", "text/css; charset=utf-8"),
+    asset!("vendor/addon-fit.mjs", JS),
+    asset!("vendor/xterm.LICENSE", "text/plain; charset=utf-8"),
+    asset!("vendor/addon-fit.LICENSE", "text/plain; charset=utf-8"),
 ];
 
 /// The ETag of each asset, in `ASSETS` order, computed once.
@@ -181,6 +189,8 @@ mod tests {
             ("/ui/processes.js", "text/javascript; charset=utf-8"),
             ("/ui/console.css", "text/css; charset=utf-8"),
             ("/ui/index.html", "text/html; charset=utf-8"),
+            ("/ui/vendor/xterm.mjs", "text/javascript; charset=utf-8"),
+            ("/ui/vendor/xterm.css", "text/css; charset=utf-8"),
         ] {
             let resp = get_ui(path, &[]).await;
             assert_eq!(resp.status(), StatusCode::OK, "{path}");
@@ -224,17 +234,34 @@ mod tests {
     #[test]
     fn every_file_under_ui_is_embedded() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            assert!(
-                ASSETS.iter().any(|a| a.name == name),
-                "ui/{name} is not listed in ui.rs ASSETS"
-            );
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = path
+                    .strip_prefix(&dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                assert!(
+                    ASSETS.iter().any(|a| a.name == name),
+                    "ui/{name} is not listed in ui.rs ASSETS"
+                );
+            }
         }
         for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
             let text = std::str::from_utf8(a.bytes).unwrap();
             for line in text.lines() {
-                if let Some(rest) = line.split(" from \"./").nth(1) {
+                let rest = line
+                    .split(" from \"./")
+                    .nth(1)
+                    .or_else(|| line.split("import(\"./").nth(1));
+                if let Some(rest) = rest {
                     let module = rest.split('"').next().unwrap();
                     assert!(
                         ASSETS.iter().any(|b| b.name == module),

@@ -65,6 +65,7 @@ export const connectors = {
   processes: () => json("GET", "/api/connectors/processes?limit=200"),
   stdin: (sid, data_b64, eof) => json("POST", `/api/connectors/processes/${enc(sid)}/stdin`, { data_b64, eof }),
   signal: (sid, signal) => json("POST", `/api/connectors/processes/${enc(sid)}/signal`, { signal }),
+  resize: (sid, cols, rows) => json("POST", `/api/connectors/processes/${enc(sid)}/resize`, { cols, rows }),
   terminate: (sid) => json("POST", `/api/connectors/processes/${enc(sid)}/terminate`, {}),
   filesUrl: (env, path) => `/api/connectors/envs/${enc(env)}/files?path=${enc(path)}`,
 };

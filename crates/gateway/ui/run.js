@@ -57,6 +57,7 @@ export default {
       h("div", { class: "row" },
         h("button", { type: "submit", name: "shell", value: "shell" }, "Run (shell)"),
         h("button", { type: "button", id: "run-process" }, "Start as a process"),
+        h("label", { class: "inline" }, h("input", { type: "checkbox", id: "run-tty", name: "tty" }), "in a terminal (tty)"),
         h("span", { class: "status muted", id: "run-status" })));
     root.append(form, out);
     const status = form.querySelector("#run-status");
@@ -77,13 +78,15 @@ export default {
       if (!form.reportValidity()) return;
       clear(out);
       try {
-        const result = await connectors.call(form.env.value, "exec_command", argsOf(form));
+        const tty = form.tty.checked;
+        const args = tty ? { ...argsOf(form), tty: true, cols: 80, rows: 24 } : argsOf(form);
+        const result = await connectors.call(form.env.value, "exec_command", args);
         const sid = result.structuredContent && result.structuredContent.session_id;
         if (result.isError || !sid) {
           out.append(h("div", { class: "error" }, (result.content || []).map((c) => c.text).join("\n")));
           return;
         }
-        go("processes", { open: sid });
+        go("processes", { open: sid, tty });
       } catch (err) {
         out.append(errorBox(err));
       }
