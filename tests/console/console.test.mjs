@@ -302,8 +302,13 @@ test("admin: create a token, use it, revoke it, and the next request is refused"
   await waitFor("the token to show revoked", async () => /revoked/.test(await row.textContent()));
 
   await user.locator("#view button", { hasText: "Refresh" }).click();
-  const err = user.locator('.error[data-code="invalid_token"]');
-  await err.waitFor();
+  await user.locator('#view .error[data-code="invalid_token"]').waitFor();
+  // The page says once, above any view, that the token stopped working.
+  await user.locator('#banner .error[data-code="invalid_token"]').waitFor();
+  await shot(user, "revoked");
+  await user.click("#banner-signout");
+  await user.locator("#signin").waitFor();
+  assert.equal(await user.evaluate(() => sessionStorage.length), 0);
   await user.close();
 
   // Executors: add one of each kind; the start command is shown once.

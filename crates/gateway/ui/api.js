@@ -47,7 +47,13 @@ export async function raw(method, path, { body, headers, token, signal } = {}) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, "network_error", `the gateway did not answer: ${err.message}`);
   }
-  if (!resp.ok) throw await errorOf(resp);
+  if (!resp.ok) {
+    const err = await errorOf(resp);
+    // The signed-in token stopped working (revoked, say): the page says so
+    // once, whatever view asked.
+    if (resp.status === 401 && !token) window.dispatchEvent(new CustomEvent("execgate:unauthorized", { detail: err }));
+    throw err;
+  }
   return resp;
 }
 

@@ -76,6 +76,7 @@ async function signIn(token) {
 
 function signOut() {
   session.token = null;
+  $("banner").hidden = true;
   history.replaceState(null, "", location.pathname);
   showSignIn(null);
 }
@@ -99,6 +100,12 @@ function start() {
     if (t) signIn(t);
   });
   $("signout").addEventListener("click", signOut);
+  window.addEventListener("execgate:unauthorized", (e) => {
+    if (!state.kind) return;
+    clear($("banner"), errorBox(e.detail),
+      h("button", { type: "button", id: "banner-signout", onclick: () => { $("banner").hidden = true; signOut(); } }, "Sign in again"));
+    $("banner").hidden = false;
+  });
 }
 
 start();

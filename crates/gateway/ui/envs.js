@@ -68,6 +68,7 @@ export default {
           ? envs.map((e) => envCard(e, schemas))
           : h("p", { class: "muted" }, "No environment of this workspace is connected. envs/list shows connected environments only; start an executor (the Admin view shows the command)."));
       } catch (err) {
+        clear(list);
         clear(slot, errorBox(err));
       }
     };

@@ -122,7 +122,10 @@ function openProcess(pane, sid, onChange, { tty } = {}) {
         state.textContent = "live";
         await readEvents(`/api/connectors/processes/${encodeURIComponent(sid)}/stream`, { lastEventId: lastId, signal: ctl.signal, onEvent });
         tries = 0;
-        if (!ended) put("[the stream ended; reconnecting]", "sys");
+        if (!ended) {
+          put("[the stream ended; reconnecting]", "sys");
+          await new Promise((r) => setTimeout(r, 1000));
+        }
       } catch (err) {
         if (ctl.signal.aborted) return;
         if (FINAL.has(err.code) || ++tries > RETRIES) {
