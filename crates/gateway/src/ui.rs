@@ -273,6 +273,43 @@ mod tests {
         }
     }
 
+    /// Merged into the API router: its envelope and 405 apply, and the
+    /// API's own fallback is untouched.
+    #[tokio::test]
+    async fn the_api_router_serves_the_console() {
+        let (_dir, state) = crate::state::test_state(|_| {}).await;
+        let app = crate::api::router(state);
+        let send = |method: &str, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        let resp = send("GET", "/ui/").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(header(&resp, "content-security-policy"), CSP);
+        let resp = send("HEAD", "/ui/app.js").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(header(&resp, "content-type"), JS);
+        for (method, path, status, code) in [
+            ("GET", "/ui/x", StatusCode::NOT_FOUND, "not_found"),
+            (
+                "POST",
+                "/ui/",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            ("GET", "/uix", StatusCode::NOT_FOUND, "not_found"),
+        ] {
+            let resp = send(method, path).await.unwrap();
+            assert_eq!(resp.status(), status, "{method} {path}");
+            let v: serde_json::Value = serde_json::from_slice(&body(resp).await).unwrap();
+            assert_eq!(v["error"]["code"], code, "{method} {path}");
+        }
+    }
+
     #[test]
     fn no_inline_script_or_style_in_the_page() {
         let html = std::str::from_utf8(ASSETS[0].bytes).unwrap();
