@@ -81,6 +81,8 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
         "  executor: '{ENV_NAME}' in workspace '{WORKSPACE}', working in {}",
         workdir.display()
     );
+    // The token rides in the fragment, which the browser never sends.
+    println!("  console:  {url}/ui/#token={proxy_token}");
     println!();
     println!("Use it from another shell:");
     println!("  export EXECGATE_URL={url}");

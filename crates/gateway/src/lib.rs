@@ -14,7 +14,8 @@
 //! - `http`: everything that knows HTTP. The router, every handler
 //!   (connectors REST, files, SSE, processes, admin, `/internal`, executor
 //!   register/connect, the `/bridge` upgrade), MCP (`http::mcp`), OpenAPI,
-//!   the extractors (`Caller`, `AdminCaller`), the listener, and
+//!   the extractors (`Caller`, `AdminCaller`), the listener, the web
+//!   console's files (`http::ui`), and
 //!   `http::error`, the one place an operation's error becomes the
 //!   `{"error":{code,message}}` envelope and a status.
 //! - `ops`: what a call does, callable without an HTTP request. The core

@@ -13,7 +13,8 @@
 //! - [`mcp`]: the MCP server at `/mcp`; [`openapi`]: the document.
 //! - [`extract`]: extractors (the `Caller` one included);
 //!   [`error`]: the one place an error becomes the envelope and a status;
-//!   [`listener`]: accepting connections.
+//!   [`listener`]: accepting connections; [`ui`]: the web console's
+//!   embedded files at `/ui/`.
 
 pub mod admin;
 pub mod bridge;
@@ -28,6 +29,7 @@ pub mod mcp;
 pub mod openapi;
 pub mod processes;
 pub mod stream;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, StatusCode};
@@ -67,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp::router(&state))
         .merge(admin::router(&state))
         .merge(internal_routes(&state))
+        // The web console's static files (`/ui/`); not part of the API.
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
