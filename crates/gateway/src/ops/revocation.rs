@@ -140,7 +140,13 @@ impl Watch {
 /// look (the same generation `store::lookups` uses), and only while links
 /// are registered.
 pub async fn sweep_removed_executors(state: AppState) {
+    // The files' generation whose executors were read, twice: SQLite
+    // appends a transaction's WAL frames (changing the files) before it
+    // publishes the commit to readers, so a read at a new generation may
+    // still miss that very change. A generation counts as seen only once
+    // it has been read at two looks in a row.
     let mut seen = None;
+    let mut last_read = None;
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -163,7 +169,8 @@ pub async fn sweep_removed_executors(state: AppState) {
                 continue;
             }
         };
-        seen = Some(generation);
+        seen = (last_read == Some(generation)).then_some(generation);
+        last_read = Some(generation);
         for link in links {
             if !live.contains(&link.exe_id) {
                 tracing::info!(exe_id = %link.exe_id, "executor removed from the store: closing its link");
