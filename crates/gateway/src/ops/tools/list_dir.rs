@@ -8,7 +8,8 @@
 //! Each entry is a name and a `kind`: `directory`, `file`, or `other`.
 //! The executor follows symbolic links (as codex does), so a link is the
 //! kind of what it points to; a dangling link, a link out of `--root`, a
-//! FIFO, a socket or a device is `other`. The gateway sorts by name
+//! FIFO, a socket or a device is `other` (a stock codex 0.169.0 leaves a
+//! dangling link out of its answer altogether). The gateway sorts by name
 //! (codex answers in readdir order) and returns at most `max_entries`
 //! ([`DEFAULT_ENTRIES`] unless asked, never more than [`MAX_ENTRIES`]);
 //! past that the result says `truncated: true` and `total` counts them
