@@ -282,6 +282,49 @@ test("upload a file and download it back byte-exact; view a text file", async ()
   await page.close();
 });
 
+test("browse a directory with list_dir: open a directory, view a file, go up", async () => {
+  const page = await signedIn();
+  await page.click('#nav button[data-view="files"]');
+  const base = join(gw.workdir, "browse");
+  mkdirSync(join(base, "inner"), { recursive: true });
+  writeFileSync(join(base, "b.txt"), "bee\n");
+  writeFileSync(join(base, "A.md"), "# A\n");
+  writeFileSync(join(base, "inner", "deep.txt"), "deep text\n");
+
+  const names = async () => page.locator("#files-listing tr[data-name]").evaluateAll(
+    (rows) => rows.map((r) => `${r.dataset.name}:${r.dataset.kind}`));
+  await page.fill("#files-path", "browse");
+  await page.click("#files-list");
+  await page.locator("#files-listing").waitFor();
+  assert.deepEqual(await names(), ["..:directory", "A.md:file", "b.txt:file", "inner:directory"]);
+  assert.equal(await page.locator("#files-listing-count").textContent(), "3 entries");
+  await shot(page, "files-listing");
+
+  // A directory opens in place; a file is viewed.
+  await page.click('#files-listing tr[data-name="inner"] a');
+  await waitFor("inner's listing", async () => (await names()).includes("deep.txt:file"));
+  assert.equal(await page.inputValue("#files-path"), "browse/inner");
+  await page.click('#files-listing tr[data-name="deep.txt"] a');
+  await waitFor("the file's text", async () => (await page.locator("#files-content").count()) === 1);
+  assert.equal(await page.locator("#files-content").textContent(), "deep text\n");
+  assert.equal(await page.inputValue("#files-path"), "browse/inner/deep.txt");
+
+  // Up, through "..".
+  await page.fill("#files-path", "browse/inner");
+  await page.click("#files-list");
+  await waitFor("inner's listing", async () => (await names()).includes("deep.txt:file"));
+  await page.click('#files-listing tr[data-name=".."] a');
+  await waitFor("browse's listing again", async () => (await names()).includes("inner:directory"));
+
+  // Not a directory: the tool's error, not a blank.
+  await page.fill("#files-path", "browse/b.txt");
+  await page.click("#files-list");
+  const err = page.locator('.error[data-code="tool_error"]');
+  await err.waitFor();
+  assert.match(await err.textContent(), /directory/i);
+  await page.close();
+});
+
 test("admin: create a token, use it, revoke it, and the next request is refused", async () => {
   const adminPage = await signedIn(gw.adminToken);
   assert.equal(await adminPage.locator("#who").textContent(), "admin token: all workspaces");

@@ -36,7 +36,7 @@ def run(gateway: Tuple[str, str], body: Callable[[Client], Awaitable[None]], *, 
 
 CORE_TOOLS = {
     "list_environments", "shell", "read_file", "write_file", "apply_patch",
-    "exec_command", "copy_path", "write_stdin", "read_output", "terminate",
+    "exec_command", "copy_path", "list_dir", "write_stdin", "read_output", "terminate",
 }
 
 
@@ -64,6 +64,13 @@ def test_handshake_list_tools_and_shell(gateway: Tuple[str, str]) -> None:
 
         envs = structured(await client.call_tool("list_environments", {}))["envs"]
         assert [e["name"] for e in envs] == ["laptop"]
+
+        # list_dir, on the executor's working directory.
+        await client.call_tool("shell", {"command": "mkdir -p ls_here/d && : > ls_here/f"})
+        listing = structured(await client.call_tool("list_dir", {"path": "ls_here"}))
+        assert listing["entries"] == [{"name": "d", "kind": "directory"}, {"name": "f", "kind": "file"}]
+        assert (listing["total"], listing["truncated"]) == (2, False)
+        assert tools["list_dir"].input_schema["required"] == ["path"]
 
     run(gateway, body)
 
@@ -107,6 +114,8 @@ def test_errors(gateway: Tuple[str, str]) -> None:
             ("no_such_tool", {}, -32601, "no_such_tool"),
             ("shell", {"command": "true", "timeout_ms": "soon"}, -32602, "arguments.timeout_ms"),
             ("read_output", {"session_id": "ps_nope"}, -32602, "session_id"),
+            ("list_dir", {"path": ".", "recursive": True}, -32602, "unknown field"),
+            ("list_dir", {"path": ".", "max_entries": 0}, -32602, "arguments.max_entries"),
             ("shell", {"command": "true", "environment_id": "nowhere"}, -32602, "nowhere"),
         ]:
             with pytest.raises(MCPError) as info:

@@ -1,5 +1,5 @@
 //! The client commands: `envs`, `call`, `exec` (with `-t`, an interactive
-//! terminal) and `ps`, on the connectors API through `execgate-client`
+//! terminal), `ps` and `ls`, on the connectors API through `execgate-client`
 //! (EXECGATE_URL, EXECGATE_TOKEN).
 
 use std::io::Write;
@@ -315,6 +315,92 @@ pub async fn ps() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// ENV (its working directory) or ENV:PATH; a relative PATH resolves
+    /// against the environment's working directory.
+    pub target: String,
+    /// The most entries to show (the first ones by name; the gateway's
+    /// default is 1000, its cap 10000).
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+    /// Print the tool's structured result as JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `execgate ls ENV[:PATH]`: one entry a line, sorted by name, a
+/// directory with a trailing `/` and anything neither file nor directory
+/// with a trailing `?` (a dangling link, a link out of the root, a FIFO…).
+/// A truncated listing says so on stderr. Exits 1 when the tool fails
+/// (no such directory…).
+pub async fn ls(a: LsArgs) -> anyhow::Result<i32> {
+    let (env, path) = match a.target.split_once(':') {
+        Some((env, path)) if !path.is_empty() => (env, path),
+        Some((env, _)) => (env, "."),
+        None => (a.target.as_str(), "."),
+    };
+    if env.is_empty() {
+        anyhow::bail!("no environment: write ENV or ENV:PATH");
+    }
+    let client = Client::from_env()?;
+    let mut args = json!({ "path": path });
+    if let Some(n) = a.max_entries {
+        args["max_entries"] = json!(n);
+    }
+    let result = client.call_tool(env, "list_dir", args).await?;
+    let listing = result.structured_content.unwrap_or(Value::Null);
+    if result.is_error {
+        let message = listing["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                result
+                    .content
+                    .iter()
+                    .map(|c| c.text.as_str())
+                    .collect::<String>()
+            });
+        eprintln!("error: {message}");
+        return Ok(1);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    for line in ls_lines(&listing) {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if listing["truncated"] == true {
+        eprintln!(
+            "({} of {} entries shown; --max-entries for more)",
+            listing["entries"].as_array().map_or(0, Vec::len),
+            listing["total"]
+        );
+    }
+    Ok(0)
+}
+
+/// The lines of `execgate ls` for a list_dir result.
+fn ls_lines(listing: &Value) -> Vec<String> {
+    listing["entries"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap_or_default();
+            match e["kind"].as_str() {
+                Some("directory") => format!("{name}/"),
+                Some("file") => name.to_string(),
+                _ => format!("{name}?"),
+            }
+        })
+        .collect()
+}
+
 /// An argv as a shell would need it typed, for display.
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
@@ -365,6 +451,17 @@ mod tests {
             policy_lines(&p)[1],
             "sandbox: write /srv/p,/tmp (+ /dev/null); read all; net deny; landlock ABI 7, scopes signal"
         );
+    }
+
+    #[test]
+    fn ls_marks_directories_and_others() {
+        let listing = json!({"entries": [
+            {"name": "a", "kind": "directory"},
+            {"name": "b.txt", "kind": "file"},
+            {"name": "fifo", "kind": "other"},
+        ], "total": 3, "truncated": false});
+        assert_eq!(ls_lines(&listing), ["a/", "b.txt", "fifo?"]);
+        assert!(ls_lines(&json!({})).is_empty());
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Only these tools may be used, comma-separated: core tools (shell,
-    /// read_file, write_file, exec_command, apply_patch, copy_path) and
+    /// read_file, write_file, exec_command, apply_patch, copy_path, list_dir) and
     /// custom tools of --tools.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allow_tools: Option<Vec<String>>,

@@ -45,6 +45,8 @@ enum Command {
     Exec(client_cmds::ExecArgs),
     /// List the workspace's process sessions (exec_command).
     Ps,
+    /// List a directory of an environment (list_dir): ENV or ENV:PATH.
+    Ls(client_cmds::LsArgs),
     /// Copy files: LOCAL ENV:PATH, ENV:PATH LOCAL, or ENV:PATH ENV2:PATH.
     Cp(cp::CpArgs),
     /// Serve MCP on stdin/stdout for clients that launch a command (Claude
@@ -135,6 +137,10 @@ fn main() -> std::process::ExitCode {
             Command::Ps => {
                 init_tracing("warn");
                 client_cmds::ps().await.map(|_| 0)
+            }
+            Command::Ls(a) => {
+                init_tracing("warn");
+                client_cmds::ls(a).await
             }
             Command::Cp(a) => {
                 init_tracing("warn");

@@ -1,4 +1,5 @@
-// Files: view a text file, download one, upload one, through GET/PUT
+// Files: list a directory (the list_dir tool) and browse it, view a text
+// file, download one, upload one, through GET/PUT
 // /api/connectors/envs/{env}/files (raw bytes, streamed by the gateway),
 // with progress. A download is held in memory as a Blob before the
 // browser saves it.
@@ -20,6 +21,9 @@ function progressRow(id) {
 }
 
 const basename = (p) => p.split("/").filter(Boolean).pop() || "download";
+
+/** `name` inside directory `dir` ("" or "." being the working directory). */
+const join = (dir, name) => (!dir || dir === "." ? name : `${dir.replace(/\/+$/, "") || ""}/${name}`);
 
 export default {
   id: "files",
@@ -64,6 +68,39 @@ export default {
         viewSlot.append(errorBox(err));
       }
     };
+    // A directory's entries, by name: a directory opens, a file is viewed.
+    const list = async () => {
+      clear(viewSlot);
+      const dir = path.value || ".";
+      try {
+        const result = await connectors.call(env.value, "list_dir", { path: dir });
+        const s = result.structuredContent || {};
+        if (result.isError) {
+          viewSlot.append(h("div", { class: "error", role: "alert", "data-code": "tool_error" },
+            s.error || (result.content || []).map((c) => c.text).join("\n")));
+          return;
+        }
+        const open = (name, kind) => {
+          path.value = join(dir, name);
+          if (kind === "directory") list(); else if (kind === "file") view();
+        };
+        const row = (name, kind) => h("tr", { dataset: { name, kind } },
+          h("td", {}, kind === "other" ? h("span", { class: "mono" }, name)
+            : h("a", { href: "#", class: "mono", onclick: (e) => { e.preventDefault(); open(name, kind); } },
+              kind === "directory" ? `${name}/` : name)),
+          h("td", { class: "muted" }, kind));
+        viewSlot.append(
+          h("p", { class: "muted", id: "files-listing-count" }, s.truncated
+            ? `The first ${s.entries.length} of ${s.total} entries:`
+            : `${s.total} ${s.total === 1 ? "entry" : "entries"}`),
+          h("div", { class: "scroll" }, h("table", { id: "files-listing" },
+            h("tr", {}, h("th", {}, "name"), h("th", {}, "kind")),
+            row("..", "directory"),
+            (s.entries || []).map((e) => row(e.name, e.kind)))));
+      } catch (err) {
+        viewSlot.append(errorBox(err));
+      }
+    };
     const download = async () => {
       clear(viewSlot);
       try {
@@ -81,11 +118,12 @@ export default {
       }
     };
     root.append(h("div", { class: "card" },
-      h("h2", {}, "View or download"),
+      h("h2", {}, "Browse, view or download"),
       h("form", { id: "files-get-form", onsubmit: (e) => { e.preventDefault(); view(); } },
         h("label", {}, "Path ", path),
         h("div", { class: "row" },
           h("button", { type: "submit", id: "files-view" }, "View"),
+          h("button", { type: "button", id: "files-list", onclick: list }, "List"),
           h("button", { type: "button", id: "files-download", onclick: () => { if (path.reportValidity() && path.value) download(); } }, "Download"),
           dl.el)),
       viewSlot));

@@ -182,7 +182,8 @@ pub struct ConnectorTool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolCallRequest {
     /// A core tool (`shell`, `read_file`, `write_file`, `apply_patch`,
-    /// `exec_command`, `copy_path`) or a custom tool of the environment.
+    /// `exec_command`, `copy_path`, `list_dir`) or a custom tool of the
+    /// environment.
     pub tool: String,
     /// The tool's arguments. Core tools: the `ShellArguments`,
     /// `ReadFileArguments`… schemas; custom tools: their `input_schema`

@@ -23,6 +23,7 @@ pub const RESERVED_TOOL_NAMES: &[&str] = &[
     "exec_command",
     "apply_patch",
     "copy_path",
+    "list_dir",
     "list_environments",
     "write_stdin",
     "read_output",

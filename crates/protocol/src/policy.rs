@@ -18,12 +18,13 @@ pub const CORE_TOOLS: &[&str] = &[
     "exec_command",
     "apply_patch",
     "copy_path",
+    "list_dir",
 ];
 
 /// Core tools that read files (`fs/readFile`, `fs/readRange`,
 /// `fs/getMetadata`, `fs/readDirectory`). `apply_patch` reads the files it
-/// patches; `copy_path` reads its source.
-pub const READING_TOOLS: &[&str] = &["read_file", "apply_patch", "copy_path"];
+/// patches; `copy_path` reads its source; `list_dir` reads a directory.
+pub const READING_TOOLS: &[&str] = &["read_file", "apply_patch", "copy_path", "list_dir"];
 
 /// Core tools that change files (`fs/writeFile`, `fs/writeRange`,
 /// `fs/commitFile`, `fs/rename`, `fs/remove`, `fs/createDirectory`,
@@ -136,6 +137,10 @@ mod tests {
         assert!(read.allows_reads());
         assert!(!read.allows_writes());
         assert!(!read.allows_any_process());
+
+        let list = allowing(&["list_dir"]);
+        assert!(list.allows_reads(), "list_dir reads a directory");
+        assert!(!list.allows_writes() && !list.allows_any_process());
 
         let write = allowing(&["write_file"]);
         assert!(!write.allows_reads(), "write_file reads nothing");

@@ -22,7 +22,7 @@ def run(coro):
 
 
 def test_async_client_end_to_end(world: World, tmp_path: Path) -> None:
-    world.needs("tool:apply_patch", "files", "tool:copy_path", "processes-list")
+    world.needs("tool:apply_patch", "files", "tool:copy_path", "processes-list", "tool:list_dir")
 
     async def main() -> None:
         async with AsyncClient(world.url, world.token) as client:
@@ -38,6 +38,11 @@ def test_async_client_end_to_end(world: World, tmp_path: Path) -> None:
 
             await env.write_file("async/x.txt", b"\x00\x01data")
             assert await env.read_file("async/x.txt") == b"\x00\x01data"
+            await env.write_file("async/a.txt", "")
+            listing = await env.list_dir("async", max_entries=1)
+            assert [(e.name, e.kind) for e in listing] == [("a.txt", "file")]
+            assert (listing.total, listing.truncated) == (2, True)
+            assert (await env.list_dir("async")).names() == ["a.txt", "x.txt"]
             if "tool:apply_patch" in world.features:
                 await env.write_file("async/p.txt", "a\n")
                 pr = await env.apply_patch(

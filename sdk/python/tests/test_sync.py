@@ -40,7 +40,7 @@ def test_envs_and_selection(client: execgate.Client) -> None:
     assert laptop.is_default and not envs["gpu"].is_default
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", laptop.last_seen or "")
     names = {t.name: t for t in laptop.tools}
-    for core in ("shell", "read_file", "write_file", "exec_command"):
+    for core in ("shell", "read_file", "write_file", "exec_command", "list_dir"):
         assert names[core].kind == "core"
     assert names["echo_arg"].kind == "custom"
     assert names["echo_arg"].input_schema["required"] == ["text"]
@@ -112,6 +112,45 @@ def test_write_and_read_file(laptop: execgate.Env, world: World) -> None:
     assert laptop.read_file("notes/../notes/hello.txt") == "héllo\n".encode()
     with pytest.raises(execgate.ToolError):
         laptop.read_file("no/such/file")
+
+
+def test_list_dir(laptop: execgate.Env, world: World) -> None:
+    world.needs("tool:list_dir")
+    d = world.laptop_dir / "listing"
+    (d / "sub").mkdir(parents=True)
+    for name in ("b.txt", "A", "c"):
+        (d / name).write_text(name)
+    (d / "link_sub").symlink_to(d / "sub")
+    (d / "dangling").symlink_to(d / "nowhere")
+    os.mkfifo(d / "fifo")
+
+    listing = laptop.list_dir("listing")
+    assert isinstance(listing, execgate.DirListing)
+    assert [(e.name, e.kind) for e in listing] == [
+        ("A", "file"),
+        ("b.txt", "file"),
+        ("c", "file"),
+        ("dangling", "other"),
+        ("fifo", "other"),
+        ("link_sub", "directory"),
+        ("sub", "directory"),
+    ]
+    assert (listing.path, listing.total, listing.truncated, len(listing)) == ("listing", 7, False, 7)
+    assert listing.entries[-1].is_dir and listing.entries[0].is_file
+    # Absolute paths, and the working directory by default.
+    assert laptop.list_dir(str(d)).names() == listing.names()
+    assert "listing" in laptop.list_dir().names()
+
+    short = laptop.list_dir("listing", max_entries=2)
+    assert short.names() == ["A", "b.txt"]
+    assert (short.total, short.truncated) == (7, True)
+
+    with pytest.raises(execgate.ToolError):
+        laptop.list_dir("listing/missing")
+    with pytest.raises(execgate.ToolError):
+        laptop.list_dir("listing/c")
+    with pytest.raises(execgate.BadArguments, match="max_entries"):
+        laptop.list_dir("listing", max_entries=0)
 
 
 def test_read_file_pages(laptop: execgate.Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,10 +23,12 @@ import {
   ShellResult,
   ToolResult,
   copyResult,
+  dirListing,
   patchResult,
   processInfo,
   toolFromJson,
   type CopyResult,
+  type DirListing,
   type OutputItem,
   type PatchResult,
   type ProcessInfo,
@@ -44,6 +46,7 @@ import {
   type EnvsListResponse,
   type ExecCommandArguments,
   type ExecutorInfo,
+  type ListDirArguments,
   type OutputResponse,
   type PolicyInfo,
   type ProcessListResponse,
@@ -412,6 +415,18 @@ export class Env {
   /** The file as UTF-8 text. */
   async readText(path: string): Promise<string> {
     return new TextDecoder().decode(await this.readFile(path));
+  }
+
+  /** The directory's entries, sorted by name, each with a `kind` (`file`,
+   * `directory` or `other`; links are followed). Relative paths resolve
+   * against the executor's working directory. At most `maxEntries` (the
+   * gateway's default 1000, at most 10000) come back; beyond that
+   * `truncated` is true and `total` counts them all. A missing path or a
+   * file throws {@link ToolError}. */
+  async listDir(path = ".", opts: { maxEntries?: number } = {}): Promise<DirListing> {
+    const args: ListDirArguments = { path, max_entries: opts.maxEntries };
+    const r = await this.#client._toolCall(this.name, "list_dir", args);
+    return dirListing(r.check());
   }
 
   /** Writes the file atomically (a string as UTF-8), creating parents;

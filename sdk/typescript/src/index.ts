@@ -33,6 +33,8 @@ export {
   type PatchResult,
   type PatchFile,
   type CopyResult,
+  type DirEntry,
+  type DirListing,
   type TransferResult,
   type ProcessInfo,
   type Tool,

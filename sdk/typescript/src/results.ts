@@ -137,6 +137,37 @@ export function copyResult(r: ToolResult): CopyResult {
   };
 }
 
+/** One entry of a directory listing (`listDir`). Symbolic links are
+ * followed; a dangling one (or one out of the executor's root), a FIFO, a
+ * socket or a device is `"other"`. */
+export interface DirEntry {
+  name: string;
+  kind: "file" | "directory" | "other";
+}
+
+/** What `listDir` answers: entries sorted by name. */
+export interface DirListing {
+  path: string;
+  entries: DirEntry[];
+  /** Every entry of the directory, returned or not. */
+  total: number;
+  /** Whether entries were left out (`maxEntries`). */
+  truncated: boolean;
+}
+
+export function dirListing(r: ToolResult): DirListing {
+  const s = r.structured ?? {};
+  const entries: DirEntry[] = Array.isArray(s.entries)
+    ? (s.entries as Array<Record<string, unknown>>).map((e) => ({ name: String(e.name), kind: String(e.kind) as DirEntry["kind"] }))
+    : [];
+  return {
+    path: String(s.path ?? ""),
+    entries,
+    total: Number(s.total ?? entries.length),
+    truncated: Boolean(s.truncated),
+  };
+}
+
 /** What `upload` and `download` answer. */
 export interface TransferResult {
   /** The path written (remote for upload, local for download). */

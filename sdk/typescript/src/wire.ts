@@ -111,6 +111,12 @@ export interface ReadFileArguments {
   limit?: number;
 }
 
+/** @request ListDirArguments */
+export interface ListDirArguments {
+  path: string;
+  max_entries?: number;
+}
+
 /** @request WriteFileArguments */
 export interface WriteFileArguments {
   path: string;

@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -91,7 +91,7 @@ test("envs and selection", async () => {
   assert.ok(l.isDefault && !envs.gpu.isDefault);
   assert.match(l.lastSeen ?? "", /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
   const tools = Object.fromEntries(l.tools.map((t) => [t.name, t]));
-  for (const core of ["shell", "read_file", "write_file", "apply_patch", "exec_command", "copy_path"]) {
+  for (const core of ["shell", "read_file", "write_file", "apply_patch", "exec_command", "copy_path", "list_dir"]) {
     assert.equal(tools[core]?.kind, "core", core);
   }
   assert.equal(tools.echo_arg.kind, "custom");
@@ -177,6 +177,36 @@ test("writeFile and readFile", async () => {
   assert.ok(back instanceof Uint8Array);
   assert.deepEqual(Buffer.from(back), Buffer.from(blob));
   await assert.rejects(laptop.readFile("no/such/file"), execgate.ToolError);
+});
+
+test("listDir", async () => {
+  const d = join(world.laptopDir, "listing");
+  mkdirSync(join(d, "sub"), { recursive: true });
+  for (const name of ["b.txt", "A", "c"]) writeFileSync(join(d, name), name);
+  symlinkSync(join(d, "sub"), join(d, "link_sub"));
+  symlinkSync(join(d, "nowhere"), join(d, "dangling"));
+
+  const listing = await laptop.listDir("listing");
+  assert.deepEqual(listing.entries, [
+    { name: "A", kind: "file" },
+    { name: "b.txt", kind: "file" },
+    { name: "c", kind: "file" },
+    { name: "dangling", kind: "other" },
+    { name: "link_sub", kind: "directory" },
+    { name: "sub", kind: "directory" },
+  ]);
+  assert.deepEqual([listing.path, listing.total, listing.truncated], ["listing", 6, false]);
+  // Absolute paths, and the working directory by default.
+  assert.deepEqual((await laptop.listDir(d)).entries, listing.entries);
+  assert.ok((await laptop.listDir()).entries.some((e) => e.name === "listing" && e.kind === "directory"));
+
+  const short = await laptop.listDir("listing", { maxEntries: 2 });
+  assert.deepEqual(short.entries.map((e) => e.name), ["A", "b.txt"]);
+  assert.deepEqual([short.total, short.truncated], [6, true]);
+
+  await assert.rejects(laptop.listDir("listing/missing"), execgate.ToolError);
+  await assert.rejects(laptop.listDir("listing/c"), execgate.ToolError);
+  await assert.rejects(laptop.listDir("listing", { maxEntries: 0 }), (e) => e instanceof execgate.BadArguments && /max_entries/.test(e.message));
 });
 
 test("readFile reads a large file in 8 MiB pages", async () => {

@@ -650,3 +650,68 @@ async fn codex_live_processes_stream_list_and_refuse_what_it_lacks() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn codex_lists_directories_sorted_by_name() {
+    let Some(bin) = codex_bin() else { return };
+    let w = CodexWorld::start(bin).await;
+    let api = &w.api;
+    let tools = api.envs().await["envs"][0]["tools"].clone();
+    assert!(
+        tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "list_dir"),
+        "{tools}"
+    );
+
+    // codex answers in readdir order: the gateway sorts. Many names, so
+    // that readdir order is unlikely to be sorted by chance.
+    let dir = w.work().join("d");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let mut names: Vec<String> = (0..40).map(|i| format!("f{:02}", (i * 7) % 40)).collect();
+    for n in &names {
+        std::fs::write(dir.join(n), n).unwrap();
+    }
+    std::os::unix::fs::symlink(dir.join("sub"), dir.join("link_sub")).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("dangling")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    names.sort();
+
+    let r = api.call("codex", "list_dir", json!({"path": "d"})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    let s = &r["structuredContent"];
+    let mut expected: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"name": n, "kind": "file"}))
+        .collect();
+    expected.insert(40, json!({"name": "fifo", "kind": "other"}));
+    expected.push(json!({"name": "link_sub", "kind": "directory"}));
+    // codex 0.169.0 leaves a dangling link out of its answer (an execgate
+    // executor lists it as `other`): recorded here, and in the docs.
+    expected.push(json!({"name": "sub", "kind": "directory"}));
+    expected.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    assert_eq!(s["entries"], json!(expected), "{r}");
+    assert_eq!(
+        (s["total"].as_u64(), &s["truncated"]),
+        (Some(43), &json!(false))
+    );
+
+    let r = api
+        .call("codex", "list_dir", json!({"path": "d", "max_entries": 3}))
+        .await;
+    let s = &r["structuredContent"];
+    assert_eq!(s["entries"], json!(expected[..3]), "{r}");
+    assert_eq!(
+        (s["total"].as_u64(), &s["truncated"]),
+        (Some(43), &json!(true))
+    );
+
+    for path in ["d/missing", "d/f00"] {
+        let r = api.call("codex", "list_dir", json!({ "path": path })).await;
+        assert_eq!(r["isError"], true, "{path}: {r}");
+    }
+}

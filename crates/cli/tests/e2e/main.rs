@@ -14,6 +14,7 @@ mod hostile_executor;
 mod isolation;
 mod leaks;
 mod limits;
+mod list_dir;
 mod listener;
 mod live;
 mod mcp;

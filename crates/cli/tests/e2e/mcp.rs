@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-struct Mcp {
+pub(crate) struct Mcp {
     http: reqwest::Client,
     url: String,
     token: String,
@@ -17,7 +17,7 @@ struct Mcp {
 }
 
 impl Mcp {
-    fn new(base: &str, token: &str) -> Mcp {
+    pub(crate) fn new(base: &str, token: &str) -> Mcp {
         Mcp {
             http: fresh_client(),
             url: format!("{base}/mcp"),
@@ -53,7 +53,7 @@ impl Mcp {
 
     /// A request with the right token; asserts HTTP 200 and returns the
     /// JSON-RPC response (with `result` or `error`).
-    async fn request(&self, method: &str, params: Value) -> Value {
+    pub(crate) async fn request(&self, method: &str, params: Value) -> Value {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
             .post(
@@ -73,14 +73,14 @@ impl Mcp {
     }
 
     /// tools/call that must succeed at the protocol level: its CallToolResult.
-    async fn call(&self, tool: &str, arguments: Value) -> Value {
+    pub(crate) async fn call(&self, tool: &str, arguments: Value) -> Value {
         let resp = self.call_raw(tool, arguments).await;
         assert!(resp.get("error").is_none(), "{tool}: {resp}");
         resp["result"].clone()
     }
 
     /// tools/call that must fail with JSON-RPC error `code`: its message.
-    async fn call_error(&self, tool: &str, arguments: Value, code: i64) -> String {
+    pub(crate) async fn call_error(&self, tool: &str, arguments: Value, code: i64) -> String {
         let resp = self.call_raw(tool, arguments.clone()).await;
         assert_eq!(resp["error"]["code"], code, "{tool} {arguments}: {resp}");
         resp["error"]["message"].as_str().unwrap().to_string()
@@ -106,6 +106,7 @@ const CORE_TOOLS: &[&str] = &[
     "apply_patch",
     "exec_command",
     "copy_path",
+    "list_dir",
     "write_stdin",
     "read_output",
     "terminate",

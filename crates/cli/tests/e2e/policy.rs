@@ -140,7 +140,37 @@ async fn root_confines_every_file_tool_and_the_cwd() {
         json!({"root": root, "allow_tools": null, "read_only": false, "max_processes": null, "sandbox": null})
     );
     assert!(env(&envs, "laptop").get("policy").is_none(), "{envs}");
-    assert_eq!(tool_names(env(&envs, "box")).len(), 6, "all core tools");
+    assert_eq!(tool_names(env(&envs, "box")).len(), 7, "all core tools");
+
+    // list_dir: inside works (a link out of the root is listed as `other`,
+    // not followed); the root's parent, `..`, an absolute path outside and
+    // a link to a directory outside are refused.
+    let r = w.api.call("box", "list_dir", json!({ "path": "." })).await;
+    assert_eq!(
+        r["structuredContent"]["entries"],
+        json!([
+            {"name": "dangling_out", "kind": "other"},
+            {"name": "dir_out", "kind": "other"},
+            {"name": "inside.txt", "kind": "file"},
+            {"name": "link_out", "kind": "other"},
+            {"name": "sub", "kind": "directory"},
+        ]),
+        "{r}"
+    );
+    for path in [
+        "..",
+        "../outside",
+        d.outside.to_str().unwrap(),
+        "dir_out",
+        "sub/../../outside",
+        "/",
+    ] {
+        let r = w
+            .api
+            .call_raw("box", "list_dir", json!({ "path": path }))
+            .await;
+        assert_denied(&format!("list_dir {path}"), &d, r);
+    }
 
     // read_file: `..`, an absolute path, a link to a file, a link to a dir.
     for path in [
@@ -347,13 +377,19 @@ async fn read_only_refuses_writes_and_processes_with_403_and_serves_reads() {
         b["policy"],
         json!({"root": null, "allow_tools": null, "read_only": true, "max_processes": null, "sandbox": null})
     );
-    assert_eq!(tool_names(b), ["read_file", "copy_path"]);
+    assert_eq!(tool_names(b), ["read_file", "copy_path", "list_dir"]);
 
     let r = w
         .api
         .call("box", "read_file", json!({"path": "inside.txt"}))
         .await;
     assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), b"inside\n");
+    let r = w
+        .api
+        .call("box", "list_dir", json!({"path": "sub/.."}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"]["entries"][2]["name"], "inside.txt");
 
     for (tool, args) in [
         (
@@ -488,6 +524,7 @@ async fn allow_tools_hides_and_refuses_the_others() {
             json!({"path": "made", "content_b64": b64e(b"x")}),
         ),
         ("apply_patch", patch("*** Add File: made\n+x\n")),
+        ("list_dir", json!({"path": "."})),
         ("hidden_tool", json!({})),
     ] {
         let (status, body) = w.api.call_raw("box", tool, args).await;

@@ -27,9 +27,9 @@ use execgate_protocol::policy::ExecutorPolicy;
 use crate::link::Link;
 use crate::ops::Error;
 
-/// Tools a read-only executor still serves: `copy_path` as a source (its
-/// destination is checked by [`check_copy`]).
-const READ_ONLY_TOOLS: &[&str] = &["read_file", "copy_path"];
+/// Tools a read-only executor still serves: the reads, and `copy_path` as
+/// a source (its destination is checked by [`check_copy`]).
+const READ_ONLY_TOOLS: &[&str] = &["read_file", "list_dir", "copy_path"];
 
 /// The policy the link's executor announced, if any.
 pub fn of(link: &Link) -> Option<ExecutorPolicy> {
@@ -160,7 +160,7 @@ fn not_allowed(link: &Link, policy: &ExecutorPolicy, what: &str) -> Error {
 fn read_only(link: &Link, what: &str) -> Error {
     Error::new(code::POLICY_DENIED,
         format!(
-            "environment '{}' is read-only (its executor runs with --read-only): {what} would change files or run a process; read_file, and copy_path from it, still work",
+            "environment '{}' is read-only (its executor runs with --read-only): {what} would change files or run a process; read_file, list_dir, and copy_path from it, still work",
             link.name
         ),
     )
@@ -277,6 +277,7 @@ mod tests {
         let free = link_with(None);
         check_tool(&ro, "read_file").unwrap();
         check_tool(&ro, "copy_path").unwrap();
+        check_tool(&ro, "list_dir").unwrap();
         for tool in [
             "write_file",
             "apply_patch",

@@ -52,6 +52,8 @@ from .errors import (
 from .models import (
     Chunk,
     CopyResult,
+    DirEntry,
+    DirListing,
     LostOutput,
     OutputItem,
     PatchResult,
@@ -76,6 +78,8 @@ __all__ = [
     "ToolResult",
     "PatchResult",
     "CopyResult",
+    "DirEntry",
+    "DirListing",
     "TransferResult",
     "ProcessInfo",
     "Tool",

@@ -39,7 +39,7 @@ from .errors import (
     TransportError,
     error_from_response,
 )
-from .models import CopyResult, OutputItem, PatchResult, ProcessInfo, ShellResult, Tool, ToolResult
+from .models import CopyResult, DirListing, OutputItem, PatchResult, ProcessInfo, ShellResult, Tool, ToolResult
 
 
 class _AStream:
@@ -284,6 +284,9 @@ class AsyncEnv(EnvBase):
 
     async def read_file(self, path: str) -> bytes:
         return await self._client._run(ops.read_file(self.name, path))
+
+    async def list_dir(self, path: str = ".", *, max_entries: Optional[int] = None) -> DirListing:
+        return await self._client._run(ops.list_dir(self.name, path, max_entries))
 
     async def write_file(self, path: str, data: Union[bytes, str]) -> int:
         return await self._client._run(ops.write_file(self.name, path, data))

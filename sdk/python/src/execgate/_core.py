@@ -28,6 +28,7 @@ from .errors import (
 from .models import (
     Chunk,
     CopyResult,
+    DirListing,
     LostOutput,
     PatchResult,
     ProcessInfo,
@@ -285,6 +286,12 @@ def read_file(env: str, path: str) -> Op[bytes]:
         s = r.structured or {}
         if s.get("eof", True) or not data:
             return bytes(out)
+
+
+def list_dir(env: str, path: str, max_entries: Optional[int]) -> Op[DirListing]:
+    r = yield from tool_call(env, "list_dir", {"path": path, "max_entries": max_entries})
+    r.check()
+    return DirListing.from_tool_result(r)
 
 
 def write_file(env: str, path: str, data: Union[bytes, str]) -> Op[int]:

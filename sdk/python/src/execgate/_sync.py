@@ -36,7 +36,7 @@ from .errors import (
     TransportError,
     error_from_response,
 )
-from .models import CopyResult, OutputItem, PatchResult, ProcessInfo, ShellResult, Tool, ToolResult
+from .models import CopyResult, DirListing, OutputItem, PatchResult, ProcessInfo, ShellResult, Tool, ToolResult
 
 #: Read timeout for the answer to an upload (sent after the whole body and
 #: the executor's hash check).
@@ -311,6 +311,15 @@ class Env(EnvBase):
         of MiB prefer :meth:`download`). Relative paths resolve against the
         executor's working directory. A missing file raises :class:`ToolError`."""
         return self._client._run(ops.read_file(self.name, path))
+
+    def list_dir(self, path: str = ".", *, max_entries: Optional[int] = None) -> DirListing:
+        """The directory's entries, sorted by name, each with a ``kind``
+        (``file``, ``directory`` or ``other``; links are followed). Relative
+        paths resolve against the executor's working directory. At most
+        ``max_entries`` (the gateway's default 1000, at most 10000) come back;
+        beyond that ``truncated`` is true and ``total`` counts them all. A
+        missing path or a file raises :class:`ToolError`."""
+        return self._client._run(ops.list_dir(self.name, path, max_entries))
 
     def write_file(self, path: str, data: Union[bytes, str]) -> int:
         """Writes the file atomically (``str`` as UTF-8), creating parents;

@@ -4,7 +4,7 @@ and the items of a process's output stream."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from .errors import CommandFailed, ToolError
 
@@ -165,6 +165,57 @@ class CopyResult:
             files=int(s.get("files", 0)),
             duration_ms=int(s.get("duration_ms", 0)),
             sha256=s.get("sha256"),
+        )
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One entry of a directory listing (``list_dir``)."""
+
+    name: str
+    #: ``"file"``, ``"directory"`` or ``"other"``. Symbolic links are
+    #: followed; a dangling one (or one out of the executor's root), a FIFO,
+    #: a socket or a device is ``"other"``.
+    kind: str
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "directory"
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == "file"
+
+
+@dataclass(frozen=True)
+class DirListing:
+    """What ``list_dir`` answers: entries sorted by name."""
+
+    path: str
+    entries: List[DirEntry]
+    #: Every entry of the directory, returned or not.
+    total: int
+    #: Whether entries were left out (``max_entries``).
+    truncated: bool
+
+    def names(self) -> List[str]:
+        return [e.name for e in self.entries]
+
+    def __iter__(self) -> Iterator[DirEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def from_tool_result(cls, r: ToolResult) -> "DirListing":
+        s = r.structured or {}
+        entries = [DirEntry(name=str(e["name"]), kind=str(e["kind"])) for e in s.get("entries", [])]
+        return cls(
+            path=str(s.get("path", "")),
+            entries=entries,
+            total=int(s.get("total", len(entries))),
+            truncated=bool(s.get("truncated", False)),
         )
 
 

@@ -25,8 +25,8 @@
 //!
 //! **Tools.** `tools/list` and the calls read the core tools' one registry,
 //! [`tools::CORE_TOOLS`] (name, description, schema, call). `shell`,
-//! `read_file`, `write_file`, `apply_patch`, `exec_command` and `copy_path`
-//! go through [`tools::call`] with the arguments unchanged, exactly as `POST
+//! `read_file`, `write_file`, `apply_patch`, `exec_command`, `copy_path`
+//! and `list_dir` go through [`tools::call`] with the arguments unchanged, exactly as `POST
 //! /envs/{name}/tool/call`, and return its CallToolResult. The MCP-only
 //! `write_stdin`, `read_output` and `terminate` call the process operations
 //! like the `/processes/{sid}/…` routes; `list_environments` answers what

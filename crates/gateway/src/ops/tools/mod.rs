@@ -33,6 +33,7 @@ mod args;
 mod copy_path;
 mod custom;
 mod exec_command;
+mod list_dir;
 mod list_environments;
 mod read_file;
 mod read_output;
@@ -77,6 +78,7 @@ pub static CORE_TOOLS: &[&CoreTool] = &[
     &apply_patch::TOOL,
     &exec_command::TOOL,
     &copy_path::TOOL,
+    &list_dir::TOOL,
     &write_stdin::TOOL,
     &read_output::TOOL,
     &terminate::TOOL,
