@@ -101,6 +101,35 @@ def test_exec_command_write_stdin_read_output_terminate(gateway: Tuple[str, str]
     run(gateway, body)
 
 
+def test_files_round_trip_as_text_or_base64(gateway: Tuple[str, str]) -> None:
+    """A model reads and writes text: a UTF-8 file round-trips as text, a
+    binary file as base64, each marked by structuredContent.encoding."""
+
+    async def body(client: Client) -> None:
+        text = "# COMPASS\n\nnaïve → café \\ no base64 here\n"
+        wrote = structured(await client.call_tool("write_file", {"path": "rt/notes.md", "content": text}))
+        assert wrote["bytes"] == len(text.encode())
+        result = await client.call_tool("read_file", {"path": "rt/notes.md"})
+        out = structured(result)
+        assert out["encoding"] == "utf-8" and out["content"] == text, out
+        assert result.content[0].text == text
+
+        binary = bytes(range(256)) * 3
+        await client.call_tool("write_file", {"path": "rt/blob.bin",
+                                              "content_b64": base64.b64encode(binary).decode()})
+        result = await client.call_tool("read_file", {"path": "rt/blob.bin"})
+        out = structured(result)
+        assert out["encoding"] == "base64" and "content" not in out, out
+        assert base64.b64decode(result.content[0].text) == binary
+
+        # Exactly one of content and content_b64.
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("write_file", {"path": "rt/x", "content": "a", "content_b64": "YQ=="})
+        assert info.value.error.code == -32602 and "content_b64" in info.value.error.message
+
+    run(gateway, body)
+
+
 def test_errors(gateway: Tuple[str, str]) -> None:
     async def body(client: Client) -> None:
         for tool, args, code, needle in [

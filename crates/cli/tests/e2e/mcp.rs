@@ -202,8 +202,42 @@ async fn mcp_initialize_list_tools_and_call_them_like_rest() {
         )
         .await;
     assert_eq!(r["isError"], false, "{r}");
+    // A UTF-8 file comes back as text, in the text item and in `content`.
     let r = mcp.call("read_file", json!({"path": "m/hello.txt"})).await;
-    assert!(r.to_string().contains(&b64e(b"hello mcp")), "{r}");
+    assert_eq!(r["structuredContent"]["encoding"], "utf-8", "{r}");
+    assert_eq!(r["structuredContent"]["content"], "hello mcp", "{r}");
+    assert_eq!(r["content"][0]["text"], "hello mcp", "{r}");
+    // Text in, with `content`; then bytes that are not UTF-8, as base64.
+    let text = "# Títle\n\\ back\\slash €\n";
+    let r = mcp
+        .call("write_file", json!({"path": "m/t.md", "content": text}))
+        .await;
+    assert_eq!(r["structuredContent"]["bytes"], text.len(), "{r}");
+    assert_eq!(
+        std::fs::read(w.workdir.join("m/t.md")).unwrap(),
+        text.as_bytes()
+    );
+    let r = mcp.call("read_file", json!({"path": "m/t.md"})).await;
+    assert_eq!(r["structuredContent"]["content"], text, "{r}");
+    let binary = b"\x89PNG\r\n\x1a\n\xff\x00";
+    mcp.call(
+        "write_file",
+        json!({"path": "m/b.bin", "content_b64": b64e(binary)}),
+    )
+    .await;
+    let r = mcp.call("read_file", json!({"path": "m/b.bin"})).await;
+    assert_eq!(r["structuredContent"]["encoding"], "base64", "{r}");
+    assert!(r["structuredContent"].get("content").is_none(), "{r}");
+    assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), binary);
+    // Asked for text anyway: escaped losslessly, and marked so.
+    let r = mcp
+        .call("read_file", json!({"path": "m/b.bin", "encoding": "utf-8"}))
+        .await;
+    assert_eq!(r["structuredContent"]["encoding"], "utf-8-escaped", "{r}");
+    assert_eq!(
+        r["structuredContent"]["content"], "\\x89PNG\r\n\u{1a}\n\\xff\u{0}",
+        "{r}"
+    );
     let r = mcp
         .call("echo_arg", json!({"text": "$(touch pwned); hi"}))
         .await;
@@ -353,6 +387,14 @@ async fn mcp_refusals_name_the_problem() {
         )
         .await;
     assert!(m.contains("content_b64"), "{m}");
+    // write_file: exactly one of content and content_b64.
+    for args in [
+        json!({"path": "x", "content": "a", "content_b64": "YQ=="}),
+        json!({"path": "x"}),
+    ] {
+        let m = mcp.call_error("write_file", args, -32602).await;
+        assert!(m.contains("content") && m.contains("content_b64"), "{m}");
+    }
     let m = mcp
         .call_error(
             "write_stdin",

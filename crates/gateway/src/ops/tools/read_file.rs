@@ -1,11 +1,19 @@
-//! `read_file`: a file's bytes, as base64.
+//! `read_file`: a file's bytes, as text or base64.
+//!
+//! `encoding` (see [`Encoding`]): `auto` answers text when the bytes read
+//! are valid UTF-8 and base64 otherwise; `utf-8` answers text always
+//! (invalid bytes escaped losslessly, marked `utf-8-escaped`); `base64`
+//! always base64. MCP defaults to `auto`, REST to `base64`. Text is in the
+//! text content item and in `structuredContent.content`; base64 only in the
+//! text content item (as before `encoding` existed). A read cut by `limit`
+//! or [`MAX_READ`] in the middle of a UTF-8 character stops before it (text
+//! encodings only), so that the next read, at `offset + bytes`, starts on it.
 //!
 //! Reads go through the [ext] `fs/readRange` when the executor has it, so
 //! only the asked-for range crosses the link; a stock codex gets `fs/readFile`
 //! and the gateway slices. One call moves at most [`MAX_READ`] bytes; the
 //! structured result says where to continue.
 
-use base64::Engine;
 use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::CallToolResult;
@@ -15,7 +23,7 @@ use execgate_protocol::exec::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::args::path_uri;
+use super::args::{encode_bytes, encoding_property, path_uri, utf8_cut, Encoding, BASE64};
 use super::{parse_args, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::ops::Error;
@@ -25,17 +33,25 @@ use serde_json::{Map, Value};
 pub static TOOL: CoreTool = CoreTool {
     name: "read_file",
     route: Route::Rest,
-    description: "Read a file; the content comes back base64-encoded. Relative paths resolve \
-                      against the executor's working directory.",
+    description: "Read a file. UTF-8 files come back as text (structuredContent.encoding \
+                  \"utf-8\", the text also in structuredContent.content); other files as base64 \
+                  (encoding \"base64\"). Relative paths resolve against the executor's working \
+                  directory. Large files: read on from offset + bytes while eof is false.",
     envs_list: Some((
         1,
-        "Read a file as base64. Arguments: path, offset, limit (0 = to the end).",
+        "Read a file: base64 by default, or text with encoding auto/utf-8. Arguments: path, \
+         offset, limit (0 = to the end), encoding.",
     )),
     properties: || {
         json!({
             "path": {"type": "string", "minLength": 1},
             "offset": {"type": "integer", "minimum": 0, "description": "Byte offset to start at."},
-            "limit": {"type": "integer", "minimum": 0, "description": "Bytes to read; 0 reads to the end."}
+            "limit": {"type": "integer", "minimum": 0, "description": "Bytes to read; 0 reads to the end."},
+            "encoding": encoding_property(
+                "How the content comes back: \"auto\" (text if the bytes are UTF-8, else base64), \
+                 \"utf-8\" (text; bytes that are not UTF-8 escaped as \\xNN and backslashes \
+                 doubled, marked \"utf-8-escaped\") or \"base64\". Default: \"auto\" over MCP, \
+                 \"base64\" over REST.")
         })
     },
     required: &["path"],
@@ -58,6 +74,9 @@ pub struct ReadFileArgs {
     /// 0 = to the end (at most [`MAX_READ`]).
     #[serde(default)]
     pub limit: u64,
+    /// Default: [`ToolContext::default_encoding`].
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
     #[serde(default)]
     #[allow(dead_code)]
     pub environment_id: Option<String>,
@@ -123,20 +142,29 @@ pub async fn read_file(ctx: &ToolContext<'_>, a: ReadFileArgs) -> Result<CallToo
         let end = (a.offset.saturating_add(want)).min(size) as usize;
         (all.slice(start..end), size)
     };
+    let encoding = a.encoding.unwrap_or(ctx.default_encoding());
+    let mut data = data;
+    if encoding != Encoding::Base64 && a.offset + (data.len() as u64) < size {
+        // Cut mid-character: stop before it; the next read starts on it.
+        let keep = utf8_cut(&data);
+        if keep > 0 {
+            data.truncate(keep);
+        }
+    }
     let end = a.offset + data.len() as u64;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-    Ok(CallToolResult::text(
-        b64,
-        Some(json!({
-            "encoding": "base64",
-            "path": a.path,
-            "offset": a.offset,
-            "bytes": data.len(),
-            "size": size,
-            "eof": end >= size,
-        })),
-        false,
-    ))
+    let (text, encoding) = encode_bytes(&data, encoding);
+    let mut structured = json!({
+        "encoding": encoding,
+        "path": a.path,
+        "offset": a.offset,
+        "bytes": data.len(),
+        "size": size,
+        "eof": end >= size,
+    });
+    if encoding != BASE64 {
+        structured["content"] = Value::String(text.clone());
+    }
+    Ok(CallToolResult::text(text, Some(structured), false))
 }
 
 fn decode(data: &Blob) -> Result<Bytes, Error> {
