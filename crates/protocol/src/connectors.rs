@@ -300,7 +300,20 @@ pub struct OutputResponse {
 pub struct OutputChunk {
     /// `"stdout"`, `"stderr"`, or `"pty"` for a tty process.
     pub stream: String,
-    pub data_b64: String,
+    /// The bytes, standard base64: always with the default encoding
+    /// (`base64`); absent when `text` holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// The bytes as text, with `encoding=auto` (valid UTF-8) or
+    /// `encoding=utf-8`; then consecutive chunks of one stream come joined,
+    /// under the last one's seq. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// With `text`: `"utf-8"` (the text is the bytes) or `"utf-8-escaped"`
+    /// (the bytes were not UTF-8: each byte of an invalid sequence is
+    /// `\xNN`, each backslash `\\`). Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
     pub seq: u64,
 }
 

@@ -143,7 +143,7 @@ pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, Error> {
 /// How bytes travel in a tool's JSON: `encoding` on `read_file`,
 /// `write_file` and `/output`. REST defaults to `base64` (its answers
 /// before the argument existed); MCP, whose reader is a model, to `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 pub enum Encoding {
     /// Text when the bytes are valid UTF-8, else base64.
     #[serde(rename = "auto")]

@@ -59,7 +59,7 @@ use crate::ops::state::AppState;
 use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
-pub use args::{default_true, describe, parse_args, resolve_path};
+pub use args::{default_true, describe, encode_bytes, parse_args, resolve_path, Encoding, BASE64};
 #[cfg(test)]
 pub use {
     list_environments::ListEnvironmentsArgs, read_output::ReadOutputArgs, terminate::TerminateArgs,
