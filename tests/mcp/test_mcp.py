@@ -122,6 +122,15 @@ def test_files_round_trip_as_text_or_base64(gateway: Tuple[str, str]) -> None:
         assert out["encoding"] == "base64" and "content" not in out, out
         assert base64.b64decode(result.content[0].text) == binary
 
+        # A line range, numbered, as coding agents read; past the end: empty.
+        result = await client.call_tool("read_file", {"path": "rt/notes.md", "start_line": 2,
+                                                      "line_count": 2, "line_numbers": True})
+        out = structured(result)
+        assert result.content[0].text == "     2\t\n     3\tnaïve → café \\ no base64 here\n"
+        assert out["total_lines"] == 3 and out["eof"] is True and out["lines"] == 2, out
+        out = structured(await client.call_tool("read_file", {"path": "rt/notes.md", "start_line": 7}))
+        assert out["content"] == "" and out["lines"] == 0 and out["total_lines"] == 3, out
+
         # Exactly one of content and content_b64.
         with pytest.raises(MCPError) as info:
             await client.call_tool("write_file", {"path": "rt/x", "content": "a", "content_b64": "YQ=="})
