@@ -139,6 +139,46 @@ def test_files_round_trip_as_text_or_base64(gateway: Tuple[str, str]) -> None:
     run(gateway, body)
 
 
+def test_a_50_mb_output_comes_back_bounded_with_the_exact_count_left_out(gateway: Tuple[str, str]) -> None:
+    """`shell` that prints 50 MB answers a head and a tail within the default
+    budget (64 KiB), and says exactly how many bytes it left out and how to
+    read them: never a silent cut, never a 50 MB answer."""
+    total = 50 * 1000 * 1000
+
+    async def body(client: Client) -> None:
+        # Numbered lines, so that head and tail can be checked against the real output.
+        script = f"seq 1 100000000 | head -c {total}; echo done >&2"
+        result = await client.call_tool("shell", {"command": script, "timeout_ms": 120000})
+        out = structured(result)
+        assert out["exit_code"] == 0, out
+        assert out["max_output_bytes"] == 65536, out
+        assert out["stderr"] == "done\n"
+        stdout = out["stdout"]
+        head, rest = stdout.split("[... ", 1)
+        marker, tail = rest.split("...]\n", 1)
+        omitted = out["omitted_bytes"]
+        assert marker.startswith(f"{omitted} bytes of stdout omitted: {total} bytes in all"), marker
+        assert "exec_command" in marker and "read_output" in marker
+        # The head is the output's first bytes (a newline may end it before the marker).
+        first = int(marker.split("the first ")[1].split(" ")[0])
+        last = int(marker.split("the last ")[1].split(" ")[0])
+        assert len(tail) == last and len(head) in (first, first + 1), (len(head), first, len(tail), last)
+        assert first + last + omitted == total
+        expected = "\n".join(map(str, range(1, 7_000_001))).encode()[:total]
+        assert head[:first].encode() == expected[:first]
+        assert tail.encode() == expected[total - last:]
+        assert len(result.content[0].text) < 70 * 1024
+        assert f"{omitted} bytes of stdout omitted" in result.content[0].text
+
+        # A budget of one's own; small output is left whole.
+        out = structured(await client.call_tool("shell", {"command": "seq 1 1000", "max_output_bytes": 100}))
+        assert out["omitted_bytes"] == 3893 - 100 and out["max_output_bytes"] == 100, out
+        out = structured(await client.call_tool("shell", {"command": "seq 1 3"}))
+        assert out["stdout"] == "1\n2\n3\n" and "omitted_bytes" not in out
+
+    run(gateway, body)
+
+
 def test_errors(gateway: Tuple[str, str]) -> None:
     async def body(client: Client) -> None:
         for tool, args, code, needle in [

@@ -406,6 +406,15 @@ pub struct ShellOutput {
     /// Output beyond what `shell` captures (see its docs). Not in the seed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_bytes: u64,
+    /// With a `max_output_bytes` budget (MCP's default): the bytes of
+    /// output left out of the middle of `stdout` and `stderr`, which then
+    /// hold a head, a marker line saying how many bytes were left out and
+    /// how to read them, and a tail. Not in the seed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_bytes: u64,
+    /// The budget the answer was cut to, when it was cut. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

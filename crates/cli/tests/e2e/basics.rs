@@ -365,6 +365,52 @@ async fn rest_encodings_on_read_file_write_file_and_output() {
     assert_eq!(status, 400, "{v}");
 }
 
+/// REST `shell` keeps everything (up to its capture) unless the call gives
+/// `max_output_bytes`; then a head, a tail and the exact count left out.
+#[tokio::test]
+async fn rest_shell_is_bounded_only_when_asked() {
+    let w = World::start(&[]).await;
+    let args = json!({"command": "seq 1 20000"});
+    let r = w.api.call("laptop", "shell", args).await;
+    let all = r["structuredContent"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(all.len(), 108_894, "{}", &all[..100]);
+    assert!(r["structuredContent"].get("omitted_bytes").is_none(), "{r}");
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({"command": "seq 1 20000", "max_output_bytes": 1000}),
+        )
+        .await;
+    let s = &r["structuredContent"];
+    assert_eq!(s["omitted_bytes"], 108_894 - 1000, "{r}");
+    assert_eq!(s["max_output_bytes"], 1000, "{r}");
+    let stdout = s["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with(&all[..500]), "{stdout}");
+    assert!(stdout.ends_with(&all[all.len() - 500..]), "{stdout}");
+    assert!(
+        stdout.contains("[... 107894 bytes of stdout omitted: 108894 bytes in all"),
+        "{stdout}"
+    );
+    let (status, v) = w
+        .api
+        .call_raw(
+            "laptop",
+            "shell",
+            json!({"command": "true", "max_output_bytes": 0}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("arguments.max_output_bytes"));
+}
+
 #[tokio::test]
 async fn exec_command_with_stdin_output_and_terminate() {
     let w = World::start(&[]).await;
