@@ -76,7 +76,9 @@ def test_exec_command_write_stdin_read_output_terminate(gateway: Tuple[str, str]
             out = structured(await client.call_tool(
                 "read_output", {"session_id": sid, "after_seq": after, "wait_ms": 2000}))
             for chunk in out["chunks"]:
-                data += base64.b64decode(chunk["data_b64"])
+                # Text by default, marked by its encoding.
+                assert chunk["encoding"] == "utf-8", chunk
+                data += chunk["text"].encode()
                 after = chunk["seq"]
             after = max(after, out.get("next_since") or 0)
             if (want and want in data) or not out["session_alive"]:

@@ -203,7 +203,7 @@ pub(crate) trait OutputJson {
 }
 
 impl OutputJson for Output {
-    /// The JSON of `Output::into_response`, written by hand for the
+    /// The JSON of `Output::into_response_as(Encoding::Base64)`, written by hand for the
     /// chunks ([`push_chunk_fields`]) into one pre-sized buffer, where
     /// serde_json would also grow its buffer by doubling: together most of
     /// the gateway's time for an 8 MiB answer (BENCHMARKS.md).
@@ -307,7 +307,7 @@ mod tests {
                     chunks: chunks.clone(),
                 };
                 let hand = out.to_json();
-                let serde = serde_json::to_vec(&out.into_response()).unwrap();
+                let serde = serde_json::to_vec(&out.into_response_as(Encoding::Base64)).unwrap();
                 assert_eq!(
                     String::from_utf8(hand).unwrap(),
                     String::from_utf8(serde).unwrap()

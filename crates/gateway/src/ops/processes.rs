@@ -285,7 +285,7 @@ pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<Output,
 }
 
 /// A `/output` answer with its chunks' bytes as they came from the
-/// executor. [`Output::into_response`] gives the [`OutputResponse`];
+/// executor. [`Output::into_response_as`] gives the [`OutputResponse`];
 /// [`Output::to_json`] writes the same JSON straight from the bytes.
 pub struct Output {
     /// Everything but the chunks (its `chunks` is empty).
@@ -294,10 +294,6 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn into_response(self) -> OutputResponse {
-        self.into_response_as(Encoding::Base64)
-    }
-
     /// The answer with the chunks in `encoding`: base64 chunk by chunk, or
     /// text, where consecutive chunks of one stream are joined first (under
     /// the last one's seq), so that a character split between two chunks

@@ -207,26 +207,42 @@ pub fn escape_lossless(data: &[u8]) -> String {
     out
 }
 
-/// The inverse of [`escape_lossless`] (for tests and clients' reference).
-#[cfg(test)]
-pub fn unescape_lossless(text: &str) -> Vec<u8> {
+/// The inverse of [`escape_lossless`]: `\\` is a backslash, `\xNN` the
+/// byte NN; any other backslash is an error (the text was not escaped).
+pub fn unescape_lossless(text: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(text.len());
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') {
-            let hex = std::str::from_utf8(&bytes[i + 2..i + 4]).unwrap();
-            out.push(u8::from_str_radix(hex, 16).unwrap());
-            i += 4;
-        } else {
+        if bytes[i] != b'\\' {
             out.push(bytes[i]);
             i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'\\') => {
+                out.push(b'\\');
+                i += 2;
+            }
+            Some(b'x') => {
+                let byte = bytes
+                    .get(i + 2..i + 4)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!("\\x at character {i} is not followed by two hex digits")
+                    })?;
+                out.push(byte);
+                i += 4;
+            }
+            _ => {
+                return Err(format!(
+                    "a backslash at character {i} is neither \\\\ nor \\xNN"
+                ))
+            }
         }
     }
-    out
+    Ok(out)
 }
 
 /// How long `data` can be without ending inside a UTF-8 sequence that
@@ -362,7 +378,10 @@ mod tests {
         let (text, enc) = encode_bytes(tricky, Encoding::Utf8);
         assert_eq!(enc, UTF8_ESCAPED);
         assert_eq!(text, "a\\\\xff\\xff\\\\\\xe2\\x82 \u{20ac}\u{0}z\\xc3");
-        assert_eq!(unescape_lossless(&text), tricky);
+        assert_eq!(unescape_lossless(&text).unwrap(), tricky);
+        assert!(unescape_lossless("a\\n").is_err());
+        assert!(unescape_lossless("a\\x4").is_err());
+        assert_eq!(unescape_lossless("\\x41\\\\").unwrap(), b"A\\");
         assert!(text.is_ascii() || std::str::from_utf8(text.as_bytes()).is_ok());
     }
 
