@@ -83,7 +83,9 @@ def test_exec_command_write_stdin_read_output_terminate(gateway: Tuple[str, str]
             out = structured(await client.call_tool(
                 "read_output", {"session_id": sid, "after_seq": after, "wait_ms": 2000}))
             for chunk in out["chunks"]:
-                data += base64.b64decode(chunk["data_b64"])
+                # Text by default, marked by its encoding.
+                assert chunk["encoding"] == "utf-8", chunk
+                data += chunk["text"].encode()
                 after = chunk["seq"]
             after = max(after, out.get("next_since") or 0)
             if (want and want in data) or not out["session_alive"]:
@@ -104,6 +106,84 @@ def test_exec_command_write_stdin_read_output_terminate(gateway: Tuple[str, str]
         assert structured(await client.call_tool("terminate", {"session_id": sid})) == {"ok": True}
         _, out = await read_until(client, sid, b"")
         assert out["session_alive"] is False
+
+    run(gateway, body)
+
+
+def test_files_round_trip_as_text_or_base64(gateway: Tuple[str, str]) -> None:
+    """A model reads and writes text: a UTF-8 file round-trips as text, a
+    binary file as base64, each marked by structuredContent.encoding."""
+
+    async def body(client: Client) -> None:
+        text = "# COMPASS\n\nnaïve → café \\ no base64 here\n"
+        wrote = structured(await client.call_tool("write_file", {"path": "rt/notes.md", "content": text}))
+        assert wrote["bytes"] == len(text.encode())
+        result = await client.call_tool("read_file", {"path": "rt/notes.md"})
+        out = structured(result)
+        assert out["encoding"] == "utf-8" and out["content"] == text, out
+        assert result.content[0].text == text
+
+        binary = bytes(range(256)) * 3
+        await client.call_tool("write_file", {"path": "rt/blob.bin",
+                                              "content_b64": base64.b64encode(binary).decode()})
+        result = await client.call_tool("read_file", {"path": "rt/blob.bin"})
+        out = structured(result)
+        assert out["encoding"] == "base64" and "content" not in out, out
+        assert base64.b64decode(result.content[0].text) == binary
+
+        # A line range, numbered, as coding agents read; past the end: empty.
+        result = await client.call_tool("read_file", {"path": "rt/notes.md", "start_line": 2,
+                                                      "line_count": 2, "line_numbers": True})
+        out = structured(result)
+        assert result.content[0].text == "     2\t\n     3\tnaïve → café \\ no base64 here\n"
+        assert out["total_lines"] == 3 and out["eof"] is True and out["lines"] == 2, out
+        out = structured(await client.call_tool("read_file", {"path": "rt/notes.md", "start_line": 7}))
+        assert out["content"] == "" and out["lines"] == 0 and out["total_lines"] == 3, out
+
+        # Exactly one of content and content_b64.
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("write_file", {"path": "rt/x", "content": "a", "content_b64": "YQ=="})
+        assert info.value.error.code == -32602 and "content_b64" in info.value.error.message
+
+    run(gateway, body)
+
+
+def test_a_50_mb_output_comes_back_bounded_with_the_exact_count_left_out(gateway: Tuple[str, str]) -> None:
+    """`shell` that prints 50 MB answers a head and a tail within the default
+    budget (64 KiB), and says exactly how many bytes it left out and how to
+    read them: never a silent cut, never a 50 MB answer."""
+    total = 50 * 1000 * 1000
+
+    async def body(client: Client) -> None:
+        # Numbered lines, so that head and tail can be checked against the real output.
+        script = f"seq 1 100000000 | head -c {total}; echo done >&2"
+        result = await client.call_tool("shell", {"command": script, "timeout_ms": 120000})
+        out = structured(result)
+        assert out["exit_code"] == 0, out
+        assert out["max_output_bytes"] == 65536, out
+        assert out["stderr"] == "done\n"
+        stdout = out["stdout"]
+        head, rest = stdout.split("[... ", 1)
+        marker, tail = rest.split("...]\n", 1)
+        omitted = out["omitted_bytes"]
+        assert marker.startswith(f"{omitted} bytes of stdout omitted: {total} bytes in all"), marker
+        assert "exec_command" in marker and "read_output" in marker
+        # The head is the output's first bytes (a newline may end it before the marker).
+        first = int(marker.split("the first ")[1].split(" ")[0])
+        last = int(marker.split("the last ")[1].split(" ")[0])
+        assert len(tail) == last and len(head) in (first, first + 1), (len(head), first, len(tail), last)
+        assert first + last + omitted == total
+        expected = "\n".join(map(str, range(1, 7_000_001))).encode()[:total]
+        assert head[:first].encode() == expected[:first]
+        assert tail.encode() == expected[total - last:]
+        assert len(result.content[0].text) < 70 * 1024
+        assert f"{omitted} bytes of stdout omitted" in result.content[0].text
+
+        # A budget of one's own; small output is left whole.
+        out = structured(await client.call_tool("shell", {"command": "seq 1 1000", "max_output_bytes": 100}))
+        assert out["omitted_bytes"] == 3893 - 100 and out["max_output_bytes"] == 100, out
+        out = structured(await client.call_tool("shell", {"command": "seq 1 3"}))
+        assert out["stdout"] == "1\n2\n3\n" and "omitted_bytes" not in out
 
     run(gateway, body)
 

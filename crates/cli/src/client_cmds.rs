@@ -184,7 +184,7 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
             );
         }
         for c in &out.chunks {
-            let data = b64.decode(c.data_b64.as_bytes())?;
+            let data = b64.decode(c.data_b64.as_deref().unwrap_or_default().as_bytes())?;
             if c.stream == "stderr" {
                 let mut e = std::io::stderr().lock();
                 e.write_all(&data)?;
@@ -275,7 +275,7 @@ async fn exec_tty(a: ExecArgs) -> anyhow::Result<i32> {
         let out = client.output(&sid, since, Some(10_000)).await?;
         let mut o = std::io::stdout().lock();
         for c in &out.chunks {
-            o.write_all(&b64.decode(c.data_b64.as_bytes())?)?;
+            o.write_all(&b64.decode(c.data_b64.as_deref().unwrap_or_default().as_bytes())?)?;
         }
         o.flush()?;
         since = out.next_since.unwrap_or(since).max(since);

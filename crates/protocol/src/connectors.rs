@@ -301,7 +301,20 @@ pub struct OutputResponse {
 pub struct OutputChunk {
     /// `"stdout"`, `"stderr"`, or `"pty"` for a tty process.
     pub stream: String,
-    pub data_b64: String,
+    /// The bytes, standard base64: always with the default encoding
+    /// (`base64`); absent when `text` holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// The bytes as text, with `encoding=auto` (valid UTF-8) or
+    /// `encoding=utf-8`; then consecutive chunks of one stream come joined,
+    /// under the last one's seq. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// With `text`: `"utf-8"` (the text is the bytes) or `"utf-8-escaped"`
+    /// (the bytes were not UTF-8: each byte of an invalid sequence is
+    /// `\xNN`, each backslash `\\`). Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
     pub seq: u64,
 }
 
@@ -394,6 +407,15 @@ pub struct ShellOutput {
     /// Output beyond what `shell` captures (see its docs). Not in the seed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_bytes: u64,
+    /// With a `max_output_bytes` budget (MCP's default): the bytes of
+    /// output left out of the middle of `stdout` and `stderr`, which then
+    /// hold a head, a marker line saying how many bytes were left out and
+    /// how to read them, and a tail. Not in the seed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_bytes: u64,
+    /// The budget the answer was cut to, when it was cut. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -135,3 +135,13 @@ def test_a_session_gone_is_not_mistaken_for_a_missing_route() -> None:
     next(op)
     with pytest.raises(execgate.SessionNotFound):
         op.throw(execgate.SessionNotFound("gone", code="session_not_found", status=404))
+
+
+def test_tool_bytes_decode_by_their_encoding() -> None:
+    """read_file's answer is decoded by structuredContent.encoding, so the
+    SDK stays correct whichever encoding the gateway answers."""
+    assert ops.decode_content(base64.b64encode(b"\xff\x00").decode(), "base64") == b"\xff\x00"
+    assert ops.decode_content("café\n", "utf-8") == "café\n".encode()
+    assert ops.decode_content("a\\xff\\\\b é", "utf-8-escaped") == b"a\xff\\b " + "é".encode()
+    with pytest.raises(ValueError):
+        ops.decode_content("x", "latin-1")

@@ -723,7 +723,7 @@ export class Process {
         const seq = Number(c.seq);
         if (seq <= cursor) continue;
         cursor = this.#cursor = seq;
-        yield new Chunk(c.stream, unb64(c.data_b64), seq);
+        yield new Chunk(c.stream, unb64(c.data_b64 ?? ""), seq);
       }
       cursor = this.#cursor = Math.max(cursor, Number(r.next_since ?? cursor));
       if (r.session_alive === false) return;

@@ -184,7 +184,10 @@ export interface OkResponse {
 /** @response OutputChunk */
 export interface OutputChunk {
   stream: string;
-  data_b64: string;
+  /** Always present with the default encoding (`base64`), which this SDK uses. */
+  data_b64?: string | null;
+  text?: string | null;
+  encoding?: string | null;
   seq: number;
 }
 

@@ -251,6 +251,166 @@ async fn read_and_write_files_round_trip_binary_bytes() {
     assert_eq!(r["isError"], true, "{r}");
 }
 
+/// REST keeps base64 unless `encoding` asks otherwise; `auto` answers
+/// text for UTF-8 and base64 for the rest, `utf-8` escapes losslessly.
+#[tokio::test]
+async fn rest_encodings_on_read_file_write_file_and_output() {
+    let w = World::start(&[]).await;
+    let text = "naïve\ncafé \\ end\n";
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "t.txt", "content": text}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["bytes"], text.len(), "{r}");
+    let read = |args: serde_json::Value| w.api.call("laptop", "read_file", args);
+    let r = read(json!({"path": "t.txt"})).await;
+    assert_eq!(r["structuredContent"]["encoding"], "base64", "{r}");
+    assert_eq!(
+        b64d(r["content"][0]["text"].as_str().unwrap()),
+        text.as_bytes()
+    );
+    for enc in ["auto", "utf-8"] {
+        let r = read(json!({"path": "t.txt", "encoding": enc})).await;
+        assert_eq!(r["structuredContent"]["encoding"], "utf-8", "{r}");
+        assert_eq!(r["structuredContent"]["content"], text, "{r}");
+        assert_eq!(r["content"][0]["text"], text, "{r}");
+    }
+    // A limit that cuts "ï" (2 bytes at offset 2) stops before it.
+    let r = read(json!({"path": "t.txt", "encoding": "auto", "limit": 3})).await;
+    assert_eq!(r["structuredContent"]["content"], "na", "{r}");
+    assert_eq!(r["structuredContent"]["bytes"], 2, "{r}");
+    assert_eq!(r["structuredContent"]["eof"], false, "{r}");
+
+    std::fs::write(w.workdir.join("b.bin"), b"ok\xff\\").unwrap();
+    let r = read(json!({"path": "b.bin", "encoding": "auto"})).await;
+    assert_eq!(r["structuredContent"]["encoding"], "base64", "{r}");
+    assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), b"ok\xff\\");
+    let r = read(json!({"path": "b.bin", "encoding": "utf-8"})).await;
+    assert_eq!(r["structuredContent"]["encoding"], "utf-8-escaped", "{r}");
+    assert_eq!(r["structuredContent"]["content"], "ok\\xff\\\\", "{r}");
+
+    // write_file: the field `encoding` expects, exactly one of the two.
+    for (args, needle) in [
+        (
+            json!({"path": "x", "content": "a", "encoding": "base64"}),
+            "expects content_b64",
+        ),
+        (
+            json!({"path": "x", "content_b64": "YQ==", "encoding": "utf-8"}),
+            "expects content,",
+        ),
+        (
+            json!({"path": "x", "content": "a", "content_b64": "YQ=="}),
+            "not both",
+        ),
+        (json!({"path": "x"}), "content_b64"),
+    ] {
+        let (status, v) = w.api.call_raw("laptop", "write_file", args.clone()).await;
+        assert_eq!(status, 400, "{args}: {v}");
+        assert_eq!(v["error"]["code"], "bad_arguments", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+
+    // /output: base64 by default; text (chunks of a stream joined) on request.
+    let sid = w
+        .api
+        .exec(
+            "laptop",
+            json!({"command": ["sh", "-c", "printf 'h\\303'; sleep 0.2; printf '\\251 \\377\\n'"]}),
+        )
+        .await;
+    w.api.read_until(&sid, 0, |d| d.ends_with(b"\n")).await;
+    let (status, v) = w
+        .api
+        .get(&format!("/api/connectors/processes/{sid}/output?since=0"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut all = Vec::new();
+    for c in v["chunks"].as_array().unwrap() {
+        assert!(c.get("text").is_none(), "{c}");
+        all.extend(b64d(c["data_b64"].as_str().unwrap()));
+    }
+    assert_eq!(all, b"h\xc3\xa9 \xff\n");
+    let (_, v) = w
+        .api
+        .get(&format!(
+            "/api/connectors/processes/{sid}/output?since=0&encoding=utf-8"
+        ))
+        .await;
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 1, "{v}");
+    assert_eq!(chunks[0]["text"], "hé \\xff\n", "{v}");
+    assert_eq!(chunks[0]["encoding"], "utf-8-escaped", "{v}");
+    assert!(chunks[0].get("data_b64").is_none(), "{v}");
+    let (_, v) = w
+        .api
+        .get(&format!(
+            "/api/connectors/processes/{sid}/output?since=0&encoding=auto"
+        ))
+        .await;
+    assert!(v["chunks"][0]["data_b64"].is_string(), "{v}");
+    let (status, v) = w
+        .api
+        .get(&format!(
+            "/api/connectors/processes/{sid}/output?encoding=latin1"
+        ))
+        .await;
+    assert_eq!(status, 400, "{v}");
+}
+
+/// REST `shell` keeps everything (up to its capture) unless the call gives
+/// `max_output_bytes`; then a head, a tail and the exact count left out.
+#[tokio::test]
+async fn rest_shell_is_bounded_only_when_asked() {
+    let w = World::start(&[]).await;
+    let args = json!({"command": "seq 1 20000"});
+    let r = w.api.call("laptop", "shell", args).await;
+    let all = r["structuredContent"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(all.len(), 108_894, "{}", &all[..100]);
+    assert!(r["structuredContent"].get("omitted_bytes").is_none(), "{r}");
+    let r = w
+        .api
+        .call(
+            "laptop",
+            "shell",
+            json!({"command": "seq 1 20000", "max_output_bytes": 1000}),
+        )
+        .await;
+    let s = &r["structuredContent"];
+    assert_eq!(s["omitted_bytes"], 108_894 - 1000, "{r}");
+    assert_eq!(s["max_output_bytes"], 1000, "{r}");
+    let stdout = s["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with(&all[..500]), "{stdout}");
+    assert!(stdout.ends_with(&all[all.len() - 500..]), "{stdout}");
+    assert!(
+        stdout.contains("[... 107894 bytes of stdout omitted: 108894 bytes in all"),
+        "{stdout}"
+    );
+    let (status, v) = w
+        .api
+        .call_raw(
+            "laptop",
+            "shell",
+            json!({"command": "true", "max_output_bytes": 0}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("arguments.max_output_bytes"));
+}
+
 #[tokio::test]
 async fn exec_command_with_stdin_output_and_terminate() {
     let w = World::start(&[]).await;

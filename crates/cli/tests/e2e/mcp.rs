@@ -203,8 +203,42 @@ async fn mcp_initialize_list_tools_and_call_them_like_rest() {
         )
         .await;
     assert_eq!(r["isError"], false, "{r}");
+    // A UTF-8 file comes back as text, in the text item and in `content`.
     let r = mcp.call("read_file", json!({"path": "m/hello.txt"})).await;
-    assert!(r.to_string().contains(&b64e(b"hello mcp")), "{r}");
+    assert_eq!(r["structuredContent"]["encoding"], "utf-8", "{r}");
+    assert_eq!(r["structuredContent"]["content"], "hello mcp", "{r}");
+    assert_eq!(r["content"][0]["text"], "hello mcp", "{r}");
+    // Text in, with `content`; then bytes that are not UTF-8, as base64.
+    let text = "# Títle\n\\ back\\slash €\n";
+    let r = mcp
+        .call("write_file", json!({"path": "m/t.md", "content": text}))
+        .await;
+    assert_eq!(r["structuredContent"]["bytes"], text.len(), "{r}");
+    assert_eq!(
+        std::fs::read(w.workdir.join("m/t.md")).unwrap(),
+        text.as_bytes()
+    );
+    let r = mcp.call("read_file", json!({"path": "m/t.md"})).await;
+    assert_eq!(r["structuredContent"]["content"], text, "{r}");
+    let binary = b"\x89PNG\r\n\x1a\n\xff\x00";
+    mcp.call(
+        "write_file",
+        json!({"path": "m/b.bin", "content_b64": b64e(binary)}),
+    )
+    .await;
+    let r = mcp.call("read_file", json!({"path": "m/b.bin"})).await;
+    assert_eq!(r["structuredContent"]["encoding"], "base64", "{r}");
+    assert!(r["structuredContent"].get("content").is_none(), "{r}");
+    assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), binary);
+    // Asked for text anyway: escaped losslessly, and marked so.
+    let r = mcp
+        .call("read_file", json!({"path": "m/b.bin", "encoding": "utf-8"}))
+        .await;
+    assert_eq!(r["structuredContent"]["encoding"], "utf-8-escaped", "{r}");
+    assert_eq!(
+        r["structuredContent"]["content"], "\\x89PNG\r\n\u{1a}\n\\xff\u{0}",
+        "{r}"
+    );
     let r = mcp
         .call("echo_arg", json!({"text": "$(touch pwned); hi"}))
         .await;
@@ -248,6 +282,48 @@ async fn mcp_initialize_list_tools_and_call_them_like_rest() {
     assert_eq!(last["exit_code"], 7, "{last}");
     assert_eq!(last["session_alive"], false);
 
+    // Bytes that are not UTF-8 go in as escaped text and come back so,
+    // marked, losslessly; base64 on request.
+    let r = mcp.call("exec_command", json!({"command": ["cat"]})).await;
+    let sid = r["structuredContent"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = mcp
+        .call(
+            "write_stdin",
+            json!({"session_id": sid, "chars": "a\\xff\\\\b\n", "encoding": "utf-8-escaped", "eof": true}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let (out, _) = read_all(&mcp, &sid, |_| false).await;
+    assert_eq!(out, b"a\xff\\b\n");
+    let r = mcp
+        .call("read_output", json!({"session_id": sid, "after_seq": 0}))
+        .await;
+    let c = &r["structuredContent"]["chunks"][0];
+    assert_eq!(
+        (c["text"].as_str(), c["encoding"].as_str()),
+        (Some("a\\xff\\\\b\n"), Some("utf-8-escaped")),
+        "{r}"
+    );
+    let r = mcp
+        .call(
+            "read_output",
+            json!({"session_id": sid, "after_seq": 0, "encoding": "base64"}),
+        )
+        .await;
+    let c = &r["structuredContent"]["chunks"][0];
+    assert_eq!(b64d(c["data_b64"].as_str().unwrap()), b"a\xff\\b\n", "{r}");
+    let m = mcp
+        .call_error(
+            "write_stdin",
+            json!({"session_id": sid, "chars": "\\q", "encoding": "utf-8-escaped"}),
+            -32602,
+        )
+        .await;
+    assert!(m.contains("arguments.chars"), "{m}");
+
     // terminate.
     let r = mcp
         .call("exec_command", json!({"command": ["sleep", "300"]}))
@@ -260,6 +336,23 @@ async fn mcp_initialize_list_tools_and_call_them_like_rest() {
     assert_eq!(r["structuredContent"]["ok"], true, "{r}");
     let (_, last) = read_all(&mcp, &sid, |_| false).await;
     assert_eq!(last["session_alive"], false, "{last}");
+}
+
+/// The bytes of a `utf-8-escaped` text: `\\` a backslash, `\xNN` a byte.
+fn unescape(text: &str) -> Vec<u8> {
+    let (mut out, b) = (Vec::new(), text.as_bytes());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1)) {
+            (b'\\', Some(b'\\')) => (out.push(b'\\'), i += 2),
+            (b'\\', Some(b'x')) => {
+                let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
+                (out.push(u8::from_str_radix(hex, 16).unwrap()), i += 4)
+            }
+            (c, _) => (out.push(c), i += 1),
+        };
+    }
+    out
 }
 
 /// read_output from the start until `done(all output)` or the end; returns
@@ -278,7 +371,13 @@ async fn read_all(mcp: &Mcp, sid: &str, done: impl Fn(&[u8]) -> bool) -> (Vec<u8
         assert_eq!(r["isError"], false, "{r}");
         let out = r["structuredContent"].clone();
         for c in out["chunks"].as_array().unwrap() {
-            data.extend(b64d(c["data_b64"].as_str().unwrap()));
+            // Text by default: escaped when it was not UTF-8.
+            let text = c["text"].as_str().unwrap();
+            match c["encoding"].as_str().unwrap() {
+                "utf-8" => data.extend(text.as_bytes()),
+                "utf-8-escaped" => data.extend(unescape(text)),
+                other => panic!("encoding {other}"),
+            }
             after = c["seq"].as_u64().unwrap();
         }
         after = after.max(out["next_since"].as_u64().unwrap_or(0));
@@ -354,6 +453,14 @@ async fn mcp_refusals_name_the_problem() {
         )
         .await;
     assert!(m.contains("content_b64"), "{m}");
+    // write_file: exactly one of content and content_b64.
+    for args in [
+        json!({"path": "x", "content": "a", "content_b64": "YQ=="}),
+        json!({"path": "x"}),
+    ] {
+        let m = mcp.call_error("write_file", args, -32602).await;
+        assert!(m.contains("content") && m.contains("content_b64"), "{m}");
+    }
     let m = mcp
         .call_error(
             "write_stdin",

@@ -19,6 +19,7 @@ use crate::http::openapi::{SessionErrors, SessionPath};
 use crate::ops::processes::{self, Output};
 use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
+use crate::ops::tools::Encoding;
 use crate::store::audit_log::Via;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::Stream;
@@ -53,6 +54,15 @@ pub(crate) struct OutputQuery {
     /// Long-poll: wait up to this long (ms) for output past `since`.
     #[serde(default)]
     wait_ms: u64,
+    /// How chunks carry their bytes: `base64` (the default: `data_b64`),
+    /// `auto` (`text` with `encoding: "utf-8"` when a chunk's bytes are
+    /// UTF-8, else `data_b64`) or `utf-8` (`text` always; bytes that are
+    /// not UTF-8 escaped losslessly, `encoding: "utf-8-escaped"`). With a
+    /// text encoding, consecutive chunks of one stream come joined under
+    /// the last one's seq.
+    #[serde(default)]
+    #[param(inline)]
+    encoding: Option<Encoding>,
 }
 
 /// Output chunks after seq `since`, with the exit code once the process
@@ -79,8 +89,13 @@ pub(crate) async fn output(
         s.watch = Some(watch);
     }
     let out = processes::output(&mut s, q.since, q.wait_ms).await?;
-    // An OutputResponse, written without serde's detour (see Output::to_json).
-    Ok(([(header::CONTENT_TYPE, "application/json")], out.to_json()))
+    let body = match q.encoding {
+        // An OutputResponse, written without serde's detour (see Output::to_json).
+        None | Some(Encoding::Base64) => out.to_json(),
+        Some(encoding) => serde_json::to_vec(&out.into_response_as(encoding))
+            .map_err(|e| ApiError::from(crate::ops::Error::internal(e.to_string())))?,
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
 
 /// Kills the process (its whole process group).
@@ -188,7 +203,7 @@ pub(crate) trait OutputJson {
 }
 
 impl OutputJson for Output {
-    /// The JSON of `Output::into_response`, written by hand for the
+    /// The JSON of `Output::into_response_as(Encoding::Base64)`, written by hand for the
     /// chunks ([`push_chunk_fields`]) into one pre-sized buffer, where
     /// serde_json would also grow its buffer by doubling: together most of
     /// the gateway's time for an 8 MiB answer (BENCHMARKS.md).
@@ -292,7 +307,7 @@ mod tests {
                     chunks: chunks.clone(),
                 };
                 let hand = out.to_json();
-                let serde = serde_json::to_vec(&out.into_response()).unwrap();
+                let serde = serde_json::to_vec(&out.into_response_as(Encoding::Base64)).unwrap();
                 assert_eq!(
                     String::from_utf8(hand).unwrap(),
                     String::from_utf8(serde).unwrap()

@@ -38,7 +38,7 @@ use crate::link::{Link, LinkError};
 use crate::ops::audit::RecordExt as _;
 use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
-use crate::ops::tools::RPC_TIMEOUT;
+use crate::ops::tools::{encode_bytes, Encoding, BASE64, RPC_TIMEOUT};
 use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 use crate::store::SessionRow;
@@ -285,7 +285,7 @@ pub async fn output(s: &mut Session, since: u64, wait_ms: u64) -> Result<Output,
 }
 
 /// A `/output` answer with its chunks' bytes as they came from the
-/// executor. [`Output::into_response`] gives the [`OutputResponse`];
+/// executor. [`Output::into_response_as`] gives the [`OutputResponse`];
 /// [`Output::to_json`] writes the same JSON straight from the bytes.
 pub struct Output {
     /// Everything but the chunks (its `chunks` is empty).
@@ -294,17 +294,56 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn into_response(self) -> OutputResponse {
-        OutputResponse {
-            chunks: self
-                .chunks
+    /// The answer with the chunks in `encoding`: base64 chunk by chunk, or
+    /// text, where consecutive chunks of one stream are joined first (under
+    /// the last one's seq), so that a character split between two chunks
+    /// stays whole.
+    pub fn into_response_as(self, encoding: Encoding) -> OutputResponse {
+        let chunks = if encoding == Encoding::Base64 {
+            self.chunks
                 .into_iter()
                 .map(|c| OutputChunk {
                     stream: c.stream.as_str().to_string(),
-                    data_b64: c.chunk.into_base64(),
+                    data_b64: Some(c.chunk.into_base64()),
+                    text: None,
+                    encoding: None,
                     seq: c.seq,
                 })
-                .collect(),
+                .collect()
+        } else {
+            let mut runs: Vec<(execgate_protocol::exec::Stream, Vec<u8>, u64)> = Vec::new();
+            for c in self.chunks {
+                // Undecodable base64 from a broken executor: left out, as
+                // the stream would count it lost.
+                let data = c.chunk.to_bytes().unwrap_or_default();
+                match runs.last_mut() {
+                    Some((stream, bytes, seq)) if *stream == c.stream => {
+                        bytes.extend_from_slice(&data);
+                        *seq = c.seq;
+                    }
+                    _ => runs.push((c.stream, data.to_vec(), c.seq)),
+                }
+            }
+            runs.into_iter()
+                .map(|(stream, bytes, seq)| {
+                    let (text, enc) = encode_bytes(&bytes, encoding);
+                    let (data_b64, text, enc) = if enc == BASE64 {
+                        (Some(text), None, None)
+                    } else {
+                        (None, Some(text), Some(enc.to_string()))
+                    };
+                    OutputChunk {
+                        stream: stream.as_str().to_string(),
+                        data_b64,
+                        text,
+                        encoding: enc,
+                        seq,
+                    }
+                })
+                .collect()
+        };
+        OutputResponse {
+            chunks,
             ..self.head
         }
     }

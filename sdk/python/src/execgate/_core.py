@@ -280,10 +280,10 @@ def read_file(env: str, path: str) -> Op[bytes]:
             env, "read_file", {"path": path, "offset": offset, "limit": READ_PAGE}
         )
         r.check()
-        data = base64.b64decode(r.text)
+        s = r.structured or {}
+        data = decode_content(r.text, s.get("encoding", "base64"))
         out += data
         offset += len(data)
-        s = r.structured or {}
         if s.get("eof", True) or not data:
             return bytes(out)
 
@@ -292,6 +292,31 @@ def list_dir(env: str, path: str, max_entries: Optional[int]) -> Op[DirListing]:
     r = yield from tool_call(env, "list_dir", {"path": path, "max_entries": max_entries})
     r.check()
     return DirListing.from_tool_result(r)
+
+
+def decode_content(text: str, encoding: str) -> bytes:
+    """A tool's bytes as its ``structuredContent.encoding`` says they travel:
+    ``base64`` (REST's default), ``utf-8`` (text), or ``utf-8-escaped``
+    (text in which ``\\xNN`` is the byte NN and ``\\\\`` a backslash)."""
+    if encoding == "base64":
+        return base64.b64decode(text)
+    if encoding == "utf-8":
+        return text.encode("utf-8")
+    if encoding == "utf-8-escaped":
+        out = bytearray()
+        i = 0
+        while i < len(text):
+            if text.startswith("\\\\", i):
+                out += b"\\"
+                i += 2
+            elif text.startswith("\\x", i):
+                out.append(int(text[i + 2:i + 4], 16))
+                i += 4
+            else:
+                out += text[i].encode("utf-8")
+                i += 1
+        return bytes(out)
+    raise ValueError(f"unknown encoding {encoding!r}")
 
 
 def write_file(env: str, path: str, data: Union[bytes, str]) -> Op[int]:

@@ -27,7 +27,10 @@
 //! [`tools::CORE_TOOLS`] (name, description, schema, call). `shell`,
 //! `read_file`, `write_file`, `apply_patch`, `exec_command`, `copy_path`
 //! and `list_dir` go through [`tools::call`] with the arguments unchanged, exactly as `POST
-//! /envs/{name}/tool/call`, and return its CallToolResult. The MCP-only
+//! /envs/{name}/tool/call`, and return its CallToolResult; only the
+//! defaults differ, because MCP's reader is a model (`Via::Mcp`): files and
+//! output as text (`encoding` `auto`, `read_output` `utf-8`) and `shell`'s
+//! output bounded (`max_output_bytes` 64 KiB). The MCP-only
 //! `write_stdin`, `read_output` and `terminate` call the process operations
 //! like the `/processes/{sid}/…` routes; `list_environments` answers what
 //! envs/list does.

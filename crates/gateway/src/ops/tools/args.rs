@@ -140,6 +140,121 @@ pub fn cwd_uri(link: &Link, cwd: Option<&str>) -> Result<String, Error> {
     }
 }
 
+/// How bytes travel in a tool's JSON: `encoding` on `read_file`,
+/// `write_file` and `/output`. REST defaults to `base64` (its answers
+/// before the argument existed); MCP, whose reader is a model, to `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+pub enum Encoding {
+    /// Text when the bytes are valid UTF-8, else base64.
+    #[serde(rename = "auto")]
+    Auto,
+    /// Text always: bytes that are not UTF-8 are escaped losslessly
+    /// ([`escape_lossless`]) and the answer says `utf-8-escaped`.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Standard base64.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// The JSON Schema of an `encoding` argument.
+pub fn encoding_property(description: &str) -> Value {
+    serde_json::json!({
+        "type": "string",
+        "enum": ["auto", "utf-8", "base64"],
+        "description": description,
+    })
+}
+
+/// Bytes in one of the encodings, and the name that says which it is:
+/// `"utf-8"` (the text is the bytes), `"utf-8-escaped"` (see
+/// [`escape_lossless`]) or `"base64"`.
+pub fn encode_bytes(data: &[u8], encoding: Encoding) -> (String, &'static str) {
+    use base64::Engine;
+    match (encoding, std::str::from_utf8(data)) {
+        (Encoding::Auto | Encoding::Utf8, Ok(text)) => (text.to_string(), UTF8),
+        (Encoding::Utf8, Err(_)) => (escape_lossless(data), UTF8_ESCAPED),
+        (Encoding::Auto, Err(_)) | (Encoding::Base64, _) => (
+            base64::engine::general_purpose::STANDARD.encode(data),
+            BASE64,
+        ),
+    }
+}
+
+pub const UTF8: &str = "utf-8";
+pub const UTF8_ESCAPED: &str = "utf-8-escaped";
+pub const BASE64: &str = "base64";
+
+/// Bytes that are not all UTF-8 as text, losslessly: each byte of an
+/// invalid sequence becomes `\xNN` (two lowercase hex digits), each
+/// backslash `\\`, and everything else is itself. [`unescape_lossless`]
+/// gives the bytes back. Only used when the bytes are not valid UTF-8, and
+/// then marked `utf-8-escaped`, so valid text is never altered.
+pub fn escape_lossless(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() + 16);
+    for chunk in data.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape_lossless`]: `\\` is a backslash, `\xNN` the
+/// byte NN; any other backslash is an error (the text was not escaped).
+pub fn unescape_lossless(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'\\') => {
+                out.push(b'\\');
+                i += 2;
+            }
+            Some(b'x') => {
+                let byte = bytes
+                    .get(i + 2..i + 4)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!("\\x at character {i} is not followed by two hex digits")
+                    })?;
+                out.push(byte);
+                i += 4;
+            }
+            _ => {
+                return Err(format!(
+                    "a backslash at character {i} is neither \\\\ nor \\xNN"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How long `data` can be without ending inside a UTF-8 sequence that
+/// continues past it: `data.len()`, or up to 3 bytes less when its end
+/// cuts a character that the bytes after it would complete.
+pub fn utf8_cut(data: &[u8]) -> usize {
+    match std::str::from_utf8(data) {
+        Err(e) if e.error_len().is_none() && data.len() - e.valid_up_to() <= 3 => e.valid_up_to(),
+        _ => data.len(),
+    }
+}
+
 /// `field.sub: problem`, or just the problem at the root.
 pub fn describe(path: &serde_path_to_error::Path, err: &serde_json::Error) -> String {
     // serde_json appends " at line L column C"; the field path says more.
@@ -238,5 +353,46 @@ mod tests {
             assert_eq!(e.code, "bad_arguments");
             assert!(e.message.contains(needle), "{bad}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn encodings() {
+        assert_eq!(
+            encode_bytes("é\\".as_bytes(), Encoding::Auto),
+            ("é\\".into(), UTF8)
+        );
+        assert_eq!(
+            encode_bytes(b"\xff", Encoding::Auto),
+            ("/w==".into(), BASE64)
+        );
+        assert_eq!(
+            encode_bytes(b"ok", Encoding::Base64),
+            ("b2s=".into(), BASE64)
+        );
+        // Valid text is never escaped, even with backslashes in it.
+        assert_eq!(
+            encode_bytes(b"a\\xff", Encoding::Utf8),
+            ("a\\xff".into(), UTF8)
+        );
+        let tricky: &[u8] = b"a\\xff\xff\\\xe2\x82 \xe2\x82\xac\x00z\xc3";
+        let (text, enc) = encode_bytes(tricky, Encoding::Utf8);
+        assert_eq!(enc, UTF8_ESCAPED);
+        assert_eq!(text, "a\\\\xff\\xff\\\\\\xe2\\x82 \u{20ac}\u{0}z\\xc3");
+        assert_eq!(unescape_lossless(&text).unwrap(), tricky);
+        assert!(unescape_lossless("a\\n").is_err());
+        assert!(unescape_lossless("a\\x4").is_err());
+        assert_eq!(unescape_lossless("\\x41\\\\").unwrap(), b"A\\");
+        assert!(text.is_ascii() || std::str::from_utf8(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn utf8_cuts_only_a_character_left_incomplete() {
+        let euro = "€".as_bytes();
+        assert_eq!(utf8_cut(b"abc"), 3);
+        assert_eq!(utf8_cut(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(utf8_cut(&[b'a', euro[0]]), 1);
+        // Invalid in the middle is not a cut: left for the encoder.
+        assert_eq!(utf8_cut(&[0xff, b'a']), 2);
+        assert_eq!(utf8_cut(euro), 3);
     }
 }

@@ -91,6 +91,7 @@ pub async fn call(
         env: spec.env,
         timeout: Duration::from_millis(spec.timeout_ms),
         sandbox: None,
+        max_output: shell::default_max_output(ctx),
     };
     shell::run_to_completion(ctx, command).await
 }

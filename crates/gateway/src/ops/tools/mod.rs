@@ -60,7 +60,7 @@ use crate::ops::state::AppState;
 use crate::ops::Error;
 use crate::store::audit_log::{AuditEntry, AuditRecord, Kind, Via};
 
-pub use args::{default_true, describe, parse_args, resolve_path};
+pub use args::{default_true, describe, encode_bytes, parse_args, resolve_path, Encoding, BASE64};
 #[cfg(test)]
 pub use {
     list_environments::ListEnvironmentsArgs, read_output::ReadOutputArgs, terminate::TerminateArgs,
@@ -162,6 +162,20 @@ pub struct ToolContext<'a> {
     pub state: &'a AppState,
     pub caller: &'a Caller,
     pub link: Arc<Link>,
+    /// Which API the call came through: MCP's reader is a model, so its
+    /// defaults are text and bounded output (see `args::Encoding`).
+    pub via: Via,
+}
+
+impl ToolContext<'_> {
+    /// The `encoding` a call that names none gets: `auto` through MCP,
+    /// `base64` through REST (its answers before the argument existed).
+    pub fn default_encoding(&self) -> args::Encoding {
+        match self.via {
+            Via::Mcp => args::Encoding::Auto,
+            Via::Rest | Via::Bridge => args::Encoding::Base64,
+        }
+    }
 }
 
 /// Everything a workspace tool (MCP only) needs for one call.
@@ -221,6 +235,7 @@ pub async fn call(
             state,
             caller,
             link,
+            via,
         };
         dispatch(&ctx, tool, arguments).await
     }

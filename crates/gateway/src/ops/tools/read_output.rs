@@ -1,9 +1,15 @@
 //! `read_output` (MCP only): `GET /processes/{sid}/output` as a tool.
+//!
+//! Its reader is a model, so its chunks are text by default (`encoding`
+//! `utf-8`: a chunk's `text`, marked `utf-8-escaped` when its bytes were
+//! not UTF-8 and were escaped losslessly), consecutive chunks of one
+//! stream joined; `encoding: "base64"` gives `/output`'s `data_b64`.
 
 use execgate_protocol::connectors::CallToolResult;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::args::{encoding_property, Encoding};
 use super::json_result;
 use super::{parse_args, schema, Call, CallFuture, CoreTool, Route, WorkspaceContext};
 use crate::ops::processes;
@@ -25,7 +31,11 @@ pub static TOOL: CoreTool = CoreTool {
             "wait_ms": {"type": "integer", "minimum": 0, "default": 0,
                         "description": format!("Long-poll up to this long when there is no new \
                                                 output (at most {} ms; longer waits are capped).",
-                                               crate::ops::processes::MAX_WAIT_MS)}
+                                               crate::ops::processes::MAX_WAIT_MS)},
+            "encoding": encoding_property(
+                "How chunks carry the output: \"utf-8\" (the default: `text`; bytes that are not \
+                 UTF-8 escaped as \\xNN and backslashes doubled, the chunk marked \"utf-8-escaped\"), \
+                 \"auto\" (`text` when UTF-8, else `data_b64`) or \"base64\" (`data_b64`).")
         })
     },
     required: &["session_id"],
@@ -41,6 +51,9 @@ pub struct ReadOutputArgs {
     pub after_seq: u64,
     #[serde(default)]
     pub wait_ms: u64,
+    /// Default: `utf-8` (see the module docs).
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
     #[serde(default)]
     pub environment_id: Option<String>,
 }
@@ -65,5 +78,6 @@ async fn call(ctx: WorkspaceContext<'_>, a: ReadOutputArgs) -> Result<CallToolRe
             .map(|w| w.with_environment(&s.link.name, &s.row.exe_id));
     }
     let out = processes::output(&mut s, a.after_seq, a.wait_ms).await?;
-    Ok(json_result(&out.into_response()))
+    let encoding = a.encoding.unwrap_or(Encoding::Utf8);
+    Ok(json_result(&out.into_response_as(encoding)))
 }

@@ -7,6 +7,16 @@
 //! before `exited`) collection switches to `process/read` from the last
 //! contiguous seq, which the executor answers from its output log. Nothing is
 //! missed and nothing is counted twice.
+//!
+//! **Bounded output.** A model reads what `shell` answers, so over MCP the
+//! answer is bounded by `max_output_bytes` (default
+//! [`MCP_MAX_OUTPUT_BYTES`]): past it, each stream keeps a head and a tail
+//! and a marker line in between says exactly how many bytes were left out
+//! and how to read them all (exec_command and read_output, or a redirect
+//! to a file and read_file by lines). Never a silent cut; the gateway
+//! holds at most four budgets' worth of output while the command runs.
+//! Over REST there is no budget unless the call gives one: the output is
+//! kept up to [`MAX_CAPTURE`] and the rest counted as `dropped_bytes`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +54,13 @@ pub static TOOL: CoreTool = CoreTool {
                 "cwd": {"type": "string", "description": "Working directory (default: the executor's)."},
                 "env": schema::env(),
                 "timeout_ms": schema::timeout_ms(60_000),
-                "sandbox": schema::sandbox()
+                "sandbox": schema::sandbox(),
+                "max_output_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_CAPTURE,
+                    "description": format!("Bound stdout and stderr together to about this many bytes: \
+                        past it each keeps its head and tail, and a line in between says exactly how \
+                        many bytes were left out (omitted_bytes) and how to read them. Default: {} over \
+                        MCP; over REST, none (up to {} MiB kept, the rest counted in dropped_bytes).",
+                        MCP_MAX_OUTPUT_BYTES, MAX_CAPTURE >> 20)}
             })
         },
     required: &["command"],
@@ -60,6 +76,16 @@ const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 /// counting but stops storing, and says how much it dropped.
 /// `exec_command` is the tool for unbounded output.
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+/// `max_output_bytes` of a call through MCP that gives none: 64 KiB.
+pub const MCP_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// The output budget of a call that gives none (see the module docs).
+pub(crate) fn default_max_output(ctx: &ToolContext<'_>) -> Option<usize> {
+    match ctx.via {
+        crate::store::audit_log::Via::Mcp => Some(MCP_MAX_OUTPUT_BYTES),
+        _ => None,
+    }
+}
 /// After a kill, how long to wait for the last output and `closed`.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
 /// Beyond its timeout and the drain, how long a call may wait on its
@@ -83,6 +109,9 @@ pub struct ShellArgs {
     /// A narrower sandbox for this process (see `crate::ops::policy::check_sandbox`).
     #[serde(default)]
     pub sandbox: Option<SandboxRequest>,
+    /// The output budget (see the module docs); 1 ..= [`MAX_CAPTURE`].
+    #[serde(default)]
+    pub max_output_bytes: Option<u64>,
     /// Checked against the path by the handler.
     #[serde(default)]
     #[allow(dead_code)]
@@ -91,7 +120,17 @@ pub struct ShellArgs {
 
 pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, Error> {
     crate::ops::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
+    let max_output = match a.max_output_bytes {
+        None => default_max_output(ctx),
+        Some(n) if n >= 1 && n <= MAX_CAPTURE as u64 => Some(n as usize),
+        Some(_) => {
+            return Err(Error::bad_arguments(format!(
+                "arguments.max_output_bytes: must be between 1 and {MAX_CAPTURE}"
+            )))
+        }
+    };
     let command = Command {
+        max_output,
         cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
         argv: a.command,
         env: a.env,
@@ -113,6 +152,9 @@ pub(crate) struct Command {
     pub timeout: Duration,
     /// [ext] A narrower sandbox, checked against the executor's capability.
     pub sandbox: Option<SandboxRequest>,
+    /// The output budget (see the module docs); None keeps up to
+    /// [`MAX_CAPTURE`] and counts the rest as dropped.
+    pub max_output: Option<usize>,
 }
 
 /// Runs `command` on the link's executor and collects its output into
@@ -217,7 +259,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
     }
 
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Collector::default();
+    let mut out = Collector::bounded(command.max_output);
     let mut timed_out = false;
     // Until the deadline, then (after the kill) until the drain time is up.
     let mut stop_at = deadline;
@@ -339,9 +381,95 @@ struct Collector {
     exit_code: Option<i32>,
     lost_bytes: u64,
     dropped_bytes: u64,
+    /// With a budget: each stream's head and tail instead of `stdout`
+    /// and `stderr` (stdout, stderr).
+    bounded: Option<(usize, [HeadTail; 2])>,
+}
+
+/// One stream's output under a budget: its first `cap` bytes, its last
+/// `cap` bytes after those, and how many there were in all.
+#[derive(Default)]
+struct HeadTail {
+    cap: usize,
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl HeadTail {
+    fn append(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let room = self.cap.saturating_sub(self.head.len()).min(data.len());
+        self.head.extend_from_slice(&data[..room]);
+        let rest = &data[room..];
+        if rest.len() >= self.cap {
+            self.tail.clear();
+            self.tail.extend(&rest[rest.len() - self.cap..]);
+        } else {
+            self.tail.extend(rest);
+            let excess = self.tail.len().saturating_sub(self.cap);
+            self.tail.drain(..excess);
+        }
+    }
+
+    /// The stream cut to `allowance` bytes: its head, a marker, its tail
+    /// (cut on character boundaries), and how many bytes were left out.
+    fn cut(&self, allowance: usize, name: &str, budget: usize) -> (Vec<u8>, u64) {
+        let kept: Vec<u8> = self
+            .head
+            .iter()
+            .copied()
+            .chain(self.tail.iter().copied())
+            .collect();
+        if self.total <= allowance as u64 {
+            return (kept, 0);
+        }
+        let head = &self.head[..super::args::utf8_cut(&self.head[..allowance / 2])];
+        let tail_len = allowance - allowance / 2;
+        let mut tail = &kept[kept.len() - tail_len.min(kept.len())..];
+        // Start the tail on a character, not inside one.
+        let skip = tail
+            .iter()
+            .take(3)
+            .take_while(|&&b| b & 0xC0 == 0x80)
+            .count();
+        tail = &tail[skip..];
+        let omitted = self.total - head.len() as u64 - tail.len() as u64;
+        let mut out = head.to_vec();
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(
+            format!(
+                "[... {omitted} bytes of {name} omitted: {} bytes in all, the first {} and the last {} \
+                 shown (max_output_bytes {budget}). To read everything, run the command with \
+                 exec_command and page its output with read_output, or redirect it to a file \
+                 (> out.txt 2>&1) and read that with read_file start_line/line_count ...]\n",
+                self.total,
+                head.len(),
+                tail.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(tail);
+        (out, omitted)
+    }
 }
 
 impl Collector {
+    fn bounded(budget: Option<usize>) -> Self {
+        Collector {
+            bounded: budget.map(|b| {
+                let half = || HeadTail {
+                    cap: b,
+                    ..Default::default()
+                };
+                (b, [half(), half()])
+            }),
+            ..Default::default()
+        }
+    }
+
     fn push(&mut self, ev: ProcessEvent) -> Push {
         let seq = match &ev {
             ProcessEvent::Output { seq, .. }
@@ -384,6 +512,11 @@ impl Collector {
     }
 
     fn append(&mut self, stream: Stream, data: &[u8]) {
+        if let Some((_, streams)) = &mut self.bounded {
+            let i = usize::from(stream == Stream::Stderr);
+            streams[i].append(data);
+            return;
+        }
         let held = self.stdout.len() + self.stderr.len();
         let room = MAX_CAPTURE.saturating_sub(held).min(data.len());
         let target = match stream {
@@ -394,7 +527,31 @@ impl Collector {
         self.dropped_bytes += (data.len() - room) as u64;
     }
 
-    fn finish(self, timed_out: bool, timeout: Duration, elapsed: Duration) -> CallToolResult {
+    fn finish(mut self, timed_out: bool, timeout: Duration, elapsed: Duration) -> CallToolResult {
+        let mut omitted_bytes = 0;
+        let mut max_output_bytes = None;
+        if let Some((budget, [out, err])) = self.bounded.take() {
+            // Split the budget: the smaller stream gets what it needs up to
+            // half, the other the rest.
+            let (o, e) = (out.total, err.total);
+            let (ao, ae) = if o + e <= budget as u64 {
+                (o as usize, e as usize)
+            } else if e <= o {
+                let ae = (e as usize).min(budget / 2);
+                (budget - ae, ae)
+            } else {
+                let ao = (o as usize).min(budget / 2);
+                (ao, budget - ao)
+            };
+            let (stdout, so) = out.cut(ao, "stdout", budget);
+            let (stderr, se) = err.cut(ae, "stderr", budget);
+            self.stdout = stdout;
+            self.stderr = stderr;
+            omitted_bytes = so + se;
+            if omitted_bytes > 0 {
+                max_output_bytes = Some(budget as u64);
+            }
+        }
         let stdout = String::from_utf8_lossy(&self.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&self.stderr).into_owned();
         let mut text = stdout.clone();
@@ -440,6 +597,8 @@ impl Collector {
             duration_ms: elapsed.as_millis() as u64,
             lost_bytes: self.lost_bytes,
             dropped_bytes: self.dropped_bytes,
+            omitted_bytes,
+            max_output_bytes,
         };
         CallToolResult::text(
             text,
@@ -524,6 +683,92 @@ mod tests {
         assert!(done);
         assert_eq!(c.stdout, b"abc");
         assert_eq!(c.exit_code, Some(0));
+    }
+
+    #[test]
+    fn a_budget_keeps_head_and_tail_and_counts_exactly_what_it_left_out() {
+        let mut c = Collector::bounded(Some(1000));
+        // 50 MB of numbered lines in uneven pieces, and a little stderr.
+        let mut all = Vec::new();
+        let mut n = 0u64;
+        while all.len() < 50_000_000 {
+            let piece: Vec<u8> = (0..997)
+                .flat_map(|_| {
+                    n += 1;
+                    format!("line {n}\n").into_bytes()
+                })
+                .collect();
+            c.append(Stream::Stdout, &piece);
+            all.extend_from_slice(&piece);
+        }
+        c.append(Stream::Stderr, "warning: é\n".as_bytes());
+        let r = c.finish(false, Duration::from_secs(1), Duration::from_millis(5));
+        let s = r.structured_content.clone().unwrap();
+        let stdout = s["stdout"].as_str().unwrap();
+        assert_eq!(s["stderr"], "warning: é\n");
+        let omitted = s["omitted_bytes"].as_u64().unwrap();
+        let (head, rest) = stdout.split_once("[... ").unwrap();
+        let tail = rest.split_once("...]\n").unwrap().1;
+        // A newline is added before the marker when the head lacks one.
+        let shown = format!(
+            "the first {} and the last {} shown",
+            head.len() - 1,
+            tail.len()
+        );
+        assert!(stdout.contains(&shown) || head.ends_with("\n"), "{stdout}");
+        let head = if stdout.contains(&shown) {
+            &head[..head.len() - 1]
+        } else {
+            head
+        };
+        assert_eq!(
+            omitted,
+            all.len() as u64 - head.len() as u64 - tail.len() as u64
+        );
+        assert!(all.starts_with(head.as_bytes()) && all.ends_with(tail.as_bytes()));
+        assert_eq!(head.len() + tail.len() + 12, 1000);
+        assert!(stdout.contains(&format!(
+            "[... {omitted} bytes of stdout omitted: {} bytes in all",
+            all.len()
+        )));
+        assert!(stdout.contains("exec_command") && stdout.contains("read_output"));
+        assert_eq!(s["max_output_bytes"], 1000);
+        assert!(r
+            .first_text()
+            .contains(&format!("{omitted} bytes of stdout omitted")));
+        assert!(r.first_text().len() < 2000);
+        assert!(s.get("dropped_bytes").is_none());
+    }
+
+    #[test]
+    fn a_budget_cuts_on_characters_and_leaves_small_output_alone() {
+        let mut c = Collector::bounded(Some(10));
+        c.append(Stream::Stdout, "ééééééééé".as_bytes()); // 18 bytes
+        let s = c
+            .finish(false, Duration::from_secs(1), Duration::ZERO)
+            .structured_content
+            .unwrap();
+        let out = s["stdout"].as_str().unwrap();
+        assert!(
+            out.starts_with(
+                "éé\n[... 10 bytes of stdout omitted: 18 bytes in all, the first 4 and the last 4"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("...]\néé"), "{out}");
+        assert_eq!(s["omitted_bytes"], 10);
+        let mut c = Collector::bounded(Some(10));
+        c.append(Stream::Stdout, b"12345");
+        c.append(Stream::Stderr, b"abcde");
+        let s = c
+            .finish(false, Duration::from_secs(1), Duration::ZERO)
+            .structured_content
+            .unwrap();
+        assert_eq!(
+            (s["stdout"].as_str(), s["stderr"].as_str()),
+            (Some("12345"), Some("abcde"))
+        );
+        assert!(s.get("omitted_bytes").is_none() && s.get("max_output_bytes").is_none());
     }
 
     #[test]

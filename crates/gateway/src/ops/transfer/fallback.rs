@@ -53,6 +53,7 @@ async fn sh(
             env: BTreeMap::new(),
             timeout: STEP_TIMEOUT,
             sandbox: None,
+            max_output: None,
         },
     )
     .await
