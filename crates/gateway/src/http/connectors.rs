@@ -48,7 +48,7 @@ pub(crate) struct ToolCallBody {
     request_body = ToolCallRequest,
     responses(
         (status = 200, description = "The tool's result, as an MCP CallToolResult", body = CallToolResult),
-        (status = 404, description = "No such environment in this workspace (`env_not_found`), or no such tool (`unknown_tool`)", body = ErrorResponse),
+        (status = 404, description = "No such environment in this workspace (`env_not_found`). (An unknown tool is a 400 `unknown_tool`.)", body = ErrorResponse),
         (status = 504, description = "The executor did not answer in time (`gateway_timeout`)", body = ErrorResponse),
     ))]
 pub(crate) async fn tool_call(

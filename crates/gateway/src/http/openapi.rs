@@ -159,8 +159,8 @@ impl ErrorResponses {
     const SHARED: &'static [(&'static str, &'static str)] = &[
         (
             "400",
-            "Bad input: malformed JSON, a wrong field, an out-of-range parameter. \
-             The message names the field.",
+            "Bad input: malformed JSON, a wrong field, an out-of-range parameter, \
+             an unknown tool (`unknown_tool`). The message names the field.",
         ),
         (
             "401",
