@@ -142,8 +142,8 @@ impl GatewayArgs {
     pub fn config(&self) -> anyhow::Result<GatewayConfig> {
         let mut c = GatewayConfig::new(self.listen, self.data_dir());
         c.max_body_bytes = self.max_body_bytes;
-        c.ping_timeout = Duration::from_secs(self.executor_ping_timeout_secs);
-        c.bridge_request_timeout = Duration::from_secs(self.bridge_request_timeout_secs);
+        c.link.ping_timeout = Duration::from_secs(self.executor_ping_timeout_secs);
+        c.link.bridge_request_timeout = Duration::from_secs(self.bridge_request_timeout_secs);
         c.public_url = self.public_url.clone();
         if let (Some(url), Some(file)) = (&self.agentserver_url, &self.agentserver_secret_file) {
             let secret = read_secret(file, "--agentserver-secret-file")?;
@@ -169,7 +169,7 @@ impl GatewayArgs {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
         };
         if let Some(ms) = self.bridge_recheck_ms {
-            c.bridge_recheck = Duration::from_millis(ms);
+            c.link.bridge_recheck = Duration::from_millis(ms);
         }
         c.audit = self.audit;
         c.limits = LimitsConfig {

@@ -61,6 +61,7 @@ pub mod config {
     pub use crate::auth::remote::RemoteConfig;
     pub use crate::auth::{AuthConfig, CacheConfig, VerifierConfig};
     pub use crate::http::listener::default_max_connections;
+    pub use crate::link::host::LinkConfig;
     pub use crate::ops::limits::{LimitsConfig, RateConfig};
     pub use crate::ops::state::ListenerConfig;
     pub use crate::secret::SecretString;

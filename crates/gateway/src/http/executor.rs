@@ -236,7 +236,7 @@ fn check_free(
     exe_id: &str,
     claim: Option<()>,
 ) -> Result<Option<HandshakeSlot>, ApiError> {
-    let alive_for = state.config().ping_timeout;
+    let alive_for = state.config().link.ping_timeout;
     let r = match claim {
         Some(()) => state
             .registry()

@@ -20,7 +20,7 @@
 //!   `initialized` notification is ignored, `bridge/renewToken {token}`
 //!   extends the session (below), anything else is -32601.
 //! - **Deadlines.** Every forwarded request has a gateway-side deadline
-//!   ([`deadline`]): `GatewayConfig::bridge_request_timeout`
+//!   ([`deadline`]): `LinkConfig::bridge_request_timeout`
 //!   (`--bridge-request-timeout-secs`, 60 s, the REST calls' own), a
 //!   `process/read` its `waitMs` on top, as the REST `/output` long-poll.
 //!   Past it the client gets -32603 with `data.code` `gateway_timeout`
@@ -166,7 +166,7 @@ struct Shared {
     procs: Mutex<HashMap<String, bool>>,
     out: mpsc::Sender<Out>,
     bytes_out: AtomicU64,
-    /// `GatewayConfig::bridge_request_timeout`.
+    /// `LinkConfig::bridge_request_timeout`.
     request_timeout: Duration,
 }
 

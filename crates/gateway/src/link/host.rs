@@ -15,17 +15,21 @@ use crate::store::Store;
 /// The link layer's settings (a part of the gateway's config).
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// How often a live executor's `last_seen` is recorded (and a bridge
-    /// client pinged).
+    /// How often a live executor's `last_seen` is recorded in the store
+    /// (and a bridge client pinged).
     pub ping_interval: Duration,
-    /// A link silent this long is declared dead.
+    /// An executor link silent this long (no frame, no answer to the pings
+    /// sent after half of it in silence) is declared dead: its calls in
+    /// flight fail at once with 503 `executor_unavailable`.
+    /// `--executor-ping-timeout-secs`.
     pub ping_timeout: Duration,
-    /// How often a bridge session asks the store whether its turn was
-    /// revoked by another process.
+    /// How often a live bridge session asks the store whether its turn was
+    /// revoked by another process (`execgate admin captoken revoke-turn`).
+    /// A revocation through this gateway's own admin API closes it at once.
     pub bridge_recheck: Duration,
     /// A bridge client's request the executor has not answered within this
     /// (a `process/read` its `waitMs` on top) is answered by the gateway
-    /// with an error (`link::bridge`).
+    /// with an error (`link::bridge`). `--bridge-request-timeout-secs`.
     pub bridge_request_timeout: Duration,
 }
 

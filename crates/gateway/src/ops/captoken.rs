@@ -171,7 +171,7 @@ pub async fn prune_periodically(store: Store) {
 
 /// Revokes every token of `turn_id`, persisted in the store. Idempotent.
 /// Live bridge sessions of the turn notice within
-/// `GatewayConfig::bridge_recheck` (at once when revoked through the
+/// `LinkConfig::bridge_recheck` (at once when revoked through the
 /// gateway's own route).
 pub async fn revoke_turn(store: &Store, turn_id: &str) -> Result<RevokedTurn, AdminError> {
     validate_turn_id(turn_id).map_err(AdminError::Invalid)?;

@@ -27,13 +27,8 @@ pub struct GatewayConfig {
     /// Base URL executors should dial (`http(s)://host:port`). By default it is
     /// derived from the `Host` header of the register request.
     pub public_url: Option<String>,
-    /// How often the gateway records each live executor's `last_seen` in
-    /// the store (and pings a bridge client).
-    pub ping_interval: Duration,
-    /// An executor link silent this long (no frame, no answer to the pings
-    /// sent after half of it in silence) is declared dead: its calls in flight fail
-    /// at once with 503 `executor_unavailable`. `--executor-ping-timeout-secs`.
-    pub ping_timeout: Duration,
+    /// The executor links' settings: pings, liveness, bridge deadlines.
+    pub link: LinkConfig,
     /// How proxy tokens are verified; whether `/internal/*` is served.
     pub auth: AuthConfig,
     /// What happens to a call whose audit record cannot be written.
@@ -46,14 +41,6 @@ pub struct GatewayConfig {
     /// The capability-token secret's file; `None`: `<data_dir>/cap-token-secret`,
     /// generated at first start (see `captoken::keyfile`).
     pub cap_token_secret_file: Option<PathBuf>,
-    /// How often a live bridge session asks the store whether its turn was
-    /// revoked by another process (`execgate admin captoken revoke-turn`).
-    /// A revocation through this gateway's own admin API closes it at once.
-    pub bridge_recheck: Duration,
-    /// A bridge client's request the executor has not answered within this
-    /// (a `process/read` its `waitMs` on top) is answered with an error by
-    /// the gateway (see `bridge::session`). `--bridge-request-timeout-secs`.
-    pub bridge_request_timeout: Duration,
     /// How often a long-lived request (SSE stream, `/output` long-poll)
     /// checks again that its proxy token is good and its environment still
     /// exists (see `revocation`).
@@ -69,15 +56,17 @@ impl GatewayConfig {
             data_dir,
             max_body_bytes: 16 * 1024 * 1024,
             public_url: None,
-            ping_interval: Duration::from_secs(30),
-            ping_timeout: Duration::from_secs(10),
+            link: LinkConfig {
+                ping_interval: Duration::from_secs(30),
+                ping_timeout: Duration::from_secs(10),
+                bridge_recheck: Duration::from_secs(5),
+                bridge_request_timeout: crate::link::RPC_TIMEOUT,
+            },
             auth: AuthConfig::default(),
             audit: AuditMode::default(),
             limits: LimitsConfig::default(),
             admin_token_file: None,
             cap_token_secret_file: None,
-            bridge_recheck: Duration::from_secs(5),
-            bridge_request_timeout: crate::link::RPC_TIMEOUT,
             revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
         }
@@ -121,8 +110,6 @@ pub(crate) const TICKET_TTL: Duration = Duration::from_secs(60);
 
 pub(crate) struct Inner {
     pub config: GatewayConfig,
-    /// The link layer's part of `config`.
-    pub link_config: LinkConfig,
     pub store: Store,
     pub registry: Registry,
     pub tickets: Mutex<HashMap<String, Ticket>>,
@@ -172,12 +159,6 @@ impl AppState {
             audit: Audit::start(store.clone(), config.audit),
             limits: Limits::new(config.limits.clone()),
             admin_token,
-            link_config: LinkConfig {
-                ping_interval: config.ping_interval,
-                ping_timeout: config.ping_timeout,
-                bridge_recheck: config.bridge_recheck,
-                bridge_request_timeout: config.bridge_request_timeout,
-            },
             config,
             store,
             registry: Registry::default(),
@@ -275,7 +256,7 @@ impl LinkHost for AppState {
     }
 
     fn config(&self) -> &LinkConfig {
-        &self.0.link_config
+        &self.0.config.link
     }
 
     fn ledger(&self, exe_id: &str) -> Arc<SeqLedger> {

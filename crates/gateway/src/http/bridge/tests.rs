@@ -42,7 +42,7 @@ async fn fixture() -> Fixture {
     let (exe_id, _) = store.add_executor("w1", "laptop", true).await.unwrap();
     let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
     // Only the broadcast can end a session quickly here.
-    config.bridge_recheck = Duration::from_secs(3600);
+    config.link.bridge_recheck = Duration::from_secs(3600);
     let state = AppState::with_secrets(
         config,
         store,
