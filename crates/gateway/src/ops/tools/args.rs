@@ -191,6 +191,7 @@ pub const BASE64: &str = "base64";
 /// gives the bytes back. Only used when the bytes are not valid UTF-8, and
 /// then marked `utf-8-escaped`, so valid text is never altered.
 pub fn escape_lossless(data: &[u8]) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(data.len() + 16);
     for chunk in data.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -201,7 +202,8 @@ pub fn escape_lossless(data: &[u8]) -> String {
             }
         }
         for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out
