@@ -13,6 +13,7 @@
 //!   test or bench leaves nothing running; [`alive`].
 //! - [`eventually`] / [`eventually_blocking`]: the one poll loop.
 //! - [`Api`]: a small JSON client of the connectors REST API.
+//! - [`pg`]: throwaway PostgreSQL clusters for the PostgreSQL store's tests.
 //! - [`CUSTOM_TOOLS_TOML`]: the shared custom-tools fixture
 //!   (`tests/fixtures/custom-tools.toml`).
 //!
@@ -24,6 +25,7 @@ mod api;
 mod deploy;
 mod eventually;
 mod execgate;
+pub mod pg;
 mod process;
 
 pub use api::{b64d, b64e, fresh_client, wait_for_env, Api};
