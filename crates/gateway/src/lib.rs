@@ -47,6 +47,7 @@
 mod auth;
 mod http;
 mod link;
+pub mod migrate;
 mod ops;
 mod secret;
 mod store;
@@ -86,6 +87,7 @@ pub mod captoken {
         keyfile, mint, now_s, sign_parts, verify, CapTokenError, CapTokenSecret, Claims,
         DEFAULT_TTL_S, HEADER, MAX_TTL_S,
     };
+    pub use crate::auth::shared_secrets;
 }
 
 /// The OpenAPI document of the public API, as `GET /openapi.json` serves it.
@@ -132,6 +134,8 @@ pub enum GatewayError {
     AdminToken(String),
     #[error(transparent)]
     CapTokenSecret(#[from] auth::captoken::keyfile::KeyFileError),
+    #[error("{0}")]
+    SharedSecret(String),
 }
 
 /// A gateway bound to its address, ready to serve.
@@ -144,14 +148,21 @@ impl Gateway {
     /// Opens the store (running migrations), reads (or creates) the admin
     /// token and the capability-token secret, and binds the listener.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
-        let store = Store::open(&config.data_dir).await?;
-        let admin_token =
-            auth::admin_token::load_or_create(&config.data_dir, config.admin_token_file.as_deref())
-                .map_err(GatewayError::AdminToken)?;
-        let secret = auth::captoken::keyfile::load(
-            config.cap_token_secret_file.as_deref(),
+        let store = Store::open_either(config.database_url.as_deref(), &config.data_dir).await?;
+        let admin_token = auth::shared_secrets::admin_token(
+            &store,
             &config.data_dir,
-        )?;
+            config.admin_token_file.as_deref(),
+        )
+        .await
+        .map_err(GatewayError::AdminToken)?;
+        let secret = auth::shared_secrets::cap_token_secret(
+            &store,
+            &config.data_dir,
+            config.cap_token_secret_file.as_deref(),
+        )
+        .await
+        .map_err(GatewayError::SharedSecret)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -179,6 +190,7 @@ impl Gateway {
     pub async fn serve(self) -> Result<(), GatewayError> {
         tokio::spawn(ops::deadlines::run(self.state.clone()));
         tokio::spawn(ops::revocation::sweep_removed_executors(self.state.clone()));
+        tokio::spawn(ops::revocation::relay_store_hints(self.state.clone()));
         tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));

@@ -32,6 +32,7 @@ pub mod captoken;
 pub mod embedded;
 pub mod internal;
 pub mod remote;
+pub mod shared_secrets;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -180,6 +180,25 @@ pub async fn sweep_removed_executors(state: AppState) {
     }
 }
 
+/// Passes the store's hints of revoked turns (another replica's revocation
+/// on PostgreSQL, see `store::invalidate`) to the live bridge sessions,
+/// which otherwise see it at their next periodic check. A hint of
+/// unknown extent (`*`: the listener reconnected) is left to those checks.
+pub async fn relay_store_hints(state: AppState) {
+    let mut changes = state.store().changes();
+    loop {
+        match changes.recv().await {
+            Ok(hint) => {
+                if let Some(turn) = hint.strip_prefix("turn:") {
+                    let _ = state.revoked_turns().send(turn.to_string());
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Closes the link of an executor that was removed, and forgets it.
 pub fn close_removed(state: &AppState, link: &std::sync::Arc<crate::link::Link>) {
     link.close("the environment was removed");

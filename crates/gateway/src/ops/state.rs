@@ -22,6 +22,9 @@ use crate::store::Store;
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `--database-url`: the store on PostgreSQL (`postgres://…`) instead
+    /// of SQLite in `data_dir`.
+    pub database_url: Option<String>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
     /// Base URL executors should dial (`http(s)://host:port`). By default it is
@@ -54,6 +57,7 @@ impl GatewayConfig {
         GatewayConfig {
             listen,
             data_dir,
+            database_url: None,
             max_body_bytes: 16 * 1024 * 1024,
             public_url: None,
             link: LinkConfig {

@@ -592,6 +592,7 @@ async fn write_batch(store: &Store, batch: &mut Vec<Op>, counters: &Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{on_both, Fx};
 
     #[test]
     fn since_forms() {
@@ -642,11 +643,11 @@ mod tests {
         );
     }
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        (dir, store)
-    }
+    on_both!(
+        a_batch_answers_each_write_its_own_row,
+        best_effort_writes_in_the_background_and_counts_losses,
+        fail_closed_records_before_running_and_refuses_when_it_cannot,
+    );
 
     fn rec(method: &str) -> AuditRecord {
         AuditRecord::new("w", None, Via::Rest, Kind::Process, method)
@@ -663,12 +664,27 @@ mod tests {
     }
 
     async fn block_inserts(store: &Store) {
-        sqlx::query(
-            "CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit blocked'); END",
-        )
-        .execute(store.audit_pool())
-        .await
-        .unwrap();
+        match store.audit_db() {
+            crate::store::Db::Sqlite { audit, .. } => {
+                sqlx::query(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit blocked'); END",
+                )
+                .execute(audit)
+                .await
+                .unwrap();
+            }
+            crate::store::Db::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS
+                         $$ BEGIN RAISE EXCEPTION 'audit blocked'; END $$;
+                     CREATE TRIGGER no_audit BEFORE INSERT ON audit
+                         FOR EACH ROW EXECUTE FUNCTION no_audit();",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
     }
 
     /// The writer waits a moment for more records to share a commit, but
@@ -703,9 +719,8 @@ mod tests {
 
     /// A batch's ids answer its writes in order, whether its inserts fit
     /// one statement or not, and with updates among them.
-    #[tokio::test]
-    async fn a_batch_answers_each_write_its_own_row() {
-        let (_d, store) = store().await;
+    async fn a_batch_answers_each_write_its_own_row(fx: Fx) {
+        let store = fx.open().await;
         let all = |store: &Store| {
             let store = store.clone();
             async move {
@@ -763,9 +778,8 @@ mod tests {
         assert_eq!(all(&store).await.len(), 302);
     }
 
-    #[tokio::test]
-    async fn best_effort_writes_in_the_background_and_counts_losses() {
-        let (_d, store) = store().await;
+    async fn best_effort_writes_in_the_background_and_counts_losses(fx: Fx) {
+        let store = fx.open().await;
         let audit = Audit::start(store.clone(), AuditMode::BestEffort);
         for i in 0..50 {
             let mut e = audit.begin(rec("stdin")).await.unwrap();
@@ -801,9 +815,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn fail_closed_records_before_running_and_refuses_when_it_cannot() {
-        let (_d, store) = store().await;
+    async fn fail_closed_records_before_running_and_refuses_when_it_cannot(fx: Fx) {
+        let store = fx.open().await;
         let audit = Audit::start(store.clone(), AuditMode::FailClosed);
         let mut e = audit.begin(rec("terminate")).await.unwrap();
         // Committed before the operation runs.

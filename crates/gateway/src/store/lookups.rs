@@ -24,8 +24,21 @@
 //! written after every call, is in another file (`audit.db`) for this
 //! reason: in `execgate.db` it emptied the cache for every next call.
 
+//! **On PostgreSQL** there are no files to watch. The generation is
+//! instead an epoch that this process bumps after each of its own writes
+//! that change these lookups, and that the listener of other replicas'
+//! hints (`store::invalidate`) bumps for each hint it receives (and on each
+//! reconnect, when hints may have been missed), together with the current
+//! [`MAX_AGE`] period: an entry is used only within the period it was read
+//! in, so a missed hint is bounded by [`MAX_AGE`] as well. A hint drops
+//! every entry (revocations are rare; a finer scheme would have to key
+//! versions per entry to stay race-free, as the generation taken before
+//! the query is).
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::{ExecutorRow, TokenGrant};
 
@@ -36,32 +49,93 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 const CAPACITY: u64 = 10_000;
 
 /// The state of the database files: size and modification time of the
-/// database and of its WAL.
+/// database and of its WAL (SQLite); the epoch and the [`MAX_AGE`] period
+/// (PostgreSQL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Generation([(u64, u128); 2]);
 
+enum Source {
+    /// SQLite: `execgate.db` and its WAL.
+    Files { db: PathBuf, wal: PathBuf },
+    /// PostgreSQL: bumped by writes and hints.
+    Epoch { epoch: AtomicU64, start: Instant },
+}
+
 pub(crate) struct Lookups {
-    db: PathBuf,
-    wal: PathBuf,
+    source: Source,
+    /// Hints of changes (see `Store::changes`).
+    changes: tokio::sync::broadcast::Sender<String>,
+    /// The task listening for other replicas' hints (PostgreSQL).
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
     /// Keyed by the token's SHA-256 (hex): no raw token is kept.
     tokens: moka::sync::Cache<String, (Generation, Option<TokenGrant>)>,
     executors: moka::sync::Cache<(String, String), (Generation, Option<ExecutorRow>)>,
 }
 
 impl Lookups {
-    pub fn new(db: &Path) -> Self {
+    /// Keyed on the files of SQLite database `db`.
+    pub fn files(db: &Path) -> Self {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
-        Lookups {
+        Self::with(Source::Files {
             db: db.to_owned(),
             wal: PathBuf::from(wal),
+        })
+    }
+
+    /// Keyed on an epoch that writes and hints bump (PostgreSQL).
+    pub fn notified() -> Self {
+        Self::with(Source::Epoch {
+            epoch: AtomicU64::new(0),
+            start: Instant::now(),
+        })
+    }
+
+    fn with(source: Source) -> Self {
+        Lookups {
+            source,
+            changes: tokio::sync::broadcast::channel(256).0,
+            listener: Mutex::new(None),
             tokens: cache(),
             executors: cache(),
         }
     }
 
-    /// The files' generation now: two `stat`s, no thread hand-off.
+    /// Something changed (`hint`, `*` for anything): entries read before
+    /// are stale (PostgreSQL; on SQLite the files already say so), and
+    /// subscribers hear it.
+    pub fn invalidate(&self, hint: &str) {
+        if let Source::Epoch { epoch, .. } = &self.source {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        let _ = self.changes.send(hint.to_string());
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    pub fn set_listener(&self, task: tokio::task::AbortHandle) {
+        *self.listener.lock().unwrap() = Some(task);
+    }
+
+    /// Stops listening for hints (tests of the fallback).
+    pub fn stop_listener(&self) {
+        if let Some(task) = self.listener.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// The generation now: two `stat`s (SQLite) or two loads (PostgreSQL),
+    /// no thread hand-off.
     pub fn generation(&self) -> Generation {
+        let (db, wal) = match &self.source {
+            Source::Files { db, wal } => (db, wal),
+            Source::Epoch { epoch, start } => {
+                let period = start.elapsed().as_millis() / MAX_AGE.as_millis();
+                return Generation([(epoch.load(Ordering::Acquire), period), (0, 0)]);
+            }
+        };
         let stat = |p: &Path| {
             std::fs::metadata(p).map_or((0, 0), |m| {
                 let mtime = m
@@ -72,7 +146,7 @@ impl Lookups {
                 (m.len(), mtime)
             })
         };
-        Generation([stat(&self.db), stat(&self.wal)])
+        Generation([stat(db), stat(wal)])
     }
 
     pub fn token(&self, hash: &str, now: Generation) -> Option<Option<TokenGrant>> {
@@ -108,6 +182,12 @@ impl Lookups {
     }
 }
 
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        self.stop_listener();
+    }
+}
+
 fn cache<K, V>() -> moka::sync::Cache<K, V>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
@@ -136,7 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"a").unwrap();
-        let l = Lookups::new(&db);
+        let l = Lookups::files(&db);
         let g1 = l.generation();
         let grant = TokenGrant {
             workspace: "w".into(),
@@ -157,10 +237,31 @@ mod tests {
     #[test]
     fn entries_expire_after_max_age() {
         let dir = tempfile::tempdir().unwrap();
-        let l = Lookups::new(&dir.path().join("x.db"));
+        let l = Lookups::files(&dir.path().join("x.db"));
         let g = l.generation();
         l.put_token("h".into(), g, None);
         std::thread::sleep(MAX_AGE + Duration::from_millis(100));
         assert_eq!(l.token("h", g), None);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_entry_goes_stale_at_a_hint_and_at_the_next_period() {
+        let l = Lookups::notified();
+        let mut changes = l.subscribe();
+        let g1 = l.generation();
+        l.put_token("h".into(), g1, None);
+        assert_eq!(l.token("h", l.generation()), Some(None));
+        l.invalidate("token:tok_1");
+        assert_eq!(changes.try_recv().unwrap(), "token:tok_1");
+        assert_ne!(l.generation(), g1);
+        assert_eq!(l.token("h", l.generation()), None);
+        let g2 = l.generation();
+        std::thread::sleep(MAX_AGE + Duration::from_millis(50));
+        assert_ne!(l.generation(), g2, "a new period is a new generation");
     }
 }

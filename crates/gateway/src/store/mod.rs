@@ -18,7 +18,10 @@
 
 mod audit;
 pub mod audit_log;
+pub mod invalidate;
 mod lookups;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use audit::AuditQuery;
 
@@ -26,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
 
 use crate::secret;
 
@@ -227,12 +230,69 @@ async fn move_audit_log(main: &SqliteConnectOptions, audit_db: &Path) -> Result<
     Ok(())
 }
 
+/// The two backends. Every method runs one body against whichever pool
+/// through [`on_db!`]: the match's two arms type-check the same code once
+/// per driver, so the SQL is written once (in `$N` placeholders and the
+/// dialect both accept) and differs only where the engines do.
+#[derive(Clone)]
+pub(crate) enum Db {
+    /// `execgate.db` (everything but the audit log) and `audit.db`.
+    Sqlite { main: SqlitePool, audit: SqlitePool },
+    /// One database for everything, the audit log included.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the main pool of either backend.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { main: $pool, .. } => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+/// As [`on_db!`], with the audit log's pool.
+macro_rules! on_audit_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { audit: $pool, .. } => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_audit_db;
+#[allow(unused_imports)]
+pub(crate) use on_db;
+
+/// A write that changes what `lookups` answer says so to the other
+/// replicas, in its own transaction: `NOTIFY` on PostgreSQL (delivered at
+/// commit, and only if it commits); nothing on SQLite, whose lookups see
+/// any commit in the files.
+pub(crate) trait Hint {
+    async fn hint(&mut self, hint: &str) -> std::result::Result<(), sqlx::Error>;
+}
+
+impl Hint for sqlx::SqliteConnection {
+    async fn hint(&mut self, _hint: &str) -> std::result::Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+impl Hint for sqlx::PgConnection {
+    async fn hint(&mut self, hint: &str) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(invalidate::CHANNEL)
+            .bind(hint)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    /// `audit.db`: the audit log only (see the module docs).
-    audit_pool: SqlitePool,
-    /// Hot-path reads, kept until the database files change.
+    pub(crate) db: Db,
+    /// Hot-path reads, kept until the database changes.
     lookups: std::sync::Arc<lookups::Lookups>,
 }
 
@@ -277,31 +337,82 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let lookups = std::sync::Arc::new(lookups::Lookups::new(&data_dir.join(MAIN_DB)));
+        let lookups = std::sync::Arc::new(lookups::Lookups::files(&data_dir.join(MAIN_DB)));
         Ok(Store {
-            pool,
-            audit_pool,
+            db: Db::Sqlite {
+                main: pool,
+                audit: audit_pool,
+            },
             lookups,
         })
     }
 
+    /// Connects to the PostgreSQL store at `url` (`postgres://…`) and
+    /// migrates it (`migrations_pg`; concurrent starts of several replicas
+    /// are serialized by sqlx's advisory lock). Starts the task that
+    /// listens for other replicas' invalidation hints (see
+    /// [`invalidate`]); call it within a Tokio runtime.
+    pub async fn open_postgres(url: &str) -> Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations_pg").run(&pool).await?;
+        let lookups = std::sync::Arc::new(lookups::Lookups::notified());
+        invalidate::listen(pool.clone(), lookups.clone()).await?;
+        Ok(Store {
+            db: Db::Postgres(pool),
+            lookups,
+        })
+    }
+
+    /// `open_postgres` with a `postgres://` URL, else `open` of `data_dir`.
+    pub async fn open_either(database_url: Option<&str>, data_dir: &Path) -> Result<Store> {
+        match database_url {
+            Some(url) => Store::open_postgres(url).await,
+            None => Store::open(data_dir).await,
+        }
+    }
+
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
     /// The audit log's pool, for tests that tamper with it.
     #[cfg(test)]
-    pub(crate) fn audit_pool(&self) -> &SqlitePool {
-        &self.audit_pool
+    pub(crate) fn audit_db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Something that `lookups` answer changed (this process's write, or
+    /// another replica's hint): the hint, `*` when unknown (see
+    /// [`invalidate`]). Backend-neutral: on SQLite only this process's
+    /// writes are announced.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.lookups.subscribe()
+    }
+
+    /// After a local write that changes lookups: forget, announce.
+    fn changed(&self, hint: &str) {
+        self.lookups.invalidate(hint);
     }
 
     // ---- workspaces ----
 
     pub async fn create_workspace(&self, name: &str) -> Result<()> {
         validate_workspace_name(name)?;
-        let res = sqlx::query("INSERT INTO workspaces (name, created_at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await;
+        let res = on_db!(&self.db, |pool| sqlx::query(
+            "INSERT INTO workspaces (name, created_at) VALUES ($1, $2)"
+        )
+        .bind(name)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|_| ()));
         match res {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                 "workspace {name:?} already exists"
             ))),
@@ -312,27 +423,32 @@ impl Store {
     /// Creates the workspace unless it exists.
     pub async fn ensure_workspace(&self, name: &str) -> Result<()> {
         validate_workspace_name(name)?;
-        sqlx::query("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "INSERT INTO workspaces (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        )
+        .bind(name)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceRow>> {
-        Ok(
-            sqlx::query_as("SELECT name, created_at FROM workspaces ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT name, created_at FROM workspaces ORDER BY name"
         )
+        .fetch_all(pool)
+        .await)?)
     }
 
     async fn require_workspace(&self, name: &str) -> Result<()> {
-        let found: Option<(String,)> = sqlx::query_as("SELECT name FROM workspaces WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let found: Option<(String,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT name FROM workspaces WHERE name = $1"
+        )
+        .bind(name)
+        .fetch_optional(pool)
+        .await)?;
         match found {
             Some(_) => Ok(()),
             None => Err(StoreError::NotFound(format!(
@@ -353,38 +469,59 @@ impl Store {
         self.require_workspace(workspace).await?;
         let id = secret::random_id("tok_", 8);
         let token = secret::random_token("egp_", 32);
-        sqlx::query(
-            "INSERT INTO proxy_tokens (id, token_hash, workspace, user_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(secret::sha256_hex(token.as_bytes()))
-        .bind(workspace)
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let hint = format!("token:{id}");
+        on_db!(&self.db, |pool| {
+            async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO proxy_tokens (id, token_hash, workspace, user_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&id)
+            .bind(secret::sha256_hex(token.as_bytes()))
+            .bind(workspace)
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            // A rejection of this very token may be cached (it was tried
+            // before it existed).
+            tx.hint(&hint).await?;
+            tx.commit().await
+        }
+        .await
+        })?;
+        self.changed(&hint);
         Ok((id, token))
     }
 
     pub async fn list_proxy_tokens(&self, workspace: Option<&str>) -> Result<Vec<ProxyTokenRow>> {
-        Ok(sqlx::query_as(
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT id, workspace, user_id, created_at, revoked_at FROM proxy_tokens
-             WHERE (?1 IS NULL OR workspace = ?1) ORDER BY created_at",
+             WHERE (CAST($1 AS TEXT) IS NULL OR workspace = $1) ORDER BY created_at, id",
         )
         .bind(workspace)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(pool)
+        .await)?)
     }
 
     pub async fn revoke_proxy_token(&self, id: &str) -> Result<()> {
-        let res = sqlx::query(
-            "UPDATE proxy_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        if res.rows_affected() == 0 {
+        let hint = format!("token:{id}");
+        let affected = on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let res = sqlx::query(
+                "UPDATE proxy_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(res.rows_affected())
+        }
+        .await)?;
+        self.changed(&hint);
+        if affected == 0 {
             return Err(StoreError::NotFound(format!(
                 "no live proxy token with id {id:?}"
             )));
@@ -394,33 +531,33 @@ impl Store {
 
     /// Whether a proxy token id is live (exists and is not revoked).
     pub async fn proxy_token_is_live(&self, id: &str) -> Result<bool> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM proxy_tokens WHERE id = ? AND revoked_at IS NULL")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(String,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT id FROM proxy_tokens WHERE id = $1 AND revoked_at IS NULL"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.is_some())
     }
 
-    /// The grant of a live proxy token, by the token itself.
-    /// The live grant of a proxy token. Answered from memory while the
-    /// database is unchanged since the last read (see `store::lookups`).
+    /// The live grant of a proxy token, by the token itself. Answered from
+    /// memory while the database is unchanged since the last read (see
+    /// `store::lookups`).
     pub async fn verify_proxy_token(&self, token: &str) -> Result<Option<TokenGrant>> {
         let hash = secret::sha256_hex(token.as_bytes());
         let generation = self.lookups.generation();
         if let Some(grant) = self.lookups.token(&hash, generation) {
             return Ok(grant);
         }
-        let row = sqlx::query(
-            "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        let row: Option<(String, Option<String>)> = on_db!(&self.db, |pool| {
+            sqlx::query_as(
+            "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(&hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let grant = row.map(|r| TokenGrant {
-            workspace: r.get("workspace"),
-            user_id: r.get("user_id"),
-        });
+        .fetch_optional(pool)
+        .await
+        })?;
+        let grant = row.map(|(workspace, user_id)| TokenGrant { workspace, user_id });
         self.lookups.put_token(hash, generation, grant.clone());
         Ok(grant)
     }
@@ -438,27 +575,35 @@ impl Store {
         self.require_workspace(workspace).await?;
         let exe_id = secret::random_id("exe_", 8);
         let token = executor_token(&exe_id);
-        let mut tx = self.pool.begin().await?;
-        if is_default {
-            sqlx::query("UPDATE executors SET is_default = 0 WHERE workspace = ?")
-                .bind(workspace)
-                .execute(&mut *tx)
-                .await?;
+        let hint = format!("executor:{exe_id}");
+        let res = on_db!(&self.db, |pool| {
+            async {
+            let mut tx = pool.begin().await?;
+            if is_default {
+                sqlx::query("UPDATE executors SET is_default = FALSE WHERE workspace = $1")
+                    .bind(workspace)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO executors (exe_id, workspace, name, is_default, token_hash, registered_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&exe_id)
+            .bind(workspace)
+            .bind(name)
+            .bind(is_default)
+            .bind(secret::sha256_hex(token.as_bytes()))
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await
         }
-        let res = sqlx::query(
-            "INSERT INTO executors (exe_id, workspace, name, is_default, token_hash, registered_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&exe_id)
-        .bind(workspace)
-        .bind(name)
-        .bind(is_default)
-        .bind(secret::sha256_hex(token.as_bytes()))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await;
+        .await
+        });
         match res {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::Conflict(format!(
                     "workspace {workspace:?} already has an environment named {name:?}"
@@ -466,7 +611,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        tx.commit().await?;
+        self.changed(&hint);
         Ok((exe_id, token))
     }
 
@@ -485,15 +630,18 @@ impl Store {
             exe_id,
             secret: secret::random_token("", 30),
         };
-        let res = sqlx::query(
-            "INSERT INTO executor_sigv4_keys (key_id, exe_id, secret, created_at) VALUES (?, ?, ?, ?)",
+        let res = on_db!(&self.db, |pool| {
+            sqlx::query(
+            "INSERT INTO executor_sigv4_keys (key_id, exe_id, secret, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&key.key_id)
         .bind(&key.exe_id)
         .bind(&key.secret)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await;
+        .execute(pool)
+        .await
+        .map(|_| ())
+        });
         if let Err(e) = res {
             // An executor that cannot authenticate is of no use: undo it.
             let _ = self.remove_executor(workspace, &key.exe_id).await;
@@ -504,42 +652,55 @@ impl Store {
 
     /// The SigV4 key with this access key id.
     pub async fn sigv4_key(&self, key_id: &str) -> Result<Option<SigV4Key>> {
-        Ok(sqlx::query_as(
-            "SELECT key_id, exe_id, secret FROM executor_sigv4_keys WHERE key_id = ?",
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT key_id, exe_id, secret FROM executor_sigv4_keys WHERE key_id = $1",
         )
         .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     /// Gives an executor a new token, invalidating the old one.
     pub async fn rotate_executor_token(&self, exe_id: &str) -> Result<String> {
         let token = executor_token(exe_id);
-        let res = sqlx::query("UPDATE executors SET token_hash = ? WHERE exe_id = ?")
-            .bind(secret::sha256_hex(token.as_bytes()))
-            .bind(exe_id)
-            .execute(&self.pool)
-            .await?;
-        if res.rows_affected() == 0 {
+        let hint = format!("executor:{exe_id}");
+        let affected = on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let res = sqlx::query("UPDATE executors SET token_hash = $1 WHERE exe_id = $2")
+                .bind(secret::sha256_hex(token.as_bytes()))
+                .bind(exe_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(res.rows_affected())
+        }
+        .await)?;
+        self.changed(&hint);
+        if affected == 0 {
             return Err(StoreError::NotFound(format!("no executor {exe_id:?}")));
         }
         Ok(token)
     }
 
     pub async fn list_executors(&self, workspace: Option<&str>) -> Result<Vec<ExecutorRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM executors WHERE (?1 IS NULL OR workspace = ?1) ORDER BY workspace, name",
+        Ok(on_db!(&self.db, |pool| {
+            sqlx::query_as(
+            "SELECT * FROM executors WHERE (CAST($1 AS TEXT) IS NULL OR workspace = $1) ORDER BY workspace, name",
         )
         .bind(workspace)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(pool)
+        .await
+        })?)
     }
 
     pub async fn executor(&self, exe_id: &str) -> Result<Option<ExecutorRow>> {
-        Ok(sqlx::query_as("SELECT * FROM executors WHERE exe_id = ?")
-            .bind(exe_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT * FROM executors WHERE exe_id = $1"
+        )
+        .bind(exe_id)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     /// Answered from memory while the database is unchanged since the last
@@ -553,12 +714,13 @@ impl Store {
         if let Some(row) = self.lookups.executor(workspace, name, generation) {
             return Ok(row);
         }
-        let row: Option<ExecutorRow> =
-            sqlx::query_as("SELECT * FROM executors WHERE workspace = ? AND name = ?")
-                .bind(workspace)
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<ExecutorRow> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT * FROM executors WHERE workspace = $1 AND name = $2"
+        )
+        .bind(workspace)
+        .bind(name)
+        .fetch_optional(pool)
+        .await)?;
         self.lookups
             .put_executor(workspace, name, generation, row.clone());
         Ok(row)
@@ -566,28 +728,40 @@ impl Store {
 
     /// Every executor's id (`revocation::sweep_removed_executors`).
     pub async fn executor_ids(&self) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT exe_id FROM executors")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT exe_id FROM executors"
+        )
+        .fetch_all(pool)
+        .await)?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// The database files' generation (see `store::lookups`): it changes
-    /// with every commit, by any process.
+    /// The lookups' generation (see `store::lookups`): it changes with
+    /// every commit by any process (SQLite), or with every hint from any
+    /// replica and at least every `lookups::MAX_AGE` (PostgreSQL).
     pub(crate) fn files_generation(&self) -> lookups::Generation {
         self.lookups.generation()
     }
 
     /// Removes an executor by name (or exe_id) within a workspace.
     pub async fn remove_executor(&self, workspace: &str, name_or_id: &str) -> Result<()> {
-        let res =
-            sqlx::query("DELETE FROM executors WHERE workspace = ? AND (name = ? OR exe_id = ?)")
-                .bind(workspace)
-                .bind(name_or_id)
-                .bind(name_or_id)
-                .execute(&self.pool)
-                .await?;
-        if res.rows_affected() == 0 {
+        let hint = format!("executor:{workspace}/{name_or_id}");
+        let affected = on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let res = sqlx::query(
+                "DELETE FROM executors WHERE workspace = $1 AND (name = $2 OR exe_id = $2)",
+            )
+            .bind(workspace)
+            .bind(name_or_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(res.rows_affected())
+        }
+        .await)?;
+        self.changed(&hint);
+        if affected == 0 {
             return Err(StoreError::NotFound(format!(
                 "workspace {workspace:?} has no environment {name_or_id:?}"
             )));
@@ -597,62 +771,85 @@ impl Store {
 
     /// Makes `exe_id` its workspace's only default environment.
     pub async fn set_default_executor(&self, exe_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE executors SET is_default = (exe_id = ?1)
-             WHERE workspace = (SELECT workspace FROM executors WHERE exe_id = ?1)",
-        )
-        .bind(exe_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let hint = format!("executor:{exe_id}");
+        on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE executors SET is_default = (exe_id = $1)
+                 WHERE workspace = (SELECT workspace FROM executors WHERE exe_id = $1)",
+            )
+            .bind(exe_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await
+        }
+        .await)?;
+        self.changed(&hint);
         Ok(())
     }
 
+    /// Records a link's start. Announced: the executor's cached row (its
+    /// session id) changes.
     pub async fn mark_connected(&self, exe_id: &str, info: &ConnectInfo) -> Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE executors SET connected_at = ?, last_seen_at = ?, session_id = ?, os = ?, version = ?, kind = ?
-             WHERE exe_id = ?",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(&info.session_id)
-        .bind(&info.os)
-        .bind(&info.version)
-        .bind(&info.kind)
-        .bind(exe_id)
-        .execute(&self.pool)
-        .await?;
+        let hint = format!("executor:{exe_id}");
+        on_db!(&self.db, |pool| {
+            async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE executors SET connected_at = $1, last_seen_at = $1, session_id = $2, os = $3, version = $4, kind = $5
+                 WHERE exe_id = $6",
+            )
+            .bind(now)
+            .bind(&info.session_id)
+            .bind(&info.os)
+            .bind(&info.version)
+            .bind(&info.kind)
+            .bind(exe_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await
+        }
+        .await
+        })?;
+        self.changed(&hint);
         Ok(())
     }
 
     pub async fn mark_disconnected(&self, exe_id: &str, last_seen_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE executors SET disconnected_at = ?, last_seen_at = ? WHERE exe_id = ?")
-            .bind(now_ms())
-            .bind(last_seen_ms)
-            .bind(exe_id)
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE executors SET disconnected_at = $1, last_seen_at = $2 WHERE exe_id = $3"
+        )
+        .bind(now_ms())
+        .bind(last_seen_ms)
+        .bind(exe_id)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     pub async fn touch_executor(&self, exe_id: &str, last_seen_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE executors SET last_seen_at = ? WHERE exe_id = ?")
-            .bind(last_seen_ms)
-            .bind(exe_id)
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE executors SET last_seen_at = $1 WHERE exe_id = $2"
+        )
+        .bind(last_seen_ms)
+        .bind(exe_id)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     // ---- process sessions ----
 
     pub async fn insert_session(&self, row: &SessionRow) -> Result<()> {
-        sqlx::query(
+        on_db!(&self.db, |pool| sqlx::query(
             "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at,
                                            executor_session_id, deadline_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&row.sid)
         .bind(&row.workspace)
@@ -662,82 +859,94 @@ impl Store {
         .bind(row.created_at)
         .bind(&row.executor_session_id)
         .bind(row.deadline_at)
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     pub async fn delete_session(&self, sid: &str) -> Result<()> {
-        sqlx::query("DELETE FROM process_sessions WHERE sid = ?")
-            .bind(sid)
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "DELETE FROM process_sessions WHERE sid = $1"
+        )
+        .bind(sid)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     /// The workspace's sessions, newest first, at most `limit`.
     pub async fn list_sessions(&self, workspace: &str, limit: u32) -> Result<Vec<SessionRow>> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM process_sessions WHERE workspace = ? ORDER BY created_at DESC, sid LIMIT ?",
+        Ok(on_db!(&self.db, |pool| {
+            sqlx::query_as(
+            "SELECT * FROM process_sessions WHERE workspace = $1 ORDER BY created_at DESC, sid LIMIT $2",
         )
         .bind(workspace)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        })?)
     }
 
     /// Sessions whose deadline has passed and was not enforced yet.
     pub async fn due_deadlines(&self, now: i64) -> Result<Vec<SessionRow>> {
-        Ok(sqlx::query_as(
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT * FROM process_sessions
-             WHERE deadline_at IS NOT NULL AND deadline_done = 0 AND deadline_at <= ?
+             WHERE deadline_at IS NOT NULL AND deadline_done = FALSE AND deadline_at <= $1
              ORDER BY deadline_at LIMIT 100",
         )
         .bind(now)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(pool)
+        .await)?)
     }
 
     /// The earliest deadline not enforced yet.
     pub async fn next_deadline(&self) -> Result<Option<i64>> {
-        let row: (Option<i64>,) = sqlx::query_as(
+        let row: (Option<i64>,) = on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT MIN(deadline_at) FROM process_sessions
-             WHERE deadline_at IS NOT NULL AND deadline_done = 0",
+             WHERE deadline_at IS NOT NULL AND deadline_done = FALSE",
         )
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         Ok(row.0)
     }
 
     /// Sets (or moves) a session's deadline; it will be enforced once.
     pub async fn set_deadline(&self, sid: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE process_sessions SET deadline_at = ?, deadline_done = 0 WHERE sid = ?")
-            .bind(at)
-            .bind(sid)
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE process_sessions SET deadline_at = $1, deadline_done = FALSE WHERE sid = $2"
+        )
+        .bind(at)
+        .bind(sid)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     pub async fn mark_deadline_done(&self, sid: &str) -> Result<()> {
-        sqlx::query("UPDATE process_sessions SET deadline_done = 1 WHERE sid = ?")
-            .bind(sid)
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE process_sessions SET deadline_done = TRUE WHERE sid = $1"
+        )
+        .bind(sid)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
         Ok(())
     }
 
     /// The workspace's sessions not known to have ended (see migration
     /// 0004), of executors that still exist.
     pub async fn live_sessions(&self, workspace: &str) -> Result<Vec<SessionRow>> {
-        Ok(sqlx::query_as(
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT * FROM process_sessions
-             WHERE workspace = ? AND ended_at IS NULL AND exe_id IN (SELECT exe_id FROM executors)
+             WHERE workspace = $1 AND ended_at IS NULL AND exe_id IN (SELECT exe_id FROM executors)
              ORDER BY created_at, sid",
         )
         .bind(workspace)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(pool)
+        .await)?)
     }
 
     /// Records that these sessions' processes ended (or were terminated).
@@ -745,28 +954,31 @@ impl Store {
         if sids.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        for sid in sids {
-            sqlx::query(
-                "UPDATE process_sessions SET ended_at = ? WHERE sid = ? AND ended_at IS NULL",
-            )
-            .bind(now)
-            .bind(sid)
-            .execute(&mut *tx)
-            .await?;
+        on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            for sid in sids {
+                sqlx::query(
+                    "UPDATE process_sessions SET ended_at = $1 WHERE sid = $2 AND ended_at IS NULL",
+                )
+                .bind(now)
+                .bind(sid)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
         }
-        tx.commit().await?;
+        .await)?;
         Ok(())
     }
 
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM process_sessions WHERE sid = ?")
-                .bind(sid)
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT * FROM process_sessions WHERE sid = $1"
         )
+        .bind(sid)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     // ---- capability-token turns (migration 0005) ----
@@ -783,16 +995,29 @@ impl Store {
     /// Revokes every capability token of `turn_id`, for good. Idempotent:
     /// returns when the turn was (first) revoked, Unix ms.
     pub async fn revoke_turn(&self, turn_id: &str) -> Result<i64> {
-        sqlx::query("INSERT OR IGNORE INTO revoked_turns (turn_id, revoked_at) VALUES (?, ?)")
+        let hint = format!("turn:{turn_id}");
+        let at = on_db!(&self.db, |pool| {
+            async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO revoked_turns (turn_id, revoked_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
             .bind(turn_id)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        let (at,): (i64,) =
-            sqlx::query_as("SELECT revoked_at FROM revoked_turns WHERE turn_id = ?")
-                .bind(turn_id)
-                .fetch_one(&self.pool)
-                .await?;
+            let (at,): (i64,) =
+                sqlx::query_as("SELECT revoked_at FROM revoked_turns WHERE turn_id = $1")
+                    .bind(turn_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.hint(&hint).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(at)
+        }
+        .await
+        })?;
+        self.changed(&hint);
         Ok(at)
     }
 
@@ -800,32 +1025,70 @@ impl Store {
     /// every token they could refuse has expired, they no longer matter
     /// (see `captoken::admin::REVOKED_TURN_RETENTION`). How many went.
     pub async fn prune_revoked_turns(&self, revoked_before_ms: i64) -> Result<u64> {
-        let res = sqlx::query("DELETE FROM revoked_turns WHERE revoked_at < ?")
-            .bind(revoked_before_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(res.rows_affected())
+        let res = on_db!(&self.db, |pool| sqlx::query(
+            "DELETE FROM revoked_turns WHERE revoked_at < $1"
+        )
+        .bind(revoked_before_ms)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(res)
     }
 
     /// Backdates a revocation, for tests of pruning.
     #[cfg(test)]
     pub(crate) async fn set_turn_revoked_at_for_test(&self, turn_id: &str, at_ms: i64) {
-        sqlx::query("UPDATE revoked_turns SET revoked_at = ? WHERE turn_id = ?")
-            .bind(at_ms)
-            .bind(turn_id)
-            .execute(&self.pool)
-            .await
-            .expect("backdating a revoked turn");
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE revoked_turns SET revoked_at = $1 WHERE turn_id = $2"
+        )
+        .bind(at_ms)
+        .bind(turn_id)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+        .expect("backdating a revoked turn");
     }
 
     /// Whether `turn_id` was revoked (an indexed read).
     pub async fn turn_revoked(&self, turn_id: &str) -> Result<bool> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT revoked_at FROM revoked_turns WHERE turn_id = ?")
-                .bind(turn_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(i64,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT revoked_at FROM revoked_turns WHERE turn_id = $1"
+        )
+        .bind(turn_id)
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.is_some())
+    }
+
+    // ---- secrets every replica shares (PostgreSQL) ----
+
+    /// The shared secret `name` (`admin-token`, `cap-token-secret`): the
+    /// stored one, or `generate()`'s, stored by the first replica to ask.
+    /// Race-free: every replica inserts its candidate with `ON CONFLICT DO
+    /// NOTHING`, then all read the one that won.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String> {
+        let candidate = generate();
+        let value: (String,) = on_db!(&self.db, |pool| async {
+            sqlx::query(
+                "INSERT INTO shared_secrets (name, value, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(name)
+            .bind(&candidate)
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+            sqlx::query_as("SELECT value FROM shared_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await
+        }
+        .await)?;
+        Ok(value.0)
     }
 }
 
@@ -840,7 +1103,29 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{on_both, Fx};
     use super::*;
+
+    on_both!(
+        sessions_list_newest_first_and_deadlines_fire_once,
+        live_sessions_leave_out_ended_ones_and_removed_executors,
+        tokens_verify_until_revoked,
+        sigv4_keys_belong_to_their_executor_and_go_with_it,
+        executors_unique_per_workspace_with_one_default,
+        revoked_turns_are_persisted_and_idempotent,
+        shared_secrets_are_set_once,
+    );
+
+    /// The first replica's candidate wins; the others read it.
+    async fn shared_secrets_are_set_once(fx: Fx) {
+        if !fx.is_postgres() {
+            return; // SQLite keeps them in files of the data dir.
+        }
+        let (a, b) = (fx.open().await, fx.open().await);
+        let first = a.shared_secret("k", || "one".into()).await.unwrap();
+        let second = b.shared_secret("k", || "two".into()).await.unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+    }
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -885,7 +1170,10 @@ mod tests {
         assert_eq!(ids(rows), [7, 9]);
         let left: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit')")
-                .fetch_one(&store.pool)
+                .fetch_one(match &store.db {
+                    Db::Sqlite { main, .. } => main,
+                    Db::Postgres(_) => unreachable!(),
+                })
                 .await
                 .unwrap();
         assert!(!left, "execgate.db still has the audit table");
@@ -930,9 +1218,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sessions_list_newest_first_and_deadlines_fire_once() {
-        let (_d, s) = store().await;
+    async fn sessions_list_newest_first_and_deadlines_fire_once(fx: Fx) {
+        let s = fx.open().await;
         s.insert_session(&session_row("a", 1, None)).await.unwrap();
         s.insert_session(&session_row("b", 2, Some(100)))
             .await
@@ -971,9 +1258,8 @@ mod tests {
         assert!(s.session("a").await.unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn live_sessions_leave_out_ended_ones_and_removed_executors() {
-        let (_d, s) = store().await;
+    async fn live_sessions_leave_out_ended_ones_and_removed_executors(fx: Fx) {
+        let s = fx.open().await;
         s.create_workspace("w").await.unwrap();
         let (exe, _) = s.add_executor("w", "laptop", false).await.unwrap();
         for sid in ["a", "b", "c"] {
@@ -993,9 +1279,8 @@ mod tests {
         assert!(s.live_sessions("w").await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn tokens_verify_until_revoked() {
-        let (_d, s) = store().await;
+    async fn tokens_verify_until_revoked(fx: Fx) {
+        let s = fx.open().await;
         s.create_workspace("w").await.unwrap();
         assert!(matches!(
             s.create_workspace("w").await,
@@ -1012,9 +1297,8 @@ mod tests {
         assert!(s.create_proxy_token("nope", None).await.is_err());
     }
 
-    #[tokio::test]
-    async fn sigv4_keys_belong_to_their_executor_and_go_with_it() {
-        let (d, s) = store().await;
+    async fn sigv4_keys_belong_to_their_executor_and_go_with_it(fx: Fx) {
+        let s = fx.open().await;
         s.create_workspace("w").await.unwrap();
         let key = s.add_sigv4_executor("w", "codex", false).await.unwrap();
         assert!(key.key_id.starts_with("AKEG") && key.key_id.len() == 20);
@@ -1029,16 +1313,18 @@ mod tests {
         s.remove_executor("w", "codex").await.unwrap();
         assert!(s.sigv4_key(&key.key_id).await.unwrap().is_none());
         #[cfg(unix)]
-        {
+        if !fx.is_postgres() {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(fx.dir.path())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o700);
         }
     }
 
-    #[tokio::test]
-    async fn executors_unique_per_workspace_with_one_default() {
-        let (_d, s) = store().await;
+    async fn executors_unique_per_workspace_with_one_default(fx: Fx) {
+        let s = fx.open().await;
         s.create_workspace("w").await.unwrap();
         s.create_workspace("v").await.unwrap();
         let (a, tok) = s.add_executor("w", "laptop", true).await.unwrap();
@@ -1060,16 +1346,15 @@ mod tests {
         assert!(s.executor(&b).await.unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn revoked_turns_are_persisted_and_idempotent() {
-        let (dir, store) = store().await;
+    async fn revoked_turns_are_persisted_and_idempotent(fx: Fx) {
+        let store = fx.open().await;
         assert!(!store.turn_revoked("turn_a").await.unwrap());
         let at = store.revoke_turn("turn_a").await.unwrap();
         assert_eq!(store.revoke_turn("turn_a").await.unwrap(), at);
         assert!(store.turn_revoked("turn_a").await.unwrap());
         assert!(!store.turn_revoked("turn_b").await.unwrap());
         drop(store);
-        let reopened = Store::open(dir.path()).await.unwrap();
+        let reopened = fx.open().await;
         assert!(reopened.turn_revoked("turn_a").await.unwrap());
         assert!(!reopened.workspace_exists("nope").await.unwrap());
         reopened.create_workspace("w1").await.unwrap();
