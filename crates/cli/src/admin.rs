@@ -23,6 +23,10 @@ pub struct AdminArgs {
     /// The gateway's data dir [default: ~/.local/share/execgate].
     #[arg(long, env = "EXECGATE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The gateway's PostgreSQL store (`postgres://…`), in place of
+    /// --data-dir, as `serve --database-url`.
+    #[arg(long, env = "EXECGATE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -44,13 +48,26 @@ pub enum AdminCommand {
     /// Capability tokens (for /bridge) and their turns.
     #[command(subcommand)]
     Captoken(CaptokenCmd),
+    /// Copy a single-machine store (SQLite, in a data dir) into an empty
+    /// PostgreSQL store: workspaces, tokens, executors, sessions, revoked
+    /// turns, the audit log, and the admin token and capability-token
+    /// secret. Refuses a target that already holds data.
+    Migrate {
+        /// The data dir of the SQLite store.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL store's URL (`postgres://…`).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CaptokenCmd {
     /// Mint a capability token for a workspace; it is printed alone on the
-    /// last line. Uses the gateway's secret: `<data-dir>/cap-token-secret`
-    /// (generated if missing) or --cap-token-secret-file, as `serve` does.
+    /// last line. Uses the gateway's secret: --cap-token-secret-file, else
+    /// `<data-dir>/cap-token-secret` (generated if missing), or with
+    /// --database-url the store's, as `serve` does.
     Create {
         #[arg(long)]
         workspace: String,
@@ -147,8 +164,13 @@ pub enum ExecutorCmd {
 }
 
 pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Migrate { from, to } = &a.command {
+        let copied = execgate_gateway::migrate::sqlite_to_postgres(from, to).await?;
+        println!("{copied}");
+        return Ok(());
+    }
     let dir = a.data_dir.unwrap_or_else(crate::default_data_dir);
-    let store = Store::open(&dir).await?;
+    let store = Store::open_either(a.database_url.as_deref(), &dir).await?;
     match a.command {
         AdminCommand::Workspace(WorkspaceCmd::Create { name }) => {
             ops::create_workspace(&store, &name).await?;
@@ -259,7 +281,13 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             skip_audit,
             cap_token_secret_file,
         }) => {
-            let secret = captoken::keyfile::load(cap_token_secret_file.as_deref(), &dir)?;
+            let secret = captoken::shared_secrets::cap_token_secret(
+                &store,
+                &dir,
+                cap_token_secret_file.as_deref(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             let req = MintRequest {
                 workspace,
                 ttl_s: Some(ttl),
@@ -285,6 +313,7 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
             println!("removed executor {name} from workspace {workspace}");
         }
         AdminCommand::Audit(a) => audit(&store, a).await?,
+        AdminCommand::Migrate { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -20,6 +20,13 @@ pub struct GatewayArgs {
     /// Where the embedded store lives [default: ~/.local/share/execgate].
     #[arg(long, env = "EXECGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the store in PostgreSQL (`postgres://user:pass@host/db`)
+    /// instead of SQLite in the data dir: workspaces, tokens, executors,
+    /// sessions, revocations, the audit log, and the admin token and
+    /// capability-token secret unless given as files. Several gateways may
+    /// share one database (see docs/replicas.md).
+    #[arg(long, env = "EXECGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Threads serving requests [default: one per CPU]. 1 runs everything on
     /// one thread, which measured faster on a 2-vCPU VM (cross-thread
     /// wake-ups are dear there; see BENCHMARKS.md) but lets one heavy
@@ -141,6 +148,7 @@ impl GatewayArgs {
 
     pub fn config(&self) -> anyhow::Result<GatewayConfig> {
         let mut c = GatewayConfig::new(self.listen, self.data_dir());
+        c.database_url = self.database_url.clone();
         c.max_body_bytes = self.max_body_bytes;
         c.link.ping_timeout = Duration::from_secs(self.executor_ping_timeout_secs);
         c.link.bridge_request_timeout = Duration::from_secs(self.bridge_request_timeout_secs);
@@ -217,7 +225,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         "execgate gateway listening on http://{}",
         gateway.local_addr()
     );
-    tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving");
+    match &a.gateway.database_url {
+        Some(_) => tracing::info!("serving from the PostgreSQL store"),
+        None => tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving"),
+    }
     gateway.serve().await?;
     Ok(())
 }

@@ -90,6 +90,36 @@ impl Execgate {
             .to_string()
     }
 
+    /// Runs `execgate admin --database-url URL ARGS…` (the PostgreSQL
+    /// store); panics unless it succeeds, and returns all of its stdout.
+    pub fn admin_url_stdout(&self, database_url: &str, args: &[&str]) -> String {
+        let out = self.admin_url_output(database_url, args);
+        assert!(
+            out.status.success(),
+            "execgate admin --database-url {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("admin prints UTF-8")
+    }
+
+    /// As [`Execgate::admin_url_stdout`], whatever its exit status.
+    pub fn admin_url_output(&self, database_url: &str, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .args(["admin", "--database-url", database_url])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {} admin: {e}", self.bin.display()))
+    }
+
+    /// As [`Execgate::admin_url_stdout`], the last line only.
+    pub fn admin_url(&self, database_url: &str, args: &[&str]) -> String {
+        self.admin_url_stdout(database_url, args)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Starts `execgate serve --listen L --data-dir D ARGS…` and waits (at
     /// most 30 s) until it says where it listens.
     pub fn serve(&self, data_dir: &Path, listen: &str, args: &[&str]) -> GatewayProc {

@@ -22,6 +22,7 @@ mod mcp_stdio;
 mod openapi;
 mod patches;
 mod policy;
+mod postgres;
 mod proxy_auth;
 mod pty;
 mod restart;

@@ -1,0 +1,232 @@
+//! The gateway on PostgreSQL (`--database-url`), end to end: a real
+//! gateway and executor on a throwaway cluster (`execgate_testkit::pg`),
+//! and `execgate admin migrate` from a SQLite data dir. Skipped, with a
+//! line saying so, where PostgreSQL cannot start (a failure with
+//! `EXECGATE_REQUIRE_POSTGRES=1`, as in CI).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+/// Polls until `f` answers true, at most `within`.
+async fn within(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if f().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_on_postgres_serves_tools_processes_files_and_revocation() {
+    let Some(url) = execgate_testkit::pg::database("postgres::a_gateway_on_postgres") else {
+        return;
+    };
+    let eg = execgate();
+    let token_line = |out: String| out.lines().last().unwrap_or_default().to_string();
+    eg.admin_url(&url, &["workspace", "create", "w1"]);
+    let created = eg.admin_url_stdout(&url, &["token", "create", "--workspace", "w1"]);
+    let token = token_line(created.clone());
+    let token_id = created
+        .split_whitespace()
+        .find(|w| w.starts_with("tok_"))
+        .expect("the token's id")
+        .to_string();
+    let exe_token = eg.admin_url(
+        &url,
+        &[
+            "executor",
+            "add",
+            "--workspace",
+            "w1",
+            "--name",
+            "laptop",
+            "--default",
+        ],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let gw = eg.serve(&data_dir, "127.0.0.1:0", &["--database-url", &url]);
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let _executor = eg.executor(&gw.url(), &exe_token, &work, &[]);
+    let api = Api::new(&gw.url(), &token);
+    wait_for_env(&api, "laptop").await;
+
+    // Tools.
+    let r = api
+        .call(
+            "laptop",
+            "shell",
+            json!({"command": ["sh", "-c", "echo hi; exit 3"]}),
+        )
+        .await;
+    assert!(r.to_string().contains("hi"), "{r}");
+    let r = api
+        .call(
+            "laptop",
+            "write_file",
+            json!({"path": "a.txt", "content_b64": b64e(b"on postgres")}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = api
+        .call("laptop", "read_file", json!({"path": "a.txt"}))
+        .await;
+    assert_eq!(
+        b64d(r["content"][0]["text"].as_str().unwrap()),
+        b"on postgres",
+        "{r}"
+    );
+
+    // A process with output, through its session row in PostgreSQL.
+    let sid = api
+        .exec(
+            "laptop",
+            json!({"command": ["sh", "-c", "for i in 1 2 3; do echo line$i; done"]}),
+        )
+        .await;
+    let (out, _) = api
+        .read_until(&sid, 0, |d| String::from_utf8_lossy(d).contains("line3"))
+        .await;
+    assert_eq!(String::from_utf8_lossy(&out), "line1\nline2\nline3\n");
+
+    // Files: PUT then GET, streamed.
+    let http = fresh_client();
+    let files = format!("{}/api/connectors/envs/laptop/files", gw.url());
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = http
+        .put(&files)
+        .query(&[("path", "big.bin")])
+        .bearer_auth(&token)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http
+        .get(&files)
+        .query(&[("path", "big.bin")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
+
+    // The audit log is in PostgreSQL too.
+    let audit = eg.admin_url_stdout(&url, &["audit", "--json"]);
+    let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["method"] == "read_file"),
+        "{audit}"
+    );
+    // Nothing durable in the data dir: no SQLite store, no secret files.
+    for file in ["execgate.db", "audit.db", "admin-token", "cap-token-secret"] {
+        assert!(!data_dir.join(file).exists(), "{file} in the data dir");
+    }
+
+    // Revocation by another process (admin on the database): refused
+    // within 1 s, through the NOTIFY hint.
+    let (s, _) = api.post("/api/connectors/envs/list", json!({})).await;
+    assert_eq!(s, 200);
+    eg.admin_url(&url, &["token", "revoke", &token_id]);
+    let took = within(
+        "the revoked token refused",
+        Duration::from_secs(1),
+        async || api.post("/api/connectors/envs/list", json!({})).await.0 == 401,
+    )
+    .await;
+    println!("revocation took effect after {took:?}");
+}
+
+#[tokio::test]
+async fn admin_migrate_moves_a_sqlite_store_to_postgres() {
+    let Some(url) = execgate_testkit::pg::database("postgres::admin_migrate") else {
+        return;
+    };
+    let eg = execgate();
+    // A single-machine installation with a token, an executor and audit
+    // records, its gateway stopped.
+    let prepared = Prepared::new(&eg, "w1");
+    let exe_token = prepared.add_executor("laptop", true);
+    let data_dir = prepared.data_dir.clone();
+    let token = prepared.token.clone();
+    let g = prepared.serve(&[]);
+    let admin = admin_token(&g.data_dir);
+    let work = g.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut executor = eg.executor(&g.url, &exe_token, &work, &[]);
+    wait_for_env(&g.api(), "laptop").await;
+    g.api()
+        .call("laptop", "shell", json!({"command": ["true"]}))
+        .await;
+    let before = admin_stdout(&data_dir, &["audit", "--json"]);
+    executor.kill();
+    let dir = g.dir;
+    drop(g.process);
+
+    let out = eg.admin_url_stdout(
+        &url,
+        &[
+            "migrate",
+            "--from",
+            data_dir.to_str().unwrap(),
+            "--to",
+            &url,
+        ],
+    );
+    assert!(
+        out.contains("copied 1 workspaces, 1 proxy tokens, 1 executors"),
+        "{out}"
+    );
+    // A second migrate into the now non-empty store is refused.
+    let again = eg.admin_url_output(
+        &url,
+        &[
+            "migrate",
+            "--from",
+            data_dir.to_str().unwrap(),
+            "--to",
+            &url,
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // The audit log came along, ids kept.
+    assert_eq!(eg.admin_url_stdout(&url, &["audit", "--json"]), before);
+
+    // A gateway on PostgreSQL serves the same token, executor token and
+    // admin token.
+    let pg_data = dir.path().join("pg-data");
+    std::fs::create_dir_all(&pg_data).unwrap();
+    let gw = eg.serve(&pg_data, "127.0.0.1:0", &["--database-url", &url]);
+    let _executor = eg.executor(&gw.url(), &exe_token, &work, &[]);
+    let api = Api::new(&gw.url(), &token);
+    wait_for_env(&api, "laptop").await;
+    let r = api
+        .call("laptop", "shell", json!({"command": ["echo", "moved"]}))
+        .await;
+    assert!(r.to_string().contains("moved"), "{r}");
+    let admin_api = Api::new(&gw.url(), &admin);
+    let (s, v) = admin_api.get("/api/admin/workspaces").await;
+    assert_eq!(
+        s, 200,
+        "the data dir's admin token works on PostgreSQL: {v}"
+    );
+}
