@@ -172,7 +172,17 @@ async fn admin_migrate_moves_a_sqlite_store_to_postgres() {
     g.api()
         .call("laptop", "shell", json!({"command": ["true"]}))
         .await;
-    let before = admin_stdout(&data_dir, &["audit", "--json"]);
+    // The call's audit record is written in the background: wait for it.
+    let mut before = String::new();
+    within(
+        "the call's audit record",
+        Duration::from_secs(10),
+        async || {
+            before = admin_stdout(&data_dir, &["audit", "--json"]);
+            before.contains("\"shell\"")
+        },
+    )
+    .await;
     executor.kill();
     let dir = g.dir;
     drop(g.process);
@@ -229,4 +239,89 @@ async fn admin_migrate_moves_a_sqlite_store_to_postgres() {
         s, 200,
         "the data dir's admin token works on PostgreSQL: {v}"
     );
+}
+
+/// A first look at the cost of the PostgreSQL store on the hot path:
+/// `read_file` of 1 KiB at 16 clients for 3 s, one gateway on SQLite then
+/// one on PostgreSQL (the bench's figure, with release builds and a quiet
+/// machine, is the one to trust). Run with `--ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn read_file_throughput_sqlite_vs_postgres() {
+    let Some(url) = execgate_testkit::pg::database("postgres::read_file_throughput") else {
+        return;
+    };
+    let eg = execgate().quiet();
+    let mut rates = Vec::new();
+    for pg in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let (token, exe_token, args): (String, String, Vec<&str>) = if pg {
+            eg.admin_url(&url, &["workspace", "create", "w1"]);
+            (
+                eg.admin_url(&url, &["token", "create", "--workspace", "w1"]),
+                eg.admin_url(
+                    &url,
+                    &[
+                        "executor",
+                        "add",
+                        "--workspace",
+                        "w1",
+                        "--name",
+                        "laptop",
+                        "--default",
+                    ],
+                ),
+                vec!["--database-url", &url],
+            )
+        } else {
+            eg.admin(&data_dir, &["workspace", "create", "w1"]);
+            (
+                eg.admin(&data_dir, &["token", "create", "--workspace", "w1"]),
+                eg.admin(
+                    &data_dir,
+                    &[
+                        "executor",
+                        "add",
+                        "--workspace",
+                        "w1",
+                        "--name",
+                        "laptop",
+                        "--default",
+                    ],
+                ),
+                vec![],
+            )
+        };
+        let gw = eg.serve(&data_dir, "127.0.0.1:0", &args);
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("k.txt"), vec![b'x'; 1024]).unwrap();
+        let _executor = eg.executor(&gw.url(), &exe_token, &work, &[]);
+        let api = Api::new(&gw.url(), &token);
+        wait_for_env(&api, "laptop").await;
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let api = Api::new(&gw.url(), &token);
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    api.call("laptop", "read_file", json!({"path": "k.txt"}))
+                        .await;
+                    n += 1;
+                }
+                n
+            });
+        }
+        let total: u64 = tasks.join_all().await.into_iter().sum();
+        let rate = total as f64 / 3.0;
+        println!(
+            "read_file 1 KiB, 16 clients, debug build, {}: {rate:.0}/s",
+            if pg { "PostgreSQL" } else { "SQLite" }
+        );
+        rates.push(rate);
+    }
+    println!("PostgreSQL / SQLite: {:.2}", rates[1] / rates[0]);
 }

@@ -47,6 +47,7 @@ use execgate_protocol::connectors::error_code as code;
 use crate::ops::state::AppState;
 use crate::ops::Error;
 use crate::secret::SecretString;
+use crate::store::{next_change, ANYTHING};
 
 /// The default of `GatewayConfig::revocation_recheck`.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
@@ -115,10 +116,22 @@ impl Watch {
 
     /// Resolves, with the reason, once a check fails; checks every
     /// `revocation_recheck`. Never resolves while the grant holds.
+    /// Also checks at once when the store announces a token's change or an
+    /// executor's removal (`Store::changes`: this process's writes, and
+    /// other replicas' hints on PostgreSQL).
     pub async fn ended(&self) -> Error {
         let every = self.state.config().revocation_recheck;
+        let mut changes = Some(self.state.store().changes());
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                hint = next_change(&mut changes) => if !(hint.starts_with("token:")
+                    || hint.starts_with("executor-removed:")
+                    || hint == ANYTHING)
+                {
+                    continue;
+                },
+            }
             if let Err(e) = self.check().await {
                 return e;
             }
@@ -149,8 +162,17 @@ pub async fn sweep_removed_executors(state: AppState) {
     let mut last_read = None;
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An executor's change announced by the store (a removal through
+    // another replica on PostgreSQL) is looked at without waiting for the
+    // tick.
+    let mut changes = Some(state.store().changes());
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            hint = next_change(&mut changes) => if !(hint.starts_with("executor-removed:") || hint == ANYTHING) {
+                continue;
+            },
+        }
         let registry = state.registry();
         if registry.is_empty() {
             continue;
@@ -185,16 +207,11 @@ pub async fn sweep_removed_executors(state: AppState) {
 /// which otherwise see it at their next periodic check. A hint of
 /// unknown extent (`*`: the listener reconnected) is left to those checks.
 pub async fn relay_store_hints(state: AppState) {
-    let mut changes = state.store().changes();
+    let mut changes = Some(state.store().changes());
     loop {
-        match changes.recv().await {
-            Ok(hint) => {
-                if let Some(turn) = hint.strip_prefix("turn:") {
-                    let _ = state.revoked_turns().send(turn.to_string());
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        let hint = next_change(&mut changes).await;
+        if let Some(turn) = hint.strip_prefix("turn:") {
+            let _ = state.revoked_turns().send(turn.to_string());
         }
     }
 }

@@ -5,8 +5,8 @@
 //! connected, a turn revoked) sends `NOTIFY execgate_invalidate, '<hint>'`
 //! in its own transaction, so the hint goes out exactly when the change
 //! commits. A hint is a kind and an id (`token:tok_…`, `executor:exe_…`,
-//! `executor:<workspace>/<name>`, `turn:<turn id>`), never a payload or a
-//! secret.
+//! `executor-removed:<workspace>/<name or exe_id>`, `turn:<turn id>`),
+//! never a payload or a secret.
 //!
 //! Each store runs one [`listen`] task on a connection of its own
 //! (`PgListener`). A hint makes `lookups` drop what they hold and is

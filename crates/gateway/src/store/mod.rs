@@ -15,6 +15,20 @@
 //! `execgate.db`'s files are unchanged: with the audit log inside it, every
 //! call's record invalidated the next call's lookups, which then paid two
 //! queries (0.1–0.35 ms per call; BENCHMARKS.md).
+//!
+//! **Or PostgreSQL** (`execgate serve --database-url`, [`Store::open_postgres`]):
+//! one database for everything, audit log included (`migrations_pg`), so
+//! that several gateways can share it. [`Store`] holds an enum `Db` of
+//! the two pools and every method runs one body through `on_db!`, a match
+//! whose arms type-check the same code once per driver: one SQL text per
+//! query (`$N` placeholders, and only what both engines accept), with
+//! per-dialect code only where they differ (SQLite's move of an old audit
+//! table; the audit writes, generated per driver by a macro). Enum and
+//! macro rather than a trait with two implementations: the two would be
+//! the same code twice, and every branch's new queries would have to be
+//! written twice. What differs between the backends besides is how the
+//! hot-path lookups learn of changes (`lookups`, `invalidate`) and where
+//! the secrets every replica shares are kept (`shared_secret`).
 
 mod audit;
 pub mod audit_log;
@@ -745,7 +759,7 @@ impl Store {
 
     /// Removes an executor by name (or exe_id) within a workspace.
     pub async fn remove_executor(&self, workspace: &str, name_or_id: &str) -> Result<()> {
-        let hint = format!("executor:{workspace}/{name_or_id}");
+        let hint = format!("executor-removed:{workspace}/{name_or_id}");
         let affected = on_db!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;
             let res = sqlx::query(
@@ -1089,6 +1103,24 @@ impl Store {
         }
         .await)?;
         Ok(value.0)
+    }
+}
+
+pub use invalidate::ANYTHING;
+
+/// The next hint from [`Store::changes`] (`*` when some were missed), or
+/// never once they have closed.
+pub async fn next_change(changes: &mut Option<tokio::sync::broadcast::Receiver<String>>) -> String {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let Some(rx) = changes else {
+            return std::future::pending().await;
+        };
+        match rx.recv().await {
+            Ok(hint) => return hint,
+            Err(RecvError::Lagged(_)) => return ANYTHING.to_string(),
+            Err(RecvError::Closed) => *changes = None,
+        }
     }
 }
 
