@@ -1148,6 +1148,64 @@ mod tests {
         shared_secrets_are_set_once,
     );
 
+    /// migrations_pg keeps the schema SQLite's migrations make: the same
+    /// tables with the same columns (plus PostgreSQL's shared_secrets), so
+    /// that one SQL text serves both. A guard against drift when a branch
+    /// adds a migration to one side only.
+    #[tokio::test]
+    async fn the_postgres_schema_has_sqlites_tables_and_columns() {
+        use std::collections::BTreeSet;
+        let Some(url) = execgate_testkit::pg::database("the_postgres_schema") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let lite = Store::open(dir.path()).await.unwrap();
+        let pg = Store::open_postgres(&url).await.unwrap();
+        let (Db::Sqlite { main, audit }, Db::Postgres(pool)) = (&lite.db, &pg.db) else {
+            unreachable!()
+        };
+        let mut lite_columns = BTreeSet::new();
+        for db in [main, audit] {
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+            )
+            .fetch_all(db)
+            .await
+            .unwrap();
+            for (table,) in tables {
+                let columns: Vec<(String,)> =
+                    sqlx::query_as("SELECT name FROM pragma_table_info($1)")
+                        .bind(&table)
+                        .fetch_all(db)
+                        .await
+                        .unwrap();
+                lite_columns.extend(columns.into_iter().map(|(c,)| (table.clone(), c)));
+            }
+        }
+        let pg_columns: BTreeSet<(String, String)> = sqlx::query_as(
+            "SELECT table_name::TEXT, column_name::TEXT FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%'
+               AND table_name <> 'shared_secrets'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert!(lite_columns.len() > 40, "{lite_columns:?}");
+        assert_eq!(
+            pg_columns.difference(&lite_columns).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "in PostgreSQL's schema only"
+        );
+        assert_eq!(
+            lite_columns.difference(&pg_columns).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "in SQLite's schema only"
+        );
+    }
+
     /// The first replica's candidate wins; the others read it.
     async fn shared_secrets_are_set_once(fx: Fx) {
         if !fx.is_postgres() {
