@@ -45,7 +45,27 @@ pub fn execgate_binary() -> anyhow::Result<PathBuf> {
 /// Its children log warnings only, to nowhere. Executors:
 /// [`Gateway::executor`].
 pub fn gateway(bin: &Path, extra: &[&str]) -> Gateway {
-    Gateway::start(&Execgate::new(bin).quiet(), "bench", extra)
+    prepare(bin).serve(extra)
+}
+
+/// `--postgres`: every gateway of the run keeps its store in a fresh
+/// database of one throwaway PostgreSQL cluster (`execgate_testkit::pg`).
+static POSTGRES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn use_postgres() {
+    POSTGRES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Workspace `bench` and its token, in a fresh data dir or (with
+/// `--postgres`) a fresh PostgreSQL database.
+fn prepare(bin: &Path) -> Prepared {
+    let eg = Execgate::new(bin).quiet();
+    if !POSTGRES.load(std::sync::atomic::Ordering::Relaxed) {
+        return Prepared::new(&eg, "bench");
+    }
+    let cluster = execgate_testkit::pg::shared()
+        .unwrap_or_else(|why| panic!("--postgres: PostgreSQL cannot start: {why}"));
+    Prepared::new_on(&eg, "bench", Some(&cluster.create_database()))
 }
 
 /// A gateway whose store already holds `n` executors named `e0`…, for
@@ -60,8 +80,10 @@ pub async fn gateway_with_executors(
     bin: &Path,
     n: usize,
 ) -> anyhow::Result<(Gateway, Vec<(String, String)>)> {
-    let prepared = Prepared::new(&Execgate::new(bin).quiet(), "bench");
-    let store = execgate_gateway::Store::open(&prepared.data_dir).await?;
+    let prepared = prepare(bin);
+    let store =
+        execgate_gateway::Store::open_either(prepared.database_url.as_deref(), &prepared.data_dir)
+            .await?;
     let mut exes = Vec::with_capacity(n);
     for i in 0..n {
         exes.push(store.add_executor("bench", &format!("e{i}"), false).await?);

@@ -57,6 +57,10 @@ struct Args {
     /// Also measure ssh with a ControlMaster to a local sshd.
     #[arg(long)]
     ssh: bool,
+    /// Run every gateway on PostgreSQL (`--database-url`, a fresh database
+    /// of a throwaway cluster this run starts) instead of SQLite.
+    #[arg(long)]
+    postgres: bool,
 }
 
 /// One measured figure.
@@ -204,6 +208,9 @@ fn expected_keys(args: &Args) -> Vec<String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
+    if args.postgres {
+        harness::use_postgres();
+    }
     let bin = harness::execgate_binary()?;
     // 10,000 idle executors need 10,000 sockets here and in the gateway.
     let nofile = harness::raise_nofile();

@@ -19,33 +19,64 @@ pub struct Prepared {
     pub workspace: String,
     /// A proxy token of `workspace`.
     pub token: String,
+    /// The PostgreSQL store's URL, when the store is not the data dir's.
+    pub database_url: Option<String>,
 }
 
 impl Prepared {
     pub fn new(eg: &Execgate, workspace: &str) -> Prepared {
+        Prepared::new_on(eg, workspace, None)
+    }
+
+    /// As [`Prepared::new`], with the store in PostgreSQL at
+    /// `database_url` (an empty database) when given.
+    pub fn new_on(eg: &Execgate, workspace: &str, database_url: Option<&str>) -> Prepared {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
-        eg.admin(&data_dir, &["workspace", "create", workspace]);
-        let token = eg.admin(&data_dir, &["token", "create", "--workspace", workspace]);
+        let database_url = database_url.map(str::to_string);
+        admin(
+            eg,
+            &data_dir,
+            database_url.as_deref(),
+            &["workspace", "create", workspace],
+        );
+        let token = admin(
+            eg,
+            &data_dir,
+            database_url.as_deref(),
+            &["token", "create", "--workspace", workspace],
+        );
         Prepared {
             eg: eg.clone(),
             dir,
             data_dir,
             workspace: workspace.to_string(),
             token,
+            database_url,
         }
     }
 
     /// `execgate admin executor add` of `name` in the workspace (the
     /// default environment if `default`): its executor token.
     pub fn add_executor(&self, name: &str, default: bool) -> String {
-        add_executor(&self.eg, &self.data_dir, &self.workspace, name, default)
+        add_executor(
+            &self.eg,
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.workspace,
+            name,
+            default,
+        )
     }
 
     /// Starts `execgate serve` on a free port of 127.0.0.1 with extra `args`.
     pub fn serve(self, args: &[&str]) -> Gateway {
-        let process = self.eg.serve(&self.data_dir, ANY_PORT, args);
+        let mut all: Vec<&str> = args.to_vec();
+        if let Some(url) = &self.database_url {
+            all.extend(["--database-url", url]);
+        }
+        let process = self.eg.serve(&self.data_dir, ANY_PORT, &all);
         Gateway {
             url: process.url(),
             eg: self.eg,
@@ -53,14 +84,24 @@ impl Prepared {
             data_dir: self.data_dir,
             workspace: self.workspace,
             token: self.token,
+            database_url: self.database_url,
             process,
         }
+    }
+}
+
+/// `execgate admin` on the data dir's store, or on PostgreSQL's.
+fn admin(eg: &Execgate, data: &std::path::Path, url: Option<&str>, args: &[&str]) -> String {
+    match url {
+        Some(url) => eg.admin_url(url, args),
+        None => eg.admin(data, args),
     }
 }
 
 fn add_executor(
     eg: &Execgate,
     data: &std::path::Path,
+    url: Option<&str>,
     ws: &str,
     name: &str,
     default: bool,
@@ -69,7 +110,7 @@ fn add_executor(
     if default {
         args.push("--default");
     }
-    eg.admin(data, &args)
+    admin(eg, data, url, &args)
 }
 
 /// A running gateway over a [`Prepared`] data dir.
@@ -82,6 +123,8 @@ pub struct Gateway {
     pub token: String,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The PostgreSQL store's URL, when the store is not the data dir's.
+    pub database_url: Option<String>,
     pub process: GatewayProc,
 }
 
@@ -102,7 +145,14 @@ impl Gateway {
 
     /// See [`Prepared::add_executor`] (the gateway sees it at once).
     pub fn add_executor(&self, name: &str, default: bool) -> String {
-        add_executor(&self.eg, &self.data_dir, &self.workspace, name, default)
+        add_executor(
+            &self.eg,
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.workspace,
+            name,
+            default,
+        )
     }
 
     /// Adds executor `name`, starts it with extra `args` in a fresh
