@@ -168,9 +168,14 @@ rm -rf "$1""#,
     /// Runs one SQL command with `psql` on the `postgres` database; panics
     /// unless it succeeds; answers its output (unaligned, tuples only).
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_on(&self.url(), sql)
+    }
+
+    /// As [`Cluster::psql`], on the database at `url`.
+    pub fn psql_on(&self, url: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.url())
+            .arg(url)
             .args(["-c", sql])
             .output()
             .unwrap_or_else(|e| panic!("run psql: {e}"));

@@ -325,3 +325,128 @@ async fn read_file_throughput_sqlite_vs_postgres() {
     }
     println!("PostgreSQL / SQLite: {:.2}", rates[1] / rates[0]);
 }
+
+/// Two gateways on one database, the executor linked to the first: the
+/// admin token is the store's, the same on both; a token revoked through
+/// the second's admin API ends a long-poll open on the first and is
+/// refused there within 1 s; an executor removed through the second loses
+/// its link to the first within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_gateway_takes_effect_on_another() {
+    let Some(cluster) = execgate_testkit::pg::cluster("postgres::two_gateways") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let eg = execgate();
+    let a = Prepared::new_on(&eg, "w1", Some(&url));
+    let exe_token = a.add_executor("laptop", true);
+    let token = a.token.clone();
+    let a = a.serve(&[]);
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = eg.serve(b_dir.path(), "127.0.0.1:0", &["--database-url", &url]);
+    let work = a.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let _executor = eg.executor(&a.url, &exe_token, &work, &[]);
+    let api_a = Api::new(&a.url, &token);
+    wait_for_env(&api_a, "laptop").await;
+
+    let admin_token = cluster
+        .psql_on(
+            &url,
+            "SELECT value FROM shared_secrets WHERE name = 'admin-token'",
+        )
+        .trim()
+        .to_string();
+    assert!(admin_token.starts_with("ega_"), "{admin_token:?}");
+    let admin_b = Api::new(&b.url(), &admin_token);
+    let (s, v) = Api::new(&a.url, &admin_token)
+        .get("/api/admin/workspaces")
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // A second token, whose long-poll waits on gateway A.
+    let (s, v) = admin_b
+        .post("/api/admin/tokens", json!({"workspace": "w1"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (id2, token2) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    );
+    let api2 = Api::new(&a.url, &token2);
+    let sid = api2
+        .exec("laptop", json!({"command": ["sleep", "60"]}))
+        .await;
+    let poll = {
+        let api2 = api2.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = api2
+                .get(&format!(
+                    "/api/connectors/processes/{sid}/output?since=0&wait_ms=30000"
+                ))
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked_at = Instant::now();
+    let (s, v) = admin_b
+        .post(&format!("/api/admin/tokens/{id2}/revoke"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let took = within("A refuses the token", Duration::from_secs(1), async || {
+        api2.post("/api/connectors/envs/list", json!({})).await.0 == 401
+    })
+    .await;
+    println!("a revocation through B refused on A after {took:?}");
+    let ((status, v), _) = poll.await.unwrap();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("invalid_token")),
+        "{v}"
+    );
+    println!(
+        "the long-poll on A ended {:?} after the revocation through B",
+        revoked_at.elapsed()
+    );
+    // The first token is untouched.
+    assert_eq!(
+        api_a.post("/api/connectors/envs/list", json!({})).await.0,
+        200
+    );
+
+    // A removal through B ends what is open on A for that executor.
+    let sid = api_a
+        .exec("laptop", json!({"command": ["sleep", "60"]}))
+        .await;
+    let poll = {
+        let api_a = api_a.clone();
+        tokio::spawn(async move {
+            api_a
+                .get(&format!(
+                    "/api/connectors/processes/{sid}/output?since=0&wait_ms=30000"
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let removed_at = Instant::now();
+    let (s, v) = admin_b
+        .send(fresh_client().delete(format!(
+            "{}/api/admin/executors/laptop?workspace=w1",
+            b.url()
+        )))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (status, v) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll on A ends within 5 s of the removal through B")
+        .unwrap();
+    assert!(matches!(status, 404 | 503), "{status} {v}");
+    println!(
+        "a removal through B ended the long-poll on A after {:?} ({status} {})",
+        removed_at.elapsed(),
+        v["error"]["code"]
+    );
+}
