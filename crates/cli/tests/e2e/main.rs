@@ -24,6 +24,7 @@ mod patches;
 mod policy;
 mod proxy_auth;
 mod pty;
+mod replicas;
 mod restart;
 mod revocation;
 mod sandbox;

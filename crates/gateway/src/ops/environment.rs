@@ -20,13 +20,30 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
         .store()
         .list_executors(Some(&caller.workspace))
         .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let link = state.registry().get(&row.exe_id)?;
-            Some(env_of(&link, row.is_default))
-        })
-        .collect())
+    let Some(cluster) = state.cluster() else {
+        return Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let link = state.registry().get(&row.exe_id)?;
+                Some(env_of(&link, row.is_default))
+            })
+            .collect());
+    };
+    // A replica: the executors other live replicas hold are connected too,
+    // described through their owner's channel.
+    let elsewhere = cluster.held_elsewhere(state.store()).await;
+    let mut envs = Vec::new();
+    for row in rows {
+        let link = match state.registry().get(&row.exe_id) {
+            Some(link) => Some(link),
+            None if elsewhere.contains(&row.exe_id) => state.link(&row.exe_id).await,
+            None => None,
+        };
+        if let Some(link) = link {
+            envs.push(env_of(&link, row.is_default));
+        }
+    }
+    Ok(envs)
 }
 
 fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {
@@ -102,7 +119,7 @@ pub async fn environment(
                 ),
             )
         })?;
-    match state.registry().get(&row.exe_id) {
+    match state.link(&row.exe_id).await {
         Some(link) => Ok(link),
         None => Err(executor_unavailable(state, &row.exe_id).await),
     }

@@ -18,6 +18,7 @@
 
 mod audit;
 pub mod audit_log;
+pub mod leases;
 mod lookups;
 
 pub use audit::AuditQuery;

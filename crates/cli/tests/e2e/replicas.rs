@@ -1,0 +1,552 @@
+//! Replicas end to end (#18, ownership and forwarding): several real
+//! `execgate serve` processes on one data dir (SQLite in WAL mode), each
+//! with `--advertise-url` and the same `--cluster-secret-file`; executors
+//! dial one replica each, and every call is made through the others too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use crate::harness::*;
+use crate::sse::SseReader;
+
+/// A free port of 127.0.0.1 (bound, then released for the replica).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One row of `admin replicas --leases`: exe_id, replica id, epoch.
+type Lease = (String, String, i64);
+
+/// Replicas over one data dir, and the executors started on them.
+struct Replicas {
+    prepared: Prepared,
+    secret_file: PathBuf,
+    replicas: Vec<GatewayProc>,
+    executors: Vec<Proc>,
+    /// Executor name → its token.
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl Replicas {
+    /// `n` replicas (extra `args` each) of a fresh workspace `w1`.
+    fn start(n: usize, args: &[&str]) -> Replicas {
+        let prepared = Prepared::new(&execgate(), "w1");
+        let secret_file = prepared.dir.path().join("cluster-secret");
+        std::fs::write(&secret_file, "a-shared-cluster-secret-of-32-bytes\n").unwrap();
+        let mut r = Replicas {
+            prepared,
+            secret_file,
+            replicas: Vec::new(),
+            executors: Vec::new(),
+            tokens: Default::default(),
+        };
+        for _ in 0..n {
+            let g = r.start_replica(args);
+            r.replicas.push(g);
+        }
+        r
+    }
+
+    fn start_replica(&self, args: &[&str]) -> GatewayProc {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let url = format!("http://{listen}");
+        let mut all = vec![
+            "--advertise-url",
+            &url,
+            "--cluster-secret-file",
+            self.secret_file.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        execgate().serve(&self.prepared.data_dir, &listen, &all)
+    }
+
+    fn api(&self, i: usize) -> Api {
+        Api::new(&self.replicas[i].url(), &self.prepared.token)
+    }
+
+    fn workdir(&self, name: &str) -> PathBuf {
+        let work = self.prepared.dir.path().join(format!("work-{name}"));
+        std::fs::create_dir_all(&work).unwrap();
+        work
+    }
+
+    /// Adds executor `name` and starts it on replica `i`; waits until
+    /// replica `i` shows it connected. Returns its workdir.
+    async fn executor(&mut self, name: &str, i: usize) -> PathBuf {
+        let token = self.prepared.add_executor(name, false);
+        self.tokens.insert(name.to_string(), token.clone());
+        let work = self.workdir(name);
+        let proc = execgate().executor(&self.replicas[i].url(), &token, &work, &[]);
+        self.executors.push(proc);
+        wait_for_env(&self.api(i), name).await;
+        work
+    }
+
+    /// `execgate admin replicas --leases`: (exe_id → (replica_id, epoch)),
+    /// and (peer URL → replica_id).
+    fn leases(&self) -> (Vec<Lease>, Vec<(String, String)>) {
+        let out = execgate().admin_stdout(&self.prepared.data_dir, &["replicas", "--leases"]);
+        let mut replicas = Vec::new();
+        let mut leases = Vec::new();
+        let mut in_leases = false;
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            match cols.first() {
+                None => in_leases = true,
+                Some(&"REPLICA") | Some(&"EXE_ID") => {}
+                Some(id) if in_leases => leases.push((
+                    id.to_string(),
+                    cols[1].to_string(),
+                    cols[2].parse().unwrap(),
+                )),
+                Some(id) => replicas.push((cols[1].to_string(), id.to_string())),
+            }
+        }
+        (leases, replicas)
+    }
+
+    /// The id of replica `i`, as it heartbeats.
+    fn replica_id(&self, i: usize) -> String {
+        let url = self.replicas[i].url();
+        self.leases()
+            .1
+            .into_iter()
+            .find(|(u, _)| *u == url)
+            .map(|(_, id)| id)
+            .unwrap_or_else(|| panic!("replica {url} is not listed"))
+    }
+
+    /// The holder and epoch of `exe_id`'s lease, by the executor's name.
+    fn lease_of(&self, name: &str) -> (String, i64) {
+        let exe_id = self.exe_id(name);
+        self.leases()
+            .0
+            .into_iter()
+            .find(|(e, _, _)| *e == exe_id)
+            .map(|(_, r, epoch)| (r, epoch))
+            .unwrap_or_else(|| panic!("no lease for {name}"))
+    }
+
+    fn exe_id(&self, name: &str) -> String {
+        let out = execgate().admin_stdout(&self.prepared.data_dir, &["executor", "list"]);
+        out.lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no executor {name}: {out}"))
+            .to_string()
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put_file(api: &Api, env: &str, path: &str, data: Vec<u8>) {
+    let resp = api
+        .http
+        .put(format!(
+            "{}/api/connectors/envs/{env}/files?path={path}",
+            api.url
+        ))
+        .bearer_auth(&api.token)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+}
+
+async fn get_file(api: &Api, env: &str, path: &str) -> Vec<u8> {
+    let resp = api
+        .http
+        .get(format!(
+            "{}/api/connectors/envs/{env}/files?path={path}",
+            api.url
+        ))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap().to_vec()
+}
+
+async fn shell_stdout(api: &Api, env: &str, command: &str) -> String {
+    let r = api.call(env, "shell", json!({ "command": command })).await;
+    assert_eq!(r["isError"], false, "{r}");
+    r["structuredContent"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Three replicas, executors `a` on replica 0 and `b` on replica 1;
+/// replica 2 holds none. Every tool, files, processes, SSE and copy_path
+/// work through every replica.
+#[tokio::test]
+async fn any_replica_serves_any_call() {
+    let mut c = Replicas::start(3, &[]);
+    let work_a = c.executor("a", 0).await;
+    let work_b = c.executor("b", 1).await;
+
+    // envs/list on every replica shows both, connected, with their tools
+    // (a replica re-reads who holds what at most every 0.5 s).
+    for i in 0..3 {
+        let api = c.api(i);
+        eventually(5, "envs/list to show a and b", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 2
+        })
+        .await;
+        let envs = api.envs().await;
+        let names: Vec<&str> = envs["envs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"a") && names.contains(&"b"),
+            "replica {i}: {envs}"
+        );
+        let tools = envs["envs"][0]["tools"].as_array().unwrap();
+        assert!(
+            tools.iter().any(|t| t["name"] == "shell" || t == "shell"),
+            "{envs}"
+        );
+    }
+
+    // Core tools through a non-owner.
+    for (i, env, work) in [
+        (2, "a", &work_a),
+        (2, "b", &work_b),
+        (1, "a", &work_a),
+        (0, "b", &work_b),
+    ] {
+        let api = c.api(i);
+        let out = shell_stdout(&api, env, "echo hello-$((6*7)); pwd").await;
+        let canon = std::fs::canonicalize(work).unwrap();
+        assert_eq!(
+            out,
+            format!("hello-42\n{}\n", canon.display()),
+            "replica {i} {env}"
+        );
+
+        let data = random_bytes(5000, i as u64 + 7);
+        let r = api
+            .call(
+                env,
+                "write_file",
+                json!({"path": format!("d{i}/f.bin"), "content_b64": b64e(&data)}),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(
+            std::fs::read(work.join(format!("d{i}/f.bin"))).unwrap(),
+            data
+        );
+        let r = api
+            .call(env, "read_file", json!({"path": format!("d{i}/f.bin")}))
+            .await;
+        assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), data);
+        let r = api
+            .call(env, "list_dir", json!({"path": format!("d{i}")}))
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["entries"][0]["name"], "f.bin", "{r}");
+        let r = api
+            .call(
+                env,
+                "exec_command",
+                json!({"command": ["sh", "-c", "echo exec-ok"], "pipe_stdin": false}),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+
+    // A process started through replica 1 (a is on 0), written and read
+    // through 2, read through 0, terminated through 2.
+    let sid = c
+        .api(1)
+        .exec("a", json!({"command": ["cat"], "pipe_stdin": true}))
+        .await;
+    let (s, v) = c.api(2).stdin(&sid, b"ping through two\n", false).await;
+    assert_eq!(s, 200, "{v}");
+    let (data, _) = c
+        .api(2)
+        .read_until(&sid, 0, |d| d.ends_with(b"ping through two\n"))
+        .await;
+    assert_eq!(data, b"ping through two\n");
+    let (data, _) = c
+        .api(0)
+        .read_until(&sid, 0, |d| d.ends_with(b"ping through two\n"))
+        .await;
+    assert_eq!(data, b"ping through two\n");
+    let (s, v) = c.api(1).get("/api/connectors/processes").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.to_string().contains(&sid), "{v}");
+    let (s, v) = c
+        .api(2)
+        .post(
+            &format!("/api/connectors/processes/{sid}/terminate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(20, "the process to end", || async {
+        c.api(0).output(&sid, 0).await["session_alive"] == false
+    })
+    .await;
+
+    // SSE through a non-owner, of a process started through a third.
+    let lines = "i=1; while [ $i -le 3000 ]; do echo $i; i=$((i+1)); done";
+    let sid = c
+        .api(0)
+        .exec(
+            "b",
+            json!({"command": ["sh", "-c", lines], "pipe_stdin": false}),
+        )
+        .await;
+    let mut reader = SseReader::open(&c.api(2), &sid, None, None).await;
+    let mut out = Vec::new();
+    let mut exit = None;
+    while let Some(e) = reader.next().await {
+        match e.event.as_str() {
+            "output" => out.extend(b64d(e.data["data_b64"].as_str().unwrap())),
+            "exit" => {
+                exit = Some(e.data.clone());
+                break;
+            }
+            other => assert_ne!(other, "lost", "{:?}", e.data),
+        }
+    }
+    let expected: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+    assert_eq!(exit, Some(json!({"exit_code": 0})));
+
+    // GET/PUT /files through non-owners (binary, larger than one frame).
+    let data = random_bytes(3 << 20, 99);
+    put_file(&c.api(2), "a", "up.bin", data.clone()).await;
+    assert_eq!(std::fs::read(work_a.join("up.bin")).unwrap(), data);
+    assert_eq!(sha(&get_file(&c.api(1), "a", "up.bin").await), sha(&data));
+
+    // copy_path between executors held by two different replicas, both
+    // directions, through a replica holding neither and through an owner.
+    for (i, from, to, to_work) in [(2, "a", "b", &work_b), (0, "b", "a", &work_a)] {
+        let dest = format!("copied-from-{from}.bin");
+        let src = if from == "a" { "up.bin" } else { "back.bin" };
+        if from == "b" {
+            std::fs::write(work_b.join("back.bin"), &data[..1 << 20]).unwrap();
+        }
+        let expected =
+            std::fs::read(if from == "a" { &work_a } else { &work_b }.join(src)).unwrap();
+        let r = c
+            .api(i)
+            .call(
+                to,
+                "copy_path",
+                json!({
+                    "source_environment_id": from, "source_path": src,
+                    "destination_environment_id": to, "destination_path": dest,
+                }),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["sha256"], sha(&expected), "{r}");
+        assert_eq!(
+            sha(&std::fs::read(to_work.join(&dest)).unwrap()),
+            sha(&expected)
+        );
+    }
+
+    // admin replicas: three replicas, a on 0 and b on 1.
+    let (_, replicas) = c.leases();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert_eq!(c.lease_of("a"), (c.replica_id(0), 1));
+    assert_eq!(c.lease_of("b"), (c.replica_id(1), 1));
+}
+
+/// The peer endpoint takes only the cluster secret's signature: no
+/// credentials, a proxy token or a wrong secret are 401; a gateway that is
+/// not a replica has no such route.
+#[tokio::test]
+async fn the_peer_channel_needs_the_cluster_secret() {
+    let mut c = Replicas::start(1, &[]);
+    c.executor("a", 0).await;
+    let exe_id = c.exe_id("a");
+    let http = fresh_client();
+    let url = format!("{}/peer/v1/links/{exe_id}", c.replicas[0].url());
+    let upgrade = |r: reqwest::RequestBuilder| {
+        r.header("Connection", "upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    let resp = upgrade(http.get(&url)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{body}"
+    );
+    let resp = upgrade(http.get(&url).bearer_auth(&c.prepared.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let now = execgate_gateway_now_ms();
+    let resp = upgrade(http.get(&url))
+        .header("x-execgate-replica", "rep_x")
+        .header("x-execgate-peer-time", now.to_string())
+        .header("x-execgate-peer-signature", "00".repeat(32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad peer signature"),
+        "{body}"
+    );
+
+    // A single gateway has no peer route.
+    let single = Prepared::new(&execgate(), "w1").serve(&[]);
+    let resp = upgrade(http.get(format!("{}/peer/v1/links/{exe_id}", single.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+fn execgate_gateway_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn marker(work: &Path, text: &str) {
+    std::fs::write(work.join("marker.txt"), text).unwrap();
+}
+
+/// Fencing and moving ownership: executor `x` is on replica 0; a second
+/// executor process with the same token dials replica 1 while the first
+/// one's socket is still open (it is stopped, so it answers nothing). The
+/// lease moves to replica 1 (epoch 2), replica 0 closes its link although
+/// the socket is open, and calls through replica 0 reach the new
+/// executor through replica 1.
+#[tokio::test]
+async fn a_lease_taken_by_another_replica_fences_the_old_link() {
+    // Replica 0 would otherwise declare the stopped executor dead by itself.
+    let mut c = Replicas::start(
+        2,
+        &["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"],
+    );
+    let work1 = c.executor("x", 0).await;
+    marker(&work1, "first");
+    assert_eq!(
+        shell_stdout(&c.api(1), "x", "cat marker.txt").await,
+        "first"
+    );
+    assert_eq!(c.lease_of("x"), (c.replica_id(0), 1));
+
+    let first_pid = c.executors[0].id();
+    signal(first_pid, "STOP");
+    let token = c.tokens["x"].clone();
+    let work2 = c.workdir("x2");
+    marker(&work2, "second");
+    let second = execgate().executor(&c.replicas[1].url(), &token, &work2, &[]);
+    c.executors.push(second);
+
+    let r1 = c.replica_id(1);
+    eventually(20, "the lease to move to replica 1", || async {
+        c.lease_of("x") == (r1.clone(), 2)
+    })
+    .await;
+    // Replica 0 no longer serves its old link: its calls go to replica 1.
+    eventually(20, "replica 0 to forward to the new owner", || async {
+        let (s, v) = c
+            .api(0)
+            .call_raw("x", "shell", json!({"command": "cat marker.txt"}))
+            .await;
+        s == 200 && v["structuredContent"]["stdout"] == "second"
+    })
+    .await;
+    let log = std::fs::read_to_string(c.prepared.data_dir.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("no longer holds the executor's lease"),
+        "replica 0 did not close its link for the lost lease"
+    );
+    // SIGKILL while stopped: it never re-dials.
+    c.executors[0].kill();
+    // And the new owner serves it too.
+    assert_eq!(
+        shell_stdout(&c.api(1), "x", "cat marker.txt").await,
+        "second"
+    );
+}
+
+/// A replica paused past its lease serves none of its executors when it
+/// resumes until the executor has re-linked (a new epoch); meanwhile the
+/// other replicas refuse calls for it with 503 instead of forwarding.
+#[tokio::test]
+async fn a_replica_paused_past_its_lease_is_fenced() {
+    let mut c = Replicas::start(2, &["--lease-ms", "1500"]);
+    let work = c.executor("x", 0).await;
+    marker(&work, "x");
+    assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
+    let pid = c.replicas[0].pid();
+    signal(pid, "STOP");
+    // Past the lease: replica 1 does not forward to a replica whose lease
+    // lapsed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, v) = c
+        .api(1)
+        .call_raw("x", "shell", json!({"command": "true"}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "executor_unavailable");
+    signal(pid, "CONT");
+    // Resumed: replica 0 closes the link (its lease lapsed), the executor
+    // re-dials it and takes the lease again, epoch 2.
+    let r0 = c.replica_id(0);
+    eventually(30, "the executor to re-link with a new epoch", || async {
+        c.lease_of("x") == (r0.clone(), 2)
+    })
+    .await;
+    assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
