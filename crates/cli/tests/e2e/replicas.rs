@@ -550,3 +550,161 @@ fn signal(pid: u32, sig: &str) {
         .success();
     assert!(ok, "kill -{sig} {pid}");
 }
+
+/// A TCP forwarder standing in for a load balancer: connections go to its
+/// current backend, which the test switches.
+struct Balancer {
+    url: String,
+    backend: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    async fn start(backend: std::net::SocketAddr) -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = std::sync::Arc::new(std::sync::Mutex::new(backend));
+        let current = backend.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let to = *current.lock().unwrap();
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        Balancer { url, backend, task }
+    }
+
+    fn switch(&self, to: std::net::SocketAddr) {
+        *self.backend.lock().unwrap() = to;
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// SIGKILL the replica holding an executor while a process streams
+/// numbered lines: the executor re-links (through the balancer) to another
+/// replica, which takes the lease with the next epoch, and reading the
+/// session through a third replica yields every line, in order, with no
+/// gap and no duplicate.
+#[tokio::test]
+async fn killing_the_owner_loses_no_line() {
+    let mut c = Replicas::start(3, &["--lease-ms", "3000"]);
+    let lb = Balancer::start(c.replicas[0].addr).await;
+    let token = c.prepared.add_executor("x", false);
+    let work = c.workdir("x");
+    c.executors
+        .push(execgate().executor(&lb.url, &token, &work, &[]));
+    wait_for_env(&c.api(0), "x").await;
+    assert_eq!(c.lease_of("x"), (c.replica_id(0), 1));
+
+    const N: u32 = 400;
+    let script = format!("i=1; while [ $i -le {N} ]; do echo $i; sleep 0.01; i=$((i+1)); done");
+    let api = c.api(2);
+    let sid = api
+        .exec(
+            "x",
+            json!({"command": ["sh", "-c", script], "pipe_stdin": false}),
+        )
+        .await;
+    let mut data = Vec::new();
+    let mut since = 0u64;
+    let mut killed = false;
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {} bytes",
+            data.len()
+        );
+        let (s, v) = api
+            .get(&format!(
+                "/api/connectors/processes/{sid}/output?since={since}&wait_ms=1000"
+            ))
+            .await;
+        if s != 200 {
+            // The owner is gone and the executor not yet re-linked.
+            assert!(killed, "{s} {v}");
+            assert_eq!(v["error"]["code"], "executor_unavailable", "{v}");
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        for chunk in v["chunks"].as_array().unwrap() {
+            data.extend(b64d(chunk["data_b64"].as_str().unwrap()));
+            since = chunk["seq"].as_u64().unwrap();
+        }
+        since = since.max(v["next_since"].as_u64().unwrap_or(0));
+        if !killed && data.len() > 200 {
+            // Mid-stream: the balancer sends new connections to replica 1,
+            // and the owner dies.
+            lb.switch(c.replicas[1].addr);
+            c.replicas[0].proc.kill();
+            killed = true;
+        }
+        if v["session_alive"] == false {
+            break;
+        }
+    }
+    assert!(killed, "the process ended before the owner was killed");
+    let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(data).unwrap(), expected);
+    assert_eq!(c.lease_of("x"), (c.replica_id(1), 2));
+    eprintln!("calls refused while the executor re-linked: {refused}");
+}
+
+/// The bridge (a capability-token holder speaking the executor protocol)
+/// through a replica that does not hold the executor: requests relayed,
+/// and the session's notifications (its tap) too. MCP through it as well.
+#[tokio::test]
+async fn the_bridge_and_mcp_work_through_a_non_owner() {
+    let mut c = Replicas::start(2, &[]);
+    let work = c.executor("x", 0).await;
+    let token = crate::bridge::mint(&c.prepared.data_dir, "w1", 300, &[]);
+    let mut b = crate::bridge::bridge(&c.replicas[1], "x", &token).await;
+    let init = b
+        .ok(json!(0), "initialize", json!({"clientName": "test"}))
+        .await;
+    assert!(
+        init["sessionId"].as_str().unwrap().starts_with("br-"),
+        "{init}"
+    );
+    let cwd = format!("file://{}", std::fs::canonicalize(&work).unwrap().display());
+    b.ok(
+        json!(1),
+        "process/start",
+        json!({"processId": "p1", "argv": ["sh", "-c", "echo via-peer; sleep 0.2; echo two"],
+               "cwd": cwd, "env": {}, "tty": false}),
+    )
+    .await;
+    let (out, last) = b.read_all("p1", json!("r")).await;
+    assert_eq!(String::from_utf8_lossy(&out), "via-peer\ntwo\n");
+    assert_eq!(last["exitCode"], 0, "{last}");
+    while !b.notes.iter().any(|n| n["method"] == "process/closed") {
+        let n = b.next().await;
+        b.notes.push(n);
+    }
+    assert!(b.notes.iter().all(|n| n["params"]["processId"] == "p1"));
+    assert!(b.notes.iter().any(|n| n["method"] == "process/output"));
+
+    // MCP tools/call through the non-owner.
+    let mcp = crate::mcp::Mcp::new(&c.replicas[1].url(), &c.prepared.token);
+    let v = mcp
+        .request(
+            "tools/call",
+            json!({"name": "shell", "arguments": {"environment_id": "x", "command": "echo mcp-ok"}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["structuredContent"]["stdout"], "mcp-ok\n",
+        "{v}"
+    );
+}

@@ -2,7 +2,9 @@
 //! (handshake, resume, the socket's life) once `http::executor` upgraded it;
 //! this module is the [`Link`] itself; [`registry`] holds the live ones;
 //! [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
-//! serve output reads; [`bridge`] relays a bridge session. It names neither
+//! serve output reads; [`bridge`] relays a bridge session; [`peer`] holds a
+//! replica's executor leases and both ends of the channel through which
+//! another replica uses a link held here. It names neither
 //! `http`, `ops` nor `auth`: it sees the gateway (its store, registry,
 //! config, and the check of a bridge session's renewal token) through
 //! [`host::LinkHost`].
@@ -1324,6 +1326,106 @@ mod tests {
             let expected: &[bool] = if push_control { &[true, false] } else { &[] };
             assert_eq!(sent, expected);
         }
+    }
+
+    /// A link through a peer replica announces its subscriptions and taps
+    /// to the owner (first subscriber: `peer/watch`, last one gone:
+    /// `peer/unwatch`, even after the process closed) and never sends
+    /// `process/setPush`, which is the owner's business.
+    #[tokio::test]
+    async fn a_relayed_link_announces_watches_and_taps_to_the_owner() {
+        let (link, mut out) = link_with(ExtCapabilities {
+            push_control: true,
+            ..Default::default()
+        });
+        link.set_relayed();
+        let mut sent = || {
+            let mut sent = Vec::new();
+            while let Ok(frame) = out.try_recv() {
+                let Message::Notification { method, params } = decode(frame) else {
+                    panic!("expected a notification")
+                };
+                sent.push((method, params));
+            }
+            sent
+        };
+        let a = link.subscribe("p");
+        let b = link.subscribe_to_start("p");
+        let mut c = link.subscribe_to_start("q");
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::WATCH.into(), json!({"processId": "p", "push": true})),
+                (peer::WATCH.into(), json!({"processId": "q", "push": false})),
+            ]
+        );
+        drop(a);
+        assert_eq!(sent(), vec![]);
+        drop(b);
+        link.dispatch(br#"{"method":"process/closed","params":{"processId":"q","seq":1}}"#);
+        assert_eq!(c.recv().await, ProcessEvent::Closed { seq: 1 });
+        drop(c);
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::UNWATCH.into(), json!({"processId": "p"})),
+                (peer::UNWATCH.into(), json!({"processId": "q"})),
+            ]
+        );
+        let tap = link.tap("k", 4);
+        drop(tap);
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::TAP.into(), json!({"key": "k"})),
+                (peer::UNTAP.into(), json!({"key": "k"})),
+            ]
+        );
+        // A closed link announces nothing more.
+        let d = link.subscribe("r");
+        link.close("gone");
+        sent();
+        drop(d);
+        assert_eq!(sent(), vec![]);
+    }
+
+    /// `relay` sends the payload as it came (a binary frame) and hands
+    /// back the answer's payload untouched.
+    #[tokio::test]
+    async fn relay_keeps_binary_payloads_both_ways() {
+        let (link, mut out) = link_with(ExtCapabilities {
+            binary_frames: true,
+            ..Default::default()
+        });
+        let l = link.clone();
+        let relayed = tokio::spawn(async move {
+            l.relay(
+                "fs/writeRange",
+                json!({"dataBase64": {"$bin": [0, 3]}}),
+                Bytes::from_static(b"\0ab"),
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        let Some(Encoded::Binary(frame)) = out.recv().await else {
+            panic!("expected a binary frame")
+        };
+        let sent = Envelope::decode_binary(Bytes::from(frame)).unwrap();
+        assert_eq!(&sent.payload[..], b"\0ab");
+        let Message::Request { id, .. } = sent.message else {
+            panic!()
+        };
+        let answer = Envelope {
+            message: Message::response(id, Ok(json!({"data": {"$bin": [0, 2]}}))),
+            payload: Bytes::from_static(b"\xff\x01"),
+        };
+        let Encoded::Binary(frame) = answer.encode() else {
+            panic!()
+        };
+        link.dispatch_binary(Bytes::from(frame));
+        let (result, payload) = relayed.await.unwrap().unwrap();
+        assert_eq!(result.unwrap(), json!({"data": {"$bin": [0, 2]}}));
+        assert_eq!(&payload[..], b"\xff\x01");
     }
 
     /// A subscription to a process about to be started with push on sends
