@@ -96,6 +96,9 @@ const RELAY_TIMEOUT: Duration = Duration::from_secs(600);
 const OUT_QUEUE: usize = 1024;
 /// How long dialling an owner may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an owner that could not be reached is not dialled again (for
+/// the same lease).
+const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long the list of executors held elsewhere (envs/list) is reused.
 const ELSEWHERE_TTL: Duration = Duration::from_millis(500);
 /// Replicas silent this long are forgotten (their rows).
@@ -125,6 +128,9 @@ impl ClusterConfig {
     }
 }
 
+/// A lease's holder and epoch.
+type LeaseHolder = (String, i64);
+
 /// This replica: its id, and the links it holds to other replicas'
 /// executors.
 pub struct Cluster {
@@ -132,6 +138,11 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// exe_id → the link through its owner.
     remotes: Mutex<HashMap<String, Arc<Link>>>,
+    /// exe_id → the lock its one dial at a time holds.
+    dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// exe_id → the lease (holder, epoch) whose owner could not be reached,
+    /// and when.
+    failures: Mutex<HashMap<String, (LeaseHolder, Instant)>>,
     elsewhere: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
 }
 
@@ -141,6 +152,8 @@ impl Cluster {
             replica_id: crate::secret::random_id("rep_", 8),
             config,
             remotes: Mutex::new(HashMap::new()),
+            dialling: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             elsewhere: Mutex::new(None),
         }
     }
@@ -218,10 +231,21 @@ impl Cluster {
         config: &LinkConfig,
         exe_id: &str,
     ) -> Option<Arc<Link>> {
-        if let Some(link) = self.remotes.lock().unwrap().get(exe_id) {
-            if !link.is_closed() {
-                return Some(link.clone());
-            }
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
+        }
+        // One dial per executor at a time: calls that arrive meanwhile wait
+        // for it and share its channel.
+        let gate = self
+            .dialling
+            .lock()
+            .unwrap()
+            .entry(exe_id.to_string())
+            .or_default()
+            .clone();
+        let _dialling = gate.lock().await;
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
         }
         let lease = match store.lease(exe_id).await {
             Ok(lease) => lease?,
@@ -237,6 +261,15 @@ impl Cluster {
         if lease.replica_id == self.replica_id || lease.expires_at <= now || !heartbeat_fresh {
             return None;
         }
+        // An owner that could not be reached is not dialled again for the
+        // same lease (holder and epoch) within DIAL_BACKOFF: calls answer
+        // 503 at once instead of each waiting for a dial to fail.
+        let attempt = (lease.replica_id.clone(), lease.epoch);
+        if let Some((failed, at)) = self.failures.lock().unwrap().get(exe_id) {
+            if *failed == attempt && at.elapsed() < DIAL_BACKOFF {
+                return None;
+            }
+        }
         let link = match tokio::time::timeout(
             DIAL_TIMEOUT,
             dial(self, config, &lease.peer_url, exe_id),
@@ -246,25 +279,37 @@ impl Cluster {
             Ok(Ok(link)) => link,
             Ok(Err(e)) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner: {e}");
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .insert(exe_id.to_string(), (attempt, Instant::now()));
                 return None;
             }
             Err(_) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner within {DIAL_TIMEOUT:?}");
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .insert(exe_id.to_string(), (attempt, Instant::now()));
                 return None;
             }
         };
-        let mut remotes = self.remotes.lock().unwrap();
-        match remotes.get(exe_id) {
-            // Another call dialled meanwhile: keep one channel.
-            Some(other) if !other.is_closed() => {
-                link.close("a second channel to the same executor");
-                Some(other.clone())
-            }
-            _ => {
-                remotes.insert(exe_id.to_string(), link.clone());
-                Some(link)
-            }
-        }
+        self.failures.lock().unwrap().remove(exe_id);
+        self.remotes
+            .lock()
+            .unwrap()
+            .insert(exe_id.to_string(), link.clone());
+        Some(link)
+    }
+
+    /// The open channel kept for `exe_id`, if any.
+    fn kept(&self, exe_id: &str) -> Option<Arc<Link>> {
+        self.remotes
+            .lock()
+            .unwrap()
+            .get(exe_id)
+            .filter(|link| !link.is_closed())
+            .cloned()
     }
 
     /// The credentials headers for a channel to `exe_id`.

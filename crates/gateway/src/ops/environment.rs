@@ -31,19 +31,21 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
     };
     // A replica: the executors other live replicas hold are connected too,
     // described through their owner's channel.
+    // Channels to their owners are opened concurrently (and kept).
     let elsewhere = cluster.held_elsewhere(state.store()).await;
-    let mut envs = Vec::new();
-    for row in rows {
-        let link = match state.registry().get(&row.exe_id) {
+    let links = futures_util::future::join_all(rows.iter().map(|row| async {
+        match state.registry().get(&row.exe_id) {
             Some(link) => Some(link),
             None if elsewhere.contains(&row.exe_id) => state.link(&row.exe_id).await,
             None => None,
-        };
-        if let Some(link) = link {
-            envs.push(env_of(&link, row.is_default));
         }
-    }
-    Ok(envs)
+    }))
+    .await;
+    Ok(rows
+        .iter()
+        .zip(links)
+        .filter_map(|(row, link)| link.map(|link| env_of(&link, row.is_default)))
+        .collect())
 }
 
 fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {
