@@ -614,6 +614,25 @@ async fn killing_the_owner_loses_no_line() {
             json!({"command": ["sh", "-c", script], "pipe_stdin": false}),
         )
         .await;
+    // An SSE stream of the session through replica 2 as well, across the kill.
+    let sse_api = api.clone();
+    let sse_sid = sid.clone();
+    let sse = tokio::spawn(async move {
+        let mut reader = SseReader::open(&sse_api, &sse_sid, None, None).await;
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        while let Some(e) = reader.next().await {
+            match e.event.as_str() {
+                "output" => {
+                    out.extend(b64d(e.data["data_b64"].as_str().unwrap()));
+                    ids.push(e.id.unwrap());
+                }
+                "exit" => return (out, ids, Some(e.data)),
+                other => panic!("unexpected {other} event: {}", e.data),
+            }
+        }
+        (out, ids, None)
+    });
     let mut data = Vec::new();
     let mut since = 0u64;
     let mut killed = false;
@@ -657,6 +676,13 @@ async fn killing_the_owner_loses_no_line() {
     assert!(killed, "the process ended before the owner was killed");
     let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
     assert_eq!(String::from_utf8(data).unwrap(), expected);
+    let (out, ids, exit) = tokio::time::timeout(Duration::from_secs(40), sse)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), expected, "SSE output");
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "SSE ids: {ids:?}");
+    assert_eq!(exit, Some(json!({"exit_code": 0})));
     assert_eq!(c.lease_of("x"), (c.replica_id(1), 2));
     eprintln!("calls refused while the executor re-linked: {refused}");
 }
