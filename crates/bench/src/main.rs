@@ -185,6 +185,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "scale.n100.envs_list.p50_ms",
         "replicas.shell_true.p50_ms",
         "replicas.read_file_1k.c64.calls_per_s",
+        "replicas.sse.mb_per_s",
     ]
     .iter()
     .map(|s| s.to_string())

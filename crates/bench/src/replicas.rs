@@ -8,6 +8,8 @@
 //!   (target: B's p50 ≤ 1.25× A's).
 //! - `read_file` of 1 KiB with 64 clients for a fixed time, through B then
 //!   through A (target: B ≥ 0.7× A).
+//! - A process's output (32 MiB quick, 256 MiB full) read by SSE through B,
+//!   then another through A (target: B ≥ 0.7× A).
 //!
 //! Both replicas and the executor run on the same 2 cores as the load
 //! generator: forwarding costs B's CPU as well as A's, which the
@@ -54,7 +56,15 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     let token = prepared.add_executor("a", false);
     let work = prepared.dir.path().join("work-a");
     std::fs::create_dir_all(&work)?;
-    let _exe = eg.executor(&a.url(), &token, &work, &[]);
+    // Room for the SSE figure's output on disk, as in `output`.
+    let spill = (320u64 << 20).to_string();
+    let total = (1024u64 << 20).to_string();
+    let _exe = eg.executor(
+        &a.url(),
+        &token,
+        &work,
+        &["--spill-bytes", &spill, "--spill-total-bytes", &total],
+    );
     wait_for_env(&Api::new(&a.url(), &prepared.token), "a").await;
     wait_for_env(&Api::new(&b.url(), &prepared.token), "a").await;
     std::fs::write(work.join("1k.txt"), vec![b'x'; 1024])?;
@@ -122,6 +132,27 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         )
         .vs("on the owner, 64 clients", via_a),
     );
+
+    let bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
+    let budget = Duration::from_secs(if quick { 30 } else { 180 });
+    let token = &prepared.token;
+    let (via_b, lost_b) = crate::output::sse(&b.url(), token, &client, bytes, budget).await?;
+    let (via_a, _) = crate::output::sse(&a.url(), token, &client, bytes, budget).await?;
+    figures.push(
+        Figure::new(
+            "replicas.sse.mb_per_s",
+            "output via SSE through a non-owner",
+            via_b,
+            "MB/s",
+        )
+        .vs("through the owner", via_a),
+    );
+    figures.push(Figure::new(
+        "replicas.sse.lost_mib",
+        "  output that stream reported lost",
+        lost_b as f64 / (1 << 20) as f64,
+        "MiB",
+    ));
     Ok(Report {
         figures,
         skipped: vec![],
