@@ -234,6 +234,25 @@ async fn any_replica_serves_any_call() {
         );
     }
 
+    // The admin API of a replica holding neither says both are online.
+    let admin = admin_token(&c.prepared.data_dir);
+    let v: Value = fresh_client()
+        .get(format!("{}/api/admin/executors", c.replicas[2].url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let online: Vec<&Value> = v["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["online"])
+        .collect();
+    assert_eq!(online, [&json!(true), &json!(true)], "{v}");
+
     // Core tools through a non-owner.
     for (i, env, work) in [
         (2, "a", &work_a),
