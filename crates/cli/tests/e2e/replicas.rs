@@ -753,3 +753,84 @@ async fn the_bridge_and_mcp_work_through_a_non_owner() {
         "{v}"
     );
 }
+
+/// Six executors spread over three replicas: every core tool on every
+/// executor through every replica, a process of each read through another
+/// replica, envs/list complete everywhere.
+#[tokio::test]
+async fn six_executors_on_three_replicas_through_every_replica() {
+    let mut c = Replicas::start(3, &[]);
+    let mut works = Vec::new();
+    for e in 0..6 {
+        works.push(c.executor(&format!("e{e}"), e % 3).await);
+    }
+    for r in 0..3 {
+        let api = c.api(r);
+        eventually(5, "envs/list to show all six", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 6
+        })
+        .await;
+    }
+    for r in 0..3 {
+        let api = c.api(r);
+        for (e, work) in works.iter().enumerate() {
+            let env = format!("e{e}");
+            let tag = format!("r{r}-e{e}");
+            assert_eq!(
+                shell_stdout(&api, &env, &format!("echo {tag}")).await,
+                format!("{tag}\n")
+            );
+            let r1 = api
+                .call(
+                    &env,
+                    "write_file",
+                    json!({"path": format!("{tag}/w.txt"), "content": tag}),
+                )
+                .await;
+            assert_eq!(r1["isError"], false, "{r1}");
+            assert_eq!(
+                std::fs::read_to_string(work.join(format!("{tag}/w.txt"))).unwrap(),
+                tag
+            );
+            let r2 = api
+                .call(
+                    &env,
+                    "read_file",
+                    json!({"path": format!("{tag}/w.txt"), "encoding": "utf-8"}),
+                )
+                .await;
+            assert_eq!(r2["content"][0]["text"], tag.as_str(), "{r2}");
+            let patch = format!(
+                "*** Begin Patch\n*** Add File: {tag}/p.txt\n+patched {tag}\n*** End Patch"
+            );
+            let r3 = api.call(&env, "apply_patch", json!({"patch": patch})).await;
+            assert_eq!(r3["isError"], false, "{r3}");
+            assert_eq!(
+                std::fs::read_to_string(work.join(format!("{tag}/p.txt"))).unwrap(),
+                format!("patched {tag}\n")
+            );
+            let r4 = api.call(&env, "list_dir", json!({"path": tag})).await;
+            let names: Vec<&str> = r4["structuredContent"]["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["p.txt", "w.txt"], "{r4}");
+            // exec_command here, its output read through the next replica.
+            let sid = api
+                .exec(&env, json!({"command": ["sh", "-c", format!("echo out-{tag}")], "pipe_stdin": false}))
+                .await;
+            let (out, _) = c
+                .api((r + 1) % 3)
+                .read_until(&sid, 0, |d| d.ends_with(b"\n"))
+                .await;
+            assert_eq!(String::from_utf8(out).unwrap(), format!("out-{tag}\n"));
+        }
+    }
+    let (leases, _) = c.leases();
+    assert_eq!(leases.len(), 6, "{leases:?}");
+    for e in 0..6 {
+        assert_eq!(c.lease_of(&format!("e{e}")), (c.replica_id(e % 3), 1));
+    }
+}
