@@ -834,3 +834,59 @@ async fn six_executors_on_three_replicas_through_every_replica() {
         assert_eq!(c.lease_of(&format!("e{e}")), (c.replica_id(e % 3), 1));
     }
 }
+
+/// A stock codex exec-server (SigV4, text frames only) on replica 0, used
+/// through replica 1: shell, files, a process and its output.
+#[tokio::test]
+async fn a_stock_codex_is_served_through_a_non_owner() {
+    let Some(bin) = crate::codex::codex_bin() else {
+        return;
+    };
+    let c = Replicas::start(2, &[]);
+    let creds = crate::codex::add_codex_executor(&c.prepared.data_dir, "codex");
+    let _codex = crate::codex::start_codex(
+        &bin,
+        &c.replicas[0].url(),
+        &creds,
+        c.prepared.dir.path(),
+        "a",
+    );
+    wait_for_env(&c.api(0), "codex").await;
+    let api = c.api(1);
+    eventually(5, "replica 1 to list codex", || async {
+        api.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let envs = api.envs().await;
+    assert_eq!(envs["envs"][0]["executor"]["kind"], "codex", "{envs}");
+    assert_eq!(
+        shell_stdout(&api, "codex", "echo via-peer").await,
+        "via-peer\n"
+    );
+    let data = random_bytes(200_000, 5);
+    put_file(&api, "codex", "c.bin", data.clone()).await;
+    assert_eq!(
+        sha(&get_file(&c.api(0), "codex", "c.bin").await),
+        sha(&data)
+    );
+    let r = api
+        .call("codex", "read_file", json!({"path": "c.bin"}))
+        .await;
+    assert_eq!(
+        sha(&b64d(r["content"][0]["text"].as_str().unwrap())),
+        sha(&data)
+    );
+    let sid = api
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", "echo one; sleep 0.3; echo two"], "pipe_stdin": false}),
+        )
+        .await;
+    let (out, _) = c
+        .api(0)
+        .read_until(&sid, 0, |d| d.ends_with(b"two\n"))
+        .await;
+    assert_eq!(out, b"one\ntwo\n");
+    let (out, _) = api.read_until(&sid, 0, |d| d.ends_with(b"two\n")).await;
+    assert_eq!(out, b"one\ntwo\n");
+}
