@@ -890,3 +890,23 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
     let (out, _) = api.read_until(&sid, 0, |d| d.ends_with(b"two\n")).await;
     assert_eq!(out, b"one\ntwo\n");
 }
+
+/// A channel to an owner is kept while idle, past several ping timeouts
+/// (both ends ping), and reused by the next call.
+#[tokio::test]
+async fn an_idle_channel_is_kept_and_reused() {
+    let mut c = Replicas::start(2, &["--executor-ping-timeout-secs", "1"]);
+    c.executor("x", 0).await;
+    let opened = || {
+        std::fs::read_to_string(c.prepared.data_dir.join("gateway.log"))
+            .unwrap()
+            .matches("opened a channel to the executor through its owner")
+            .count()
+    };
+    assert_eq!(shell_stdout(&c.api(1), "x", "echo 1").await, "1\n");
+    let first = opened();
+    assert!(first >= 1, "no channel was opened");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(shell_stdout(&c.api(1), "x", "echo 2").await, "2\n");
+    assert_eq!(opened(), first, "the idle channel was not kept");
+}

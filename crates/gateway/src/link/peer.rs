@@ -32,7 +32,6 @@
 //!   in flight fail with 503 `executor_unavailable`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -457,11 +456,11 @@ async fn dial(
         ));
         let _ = writer.await;
     });
-    tracing::debug!(
+    tracing::info!(
         exe_id,
         peer_url,
         epoch,
-        "channel to the executor's owner open"
+        "opened a channel to the executor through its owner"
     );
     Ok(link)
 }
@@ -604,10 +603,13 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
     let mut tasks = tokio::task::JoinSet::new();
     let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut taps: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let last_heard = Arc::new(AtomicI64::new(now_ms()));
+    let mut last_heard = now_ms();
     let silence_limit = (host.config().ping_timeout.as_millis() as i64).max(1000);
-    let mut check = tokio::time::interval(Duration::from_millis(500));
-    let requests = Arc::new(AtomicU64::new(0));
+    // The lease and the peer's silence, checked once a second (the
+    // heartbeat also closes a link whose lease it could not renew, which
+    // ends the channel at once).
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut requests = 0u64;
     let end: String = loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
@@ -619,14 +621,14 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                 if !link.lease_ok(now_ms()) {
                     break "the owner's lease on the executor lapsed".into();
                 }
-                if now_ms() - last_heard.load(Ordering::Relaxed) > silence_limit {
+                if now_ms() - last_heard > silence_limit {
                     break "the peer replica went silent".into();
                 }
                 continue;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        last_heard.store(now_ms(), Ordering::Relaxed);
+        last_heard = now_ms();
         let decoded: Result<Envelope, DecodeError> = match msg {
             Some(Ok(WsMessage::Text(t))) => Message::decode(t.as_bytes()).map(Envelope::text),
             Some(Ok(WsMessage::Binary(b))) => Envelope::decode_binary(b),
@@ -646,7 +648,7 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                 if !link.lease_ok(now_ms()) {
                     break "the owner's lease on the executor lapsed".into();
                 }
-                requests.fetch_add(1, Ordering::Relaxed);
+                requests += 1;
                 let channel = channel.clone();
                 tasks.spawn(async move {
                     let timeout = crate::link::bridge::deadline(&method, &params, RELAY_TIMEOUT);
@@ -734,7 +736,7 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
     for (_, task) in watches.drain().chain(taps.drain()) {
         task.abort();
     }
-    tracing::debug!(exe_id = %link.exe_id, peer, requests = requests.load(Ordering::Relaxed), "peer channel ended: {end}");
+    tracing::debug!(exe_id = %link.exe_id, peer, requests, "peer channel ended: {end}");
     let mut reason = end;
     reason.truncate(120);
     let close = CloseFrame {
