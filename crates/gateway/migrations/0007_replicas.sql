@@ -20,7 +20,11 @@ CREATE TABLE executor_leases (
     replica_id  TEXT NOT NULL,
     peer_url    TEXT NOT NULL,
     epoch       BIGINT NOT NULL,
-    expires_at  BIGINT NOT NULL
+    expires_at  BIGINT NOT NULL,
+    -- The executor's environmentInfo from its handshake (JSON), written
+    -- by the holder when it takes the lease: other replicas describe the
+    -- executor (envs/list) from it without a channel to the holder.
+    environment_info TEXT
 );
 
 CREATE INDEX executor_leases_by_replica ON executor_leases (replica_id);

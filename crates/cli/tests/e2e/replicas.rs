@@ -80,10 +80,15 @@ impl Replicas {
     /// Adds executor `name` and starts it on replica `i`; waits until
     /// replica `i` shows it connected. Returns its workdir.
     async fn executor(&mut self, name: &str, i: usize) -> PathBuf {
+        self.executor_with(name, i, &[]).await
+    }
+
+    /// [`Replicas::executor`] with extra executor `args`.
+    async fn executor_with(&mut self, name: &str, i: usize, args: &[&str]) -> PathBuf {
         let token = self.prepared.add_executor(name, false);
         self.tokens.insert(name.to_string(), token.clone());
         let work = self.workdir(name);
-        let proc = execgate().executor(&self.replicas[i].url(), &token, &work, &[]);
+        let proc = execgate().executor(&self.replicas[i].url(), &token, &work, args);
         self.executors.push(proc);
         wait_for_env(&self.api(i), name).await;
         work
@@ -762,7 +767,13 @@ async fn six_executors_on_three_replicas_through_every_replica() {
     let mut c = Replicas::start(3, &[]);
     let mut works = Vec::new();
     for e in 0..6 {
-        works.push(c.executor(&format!("e{e}"), e % 3).await);
+        // One with a policy to announce (and describe on other replicas).
+        let args: &[&str] = if e == 5 {
+            &["--max-processes", "50"]
+        } else {
+            &[]
+        };
+        works.push(c.executor_with(&format!("e{e}"), e % 3, args).await);
     }
     for r in 0..3 {
         let api = c.api(r);
@@ -771,6 +782,28 @@ async fn six_executors_on_three_replicas_through_every_replica() {
         })
         .await;
     }
+    // Each replica describes every executor as its owner does (those it
+    // does not hold, from the handshake in the lease), last_seen aside.
+    let mut lists = Vec::new();
+    for r in 0..3 {
+        let mut envs = c.api(r).envs().await["envs"].as_array().unwrap().clone();
+        for env in &mut envs {
+            env.as_object_mut().unwrap().remove("last_seen");
+        }
+        envs.sort_by_key(|e| e["name"].as_str().unwrap().to_string());
+        lists.push(envs);
+    }
+    assert_eq!(lists[0], lists[1]);
+    assert_eq!(lists[0], lists[2]);
+    assert_eq!(lists[0][0]["executor"]["kind"], "execgate");
+    assert_eq!(
+        lists[0][5]["policy"]["max_processes"], 50,
+        "{}",
+        lists[0][5]
+    );
+    // Listing opened no channel to any owner.
+    let log = std::fs::read_to_string(c.prepared.data_dir.join("gateway.log")).unwrap();
+    assert!(!log.contains("opened a channel to the executor through its owner"));
     for r in 0..3 {
         let api = c.api(r);
         for (e, work) in works.iter().enumerate() {

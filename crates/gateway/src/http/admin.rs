@@ -122,7 +122,7 @@ async fn executors(
     if let Some(cluster) = state.cluster() {
         let elsewhere = cluster.held_elsewhere(state.store()).await;
         for e in &mut list.executors {
-            if elsewhere.contains(&e.exe_id) {
+            if elsewhere.contains_key(&e.exe_id) {
                 e.online = Some(true);
             }
         }

@@ -129,6 +129,8 @@ impl ClusterConfig {
 
 /// A lease's holder and epoch.
 type LeaseHolder = (String, i64);
+/// exe_id → epoch of the executors other replicas hold.
+type HeldElsewhere = HashMap<String, i64>;
 
 /// This replica: its id, and the links it holds to other replicas'
 /// executors.
@@ -142,7 +144,9 @@ pub struct Cluster {
     /// exe_id → the lease (holder, epoch) whose owner could not be reached,
     /// and when.
     failures: Mutex<HashMap<String, (LeaseHolder, Instant)>>,
-    elsewhere: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+    elsewhere: Mutex<Option<(Instant, Arc<HeldElsewhere>)>>,
+    /// exe_id → a description (see [`Cluster::describe`]) and its epoch.
+    described: Mutex<HashMap<String, (i64, Arc<Link>)>>,
 }
 
 impl Cluster {
@@ -154,6 +158,7 @@ impl Cluster {
             dialling: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             elsewhere: Mutex::new(None),
+            described: Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,12 +171,16 @@ impl Cluster {
     pub async fn take_lease(&self, store: &Store, link: &Link) -> crate::store::Result<()> {
         let now = now_ms();
         let until = now + self.lease_ms();
+        let info = link
+            .handshake()
+            .and_then(|h| serde_json::to_string(&h.info).ok());
         let epoch = store
             .take_lease(
                 &link.exe_id,
                 &self.replica_id,
                 &self.config.advertise_url,
                 until,
+                info.as_deref(),
             )
             .await?;
         link.set_lease(epoch, until);
@@ -200,24 +209,70 @@ impl Cluster {
         }
     }
 
-    /// Executors other live replicas hold (envs/list), reused for
-    /// [`ELSEWHERE_TTL`].
-    pub async fn held_elsewhere(&self, store: &Store) -> Arc<HashSet<String>> {
-        if let Some((at, set)) = &*self.elsewhere.lock().unwrap() {
+    /// Executors other live replicas hold, with their lease's epoch
+    /// (envs/list), reused for [`ELSEWHERE_TTL`].
+    pub async fn held_elsewhere(&self, store: &Store) -> Arc<HeldElsewhere> {
+        if let Some((at, held)) = &*self.elsewhere.lock().unwrap() {
             if at.elapsed() < ELSEWHERE_TTL {
-                return set.clone();
+                return held.clone();
             }
         }
-        let set: HashSet<String> = match store.leased_elsewhere(&self.replica_id, now_ms()).await {
+        let held: HeldElsewhere = match store.leased_elsewhere(&self.replica_id, now_ms()).await {
             Ok(ids) => ids.into_iter().collect(),
             Err(e) => {
                 tracing::warn!("could not read the leases: {e}");
-                HashSet::new()
+                HashMap::new()
             }
         };
-        let set = Arc::new(set);
-        *self.elsewhere.lock().unwrap() = Some((Instant::now(), set.clone()));
-        set
+        let held = Arc::new(held);
+        *self.elsewhere.lock().unwrap() = Some((Instant::now(), held.clone()));
+        held
+    }
+
+    /// A description of executor `exe_id` (workspace, name) held elsewhere
+    /// at `epoch`, for envs/list: the open channel to it if there is one,
+    /// else a closed [`Link`] that carries only the handshake its holder
+    /// wrote into the lease (read once per epoch), so that listing never
+    /// opens channels. `None` when the lease has no handshake.
+    pub async fn describe(
+        &self,
+        store: &Store,
+        exe_id: &str,
+        workspace: &str,
+        name: &str,
+        epoch: i64,
+    ) -> Option<Arc<Link>> {
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
+        }
+        if let Some((at, link)) = self.described.lock().unwrap().get(exe_id) {
+            if *at == epoch && link.name == name {
+                return Some(link.clone());
+            }
+        }
+        let leased = store.leased_info(exe_id).await.ok()??;
+        let info: EnvironmentInfo =
+            serde_json::from_str(leased.environment_info.as_deref()?).ok()?;
+        // No socket behind it: every request on it fails at once.
+        let (tx, _) = mpsc::unbounded_channel();
+        let link = Link::new(
+            exe_id.to_string(),
+            workspace.to_string(),
+            name.to_string(),
+            tx,
+        );
+        link.set_relayed();
+        link.set_handshake(Handshake {
+            session_id: String::new(),
+            ext: info.ext(),
+            info,
+        });
+        link.close("a description of an executor another replica holds");
+        self.described
+            .lock()
+            .unwrap()
+            .insert(exe_id.to_string(), (leased.epoch, link.clone()));
+        Some(link)
     }
 
     /// A link to executor `exe_id` through the replica that holds it: the

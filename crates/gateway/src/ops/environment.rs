@@ -30,22 +30,28 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
             .collect());
     };
     // A replica: the executors other live replicas hold are connected too,
-    // described through their owner's channel.
-    // Channels to their owners are opened concurrently (and kept).
+    // described from the handshake their holder wrote into the lease (no
+    // channel is opened to list them).
     let elsewhere = cluster.held_elsewhere(state.store()).await;
-    let links = futures_util::future::join_all(rows.iter().map(|row| async {
-        match state.registry().get(&row.exe_id) {
-            Some(link) => Some(link),
-            None if elsewhere.contains(&row.exe_id) => state.link(&row.exe_id).await,
-            None => None,
+    let mut envs = Vec::new();
+    for row in rows {
+        if let Some(link) = state.registry().get(&row.exe_id) {
+            envs.push(env_of(&link, row.is_default));
+        } else if let Some(&epoch) = elsewhere.get(&row.exe_id) {
+            let described = cluster
+                .describe(state.store(), &row.exe_id, &row.workspace, &row.name, epoch)
+                .await;
+            if let Some(link) = described {
+                let mut env = env_of(&link, row.is_default);
+                if link.is_closed() {
+                    // A description: last seen as the holder recorded it.
+                    env.last_seen = row.last_seen_at.map(rfc3339);
+                }
+                envs.push(env);
+            }
         }
-    }))
-    .await;
-    Ok(rows
-        .iter()
-        .zip(links)
-        .filter_map(|(row, link)| link.map(|link| env_of(&link, row.is_default)))
-        .collect())
+    }
+    Ok(envs)
 }
 
 fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {

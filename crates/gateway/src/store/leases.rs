@@ -22,6 +22,14 @@ pub struct LeaseRow {
     pub heartbeat_at: Option<i64>,
 }
 
+/// An executor another replica holds: its lease's epoch and the holder's
+/// copy of its handshake's environmentInfo (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedInfo {
+    pub epoch: i64,
+    pub environment_info: Option<String>,
+}
+
 /// One replica, and how many executors it holds by an unexpired lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaRow {
@@ -57,27 +65,32 @@ impl Store {
 
     /// Takes executor `exe_id`'s lease for `replica_id` until `expires_at`,
     /// whoever held it: one statement, the epoch one more than the last
-    /// holder's (1 for the first). Returns the new epoch.
+    /// holder's (1 for the first), with the executor's `environment_info`
+    /// (JSON). Returns the new epoch.
     pub async fn take_lease(
         &self,
         exe_id: &str,
         replica_id: &str,
         peer_url: &str,
         expires_at: i64,
+        environment_info: Option<&str>,
     ) -> Result<i64> {
         let row = sqlx::query(
-            "INSERT INTO executor_leases (exe_id, replica_id, peer_url, epoch, expires_at)
-             VALUES ($1, $2, $3, 1, $4)
+            "INSERT INTO executor_leases (exe_id, replica_id, peer_url, epoch, expires_at,
+                                          environment_info)
+             VALUES ($1, $2, $3, 1, $4, $5)
              ON CONFLICT (exe_id) DO UPDATE SET replica_id = excluded.replica_id,
                                                 peer_url = excluded.peer_url,
                                                 epoch = executor_leases.epoch + 1,
-                                                expires_at = excluded.expires_at
+                                                expires_at = excluded.expires_at,
+                                                environment_info = excluded.environment_info
              RETURNING epoch",
         )
         .bind(exe_id)
         .bind(replica_id)
         .bind(peer_url)
         .bind(expires_at)
+        .bind(environment_info)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("epoch")?)
@@ -148,16 +161,36 @@ impl Store {
     }
 
     /// The executors that replicas other than `replica_id` hold by a lease
-    /// unexpired at `now`.
-    pub async fn leased_elsewhere(&self, replica_id: &str, now: i64) -> Result<Vec<String>> {
+    /// unexpired at `now`, with their epochs.
+    pub async fn leased_elsewhere(&self, replica_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT exe_id FROM executor_leases WHERE replica_id <> $1 AND expires_at > $2",
+            "SELECT exe_id, epoch FROM executor_leases
+             WHERE replica_id <> $1 AND expires_at > $2",
         )
         .bind(replica_id)
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok(r.try_get("exe_id")?)).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("exe_id")?, r.try_get("epoch")?)))
+            .collect()
+    }
+
+    /// Executor `exe_id`'s lease epoch and the environmentInfo its holder
+    /// wrote.
+    pub async fn leased_info(&self, exe_id: &str) -> Result<Option<LeasedInfo>> {
+        let row =
+            sqlx::query("SELECT epoch, environment_info FROM executor_leases WHERE exe_id = $1")
+                .bind(exe_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(LeasedInfo {
+                epoch: r.try_get("epoch")?,
+                environment_info: r.try_get("environment_info")?,
+            })
+        })
+        .transpose()
     }
 
     /// Every lease, by exe_id.
@@ -231,11 +264,15 @@ mod tests {
         s.replica_heartbeat("ra", "http://a", 1_000).await.unwrap();
         s.replica_heartbeat("rb", "http://b", 1_000).await.unwrap();
         assert_eq!(
-            s.take_lease("e1", "ra", "http://a", 11_000).await.unwrap(),
+            s.take_lease("e1", "ra", "http://a", 11_000, None)
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(
-            s.take_lease("e2", "ra", "http://a", 11_000).await.unwrap(),
+            s.take_lease("e2", "ra", "http://a", 11_000, None)
+                .await
+                .unwrap(),
             1
         );
         // Renewal: one statement for all of ra's.
@@ -244,7 +281,9 @@ mod tests {
         assert_eq!(renewed, vec![("e1".into(), 1), ("e2".into(), 1)]);
         // rb takes e1: epoch 2, and ra no longer renews it.
         assert_eq!(
-            s.take_lease("e1", "rb", "http://b", 13_000).await.unwrap(),
+            s.take_lease("e1", "rb", "http://b", 13_000, None)
+                .await
+                .unwrap(),
             2
         );
         assert_eq!(
@@ -254,7 +293,10 @@ mod tests {
         let l = s.lease("e1").await.unwrap().unwrap();
         assert_eq!((l.replica_id.as_str(), l.epoch), ("rb", 2));
         assert_eq!(l.heartbeat_at, Some(1_000));
-        assert_eq!(s.leased_elsewhere("ra", 3_000).await.unwrap(), vec!["e1"]);
+        assert_eq!(
+            s.leased_elsewhere("ra", 3_000).await.unwrap(),
+            vec![("e1".to_string(), 2)]
+        );
         // A lapsed lease is not renewed.
         assert!(s
             .renew_leases("ra", 20_000, 30_000)
@@ -269,7 +311,9 @@ mod tests {
         assert!(s.leased_elsewhere("ra", 3_000).await.unwrap().is_empty());
         // The next holder's epoch still grows.
         assert_eq!(
-            s.take_lease("e1", "ra", "http://a", 14_000).await.unwrap(),
+            s.take_lease("e1", "ra", "http://a", 14_000, None)
+                .await
+                .unwrap(),
             3
         );
 
@@ -281,5 +325,24 @@ mod tests {
         assert_eq!(list[1].executors, 0);
         assert_eq!(s.prune_replicas(2_000).await.unwrap(), 1);
         assert_eq!(s.list_replicas(6_000).await.unwrap().len(), 1);
+
+        // The holder's copy of the handshake, for the others.
+        s.take_lease(
+            "e4",
+            "rc",
+            "http://c",
+            13_000,
+            Some(r#"{"cwd":"file:///"}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.leased_info("e4").await.unwrap().unwrap(),
+            LeasedInfo {
+                epoch: 1,
+                environment_info: Some(r#"{"cwd":"file:///"}"#.into())
+            }
+        );
+        assert!(s.leased_info("nope").await.unwrap().is_none());
     }
 }
