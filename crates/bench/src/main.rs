@@ -16,6 +16,8 @@
 //!   the real protocol): gateway RSS per connection, envs/list latency.
 //! - [`held`]: shell latency while a client holds 5,000 half-open sockets
 //!   on the gateway, against none held.
+//! - [`replicas`]: `shell true` latency and `read_file` throughput through
+//!   a replica that forwards to the executor's owner, against the owner.
 //! - [`peers`]: the latency and output figures against a stock codex
 //!   exec-server (`--codex PATH`) and ssh with a ControlMaster (`--ssh`).
 //!
@@ -29,6 +31,7 @@ mod latency;
 mod lite_executor;
 mod output;
 mod peers;
+mod replicas;
 mod scale;
 mod throughput;
 
@@ -48,7 +51,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only run figures whose name contains this (latency, throughput,
-    /// output, files, scale, held, peers).
+    /// output, files, scale, held, replicas, peers).
     #[arg(long)]
     only: Option<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
@@ -184,6 +187,9 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "files.copy_path.gateway_rss_growth_mib",
         "scale.n100.gateway_rss_kib_per_conn",
         "scale.n100.envs_list.p50_ms",
+        "replicas.shell_true.p50_ms",
+        "replicas.read_file_1k.c64.calls_per_s",
+        "replicas.sse.mb_per_s",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -247,6 +253,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("held") {
         add("held", held::run(&bin, args.quick, nofile).await)?;
+    }
+    if want("replicas") {
+        add("replicas", replicas::run(&bin, args.quick).await)?;
     }
     if want("peers") && (args.codex.is_some() || args.ssh) {
         add(

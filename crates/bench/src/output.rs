@@ -58,7 +58,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     );
 
     if sse_route_exists(&gw, &client).await? {
-        let (mb, lost) = sse(&gw, &client, bytes, budget).await?;
+        let (mb, lost) = sse(&gw.url, &gw.token, &client, bytes, budget).await?;
         report.figures.push(
             Figure::new(
                 "output.sse.mb_per_s",
@@ -84,10 +84,17 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn start(gw: &Gateway, client: &reqwest::Client, bytes: u64) -> anyhow::Result<String> {
+/// Starts `head -c bytes /dev/zero` on environment `a` through the
+/// gateway at `base`; its session id.
+async fn start(
+    base: &str,
+    token: &str,
+    client: &reqwest::Client,
+    bytes: u64,
+) -> anyhow::Result<String> {
     let v: Value = client
-        .post(format!("{}/api/connectors/envs/a/tool/call", gw.url))
-        .bearer_auth(&gw.token)
+        .post(format!("{base}/api/connectors/envs/a/tool/call"))
+        .bearer_auth(token)
         .json(&json!({"tool": "exec_command", "arguments": {
             "command": ["head", "-c", bytes.to_string(), "/dev/zero"], "pipe_stdin": false}}))
         .send()
@@ -107,7 +114,7 @@ async fn polling(
     budget: Duration,
 ) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let sid = start(gw, client, bytes).await?;
+    let sid = start(&gw.url, &gw.token, client, bytes).await?;
     let url = format!("{}/api/connectors/processes/{sid}/output", gw.url);
     let (mut since, mut got) = (0u64, 0u64);
     let mut decoded = Vec::new();
@@ -160,19 +167,21 @@ async fn sse_route_exists(gw: &Gateway, client: &reqwest::Client) -> anyhow::Res
     Ok(!(status == 404 && text.contains("no such route")) && status != 405)
 }
 
-/// Returns MB/s of the bytes delivered, and the bytes reported lost (an
-/// SSE `lost` event: reported, so counted and shown, not a failure).
-async fn sse(
-    gw: &Gateway,
+/// The SSE stream of `bytes` of output through the gateway at `base`:
+/// MB/s of the bytes delivered, and the bytes reported lost (an SSE `lost`
+/// event: reported, so counted and shown, not a failure).
+pub(crate) async fn sse(
+    base: &str,
+    token: &str,
     client: &reqwest::Client,
     bytes: u64,
     budget: Duration,
 ) -> anyhow::Result<(f64, u64)> {
     let t = Instant::now();
-    let sid = start(gw, client, bytes).await?;
+    let sid = start(base, token, client, bytes).await?;
     let resp = client
-        .get(format!("{}/api/connectors/processes/{sid}/stream", gw.url))
-        .bearer_auth(&gw.token)
+        .get(format!("{base}/api/connectors/processes/{sid}/stream"))
+        .bearer_auth(token)
         .send()
         .await?;
     if !resp.status().is_success() {

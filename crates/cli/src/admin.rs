@@ -60,6 +60,13 @@ pub enum AdminCommand {
         #[arg(long)]
         to: String,
     },
+    /// The gateway replicas sharing this store (`serve --advertise-url`):
+    /// peer URL, heartbeat age, executors held by an unexpired lease.
+    Replicas {
+        /// Also list every executor's lease: holder, epoch, expiry.
+        #[arg(long)]
+        leases: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -314,6 +321,42 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Audit(a) => audit(&store, a).await?,
         AdminCommand::Migrate { .. } => unreachable!("handled above"),
+        AdminCommand::Replicas { leases } => {
+            let now = now_ms();
+            println!(
+                "{:<22} {:<32} {:>10} {:>9} STARTED",
+                "REPLICA", "PEER_URL", "HEARTBEAT", "EXECUTORS"
+            );
+            for r in store.list_replicas(now).await? {
+                println!(
+                    "{:<22} {:<32} {:>10} {:>9} {}",
+                    r.replica_id,
+                    r.peer_url,
+                    format!("{:.1}s ago", (now - r.heartbeat_at).max(0) as f64 / 1000.0),
+                    r.executors,
+                    rfc3339(r.started_at)
+                );
+            }
+            if leases {
+                println!();
+                println!(
+                    "{:<22} {:<22} {:>6} {:>12}",
+                    "EXE_ID", "REPLICA", "EPOCH", "EXPIRES"
+                );
+                for l in store.list_leases().await? {
+                    let left = l.expires_at - now;
+                    let expires = if left > 0 {
+                        format!("in {:.1}s", left as f64 / 1000.0)
+                    } else {
+                        "lapsed".to_string()
+                    };
+                    println!(
+                        "{:<22} {:<22} {:>6} {:>12}",
+                        l.exe_id, l.replica_id, l.epoch, expires
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use execgate_gateway::config::{
-    default_max_connections, AuditMode, CacheConfig, LimitsConfig, ListenerConfig, RateConfig,
-    RemoteConfig, SecretString, VerifierConfig,
+    default_max_connections, AuditMode, CacheConfig, ClusterConfig, LimitsConfig, ListenerConfig,
+    RateConfig, RemoteConfig, SecretString, VerifierConfig,
 };
 use execgate_gateway::{Gateway, GatewayConfig};
 
@@ -128,6 +128,20 @@ pub struct GatewayArgs {
     /// tests, which need not wait the default interval.
     #[arg(long, hide = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub bridge_recheck_ms: Option<u64>,
+    /// Run as one replica of several sharing one store: the URL other
+    /// replicas reach this one at (`http(s)://host:port`). An executor's
+    /// link is then held by one replica at a time (a lease), and a call
+    /// arriving at another replica is forwarded to it (docs/replicas.md).
+    #[arg(long, env = "EXECGATE_ADVERTISE_URL", requires = "cluster_secret_file")]
+    pub advertise_url: Option<String>,
+    /// With --advertise-url: the file of the secret every replica shares,
+    /// which authenticates the replicas' peer channel. Never logged.
+    #[arg(long, env = "EXECGATE_CLUSTER_SECRET_FILE", requires = "advertise_url")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Milliseconds an executor lease lasts without renewal [default:
+    /// 10000]. Hidden: for tests.
+    #[arg(long, hide = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(500..))]
+    pub lease_ms: Option<u64>,
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -178,6 +192,23 @@ impl GatewayArgs {
         };
         if let Some(ms) = self.bridge_recheck_ms {
             c.link.bridge_recheck = Duration::from_millis(ms);
+        }
+        if let (Some(url), Some(file)) = (&self.advertise_url, &self.cluster_secret_file) {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--advertise-url must be an http:// or https:// URL"
+            );
+            let secret = read_secret(file, "--cluster-secret-file")?;
+            anyhow::ensure!(
+                secret.expose().len() >= 16,
+                "--cluster-secret-file: the secret must be at least 16 bytes"
+            );
+            let mut cluster = ClusterConfig::new(url.clone(), secret);
+            if let Some(ms) = self.lease_ms {
+                cluster.lease = Duration::from_millis(ms);
+                cluster.heartbeat = (cluster.lease / 5).min(cluster.heartbeat);
+            }
+            c.cluster = Some(cluster);
         }
         c.audit = self.audit;
         c.limits = LimitsConfig {

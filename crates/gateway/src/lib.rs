@@ -63,6 +63,7 @@ pub mod config {
     pub use crate::auth::{AuthConfig, CacheConfig, VerifierConfig};
     pub use crate::http::listener::default_max_connections;
     pub use crate::link::host::LinkConfig;
+    pub use crate::link::peer::ClusterConfig;
     pub use crate::ops::limits::{LimitsConfig, RateConfig};
     pub use crate::ops::state::ListenerConfig;
     pub use crate::secret::SecretString;
@@ -194,6 +195,10 @@ impl Gateway {
         tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));
+        if let Some(cluster) = self.state.cluster() {
+            tracing::info!(replica_id = %cluster.replica_id, advertise_url = %cluster.config.advertise_url, lease_ms = cluster.config.lease.as_millis() as u64, "serving as a replica");
+            tokio::spawn(link::peer::heartbeat(self.state.host()));
+        }
         let config = self.state.config().listener.clone();
         tracing::info!(
             max_connections = config.max_connections,

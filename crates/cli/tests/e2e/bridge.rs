@@ -22,7 +22,7 @@ type Ws =
 
 /// `execgate admin captoken create --workspace W --ttl S [extra…]`: the
 /// token, checked to be alone on the last line of stdout.
-fn mint(data_dir: &Path, workspace: &str, ttl: u64, extra: &[&str]) -> String {
+pub(crate) fn mint(data_dir: &Path, workspace: &str, ttl: u64, extra: &[&str]) -> String {
     let ttl = ttl.to_string();
     let mut args = vec![
         "captoken",
@@ -86,7 +86,7 @@ async fn connect(
     }
 }
 
-async fn bridge(gateway: &GatewayProc, target: &str, token: &str) -> Client {
+pub(crate) async fn bridge(gateway: &GatewayProc, target: &str, token: &str) -> Client {
     match connect(gateway, target, Some(&format!("Bearer {token}"))).await {
         Ok(ws) => Client {
             ws,
@@ -112,9 +112,9 @@ async fn refused(gateway: &GatewayProc, target: &str, token: &str, status: u16, 
 }
 
 /// A bridge client: requests by id, notifications kept aside.
-struct Client {
+pub(crate) struct Client {
     ws: Ws,
-    notes: Vec<Value>,
+    pub(crate) notes: Vec<Value>,
 }
 
 impl Client {
@@ -126,7 +126,7 @@ impl Client {
     }
 
     /// The next JSON frame (pings skipped).
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         loop {
             let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
                 .await
@@ -156,7 +156,7 @@ impl Client {
         }
     }
 
-    async fn ok(&mut self, id: Value, method: &str, params: Value) -> Value {
+    pub(crate) async fn ok(&mut self, id: Value, method: &str, params: Value) -> Value {
         let v = self.call(id, method, params).await;
         assert!(v.get("error").is_none(), "{method}: {v}");
         v["result"].clone()
@@ -169,7 +169,7 @@ impl Client {
     }
 
     /// Reads `pid`'s output from seq 0 until it is closed.
-    async fn read_all(&mut self, pid: &str, id: Value) -> (Vec<u8>, Value) {
+    pub(crate) async fn read_all(&mut self, pid: &str, id: Value) -> (Vec<u8>, Value) {
         let mut after = 0;
         let mut data = Vec::new();
         loop {

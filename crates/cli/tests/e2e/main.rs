@@ -25,6 +25,7 @@ mod policy;
 mod postgres;
 mod proxy_auth;
 mod pty;
+mod replicas;
 mod restart;
 mod revocation;
 mod sandbox;

@@ -112,14 +112,22 @@ async fn executors(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WorkspaceFilter>,
 ) -> Result<Json<ExecutorList>, ApiError> {
-    Ok(Json(
-        ops::executors(
-            state.store(),
-            q.workspace.as_deref(),
-            Some(state.registry()),
-        )
-        .await?,
-    ))
+    let mut list = ops::executors(
+        state.store(),
+        q.workspace.as_deref(),
+        Some(state.registry()),
+    )
+    .await?;
+    // A replica: executors other live replicas hold are online too.
+    if let Some(cluster) = state.cluster() {
+        let elsewhere = cluster.held_elsewhere(state.store()).await;
+        for e in &mut list.executors {
+            if elsewhere.contains_key(&e.exe_id) {
+                e.online = Some(true);
+            }
+        }
+    }
+    Ok(Json(list))
 }
 
 async fn add_executor(

@@ -348,7 +348,7 @@ pub async fn connect(
 /// The parts of a WebSocket upgrade request (HTTP/1.1), checked; the
 /// upgrade itself is [`Upgrade::upgrade`]. An `Err` is kept for the
 /// handler, so that authentication answers first.
-pub struct LinkUpgrade(Result<Upgrade, String>);
+pub struct LinkUpgrade(pub(crate) Result<Upgrade, String>);
 
 pub struct Upgrade {
     key: HeaderValue,
@@ -398,7 +398,7 @@ impl Upgrade {
     /// Answers 101 and, once the connection is handed over, runs `serve`
     /// with the WebSocket, read through a budget of
     /// [`HANDSHAKE_READ_BUDGET`] bytes until `serve` lifts it.
-    fn upgrade<F, Fut>(self, serve: F) -> Response
+    pub(crate) fn upgrade<F, Fut>(self, serve: F) -> Response
     where
         F: FnOnce(LinkSocket, Arc<AtomicU64>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -27,6 +27,7 @@ pub mod internal;
 pub mod listener;
 pub mod mcp;
 pub mod openapi;
+pub mod peer;
 pub mod processes;
 pub mod stream;
 pub mod ui;
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp::router(&state))
         .merge(admin::router(&state))
         .merge(internal_routes(&state))
+        // Replicas' peer channel (`link::peer`); only on a replica.
+        .merge(peer::router(&state))
         // The web console's static files (`/ui/`); not part of the API.
         .merge(ui::router())
         .fallback(not_found)

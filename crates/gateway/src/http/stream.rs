@@ -371,7 +371,7 @@ impl Pump {
     async fn relink(&mut self) -> Result<(), Stop> {
         let deadline = tokio::time::Instant::now() + RELINK_WAIT;
         loop {
-            if let Some(link) = self.state.registry().get(&self.session.row.exe_id) {
+            if let Some(link) = self.state.link(&self.session.row.exe_id).await {
                 if !link.is_closed() && !Arc::ptr_eq(&link, &self.session.link) {
                     self.session.restarted = processes::is_restarted(&self.session.row, &link);
                     self.session.link = link;

@@ -595,7 +595,7 @@ async fn forward(
 
 /// The gateway-side deadline of a forwarded request: `default`, and a
 /// `process/read`'s `waitMs` (at most [`MAX_READ_WAIT`]) on top.
-fn deadline(method: &str, params: &Value, default: Duration) -> Duration {
+pub(crate) fn deadline(method: &str, params: &Value, default: Duration) -> Duration {
     let wait = match method {
         method::PROCESS_READ => params.get("waitMs").and_then(Value::as_u64).unwrap_or(0),
         _ => 0,
@@ -606,7 +606,7 @@ fn deadline(method: &str, params: &Value, default: Duration) -> Duration {
 /// The gateway's own failure of a forwarded request: -32603, with the
 /// REST API's error code (`gateway_timeout`, `executor_unavailable`) as
 /// `data.code`.
-fn gateway_error(e: &LinkError, code: &str) -> RpcError {
+pub(crate) fn gateway_error(e: &LinkError, code: &str) -> RpcError {
     let mut error = RpcError::internal(e.to_string());
     error.data = Some(json!({ "code": code }));
     error

@@ -79,7 +79,7 @@ impl<T> Budgeted<T> {
 }
 
 /// The budget of a link whose handshake is done.
-const UNLIMITED: u64 = u64::MAX;
+pub const UNLIMITED: u64 = u64::MAX;
 
 impl<T: AsyncRead + Unpin> AsyncRead for Budgeted<T> {
     fn poll_read(
@@ -146,8 +146,8 @@ pub async fn run_link(
     budget: Arc<AtomicU64>,
     slot: Option<HandshakeSlot>,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Encoded>();
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Encoded>();
     let link = Link::new(
         row.exe_id.clone(),
         row.workspace.clone(),
@@ -156,9 +156,67 @@ pub async fn run_link(
     );
     link.set_ledger(state.ledger(&row.exe_id));
 
-    let liveness = Liveness::new(state.config().ping_timeout);
-    let writer_link = link.clone();
-    let writer = tokio::spawn(async move {
+    let writer = spawn_writer(link.clone(), sink, rx, state.config().ping_timeout);
+    let mut reader = spawn_reader(link.clone(), stream, "the executor");
+
+    let mut slot = slot;
+    let reason = tokio::select! {
+        hs = handshake(&state, &link, row.session_id.clone()) => match hs {
+            Ok(hs) => {
+                // The handshake is done: full-size frames from now on.
+                budget.store(UNLIMITED, Ordering::Release);
+                let slot = slot.take();
+                serve_link(&state, &link, hs, row.session_id.as_deref(), slot, &mut reader).await
+            }
+            Err(e) => format!("handshake failed: {e}"),
+        },
+        r = &mut reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
+        // The link closed itself (its protocol errors, a full send queue).
+        _ = link.closed() => link.close_reason().unwrap_or("closed").to_string(),
+    };
+
+    link.close(&reason);
+    // A failed handshake frees the executor's slot at once: its retry must
+    // not meet a 409 for a link that is already gone.
+    drop(slot.take());
+    reader.abort();
+    let _ = writer.await;
+    state.registry().remove_if_same(&link);
+    // A replica's link that lost its lease leaves the record to the new
+    // holder.
+    let released = match state.cluster() {
+        Some(cluster) if link.epoch() > 0 => cluster.release_lease(state.store(), &link).await,
+        _ => true,
+    };
+    if released && state.registry().get(&link.exe_id).is_none() {
+        if let Err(e) = state
+            .store()
+            .mark_disconnected(&link.exe_id, link.last_seen_ms())
+            .await
+        {
+            tracing::warn!("could not record the disconnect of {}: {e}", link.exe_id);
+        }
+    }
+    tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, "executor disconnected: {reason}");
+}
+
+/// Drives `link`'s outgoing queue `rx` into `sink` until the link closes:
+/// the frames, and the pings of [`Liveness`] (a link silent for
+/// `ping_timeout` is closed as dead). An executor's link and a link to an
+/// executor through a peer replica (`peer`) are driven alike.
+pub(crate) fn spawn_writer<S>(
+    link: Arc<Link>,
+    mut sink: S,
+    mut rx: mpsc::UnboundedReceiver<Encoded>,
+    ping_timeout: Duration,
+) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Sink<WsMessage> + Unpin + Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    let liveness = Liveness::new(ping_timeout);
+    let writer_link = link;
+    tokio::spawn(async move {
         let mut liveness = liveness;
         // One timer per link, set to the next moment that matters: the
         // next ping, or the ping timeout (see `Liveness`).
@@ -214,55 +272,35 @@ pub async fn run_link(
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    });
+    })
+}
 
-    let reader_link = link.clone();
-    let mut reader = tokio::spawn(async move {
+/// Feeds `link` the frames read from `stream` until it ends; returns why.
+/// `peer` names the other end in that reason.
+pub(crate) fn spawn_reader<St>(
+    link: Arc<Link>,
+    mut stream: St,
+    peer: &'static str,
+) -> tokio::task::JoinHandle<String>
+where
+    St: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin
+        + Send
+        + 'static,
+{
+    let reader_link = link;
+    tokio::spawn(async move {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(WsMessage::Text(t)) => reader_link.dispatch(t.as_bytes()),
                 Ok(WsMessage::Binary(b)) => reader_link.dispatch_binary(b),
-                Ok(WsMessage::Close(_)) => return "the executor closed the connection".to_string(),
+                Ok(WsMessage::Close(_)) => return format!("{peer} closed the connection"),
                 Ok(_) => reader_link.touch(),
                 Err(e) => return format!("connection error: {e}"),
             }
         }
         "the connection ended".to_string()
-    });
-
-    let mut slot = slot;
-    let reason = tokio::select! {
-        hs = handshake(&state, &link, row.session_id.clone()) => match hs {
-            Ok(hs) => {
-                // The handshake is done: full-size frames from now on.
-                budget.store(UNLIMITED, Ordering::Release);
-                let slot = slot.take();
-                serve_link(&state, &link, hs, row.session_id.as_deref(), slot, &mut reader).await
-            }
-            Err(e) => format!("handshake failed: {e}"),
-        },
-        r = &mut reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
-        // The link closed itself (its protocol errors, a full send queue).
-        _ = link.closed() => link.close_reason().unwrap_or("closed").to_string(),
-    };
-
-    link.close(&reason);
-    // A failed handshake frees the executor's slot at once: its retry must
-    // not meet a 409 for a link that is already gone.
-    drop(slot.take());
-    reader.abort();
-    let _ = writer.await;
-    state.registry().remove_if_same(&link);
-    if state.registry().get(&link.exe_id).is_none() {
-        if let Err(e) = state
-            .store()
-            .mark_disconnected(&link.exe_id, link.last_seen_ms())
-            .await
-        {
-            tracing::warn!("could not record the disconnect of {}: {e}", link.exe_id);
-        }
-    }
-    tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, "executor disconnected: {reason}");
+    })
 }
 
 async fn handshake(
@@ -356,6 +394,12 @@ async fn serve_link(
         state.ledger(&link.exe_id).clear();
     }
     link.set_handshake(hs);
+    // A replica takes the executor's lease (epoch + 1) before serving it.
+    if let Some(cluster) = state.cluster() {
+        if let Err(e) = cluster.take_lease(state.store(), link).await {
+            return format!("could not take the executor's lease: {e}");
+        }
+    }
     state.registry().insert(link.clone());
     drop(slot);
     if let Err(e) = state.store().mark_connected(&link.exe_id, &info).await {

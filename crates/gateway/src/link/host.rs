@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::link::bridge::TurnClaims;
+use crate::link::peer::Cluster;
 use crate::link::registry::Registry;
 use crate::link::seq_ledger::SeqLedger;
 use crate::store::Store;
@@ -46,6 +47,8 @@ pub trait LinkHost: Send + Sync + 'static {
     /// The claims of capability token `token`, or why it is refused: a
     /// bridge session checks the token a client renews it with.
     fn verify_captoken(&self, token: &str) -> Result<TurnClaims, String>;
+    /// This gateway as a replica (`--advertise-url`); `None` alone.
+    fn cluster(&self) -> Option<&Cluster>;
 }
 
 /// A handle on the gateway, as links hold it.

@@ -2,7 +2,9 @@
 //! (handshake, resume, the socket's life) once `http::executor` upgraded it;
 //! this module is the [`Link`] itself; [`registry`] holds the live ones;
 //! [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
-//! serve output reads; [`bridge`] relays a bridge session. It names neither
+//! serve output reads; [`bridge`] relays a bridge session; [`peer`] holds a
+//! replica's executor leases and both ends of the channel through which
+//! another replica uses a link held here. It names neither
 //! `http`, `ops` nor `auth`: it sees the gateway (its store, registry,
 //! config, and the check of a bridge session's renewal token) through
 //! [`host::LinkHost`].
@@ -40,6 +42,7 @@
 pub mod bridge;
 pub mod connect;
 pub mod host;
+pub mod peer;
 pub mod read_ahead;
 pub mod registry;
 pub mod seq_ledger;
@@ -124,7 +127,7 @@ pub enum ProcessEvent {
 
 /// An answer: the result or error, and the payload of its frame (empty
 /// unless it came in a binary frame), which the result's blobs point into.
-type Answer = (Result<Value, RpcError>, Bytes);
+pub type Answer = (Result<Value, RpcError>, Bytes);
 type Pending = HashMap<i64, oneshot::Sender<Answer>>;
 type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<ProcessEvent>)>>;
 /// A raw notification: method and params, as the executor sent them.
@@ -194,6 +197,14 @@ pub struct Link {
     /// Bytes in `outgoing` not yet taken by the writer (see [`Link::written`]).
     queued: AtomicUsize,
     errors: Mutex<ProtocolErrors>,
+    /// A link to another replica's executor, through that replica
+    /// ([`peer`]): subscriptions and taps are announced to the owner
+    /// (`peer/watch`, `peer/tap`) instead of `process/setPush`.
+    relayed: AtomicBool,
+    /// Until when (Unix ms) this replica's lease on the executor holds, and
+    /// its fencing epoch ([`peer`]). `i64::MAX` without replicas.
+    lease_until_ms: AtomicI64,
+    epoch: AtomicI64,
 }
 
 /// Protocol errors of the current window.
@@ -255,7 +266,49 @@ impl Link {
                 count: 0,
                 suppressed: 0,
             }),
+            relayed: AtomicBool::new(false),
+            lease_until_ms: AtomicI64::new(i64::MAX),
+            epoch: AtomicI64::new(0),
         })
+    }
+
+    /// Marks this link as driven by a peer replica's socket (see
+    /// [`peer`]), before it is used.
+    pub fn set_relayed(&self) {
+        self.relayed.store(true, Ordering::Release);
+    }
+
+    /// Whether this link reaches its executor through another replica.
+    pub fn is_relayed(&self) -> bool {
+        self.relayed.load(Ordering::Acquire)
+    }
+
+    /// Records this replica's lease on the executor: `epoch`, valid until
+    /// `until_ms`.
+    pub fn set_lease(&self, epoch: i64, until_ms: i64) {
+        self.epoch.store(epoch, Ordering::Release);
+        self.lease_until_ms.store(until_ms, Ordering::Release);
+    }
+
+    /// Extends the lease of `epoch` to `until_ms`; `false` (and nothing
+    /// changed) when the link holds another epoch.
+    pub fn renew_lease(&self, epoch: i64, until_ms: i64) -> bool {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return false;
+        }
+        self.lease_until_ms.store(until_ms, Ordering::Release);
+        true
+    }
+
+    /// The fencing epoch of this replica's lease (0 without replicas).
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether this replica's lease on the executor holds at `now_ms`
+    /// (always, without replicas).
+    pub fn lease_ok(&self, now_ms: i64) -> bool {
+        self.lease_until_ms.load(Ordering::Acquire) > now_ms
     }
 
     /// Queues `frame` for the writer. Closes the link when the queue would
@@ -529,6 +582,24 @@ impl Link {
         params: Value,
         timeout: Duration,
     ) -> Result<Result<Value, RpcError>, LinkError> {
+        let (answer, payload) = self.relay(method, params, Bytes::new(), timeout).await?;
+        // The bridge's client speaks text: its bytes go back as base64.
+        Ok(answer.map(|mut result| {
+            blob::inline(&mut result, &payload);
+            result
+        }))
+    }
+
+    /// [`Link::request_raw`] with the frame's payload both ways: a peer
+    /// replica's request, relayed as it came (binary stays binary), and
+    /// the executor's answer with the payload its blobs point into.
+    pub async fn relay(
+        &self,
+        method: &str,
+        params: Value,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -547,23 +618,20 @@ impl Link {
             }
         }
         let _forget = Forget(self, id);
-        let frame = Message::request(Id::Num(id), method, params).encode();
-        self.send(Encoded::Text(frame))?;
-        let (answer, payload) = match tokio::time::timeout(timeout, rx).await {
-            Ok(answer) => answer.map_err(|_| self.disconnected())?,
-            Err(_) => {
-                return Err(LinkError::Timeout {
-                    name: self.name.clone(),
-                    method: method.to_string(),
-                    after: timeout,
-                })
-            }
-        };
-        // The bridge's client speaks text: its bytes go back as base64.
-        Ok(answer.map(|mut result| {
-            blob::inline(&mut result, &payload);
-            result
-        }))
+        let frame = Envelope {
+            message: Message::request(Id::Num(id), method, params),
+            payload,
+        }
+        .encode();
+        self.send(frame)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| self.disconnected()),
+            Err(_) => Err(LinkError::Timeout {
+                name: self.name.clone(),
+                method: method.to_string(),
+                after: timeout,
+            }),
+        }
     }
 
     /// Receives the raw notifications of every process `br-<key>-…`, until
@@ -579,6 +647,9 @@ impl Link {
                 taps.insert(key.to_string(), tx);
                 self.taps_live.store(taps.len(), Ordering::Release);
             }
+        }
+        if self.is_relayed() {
+            let _ = self.notify(peer::TAP, serde_json::json!({ "key": key }));
         }
         Tap {
             link: self.clone(),
@@ -631,7 +702,10 @@ impl Link {
                 list.len() == 1
             }
         };
-        if first && turn_on {
+        if first && self.is_relayed() {
+            let params = serde_json::json!({ "processId": process_id, "push": turn_on });
+            let _ = self.notify(peer::WATCH, params);
+        } else if first && turn_on {
             self.set_push(process_id, true);
         }
         Subscription {
@@ -660,7 +734,10 @@ impl Link {
                 None => false,
             }
         };
-        if last && !closed && !self.is_closed() {
+        if last && self.is_relayed() && !self.is_closed() {
+            let params = serde_json::json!({ "processId": process_id });
+            let _ = self.notify(peer::UNWATCH, params);
+        } else if last && !closed && !self.is_closed() {
             self.set_push(process_id, false);
         }
     }
@@ -870,9 +947,16 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        let mut taps = self.link.taps.lock().unwrap();
-        taps.remove(&self.key);
-        self.link.taps_live.store(taps.len(), Ordering::Release);
+        {
+            let mut taps = self.link.taps.lock().unwrap();
+            taps.remove(&self.key);
+            self.link.taps_live.store(taps.len(), Ordering::Release);
+        }
+        if self.link.is_relayed() && !self.link.is_closed() {
+            let _ = self
+                .link
+                .notify(peer::UNTAP, serde_json::json!({ "key": self.key }));
+        }
     }
 }
 
@@ -1242,6 +1326,106 @@ mod tests {
             let expected: &[bool] = if push_control { &[true, false] } else { &[] };
             assert_eq!(sent, expected);
         }
+    }
+
+    /// A link through a peer replica announces its subscriptions and taps
+    /// to the owner (first subscriber: `peer/watch`, last one gone:
+    /// `peer/unwatch`, even after the process closed) and never sends
+    /// `process/setPush`, which is the owner's business.
+    #[tokio::test]
+    async fn a_relayed_link_announces_watches_and_taps_to_the_owner() {
+        let (link, mut out) = link_with(ExtCapabilities {
+            push_control: true,
+            ..Default::default()
+        });
+        link.set_relayed();
+        let mut sent = || {
+            let mut sent = Vec::new();
+            while let Ok(frame) = out.try_recv() {
+                let Message::Notification { method, params } = decode(frame) else {
+                    panic!("expected a notification")
+                };
+                sent.push((method, params));
+            }
+            sent
+        };
+        let a = link.subscribe("p");
+        let b = link.subscribe_to_start("p");
+        let mut c = link.subscribe_to_start("q");
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::WATCH.into(), json!({"processId": "p", "push": true})),
+                (peer::WATCH.into(), json!({"processId": "q", "push": false})),
+            ]
+        );
+        drop(a);
+        assert_eq!(sent(), vec![]);
+        drop(b);
+        link.dispatch(br#"{"method":"process/closed","params":{"processId":"q","seq":1}}"#);
+        assert_eq!(c.recv().await, ProcessEvent::Closed { seq: 1 });
+        drop(c);
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::UNWATCH.into(), json!({"processId": "p"})),
+                (peer::UNWATCH.into(), json!({"processId": "q"})),
+            ]
+        );
+        let tap = link.tap("k", 4);
+        drop(tap);
+        assert_eq!(
+            sent(),
+            vec![
+                (peer::TAP.into(), json!({"key": "k"})),
+                (peer::UNTAP.into(), json!({"key": "k"})),
+            ]
+        );
+        // A closed link announces nothing more.
+        let d = link.subscribe("r");
+        link.close("gone");
+        sent();
+        drop(d);
+        assert_eq!(sent(), vec![]);
+    }
+
+    /// `relay` sends the payload as it came (a binary frame) and hands
+    /// back the answer's payload untouched.
+    #[tokio::test]
+    async fn relay_keeps_binary_payloads_both_ways() {
+        let (link, mut out) = link_with(ExtCapabilities {
+            binary_frames: true,
+            ..Default::default()
+        });
+        let l = link.clone();
+        let relayed = tokio::spawn(async move {
+            l.relay(
+                "fs/writeRange",
+                json!({"dataBase64": {"$bin": [0, 3]}}),
+                Bytes::from_static(b"\0ab"),
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        let Some(Encoded::Binary(frame)) = out.recv().await else {
+            panic!("expected a binary frame")
+        };
+        let sent = Envelope::decode_binary(Bytes::from(frame)).unwrap();
+        assert_eq!(&sent.payload[..], b"\0ab");
+        let Message::Request { id, .. } = sent.message else {
+            panic!()
+        };
+        let answer = Envelope {
+            message: Message::response(id, Ok(json!({"data": {"$bin": [0, 2]}}))),
+            payload: Bytes::from_static(b"\xff\x01"),
+        };
+        let Encoded::Binary(frame) = answer.encode() else {
+            panic!()
+        };
+        link.dispatch_binary(Bytes::from(frame));
+        let (result, payload) = relayed.await.unwrap().unwrap();
+        assert_eq!(result.unwrap(), json!({"data": {"$bin": [0, 2]}}));
+        assert_eq!(&payload[..], b"\xff\x01");
     }
 
     /// A subscription to a process about to be started with push on sends

@@ -41,7 +41,7 @@ pub async fn authorize(state: &AppState, target: &str, token: &str) -> Result<Gr
             ),
         ));
     };
-    match state.registry().get(&row.exe_id) {
+    match state.link(&row.exe_id).await {
         Some(link) => Ok(Grant {
             claims: turn_claims(claims),
             link,

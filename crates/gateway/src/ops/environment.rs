@@ -20,13 +20,38 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
         .store()
         .list_executors(Some(&caller.workspace))
         .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let link = state.registry().get(&row.exe_id)?;
-            Some(env_of(&link, row.is_default))
-        })
-        .collect())
+    let Some(cluster) = state.cluster() else {
+        return Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let link = state.registry().get(&row.exe_id)?;
+                Some(env_of(&link, row.is_default))
+            })
+            .collect());
+    };
+    // A replica: the executors other live replicas hold are connected too,
+    // described from the handshake their holder wrote into the lease (no
+    // channel is opened to list them).
+    let elsewhere = cluster.held_elsewhere(state.store()).await;
+    let mut envs = Vec::new();
+    for row in rows {
+        if let Some(link) = state.registry().get(&row.exe_id) {
+            envs.push(env_of(&link, row.is_default));
+        } else if let Some(&epoch) = elsewhere.get(&row.exe_id) {
+            let described = cluster
+                .describe(state.store(), &row.exe_id, &row.workspace, &row.name, epoch)
+                .await;
+            if let Some(link) = described {
+                let mut env = env_of(&link, row.is_default);
+                if link.is_closed() {
+                    // A description: last seen as the holder recorded it.
+                    env.last_seen = row.last_seen_at.map(rfc3339);
+                }
+                envs.push(env);
+            }
+        }
+    }
+    Ok(envs)
 }
 
 fn env_of(link: &Link, is_default: bool) -> ConnectorEnv {
@@ -102,7 +127,7 @@ pub async fn environment(
                 ),
             )
         })?;
-    match state.registry().get(&row.exe_id) {
+    match state.link(&row.exe_id).await {
         Some(link) => Ok(link),
         None => Err(executor_unavailable(state, &row.exe_id).await),
     }

@@ -139,7 +139,7 @@ async fn lookup(
         .filter(|row| row.workspace == caller.workspace)
         .ok_or_else(|| session_not_found(sid))?;
     audit.record().exe_id = Some(row.exe_id.clone());
-    let link = match state.registry().get(&row.exe_id) {
+    let link = match state.link(&row.exe_id).await {
         Some(link) => link,
         None => {
             return Err(crate::ops::environment::executor_unavailable(state, &row.exe_id).await)
@@ -562,7 +562,7 @@ async fn signal_inner(s: &Session, signal: SignalName) -> Result<(), Error> {
 /// One row of `GET /processes`: the index row, completed with what the
 /// executor says about the process when it is connected.
 pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
-    let link = state.registry().get(&row.exe_id);
+    let link = state.link(&row.exe_id).await;
     let env = match &link {
         Some(link) => link.name.clone(),
         None => state

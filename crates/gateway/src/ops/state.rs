@@ -10,9 +10,11 @@ use crate::auth::captoken::CapTokenSecret;
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
 use crate::link::bridge::TurnClaims;
 use crate::link::host::{Host, LinkConfig, LinkHost};
+use crate::link::peer::{Cluster, ClusterConfig};
 use crate::link::read_ahead::PollAheads;
 use crate::link::registry::Registry;
 use crate::link::seq_ledger::SeqLedger;
+use crate::link::Link;
 use crate::ops::limits::{Limits, LimitsConfig};
 use crate::secret::SecretString;
 use crate::store::audit_log::{Audit, AuditMode};
@@ -50,6 +52,10 @@ pub struct GatewayConfig {
     pub revocation_recheck: Duration,
     /// The listener's bounds: connections at once, header read timeout.
     pub listener: ListenerConfig,
+    /// Replicas (`--advertise-url`, `--cluster-secret-file`): executor
+    /// leases and forwarding to the replica that holds an executor
+    /// (`link::peer`). `None`: a single gateway.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl GatewayConfig {
@@ -73,6 +79,7 @@ impl GatewayConfig {
             cap_token_secret_file: None,
             revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -132,6 +139,8 @@ pub(crate) struct Inner {
     pub revoked_turns: tokio::sync::broadcast::Sender<String>,
     /// `/output` polling's reads ahead (see `read_ahead`).
     pub poll_aheads: PollAheads,
+    /// This gateway as a replica; `None` alone.
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Clone)]
@@ -160,6 +169,7 @@ impl AppState {
             revoked_turns: tokio::sync::broadcast::channel(64).0,
             verifier,
             internal_stats: Default::default(),
+            cluster: config.cluster.clone().map(Cluster::new),
             audit: Audit::start(store.clone(), config.audit),
             limits: Limits::new(config.limits.clone()),
             admin_token,
@@ -184,6 +194,32 @@ impl AppState {
 
     pub fn registry(&self) -> &Registry {
         &self.0.registry
+    }
+
+    /// This gateway as a replica; `None` alone.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.0.cluster.as_ref()
+    }
+
+    /// The live link of executor `exe_id`: this gateway's own, or (a
+    /// replica) one through the replica that holds the executor. Alone,
+    /// exactly the registry's answer: no store query, no clock.
+    pub async fn link(&self, exe_id: &str) -> Option<Arc<Link>> {
+        let local = self.0.registry.get(exe_id);
+        let Some(cluster) = &self.0.cluster else {
+            return local;
+        };
+        if let Some(link) = local {
+            if link.lease_ok(crate::store::now_ms()) {
+                return Some(link);
+            }
+            // Fencing: a lapsed lease serves nothing; the executor re-dials.
+            link.close("this replica's lease on the executor lapsed");
+            return None;
+        }
+        cluster
+            .remote_link(self.store(), &self.0.config.link, exe_id)
+            .await
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -269,6 +305,10 @@ impl LinkHost for AppState {
 
     fn revoked_turns(&self) -> &tokio::sync::broadcast::Sender<String> {
         &self.0.revoked_turns
+    }
+
+    fn cluster(&self) -> Option<&Cluster> {
+        self.0.cluster.as_ref()
     }
 
     fn verify_captoken(&self, token: &str) -> Result<TurnClaims, String> {

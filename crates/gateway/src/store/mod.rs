@@ -33,6 +33,7 @@
 mod audit;
 pub mod audit_log;
 pub mod invalidate;
+pub mod leases;
 mod lookups;
 #[cfg(test)]
 pub(crate) mod testing;

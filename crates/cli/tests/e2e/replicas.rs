@@ -1,0 +1,945 @@
+//! Replicas end to end (#18, ownership and forwarding): several real
+//! `execgate serve` processes on one data dir (SQLite in WAL mode), each
+//! with `--advertise-url` and the same `--cluster-secret-file`; executors
+//! dial one replica each, and every call is made through the others too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use crate::harness::*;
+use crate::sse::SseReader;
+
+/// A free port of 127.0.0.1 (bound, then released for the replica).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One row of `admin replicas --leases`: exe_id, replica id, epoch.
+type Lease = (String, String, i64);
+
+/// Replicas over one data dir, and the executors started on them.
+struct Replicas {
+    prepared: Prepared,
+    secret_file: PathBuf,
+    replicas: Vec<GatewayProc>,
+    executors: Vec<Proc>,
+    /// Executor name → its token.
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl Replicas {
+    /// `n` replicas (extra `args` each) of a fresh workspace `w1`.
+    fn start(n: usize, args: &[&str]) -> Replicas {
+        let prepared = Prepared::new(&execgate(), "w1");
+        let secret_file = prepared.dir.path().join("cluster-secret");
+        std::fs::write(&secret_file, "a-shared-cluster-secret-of-32-bytes\n").unwrap();
+        let mut r = Replicas {
+            prepared,
+            secret_file,
+            replicas: Vec::new(),
+            executors: Vec::new(),
+            tokens: Default::default(),
+        };
+        for _ in 0..n {
+            let g = r.start_replica(args);
+            r.replicas.push(g);
+        }
+        r
+    }
+
+    fn start_replica(&self, args: &[&str]) -> GatewayProc {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let url = format!("http://{listen}");
+        let mut all = vec![
+            "--advertise-url",
+            &url,
+            "--cluster-secret-file",
+            self.secret_file.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        execgate().serve(&self.prepared.data_dir, &listen, &all)
+    }
+
+    fn api(&self, i: usize) -> Api {
+        Api::new(&self.replicas[i].url(), &self.prepared.token)
+    }
+
+    fn workdir(&self, name: &str) -> PathBuf {
+        let work = self.prepared.dir.path().join(format!("work-{name}"));
+        std::fs::create_dir_all(&work).unwrap();
+        work
+    }
+
+    /// Adds executor `name` and starts it on replica `i`; waits until
+    /// replica `i` shows it connected. Returns its workdir.
+    async fn executor(&mut self, name: &str, i: usize) -> PathBuf {
+        self.executor_with(name, i, &[]).await
+    }
+
+    /// [`Replicas::executor`] with extra executor `args`.
+    async fn executor_with(&mut self, name: &str, i: usize, args: &[&str]) -> PathBuf {
+        let token = self.prepared.add_executor(name, false);
+        self.tokens.insert(name.to_string(), token.clone());
+        let work = self.workdir(name);
+        let proc = execgate().executor(&self.replicas[i].url(), &token, &work, args);
+        self.executors.push(proc);
+        wait_for_env(&self.api(i), name).await;
+        work
+    }
+
+    /// `execgate admin replicas --leases`: (exe_id → (replica_id, epoch)),
+    /// and (peer URL → replica_id).
+    fn leases(&self) -> (Vec<Lease>, Vec<(String, String)>) {
+        let out = execgate().admin_stdout(&self.prepared.data_dir, &["replicas", "--leases"]);
+        let mut replicas = Vec::new();
+        let mut leases = Vec::new();
+        let mut in_leases = false;
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            match cols.first() {
+                None => in_leases = true,
+                Some(&"REPLICA") | Some(&"EXE_ID") => {}
+                Some(id) if in_leases => leases.push((
+                    id.to_string(),
+                    cols[1].to_string(),
+                    cols[2].parse().unwrap(),
+                )),
+                Some(id) => replicas.push((cols[1].to_string(), id.to_string())),
+            }
+        }
+        (leases, replicas)
+    }
+
+    /// The id of replica `i`, as it heartbeats.
+    fn replica_id(&self, i: usize) -> String {
+        let url = self.replicas[i].url();
+        self.leases()
+            .1
+            .into_iter()
+            .find(|(u, _)| *u == url)
+            .map(|(_, id)| id)
+            .unwrap_or_else(|| panic!("replica {url} is not listed"))
+    }
+
+    /// The holder and epoch of `exe_id`'s lease, by the executor's name.
+    fn lease_of(&self, name: &str) -> (String, i64) {
+        let exe_id = self.exe_id(name);
+        self.leases()
+            .0
+            .into_iter()
+            .find(|(e, _, _)| *e == exe_id)
+            .map(|(_, r, epoch)| (r, epoch))
+            .unwrap_or_else(|| panic!("no lease for {name}"))
+    }
+
+    fn exe_id(&self, name: &str) -> String {
+        let out = execgate().admin_stdout(&self.prepared.data_dir, &["executor", "list"]);
+        out.lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no executor {name}: {out}"))
+            .to_string()
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put_file(api: &Api, env: &str, path: &str, data: Vec<u8>) {
+    let resp = api
+        .http
+        .put(format!(
+            "{}/api/connectors/envs/{env}/files?path={path}",
+            api.url
+        ))
+        .bearer_auth(&api.token)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+}
+
+async fn get_file(api: &Api, env: &str, path: &str) -> Vec<u8> {
+    let resp = api
+        .http
+        .get(format!(
+            "{}/api/connectors/envs/{env}/files?path={path}",
+            api.url
+        ))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap().to_vec()
+}
+
+async fn shell_stdout(api: &Api, env: &str, command: &str) -> String {
+    let r = api.call(env, "shell", json!({ "command": command })).await;
+    assert_eq!(r["isError"], false, "{r}");
+    r["structuredContent"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Three replicas, executors `a` on replica 0 and `b` on replica 1;
+/// replica 2 holds none. Every tool, files, processes, SSE and copy_path
+/// work through every replica.
+#[tokio::test]
+async fn any_replica_serves_any_call() {
+    let mut c = Replicas::start(3, &[]);
+    let work_a = c.executor("a", 0).await;
+    let work_b = c.executor("b", 1).await;
+
+    // envs/list on every replica shows both, connected, with their tools
+    // (a replica re-reads who holds what at most every 0.5 s).
+    for i in 0..3 {
+        let api = c.api(i);
+        eventually(5, "envs/list to show a and b", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 2
+        })
+        .await;
+        let envs = api.envs().await;
+        let names: Vec<&str> = envs["envs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"a") && names.contains(&"b"),
+            "replica {i}: {envs}"
+        );
+        let tools = envs["envs"][0]["tools"].as_array().unwrap();
+        assert!(
+            tools.iter().any(|t| t["name"] == "shell" || t == "shell"),
+            "{envs}"
+        );
+    }
+
+    // The admin API of a replica holding neither says both are online.
+    let admin = admin_token(&c.prepared.data_dir);
+    let v: Value = fresh_client()
+        .get(format!("{}/api/admin/executors", c.replicas[2].url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let online: Vec<&Value> = v["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["online"])
+        .collect();
+    assert_eq!(online, [&json!(true), &json!(true)], "{v}");
+
+    // Core tools through a non-owner.
+    for (i, env, work) in [
+        (2, "a", &work_a),
+        (2, "b", &work_b),
+        (1, "a", &work_a),
+        (0, "b", &work_b),
+    ] {
+        let api = c.api(i);
+        let out = shell_stdout(&api, env, "echo hello-$((6*7)); pwd").await;
+        let canon = std::fs::canonicalize(work).unwrap();
+        assert_eq!(
+            out,
+            format!("hello-42\n{}\n", canon.display()),
+            "replica {i} {env}"
+        );
+
+        let data = random_bytes(5000, i as u64 + 7);
+        let r = api
+            .call(
+                env,
+                "write_file",
+                json!({"path": format!("d{i}/f.bin"), "content_b64": b64e(&data)}),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(
+            std::fs::read(work.join(format!("d{i}/f.bin"))).unwrap(),
+            data
+        );
+        let r = api
+            .call(env, "read_file", json!({"path": format!("d{i}/f.bin")}))
+            .await;
+        assert_eq!(b64d(r["content"][0]["text"].as_str().unwrap()), data);
+        let r = api
+            .call(env, "list_dir", json!({"path": format!("d{i}")}))
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["entries"][0]["name"], "f.bin", "{r}");
+        let r = api
+            .call(
+                env,
+                "exec_command",
+                json!({"command": ["sh", "-c", "echo exec-ok"], "pipe_stdin": false}),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+
+    // A process started through replica 1 (a is on 0), written and read
+    // through 2, read through 0, terminated through 2.
+    let sid = c
+        .api(1)
+        .exec("a", json!({"command": ["cat"], "pipe_stdin": true}))
+        .await;
+    let (s, v) = c.api(2).stdin(&sid, b"ping through two\n", false).await;
+    assert_eq!(s, 200, "{v}");
+    let (data, _) = c
+        .api(2)
+        .read_until(&sid, 0, |d| d.ends_with(b"ping through two\n"))
+        .await;
+    assert_eq!(data, b"ping through two\n");
+    let (data, _) = c
+        .api(0)
+        .read_until(&sid, 0, |d| d.ends_with(b"ping through two\n"))
+        .await;
+    assert_eq!(data, b"ping through two\n");
+    let (s, v) = c.api(1).get("/api/connectors/processes").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.to_string().contains(&sid), "{v}");
+    let (s, v) = c
+        .api(2)
+        .post(
+            &format!("/api/connectors/processes/{sid}/terminate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(20, "the process to end", || async {
+        c.api(0).output(&sid, 0).await["session_alive"] == false
+    })
+    .await;
+
+    // SSE through a non-owner, of a process started through a third.
+    let lines = "i=1; while [ $i -le 3000 ]; do echo $i; i=$((i+1)); done";
+    let sid = c
+        .api(0)
+        .exec(
+            "b",
+            json!({"command": ["sh", "-c", lines], "pipe_stdin": false}),
+        )
+        .await;
+    let mut reader = SseReader::open(&c.api(2), &sid, None, None).await;
+    let mut out = Vec::new();
+    let mut exit = None;
+    while let Some(e) = reader.next().await {
+        match e.event.as_str() {
+            "output" => out.extend(b64d(e.data["data_b64"].as_str().unwrap())),
+            "exit" => {
+                exit = Some(e.data.clone());
+                break;
+            }
+            other => assert_ne!(other, "lost", "{:?}", e.data),
+        }
+    }
+    let expected: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+    assert_eq!(exit, Some(json!({"exit_code": 0})));
+
+    // GET/PUT /files through non-owners (binary, larger than one frame).
+    let data = random_bytes(3 << 20, 99);
+    put_file(&c.api(2), "a", "up.bin", data.clone()).await;
+    assert_eq!(std::fs::read(work_a.join("up.bin")).unwrap(), data);
+    assert_eq!(sha(&get_file(&c.api(1), "a", "up.bin").await), sha(&data));
+
+    // copy_path between executors held by two different replicas, both
+    // directions, through a replica holding neither and through an owner.
+    for (i, from, to, to_work) in [(2, "a", "b", &work_b), (0, "b", "a", &work_a)] {
+        let dest = format!("copied-from-{from}.bin");
+        let src = if from == "a" { "up.bin" } else { "back.bin" };
+        if from == "b" {
+            std::fs::write(work_b.join("back.bin"), &data[..1 << 20]).unwrap();
+        }
+        let expected =
+            std::fs::read(if from == "a" { &work_a } else { &work_b }.join(src)).unwrap();
+        let r = c
+            .api(i)
+            .call(
+                to,
+                "copy_path",
+                json!({
+                    "source_environment_id": from, "source_path": src,
+                    "destination_environment_id": to, "destination_path": dest,
+                }),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["sha256"], sha(&expected), "{r}");
+        assert_eq!(
+            sha(&std::fs::read(to_work.join(&dest)).unwrap()),
+            sha(&expected)
+        );
+    }
+
+    // admin replicas: three replicas, a on 0 and b on 1.
+    let (_, replicas) = c.leases();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert_eq!(c.lease_of("a"), (c.replica_id(0), 1));
+    assert_eq!(c.lease_of("b"), (c.replica_id(1), 1));
+}
+
+/// The peer endpoint takes only the cluster secret's signature: no
+/// credentials, a proxy token or a wrong secret are 401; a gateway that is
+/// not a replica has no such route.
+#[tokio::test]
+async fn the_peer_channel_needs_the_cluster_secret() {
+    let mut c = Replicas::start(1, &[]);
+    c.executor("a", 0).await;
+    let exe_id = c.exe_id("a");
+    let http = fresh_client();
+    let url = format!("{}/peer/v1/links/{exe_id}", c.replicas[0].url());
+    let upgrade = |r: reqwest::RequestBuilder| {
+        r.header("Connection", "upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    let resp = upgrade(http.get(&url)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{body}"
+    );
+    let resp = upgrade(http.get(&url).bearer_auth(&c.prepared.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let now = execgate_gateway_now_ms();
+    let resp = upgrade(http.get(&url))
+        .header("x-execgate-replica", "rep_x")
+        .header("x-execgate-peer-time", now.to_string())
+        .header("x-execgate-peer-signature", "00".repeat(32))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad peer signature"),
+        "{body}"
+    );
+
+    // A single gateway has no peer route.
+    let single = Prepared::new(&execgate(), "w1").serve(&[]);
+    let resp = upgrade(http.get(format!("{}/peer/v1/links/{exe_id}", single.url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+fn execgate_gateway_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn marker(work: &Path, text: &str) {
+    std::fs::write(work.join("marker.txt"), text).unwrap();
+}
+
+/// Fencing and moving ownership: executor `x` is on replica 0; a second
+/// executor process with the same token dials replica 1 while the first
+/// one's socket is still open (it is stopped, so it answers nothing). The
+/// lease moves to replica 1 (epoch 2), replica 0 closes its link although
+/// the socket is open, and calls through replica 0 reach the new
+/// executor through replica 1.
+#[tokio::test]
+async fn a_lease_taken_by_another_replica_fences_the_old_link() {
+    // Replica 0 would otherwise declare the stopped executor dead by itself.
+    let mut c = Replicas::start(
+        2,
+        &["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"],
+    );
+    let work1 = c.executor("x", 0).await;
+    marker(&work1, "first");
+    assert_eq!(
+        shell_stdout(&c.api(1), "x", "cat marker.txt").await,
+        "first"
+    );
+    assert_eq!(c.lease_of("x"), (c.replica_id(0), 1));
+
+    let first_pid = c.executors[0].id();
+    signal(first_pid, "STOP");
+    let token = c.tokens["x"].clone();
+    let work2 = c.workdir("x2");
+    marker(&work2, "second");
+    let second = execgate().executor(&c.replicas[1].url(), &token, &work2, &[]);
+    c.executors.push(second);
+
+    let r1 = c.replica_id(1);
+    eventually(20, "the lease to move to replica 1", || async {
+        c.lease_of("x") == (r1.clone(), 2)
+    })
+    .await;
+    // Replica 0 no longer serves its old link: its calls go to replica 1.
+    eventually(20, "replica 0 to forward to the new owner", || async {
+        let (s, v) = c
+            .api(0)
+            .call_raw("x", "shell", json!({"command": "cat marker.txt"}))
+            .await;
+        s == 200 && v["structuredContent"]["stdout"] == "second"
+    })
+    .await;
+    let log = std::fs::read_to_string(c.prepared.data_dir.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("no longer holds the executor's lease"),
+        "replica 0 did not close its link for the lost lease"
+    );
+    // SIGKILL while stopped: it never re-dials.
+    c.executors[0].kill();
+    // And the new owner serves it too.
+    assert_eq!(
+        shell_stdout(&c.api(1), "x", "cat marker.txt").await,
+        "second"
+    );
+}
+
+/// A replica paused past its lease serves none of its executors when it
+/// resumes until the executor has re-linked (a new epoch); meanwhile the
+/// other replicas refuse calls for it with 503 instead of forwarding.
+#[tokio::test]
+async fn a_replica_paused_past_its_lease_is_fenced() {
+    let mut c = Replicas::start(2, &["--lease-ms", "1500"]);
+    let work = c.executor("x", 0).await;
+    marker(&work, "x");
+    assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
+    let pid = c.replicas[0].pid();
+    signal(pid, "STOP");
+    // Past the lease: replica 1 does not forward to a replica whose lease
+    // lapsed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, v) = c
+        .api(1)
+        .call_raw("x", "shell", json!({"command": "true"}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "executor_unavailable");
+    signal(pid, "CONT");
+    // Resumed: replica 0 closes the link (its lease lapsed), the executor
+    // re-dials it and takes the lease again, epoch 2.
+    let r0 = c.replica_id(0);
+    eventually(30, "the executor to re-link with a new epoch", || async {
+        c.lease_of("x") == (r0.clone(), 2)
+    })
+    .await;
+    assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A TCP forwarder standing in for a load balancer: connections go to its
+/// current backend, which the test switches.
+struct Balancer {
+    url: String,
+    backend: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    async fn start(backend: std::net::SocketAddr) -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = std::sync::Arc::new(std::sync::Mutex::new(backend));
+        let current = backend.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let to = *current.lock().unwrap();
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        Balancer { url, backend, task }
+    }
+
+    fn switch(&self, to: std::net::SocketAddr) {
+        *self.backend.lock().unwrap() = to;
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// SIGKILL the replica holding an executor while a process streams
+/// numbered lines: the executor re-links (through the balancer) to another
+/// replica, which takes the lease with the next epoch, and reading the
+/// session through a third replica yields every line, in order, with no
+/// gap and no duplicate.
+#[tokio::test]
+async fn killing_the_owner_loses_no_line() {
+    let mut c = Replicas::start(3, &["--lease-ms", "3000"]);
+    let lb = Balancer::start(c.replicas[0].addr).await;
+    let token = c.prepared.add_executor("x", false);
+    let work = c.workdir("x");
+    c.executors
+        .push(execgate().executor(&lb.url, &token, &work, &[]));
+    wait_for_env(&c.api(0), "x").await;
+    assert_eq!(c.lease_of("x"), (c.replica_id(0), 1));
+
+    const N: u32 = 400;
+    let script = format!("i=1; while [ $i -le {N} ]; do echo $i; sleep 0.01; i=$((i+1)); done");
+    let api = c.api(2);
+    let sid = api
+        .exec(
+            "x",
+            json!({"command": ["sh", "-c", script], "pipe_stdin": false}),
+        )
+        .await;
+    // An SSE stream of the session through replica 2 as well, across the kill.
+    let sse_api = api.clone();
+    let sse_sid = sid.clone();
+    let sse = tokio::spawn(async move {
+        let mut reader = SseReader::open(&sse_api, &sse_sid, None, None).await;
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        while let Some(e) = reader.next().await {
+            match e.event.as_str() {
+                "output" => {
+                    out.extend(b64d(e.data["data_b64"].as_str().unwrap()));
+                    ids.push(e.id.unwrap());
+                }
+                "exit" => return (out, ids, Some(e.data)),
+                other => panic!("unexpected {other} event: {}", e.data),
+            }
+        }
+        (out, ids, None)
+    });
+    let mut data = Vec::new();
+    let mut since = 0u64;
+    let mut killed = false;
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {} bytes",
+            data.len()
+        );
+        let (s, v) = api
+            .get(&format!(
+                "/api/connectors/processes/{sid}/output?since={since}&wait_ms=1000"
+            ))
+            .await;
+        if s != 200 {
+            // The owner is gone and the executor not yet re-linked.
+            assert!(killed, "{s} {v}");
+            assert_eq!(v["error"]["code"], "executor_unavailable", "{v}");
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        for chunk in v["chunks"].as_array().unwrap() {
+            data.extend(b64d(chunk["data_b64"].as_str().unwrap()));
+            since = chunk["seq"].as_u64().unwrap();
+        }
+        since = since.max(v["next_since"].as_u64().unwrap_or(0));
+        if !killed && data.len() > 200 {
+            // Mid-stream: the balancer sends new connections to replica 1,
+            // and the owner dies.
+            lb.switch(c.replicas[1].addr);
+            c.replicas[0].proc.kill();
+            killed = true;
+        }
+        if v["session_alive"] == false {
+            break;
+        }
+    }
+    assert!(killed, "the process ended before the owner was killed");
+    let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(data).unwrap(), expected);
+    let (out, ids, exit) = tokio::time::timeout(Duration::from_secs(40), sse)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), expected, "SSE output");
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "SSE ids: {ids:?}");
+    assert_eq!(exit, Some(json!({"exit_code": 0})));
+    assert_eq!(c.lease_of("x"), (c.replica_id(1), 2));
+    eprintln!("calls refused while the executor re-linked: {refused}");
+}
+
+/// The bridge (a capability-token holder speaking the executor protocol)
+/// through a replica that does not hold the executor: requests relayed,
+/// and the session's notifications (its tap) too. MCP through it as well.
+#[tokio::test]
+async fn the_bridge_and_mcp_work_through_a_non_owner() {
+    let mut c = Replicas::start(2, &[]);
+    let work = c.executor("x", 0).await;
+    let token = crate::bridge::mint(&c.prepared.data_dir, "w1", 300, &[]);
+    let mut b = crate::bridge::bridge(&c.replicas[1], "x", &token).await;
+    let init = b
+        .ok(json!(0), "initialize", json!({"clientName": "test"}))
+        .await;
+    assert!(
+        init["sessionId"].as_str().unwrap().starts_with("br-"),
+        "{init}"
+    );
+    let cwd = format!("file://{}", std::fs::canonicalize(&work).unwrap().display());
+    b.ok(
+        json!(1),
+        "process/start",
+        json!({"processId": "p1", "argv": ["sh", "-c", "echo via-peer; sleep 0.2; echo two"],
+               "cwd": cwd, "env": {}, "tty": false}),
+    )
+    .await;
+    let (out, last) = b.read_all("p1", json!("r")).await;
+    assert_eq!(String::from_utf8_lossy(&out), "via-peer\ntwo\n");
+    assert_eq!(last["exitCode"], 0, "{last}");
+    while !b.notes.iter().any(|n| n["method"] == "process/closed") {
+        let n = b.next().await;
+        b.notes.push(n);
+    }
+    assert!(b.notes.iter().all(|n| n["params"]["processId"] == "p1"));
+    assert!(b.notes.iter().any(|n| n["method"] == "process/output"));
+
+    // MCP tools/call through the non-owner.
+    let mcp = crate::mcp::Mcp::new(&c.replicas[1].url(), &c.prepared.token);
+    let v = mcp
+        .request(
+            "tools/call",
+            json!({"name": "shell", "arguments": {"environment_id": "x", "command": "echo mcp-ok"}}),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["structuredContent"]["stdout"], "mcp-ok\n",
+        "{v}"
+    );
+}
+
+/// Six executors spread over three replicas: every core tool on every
+/// executor through every replica, a process of each read through another
+/// replica, envs/list complete everywhere.
+#[tokio::test]
+async fn six_executors_on_three_replicas_through_every_replica() {
+    let mut c = Replicas::start(3, &[]);
+    let mut works = Vec::new();
+    for e in 0..6 {
+        // One with a policy to announce (and describe on other replicas).
+        let args: &[&str] = if e == 5 {
+            &["--max-processes", "50"]
+        } else {
+            &[]
+        };
+        works.push(c.executor_with(&format!("e{e}"), e % 3, args).await);
+    }
+    for r in 0..3 {
+        let api = c.api(r);
+        eventually(5, "envs/list to show all six", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 6
+        })
+        .await;
+    }
+    // Each replica describes every executor as its owner does (those it
+    // does not hold, from the handshake in the lease), last_seen aside.
+    let mut lists = Vec::new();
+    for r in 0..3 {
+        let mut envs = c.api(r).envs().await["envs"].as_array().unwrap().clone();
+        for env in &mut envs {
+            env.as_object_mut().unwrap().remove("last_seen");
+        }
+        envs.sort_by_key(|e| e["name"].as_str().unwrap().to_string());
+        lists.push(envs);
+    }
+    assert_eq!(lists[0], lists[1]);
+    assert_eq!(lists[0], lists[2]);
+    assert_eq!(lists[0][0]["executor"]["kind"], "execgate");
+    assert_eq!(
+        lists[0][5]["policy"]["max_processes"], 50,
+        "{}",
+        lists[0][5]
+    );
+    // Listing opened no channel to any owner.
+    let log = std::fs::read_to_string(c.prepared.data_dir.join("gateway.log")).unwrap();
+    assert!(!log.contains("opened a channel to the executor through its owner"));
+    for r in 0..3 {
+        let api = c.api(r);
+        for (e, work) in works.iter().enumerate() {
+            let env = format!("e{e}");
+            let tag = format!("r{r}-e{e}");
+            assert_eq!(
+                shell_stdout(&api, &env, &format!("echo {tag}")).await,
+                format!("{tag}\n")
+            );
+            let r1 = api
+                .call(
+                    &env,
+                    "write_file",
+                    json!({"path": format!("{tag}/w.txt"), "content": tag}),
+                )
+                .await;
+            assert_eq!(r1["isError"], false, "{r1}");
+            assert_eq!(
+                std::fs::read_to_string(work.join(format!("{tag}/w.txt"))).unwrap(),
+                tag
+            );
+            let r2 = api
+                .call(
+                    &env,
+                    "read_file",
+                    json!({"path": format!("{tag}/w.txt"), "encoding": "utf-8"}),
+                )
+                .await;
+            assert_eq!(r2["content"][0]["text"], tag.as_str(), "{r2}");
+            let patch = format!(
+                "*** Begin Patch\n*** Add File: {tag}/p.txt\n+patched {tag}\n*** End Patch"
+            );
+            let r3 = api.call(&env, "apply_patch", json!({"patch": patch})).await;
+            assert_eq!(r3["isError"], false, "{r3}");
+            assert_eq!(
+                std::fs::read_to_string(work.join(format!("{tag}/p.txt"))).unwrap(),
+                format!("patched {tag}\n")
+            );
+            let r4 = api.call(&env, "list_dir", json!({"path": tag})).await;
+            let names: Vec<&str> = r4["structuredContent"]["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["p.txt", "w.txt"], "{r4}");
+            // exec_command here, its output read through the next replica.
+            let sid = api
+                .exec(&env, json!({"command": ["sh", "-c", format!("echo out-{tag}")], "pipe_stdin": false}))
+                .await;
+            let (out, _) = c
+                .api((r + 1) % 3)
+                .read_until(&sid, 0, |d| d.ends_with(b"\n"))
+                .await;
+            assert_eq!(String::from_utf8(out).unwrap(), format!("out-{tag}\n"));
+        }
+    }
+    let (leases, _) = c.leases();
+    assert_eq!(leases.len(), 6, "{leases:?}");
+    for e in 0..6 {
+        assert_eq!(c.lease_of(&format!("e{e}")), (c.replica_id(e % 3), 1));
+    }
+}
+
+/// A stock codex exec-server (SigV4, text frames only) on replica 0, used
+/// through replica 1: shell, files, a process and its output.
+#[tokio::test]
+async fn a_stock_codex_is_served_through_a_non_owner() {
+    let Some(bin) = crate::codex::codex_bin() else {
+        return;
+    };
+    let c = Replicas::start(2, &[]);
+    let creds = crate::codex::add_codex_executor(&c.prepared.data_dir, "codex");
+    let _codex = crate::codex::start_codex(
+        &bin,
+        &c.replicas[0].url(),
+        &creds,
+        c.prepared.dir.path(),
+        "a",
+    );
+    wait_for_env(&c.api(0), "codex").await;
+    let api = c.api(1);
+    eventually(5, "replica 1 to list codex", || async {
+        api.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let envs = api.envs().await;
+    assert_eq!(envs["envs"][0]["executor"]["kind"], "codex", "{envs}");
+    assert_eq!(
+        shell_stdout(&api, "codex", "echo via-peer").await,
+        "via-peer\n"
+    );
+    let data = random_bytes(200_000, 5);
+    put_file(&api, "codex", "c.bin", data.clone()).await;
+    assert_eq!(
+        sha(&get_file(&c.api(0), "codex", "c.bin").await),
+        sha(&data)
+    );
+    let r = api
+        .call("codex", "read_file", json!({"path": "c.bin"}))
+        .await;
+    assert_eq!(
+        sha(&b64d(r["content"][0]["text"].as_str().unwrap())),
+        sha(&data)
+    );
+    let sid = api
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", "echo one; sleep 0.3; echo two"], "pipe_stdin": false}),
+        )
+        .await;
+    let (out, _) = c
+        .api(0)
+        .read_until(&sid, 0, |d| d.ends_with(b"two\n"))
+        .await;
+    assert_eq!(out, b"one\ntwo\n");
+    let (out, _) = api.read_until(&sid, 0, |d| d.ends_with(b"two\n")).await;
+    assert_eq!(out, b"one\ntwo\n");
+}
+
+/// A channel to an owner is kept while idle, past several ping timeouts
+/// (both ends ping), and reused by the next call.
+#[tokio::test]
+async fn an_idle_channel_is_kept_and_reused() {
+    let mut c = Replicas::start(2, &["--executor-ping-timeout-secs", "1"]);
+    c.executor("x", 0).await;
+    let opened = || {
+        std::fs::read_to_string(c.prepared.data_dir.join("gateway.log"))
+            .unwrap()
+            .matches("opened a channel to the executor through its owner")
+            .count()
+    };
+    assert_eq!(shell_stdout(&c.api(1), "x", "echo 1").await, "1\n");
+    let first = opened();
+    assert!(first >= 1, "no channel was opened");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(shell_stdout(&c.api(1), "x", "echo 2").await, "2\n");
+    assert_eq!(opened(), first, "the idle channel was not kept");
+}

@@ -1,0 +1,900 @@
+//! Replicas: executor ownership (leases with a fencing epoch) and the peer
+//! channel through which a replica that does not hold an executor's link
+//! reaches that executor through the replica that does (docs/replicas.md,
+//! "Ownership and forwarding").
+//!
+//! Only a gateway started with `--advertise-url` and `--cluster-secret-file`
+//! has a [`Cluster`]; without one none of this runs, and nothing here is on
+//! a call's path.
+//!
+//! - **Leases.** A link that finishes its handshake takes its executor's
+//!   lease (one upsert: epoch + 1, expiry now + [`ClusterConfig::lease`])
+//!   before it is registered. The [`heartbeat`] renews every lease this
+//!   replica holds in one statement per beat; a link whose lease is not
+//!   among the renewed ones (another replica took it: a newer epoch), or
+//!   whose lease lapsed (the store was unreachable, or the process was
+//!   paused), is closed, even though its socket is still open. A link's
+//!   lease is also checked in memory before every use ([`Link::lease_ok`]).
+//! - **The peer channel.** `GET /peer/v1/links/{exe_id}`, authenticated by
+//!   the cluster secret ([`sign`], [`verify`]), upgrades to a WebSocket on
+//!   which the caller speaks the executor protocol and the owner relays each
+//!   request onto its own link ([`serve`]; [`Link::relay`]: a fresh link id,
+//!   the payload as it came, binary frames stay binary). The owner speaks
+//!   first: [`HELLO`] carries the link's handshake, so that the caller's
+//!   [`Link`] (driven by this socket: [`dial`]) looks like the owner's to
+//!   `ops`. Process ids are never rewritten: a process started through one
+//!   replica is read through any other. Notifications reach the caller only
+//!   for the processes it watches ([`WATCH`], [`UNWATCH`], sent by a relayed
+//!   link's subscriptions) and the bridge taps it holds ([`TAP`], [`UNTAP`]);
+//!   the owner subscribes on its own link for them, so output pushing is
+//!   counted across replicas. Before relaying each request the owner checks
+//!   its lease; a lapsed one ends the channel (1013), and the caller's calls
+//!   in flight fail with 503 `executor_unavailable`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use execgate_protocol::blob::{self, Blob};
+use execgate_protocol::connectors::error_code;
+use execgate_protocol::exec::{
+    method, ClosedNotification, EnvironmentInfo, ExitedNotification, OutputNotification,
+};
+use execgate_protocol::jsonrpc::{DecodeError, Encoded, Envelope, Message, RpcError};
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::link::connect::{spawn_reader, spawn_writer, LinkSocket, MAX_FRAME};
+use crate::link::host::{Host, LinkConfig};
+use crate::link::{Handshake, Link, LinkError, ProcessEvent};
+use crate::secret::SecretString;
+use crate::store::{now_ms, Store};
+
+/// The owner's first frame: the link's handshake (params: `workspace`,
+/// `name`, `epoch`, `sessionId`, `environmentInfo`).
+pub const HELLO: &str = "peer/hello";
+/// Caller → owner: relay the notifications of `processId` (with `push`:
+/// turn the executor's output pushing on, as `Link::subscribe` does).
+pub const WATCH: &str = "peer/watch";
+/// Caller → owner: stop relaying `processId`'s notifications.
+pub const UNWATCH: &str = "peer/unwatch";
+/// Caller → owner: relay the bridge namespace `br-<key>-…` raw.
+pub const TAP: &str = "peer/tap";
+pub const UNTAP: &str = "peer/untap";
+
+/// Where the peer endpoint is, before the exe_id.
+pub const PATH: &str = "/peer/v1/links/";
+/// The headers of a peer's credentials.
+pub const REPLICA_HEADER: &str = "x-execgate-replica";
+pub const TIME_HEADER: &str = "x-execgate-peer-time";
+pub const SIGNATURE_HEADER: &str = "x-execgate-peer-signature";
+/// How far a peer's timestamp may be from this replica's clock.
+pub const MAX_SKEW_MS: i64 = 60_000;
+
+/// The default lease: a replica that cannot renew (paused, partitioned,
+/// store lost) stops serving its executors this long after its last
+/// renewal; an executor whose owner died is unreachable through the other
+/// replicas until it re-dials one of them.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// How often a replica heartbeats and renews its leases.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the owner waits for the executor's answer to a relayed
+/// request (a `process/read`'s `waitMs` on top); the caller's own deadline
+/// is usually shorter, and its late answer is then dropped.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Frames waiting for a peer's socket.
+const OUT_QUEUE: usize = 1024;
+/// How long dialling an owner may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an owner that could not be reached is not dialled again (for
+/// the same lease).
+const DIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How long the list of executors held elsewhere (envs/list) is reused.
+const ELSEWHERE_TTL: Duration = Duration::from_millis(500);
+/// Replicas silent this long are forgotten (their rows).
+const PRUNE_AFTER_MS: i64 = 3_600_000;
+
+/// What makes a gateway a replica.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How peers reach this replica (`http(s)://host:port`).
+    pub advertise_url: String,
+    /// Shared by every replica; authenticates the peer channel.
+    pub secret: SecretString,
+    /// How long a lease lasts without renewal.
+    pub lease: Duration,
+    /// How often leases are renewed.
+    pub heartbeat: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(advertise_url: String, secret: SecretString) -> ClusterConfig {
+        ClusterConfig {
+            advertise_url: advertise_url.trim_end_matches('/').to_string(),
+            secret,
+            lease: DEFAULT_LEASE,
+            heartbeat: HEARTBEAT,
+        }
+    }
+}
+
+/// A lease's holder and epoch.
+type LeaseHolder = (String, i64);
+/// exe_id → epoch of the executors other replicas hold.
+type HeldElsewhere = HashMap<String, i64>;
+
+/// This replica: its id, and the links it holds to other replicas'
+/// executors.
+pub struct Cluster {
+    pub replica_id: String,
+    pub config: ClusterConfig,
+    /// exe_id → the link through its owner.
+    remotes: Mutex<HashMap<String, Arc<Link>>>,
+    /// exe_id → the lock its one dial at a time holds.
+    dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// exe_id → the lease (holder, epoch) whose owner could not be reached,
+    /// and when.
+    failures: Mutex<HashMap<String, (LeaseHolder, Instant)>>,
+    elsewhere: Mutex<Option<(Instant, Arc<HeldElsewhere>)>>,
+    /// exe_id → a description (see [`Cluster::describe`]) and its epoch.
+    described: Mutex<HashMap<String, (i64, Arc<Link>)>>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        Cluster {
+            replica_id: crate::secret::random_id("rep_", 8),
+            config,
+            remotes: Mutex::new(HashMap::new()),
+            dialling: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            elsewhere: Mutex::new(None),
+            described: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.config.lease.as_millis() as i64
+    }
+
+    /// Takes `link`'s executor for this replica (epoch + 1) and records the
+    /// lease on the link. A link to it through another replica is closed.
+    pub async fn take_lease(&self, store: &Store, link: &Link) -> crate::store::Result<()> {
+        let now = now_ms();
+        let until = now + self.lease_ms();
+        let info = link
+            .handshake()
+            .and_then(|h| serde_json::to_string(&h.info).ok());
+        let epoch = store
+            .take_lease(
+                &link.exe_id,
+                &self.replica_id,
+                &self.config.advertise_url,
+                until,
+                info.as_deref(),
+            )
+            .await?;
+        link.set_lease(epoch, until);
+        if let Some(old) = self.remotes.lock().unwrap().remove(&link.exe_id) {
+            old.close("the executor moved to this replica");
+        }
+        tracing::info!(exe_id = %link.exe_id, epoch, "took the executor's lease");
+        Ok(())
+    }
+
+    /// Gives up `link`'s lease if it is still this replica's at its epoch;
+    /// whether it was (a link closed because its lease moved was not).
+    pub async fn release_lease(&self, store: &Store, link: &Link) -> bool {
+        if link.epoch() == 0 {
+            return false;
+        }
+        match store
+            .release_lease(&link.exe_id, &self.replica_id, link.epoch())
+            .await
+        {
+            Ok(released) => released,
+            Err(e) => {
+                tracing::warn!(exe_id = %link.exe_id, "could not release the executor's lease: {e}");
+                false
+            }
+        }
+    }
+
+    /// Executors other live replicas hold, with their lease's epoch
+    /// (envs/list), reused for [`ELSEWHERE_TTL`].
+    pub async fn held_elsewhere(&self, store: &Store) -> Arc<HeldElsewhere> {
+        if let Some((at, held)) = &*self.elsewhere.lock().unwrap() {
+            if at.elapsed() < ELSEWHERE_TTL {
+                return held.clone();
+            }
+        }
+        let held: HeldElsewhere = match store.leased_elsewhere(&self.replica_id, now_ms()).await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("could not read the leases: {e}");
+                HashMap::new()
+            }
+        };
+        let held = Arc::new(held);
+        *self.elsewhere.lock().unwrap() = Some((Instant::now(), held.clone()));
+        held
+    }
+
+    /// A description of executor `exe_id` (workspace, name) held elsewhere
+    /// at `epoch`, for envs/list: the open channel to it if there is one,
+    /// else a closed [`Link`] that carries only the handshake its holder
+    /// wrote into the lease (read once per epoch), so that listing never
+    /// opens channels. `None` when the lease has no handshake.
+    pub async fn describe(
+        &self,
+        store: &Store,
+        exe_id: &str,
+        workspace: &str,
+        name: &str,
+        epoch: i64,
+    ) -> Option<Arc<Link>> {
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
+        }
+        if let Some((at, link)) = self.described.lock().unwrap().get(exe_id) {
+            if *at == epoch && link.name == name {
+                return Some(link.clone());
+            }
+        }
+        let leased = store.leased_info(exe_id).await.ok()??;
+        let info: EnvironmentInfo =
+            serde_json::from_str(leased.environment_info.as_deref()?).ok()?;
+        // No socket behind it: every request on it fails at once.
+        let (tx, _) = mpsc::unbounded_channel();
+        let link = Link::new(
+            exe_id.to_string(),
+            workspace.to_string(),
+            name.to_string(),
+            tx,
+        );
+        link.set_relayed();
+        link.set_handshake(Handshake {
+            session_id: String::new(),
+            ext: info.ext(),
+            info,
+        });
+        link.close("a description of an executor another replica holds");
+        self.described
+            .lock()
+            .unwrap()
+            .insert(exe_id.to_string(), (leased.epoch, link.clone()));
+        Some(link)
+    }
+
+    /// A link to executor `exe_id` through the replica that holds it: the
+    /// one kept from an earlier call while it is open, else a new channel
+    /// to the holder of its lease (when that lease is unexpired and its
+    /// holder heartbeats). `None` when no other replica holds it.
+    pub async fn remote_link(
+        &self,
+        store: &Store,
+        config: &LinkConfig,
+        exe_id: &str,
+    ) -> Option<Arc<Link>> {
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
+        }
+        // One dial per executor at a time: calls that arrive meanwhile wait
+        // for it and share its channel.
+        let gate = self
+            .dialling
+            .lock()
+            .unwrap()
+            .entry(exe_id.to_string())
+            .or_default()
+            .clone();
+        let _dialling = gate.lock().await;
+        if let Some(link) = self.kept(exe_id) {
+            return Some(link);
+        }
+        let lease = match store.lease(exe_id).await {
+            Ok(lease) => lease?,
+            Err(e) => {
+                tracing::warn!(exe_id, "could not read the executor's lease: {e}");
+                return None;
+            }
+        };
+        let now = now_ms();
+        let heartbeat_fresh = lease
+            .heartbeat_at
+            .is_some_and(|at| now - at < self.lease_ms());
+        if lease.replica_id == self.replica_id || lease.expires_at <= now || !heartbeat_fresh {
+            return None;
+        }
+        // An owner that could not be reached is not dialled again for the
+        // same lease (holder and epoch) within DIAL_BACKOFF: calls answer
+        // 503 at once instead of each waiting for a dial to fail.
+        let attempt = (lease.replica_id.clone(), lease.epoch);
+        if let Some((failed, at)) = self.failures.lock().unwrap().get(exe_id) {
+            if *failed == attempt && at.elapsed() < DIAL_BACKOFF {
+                return None;
+            }
+        }
+        let link = match tokio::time::timeout(
+            DIAL_TIMEOUT,
+            dial(self, config, &lease.peer_url, exe_id),
+        )
+        .await
+        {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => {
+                tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner: {e}");
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .insert(exe_id.to_string(), (attempt, Instant::now()));
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner within {DIAL_TIMEOUT:?}");
+                self.failures
+                    .lock()
+                    .unwrap()
+                    .insert(exe_id.to_string(), (attempt, Instant::now()));
+                return None;
+            }
+        };
+        self.failures.lock().unwrap().remove(exe_id);
+        self.remotes
+            .lock()
+            .unwrap()
+            .insert(exe_id.to_string(), link.clone());
+        Some(link)
+    }
+
+    /// The open channel kept for `exe_id`, if any.
+    fn kept(&self, exe_id: &str) -> Option<Arc<Link>> {
+        self.remotes
+            .lock()
+            .unwrap()
+            .get(exe_id)
+            .filter(|link| !link.is_closed())
+            .cloned()
+    }
+
+    /// The credentials headers for a channel to `exe_id`.
+    fn credentials(&self, exe_id: &str) -> [(&'static str, String); 3] {
+        let ts = now_ms();
+        [
+            (REPLICA_HEADER, self.replica_id.clone()),
+            (TIME_HEADER, ts.to_string()),
+            (
+                SIGNATURE_HEADER,
+                sign(self.config.secret.expose(), &self.replica_id, exe_id, ts),
+            ),
+        ]
+    }
+}
+
+/// The signature of a channel from replica `replica_id` to `exe_id` at
+/// `ts_ms`: hex HMAC-SHA256 under the cluster secret.
+pub fn sign(secret: &str, replica_id: &str, exe_id: &str, ts_ms: i64) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("execgate-peer-v1\n{replica_id}\n{exe_id}\n{ts_ms}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a peer's credentials for a channel to `exe_id`: the signature
+/// (constant time) and the timestamp (within [`MAX_SKEW_MS`] of `now_ms`).
+/// A refusal says which part failed, never the expected value.
+pub fn verify(
+    secret: &str,
+    replica_id: Option<&str>,
+    ts: Option<&str>,
+    signature: Option<&str>,
+    exe_id: &str,
+    now_ms: i64,
+) -> Result<(), String> {
+    let (Some(replica_id), Some(ts), Some(signature)) = (replica_id, ts, signature) else {
+        return Err(format!(
+            "peer credentials missing: send {REPLICA_HEADER}, {TIME_HEADER} and {SIGNATURE_HEADER}"
+        ));
+    };
+    let ts: i64 = ts
+        .parse()
+        .map_err(|_| format!("{TIME_HEADER} is not a number of milliseconds"))?;
+    let expected = sign(secret, replica_id, exe_id, ts);
+    if !crate::secret::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        return Err(
+            "bad peer signature (is --cluster-secret-file the same on every replica?)".into(),
+        );
+    }
+    if (now_ms - ts).abs() > MAX_SKEW_MS {
+        return Err(format!(
+            "peer credentials expired: {TIME_HEADER} is {} ms from this replica's clock",
+            now_ms - ts
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a channel to `exe_id` through the replica at `peer_url` and
+/// returns the [`Link`] it drives.
+async fn dial(
+    cluster: &Cluster,
+    config: &LinkConfig,
+    peer_url: &str,
+    exe_id: &str,
+) -> Result<Arc<Link>, String> {
+    let base = peer_url
+        .strip_prefix("http://")
+        .map(|rest| format!("ws://{rest}"))
+        .or_else(|| {
+            peer_url
+                .strip_prefix("https://")
+                .map(|rest| format!("wss://{rest}"))
+        })
+        .unwrap_or_else(|| peer_url.to_string());
+    let mut request = format!("{base}{PATH}{exe_id}")
+        .into_client_request()
+        .map_err(|e| format!("bad peer URL {peer_url:?}: {e}"))?;
+    for (name, value) in cluster.credentials(exe_id) {
+        request.headers_mut().insert(
+            name,
+            value
+                .parse()
+                .map_err(|_| "credentials are not a header value".to_string())?,
+        );
+    }
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+        .await
+        .map_err(|e| format!("{peer_url}: {e}"))?;
+    let (sink, mut stream) = socket.split();
+    let hello = loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Text(t))) => break t,
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(format!(
+                    "the owner closed the channel: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                ))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the owner closed the channel".into()),
+        }
+    };
+    let Ok(Message::Notification { method, params }) = Message::decode(hello.as_bytes()) else {
+        return Err("the owner's first frame is not a notification".into());
+    };
+    if method != HELLO {
+        return Err(format!(
+            "the owner's first frame is {method:?}, not {HELLO}"
+        ));
+    }
+    let field = |name: &str| params.get(name).and_then(Value::as_str).map(String::from);
+    let (Some(workspace), Some(name), Some(session_id)) =
+        (field("workspace"), field("name"), field("sessionId"))
+    else {
+        return Err(format!("{HELLO} lacks workspace, name or sessionId"));
+    };
+    let info: EnvironmentInfo = serde_json::from_value(params["environmentInfo"].clone())
+        .map_err(|e| format!("{HELLO}: environmentInfo: {e}"))?;
+    let (tx, rx) = mpsc::unbounded_channel::<Encoded>();
+    let link = Link::new(exe_id.to_string(), workspace, name, tx);
+    link.set_relayed();
+    let epoch = params.get("epoch").and_then(Value::as_i64).unwrap_or(0);
+    link.set_lease(epoch, i64::MAX);
+    link.set_handshake(Handshake {
+        session_id,
+        ext: info.ext(),
+        info,
+    });
+    let writer = spawn_writer(link.clone(), sink, rx, config.ping_timeout);
+    let reader = spawn_reader(link.clone(), stream, "the owner replica");
+    let watched = link.clone();
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            r = reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
+            _ = watched.closed() => watched.close_reason().unwrap_or("closed").to_string(),
+        };
+        watched.close(&format!(
+            "the channel through the owner replica ended: {reason}"
+        ));
+        let _ = writer.await;
+    });
+    tracing::info!(
+        exe_id,
+        peer_url,
+        epoch,
+        "opened a channel to the executor through its owner"
+    );
+    Ok(link)
+}
+
+/// The lease upkeep: every [`ClusterConfig::heartbeat`], this replica's
+/// heartbeat and the renewal of every lease it holds (one statement each);
+/// links whose lease was not renewed, or lapsed, are closed. Runs for the
+/// gateway's life.
+pub async fn heartbeat(host: Host) {
+    let Some(cluster) = host.cluster() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(cluster.config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Leases this replica renewed without a live link to them, at the last
+    // beat: released at the second (a link takes its lease just before it
+    // is registered).
+    let mut orphans: HashMap<String, i64> = HashMap::new();
+    let mut last_prune = Instant::now();
+    loop {
+        tick.tick().await;
+        let store = host.store();
+        let now = now_ms();
+        if let Err(e) = store
+            .replica_heartbeat(&cluster.replica_id, &cluster.config.advertise_url, now)
+            .await
+        {
+            tracing::warn!("replica heartbeat failed: {e}");
+        }
+        let until = now + cluster.lease_ms();
+        match store.renew_leases(&cluster.replica_id, now, until).await {
+            Ok(renewed) => {
+                let renewed: HashMap<String, i64> = renewed.into_iter().collect();
+                let links = host.registry().links();
+                let local: HashSet<&str> = links.iter().map(|l| l.exe_id.as_str()).collect();
+                for link in &links {
+                    if link.epoch() == 0 {
+                        continue;
+                    }
+                    match renewed.get(&link.exe_id) {
+                        Some(&epoch) if link.renew_lease(epoch, until) => {}
+                        Some(&epoch) => link.close(&format!(
+                            "this replica's lease on the executor is at epoch {epoch}, not the link's {}",
+                            link.epoch()
+                        )),
+                        None => link.close(
+                            "this replica no longer holds the executor's lease (it lapsed, or another replica took it)",
+                        ),
+                    }
+                }
+                let mut next = HashMap::new();
+                for (exe_id, epoch) in renewed {
+                    if local.contains(exe_id.as_str()) {
+                        continue;
+                    }
+                    if orphans.get(&exe_id) == Some(&epoch) {
+                        let _ = store
+                            .release_lease(&exe_id, &cluster.replica_id, epoch)
+                            .await;
+                    } else {
+                        next.insert(exe_id, epoch);
+                    }
+                }
+                orphans = next;
+            }
+            Err(e) => {
+                tracing::warn!("could not renew the executor leases: {e}");
+                for link in host.registry().links() {
+                    if !link.lease_ok(now_ms()) {
+                        link.close("this replica's lease on the executor lapsed (the store is unreachable)");
+                    }
+                }
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            last_prune = Instant::now();
+            let _ = store.prune_replicas(now - PRUNE_AFTER_MS).await;
+        }
+    }
+}
+
+/// What the owner's side of a channel shares between its tasks.
+struct Channel {
+    link: Arc<Link>,
+    out: mpsc::Sender<WsMessage>,
+}
+
+impl Channel {
+    async fn send(&self, frame: Encoded) -> bool {
+        let msg = match frame {
+            Encoded::Text(t) => WsMessage::Text(t.into()),
+            Encoded::Binary(b) => WsMessage::Binary(b.into()),
+        };
+        self.out.send(msg).await.is_ok()
+    }
+}
+
+/// The owner's side of a channel from replica `peer`: relays its requests
+/// onto `link` and the notifications it watches back, until either side
+/// goes, the link closes, or this replica's lease on the executor lapses.
+pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<WsMessage>(OUT_QUEUE);
+    let ping_every = (host.config().ping_timeout / 2).max(Duration::from_millis(100));
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(ping_every);
+        ping.tick().await;
+        loop {
+            let msg = tokio::select! {
+                msg = out_rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+                _ = ping.tick() => WsMessage::Ping(Bytes::new()),
+            };
+            let close = matches!(msg, WsMessage::Close(_));
+            if sink.send(msg).await.is_err() || close {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    });
+    let channel = Arc::new(Channel {
+        link: link.clone(),
+        out: out_tx.clone(),
+    });
+    let hello = {
+        let hs = link.handshake();
+        let params = json!({
+            "workspace": link.workspace,
+            "name": link.name,
+            "epoch": link.epoch(),
+            "sessionId": hs.map(|h| h.session_id.clone()),
+            "environmentInfo": hs.map(|h| h.info.clone()),
+        });
+        Message::notification(HELLO, params).encode()
+    };
+    let _ = out_tx.send(WsMessage::Text(hello.into())).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut taps: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut last_heard = now_ms();
+    let silence_limit = (host.config().ping_timeout.as_millis() as i64).max(1000);
+    // The lease and the peer's silence, checked once a second (the
+    // heartbeat also closes a link whose lease it could not renew, which
+    // ends the channel at once).
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut requests = 0u64;
+    let end: String = loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = link.closed() => break format!(
+                "executor '{}' disconnected from its owner: {}",
+                link.name, link.close_reason().unwrap_or("closed")
+            ),
+            _ = check.tick() => {
+                if !link.lease_ok(now_ms()) {
+                    break "the owner's lease on the executor lapsed".into();
+                }
+                if now_ms() - last_heard > silence_limit {
+                    break "the peer replica went silent".into();
+                }
+                continue;
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        last_heard = now_ms();
+        let decoded: Result<Envelope, DecodeError> = match msg {
+            Some(Ok(WsMessage::Text(t))) => Message::decode(t.as_bytes()).map(Envelope::text),
+            Some(Ok(WsMessage::Binary(b))) => Envelope::decode_binary(b),
+            Some(Ok(WsMessage::Close(_))) | None => {
+                break "the peer replica closed the channel".into()
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break format!("channel error: {e}"),
+        };
+        let Ok(Envelope { message, payload }) = decoded else {
+            tracing::warn!(exe_id = %link.exe_id, peer, "undecodable frame from a peer replica");
+            continue;
+        };
+        match message {
+            Message::Request { id, method, params } => {
+                // Fencing: a replica whose lease lapsed answers nothing more.
+                if !link.lease_ok(now_ms()) {
+                    break "the owner's lease on the executor lapsed".into();
+                }
+                requests += 1;
+                let channel = channel.clone();
+                tasks.spawn(async move {
+                    let timeout = crate::link::bridge::deadline(&method, &params, RELAY_TIMEOUT);
+                    let answer = match method.as_str() {
+                        method::INITIALIZE | method::INITIALIZED => {
+                            Ok((Err(RpcError::method_not_found(&method)), Bytes::new()))
+                        }
+                        _ => channel.link.relay(&method, params, payload, timeout).await,
+                    };
+                    let (result, payload) = match answer {
+                        Ok(answer) => answer,
+                        Err(e @ LinkError::Timeout { .. }) => (
+                            Err(crate::link::bridge::gateway_error(
+                                &e,
+                                error_code::GATEWAY_TIMEOUT,
+                            )),
+                            Bytes::new(),
+                        ),
+                        // The link is gone: the channel ends with it.
+                        Err(_) => return,
+                    };
+                    let frame = Envelope {
+                        message: Message::response(id, result),
+                        payload,
+                    }
+                    .encode();
+                    channel.send(frame).await;
+                });
+            }
+            Message::Notification { method, params } => {
+                let key = |name: &str| params.get(name).and_then(Value::as_str).map(String::from);
+                match method.as_str() {
+                    WATCH => {
+                        let Some(pid) = key("processId") else {
+                            continue;
+                        };
+                        watches.retain(|_, task| !task.is_finished());
+                        if watches.contains_key(&pid) {
+                            continue;
+                        }
+                        let push = params.get("push").and_then(Value::as_bool).unwrap_or(true);
+                        let sub = if push {
+                            link.subscribe(&pid)
+                        } else {
+                            link.subscribe_to_start(&pid)
+                        };
+                        let task = tokio::spawn(forward_events(channel.clone(), pid.clone(), sub));
+                        watches.insert(pid, task);
+                    }
+                    UNWATCH => {
+                        if let Some(task) = key("processId").and_then(|pid| watches.remove(&pid)) {
+                            task.abort();
+                        }
+                    }
+                    TAP => {
+                        let Some(k) = key("key") else { continue };
+                        if taps.contains_key(&k) {
+                            continue;
+                        }
+                        let tap = link.tap(&k, 1024);
+                        let channel = channel.clone();
+                        let task = tokio::spawn(async move {
+                            let mut tap = tap;
+                            while let Some((method, params)) = tap.recv().await {
+                                let frame = Message::notification(&method, params).encode();
+                                if !channel.send(Encoded::Text(frame)).await {
+                                    return;
+                                }
+                            }
+                        });
+                        taps.insert(k, task);
+                    }
+                    UNTAP => {
+                        if let Some(task) = key("key").and_then(|k| taps.remove(&k)) {
+                            task.abort();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Message::Response { .. } => {}
+        }
+    };
+    tasks.abort_all();
+    for (_, task) in watches.drain().chain(taps.drain()) {
+        task.abort();
+    }
+    tracing::debug!(exe_id = %link.exe_id, peer, requests, "peer channel ended: {end}");
+    let mut reason = end;
+    reason.truncate(120);
+    let close = CloseFrame {
+        code: CloseCode::Again,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        out_tx.send(WsMessage::Close(Some(close))),
+    )
+    .await;
+    drop(out_tx);
+    drop(channel);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// Relays one watched process's events to the peer as the executor's
+/// notifications (output bytes raw, in a binary frame), until it closes.
+async fn forward_events(channel: Arc<Channel>, pid: String, mut sub: crate::link::Subscription) {
+    loop {
+        let event = sub.recv().await;
+        let (method, value, payload, last) = match event {
+            ProcessEvent::Output { seq, stream, data } => {
+                let n = OutputNotification {
+                    process_id: pid.clone(),
+                    seq,
+                    stream,
+                    chunk: Blob::raw(data),
+                };
+                let Ok((value, payload)) = blob::to_value(&n, true) else {
+                    continue;
+                };
+                (method::PROCESS_OUTPUT, value, payload, false)
+            }
+            ProcessEvent::Exited { seq, exit_code } => {
+                let n = ExitedNotification {
+                    process_id: pid.clone(),
+                    seq,
+                    exit_code,
+                };
+                (
+                    method::PROCESS_EXITED,
+                    serde_json::to_value(n).unwrap_or_default(),
+                    Bytes::new(),
+                    false,
+                )
+            }
+            ProcessEvent::Closed { seq } => {
+                let n = ClosedNotification {
+                    process_id: pid.clone(),
+                    seq,
+                };
+                (
+                    method::PROCESS_CLOSED,
+                    serde_json::to_value(n).unwrap_or_default(),
+                    Bytes::new(),
+                    true,
+                )
+            }
+            ProcessEvent::LinkLost => return,
+        };
+        let frame = Envelope {
+            message: Message::notification(method, value),
+            payload,
+        }
+        .encode();
+        if !channel.send(frame).await || last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_verify_only_with_the_secret_the_exe_and_a_fresh_time() {
+        let sig = sign("s3cret", "rep_a", "exe_1", 1_000_000);
+        let ok =
+            |secret, exe, now| verify(secret, Some("rep_a"), Some("1000000"), Some(&sig), exe, now);
+        assert_eq!(ok("s3cret", "exe_1", 1_000_500), Ok(()));
+        assert!(ok("other", "exe_1", 1_000_500)
+            .unwrap_err()
+            .contains("bad peer signature"));
+        assert!(ok("s3cret", "exe_2", 1_000_500)
+            .unwrap_err()
+            .contains("bad peer signature"));
+        assert!(ok("s3cret", "exe_1", 1_000_000 + MAX_SKEW_MS + 1)
+            .unwrap_err()
+            .contains("expired"));
+        assert!(verify("s3cret", None, None, None, "exe_1", 0)
+            .unwrap_err()
+            .contains("missing"));
+        // Another replica id under the same signature fails.
+        assert!(verify(
+            "s3cret",
+            Some("rep_b"),
+            Some("1000000"),
+            Some(&sig),
+            "exe_1",
+            1_000_000
+        )
+        .is_err());
+    }
+}
