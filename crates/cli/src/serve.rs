@@ -121,6 +121,32 @@ pub struct GatewayArgs {
     /// tests, which need not wait the default interval.
     #[arg(long, hide = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub bridge_recheck_ms: Option<u64>,
+    /// On SIGTERM (or Ctrl-C), how long the gateway drains before it exits:
+    /// it refuses new requests and links (503 draining), lets the calls in
+    /// flight finish, tells its executors to move to another replica, then
+    /// exits 0. A second signal exits at once. Seconds, or with a unit
+    /// (`500ms`, `30s`, `2m`).
+    #[arg(long, env = "EXECGATE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `30`, `30s`, `500ms`, `2m`: a duration for `--drain-timeout`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: a number, then ms, s or m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown unit {other:?}: use ms, s or m")),
+    }
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -172,6 +198,7 @@ impl GatewayArgs {
             c.link.bridge_recheck = Duration::from_millis(ms);
         }
         c.audit = self.audit;
+        c.drain_timeout = self.drain_timeout;
         c.limits = LimitsConfig {
             rate: self.rate()?,
             max_sessions_per_workspace: match self.max_sessions_per_workspace {
@@ -218,6 +245,52 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         gateway.local_addr()
     );
     tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving");
+    tokio::spawn(drain_on_signals(gateway.handle()));
     gateway.serve().await?;
     Ok(())
+}
+
+/// SIGTERM or SIGINT (Ctrl-C) starts a drain; `serve` returns when it is
+/// done. A second one of either exits at once (128 + the signal).
+async fn drain_on_signals(handle: execgate_gateway::GatewayHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot handle SIGTERM and SIGINT: the gateway will not drain");
+        return;
+    };
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        drain_timeout_secs = handle.drain_timeout().as_secs_f64(),
+        "{first}: draining; send SIGTERM or SIGINT again to exit at once"
+    );
+    handle.drain();
+    let code = tokio::select! {
+        _ = term.recv() => 128 + 15,
+        _ = int.recv() => 128 + 2,
+    };
+    tracing::warn!("second signal: exiting at once, without waiting for the drain");
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_timeouts_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 0 "), Ok(Duration::ZERO));
+        for bad in ["", "s", "1h", "-1", "1.5s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::harness::*;
 const DEFAULT_BIN: &str = ".cache/execgate/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex";
 
 /// The codex binary, or `None` (with the reason printed) to skip.
-fn codex_bin() -> Option<PathBuf> {
+pub(crate) fn codex_bin() -> Option<PathBuf> {
     if std::env::var("EXECGATE_CODEX_TESTS").as_deref() != Ok("1") {
         eprintln!(
             "skipped: set EXECGATE_CODEX_TESTS=1 (and EXECGATE_CODEX_BIN) to run the codex tests"
@@ -40,13 +40,13 @@ fn codex_bin() -> Option<PathBuf> {
 }
 
 /// What `execgate admin executor add --sigv4` printed last.
-struct Credentials {
+pub(crate) struct Credentials {
     environment_id: String,
     key_id: String,
     secret: String,
 }
 
-fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {
+pub(crate) fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {
     let out = Command::new(bin())
         .arg("admin")
         .arg("--data-dir")
@@ -77,7 +77,13 @@ fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {
     }
 }
 
-fn start_codex(bin: &Path, gateway: &str, creds: &Credentials, dir: &Path, tag: &str) -> Proc {
+pub(crate) fn start_codex(
+    bin: &Path,
+    gateway: &str,
+    creds: &Credentials,
+    dir: &Path,
+    tag: &str,
+) -> Proc {
     let home = dir.join(format!("codex-home-{tag}"));
     let work = dir.join("codex-work");
     std::fs::create_dir_all(&home).unwrap();

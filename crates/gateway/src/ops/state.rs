@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     pub revocation_recheck: Duration,
     /// The listener's bounds: connections at once, header read timeout.
     pub listener: ListenerConfig,
+    /// How long a drain (SIGTERM) waits for calls in flight and for
+    /// executors to move before the gateway exits (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -69,6 +72,7 @@ impl GatewayConfig {
             cap_token_secret_file: None,
             revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
+            drain_timeout: crate::ops::drain::DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -128,6 +132,8 @@ pub(crate) struct Inner {
     pub revoked_turns: tokio::sync::broadcast::Sender<String>,
     /// `/output` polling's reads ahead (see `read_ahead`).
     pub poll_aheads: PollAheads,
+    /// Draining on SIGTERM, and readiness (see `ops::drain`).
+    pub drain: crate::ops::drain::Drain,
 }
 
 #[derive(Clone)]
@@ -166,11 +172,17 @@ impl AppState {
             sigv4_replays: Default::default(),
             ledgers: Mutex::new(HashMap::new()),
             poll_aheads: PollAheads::default(),
+            drain: Default::default(),
         }))
     }
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The drain's state (see `ops::drain`).
+    pub fn drain(&self) -> &crate::ops::drain::Drain {
+        &self.0.drain
     }
 
     /// `/output` polling's reads ahead, per session.

@@ -18,6 +18,7 @@
 
 mod audit;
 pub mod audit_log;
+mod health;
 mod lookups;
 
 pub use audit::AuditQuery;

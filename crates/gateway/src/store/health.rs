@@ -1,0 +1,24 @@
+//! Whether the store answers: the readiness check's query (`/readyz`).
+
+use super::{Store, StoreError};
+
+impl Store {
+    /// A query that touches the database and nothing else. The caller
+    /// bounds how long it may take.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_open_store_answers_the_ping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.ping().await.unwrap();
+    }
+}
