@@ -329,6 +329,29 @@ mod tests {
             .unwrap();
     }
 
+    #[tokio::test]
+    async fn readiness_follows_the_store_and_the_drain() {
+        let (_dir, state) = crate::ops::state::test_state(|_| {}).await;
+        readiness(&state).await.expect("ready");
+        // A lost store shows once the cached answer is older than a second.
+        state.store().close_for_tests().await;
+        readiness(&state).await.expect("the cached answer still");
+        tokio::time::sleep(READY_CACHE + Duration::from_millis(50)).await;
+        let e = readiness(&state).await.unwrap_err();
+        assert_eq!(e.code, code::STORE_UNAVAILABLE);
+        assert_eq!(e.kind(), crate::ops::ErrorKind::Unavailable);
+        // Draining wins over everything.
+        state.drain().begin();
+        assert_eq!(readiness(&state).await.unwrap_err().code, code::DRAINING);
+    }
+
+    #[tokio::test]
+    async fn readiness_of_a_draining_gateway_is_draining() {
+        let (_dir, state) = crate::ops::state::test_state(|_| {}).await;
+        state.drain().begin();
+        assert_eq!(readiness(&state).await.unwrap_err().code, code::DRAINING);
+    }
+
     #[test]
     fn the_draining_error_says_when_to_retry() {
         let e = draining_error();

@@ -9,6 +9,13 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    /// Closes the main pool, as a lost database would leave it: for the
+    /// readiness tests.
+    #[cfg(test)]
+    pub(crate) async fn close_for_tests(&self) {
+        self.pool.close().await;
+    }
 }
 
 #[cfg(test)]
@@ -20,5 +27,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         store.ping().await.unwrap();
+        store.close_for_tests().await;
+        assert!(store.ping().await.is_err());
     }
 }
