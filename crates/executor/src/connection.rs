@@ -103,6 +103,10 @@ where
     // Set by `execgate/move`: leave once nothing is in flight.
     let mut moving: Option<MoveParams> = None;
 
+    // One future for the connection's life: registered once, not per frame.
+    let move_asked = conn.move_asked();
+    tokio::pin!(move_asked);
+
     let ended = loop {
         tokio::select! {
             frame = stream.next() => {
@@ -122,7 +126,7 @@ where
                 };
                 on_frame(decoded, &conn, &tx, tasks, &in_flight).await;
             }
-            params = conn.move_asked(), if moving.is_none() => {
+            params = &mut move_asked, if moving.is_none() => {
                 tracing::info!(
                     in_flight = in_flight.count(),
                     "the gateway asked this executor to move; leaving once the requests in flight are answered"
