@@ -238,6 +238,9 @@ pub struct ServeArgs {
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("gateway");
+    // Before the "listening" line: a SIGTERM that follows it must drain,
+    // not kill.
+    let signals = Signals::install();
     let gateway = Gateway::bind(a.gateway.config()?).await?;
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(
@@ -245,22 +248,47 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         gateway.local_addr()
     );
     tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving");
-    tokio::spawn(drain_on_signals(gateway.handle()));
+    if let Some(signals) = signals {
+        tokio::spawn(signals.drain_on_them(gateway.handle()));
+    }
     gateway.serve().await?;
     Ok(())
 }
 
-/// SIGTERM or SIGINT (Ctrl-C) starts a drain; `serve` returns when it is
-/// done. A second one of either exits at once (128 + the signal).
-async fn drain_on_signals(handle: execgate_gateway::GatewayHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot handle SIGTERM and SIGINT: the gateway will not drain");
-        return;
-    };
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some(Signals { term, int }),
+            _ => {
+                tracing::warn!("cannot handle SIGTERM and SIGINT: the gateway will not drain");
+                None
+            }
+        }
+    }
+
+    /// SIGTERM or SIGINT (Ctrl-C) starts a drain; `serve` returns when it
+    /// is done. A second one of either exits at once (128 + the signal).
+    async fn drain_on_them(self, handle: execgate_gateway::GatewayHandle) {
+        let Signals { mut term, mut int } = self;
+        drain_on_signals(&mut term, &mut int, handle).await;
+    }
+}
+
+async fn drain_on_signals(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    handle: execgate_gateway::GatewayHandle,
+) {
     let first = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -331,6 +331,34 @@ async fn an_executor_fails_over_when_its_first_gateway_is_dead() {
     assert_eq!(r["structuredContent"]["stdout"], "via-b\n", "{r}");
 }
 
+/// A replica killed outright: the link drops, and the executor fails over
+/// to the next URL at once (no backoff within a round), its processes with it.
+#[tokio::test]
+async fn a_lost_link_fails_over_to_the_next_gateway() {
+    let mut pair = Pair::start(&[]);
+    let (api_a, api_b) = (pair.api(&pair.a), pair.api(&pair.b));
+    let _executor = pair.prepared.eg.executor(
+        &pair.a.url(),
+        &pair.exe_token,
+        &pair.work(),
+        &["--gateway", &pair.b.url()],
+    );
+    wait_for_env(&api_a, "laptop").await;
+    let sid = api_a.exec("laptop", json!({"command": ["cat"]})).await;
+    assert_eq!(api_a.stdin(&sid, b"before\n", false).await.0, 200);
+    api_a.read_until(&sid, 0, |d| d == b"before\n").await;
+    let t = Instant::now();
+    pair.a.proc.kill();
+    eventually(10, "the executor to fail over to B", || {
+        listed(&api_b, "laptop")
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(api_b.stdin(&sid, b"after\n", false).await.0, 200);
+    let (data, _) = api_b.read_until(&sid, 0, |d| d == b"before\nafter\n").await;
+    assert_eq!(data, b"before\nafter\n");
+}
+
 #[tokio::test]
 async fn the_gateway_list_can_come_comma_separated_from_the_environment() {
     let prepared = Prepared::new(&execgate(), "w1");

@@ -9,8 +9,9 @@
 //!   a new connection, which a load balancer sends elsewhere). Only
 //!   `/healthz` and `/readyz` pass either way. A response marked
 //!   [`Resumable`] (an SSE output stream) is not waited for: it ends with
-//!   an `error` event `draining` when the drain reaches its closing phase,
-//!   and its client resumes with `Last-Event-ID`. A WebSocket (an executor
+//!   an `error` event `draining` when the drain reaches its closing phase
+//!   (and the drain waits for that last event to be sent), and its client
+//!   resumes with `Last-Event-ID`. A WebSocket (an executor
 //!   link, a bridge session) counts only until its upgrade is answered.
 //! - [`readyz`]: 200 `{"status":"ready"}` when this replica can serve, else
 //!   503 with the envelope (`draining`, `store_unavailable`).
@@ -52,9 +53,13 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
         return resp;
     };
     let resp = next.run(req).await;
-    if resp.extensions().get::<Resumable>().is_some() {
-        return resp;
-    }
+    let guard = if resp.extensions().get::<Resumable>().is_some() {
+        // Not a call the drain waits for; a stream it ends, then waits for.
+        drop(guard);
+        state.drain().enter_stream()
+    } else {
+        guard
+    };
     resp.map(|body| {
         Body::new(Counted {
             inner: body,

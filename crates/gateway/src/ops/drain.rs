@@ -20,7 +20,10 @@
 //!    the deadline. A stock codex is never sent the extension: it does not
 //!    know it. Its link, and bridge sessions, end when the process exits;
 //!    codex re-dials its URL, a bridge client reconnects.
-//! 3. **Done**: `Gateway::serve` returns, and `execgate serve` exits 0.
+//! 3. **Done**, once the moved links have closed and the streams have sent
+//!    their last event (or at the deadline), and a short grace (200 ms) for
+//!    the last bytes to leave the sockets: `Gateway::serve` returns, and
+//!    `execgate serve` exits 0.
 //!
 //! Moving executors only after the calls in flight are done is deliberate:
 //! a `shell` call waits on its process's notifications over the link, so a
@@ -43,6 +46,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `Retry-After` of a request refused while draining: another replica (or
 /// this one, restarted) can take it at once.
 pub const DRAINING_RETRY_AFTER_SECS: u64 = 1;
+/// After the last call's body is handed to the connection, how long the
+/// process stays up so that its last bytes leave the socket.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// How long `/readyz` reuses the store's answer, so that probes cannot load it.
 const READY_CACHE: Duration = Duration::from_secs(1);
 /// The longest the readiness check waits for the store.
@@ -65,6 +71,9 @@ pub enum Phase {
 pub struct Drain {
     phase: watch::Sender<Phase>,
     calls: Arc<Calls>,
+    /// Long-lived streams (SSE): not waited for before the closing phase,
+    /// but until they have sent their last event after it.
+    streams: Arc<Calls>,
     /// The store's last answer to the readiness check.
     store_ok: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
@@ -92,6 +101,7 @@ impl Default for Drain {
         Drain {
             phase: watch::channel(Phase::Serving).0,
             calls: Arc::default(),
+            streams: Arc::default(),
             store_ok: tokio::sync::Mutex::new(None),
         }
     }
@@ -132,6 +142,13 @@ impl Drain {
         self.calls.count.load(Ordering::Acquire)
     }
 
+    /// Counts a long-lived stream (already admitted as a call), which the
+    /// drain ends at its closing phase and then waits for.
+    pub fn enter_stream(&self) -> InFlight {
+        self.streams.count.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.streams.clone())
+    }
+
     /// Resolves once the phase is `at_least`.
     pub async fn reached(&self, at_least: Phase) {
         let mut rx = self.phase.subscribe();
@@ -155,13 +172,20 @@ impl Drain {
 
     /// Waits until no call is in flight, or `deadline`; whether none is.
     async fn calls_done(&self, deadline: tokio::time::Instant) -> bool {
+        self.calls.done(deadline).await
+    }
+}
+
+impl Calls {
+    /// Waits until the count is zero, or `deadline`; whether it is.
+    async fn done(&self, deadline: tokio::time::Instant) -> bool {
         loop {
-            let idle = self.calls.idle.notified();
-            if self.in_flight() == 0 {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.in_flight() == 0;
+                return self.count.load(Ordering::Acquire) == 0;
             }
         }
     }
@@ -267,9 +291,13 @@ pub async fn run(state: AppState, timeout: Duration) {
     );
     let moved = futures_util::future::join_all(links.iter().map(|l| l.closed()));
     let all_moved = tokio::time::timeout_at(deadline, moved).await.is_ok();
+    // Streams have sent their `error` event and ended (or the deadline).
+    let streams_done = drain.streams.done(deadline).await;
     drain.set(Phase::Done);
+    // The last answers are written; let them leave the sockets.
+    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + FLUSH_GRACE)).await;
     let left = drain.in_flight();
-    if calls_done && all_moved {
+    if calls_done && all_moved && streams_done {
         tracing::info!(
             after_ms = started.elapsed().as_millis() as u64,
             "drained: exiting"
@@ -278,6 +306,7 @@ pub async fn run(state: AppState, timeout: Duration) {
         tracing::warn!(
             calls_cut = left,
             links_not_moved = links.iter().filter(|l| !l.is_closed()).count(),
+            streams_cut = drain.streams.count.load(Ordering::Acquire),
             "drain timeout reached: exiting with work in flight"
         );
     }
