@@ -331,6 +331,42 @@ async fn an_executor_fails_over_when_its_first_gateway_is_dead() {
     assert_eq!(r["structuredContent"]["stdout"], "via-b\n", "{r}");
 }
 
+/// A call longer than the drain timeout is cut at the deadline, and the
+/// gateway still exits 0 then, not later.
+#[tokio::test]
+async fn the_drain_timeout_bounds_the_wait() {
+    let mut pair = Pair::start(&["--drain-timeout", "2s"]);
+    let api_a = pair.api(&pair.a);
+    let _executor = pair.prepared.eg.executor(
+        &pair.a.url(),
+        &pair.exe_token,
+        &pair.work(),
+        &["--gateway", &pair.b.url()],
+    );
+    wait_for_env(&api_a, "laptop").await;
+    let slow = tokio::spawn(async move {
+        api_a
+            .call_raw("laptop", "shell", json!({"command": ["sleep", "30"]}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = Instant::now();
+    sigterm(pair.a.proc.id());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(alive(pair.a.proc.id()), "still draining within its timeout");
+    let status = pair.a.proc.exits_within(10, "A at its deadline").await;
+    assert!(status.success(), "{status:?}");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    slow.abort();
+    // The executor still moves (told at the deadline, or by the lost link).
+    let api_b = pair.api(&pair.b);
+    eventually(15, "the executor to move to B", || listed(&api_b, "laptop")).await;
+}
+
 /// A replica killed outright: the link drops, and the executor fails over
 /// to the next URL at once (no backoff within a round), its processes with it.
 #[tokio::test]
