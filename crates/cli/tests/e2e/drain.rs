@@ -367,6 +367,58 @@ async fn the_drain_timeout_bounds_the_wait() {
     eventually(15, "the executor to move to B", || listed(&api_b, "laptop")).await;
 }
 
+/// A registration refused with 503 `draining` (here before the executor's
+/// first link, the strictest case) is retried, never fatal: behind a load
+/// balancer the next try lands on a replica that serves.
+#[tokio::test]
+async fn a_registration_refused_while_draining_is_retried() {
+    let mut pair = Pair::start(&["--drain-timeout", "20s"]);
+    let api_a = pair.api(&pair.a);
+    let _executor = pair
+        .prepared
+        .eg
+        .executor(&pair.a.url(), &pair.exe_token, &pair.work(), &[]);
+    wait_for_env(&api_a, "laptop").await;
+    let slow = tokio::spawn(async move {
+        api_a
+            .call_raw("laptop", "shell", json!({"command": ["sleep", "3"]}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sigterm(pair.a.proc.id());
+    // A new executor whose only gateway is A, while A drains.
+    let late_token = pair.prepared.add_executor("late", false);
+    let late_dir = pair.prepared.dir.path().join("late");
+    let late_work = late_dir.join("work");
+    std::fs::create_dir_all(&late_work).unwrap();
+    let mut late = pair
+        .prepared
+        .eg
+        .executor(&pair.a.url(), &late_token, &late_work, &[]);
+    let late_log = late_dir.join("executor.log");
+    eventually(10, "the late executor to be refused with 503", || async {
+        let log = log_of(&late_log);
+        (log.contains("HTTP 503") && log.contains("draining")).then_some(())
+    })
+    .await;
+    assert!(
+        late.0.try_wait().unwrap().is_none(),
+        "{}",
+        log_of(&late_log)
+    );
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    let addr = pair.a.addr.to_string();
+    let status = pair.a.proc.exits_within(20, "A to drain").await;
+    assert!(status.success(), "{status:?}");
+    // A comes back on its address: the late executor connects, as does the
+    // first.
+    let a2 = pair.prepared.eg.serve(&pair.prepared.data_dir, &addr, &[]);
+    let api_a2 = Api::new(&a2.url(), &pair.prepared.token);
+    wait_for_env(&api_a2, "late").await;
+    wait_for_env(&api_a2, "laptop").await;
+}
+
 /// A replica killed outright: the link drops, and the executor fails over
 /// to the next URL at once (no backoff within a round), its processes with it.
 #[tokio::test]
