@@ -8,9 +8,12 @@ use execgate_executor::{ExecutorConfig, PolicyConfig, SandboxConfig};
 
 #[derive(Args, Debug)]
 pub struct ExecutorArgs {
-    /// The gateway's URL, e.g. http://127.0.0.1:6060.
-    #[arg(long, env = "EXECGATE_GATEWAY")]
-    pub gateway: String,
+    /// The gateway's URL, e.g. http://127.0.0.1:6060. Repeat it (or give
+    /// a comma-separated list in the variable) for replicas: they are
+    /// dialled in order, failing over to the next when one cannot be
+    /// reached, refuses the registration or drops the link.
+    #[arg(long, env = "EXECGATE_GATEWAY", required = true, value_delimiter = ',')]
+    pub gateway: Vec<String>,
     /// The executor token `execgate admin executor add` printed.
     #[arg(long, env = "EXECGATE_EXECUTOR_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -59,7 +62,10 @@ pub struct ExecutorArgs {
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("executor");
-    let mut config = ExecutorConfig::new(a.gateway, a.token);
+    let mut gateways = a.gateway.into_iter().map(|g| g.trim().to_string());
+    let first = gateways.next().unwrap_or_default();
+    let mut config = ExecutorConfig::new(first, a.token);
+    config.fallback_gateway_urls = gateways.filter(|g| !g.is_empty()).collect();
     config.name = a.name;
     config.is_default = a.default;
     a.policy.apply(a.workdir, &mut config)?;

@@ -142,6 +142,32 @@ pub struct GatewayArgs {
     /// 10000]. Hidden: for tests.
     #[arg(long, hide = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(500..))]
     pub lease_ms: Option<u64>,
+    /// On SIGTERM (or Ctrl-C), how long the gateway drains before it exits:
+    /// it refuses new requests and links (503 draining), lets the calls in
+    /// flight finish, tells its executors to move to another replica, then
+    /// exits 0. A second signal exits at once. Seconds, or with a unit
+    /// (`500ms`, `30s`, `2m`).
+    #[arg(long, env = "EXECGATE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `30`, `30s`, `500ms`, `2m`: a duration for `--drain-timeout`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: a number, then ms, s or m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown unit {other:?}: use ms, s or m")),
+    }
 }
 
 /// A shared secret from a file, without its trailing newline.
@@ -211,6 +237,7 @@ impl GatewayArgs {
             c.cluster = Some(cluster);
         }
         c.audit = self.audit;
+        c.drain_timeout = self.drain_timeout;
         c.limits = LimitsConfig {
             rate: self.rate()?,
             max_sessions_per_workspace: match self.max_sessions_per_workspace {
@@ -250,6 +277,9 @@ pub struct ServeArgs {
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("gateway");
+    // Before the "listening" line: a SIGTERM that follows it must drain,
+    // not kill.
+    let signals = Signals::install();
     let gateway = Gateway::bind(a.gateway.config()?).await?;
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(
@@ -260,6 +290,77 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         Some(_) => tracing::info!("serving from the PostgreSQL store"),
         None => tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving"),
     }
+    if let Some(signals) = signals {
+        tokio::spawn(signals.drain_on_them(gateway.handle()));
+    }
     gateway.serve().await?;
     Ok(())
+}
+
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some(Signals { term, int }),
+            _ => {
+                tracing::warn!("cannot handle SIGTERM and SIGINT: the gateway will not drain");
+                None
+            }
+        }
+    }
+
+    /// SIGTERM or SIGINT (Ctrl-C) starts a drain; `serve` returns when it
+    /// is done. A second one of either exits at once (128 + the signal).
+    async fn drain_on_them(self, handle: execgate_gateway::GatewayHandle) {
+        let Signals { mut term, mut int } = self;
+        drain_on_signals(&mut term, &mut int, handle).await;
+    }
+}
+
+async fn drain_on_signals(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    handle: execgate_gateway::GatewayHandle,
+) {
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        drain_timeout_secs = handle.drain_timeout().as_secs_f64(),
+        "{first}: draining; send SIGTERM or SIGINT again to exit at once"
+    );
+    handle.drain();
+    let code = tokio::select! {
+        _ = term.recv() => 128 + 15,
+        _ = int.recv() => 128 + 2,
+    };
+    tracing::warn!("second signal: exiting at once, without waiting for the drain");
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_timeouts_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 0 "), Ok(Duration::ZERO));
+        for bad in ["", "s", "1h", "-1", "1.5s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

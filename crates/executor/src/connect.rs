@@ -49,28 +49,30 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     /// Checks the URL and token; nothing here touches the network.
+    #[cfg(test)]
     pub fn new(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
+        Self::with_url(config, &config.gateway_url)
+    }
+
+    /// Every gateway of `config`: `gateway_url`, then the fallbacks, in order.
+    pub fn all(config: &ExecutorConfig) -> Result<Vec<Self>, ExecutorError> {
+        std::iter::once(&config.gateway_url)
+            .chain(&config.fallback_gateway_urls)
+            .map(|url| Self::with_url(config, url))
+            .collect()
+    }
+
+    /// The gateway at `url` (checked as [`Gateway::new`] checks it).
+    pub fn with_url(config: &ExecutorConfig, url: &str) -> Result<Self, ExecutorError> {
         let environment_id =
             environment_id_from_token(&config.token).ok_or(ExecutorError::InvalidToken)?;
         let bearer = HeaderValue::from_str(&format!("Bearer {}", config.token))
             .map_err(|_| ExecutorError::InvalidToken)?;
         let invalid = |reason: &str| ExecutorError::InvalidGatewayUrl {
-            url: config.gateway_url.clone(),
+            url: url.to_string(),
             reason: reason.into(),
         };
-        let mut base = Url::parse(&config.gateway_url).map_err(|e| invalid(&e.to_string()))?;
-        let scheme = match base.scheme() {
-            "http" | "ws" => "http",
-            "https" | "wss" => "https",
-            _ => return Err(invalid("the scheme must be http, https, ws or wss")),
-        };
-        base.set_scheme(scheme)
-            .map_err(|()| invalid("cannot use an http scheme"))?;
-        if base.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
-        }
-        base.set_query(None);
-        base.set_fragment(None);
+        let base = normalize(url).map_err(|e| invalid(&e))?;
         let mut register_url = base.clone();
         register_url
             .path_segments_mut()
@@ -166,6 +168,44 @@ impl Gateway {
             Err(_) => Err(ConnectError::DialTimeout(DIAL_TIMEOUT)),
         }
     }
+}
+
+/// A gateway URL as the executor uses it: `ws(s)` turned into `http(s)`, no
+/// query or fragment. Two spellings of one gateway normalise the same.
+fn normalize(url: &str) -> Result<Url, String> {
+    let mut base = Url::parse(url).map_err(|e| e.to_string())?;
+    let scheme = match base.scheme() {
+        "http" | "ws" => "http",
+        "https" | "wss" => "https",
+        _ => return Err("the scheme must be http, https, ws or wss".into()),
+    };
+    base.set_scheme(scheme)
+        .map_err(|()| "cannot use an http scheme".to_string())?;
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    base.set_query(None);
+    base.set_fragment(None);
+    Ok(base)
+}
+
+/// Which gateway to dial after gateway `current` asked this executor to
+/// move: the first of the gateway's `hints` that is one of ours (a hint
+/// never sends the token anywhere new), else the next one of ours (with a
+/// single URL, the same one: behind a load balancer it lands elsewhere).
+pub(crate) fn after_move(gateways: &[Url], current: usize, hints: &[String]) -> usize {
+    let hinted = hints
+        .iter()
+        .filter_map(|h| normalize(h).ok())
+        .find_map(|h| {
+            let same =
+                |g: &Url| g.as_str().trim_end_matches('/') == h.as_str().trim_end_matches('/');
+            gateways
+                .iter()
+                .enumerate()
+                .position(|(i, g)| i != current && same(g))
+        });
+    hinted.unwrap_or((current + 1) % gateways.len().max(1))
 }
 
 /// The message of a `{"error":{"code","message"}}` body, else the body itself
@@ -298,6 +338,40 @@ mod tests {
         assert_eq!(error_message(""), "no details");
         let long = "x".repeat(1000);
         assert_eq!(error_message(&long).chars().count(), 301);
+    }
+
+    #[test]
+    fn every_configured_gateway_is_checked_in_order() {
+        let mut config = ExecutorConfig::new("http://a:1", "exe_1.secret");
+        config.fallback_gateway_urls = vec!["ws://b:2/p".into(), "https://c".into()];
+        let all = Gateway::all(&config).unwrap();
+        let bases: Vec<&str> = all.iter().map(|g| g.base().as_str()).collect();
+        assert_eq!(bases, ["http://a:1/", "http://b:2/p", "https://c/"]);
+        config.fallback_gateway_urls.push("ftp://d".into());
+        assert!(matches!(
+            Gateway::all(&config),
+            Err(ExecutorError::InvalidGatewayUrl { url, .. }) if url == "ftp://d"
+        ));
+    }
+
+    #[test]
+    fn a_move_goes_to_a_hinted_gateway_of_ours_else_the_next() {
+        let urls: Vec<Url> = ["http://a:1", "http://b:2", "http://c:3"]
+            .iter()
+            .map(|u| normalize(u).unwrap())
+            .collect();
+        let hints = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(after_move(&urls, 0, &[]), 1);
+        assert_eq!(after_move(&urls, 2, &[]), 0);
+        assert_eq!(after_move(&urls, 0, &hints(&["ws://c:3/"])), 2);
+        // A URL we were not given is never dialled; nor the one draining.
+        assert_eq!(
+            after_move(&urls, 0, &hints(&["http://evil:1", "http://a:1"])),
+            1
+        );
+        assert_eq!(after_move(&urls, 1, &hints(&["nonsense", "http://a:1"])), 0);
+        // One URL (a load balancer): the same one again.
+        assert_eq!(after_move(&urls[..1], 0, &hints(&["http://b:2"])), 0);
     }
 
     #[test]

@@ -11,17 +11,23 @@
 //! - **Liveness.** The gateway pings every 30 s; tungstenite answers pings
 //!   while we keep reading. If nothing at all arrives for the idle timeout
 //!   (90 s), the link is presumed dead and dropped, and `run` reconnects.
+//! - **Moving [ext].** On `execgate/move` (a draining gateway; the method
+//!   table hands it to the connection, which tells this loop): once the requests in flight on this connection are answered (long-poll
+//!   `process/read`s excepted: an empty answer is as good as a late one),
+//!   the queued frames are flushed, a Close frame is sent, and `serve`
+//!   returns [`Ended::Moved`] so that `run` dials again at once.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use execgate_protocol::exec::method;
+use execgate_protocol::exec::{method, MoveParams};
 use execgate_protocol::jsonrpc::{DecodeError, Encoded, Envelope, Message};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
@@ -32,6 +38,9 @@ use crate::state::ExecutorState;
 
 /// Drop the link if nothing at all arrives for this long.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the writer may take to flush and send the Close frame when the
+/// link moves.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for the writer. Bounds memory when the gateway reads
 /// slowly; notifications beyond it are dropped, responses wait.
 const OUTGOING_QUEUE: usize = 1024;
@@ -42,6 +51,9 @@ pub(crate) enum Ended {
     Idle(Duration),
     ReadFailed(tungstenite::Error),
     WriteFailed(String),
+    /// The gateway asked this executor to move (`execgate/move`); the link
+    /// was closed gracefully.
+    Moved(MoveParams),
 }
 
 impl fmt::Display for Ended {
@@ -51,6 +63,10 @@ impl fmt::Display for Ended {
             Ended::Idle(after) => write!(f, "nothing received for {} s", after.as_secs()),
             Ended::ReadFailed(err) => write!(f, "read failed: {err}"),
             Ended::WriteFailed(err) => write!(f, "write failed: {err}"),
+            Ended::Moved(p) => match &p.reason {
+                Some(reason) => write!(f, "the gateway asked this executor to move: {reason}"),
+                None => write!(f, "the gateway asked this executor to move"),
+            },
         }
     }
 }
@@ -79,9 +95,17 @@ where
 {
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
-    let mut writer = AbortOnDrop(tokio::spawn(write_frames(sink, rx)));
+    let close = Arc::new(Notify::new());
+    let mut writer = AbortOnDrop(tokio::spawn(write_frames(sink, rx, close.clone())));
     let conn = Arc::new(RpcConnection::new(state, tx.clone()));
     let mut last_frame = Instant::now();
+    let in_flight = InFlight::default();
+    // Set by `execgate/move`: leave once nothing is in flight.
+    let mut moving: Option<MoveParams> = None;
+
+    // One future for the connection's life: registered once, not per frame.
+    let move_asked = conn.move_asked();
+    tokio::pin!(move_asked);
 
     let ended = loop {
         tokio::select! {
@@ -100,7 +124,20 @@ where
                     // Pings are answered by tungstenite itself.
                     Some(Ok(_)) => continue,
                 };
-                on_frame(decoded, &conn, &tx, tasks).await;
+                on_frame(decoded, &conn, &tx, tasks, &in_flight).await;
+            }
+            params = &mut move_asked, if moving.is_none() => {
+                tracing::info!(
+                    in_flight = in_flight.count(),
+                    "the gateway asked this executor to move; leaving once the requests in flight are answered"
+                );
+                moving = Some(params);
+                in_flight.idle.notify_one();
+            }
+            _ = in_flight.idle.notified(), if moving.is_some() => {
+                if in_flight.count() == 0 {
+                    break Ended::Moved(moving.take().unwrap_or_default());
+                }
             }
             _ = tokio::time::sleep_until(last_frame + idle_timeout) => {
                 break Ended::Idle(idle_timeout);
@@ -116,8 +153,42 @@ where
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
+    if matches!(ended, Ended::Moved(_)) {
+        // Flush what is queued (the last answers), then a Close frame.
+        close.notify_one();
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer.0).await;
+    }
     conn.close();
     ended
+}
+
+/// The requests in flight on one connection that a move waits for.
+#[derive(Default, Clone)]
+struct InFlight {
+    count: Arc<AtomicUsize>,
+    /// Woken when the count drops to zero.
+    idle: Arc<Notify>,
+}
+
+impl InFlight {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+}
+
+struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
 }
 
 async fn on_frame(
@@ -125,6 +196,7 @@ async fn on_frame(
     conn: &Arc<RpcConnection>,
     tx: &mpsc::Sender<Envelope>,
     tasks: &mut JoinSet<()>,
+    in_flight: &InFlight,
 ) {
     let (message, payload) = match decoded {
         Ok(Envelope { message, payload }) => (Ok(message), payload),
@@ -138,6 +210,8 @@ async fn on_frame(
         Ok(Message::Request { id, method, params }) => {
             let conn = conn.clone();
             let tx = tx.clone();
+            // A move waits for every request but the long-polls.
+            let guard = (method != method::PROCESS_READ).then(|| in_flight.enter());
             tasks.spawn(async move {
                 let reply = conn.request(id, &method, params, payload).await;
                 // If the connection is gone the response is lost; the gateway
@@ -145,6 +219,7 @@ async fn on_frame(
                 let _ = tx.send(reply.envelope).await;
                 // Only now may the new process's notifications follow.
                 drop(reply.gate);
+                drop(guard);
             });
         }
         Ok(Message::Notification { method, params }) => conn.notification(&method, params),
@@ -168,22 +243,36 @@ async fn on_frame(
 }
 
 /// The writer task: sends queued messages, batching whatever is queued into
-/// one flush.
+/// one flush. When `close` fires, it sends what is queued, then a Close
+/// frame, and stops.
 async fn write_frames<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Frame>,
     mut rx: mpsc::Receiver<Envelope>,
+    close: Arc<Notify>,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(envelope) = rx.recv().await {
-        sink.feed(frame(&envelope)).await?;
-        while let Ok(envelope) = rx.try_recv() {
-            sink.feed(frame(&envelope)).await?;
+    loop {
+        tokio::select! {
+            biased;
+            envelope = rx.recv() => {
+                let Some(envelope) = envelope else { return Ok(()) };
+                sink.feed(frame(&envelope)).await?;
+                while let Ok(envelope) = rx.try_recv() {
+                    sink.feed(frame(&envelope)).await?;
+                }
+                sink.flush().await?;
+            }
+            _ = close.notified() => {
+                while let Ok(envelope) = rx.try_recv() {
+                    sink.feed(frame(&envelope)).await?;
+                }
+                sink.send(Frame::Close(None)).await?;
+                return Ok(());
+            }
         }
-        sink.flush().await?;
     }
-    Ok(())
 }
 
 fn frame(envelope: &Envelope) -> Frame {

@@ -94,12 +94,19 @@ pub const DEFAULT_STALE_STAGED: Duration = Duration::from_secs(60 * 60);
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// After a draining gateway's `execgate/move`, the next dial waits a random
+/// delay up to this, so that a gateway's executors do not all land on the
+/// next one in the same instant.
+const MOVE_JITTER: Duration = Duration::from_millis(500);
 
 /// How to reach the gateway and how to run processes.
 #[derive(Clone)]
 pub struct ExecutorConfig {
     /// The gateway's base URL, e.g. `http://127.0.0.1:6060` (`ws(s)://` works too).
     pub gateway_url: String,
+    /// More gateways (replicas), dialled in order after `gateway_url` when
+    /// it cannot be reached, refuses the registration, or the link drops.
+    pub fallback_gateway_urls: Vec<String>,
     /// The executor token, `{exe_id}.{secret}`.
     pub token: String,
     /// Sent when registering; the gateway refuses a name that does not match.
@@ -145,6 +152,7 @@ impl ExecutorConfig {
     pub fn new(gateway_url: impl Into<String>, token: impl Into<String>) -> Self {
         ExecutorConfig {
             gateway_url: gateway_url.into(),
+            fallback_gateway_urls: Vec::new(),
             token: token.into(),
             name: None,
             is_default: false,
@@ -172,6 +180,7 @@ impl fmt::Debug for ExecutorConfig {
         };
         f.debug_struct("ExecutorConfig")
             .field("gateway_url", &self.gateway_url)
+            .field("fallback_gateway_urls", &self.fallback_gateway_urls)
             .field("token", &token)
             .field("name", &self.name)
             .field("is_default", &self.is_default)
@@ -193,6 +202,13 @@ impl fmt::Debug for ExecutorConfig {
 /// Connects to the gateway and serves it, reconnecting whenever the link
 /// drops, forever.
 ///
+/// With several gateways (`gateway_url`, then `fallback_gateway_urls`) it
+/// dials them in order and moves on to the next when one cannot be
+/// reached, refuses the registration (a 503 `draining` included) or its
+/// link drops; the jittered backoff is waited once per round over all of
+/// them, not per URL. A draining gateway's `execgate/move` sends it to the
+/// next one (or one the gateway named, if it is in the list) at once.
+///
 /// Returns an error only for a problem that retrying cannot fix: a malformed
 /// configuration, or a refusal (HTTP 401/403/404/409) from the register
 /// endpoint before the first successful connection. Once it has connected,
@@ -200,7 +216,7 @@ impl fmt::Debug for ExecutorConfig {
 ///
 /// Dropping the returned future kills every child process it started.
 pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
-    let gateway = Gateway::new(&config)?;
+    let gateways = Gateway::all(&config)?;
     let state = Arc::new(ExecutorState::new(&config)?);
     let _kill_children_on_exit = ShutdownGuard(state.clone());
     let http = reqwest::Client::builder()
@@ -218,17 +234,33 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
     // Now rather than at the first process, so a problem shows at once.
     process::reaper::start();
 
-    tracing::info!(
-        gateway = %gateway.base(),
-        workdir = %state.workdir.display(),
-        "executor starting"
-    );
+    let bases: Vec<url::Url> = gateways.iter().map(|g| g.base().clone()).collect();
+    if bases.len() > 1 {
+        let all: Vec<&str> = bases.iter().map(url::Url::as_str).collect();
+        tracing::info!(
+            gateways = %all.join(", "),
+            workdir = %state.workdir.display(),
+            "executor starting"
+        );
+    } else {
+        tracing::info!(
+            gateway = %bases[0],
+            workdir = %state.workdir.display(),
+            "executor starting"
+        );
+    }
     if let Some(policy) = state.policy.announced() {
         tracing::info!(?policy, "policy in force");
     }
     let mut backoff = Backoff::new();
     let mut connected_once = false;
+    // The gateway to dial next, and the attempts since the last backoff
+    // wait: one round is one attempt per gateway.
+    let mut current = 0;
+    let mut misses = 0;
     loop {
+        let gateway = &gateways[current];
+        let mut moved = None;
         match gateway.connect(&http).await {
             Ok(socket) => {
                 connected_once = true;
@@ -237,18 +269,46 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
                 let ended =
                     connection::serve(socket, state.clone(), &mut tasks, connection::IDLE_TIMEOUT)
                         .await;
-                tracing::warn!("disconnected from the gateway: {ended}");
                 if connected_at.elapsed() > STABLE_CONNECTION {
                     backoff.reset();
+                    misses = 0;
+                }
+                match ended {
+                    connection::Ended::Moved(params) => {
+                        tracing::info!(
+                            gateway = %gateway.base(),
+                            reason = params.reason.as_deref().unwrap_or("draining"),
+                            "the gateway asked this executor to move; the link is closed"
+                        );
+                        moved = Some(params);
+                    }
+                    ended => {
+                        tracing::warn!(gateway = %gateway.base(), "disconnected from the gateway: {ended}")
+                    }
                 }
             }
             Err(err) => {
                 if let Some(refusal) = err.permanent_refusal().filter(|_| !connected_once) {
                     return Err(refusal);
                 }
-                tracing::warn!("cannot connect to the gateway: {err}");
+                tracing::warn!(gateway = %gateway.base(), "cannot connect to the gateway: {err}");
             }
         }
+        if let Some(params) = moved {
+            current = connect::after_move(&bases, current, &params.gateways);
+            misses = 0;
+            let delay = MOVE_JITTER.mul_f64(rand::random_range(0.0..=1.0));
+            tracing::info!(gateway = %bases[current], "moving in {:.1} s", delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        current = (current + 1) % gateways.len();
+        misses += 1;
+        if misses < gateways.len() {
+            // Fail over to the next gateway at once.
+            continue;
+        }
+        misses = 0;
         let delay = backoff.next_delay();
         tracing::info!("reconnecting in {:.1} s", delay.as_secs_f64());
         tokio::time::sleep(delay).await;

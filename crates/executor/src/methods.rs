@@ -68,6 +68,9 @@ pub(crate) enum Run {
     /// work, where a multi-step operation such as a recursive copy costs one
     /// thread hop instead of one per system call.
     Blocking,
+    /// The connection's own business, not a session's, whenever it comes:
+    /// `execgate/move`, which the frame loop acts on.
+    Transport,
 }
 
 /// A request's answer: its result on the wire, plus for `process/start` the
@@ -88,6 +91,9 @@ pub(crate) trait Connection {
     fn initialize(&self, params: Value) -> Result<Answer, RpcError>;
     /// The `initialized` notification.
     fn initialized(&self, params: Value);
+    /// [ext] `execgate/move`: the gateway drains; leave once the requests
+    /// in flight are answered (see `connection`).
+    fn move_requested(&self, params: Value);
 }
 
 /// What an inline method works with.
@@ -261,6 +267,10 @@ macro_rules! methods {
         $conn:ident, $name:ident, $params:ident) => {
         $handler($conn, $params)
     };
+    (@notification Notification Transport $handler:path,
+        $conn:ident, $name:ident, $params:ident) => {
+        $handler($conn, $params)
+    };
     (@notification Notification Inline $handler:path,
         $conn:ident, $name:ident, $params:ident) => {
         notify($conn, $name, $params, $handler)
@@ -291,6 +301,7 @@ methods! {
     Request      PROCESS_CLOSE_STDIN  Inline     Other   process_close_stdin;
     Request      PROCESS_RESIZE       Inline     Other   process_resize;
     Notification PROCESS_SET_PUSH     Inline     Other   process_set_push;
+    Notification EXECGATE_MOVE        Transport  Other   Connection::move_requested;
     Request      FS_READ_FILE         Blocking   Read    fs::read_file;
     Request      FS_READ_RANGE        Blocking   Read    fs::read_range;
     Request      FS_GET_METADATA      Blocking   Read    fs::get_metadata;

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use execgate_protocol::exec::{InitializeParams, InitializeResult};
+use execgate_protocol::exec::{InitializeParams, InitializeResult, MoveParams};
 use execgate_protocol::jsonrpc::{Envelope, Id, Message, RpcError};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::methods::{self, Answer, Connection};
 use crate::notify::Sink;
@@ -34,6 +34,9 @@ pub(crate) struct RpcConnection {
     /// The gateway said in `initialize` that it reads binary frames.
     binary: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
+    /// [ext] What `execgate/move` said, until the frame loop takes it.
+    moving: Mutex<Option<MoveParams>>,
+    move_asked: Notify,
 }
 
 /// Where the connection is in the handshake. Both `initialize` (request) and
@@ -60,6 +63,8 @@ impl RpcConnection {
             outgoing,
             binary: AtomicBool::new(false),
             lifecycle: Mutex::new(Lifecycle::default()),
+            moving: Mutex::new(None),
+            move_asked: Notify::new(),
         }
     }
 
@@ -112,6 +117,23 @@ impl RpcConnection {
     /// Takes one notification from the gateway.
     pub fn notification(&self, method: &str, params: Value) {
         methods::notification(self, method, params);
+    }
+
+    /// Resolves when the gateway has asked this executor to move
+    /// (`execgate/move`), with what it said.
+    pub async fn move_asked(&self) -> MoveParams {
+        loop {
+            let asked = self.move_asked.notified();
+            if let Some(params) = self
+                .moving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                return params;
+            }
+            asked.await;
+        }
     }
 
     /// The connection is gone: its session detaches (its processes live on).
@@ -174,5 +196,14 @@ impl Connection for RpcConnection {
 
     fn initialized(&self, _params: Value) {
         self.lifecycle().initialized = true;
+    }
+
+    fn move_requested(&self, params: Value) {
+        let params = serde_json::from_value(params).unwrap_or_else(|e| {
+            tracing::debug!("execgate/move with params we do not read ({e}); moving anyway");
+            MoveParams::default()
+        });
+        *self.moving.lock().unwrap_or_else(PoisonError::into_inner) = Some(params);
+        self.move_asked.notify_one();
     }
 }

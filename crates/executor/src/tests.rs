@@ -1166,6 +1166,98 @@ async fn frame_loop_over_an_in_memory_websocket() {
     assert!(state.sessions.contains(&session_id));
 }
 
+/// `execgate/move`: the loop waits for the requests in flight (not the
+/// long-polls), flushes their answers, sends a Close frame and ends Moved.
+#[tokio::test]
+async fn a_move_waits_for_requests_in_flight_then_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::WebSocketStream;
+
+    let (state, _dir) = state();
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+    let mut gateway = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+    let serving = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            crate::connection::serve(server, state, &mut tasks, Duration::from_secs(30)).await
+        })
+    };
+    let send = |v: Value| Frame::text(v.to_string());
+    gateway
+        .send(send(
+            json!({"id": 1, "method": "initialize", "params": {"clientName": "gw"}}),
+        ))
+        .await
+        .unwrap();
+    gateway
+        .send(send(json!({"method": "initialized"})))
+        .await
+        .unwrap();
+    gateway
+        .send(send(json!({"id": 2, "method": "process/start", "params":
+            {"processId": "p", "argv": ["sleep", "30"], "cwd": "", "env": path_env()}})))
+        .await
+        .unwrap();
+    // A child that reads its stdin only after a while, and a write to it
+    // larger than a pipe holds: in flight until the child reads (waited
+    // for). And a long-poll (not waited for).
+    gateway
+        .send(send(json!({"id": 3, "method": "process/start", "params":
+            {"processId": "r", "argv": ["sh", "-c", "sleep 1; cat >/dev/null"], "cwd": "",
+             "env": path_env(), "pipeStdin": true}})))
+        .await
+        .unwrap();
+    gateway
+        .send(send(
+            json!({"id": "poll", "method": "process/read", "params":
+            {"processId": "p", "afterSeq": 0, "waitMs": 20000}}),
+        ))
+        .await
+        .unwrap();
+    let big = BASE64.encode(vec![b'x'; 1 << 20]);
+    gateway
+        .send(send(
+            json!({"id": "slow", "method": "process/write", "params":
+            {"processId": "r", "chunk": big, "writeId": "w1"}}),
+        ))
+        .await
+        .unwrap();
+    gateway
+        .send(send(
+            json!({"method": "execgate/move", "params": {"reason": "test"}}),
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!serving.is_finished(), "the write is in flight");
+    let mut ids = Vec::new();
+    let closed = loop {
+        match tokio::time::timeout(WAIT, gateway.next()).await.unwrap() {
+            Some(Ok(Frame::Text(text))) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if let Some(id) = v.get("id") {
+                    ids.push(id.clone());
+                }
+            }
+            Some(Ok(Frame::Close(_))) => break true,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break false,
+        }
+    };
+    assert!(closed, "a Close frame ends the link");
+    assert!(ids.contains(&json!("slow")), "{ids:?}");
+    assert!(!ids.contains(&json!("poll")), "{ids:?}");
+    let ended = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    match ended {
+        crate::connection::Ended::Moved(p) => assert_eq!(p.reason.as_deref(), Some("test")),
+        other => panic!("{other}"),
+    }
+}
+
 #[tokio::test]
 async fn the_frame_loop_drops_a_silent_connection() {
     use tokio_tungstenite::tungstenite::protocol::Role;

@@ -118,6 +118,25 @@ impl GatewayHandle {
     pub fn is_connected(&self, exe_id: &str) -> bool {
         self.0.registry().get(exe_id).is_some()
     }
+
+    /// Starts draining (what SIGTERM does to `execgate serve`): new
+    /// requests and links are refused with 503 `draining`, the calls in
+    /// flight finish, executors are told to move, and [`Gateway::serve`]
+    /// returns once that is done or after `GatewayConfig::drain_timeout`.
+    /// Returns whether this call started the drain (false: it had begun).
+    pub fn drain(&self) -> bool {
+        self.0.drain().begin()
+    }
+
+    /// Whether the gateway is draining (or has drained).
+    pub fn is_draining(&self) -> bool {
+        self.0.drain().is_draining()
+    }
+
+    /// The drain timeout this gateway was configured with.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.0.config().drain_timeout
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +206,8 @@ impl Gateway {
         GatewayHandle(self.state.clone())
     }
 
-    /// Serves until the process ends.
+    /// Serves until a drain ([`GatewayHandle::drain`]) is complete (or
+    /// times out); without one, until the process ends.
     pub async fn serve(self) -> Result<(), GatewayError> {
         tokio::spawn(ops::deadlines::run(self.state.clone()));
         tokio::spawn(ops::revocation::sweep_removed_executors(self.state.clone()));
@@ -205,7 +225,11 @@ impl Gateway {
             header_read_timeout_secs = config.header_read_timeout.as_secs_f64(),
             "accepting connections"
         );
-        http::listener::serve(self.listener, http::router(self.state), config).await;
+        let drained = ops::drain::run(self.state.clone(), self.state.config().drain_timeout);
+        tokio::select! {
+            () = http::listener::serve(self.listener, http::router(self.state), config) => {}
+            () = drained => {}
+        }
         Ok(())
     }
 }

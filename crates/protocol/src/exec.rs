@@ -47,6 +47,12 @@ pub mod method {
     pub const PROCESS_OUTPUT: &str = "process/output";
     pub const PROCESS_EXITED: &str = "process/exited";
     pub const PROCESS_CLOSED: &str = "process/closed";
+
+    /// [ext] A notification to the executor: the gateway is draining; finish
+    /// the requests in flight, close the link and dial again (see
+    /// [`super::MoveParams`]). Sent only to an executor that announced
+    /// [`super::ExtCapabilities::move_on_drain`].
+    pub const EXECGATE_MOVE: &str = "execgate/move";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,10 +166,29 @@ pub struct ExtCapabilities {
     /// executor cannot confine writes, below 4 the network.
     #[serde(skip_serializing_if = "is_zero")]
     pub sandbox_abi: u32,
+    /// `execgate/move` is understood: on it the executor closes the link
+    /// once its requests in flight are answered, and dials again.
+    #[serde(rename = "move")]
+    pub move_on_drain: bool,
     /// The limits the machine's owner set (`--root`, `--allow-tools`,
     /// `--read-only`, `--max-processes`, `--sandbox`); absent when none was set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::ExecutorPolicy>,
+}
+
+/// [ext] `execgate/move`: the gateway that sends it is draining.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MoveParams {
+    /// Gateway URLs to prefer for the next dial, best first. The executor
+    /// dials only URLs it was configured with (`--gateway`): a hint never
+    /// sends its token anywhere new. Empty: the next URL of its own list
+    /// (or the same one, behind a load balancer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Why, for the executor's log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -649,5 +674,25 @@ mod tests {
         .unwrap();
         assert!(info.ext().close_stdin);
         assert_eq!(info.ext().retained_bytes, 5);
+        assert!(!info.ext().move_on_drain);
+    }
+
+    #[test]
+    fn the_move_extension_is_announced_as_move() {
+        let ext = ExtCapabilities {
+            move_on_drain: true,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&ext).unwrap();
+        assert_eq!(v["move"], true);
+        let back: ExtCapabilities = serde_json::from_value(json!({"move":true})).unwrap();
+        assert!(back.move_on_drain);
+        // An empty move notification is valid, and encodes as `{}`.
+        let p: MoveParams = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(p, MoveParams::default());
+        assert_eq!(serde_json::to_value(&p).unwrap(), json!({}));
+        let p: MoveParams =
+            serde_json::from_value(json!({"gateways":["http://b:6060"],"reason":"x"})).unwrap();
+        assert_eq!(p.gateways, ["http://b:6060"]);
     }
 }

@@ -9,6 +9,7 @@ mod bridge;
 mod cli;
 mod codex;
 mod custom_tools;
+mod drain;
 mod harness;
 mod hostile_executor;
 mod isolation;

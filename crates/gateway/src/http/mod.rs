@@ -13,12 +13,14 @@
 //! - [`mcp`]: the MCP server at `/mcp`; [`openapi`]: the document.
 //! - [`extract`]: extractors (the `Caller` one included);
 //!   [`error`]: the one place an error becomes the envelope and a status;
-//!   [`listener`]: accepting connections; [`ui`]: the web console's
+//!   [`listener`]: accepting connections; [`drain`]: the drain's gate on
+//!   every request, and `/readyz`; [`ui`]: the web console's
 //!   embedded files at `/ui/`.
 
 pub mod admin;
 pub mod bridge;
 pub mod connectors;
+pub mod drain;
 pub mod error;
 pub mod executor;
 pub mod extract;
@@ -80,6 +82,12 @@ pub fn router(state: AppState) -> Router {
         // Last resort: whatever error escaped as plain text or empty gets
         // the envelope (see `error::envelope_bare_errors`).
         .layer(axum::middleware::map_response(error::envelope_bare_errors))
+        // Outermost: refuses everything but the probes while draining, and
+        // counts the calls a drain waits for.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            drain::gate,
+        ))
         .with_state(state)
 }
 
@@ -104,6 +112,7 @@ pub fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(processes::signal))
         .routes((schemas, paths, files))
         .routes(routes!(healthz))
+        .routes(routes!(drain::readyz))
 }
 
 /// Liveness: answers while the process serves, without touching the store.

@@ -175,7 +175,8 @@ impl ErrorResponses {
             "503",
             "Try again later (`Retry-After` says when): the executor is not connected \
              (`executor_unavailable`), the token authority cannot answer (`auth_unavailable`), \
-             or the audit log cannot be written (`audit_unavailable`, with `--audit fail-closed`).",
+             the audit log cannot be written (`audit_unavailable`, with `--audit fail-closed`), \
+             or this gateway is draining for a restart (`draining`: retry, another replica serves it).",
         ),
         (
             "default",
@@ -331,7 +332,7 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let responses = &op["responses"];
-                if path == "/healthz" {
+                if path == "/healthz" || path == "/readyz" {
                     assert!(responses.get("401").is_none());
                     continue;
                 }

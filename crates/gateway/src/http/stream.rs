@@ -26,6 +26,11 @@
 //! when its proxy token is revoked or its environment removed while it is
 //! open: it checks again every `revocation_recheck` (see `revocation`).
 //!
+//! When the gateway drains (SIGTERM), a stream ends with an `error` event
+//! `draining` once the calls in flight are done (`ops::drain`): the client
+//! resumes with `Last-Event-ID`, on another replica. The drain does not
+//! wait for streams otherwise (the response is marked `Resumable`).
+//!
 //! A stream is audited as one `stream` operation, recorded when it ends
 //! with the output bytes it delivered (and the exit code).
 //!
@@ -49,6 +54,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
+use crate::http::drain::Resumable;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::extract::{ApiPath, ApiQuery};
@@ -104,7 +110,13 @@ pub async fn stream(
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<
+    (
+        axum::Extension<Resumable>,
+        Sse<impl Stream<Item = Result<Event, Infallible>>>,
+    ),
+    ApiError,
+> {
     let since = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -141,7 +153,10 @@ pub async fn stream(
             rx,
             |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
         );
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)))
+    Ok((
+        axum::Extension(Resumable),
+        Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)),
+    ))
 }
 
 /// Why the pump stopped.
@@ -172,9 +187,11 @@ struct Pump {
 
 impl Pump {
     async fn run(mut self, watch: Watch) {
+        let state = self.state.clone();
         let ended = tokio::select! {
             _ = self.pump() => None,
             e = watch.ended() => Some(e),
+            _ = state.drain().closing() => Some(crate::ops::drain::draining_error()),
         };
         if let Some(e) = ended {
             tracing::info!(sid = %self.session.row.sid, code = e.code, "stream ended: {}", e.message);

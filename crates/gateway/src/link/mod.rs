@@ -413,6 +413,13 @@ impl Link {
         self.handshake().map(|h| h.ext.clone()).unwrap_or_default()
     }
 
+    /// Whether the executor announced the `move` extension, so that a
+    /// draining gateway may send it `execgate/move`. Never a stock codex:
+    /// it drops its connection on a notification it does not know.
+    pub fn moves_on_drain(&self) -> bool {
+        self.handshake().is_some_and(|h| h.ext.move_on_drain)
+    }
+
     /// Whether the executor reads binary frames, so that file data and
     /// stdin can go to it raw. Never during the handshake.
     fn binary(&self) -> bool {
@@ -1217,6 +1224,31 @@ mod tests {
         link.dispatch(Message::response(id, Ok(json!({}))).encode().as_bytes());
         assert_eq!(link.errors.lock().unwrap().count, 0);
         assert!(!link.is_closed());
+    }
+
+    /// Only an executor that announced `move` is one a drain may move;
+    /// a stock codex (no `execgate` announcement) never is.
+    #[test]
+    fn only_links_that_announced_move_are_moved() {
+        let (codex, _out) = link();
+        codex.set_handshake(Handshake {
+            session_id: "s".into(),
+            info: EnvironmentInfo::default(),
+            ext: EnvironmentInfo::default().ext(),
+        });
+        assert!(!codex.moves_on_drain());
+        let (old, _out) = link_with(ExtCapabilities {
+            binary_frames: true,
+            ..Default::default()
+        });
+        assert!(!old.moves_on_drain());
+        let (ours, _out) = link_with(ExtCapabilities {
+            move_on_drain: true,
+            ..Default::default()
+        });
+        assert!(ours.moves_on_drain());
+        let (unshaken, _out) = link();
+        assert!(!unshaken.moves_on_drain());
     }
 
     /// With an executor that reads binary frames, bytes go raw both ways;

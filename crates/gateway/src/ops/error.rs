@@ -92,7 +92,9 @@ pub fn kind_of(code: &str) -> ErrorKind {
         | code::EXECUTOR_UNAVAILABLE
         | code::AUTH_UNAVAILABLE
         | code::AUDIT_UNAVAILABLE
-        | code::TOO_MANY_CONNECTIONS => ErrorKind::Unavailable,
+        | code::TOO_MANY_CONNECTIONS
+        | code::DRAINING
+        | code::STORE_UNAVAILABLE => ErrorKind::Unavailable,
         code::GATEWAY_TIMEOUT => ErrorKind::Timeout,
         _ => ErrorKind::Internal,
     }
@@ -281,6 +283,8 @@ mod tests {
             code::TOO_MANY_SESSIONS,
             code::AUDIT_UNAVAILABLE,
             code::TOO_MANY_CONNECTIONS,
+            code::DRAINING,
+            code::STORE_UNAVAILABLE,
             FILE_NOT_FOUND,
         ];
         for c in all {

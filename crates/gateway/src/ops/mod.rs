@@ -17,6 +17,7 @@
 //!   workspace's rate and session cap, long requests re-checking their token.
 //! - [`admin`], [`captoken`]: what `execgate admin` shares with the admin
 //!   API. [`audit`]: audit records opened for a caller, on a link.
+//! - [`drain`]: draining on SIGTERM, and readiness (`/readyz`).
 //! - [`state`]: the gateway's shared state and its config ([`state::AppState`]
 //!   also serves the link layer as its `LinkHost`).
 
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod bridge;
 pub mod captoken;
 pub mod deadlines;
+pub mod drain;
 pub mod environment;
 pub mod error;
 pub mod files;

@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     /// leases and forwarding to the replica that holds an executor
     /// (`link::peer`). `None`: a single gateway.
     pub cluster: Option<ClusterConfig>,
+    /// How long a drain (SIGTERM) waits for calls in flight and for
+    /// executors to move before the gateway exits (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -80,6 +83,7 @@ impl GatewayConfig {
             revocation_recheck: crate::ops::revocation::DEFAULT_RECHECK,
             listener: ListenerConfig::default(),
             cluster: None,
+            drain_timeout: crate::ops::drain::DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -141,6 +145,8 @@ pub(crate) struct Inner {
     pub poll_aheads: PollAheads,
     /// This gateway as a replica; `None` alone.
     pub cluster: Option<Cluster>,
+    /// Draining on SIGTERM, and readiness (see `ops::drain`).
+    pub drain: crate::ops::drain::Drain,
 }
 
 #[derive(Clone)]
@@ -180,11 +186,17 @@ impl AppState {
             sigv4_replays: Default::default(),
             ledgers: Mutex::new(HashMap::new()),
             poll_aheads: PollAheads::default(),
+            drain: Default::default(),
         }))
     }
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The drain's state (see `ops::drain`).
+    pub fn drain(&self) -> &crate::ops::drain::Drain {
+        &self.0.drain
     }
 
     /// `/output` polling's reads ahead, per session.

@@ -32,6 +32,7 @@
 
 mod audit;
 pub mod audit_log;
+mod health;
 pub mod invalidate;
 pub mod leases;
 mod lookups;
