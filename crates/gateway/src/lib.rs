@@ -182,6 +182,9 @@ impl Gateway {
         tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));
+        tokio::spawn(ops::idempotency::sweep_periodically(
+            self.state.store().clone(),
+        ));
         let config = self.state.config().listener.clone();
         tracing::info!(
             max_connections = config.max_connections,

@@ -11,6 +11,7 @@ mod codex;
 mod custom_tools;
 mod harness;
 mod hostile_executor;
+mod idempotency;
 mod isolation;
 mod leaks;
 mod limits;

@@ -67,6 +67,36 @@ pub enum SessionErrors {
     Gone(ErrorResponse),
 }
 
+/// The `Idempotency-Key` header of the mutating routes, for their
+/// `params(...)` (see `http::idempotency`).
+#[derive(utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // a description for the document, never built
+pub struct IdempotencyKey(
+    /// Makes a retry safe: a repeat with the same key and the same request
+    /// (method, path, body) within 24 h answers the first answer without
+    /// doing it again, with `Idempotent-Replayed: true`; a duplicate sent
+    /// while the first runs waits for it. 1-255 bytes of printable ASCII
+    /// (a UUID), scoped to the workspace.
+    #[param(min_length = 1, max_length = 255, pattern = "^[ -~]+$")]
+    Option<String>,
+);
+
+/// What a request with an `Idempotency-Key` can answer besides its own
+/// answers, for their `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum IdempotencyErrors {
+    /// The key's first request was cut off before its answer was recorded
+    /// (`idempotency_key_in_doubt`), or its answer was over 1 MiB and not
+    /// kept (`idempotency_answer_too_large`); it is not done again.
+    #[response(status = 409)]
+    Conflict(ErrorResponse),
+    /// The key was used for a different request (`idempotency_key_reused`).
+    #[response(status = 422)]
+    Reused(ErrorResponse),
+}
+
 /// A file's raw bytes, as the `/files` routes send and take them (not JSON).
 /// OpenAPI 3.1 spells this as a string with a `contentMediaType`.
 pub struct FileBytes;

@@ -18,9 +18,11 @@
 
 mod audit;
 pub mod audit_log;
+mod idempotency;
 mod lookups;
 
 pub use audit::AuditQuery;
+pub use idempotency::{IdempotencyAnswer, IdempotencyRow};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
