@@ -222,3 +222,65 @@ async fn keys_outlive_a_gateway_restart_and_a_cut_off_request_is_in_doubt() {
     assert_eq!(v["error"]["code"], "idempotency_key_in_doubt");
     assert_eq!(std::fs::read(&cut_file).unwrap(), b"y\n", "not run again");
 }
+
+/// A `shell` whose client goes away is killed with its process group (its
+/// future is dropped), unless it came with an idempotency key: then it runs
+/// to its end, so that its answer is there for the retry.
+#[tokio::test]
+async fn a_shell_whose_client_goes_away_is_killed_unless_it_has_a_key() {
+    let w = World::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    for keyed in [false, true] {
+        let pid_file = dir.path().join(format!("pid-{keyed}"));
+        let after = dir.path().join(format!("after-{keyed}"));
+        let command = format!(
+            "sleep {} & echo $! > {}; wait; touch {}",
+            if keyed { 1 } else { 30 },
+            pid_file.display(),
+            after.display()
+        );
+        let body = json!({"tool": "shell", "arguments": {"command": command}}).to_string();
+        let key = if keyed {
+            "idempotency-key: k-dropped\r\n"
+        } else {
+            ""
+        };
+        let request = format!(
+            "POST /api/connectors/envs/laptop/tool/call HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n{key}content-length: {}\r\n\r\n{body}",
+            w.api.token,
+            body.len()
+        );
+        let mut conn = tokio::net::TcpStream::connect(w.gateway.addr)
+            .await
+            .unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let pid: i32 = eventually(Duration::from_secs(15), "the shell started", || async {
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        })
+        .await;
+        drop(conn);
+        if keyed {
+            eventually(
+                Duration::from_secs(15),
+                "the keyed shell ran to its end",
+                || async { after.exists().then_some(()) },
+            )
+            .await;
+            let (s, replayed, v) =
+                call(&w.api, "k-dropped", "shell", json!({"command": command})).await;
+            assert_eq!((s, replayed), (200, true), "{v}");
+            assert_eq!(v["structuredContent"]["exit_code"], 0, "{v}");
+        } else {
+            eventually(
+                Duration::from_secs(10),
+                "the dropped shell's group was killed",
+                || async { (!alive(pid as u32)).then_some(()) },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(!after.exists(), "the shell itself was killed too");
+        }
+    }
+}
