@@ -264,6 +264,42 @@ impl Modify for ErrorResponses {
 pub fn finish(doc: &mut OpenApi) {
     ErrorResponses.modify(doc);
     core_tool_arguments(doc);
+    replayed_header(doc);
+}
+
+/// `Idempotent-Replayed: true` on every answer of the operations that take
+/// an `Idempotency-Key` (a replay has the first answer's status, whichever).
+fn replayed_header(doc: &mut OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.post, &mut item.put].into_iter().flatten() {
+            let keyed = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, RefOr::T(p) if p.name == "Idempotency-Key"));
+            if !keyed {
+                continue;
+            }
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.headers.insert(
+                        "Idempotent-Replayed".into(),
+                        RefOr::T(HeaderBuilder::new()
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .enum_values(Some(["true"])),
+                            ))
+                            .description(Some(
+                                "`true` when this is the answer of an earlier request with the same Idempotency-Key, replayed without doing it again",
+                            ))
+                            .build()),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `ShellArguments`, `ReadFileArguments`…: the `arguments` of each core tool
@@ -310,6 +346,20 @@ pub fn document() -> OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_operations_document_the_replay_header() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let ok = &doc["paths"]["/api/connectors/envs/{name}/tool/call"]["post"]["responses"]["200"];
+        assert_eq!(
+            ok["headers"]["Idempotent-Replayed"]["schema"]["enum"],
+            serde_json::json!(["true"])
+        );
+        let put = &doc["paths"]["/api/connectors/envs/{name}/files"]["put"]["responses"]["422"];
+        assert!(put["headers"]["Idempotent-Replayed"].is_object(), "{put}");
+        let get = &doc["paths"]["/api/connectors/envs/{name}/files"]["get"]["responses"]["200"];
+        assert!(get["headers"].get("Idempotent-Replayed").is_none());
+    }
 
     #[test]
     fn is_openapi_3_1_with_bearer_scheme_and_envelope() {
