@@ -15,6 +15,13 @@
 //!
 //! Every non-2xx answer becomes [`ClientError::Api`] with the gateway's
 //! stable error `code`, so callers can match on it.
+//!
+//! Mutating JSON calls (tools but the read-only ones, stdin, terminate,
+//! signal) send a fresh `Idempotency-Key` and are retried with it after a
+//! transport error or a 503, up to [`DEFAULT_RETRIES`] times
+//! ([`Client::with_retries`]): the gateway does a keyed request once and
+//! answers a retry with the first answer. (`upload` streams a body that
+//! cannot be sent twice: no key, no retry.)
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +37,30 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use execgate_protocol::connectors;
+
+/// Retries of a mutating call (same `Idempotency-Key`) after a transport
+/// error or a 503.
+pub const DEFAULT_RETRIES: u32 = 3;
+
+/// Tools that change nothing: called without a key (a key would make the
+/// gateway keep their answer for 24 h) and not retried.
+const READ_ONLY_TOOLS: &[&str] = &["read_file", "list_dir", "read_output", "list_environments"];
+
+/// A fresh `Idempotency-Key`.
+fn new_key() -> String {
+    format!("egk_{:032x}", rand::random::<u128>())
+}
+
+/// Before retry number `retry` (1, 2, …): 250 ms doubling to at most 4 s,
+/// with jitter, and at least a 503's `Retry-After` (capped at 10 s).
+fn retry_delay(retry: u32, retry_after: Option<&str>) -> Duration {
+    let base = (250u64 << (retry.saturating_sub(1)).min(4)).min(4000);
+    let jittered = base / 2 + rand::random_range(0..=base / 2);
+    let after = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |s| s.min(10) * 1000);
+    Duration::from_millis(jittered.max(after))
+}
 
 /// Where the gateway is when `EXECGATE_URL` is not set.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:6060";
@@ -66,6 +97,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    retries: u32,
 }
 
 impl Client {
@@ -82,7 +114,14 @@ impl Client {
             http,
             base: url.into().trim_end_matches('/').to_string(),
             token: token.into(),
+            retries: DEFAULT_RETRIES,
         })
+    }
+
+    /// Retries of a mutating call after a transport error or a 503 (0: none).
+    pub fn with_retries(mut self, retries: u32) -> Client {
+        self.retries = retries;
+        self
     }
 
     /// From `EXECGATE_URL` (default [`DEFAULT_URL`]) and `EXECGATE_TOKEN`.
@@ -119,6 +158,48 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// [`Client::send`] with a fresh `Idempotency-Key`, retried with it
+    /// after a transport error (the answer may have been lost) or a 503.
+    async fn send_keyed<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let req = req
+            .bearer_auth(&self.token)
+            .header("Idempotency-Key", new_key());
+        let mut retry = 0;
+        loop {
+            let Some(attempt) = req.try_clone() else {
+                return self.send(req).await;
+            };
+            let retry_after = match attempt.send().await {
+                Ok(resp) if resp.status().as_u16() == 503 && retry < self.retries => resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                Ok(resp) => {
+                    let status = resp.status();
+                    match resp.bytes().await {
+                        Ok(bytes) if !status.is_success() => {
+                            return Err(api_error(status.as_u16(), &bytes))
+                        }
+                        Ok(bytes) => {
+                            return serde_json::from_slice(&bytes)
+                                .map_err(|e| ClientError::Decode(e.to_string()))
+                        }
+                        Err(e) if retry >= self.retries => return Err(e.into()),
+                        Err(_) => None,
+                    }
+                }
+                Err(e) if retry >= self.retries => return Err(e.into()),
+                Err(_) => None,
+            };
+            retry += 1;
+            tokio::time::sleep(retry_delay(retry, retry_after.as_deref())).await;
+        }
+    }
+
     /// The connected environments of the token's workspace.
     pub async fn envs(&self) -> Result<Vec<ConnectorEnv>, ClientError> {
         let r: EnvsListResponse = self
@@ -152,12 +233,15 @@ impl Client {
             tool: tool.to_string(),
             arguments,
         };
-        self.send(
-            self.http
-                .post(self.url(&format!("/envs/{}/tool/call", encode(env))))
-                .json(&body),
-        )
-        .await
+        let req = self
+            .http
+            .post(self.url(&format!("/envs/{}/tool/call", encode(env))))
+            .json(&body);
+        if READ_ONLY_TOOLS.contains(&tool) {
+            self.send(req).await
+        } else {
+            self.send_keyed(req).await
+        }
     }
 
     /// Starts a process with `exec_command` and returns its session id.
@@ -185,7 +269,7 @@ impl Client {
             eof,
         };
         let _: OkResponse = self
-            .send(
+            .send_keyed(
                 self.http
                     .post(self.url(&format!("/processes/{}/stdin", encode(sid))))
                     .json(&body),
@@ -249,7 +333,7 @@ impl Client {
 
     pub async fn terminate(&self, sid: &str) -> Result<(), ClientError> {
         let _: OkResponse = self
-            .send(
+            .send_keyed(
                 self.http
                     .post(self.url(&format!("/processes/{}/terminate", encode(sid))))
                     .json(&serde_json::json!({})),
@@ -297,7 +381,7 @@ impl Client {
     /// Sends a signal to the process group.
     pub async fn signal(&self, sid: &str, signal: SignalName) -> Result<(), ClientError> {
         let _: OkResponse = self
-            .send(
+            .send_keyed(
                 self.http
                     .post(self.url(&format!("/processes/{}/signal", encode(sid))))
                     .json(&SignalRequest { signal }),
@@ -322,9 +406,77 @@ fn encode(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     #[test]
     fn path_segments_are_encoded() {
         assert_eq!(super::encode("gpu-1"), "gpu-1");
         assert_eq!(super::encode("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn retry_delays_back_off_and_honour_retry_after() {
+        use std::time::Duration;
+        let d = super::retry_delay(1, None);
+        assert!(d >= Duration::from_millis(125) && d <= Duration::from_millis(250));
+        assert!(super::retry_delay(9, None) <= Duration::from_secs(4));
+        assert_eq!(super::retry_delay(1, Some("3")), Duration::from_secs(3));
+        assert_eq!(super::retry_delay(1, Some("999")), Duration::from_secs(10));
+    }
+
+    /// One request read off `conn`: its head, lowercased.
+    async fn read_request(conn: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(conn.read(&mut byte).await.unwrap(), 1);
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8(buf).unwrap().to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body).await.unwrap();
+        head
+    }
+
+    /// A 503, then a lost answer, then the answer: three attempts with one
+    /// key; a second call has its own key.
+    #[tokio::test]
+    async fn mutating_calls_retry_with_one_key() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for answer in [
+                Some("HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"),
+                None,
+                Some("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}"),
+                Some("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}"),
+            ] {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let head = read_request(&mut conn).await;
+                keys.push(
+                    head.lines()
+                        .find_map(|l| l.strip_prefix("idempotency-key: "))
+                        .unwrap()
+                        .to_string(),
+                );
+                if let Some(a) = answer {
+                    conn.write_all(a.as_bytes()).await.unwrap();
+                }
+            }
+            keys
+        });
+        let client = super::Client::new(url, "t").unwrap();
+        client.terminate("s1").await.unwrap();
+        client.terminate("s1").await.unwrap();
+        let keys = server.await.unwrap();
+        assert_eq!(keys[0], keys[1]);
+        assert_eq!(keys[1], keys[2]);
+        assert_ne!(keys[2], keys[3]);
+        assert!(keys[0].starts_with("egk_"), "{keys:?}");
     }
 }

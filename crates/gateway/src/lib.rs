@@ -219,6 +219,9 @@ impl Gateway {
             tracing::info!(replica_id = %cluster.replica_id, advertise_url = %cluster.config.advertise_url, lease_ms = cluster.config.lease.as_millis() as u64, "serving as a replica");
             tokio::spawn(link::peer::heartbeat(self.state.host()));
         }
+        tokio::spawn(ops::idempotency::sweep_periodically(
+            self.state.store().clone(),
+        ));
         let config = self.state.config().listener.clone();
         tracing::info!(
             max_connections = config.max_connections,

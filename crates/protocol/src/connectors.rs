@@ -75,6 +75,16 @@ pub mod error_code {
     pub const DRAINING: &str = "draining";
     /// 503: the gateway's store cannot be reached (`/readyz`).
     pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+    /// 422: this `Idempotency-Key` was used in the workspace for a
+    /// different request (route, path or body) in the last 24 h.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// 409: the first request with this `Idempotency-Key` was cut off (its
+    /// gateway stopped) before its answer was recorded; it is not done
+    /// again. Check the result, then use a new key.
+    pub const IDEMPOTENCY_KEY_IN_DOUBT: &str = "idempotency_key_in_doubt";
+    /// 409: the request with this `Idempotency-Key` was done, but its answer
+    /// (over 1 MiB) was not kept for replays; it is not done again.
+    pub const IDEMPOTENCY_ANSWER_TOO_LARGE: &str = "idempotency_answer_too_large";
 }
 
 /// Body of every 4xx/5xx answer.

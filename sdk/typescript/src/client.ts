@@ -82,6 +82,26 @@ const SSE_IDLE_MS = 45_000;
 const SLACK_MS = 30_000;
 /** Attempts to reconnect a broken output stream before giving up. */
 const RECONNECTS = 5;
+/** Retries of a mutating call after a connection error, a timeout or a 503
+ * (each with the same `Idempotency-Key`, so the gateway does it once). */
+export const DEFAULT_RETRIES = 3;
+/** Tools that change nothing: called without an idempotency key (a key
+ * would make the gateway keep their answer, up to 1 MiB, for 24 h). */
+const READ_ONLY_TOOLS = new Set(["read_file", "list_dir", "read_output", "list_environments"]);
+
+/** A fresh `Idempotency-Key`: one per call, the same for its retries. */
+export function newIdempotencyKey(): string {
+  return `egk_${randomBytes(16).toString("hex")}`;
+}
+
+/** Ms before retry number `retry` (1, 2, …): 250 ms doubling to at most
+ * 4 s, with jitter, and at least a 503's `Retry-After` (capped at 10 s). */
+export function retryDelayMs(retry: number, retryAfter?: string | null): number {
+  let ms = Math.min(250 * 2 ** (retry - 1), 4000) * (0.5 + Math.random() / 2);
+  const after = retryAfter ? Number(retryAfter) : NaN;
+  if (Number.isFinite(after)) ms = Math.max(ms, Math.min(after, 10) * 1000);
+  return ms;
+}
 
 /** A command: an argv array, or a string run with `sh -c`. */
 export type Command = string | readonly string[];
@@ -93,6 +113,9 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** The `fetch` to use (default: the platform's). */
   fetch?: typeof fetch;
+  /** Retries of a mutating call (same `Idempotency-Key`) after a connection
+   * error, a timeout or a 503 (default 3; 0 turns them off). */
+  retries?: number;
 }
 
 interface RequestOptions {
@@ -102,6 +125,9 @@ interface RequestOptions {
   /** ms; `null`: no timeout. */
   timeoutMs?: number | null;
   signal?: AbortSignal;
+  /** A mutating request's `Idempotency-Key`: sent, and the request retried
+   * with it after a connection error, a timeout or a 503. */
+  idempotencyKey?: string;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -148,6 +174,7 @@ function defined<T extends object>(o: T): T {
 export class Client {
   readonly url: string;
   readonly timeoutMs: number;
+  readonly retries: number;
   readonly #token: string;
   readonly #fetch: typeof fetch;
 
@@ -157,6 +184,7 @@ export class Client {
     this.url = url.replace(/\/+$/, "");
     this.#token = token;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.retries = Math.max(0, opts.retries ?? DEFAULT_RETRIES);
     this.#fetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
@@ -174,8 +202,15 @@ export class Client {
 
   // -- HTTP ------------------------------------------------------------------
 
-  /** @internal Sends one request; the answer if 2xx, else the mapped error. */
-  async _fetch(method: string, path: string, opts: RequestOptions & { body?: RequestInit["body"]; duplex?: "half" } = {}): Promise<Response> {
+  /** @internal Sends one request; the answer if 2xx, else the mapped
+   * error. With `idempotencyKey`, retried (same key) after a connection
+   * error, a timeout or a 503, up to `retries` times; a `body` that is a
+   * function is called for each attempt. */
+  async _fetch(
+    method: string,
+    path: string,
+    opts: RequestOptions & { body?: RequestInit["body"] | (() => RequestInit["body"]); duplex?: "half" } = {},
+  ): Promise<Response> {
     const url = new URL(this.url + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) {
       if (v !== undefined) url.searchParams.set(k, String(v));
@@ -185,32 +220,47 @@ export class Client {
       "user-agent": `execgate-typescript/${VERSION}`,
       ...opts.headers,
     };
-    let body = opts.body;
+    if (opts.idempotencyKey) headers["idempotency-key"] = opts.idempotencyKey;
+    let json: string | undefined;
     if (opts.json !== undefined) {
       headers["content-type"] = "application/json";
-      body = JSON.stringify(opts.json);
+      json = JSON.stringify(opts.json);
     }
     const timeout = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
-    const init: RequestInit & { duplex?: "half" } = { method, headers, body };
-    if (opts.duplex) init.duplex = opts.duplex;
-    const signals = [opts.signal, timeout !== null ? AbortSignal.timeout(timeout) : undefined].filter((x): x is AbortSignal => !!x);
-    if (signals.length) init.signal = signals.length === 1 ? signals[0] : AbortSignal.any(signals);
-    let res: Response;
-    try {
-      res = await this.#fetch(url, init);
-    } catch (e) {
-      throw transportError(e);
-    }
-    if (res.status >= 400) {
-      let text = "";
+    const retries = opts.idempotencyKey ? this.retries : 0;
+    for (let retry = 0; ; retry++) {
+      const body = json ?? (typeof opts.body === "function" ? opts.body() : opts.body);
+      const init: RequestInit & { duplex?: "half" } = { method, headers, body };
+      if (opts.duplex) init.duplex = opts.duplex;
+      const signals = [opts.signal, timeout !== null ? AbortSignal.timeout(timeout) : undefined].filter((x): x is AbortSignal => !!x);
+      if (signals.length) init.signal = signals.length === 1 ? signals[0] : AbortSignal.any(signals);
+      let res: Response;
       try {
-        text = await res.text();
+        res = await this.#fetch(url, init);
       } catch (e) {
+        // The caller's own abort is not retried.
+        if (retry < retries && !opts.signal?.aborted) {
+          await sleep(retryDelayMs(retry + 1));
+          continue;
+        }
         throw transportError(e);
       }
-      throw errorFromResponse(res.status, text, res.headers);
+      if (res.status === 503 && retry < retries) {
+        await res.body?.cancel().catch(() => {});
+        await sleep(retryDelayMs(retry + 1, res.headers.get("retry-after")));
+        continue;
+      }
+      if (res.status >= 400) {
+        let text = "";
+        try {
+          text = await res.text();
+        } catch (e) {
+          throw transportError(e);
+        }
+        throw errorFromResponse(res.status, text, res.headers);
+      }
+      return res;
     }
-    return res;
   }
 
   /** @internal A JSON request on one of {@link ROUTES}. */
@@ -236,7 +286,8 @@ export class Client {
   /** @internal */
   async _toolCall(env: string, tool: string, args: object, timeoutMs?: number | null): Promise<ToolResult> {
     const body: ToolCallRequest = { tool, arguments: defined(args) as Record<string, unknown> };
-    const r = await this._call<CallToolResult>(ROUTES.toolCall, { name: env }, { json: body, timeoutMs });
+    const idempotencyKey = READ_ONLY_TOOLS.has(tool) ? undefined : newIdempotencyKey();
+    const r = await this._call<CallToolResult>(ROUTES.toolCall, { name: env }, { json: body, timeoutMs, idempotencyKey });
     return new ToolResult(r);
   }
 
@@ -473,23 +524,29 @@ export class Env {
    * memory). The remote file appears atomically, verified by SHA-256. */
   async upload(local: string, remote: string, opts: { createParents?: boolean } = {}): Promise<TransferResult> {
     const size = (await stat(local)).size;
-    const hash = createHash("sha256");
-    const file = createReadStream(local, { highWaterMark: FILE_CHUNK });
-    const it = file[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(ctrl) {
-        const { value, done } = await it.next();
-        if (done) {
-          ctrl.close();
-          return;
-        }
-        hash.update(value);
-        ctrl.enqueue(new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
-      },
-      cancel() {
-        file.destroy();
-      },
-    });
+    let hash = createHash("sha256");
+    const files: ReturnType<typeof createReadStream>[] = [];
+    // A fresh stream (and hash) for each attempt: a retry sends the whole file again.
+    const body = () => {
+      hash = createHash("sha256");
+      const file = createReadStream(local, { highWaterMark: FILE_CHUNK });
+      files.push(file);
+      const it = file[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+      return new ReadableStream<Uint8Array>({
+        async pull(ctrl) {
+          const { value, done } = await it.next();
+          if (done) {
+            ctrl.close();
+            return;
+          }
+          hash.update(value);
+          ctrl.enqueue(new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
+        },
+        cancel() {
+          file.destroy();
+        },
+      });
+    };
     let r: UploadResponse;
     try {
       const res = await this.#client._fetch(ROUTES.filePut.method, routePath(ROUTES.filePut, { name: this.name }), {
@@ -498,10 +555,11 @@ export class Env {
         body,
         duplex: "half",
         timeoutMs: null,
+        idempotencyKey: newIdempotencyKey(),
       });
       r = (await res.json()) as UploadResponse;
     } finally {
-      file.destroy();
+      for (const file of files) file.destroy();
     }
     const local256 = hash.digest("hex");
     if (r.sha256 !== local256) {
@@ -619,31 +677,31 @@ export class Process {
     return this.#exited;
   }
 
-  #post<T>(route: Route, body: object): Promise<T> {
-    return this.#client._call<T>(route, { sid: this.sid }, { json: body });
+  #post<T>(route: Route, body: object, idempotencyKey?: string): Promise<T> {
+    return this.#client._call<T>(route, { sid: this.sid }, { json: body, idempotencyKey });
   }
 
   /** Writes to its stdin (a string as UTF-8). */
   async write(data: Data): Promise<void> {
     const body: StdinRequest = { data_b64: b64(data) };
-    await this.#post(ROUTES.stdin, body);
+    await this.#post(ROUTES.stdin, body, newIdempotencyKey());
   }
 
   /** Closes its stdin (EOF). */
   async closeStdin(): Promise<void> {
     const body: StdinRequest = { data_b64: "", eof: true };
-    await this.#post(ROUTES.stdin, body);
+    await this.#post(ROUTES.stdin, body, newIdempotencyKey());
   }
 
   /** Terminates it (its whole process group). */
   async terminate(): Promise<void> {
-    await this.#post(ROUTES.terminate, {});
+    await this.#post(ROUTES.terminate, {}, newIdempotencyKey());
   }
 
   /** Sends a signal to its process group. */
   async signal(name: SignalName): Promise<void> {
     const body: SignalRequest = { signal: name };
-    await this.#post(ROUTES.signal, body);
+    await this.#post(ROUTES.signal, body, newIdempotencyKey());
   }
 
   /** Sets the terminal size of a `tty` process. */

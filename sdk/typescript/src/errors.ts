@@ -118,6 +118,17 @@ export class CommandFailed extends ExecgateError {
   }
 }
 
+/** 422 `idempotency_key_reused`: the call's `Idempotency-Key` was used for a
+ * different request. (The SDK makes a fresh key per call: this means a key
+ * of your own was reused.) */
+export class IdempotencyKeyReused extends ExecgateError {}
+
+/** 409 `idempotency_key_in_doubt` (the first attempt was cut off by its
+ * gateway's death: it may or may not have happened) or
+ * `idempotency_answer_too_large` (it was done; its answer was not kept).
+ * Not done again: check the result. */
+export class IdempotencyConflict extends Conflict {}
+
 /** `Process.wait({timeoutMs})` ran out; the process still runs. */
 export class WaitTimeout extends ExecgateError {}
 
@@ -159,6 +170,9 @@ export const ERROR_CODES: Readonly<Record<string, ErrorClass>> = {
   gateway_timeout: GatewayTimeout,
   internal: ServerError,
   not_supported_by_executor: NotSupported,
+  idempotency_key_reused: IdempotencyKeyReused,
+  idempotency_key_in_doubt: IdempotencyConflict,
+  idempotency_answer_too_large: IdempotencyConflict,
 };
 
 const BY_STATUS: Readonly<Record<number, ErrorClass>> = {

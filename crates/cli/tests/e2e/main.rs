@@ -12,6 +12,7 @@ mod custom_tools;
 mod drain;
 mod harness;
 mod hostile_executor;
+mod idempotency;
 mod isolation;
 mod leaks;
 mod limits;

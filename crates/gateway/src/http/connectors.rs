@@ -3,6 +3,8 @@
 //! environment or session, then hand over to `tools` or `processes`.
 
 use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use execgate_protocol::connectors::{
     CallToolResult, EnvsListResponse, ErrorResponse, ToolCallRequest,
@@ -12,7 +14,9 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::extract::{ApiJson, ApiJsonRaw, ApiPath};
+use crate::http::idempotency;
+use crate::http::openapi::{IdempotencyErrors, IdempotencyKey};
 use crate::ops::environment::{connected_envs, environment};
 use crate::ops::state::AppState;
 use crate::ops::tools;
@@ -44,19 +48,23 @@ pub(crate) struct ToolCallBody {
 /// failed (a non-zero exit, a missing file) is a 200 with `isError: true`;
 /// 4xx/5xx mean the call could not be made.
 #[utoipa::path(post, path = "/api/connectors/envs/{name}/tool/call", tag = "environments",
-    params(("name" = String, Path, description = "The environment's name, as envs/list shows it")),
+    params(("name" = String, Path, description = "The environment's name, as envs/list shows it"), IdempotencyKey),
     request_body = ToolCallRequest,
     responses(
         (status = 200, description = "The tool's result, as an MCP CallToolResult", body = CallToolResult),
         (status = 404, description = "No such environment in this workspace (`env_not_found`). (An unknown tool is a 400 `unknown_tool`.)", body = ErrorResponse),
         (status = 504, description = "The executor did not answer in time (`gateway_timeout`)", body = ErrorResponse),
+        IdempotencyErrors,
     ))]
 pub(crate) async fn tool_call(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<ToolCallBody>,
-) -> Result<Json<CallToolResult>, ApiError> {
+    uri: Uri,
+    headers: HeaderMap,
+    ApiJsonRaw(body, raw): ApiJsonRaw<ToolCallBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
     let arguments = match body.arguments {
         Value::Object(map) => map,
         Value::Null => Default::default(),
@@ -75,16 +83,23 @@ pub(crate) async fn tool_call(
             )))
         }
     }
-    let link = environment(&state, &caller, &name);
-    let result = tools::call(
-        &state,
-        &caller,
-        Via::Rest,
-        &name,
-        link,
-        &body.tool,
-        arguments,
-    )
-    .await?;
-    Ok(Json(result))
+    let store = state.store().clone();
+    let workspace = caller.workspace.clone();
+    let op = async move {
+        let link = environment(&state, &caller, &name);
+        tools::call(
+            &state,
+            &caller,
+            Via::Rest,
+            &name,
+            link,
+            &body.tool,
+            arguments,
+        )
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
+        .into_response()
+    };
+    Ok(idempotency::json_route(&store, &workspace, key, "POST", uri.path(), &raw, op).await)
 }

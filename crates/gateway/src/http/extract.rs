@@ -37,6 +37,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// A JSON body parsed as [`ApiJson`] does, with its bytes as sent (an
+/// idempotency key's fingerprint hashes them).
+pub struct ApiJsonRaw<T>(pub T, pub Bytes);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJsonRaw<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let body = read_body(req, state).await?;
+        let value = parse_json_body(&body)?;
+        Ok(ApiJsonRaw(value, body))
+    }
+}
+
 /// The whole request body, or 413 past the configured limit.
 pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {

@@ -22,7 +22,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -33,7 +33,8 @@ use tokio::sync::mpsc;
 use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiPath, ApiQuery};
-use crate::http::openapi::FileBytes;
+use crate::http::idempotency;
+use crate::http::openapi::{FileBytes, IdempotencyErrors, IdempotencyKey};
 use crate::ops::audit::RecordExt as _;
 use crate::ops::files::{self, Download, ReadAhead};
 use crate::ops::state::AppState;
@@ -234,46 +235,68 @@ fn position(digits: &str) -> Option<u64> {
 /// Replaces (or creates) a file with the request body, atomically: staged,
 /// verified by SHA-256, renamed. A replaced file keeps its mode.
 #[utoipa::path(put, path = "/api/connectors/envs/{name}/files", tag = "files",
-    params(("name" = String, Path, description = "The environment's name"), FileQuery),
+    params(("name" = String, Path, description = "The environment's name"), FileQuery, IdempotencyKey),
     request_body(content = FileBytes, content_type = "application/octet-stream", description = "The file's new bytes, any size"),
     responses(
         (status = 200, description = "Written", body = UploadResponse),
         (status = 400, description = "A `Content-Range` header (partial PUT is not supported: `bad_request`)", body = ErrorResponse),
         (status = 404, description = "No such environment (`env_not_found`), or a missing parent with `create_parents=false`", body = ErrorResponse),
+        IdempotencyErrors,
     ))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<UploadResponse>, ApiError> {
-    let rec = AuditRecord::for_caller(&caller, Via::Rest, Kind::File, "files.put")
-        .with_environment(&name);
-    let mut audit = state.audit().begin(rec).await?;
-    let r = match headers.get(header::CONTENT_RANGE) {
-        // A partial PUT is not supported; RFC 9110 §14.5 asks a server
-        // that does not support it to refuse it rather than replace the
-        // whole file with the part.
-        Some(_) => Err(ApiError::bad_request(
-            "Content-Range on PUT is not supported: a PUT replaces the whole file; send the whole file without Content-Range",
-        )),
-        None => files::upload(
-            &state,
-            &caller,
-            &name,
-            &q.path,
-            q.create_parents,
-            body.into_data_stream(),
-            &mut audit,
-        )
-        .await
-        .map(Json)
-        .map_err(ApiError::from),
+) -> Result<Response, ApiError> {
+    // A partial PUT is not supported; RFC 9110 §14.5 asks a server that
+    // does not support it to refuse it rather than replace the whole file
+    // with the part.
+    let partial = headers.get(header::CONTENT_RANGE).is_some();
+    let key = idempotency::key_of(&headers)?;
+    let (store, workspace) = (state.store().clone(), caller.workspace.clone());
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let op = move |body| async move {
+        let r: Result<_, ApiError> = async {
+            let rec = AuditRecord::for_caller(&caller, Via::Rest, Kind::File, "files.put")
+                .with_environment(&name);
+            let mut audit = state.audit().begin(rec).await?;
+            let r = if partial {
+                Err(ApiError::bad_request(
+                    "Content-Range on PUT is not supported: a PUT replaces the whole file; send the whole file without Content-Range",
+                ))
+            } else {
+                files::upload(
+                    &state,
+                    &caller,
+                    &name,
+                    &q.path,
+                    q.create_parents,
+                    body,
+                    &mut audit,
+                )
+                .await
+                .map(Json)
+                .map_err(ApiError::from)
+            };
+            audit.finish(&r);
+            r
+        }
+        .await;
+        r.into_response()
     };
-    audit.finish(&r);
-    r
+    Ok(idempotency::upload_route(
+        &store,
+        &workspace,
+        key,
+        path_and_query,
+        body.into_data_stream(),
+        op,
+    )
+    .await)
 }
 
 #[cfg(test)]

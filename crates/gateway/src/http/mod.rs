@@ -25,6 +25,7 @@ pub mod error;
 pub mod executor;
 pub mod extract;
 pub mod files;
+pub mod idempotency;
 pub mod internal;
 pub mod listener;
 pub mod mcp;

@@ -67,6 +67,36 @@ pub enum SessionErrors {
     Gone(ErrorResponse),
 }
 
+/// The `Idempotency-Key` header of the mutating routes, for their
+/// `params(...)` (see `http::idempotency`).
+#[derive(utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // a description for the document, never built
+pub struct IdempotencyKey(
+    /// Makes a retry safe: a repeat with the same key and the same request
+    /// (method, path, body) within 24 h answers the first answer without
+    /// doing it again, with `Idempotent-Replayed: true`; a duplicate sent
+    /// while the first runs waits for it. 1-255 bytes of printable ASCII
+    /// (a UUID), scoped to the workspace.
+    #[param(min_length = 1, max_length = 255, pattern = "^[ -~]+$")]
+    Option<String>,
+);
+
+/// What a request with an `Idempotency-Key` can answer besides its own
+/// answers, for their `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum IdempotencyErrors {
+    /// The key's first request was cut off before its answer was recorded
+    /// (`idempotency_key_in_doubt`), or its answer was over 1 MiB and not
+    /// kept (`idempotency_answer_too_large`); it is not done again.
+    #[response(status = 409)]
+    Conflict(ErrorResponse),
+    /// The key was used for a different request (`idempotency_key_reused`).
+    #[response(status = 422)]
+    Reused(ErrorResponse),
+}
+
 /// A file's raw bytes, as the `/files` routes send and take them (not JSON).
 /// OpenAPI 3.1 spells this as a string with a `contentMediaType`.
 pub struct FileBytes;
@@ -235,6 +265,42 @@ impl Modify for ErrorResponses {
 pub fn finish(doc: &mut OpenApi) {
     ErrorResponses.modify(doc);
     core_tool_arguments(doc);
+    replayed_header(doc);
+}
+
+/// `Idempotent-Replayed: true` on every answer of the operations that take
+/// an `Idempotency-Key` (a replay has the first answer's status, whichever).
+fn replayed_header(doc: &mut OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.post, &mut item.put].into_iter().flatten() {
+            let keyed = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, RefOr::T(p) if p.name == "Idempotency-Key"));
+            if !keyed {
+                continue;
+            }
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.headers.insert(
+                        "Idempotent-Replayed".into(),
+                        RefOr::T(HeaderBuilder::new()
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .enum_values(Some(["true"])),
+                            ))
+                            .description(Some(
+                                "`true` when this is the answer of an earlier request with the same Idempotency-Key, replayed without doing it again",
+                            ))
+                            .build()),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `ShellArguments`, `ReadFileArguments`…: the `arguments` of each core tool
@@ -281,6 +347,20 @@ pub fn document() -> OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_operations_document_the_replay_header() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let ok = &doc["paths"]["/api/connectors/envs/{name}/tool/call"]["post"]["responses"]["200"];
+        assert_eq!(
+            ok["headers"]["Idempotent-Replayed"]["schema"]["enum"],
+            serde_json::json!(["true"])
+        );
+        let put = &doc["paths"]["/api/connectors/envs/{name}/files"]["put"]["responses"]["422"];
+        assert!(put["headers"]["Idempotent-Replayed"].is_object(), "{put}");
+        let get = &doc["paths"]["/api/connectors/envs/{name}/files"]["get"]["responses"]["200"];
+        assert!(get["headers"].get("Idempotent-Replayed").is_none());
+    }
 
     #[test]
     fn is_openapi_3_1_with_bearer_scheme_and_envelope() {

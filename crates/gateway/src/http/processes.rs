@@ -3,8 +3,8 @@
 //! handler resolves the caller's session and calls [`crate::ops::processes`].
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use execgate_protocol::connectors::{
     ErrorResponse, OkResponse, OutputResponse, ProcessListResponse, ResizeRequest, SignalRequest,
@@ -14,8 +14,9 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::extract::{bearer_token, ApiJson, ApiPath, ApiQuery};
-use crate::http::openapi::{SessionErrors, SessionPath};
+use crate::http::extract::{bearer_token, ApiJson, ApiJsonRaw, ApiPath, ApiQuery};
+use crate::http::idempotency;
+use crate::http::openapi::{IdempotencyErrors, IdempotencyKey, SessionErrors, SessionPath};
 use crate::ops::processes::{self, Output};
 use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
@@ -26,22 +27,34 @@ use execgate_protocol::exec::Stream;
 
 /// Writes to a process's stdin; `eof` closes it after the data.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/stdin", tag = "processes",
-    params(SessionPath),
+    params(SessionPath, IdempotencyKey),
     request_body = StdinRequest,
     responses(
         (status = 200, description = "Written", body = OkResponse),
         (status = 409, description = "stdin is closed (`stdin_closed`) or the process exited", body = ErrorResponse),
         SessionErrors,
+        IdempotencyErrors,
     ))]
 pub(crate) async fn stdin(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(sid): ApiPath<String>,
-    ApiJson(req): ApiJson<StdinRequest>,
-) -> Result<Json<OkResponse>, ApiError> {
-    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "stdin").await?;
-    processes::write_stdin(&mut s, &req.data_b64, req.eof).await?;
-    Ok(Json(OkResponse { ok: true }))
+    uri: Uri,
+    headers: HeaderMap,
+    ApiJsonRaw(req, raw): ApiJsonRaw<StdinRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let (store, workspace) = (state.store().clone(), caller.workspace.clone());
+    let op = async move {
+        let r: Result<_, ApiError> = async {
+            let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "stdin").await?;
+            processes::write_stdin(&mut s, &req.data_b64, req.eof).await?;
+            Ok(Json(OkResponse { ok: true }))
+        }
+        .await;
+        r.into_response()
+    };
+    Ok(idempotency::json_route(&store, &workspace, key, "POST", uri.path(), &raw, op).await)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -100,21 +113,33 @@ pub(crate) async fn output(
 
 /// Kills the process (its whole process group).
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/terminate", tag = "processes",
-    params(SessionPath),
+    params(SessionPath, IdempotencyKey),
     request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
     responses(
         (status = 200, description = "Terminated (or had already exited)", body = OkResponse),
         SessionErrors,
+        IdempotencyErrors,
     ))]
 pub(crate) async fn terminate(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(sid): ApiPath<String>,
-    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
-) -> Result<Json<OkResponse>, ApiError> {
-    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "terminate").await?;
-    processes::terminate(&mut s).await?;
-    Ok(Json(OkResponse { ok: true }))
+    uri: Uri,
+    headers: HeaderMap,
+    ApiJsonRaw(_, raw): ApiJsonRaw<serde::de::IgnoredAny>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let (store, workspace) = (state.store().clone(), caller.workspace.clone());
+    let op = async move {
+        let r: Result<_, ApiError> = async {
+            let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "terminate").await?;
+            processes::terminate(&mut s).await?;
+            Ok(Json(OkResponse { ok: true }))
+        }
+        .await;
+        r.into_response()
+    };
+    Ok(idempotency::json_route(&store, &workspace, key, "POST", uri.path(), &raw, op).await)
 }
 
 /// `POST /api/connectors/processes/{sid}/resize {cols, rows}`.
@@ -140,22 +165,34 @@ pub(crate) async fn resize(
 /// `POST /api/connectors/processes/{sid}/signal {signal}`: to the whole
 /// process group.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/signal", tag = "processes",
-    params(SessionPath),
+    params(SessionPath, IdempotencyKey),
     request_body = SignalRequest,
     responses(
         (status = 200, description = "Sent", body = OkResponse),
         (status = 409, description = "The process has exited", body = ErrorResponse),
         SessionErrors,
+        IdempotencyErrors,
     ))]
 pub(crate) async fn signal(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(sid): ApiPath<String>,
-    ApiJson(req): ApiJson<SignalRequest>,
-) -> Result<Json<OkResponse>, ApiError> {
-    let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "signal").await?;
-    processes::signal(&mut s, req.signal).await?;
-    Ok(Json(OkResponse { ok: true }))
+    uri: Uri,
+    headers: HeaderMap,
+    ApiJsonRaw(req, raw): ApiJsonRaw<SignalRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let (store, workspace) = (state.store().clone(), caller.workspace.clone());
+    let op = async move {
+        let r: Result<_, ApiError> = async {
+            let mut s = processes::resolve(&state, &caller, &sid, Via::Rest, "signal").await?;
+            processes::signal(&mut s, req.signal).await?;
+            Ok(Json(OkResponse { ok: true }))
+        }
+        .await;
+        r.into_response()
+    };
+    Ok(idempotency::json_route(&store, &workspace, key, "POST", uri.path(), &raw, op).await)
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

@@ -41,6 +41,9 @@ pub enum ErrorKind {
     NotFound,
     /// The target's state does not allow it now.
     Conflict,
+    /// Well-formed, but it contradicts an earlier request (an idempotency
+    /// key used for another request).
+    Mismatch,
     /// It existed and is gone for good (a process whose executor forgot it).
     Gone,
     TooLarge,
@@ -80,7 +83,10 @@ pub fn kind_of(code: &str) -> ErrorKind {
         code::CONFLICT
         | code::EXECUTOR_ALREADY_CONNECTED
         | code::STDIN_CLOSED
-        | code::NOT_A_TERMINAL => ErrorKind::Conflict,
+        | code::NOT_A_TERMINAL
+        | code::IDEMPOTENCY_KEY_IN_DOUBT
+        | code::IDEMPOTENCY_ANSWER_TOO_LARGE => ErrorKind::Conflict,
+        code::IDEMPOTENCY_KEY_REUSED => ErrorKind::Mismatch,
         code::SESSION_EXPIRED | code::EXECUTOR_RESTARTED => ErrorKind::Gone,
         code::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
         code::RATE_LIMITED | code::TOO_MANY_SESSIONS | code::TOO_MANY_PROCESSES => {
@@ -285,6 +291,9 @@ mod tests {
             code::TOO_MANY_CONNECTIONS,
             code::DRAINING,
             code::STORE_UNAVAILABLE,
+            code::IDEMPOTENCY_KEY_REUSED,
+            code::IDEMPOTENCY_KEY_IN_DOUBT,
+            code::IDEMPOTENCY_ANSWER_TOO_LARGE,
             FILE_NOT_FOUND,
         ];
         for c in all {

@@ -15,6 +15,8 @@
 //!   [`bridge`]: who may open a bridge session.
 //! - [`policy`], [`limits`], [`revocation`]: an executor's policy, a
 //!   workspace's rate and session cap, long requests re-checking their token.
+//! - [`idempotency`]: `Idempotency-Key`s, a mutating request done at most
+//!   once per key (claimed in the store, answers kept for replays).
 //! - [`admin`], [`captoken`]: what `execgate admin` shares with the admin
 //!   API. [`audit`]: audit records opened for a caller, on a link.
 //! - [`drain`]: draining on SIGTERM, and readiness (`/readyz`).
@@ -30,6 +32,7 @@ pub mod drain;
 pub mod environment;
 pub mod error;
 pub mod files;
+pub mod idempotency;
 pub mod limits;
 pub mod patch;
 pub mod policy;

@@ -33,6 +33,7 @@
 mod audit;
 pub mod audit_log;
 mod health;
+mod idempotency;
 pub mod invalidate;
 pub mod leases;
 mod lookups;
@@ -40,6 +41,7 @@ mod lookups;
 pub(crate) mod testing;
 
 pub use audit::AuditQuery;
+pub use idempotency::{IdempotencyAnswer, IdempotencyRow};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

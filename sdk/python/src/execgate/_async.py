@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from types import TracebackType
-from typing import Any, AsyncGenerator, AsyncIterator, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Type, Union
 
 import anyio
 import anyio.to_thread
@@ -63,9 +63,10 @@ class AsyncClient(ClientBase):
         token: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: int = ops.DEFAULT_RETRIES,
         http_client: Optional[httpx.AsyncClient] = None,
     ) -> None:
-        super().__init__(url, token, timeout=timeout)
+        super().__init__(url, token, timeout=timeout, retries=retries)
         self._http = http_client or httpx.AsyncClient(
             base_url=self.url, headers=self._headers(), timeout=self._timeout(None)
         )
@@ -115,13 +116,16 @@ class AsyncClient(ClientBase):
     async def _perform(self, eff: Any, streams: Dict[int, _AStream]) -> Any:
         try:
             if isinstance(eff, Request):
-                resp = await self._http.request(
-                    eff.method,
-                    eff.path,
-                    params=eff.params,
-                    json=eff.json,
-                    headers=eff.headers,
-                    timeout=self._timeout(eff.timeout),
+                resp = await self._retrying(
+                    eff.idempotency_key,
+                    lambda: self._http.request(
+                        eff.method,
+                        eff.path,
+                        params=eff.params,
+                        json=eff.json,
+                        headers=self._with_key(eff.headers, eff.idempotency_key),
+                        timeout=self._timeout(eff.timeout),
+                    ),
                 )
                 return parse_json(resp.status_code, resp.headers, resp.content)
             if isinstance(eff, ReadLine):
@@ -161,28 +165,56 @@ class AsyncClient(ClientBase):
             raise _transport_error(e) from e
         raise TypeError(f"unknown effect {eff!r}")
 
+    async def _retrying(
+        self, key: Optional[str], send: Callable[[], Awaitable[httpx.Response]]
+    ) -> httpx.Response:
+        """``send()``; with an idempotency key, again (same key) after a
+        connection error, a timeout or a 503, up to ``retries`` times."""
+        retry = 0
+        while True:
+            try:
+                resp = await send()
+            except httpx.TransportError:
+                if key is None or retry >= self.retries:
+                    raise
+                retry += 1
+                await anyio.sleep(ops.retry_delay(retry))
+                continue
+            if key is not None and ops.retryable_status(resp.status_code) and retry < self.retries:
+                retry += 1
+                await anyio.sleep(ops.retry_delay(retry, resp.headers.get("retry-after")))
+                continue
+            return resp
+
     async def _upload(self, eff: Upload) -> Any:
-        size = os.path.getsize(eff.local_path)
         digest = hashlib.sha256()
 
-        async def body() -> AsyncIterator[bytes]:
-            f = await anyio.to_thread.run_sync(open, eff.local_path, "rb")
-            try:
-                while True:
-                    chunk = await anyio.to_thread.run_sync(f.read, ops.FILE_CHUNK)
-                    if not chunk:
-                        return
-                    digest.update(chunk)
-                    yield chunk
-            finally:
-                f.close()
+        async def send() -> httpx.Response:
+            nonlocal digest
+            digest = hashlib.sha256()
+            size = os.path.getsize(eff.local_path)
+
+            async def body() -> AsyncIterator[bytes]:
+                f = await anyio.to_thread.run_sync(open, eff.local_path, "rb")
+                try:
+                    while True:
+                        chunk = await anyio.to_thread.run_sync(f.read, ops.FILE_CHUNK)
+                        if not chunk:
+                            return
+                        digest.update(chunk)
+                        yield chunk
+                finally:
+                    f.close()
+
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            return await self._http.request(
+                "PUT", r.path, params=r.params, content=body(),
+                headers=self._with_key(headers, r.idempotency_key),
+                timeout=self._timeout(UPLOAD_ANSWER_TIMEOUT),
+            )
 
         r = eff.request
-        resp = await self._http.request(
-            "PUT", r.path, params=r.params, content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            timeout=self._timeout(UPLOAD_ANSWER_TIMEOUT),
-        )
+        resp = await self._retrying(r.idempotency_key, send)
         out = parse_json(resp.status_code, resp.headers, resp.content)
         out["local_sha256"] = digest.hexdigest()
         return out

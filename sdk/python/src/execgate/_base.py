@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar
 
 import httpx
 
-from ._core import EnvInfo, ProcState
+from ._core import DEFAULT_RETRIES, EnvInfo, ProcState
 from .errors import ExecgateError
 from .models import Tool
 
@@ -23,7 +23,14 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class ClientBase:
-    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
         if not url:
             raise ValueError("url is required, e.g. http://127.0.0.1:6060")
         if not token:
@@ -31,6 +38,9 @@ class ClientBase:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        #: Retries of a mutating call (same ``Idempotency-Key``) after a
+        #: connection error, a timeout or a 503; 0 turns them off.
+        self.retries = max(0, retries)
 
     @classmethod
     def from_env(cls: Type[T], **kwargs: Any) -> T:
@@ -52,6 +62,12 @@ class ClientBase:
             "Authorization": f"Bearer {self.token}",
             "User-Agent": f"execgate-python/{__version__}",
         }
+
+    @staticmethod
+    def _with_key(headers: Optional[Dict[str, str]], key: Optional[str]) -> Optional[Dict[str, str]]:
+        if key is None:
+            return headers
+        return {**(headers or {}), "Idempotency-Key": key}
 
     def _timeout(self, read: Optional[float]) -> httpx.Timeout:
         return httpx.Timeout(self.timeout if read is None else read, connect=10.0)

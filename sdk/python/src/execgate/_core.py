@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import json as _json
 import os
+import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Generator, List, Mapping, Optional, Sequence, TypeVar, Union
@@ -51,6 +53,12 @@ SSE_READ_TIMEOUT = 45.0
 SLACK = 30.0
 #: Attempts to reconnect a broken output stream before giving up.
 RECONNECTS = 5
+#: Retries of a mutating request after a connection error, a timeout or a
+#: 503 (each with the same ``Idempotency-Key``, so it is done once).
+DEFAULT_RETRIES = 3
+#: Tools that change nothing: called without an idempotency key (a key
+#: would make the gateway keep their answer, up to 1 MiB, for 24 h).
+READ_ONLY_TOOLS = frozenset({"read_file", "list_dir", "read_output", "list_environments"})
 
 Command = Union[str, Sequence[str]]
 #: A local path.
@@ -73,6 +81,33 @@ class Request:
     headers: Optional[Dict[str, str]] = None
     #: Read timeout in seconds; ``None``: the client's default.
     timeout: Optional[float] = None
+    #: A mutating request's ``Idempotency-Key`` (see :func:`new_key`): the
+    #: driver sends it and retries the request, with the same key, after a
+    #: connection error, a timeout or a 503 (:func:`retry_delay`).
+    idempotency_key: Optional[str] = None
+
+
+def new_key() -> str:
+    """A fresh ``Idempotency-Key``: one per call, the same for its retries."""
+    return "egk_" + secrets.token_hex(16)
+
+
+def retry_delay(retry: int, retry_after: Optional[str] = None) -> float:
+    """Seconds before retry number ``retry`` (1, 2, …): 0.25 s doubling to
+    at most 4 s, with jitter, and at least a 503's ``Retry-After`` (capped
+    at 10 s)."""
+    delay = min(0.25 * 2 ** (retry - 1), 4.0) * (0.5 + random.random() / 2)
+    if retry_after:
+        try:
+            delay = max(delay, min(float(retry_after), 10.0))
+        except ValueError:
+            pass
+    return delay
+
+
+def retryable_status(status: int) -> bool:
+    """An answer worth retrying a mutating request on (with its key)."""
+    return status == 503
 
 
 @dataclass
@@ -240,6 +275,7 @@ def tool_call(
         env_path(env, "tool/call"),
         json={"tool": tool, "arguments": args},
         timeout=timeout,
+        idempotency_key=None if tool in READ_ONLY_TOOLS else new_key(),
     )
     return ToolResult.from_json(r)
 
@@ -383,7 +419,10 @@ def upload(env: str, local: StrPath, remote: str, create_parents: bool) -> Op["T
     params = {"path": remote}
     if not create_parents:
         params["create_parents"] = "false"
-    r = yield Upload(Request("PUT", env_path(env, "files"), params=params, timeout=None), local)
+    r = yield Upload(
+        Request("PUT", env_path(env, "files"), params=params, timeout=None, idempotency_key=new_key()),
+        local,
+    )
     if r.get("sha256") != r.get("local_sha256"):
         raise ExecgateError(
             f"upload of {local} to {remote}: the gateway stored SHA-256 {r.get('sha256')} "
@@ -458,16 +497,18 @@ def write_stdin(st: ProcState, data: Union[bytes, str], eof: bool) -> Op[None]:
     body: Dict[str, Any] = {"data_b64": b64(data)}
     if eof:
         body["eof"] = True
-    yield Request("POST", proc_path(st.sid, "stdin"), json=body)
+    yield Request("POST", proc_path(st.sid, "stdin"), json=body, idempotency_key=new_key())
 
 
 def terminate(st: ProcState) -> Op[None]:
-    yield Request("POST", proc_path(st.sid, "terminate"), json={})
+    yield Request("POST", proc_path(st.sid, "terminate"), json={}, idempotency_key=new_key())
     st.terminated = True
 
 
 def signal(st: ProcState, name: str) -> Op[None]:
-    yield Request("POST", proc_path(st.sid, "signal"), json={"signal": name})
+    yield Request(
+        "POST", proc_path(st.sid, "signal"), json={"signal": name}, idempotency_key=new_key()
+    )
 
 
 def resize(st: ProcState, cols: int, rows: int) -> Op[None]:

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from types import TracebackType
-from typing import Any, Dict, Generator, Iterator, List, Mapping, Optional, Type, Union
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Type, Union
 
 import httpx
 
@@ -79,9 +79,10 @@ class Client(ClientBase):
         token: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: int = ops.DEFAULT_RETRIES,
         http_client: Optional[httpx.Client] = None,
     ) -> None:
-        super().__init__(url, token, timeout=timeout)
+        super().__init__(url, token, timeout=timeout, retries=retries)
         self._http = http_client or httpx.Client(
             base_url=self.url, headers=self._headers(), timeout=self._timeout(None)
         )
@@ -125,13 +126,16 @@ class Client(ClientBase):
     def _perform(self, eff: Any, streams: Dict[int, _Stream]) -> Any:
         try:
             if isinstance(eff, Request):
-                resp = self._http.request(
-                    eff.method,
-                    eff.path,
-                    params=eff.params,
-                    json=eff.json,
-                    headers=eff.headers,
-                    timeout=self._timeout(eff.timeout),
+                resp = self._retrying(
+                    eff.idempotency_key,
+                    lambda: self._http.request(
+                        eff.method,
+                        eff.path,
+                        params=eff.params,
+                        json=eff.json,
+                        headers=self._with_key(eff.headers, eff.idempotency_key),
+                        timeout=self._timeout(eff.timeout),
+                    ),
                 )
                 return parse_json(resp.status_code, resp.headers, resp.content)
             if isinstance(eff, ReadLine):
@@ -168,25 +172,51 @@ class Client(ClientBase):
             raise _transport_error(e) from e
         raise TypeError(f"unknown effect {eff!r}")
 
+    def _retrying(self, key: Optional[str], send: Callable[[], httpx.Response]) -> httpx.Response:
+        """``send()``; with an idempotency key, again (same key) after a
+        connection error, a timeout or a 503, up to ``retries`` times."""
+        retry = 0
+        while True:
+            try:
+                resp = send()
+            except httpx.TransportError:
+                if key is None or retry >= self.retries:
+                    raise
+                retry += 1
+                time.sleep(ops.retry_delay(retry))
+                continue
+            if key is not None and ops.retryable_status(resp.status_code) and retry < self.retries:
+                retry += 1
+                time.sleep(ops.retry_delay(retry, resp.headers.get("retry-after")))
+                continue
+            return resp
+
     def _upload(self, eff: Upload) -> Any:
-        size = os.path.getsize(eff.local_path)
         digest = hashlib.sha256()
 
-        def body() -> Iterator[bytes]:
-            with open(eff.local_path, "rb") as f:
-                while True:
-                    chunk = f.read(ops.FILE_CHUNK)
-                    if not chunk:
-                        return
-                    digest.update(chunk)
-                    yield chunk
+        def send() -> httpx.Response:
+            nonlocal digest
+            digest = hashlib.sha256()
+            size = os.path.getsize(eff.local_path)
+
+            def body() -> Iterator[bytes]:
+                with open(eff.local_path, "rb") as f:
+                    while True:
+                        chunk = f.read(ops.FILE_CHUNK)
+                        if not chunk:
+                            return
+                        digest.update(chunk)
+                        yield chunk
+
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            return self._http.request(
+                "PUT", r.path, params=r.params, content=body(),
+                headers=self._with_key(headers, r.idempotency_key),
+                timeout=self._timeout(UPLOAD_ANSWER_TIMEOUT),
+            )
 
         r = eff.request
-        resp = self._http.request(
-            "PUT", r.path, params=r.params, content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            timeout=self._timeout(UPLOAD_ANSWER_TIMEOUT),
-        )
+        resp = self._retrying(r.idempotency_key, send)
         out = parse_json(resp.status_code, resp.headers, resp.content)
         out["local_sha256"] = digest.hexdigest()
         return out

@@ -143,6 +143,18 @@ class NotATerminal(Conflict):
     """409 ``not_a_terminal``: resizing a process that has no pty."""
 
 
+class IdempotencyConflict(Conflict):
+    """409 ``idempotency_key_in_doubt`` (the first attempt was cut off by its
+    gateway's death: it may or may not have happened) or
+    ``idempotency_answer_too_large`` (it was done; its answer was not kept).
+    Not done again: check the result."""
+
+
+class IdempotencyKeyReused(ExecgateError):
+    """422 ``idempotency_key_reused``: the call's ``Idempotency-Key`` was used
+    for a different request."""
+
+
 class SessionGone(ExecgateError):
     """410: the process is gone from its executor."""
 
@@ -244,6 +256,9 @@ _BY_CODE: Dict[str, Type[ExecgateError]] = {
     "conflict": Conflict,
     "stdin_closed": StdinClosed,
     "not_a_terminal": NotATerminal,
+    "idempotency_key_in_doubt": IdempotencyConflict,
+    "idempotency_answer_too_large": IdempotencyConflict,
+    "idempotency_key_reused": IdempotencyKeyReused,
     "session_expired": SessionExpired,
     "executor_restarted": ExecutorRestarted,
     "payload_too_large": PayloadTooLarge,

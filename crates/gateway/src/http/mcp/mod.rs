@@ -35,6 +35,24 @@
 //! like the `/processes/{sid}/…` routes; `list_environments` answers what
 //! envs/list does.
 //!
+//! **Progress.** A `tools/call` whose `_meta` carries a `progressToken`
+//! gets `notifications/progress` while it runs: `shell` and custom tools
+//! report their output as it arrives (`progress`: bytes of output so far;
+//! `message`: the last line), at most five a second, and the rest just
+//! before the answer. rmcp then answers the POST as an SSE stream (the
+//! notifications, then the result) instead of one JSON body; `execgate
+//! mcp` relays the events as they come. `read_output` answers as soon as
+//! output arrives, so it has nothing to report in between.
+//!
+//! **Cancellation.** A call is cancelled when its client closes the POST
+//! (the 2026-07-28 way, and what `execgate mcp` does on a
+//! `notifications/cancelled` from its stdio client: rmcp then cancels the
+//! handler's token), or when a `notifications/cancelled` POST names it (the
+//! way of earlier protocol versions, which the stateless rmcp service
+//! ignores: the middleware routes it, see [`Inflight`]). Either way the
+//! call's future is dropped, and a `shell` whose process still runs kills
+//! its process group (`ops::tools::shell`'s drop guard).
+//!
 //! **Environments.** `environment_id` names an environment; omitted, it is
 //! the workspace's default one (or the only one). `copy_path` defaults to
 //! its `source_environment_id`. A custom tool is listed once under its
@@ -52,8 +70,9 @@
 //! error's message ("executor 'laptop' is not connected (last seen …)") and
 //! `structuredContent` the REST error envelope.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -64,8 +83,8 @@ use axum::Router;
 use execgate_protocol::connectors::{error_code as code, CallToolResult, ConnectorEnv};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CustomRequest, CustomResult, ErrorCode, ErrorData,
-    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
-    Tool,
+    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -79,6 +98,7 @@ use crate::ops::environment as api;
 use crate::ops::environment::environment_argument;
 use crate::ops::revocation::Watch;
 use crate::ops::state::{AppState, GatewayConfig};
+use crate::ops::tools::progress::{with_progress, Progress};
 use crate::ops::tools::{self, Call, WorkspaceContext};
 use crate::store::audit_log::Via;
 
@@ -97,8 +117,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         Some(hosts) => config.with_allowed_hosts(hosts),
         None => config.disable_allowed_hosts(),
     };
+    let inflight = Arc::new(Inflight::default());
     let server = McpServer {
         state: state.clone(),
+        inflight: inflight.clone(),
     };
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
@@ -107,7 +129,104 @@ pub fn router(state: &AppState) -> Router<AppState> {
     );
     Router::new()
         .route_service("/mcp", service)
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), inflight),
+            authenticate,
+        ))
+}
+
+/// The `tools/call`s in flight, by (the SHA-256 of their bearer token,
+/// their JSON-RPC id), so that a `notifications/cancelled` POST of a
+/// protocol version before 2026-07-28 reaches its call: rmcp's stateless
+/// service ignores client notifications. Without sessions, an id is only
+/// unique per client; two clients sharing a token could have the same id
+/// in flight at once, so a cancellation that names an id held by more than
+/// one call cancels none.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    calls: Mutex<InflightCalls>,
+    next: AtomicU64,
+}
+
+/// (token hash, JSON-RPC id) → each call's ticket and cancel switch.
+type InflightCalls = HashMap<(String, String), Vec<(u64, tokio::sync::watch::Sender<bool>)>>;
+
+/// A call's entry in [`Inflight`], removed when dropped.
+struct InflightEntry {
+    inflight: Arc<Inflight>,
+    key: (String, String),
+    ticket: u64,
+    cancelled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InflightCalls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, token: &str, id: &Value) -> InflightEntry {
+        let key = (crate::secret::sha256_hex(token.as_bytes()), id.to_string());
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.lock()
+            .entry(key.clone())
+            .or_default()
+            .push((ticket, tx));
+        InflightEntry {
+            inflight: self.clone(),
+            key,
+            ticket,
+            cancelled: rx,
+        }
+    }
+
+    /// Cancels the one call of `token` with JSON-RPC id `id`; false if
+    /// there is none, or more than one.
+    fn cancel(&self, token: &str, id: &Value) -> bool {
+        let key = (crate::secret::sha256_hex(token.as_bytes()), id.to_string());
+        match self.lock().get(&key).map(Vec::as_slice) {
+            Some([(_, tx)]) => tx.send(true).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+impl InflightEntry {
+    async fn cancelled(&mut self) {
+        let _ = self.cancelled.wait_for(|c| *c).await;
+    }
+}
+
+impl Drop for InflightEntry {
+    fn drop(&mut self) {
+        let mut calls = self.inflight.lock();
+        if let Some(entries) = calls.get_mut(&self.key) {
+            entries.retain(|(t, _)| *t != self.ticket);
+            if entries.is_empty() {
+                calls.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A `notifications/cancelled` message's `requestId`, if `body` is one.
+fn cancelled_request_id(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Notification {
+        method: String,
+        #[serde(default)]
+        id: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        params: Option<Value>,
+    }
+    let n: Notification = serde_json::from_slice(body).ok()?;
+    if n.method != "notifications/cancelled" || n.id.is_some() {
+        return None;
+    }
+    match n.params?.get("requestId")? {
+        id @ (Value::String(_) | Value::Number(_)) => Some(id.clone()),
+        _ => None,
+    }
 }
 
 /// The `Host` names MCP answers to, or None for any (see the module header).
@@ -135,7 +254,11 @@ fn url_host(url: &str) -> Option<String> {
 }
 
 /// Authenticates before rmcp sees the request (see the module header).
-async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn authenticate(
+    State((state, inflight)): State<(AppState, Arc<Inflight>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let (mut parts, body) = req.into_parts();
     let caller = match Caller::from_request_parts(&mut parts, &state).await {
         Ok(caller) => caller,
@@ -168,6 +291,13 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
             ErrorCode::PARSE_ERROR,
             format!("Parse error: the body is not JSON: {e}"),
         );
+    }
+    if let Some(id) = cancelled_request_id(&body) {
+        if let Ok(token) = crate::http::extract::bearer_token(&parts.headers) {
+            if inflight.cancel(token, &id) {
+                tracing::debug!(%id, "MCP call cancelled by notifications/cancelled");
+            }
+        }
     }
     let resp = next
         .run(Request::from_parts(
@@ -262,6 +392,7 @@ async fn envelope_transport_refusal(resp: Response) -> Response {
 #[derive(Clone)]
 struct McpServer {
     state: AppState,
+    inflight: Arc<Inflight>,
 }
 
 /// The caller the middleware authenticated.
@@ -322,7 +453,46 @@ impl ServerHandler for McpServer {
         // For a long-poll (read_output with wait_ms), which re-checks it.
         let watch = bearer(&context).map(|t| Watch::new(&self.state, t, &caller.workspace));
         let arguments = request.arguments.unwrap_or_default();
-        let outcome = self.call(&caller, &request.name, arguments, watch).await;
+        let mut entry = match (bearer(&context), serde_json::to_value(&context.id)) {
+            (Some(token), Ok(id)) => Some(self.inflight.register(token, &id)),
+            _ => None,
+        };
+        let call = self.call(&caller, &request.name, arguments, watch);
+        // Progress, when asked for (see the module docs): updates go out
+        // in order, all before the answer.
+        let with_progress = async {
+            let Some(token) = context.meta.get_progress_token() else {
+                return call.await;
+            };
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<tools::progress::ProgressUpdate>();
+            let peer = context.peer.clone();
+            let forward = async move {
+                while let Some(update) = rx.recv().await {
+                    let param =
+                        ProgressNotificationParam::new(token.clone(), update.output_bytes as f64)
+                            .with_message(update.message);
+                    if let Err(e) = peer.notify_progress(param).await {
+                        tracing::debug!("MCP progress notification not sent: {e}");
+                    }
+                }
+            };
+            let (outcome, ()) = tokio::join!(with_progress(Progress(tx), call), forward);
+            outcome
+        };
+        // Cancelled: the call's future is dropped (a running shell's
+        // process group is killed).
+        let cancelled = async {
+            match entry.as_mut() {
+                Some(entry) => entry.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = with_progress => outcome,
+            () = context.ct.cancelled() => return Err(request_cancelled()),
+            () = cancelled => return Err(request_cancelled()),
+        };
         answer(outcome).map(Into::into)
     }
 
@@ -336,6 +506,11 @@ impl ServerHandler for McpServer {
     ) -> Result<CustomResult, ErrorData> {
         Err(custom_request_error(&request.method, request.params))
     }
+}
+
+/// The error of a cancelled call (its client no longer waits for it).
+fn request_cancelled() -> ErrorData {
+    ErrorData::new(ErrorCode::INTERNAL_ERROR, "the request was cancelled", None)
 }
 
 /// The MCP methods a client may call that rmcp parses into typed requests:

@@ -258,3 +258,55 @@ fn allowed_hosts_follow_the_listen_address_and_public_url() {
     c.public_url = None;
     assert_eq!(allowed_hosts(&c), None);
 }
+
+#[test]
+fn a_cancellation_reaches_one_call_of_its_token_or_none() {
+    let inflight = Arc::new(Inflight::default());
+    let a = inflight.register("tok-a", &json!(7));
+    let _b = inflight.register("tok-b", &json!(7));
+    assert!(
+        !inflight.cancel("tok-a", &json!("7")),
+        "an id's type counts"
+    );
+    assert!(!inflight.cancel("tok-c", &json!(7)), "another token's call");
+    assert!(inflight.cancel("tok-a", &json!(7)));
+    assert!(*a.cancelled.borrow());
+    // Two calls of one token with one id: ambiguous, none is cancelled.
+    let c = inflight.register("tok-b", &json!(7));
+    assert!(!inflight.cancel("tok-b", &json!(7)));
+    drop(c);
+    assert!(inflight.cancel("tok-b", &json!(7)));
+    drop(a);
+    drop(_b);
+    assert!(inflight.lock().is_empty(), "entries go with their calls");
+}
+
+#[test]
+fn cancelled_notifications_are_recognised() {
+    let id = |body: &str| cancelled_request_id(body.as_bytes());
+    assert_eq!(
+        id(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3}}"#),
+        Some(json!(3))
+    );
+    assert_eq!(
+        id(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x","reason":"r"}}"#
+        ),
+        Some(json!("x"))
+    );
+    // A request of that name, another method, no id: not one.
+    assert_eq!(
+        id(
+            r#"{"jsonrpc":"2.0","id":1,"method":"notifications/cancelled","params":{"requestId":3}}"#
+        ),
+        None
+    );
+    assert_eq!(
+        id(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"requestId":3}}"#),
+        None
+    );
+    assert_eq!(
+        id(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}"#),
+        None
+    );
+}

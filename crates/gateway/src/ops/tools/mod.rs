@@ -35,6 +35,7 @@ mod custom;
 mod exec_command;
 mod list_dir;
 mod list_environments;
+pub mod progress;
 mod read_file;
 mod read_output;
 pub mod schema;

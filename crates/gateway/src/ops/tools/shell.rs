@@ -30,6 +30,7 @@ use execgate_protocol::exec::{
 use serde::Deserialize;
 
 use super::args;
+use super::progress::Reporter;
 use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
 use crate::link::{Link, LinkError, ProcessEvent};
@@ -248,10 +249,18 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
     };
     // Subscribe before starting, so the first notification cannot be missed.
     let mut sub = link.subscribe_to_start(&process_id);
+    // From here until it is known to have ended, a call dropped midway (an
+    // MCP client cancelled it, a REST client went away) kills the process
+    // group rather than leave it running unwatched.
+    let mut guard = KillOnDrop {
+        link: link.clone(),
+        process_id: Some(process_id.clone()),
+    };
     if let Err(e) = link
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, left().min(RPC_TIMEOUT))
         .await
     {
+        guard.disarm();
         return Err(match e {
             e @ LinkError::Rpc { .. } => RunError::Start(e),
             other => RunError::Api(other.into()),
@@ -260,6 +269,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
 
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Collector::bounded(command.max_output);
+    out.progress = Reporter::current();
     let mut timed_out = false;
     // Until the deadline, then (after the kill) until the drain time is up.
     let mut stop_at = deadline;
@@ -329,12 +339,45 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
             }
         }
     }
+    guard.disarm();
+    if let Some(p) = &mut out.progress {
+        p.flush();
+    }
 
     Ok(Completed {
         out,
         timed_out,
         elapsed: started.elapsed(),
     })
+}
+
+/// Kills the process group of a `shell` whose call was dropped before the
+/// process ended (see [`run`]).
+struct KillOnDrop {
+    link: Arc<Link>,
+    /// None once disarmed.
+    process_id: Option<String>,
+}
+
+impl KillOnDrop {
+    fn disarm(&mut self) {
+        self.process_id = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(process_id) = self.process_id.take() else {
+            return;
+        };
+        let link = self.link.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tracing::debug!(process_id, "shell call dropped: killing its process group");
+                let _ = kill(&link, &process_id, RPC_TIMEOUT).await;
+            });
+        }
+    }
 }
 
 async fn kill(link: &Link, process_id: &str, within: Duration) -> Result<(), Error> {
@@ -384,6 +427,8 @@ struct Collector {
     /// With a budget: each stream's head and tail instead of `stdout`
     /// and `stderr` (stdout, stderr).
     bounded: Option<(usize, [HeadTail; 2])>,
+    /// Progress for a caller that asked for it (MCP's `progressToken`).
+    progress: Option<Reporter>,
 }
 
 /// One stream's output under a budget: its first `cap` bytes, its last
@@ -512,6 +557,9 @@ impl Collector {
     }
 
     fn append(&mut self, stream: Stream, data: &[u8]) {
+        if let Some(p) = &mut self.progress {
+            p.output(data);
+        }
         if let Some((_, streams)) = &mut self.bounded {
             let i = usize::from(stream == Stream::Stderr);
             streams[i].append(data);
