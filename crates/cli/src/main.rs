@@ -80,6 +80,10 @@ fn main() -> std::process::ExitCode {
     // Measured: shell `true` p50 4.1× → 3.4× a direct spawn (BENCHMARKS.md).
     // Blocking file work still goes to the blocking pool. The gateway can
     // be asked for the same with `--worker-threads 1`.
+    // Worker threads get the main thread's usual 8 MiB, not tokio's 2 MiB:
+    // a deep call (MCP → tool → link, in a debug build) once overflowed 2 MiB
+    // and aborted the gateway. Only touched pages cost memory.
+    const WORKER_STACK: usize = 8 << 20;
     let threads = match &cli.command {
         // The relay mostly waits on stdin and HTTP answers.
         Command::Executor(_) | Command::Mcp(_) => Some(1),
@@ -93,9 +97,13 @@ fn main() -> std::process::ExitCode {
             .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.into())
+            .thread_stack_size(WORKER_STACK)
             .enable_all()
             .build(),
-        None => tokio::runtime::Runtime::new(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .thread_stack_size(WORKER_STACK)
+            .enable_all()
+            .build(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -457,7 +457,8 @@ impl ServerHandler for McpServer {
             (Some(token), Ok(id)) => Some(self.inflight.register(token, &id)),
             _ => None,
         };
-        let call = self.call(&caller, &request.name, arguments, watch);
+        // On the heap: see `call`'s note on the size of a tool call's future.
+        let call = Box::pin(self.call(&caller, &request.name, arguments, watch));
         // Progress, when asked for (see the module docs): updates go out
         // in order, all before the answer.
         let with_progress = async {
@@ -604,7 +605,18 @@ impl McpServer {
                     None => default_environment(state, caller).await?,
                 };
                 let link = environment_argument(state, caller, &env);
-                Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
+                // Boxed: a tool call's future is large (in debug builds it overflowed
+                // a worker's 2 MiB stack once progress and cancellation wrapped it).
+                Ok(Box::pin(tools::call(
+                    state,
+                    caller,
+                    Via::Mcp,
+                    &env,
+                    link,
+                    name,
+                    arguments,
+                ))
+                .await?)
             }
             Call::InWorkspace(call) => {
                 let ctx = WorkspaceContext {
@@ -661,7 +673,18 @@ impl McpServer {
         // With an explicit environment_id, the REST path decides: it knows
         // the environment's tools, and answers unknown_tool when it lacks it.
         let link = environment_argument(state, caller, &env);
-        Ok(tools::call(state, caller, Via::Mcp, &env, link, name, arguments).await?)
+        // Boxed: a tool call's future is large (in debug builds it overflowed
+        // a worker's 2 MiB stack once progress and cancellation wrapped it).
+        Ok(Box::pin(tools::call(
+            state,
+            caller,
+            Via::Mcp,
+            &env,
+            link,
+            name,
+            arguments,
+        ))
+        .await?)
     }
 }
 
