@@ -8,6 +8,7 @@ mod cp;
 mod executor_cmd;
 mod fdlimit;
 mod mcp_stdio;
+mod metrics_listen;
 mod serve;
 mod terminal;
 mod up;

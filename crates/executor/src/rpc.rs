@@ -91,7 +91,12 @@ impl RpcConnection {
     /// Answers one request. `payload` is what its binary frame carried
     /// beside the JSON (empty for a text frame).
     pub async fn request(&self, id: Id, method: &str, params: Value, payload: Bytes) -> Reply {
-        match methods::request(self, method, params, &payload).await {
+        let started = crate::metrics::get().map(|m| (m, std::time::Instant::now()));
+        let answer = methods::request(self, method, params, &payload).await;
+        if let Some((m, started)) = started {
+            m.request(method, answer.is_ok(), started.elapsed());
+        }
+        match answer {
             Ok(((result, payload), gate)) => Reply {
                 envelope: Envelope {
                     message: Message::response(id, Ok(result)),

@@ -47,6 +47,7 @@
 mod auth;
 mod http;
 mod link;
+mod metrics;
 mod ops;
 mod secret;
 mod store;
@@ -115,7 +116,25 @@ impl GatewayHandle {
     pub fn is_connected(&self, exe_id: &str) -> bool {
         self.0.registry().get(exe_id).is_some()
     }
+
+    /// `GET /metrics`'s body: the Prometheus text format (0.0.4) of this
+    /// gateway's metrics, or `None` while they are off (see
+    /// [`enable_metrics`]).
+    pub async fn metrics_text(&self) -> Option<String> {
+        ops::metrics::render(&self.0).await
+    }
 }
+
+/// Turns on the gateway's Prometheus metrics for this process (off by
+/// default: a recording site then costs one atomic load). Call it before
+/// [`Gateway::bind`]; serve [`GatewayHandle::metrics_text`] on a listener
+/// of your own (`execgate serve --metrics-listen`).
+pub fn enable_metrics() {
+    metrics::enable();
+}
+
+/// The `Content-Type` of [`GatewayHandle::metrics_text`].
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

@@ -49,6 +49,41 @@ pub mod method {
     pub const PROCESS_CLOSED: &str = "process/closed";
 }
 
+/// Every request method of [`method`]: the bounded set a metric may label by
+/// (anything else is `other`).
+pub const REQUEST_METHODS: &[&str] = &[
+    method::INITIALIZE,
+    method::PROCESS_START,
+    method::PROCESS_READ,
+    method::PROCESS_WRITE,
+    method::PROCESS_SIGNAL,
+    method::PROCESS_TERMINATE,
+    method::PROCESS_CLOSE_STDIN,
+    method::PROCESS_RESIZE,
+    method::FS_READ_FILE,
+    method::FS_READ_RANGE,
+    method::FS_WRITE_FILE,
+    method::FS_CREATE_DIRECTORY,
+    method::FS_GET_METADATA,
+    method::FS_READ_DIRECTORY,
+    method::FS_REMOVE,
+    method::FS_COPY,
+    method::FS_RENAME,
+    method::FS_WRITE_RANGE,
+    method::FS_COMMIT_FILE,
+    method::FS_SYMLINK,
+];
+
+/// `method` as a metric label: itself when it is one of [`REQUEST_METHODS`],
+/// else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    REQUEST_METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitializeParams {

@@ -19,6 +19,7 @@ mod listener;
 mod live;
 mod mcp;
 mod mcp_stdio;
+mod metrics;
 mod openapi;
 mod patches;
 mod policy;

@@ -26,6 +26,7 @@ pub mod files;
 pub mod internal;
 pub mod listener;
 pub mod mcp;
+pub mod observe;
 pub mod openapi;
 pub mod processes;
 pub mod stream;
@@ -77,6 +78,9 @@ pub fn router(state: AppState) -> Router {
         // Last resort: whatever error escaped as plain text or empty gets
         // the envelope (see `error::envelope_bare_errors`).
         .layer(axum::middleware::map_response(error::envelope_bare_errors))
+        // Metrics (and, with --otlp-endpoint, the request's span): per
+        // route, so that the route template is known (see `observe`).
+        .layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
 }
 

@@ -253,6 +253,9 @@ pub async fn run_link(
     reader.abort();
     let _ = writer.await;
     state.registry().remove_if_same(&link);
+    if let Some(m) = crate::metrics::get().filter(|_| link.handshake().is_some()) {
+        m.link(crate::metrics::LinkEvent::Disconnected);
+    }
     if state.registry().get(&link.exe_id).is_none() {
         if let Err(e) = state
             .store()
@@ -357,6 +360,9 @@ async fn serve_link(
     }
     link.set_handshake(hs);
     state.registry().insert(link.clone());
+    if let Some(m) = crate::metrics::get() {
+        m.link(crate::metrics::LinkEvent::Connected);
+    }
     drop(slot);
     if let Err(e) = state.store().mark_connected(&link.exe_id, &info).await {
         tracing::warn!("could not record the connect of {}: {e}", link.exe_id);

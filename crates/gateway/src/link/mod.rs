@@ -436,6 +436,7 @@ impl Link {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<(Value, Bytes), LinkError> {
+        let _timer = RoundTrip::start(method);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -547,6 +548,7 @@ impl Link {
             }
         }
         let _forget = Forget(self, id);
+        let _timer = RoundTrip::start(method);
         let frame = Message::request(Id::Num(id), method, params).encode();
         self.send(Encoded::Text(frame))?;
         let (answer, payload) = match tokio::time::timeout(timeout, rx).await {
@@ -904,6 +906,31 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.link
             .unsubscribe(&self.process_id, self.id, self.closed);
+    }
+}
+
+/// Records a request's round trip in `execgate_link_request_duration_seconds`
+/// when dropped (answered, failed or abandoned alike); nothing while
+/// metrics are off.
+struct RoundTrip<'a>(
+    Option<(
+        &'static crate::metrics::Metrics,
+        &'a str,
+        std::time::Instant,
+    )>,
+);
+
+impl<'a> RoundTrip<'a> {
+    fn start(method: &'a str) -> Self {
+        RoundTrip(crate::metrics::get().map(|m| (m, method, std::time::Instant::now())))
+    }
+}
+
+impl Drop for RoundTrip<'_> {
+    fn drop(&mut self) {
+        if let Some((m, method, start)) = self.0.take() {
+            m.link_request(method, start.elapsed());
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod environment;
 pub mod error;
 pub mod files;
 pub mod limits;
+pub mod metrics;
 pub mod patch;
 pub mod policy;
 pub mod processes;

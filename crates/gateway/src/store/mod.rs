@@ -19,6 +19,7 @@
 mod audit;
 pub mod audit_log;
 mod lookups;
+mod metrics;
 
 pub use audit::AuditQuery;
 

@@ -223,6 +223,7 @@ pub async fn call(
     tool: &str,
     arguments: Map<String, Value>,
 ) -> Result<CallToolResult, Error> {
+    let started = std::time::Instant::now();
     let mut rec = AuditRecord::for_caller(caller, via, Kind::Tool, tool)
         .with_environment(env)
         .with_args_json(&arguments);
@@ -241,7 +242,31 @@ pub async fn call(
     }
     .await;
     complete(&mut audit, tool, &result);
+    if let Some(m) = crate::metrics::get() {
+        let (label, outcome) = metric_labels(tool, &result);
+        m.tool_call(label, outcome, started.elapsed());
+    }
     result
+}
+
+/// A finished call's metric labels (bounded; see `crate::metrics`): the
+/// core tool's name, else `custom`, or `unknown` for a name nobody
+/// declared; and `ok`, `tool_error` or the error's code.
+fn metric_labels(
+    tool: &str,
+    result: &Result<CallToolResult, Error>,
+) -> (&'static str, &'static str) {
+    let outcome = match result {
+        Ok(r) if r.is_error => "tool_error",
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    let label = match core_tool(tool) {
+        Some(t) => t.name,
+        None if outcome == execgate_protocol::connectors::error_code::UNKNOWN_TOOL => "unknown",
+        None => "custom",
+    };
+    (label, outcome)
 }
 
 /// Fills in the audit record of a finished tool call.
