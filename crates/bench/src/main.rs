@@ -16,6 +16,8 @@
 //!   the real protocol): gateway RSS per connection, envs/list latency.
 //! - [`held`]: shell latency while a client holds 5,000 half-open sockets
 //!   on the gateway, against none held.
+//! - [`metrics_cost`]: shell and read_file latency with `--metrics-listen`
+//!   against without, two gateway/executor pairs called alternately.
 //! - [`peers`]: the latency and output figures against a stock codex
 //!   exec-server (`--codex PATH`) and ssh with a ControlMaster (`--ssh`).
 //!
@@ -27,6 +29,7 @@ mod harness;
 mod held;
 mod latency;
 mod lite_executor;
+mod metrics_cost;
 mod output;
 mod peers;
 mod scale;
@@ -48,7 +51,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only run figures whose name contains this (latency, throughput,
-    /// output, files, scale, held, peers).
+    /// output, files, scale, held, metrics, peers).
     #[arg(long)]
     only: Option<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
@@ -180,6 +183,8 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "files.copy_path.gateway_rss_growth_mib",
         "scale.n100.gateway_rss_kib_per_conn",
         "scale.n100.envs_list.p50_ms",
+        "metrics_cost.shell_true.p50_ms",
+        "metrics_cost.read_file_1k.p50_ms",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -240,6 +245,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("held") {
         add("held", held::run(&bin, args.quick, nofile).await)?;
+    }
+    if want("metrics") {
+        add("metrics", metrics_cost::run(&bin, args.quick).await)?;
     }
     if want("peers") && (args.codex.is_some() || args.ssh) {
         add(
