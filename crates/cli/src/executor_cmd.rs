@@ -59,6 +59,9 @@ pub struct ExecutorArgs {
     /// authentication: keep it private). Off by default.
     #[arg(long, env = "EXECGATE_EXECUTOR_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Traces and the log format.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {

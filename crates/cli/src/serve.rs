@@ -22,6 +22,9 @@ pub struct GatewayArgs {
     /// Off by default; `execgate up` turns it on, on 127.0.0.1 and a free port.
     #[arg(long, env = "EXECGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Traces and the log format.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Where the embedded store lives [default: ~/.local/share/execgate].
     #[arg(long, env = "EXECGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

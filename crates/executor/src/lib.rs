@@ -60,6 +60,7 @@ mod staged;
 mod staged_sweep;
 mod state;
 mod tools_file;
+pub mod trace;
 mod wire;
 
 #[cfg(test)]

@@ -168,6 +168,7 @@ fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> 
         spill_bytes,
         rename: true,
         file_transfer: true,
+        trace_context: true,
         ..Default::default()
     };
     EnvironmentInfo {

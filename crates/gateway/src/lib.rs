@@ -51,6 +51,7 @@ mod metrics;
 mod ops;
 mod secret;
 mod store;
+mod trace;
 
 use std::net::SocketAddr;
 
@@ -131,6 +132,15 @@ impl GatewayHandle {
 /// of your own (`execgate serve --metrics-listen`).
 pub fn enable_metrics() {
     metrics::enable();
+}
+
+/// Turns on the gateway's spans (off by default: none is made). `otel`:
+/// the process installed an OpenTelemetry layer and the W3C trace-context
+/// propagator, so spans take their parent from a request's `traceparent`
+/// and hand their context on to executors that announced `traceContext`;
+/// else spans only feed the logs (`--log-format json`).
+pub fn enable_tracing(otel: bool) {
+    trace::enable(otel);
 }
 
 /// The `Content-Type` of [`GatewayHandle::metrics_text`].

@@ -199,6 +199,11 @@ pub struct ExtCapabilities {
     /// `--read-only`, `--max-processes`, `--sandbox`); absent when none was set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::ExecutorPolicy>,
+    /// A request's `params._meta.traceparent` (W3C trace context) is read:
+    /// the executor's spans of that request join the caller's trace. The
+    /// gateway sends `_meta` only to an executor that announced this.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace_context: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -31,4 +31,5 @@ mod sandbox;
 mod spill;
 mod sse;
 mod streaming;
+mod traces;
 mod transfer;

@@ -290,6 +290,8 @@ impl ProcessTable {
         permit: ProcessPermit,
     ) -> io::Result<(Arc<Process>, StartGate)> {
         let started = std::time::Instant::now();
+        let _span = crate::trace::on()
+            .then(|| tracing::info_span!("process.spawn", pty = request.pty.is_some()).entered());
         let spawned = spawn::spawn(request)?;
         if let Some(m) = crate::metrics::get() {
             m.spawned(started.elapsed());

@@ -432,6 +432,40 @@ impl Link {
     async fn request_envelope(
         &self,
         method: &str,
+        mut params: Value,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(Value, Bytes), LinkError> {
+        if !crate::trace::spans() {
+            return self
+                .request_envelope_now(method, params, payload, timeout)
+                .await;
+        }
+        let span = tracing::info_span!(
+            "link.request",
+            otel.name = %format_args!("link {method}"),
+            otel.kind = "client",
+            rpc.method = method,
+            executor = %self.name,
+        );
+        if crate::trace::otel() && self.handshake().is_some_and(|h| h.ext.trace_context) {
+            // [ext] The executor's spans join this one (see `trace`).
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let headers = crate::trace::inject(&span.context());
+            if let (Some(tp), Value::Object(map)) = (headers.get("traceparent"), &mut params) {
+                map.insert("_meta".into(), serde_json::json!({ "traceparent": tp }));
+            }
+        }
+        tracing::Instrument::instrument(
+            self.request_envelope_now(method, params, payload, timeout),
+            span,
+        )
+        .await
+    }
+
+    async fn request_envelope_now(
+        &self,
+        method: &str,
         params: Value,
         payload: Bytes,
         timeout: Duration,

@@ -229,7 +229,7 @@ pub async fn call(
         .with_args_json(&arguments);
     rec.bytes_in = rec.args_bytes.unwrap_or(0);
     let mut audit = state.audit().begin(rec).await?;
-    let result = async {
+    let run = async {
         let link = link.await?;
         audit.record().set_link(&link);
         let ctx = ToolContext {
@@ -239,8 +239,21 @@ pub async fn call(
             via,
         };
         dispatch(&ctx, tool, arguments).await
-    }
-    .await;
+    };
+    let result = if crate::trace::spans() {
+        // Names only: never the arguments or the output.
+        let span = tracing::info_span!(
+            "tool.call",
+            otel.name = %format_args!("tool {tool}"),
+            tool,
+            environment = env,
+            workspace = %caller.workspace,
+            via = via.as_str(),
+        );
+        tracing::Instrument::instrument(run, span).await
+    } else {
+        run.await
+    };
     complete(&mut audit, tool, &result);
     if let Some(m) = crate::metrics::get() {
         let (label, outcome) = metric_labels(tool, &result);
