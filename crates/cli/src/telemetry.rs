@@ -80,8 +80,9 @@ pub fn init(
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            // The request's span (outermost) holds `trace_id`.
+            .with_current_span(false)
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -172,3 +172,61 @@ async fn one_tool_call_is_one_trace_across_gateway_and_executor() {
         }
     }
 }
+
+/// `--log-format json`: every line of the gateway's log is a JSON object,
+/// and a line logged while serving a request that came with a
+/// `traceparent` carries that trace id (in its span list: the request's
+/// span), even without an OTLP endpoint.
+#[tokio::test]
+async fn json_logs_carry_the_trace_id() {
+    let gw = Prepared::new(&execgate(), "w").serve(&["--log-format", "json"]);
+    let exe_id = gw
+        .add_executor("spare", false)
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    // A malformed SigV4 register: refused with a warning, logged inside
+    // the request's span.
+    let r = fresh_client()
+        .post(format!(
+            "{}/cloud/environment/{exe_id}/direct/register",
+            gw.url
+        ))
+        .header("authorization", "AWS4-HMAC-SHA256 nonsense")
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let log = gw.data_dir.join("gateway.log");
+    let line = eventually(Duration::from_secs(10), "the warning in the log", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let mut found = None;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(
+                    v["level"].is_string() && v["timestamp"].is_string(),
+                    "{line}"
+                );
+                if v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("SigV4 request refused"))
+                {
+                    found = Some(v);
+                }
+            }
+            found
+        }
+    })
+    .await;
+    let spans = line["spans"].as_array().expect("a span list");
+    assert!(
+        spans.iter().any(|s| s["trace_id"] == trace_id),
+        "no trace id in {line}"
+    );
+}
