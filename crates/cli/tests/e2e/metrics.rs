@@ -355,6 +355,24 @@ async fn gateway_and_executor_metrics_count_known_traffic() {
     );
     assert!(edelta("execgate_executor_output_bytes_total", &[]) >= 9.0);
 
+    // The dashboard (docs/grafana/execgate.json) names only metrics that exist.
+    let dashboard = include_str!("../../../../docs/grafana/execgate.json");
+    let mut named = 0;
+    for (i, _) in dashboard.match_indices("execgate_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let name = name.strip_suffix("_bucket").unwrap_or(&name);
+        let declared = format!("# TYPE {name} ");
+        assert!(
+            g1.text.contains(&declared) || e1.text.contains(&declared),
+            "the dashboard uses {name}, which neither /metrics has"
+        );
+        named += 1;
+    }
+    assert!(named >= 20, "only {named} metric names in the dashboard");
+
     // No secret and no per-call value anywhere in either text.
     for text in [&g0.text, &g1.text, &e0.text, &e1.text] {
         for secret in [gw.token.as_str(), sid.as_str(), "f.txt", "nowhere"] {
