@@ -228,7 +228,16 @@ pub async fn call(
         .with_environment(env)
         .with_args_json(&arguments);
     rec.bytes_in = rec.args_bytes.unwrap_or(0);
-    let mut audit = state.audit().begin(rec).await?;
+    let mut audit = match state.audit().begin(rec).await {
+        Ok(audit) => audit,
+        Err(refused) => {
+            let e = Error::from(refused);
+            if let Some(m) = crate::metrics::get() {
+                m.tool_call(metric_tool(tool), e.code, started.elapsed());
+            }
+            return Err(e);
+        }
+    };
     let run = async {
         let link = link.await?;
         audit.record().set_link(&link);
@@ -262,6 +271,11 @@ pub async fn call(
     result
 }
 
+/// A tool's metric label: a core tool's name, else `custom`.
+fn metric_tool(tool: &str) -> &'static str {
+    core_tool(tool).map_or("custom", |t| t.name)
+}
+
 /// A finished call's metric labels (bounded; see `crate::metrics`): the
 /// core tool's name, else `custom`, or `unknown` for a name nobody
 /// declared; and `ok`, `tool_error` or the error's code.
@@ -274,10 +288,11 @@ fn metric_labels(
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    let label = match core_tool(tool) {
-        Some(t) => t.name,
-        None if outcome == execgate_protocol::connectors::error_code::UNKNOWN_TOOL => "unknown",
-        None => "custom",
+    let label = match outcome {
+        execgate_protocol::connectors::error_code::UNKNOWN_TOOL if core_tool(tool).is_none() => {
+            "unknown"
+        }
+        _ => metric_tool(tool),
     };
     (label, outcome)
 }
