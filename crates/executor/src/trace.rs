@@ -37,8 +37,13 @@ pub(crate) fn request_span(method: &str, traceparent: Option<&str>) -> tracing::
         otel.name = %format_args!("executor {method}"),
         otel.kind = "server",
         rpc.method = method,
+        trace_id = tracing::field::Empty,
     );
     if let Some(tp) = traceparent {
+        // For the JSON logs: the trace id on each line of this request.
+        if let Some(id) = tp.split('-').nth(1).filter(|id| id.len() == 32) {
+            span.record("trace_id", id);
+        }
         struct One<'a>(&'a str);
         impl opentelemetry::propagation::Extractor for One<'_> {
             fn get(&self, key: &str) -> Option<&str> {
