@@ -394,3 +394,76 @@ async fn metrics_are_off_by_default() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// The auth cache, the token authority's failures and the rate limit, on a
+/// gateway in remote mode (`--agentserver-url`) against a second gateway
+/// that is the token authority.
+#[tokio::test]
+async fn auth_cache_and_rate_limit_metrics() {
+    use crate::harness::{admin, start_gateway_with, Api};
+
+    const SECRET: &str = "metrics-test-internal-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("authority"), dir.path().join("gateway"));
+    for d in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let secret_file = dir.path().join("internal-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    admin(&a_dir, &["workspace", "create", "w1"]);
+    let good = admin(&a_dir, &["token", "create", "--workspace", "w1"]);
+    admin(&b_dir, &["workspace", "create", "w1"]);
+    let mut a = start_gateway_with(
+        &a_dir,
+        "127.0.0.1:0",
+        &["--internal-secret-file", secret_file.to_str().unwrap()],
+    );
+    let metrics = free_addr();
+    let b = start_gateway_with(
+        &b_dir,
+        "127.0.0.1:0",
+        &[
+            "--agentserver-url",
+            &a.url(),
+            "--agentserver-secret-file",
+            secret_file.to_str().unwrap(),
+            "--rate-limit-rps",
+            "0.01",
+            "--rate-limit-burst",
+            "2",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let s0 = Scrape::of(&metrics).await;
+    let list = |token: &str| {
+        let api = Api::new(&b.url(), token);
+        async move { api.post("/api/connectors/envs/list", json!({})).await.0 }
+    };
+    // good: a miss (asked upstream), a hit, a hit over the rate (429);
+    // an unknown token: a miss, rejected upstream (401).
+    assert_eq!(list(&good).await, 200);
+    assert_eq!(list(&good).await, 200);
+    assert_eq!(list(&good).await, 429);
+    assert_eq!(list("egp_unknown-token").await, 401);
+    // The authority down: another unknown token is a miss and an upstream error.
+    a.proc.kill();
+    assert_eq!(list("egp_another-unknown").await, 503);
+
+    let s1 = Scrape::of(&metrics).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| s1.get(name, labels) - s0.get(name, labels);
+    let cache = "execgate_auth_cache_requests_total";
+    assert_eq!(delta(cache, &[("result", "miss")]), 3.0, "{}", s1.text);
+    assert_eq!(delta(cache, &[("result", "hit")]), 2.0);
+    assert_eq!(delta(cache, &[("result", "coalesced")]), 0.0);
+    assert_eq!(delta("execgate_auth_upstream_errors_total", &[]), 1.0);
+    assert_eq!(
+        delta("execgate_rate_limited_total", &[("reason", "rate")]),
+        1.0
+    );
+    assert_eq!(
+        delta("execgate_rate_limited_total", &[("reason", "sessions")]),
+        0.0
+    );
+    assert!(!s1.text.contains(&good), "a token in the metrics");
+}
