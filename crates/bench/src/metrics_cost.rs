@@ -5,6 +5,10 @@
 //! alternately, call by call, so that the machine's noise falls on both
 //! alike. The target (issue #19): within 3 % at p50.
 //!
+//! Throughput too: `read_file` with 16 clients, in windows alternating
+//! between the two sides (where a per-request cost would show first: the
+//! gateway is CPU-bound there), and the gateway's CPU time per call.
+//!
 //! At the end the metrics side is scraped once, to check that it did
 //! count the calls (a figure of a gateway that recorded nothing would
 //! prove nothing).
@@ -15,8 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use crate::harness::{http, Gateway};
-use crate::{latency_figures, Report};
+use std::sync::Arc;
+
+use crate::harness::{cpu_time, http, Gateway};
+use crate::throughput::load;
+use crate::{latency_figures, Figure, Report};
 
 /// A free port of 127.0.0.1 for a `--metrics-listen`.
 fn free_addr() -> anyhow::Result<String> {
@@ -82,6 +89,37 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         }
     }
 
+    // Throughput, 16 clients, alternating windows.
+    type Req = Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
+    let reader = |gw: &Gateway| -> Req {
+        let url = format!("{}/api/connectors/envs/a/tool/call", gw.url);
+        let token = gw.token.clone();
+        Arc::new(move |c| {
+            c.post(&url).bearer_auth(&token).json(
+                &json!({"tool": "read_file", "arguments": {"path": "1k.txt", "offset": 0, "limit": 0}}),
+            )
+        })
+    };
+    let ok_read = |b: &[u8]| b.len() > 1368 && !b.windows(14).any(|w| w == b"\"isError\":true");
+    let window = Duration::from_secs_f64(if quick { 0.5 } else { 2.0 });
+    let windows = if quick { 2 } else { 5 };
+    let mut calls = [0u64; 2];
+    let mut cpu = [Duration::ZERO; 2];
+    let mut took = [0f64; 2];
+    let mut off_first = true;
+    for _ in 0..windows {
+        let order = if off_first { [0, 1] } else { [1, 0] };
+        off_first = !off_first;
+        for side in order {
+            let gw = [&off, &on][side];
+            let (c0, t) = (cpu_time(gw.pid()), Instant::now());
+            calls[side] += load(16, window, reader(gw), ok_read).await?;
+            took[side] += t.elapsed().as_secs_f64();
+            cpu[side] += cpu_time(gw.pid()) - c0;
+        }
+    }
+    let per_call = |side: usize| cpu[side].as_secs_f64() * 1e6 / calls[side].max(1) as f64;
+
     // The metrics side counted them.
     let text = client
         .get(format!("http://{gw_metrics}/metrics"))
@@ -120,6 +158,24 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         "metrics off",
         &r[0],
     ));
+    figures.push(
+        Figure::new(
+            "metrics_cost.read_file_1k.c16.calls_per_s",
+            "read_file 1 KiB, 16 clients, metrics on",
+            calls[1] as f64 / took[1],
+            "calls/s",
+        )
+        .vs("metrics off", calls[0] as f64 / took[0]),
+    );
+    figures.push(
+        Figure::new(
+            "metrics_cost.read_file_1k.c16.gateway_cpu_us_per_call",
+            "  gateway CPU per call, metrics on",
+            per_call(1),
+            "us",
+        )
+        .vs("metrics off", per_call(0)),
+    );
     Ok(Report {
         figures,
         skipped: vec![],

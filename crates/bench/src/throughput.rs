@@ -21,7 +21,7 @@ use crate::harness::{cpu_time, http};
 use crate::{Figure, Report};
 
 /// Runs `clients` loops of `req` for `dur`; returns the calls completed.
-async fn load(
+pub(crate) async fn load(
     clients: usize,
     dur: Duration,
     req: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
