@@ -223,14 +223,18 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         execgate_gateway::enable_metrics();
     }
     let gateway = Gateway::bind(a.gateway.config()?).await?;
+    // Bound before the "listening" line, so that whoever waits for that
+    // line can scrape at once.
+    let metrics = match a.gateway.metrics_listen {
+        Some(addr) => Some(start_metrics(addr, &gateway).await?),
+        None => None,
+    };
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(
         "execgate gateway listening on http://{}",
         gateway.local_addr()
     );
-    if let Some(addr) = a.gateway.metrics_listen {
-        let bound = start_metrics(addr, &gateway).await?;
-        // Tests read this line too.
+    if let Some(bound) = metrics {
         println!("execgate gateway metrics on http://{bound}/metrics");
     }
     tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving");
