@@ -18,6 +18,8 @@
 //!   on the gateway, against none held.
 //! - [`replicas`]: `shell true` latency and `read_file` throughput through
 //!   a replica that forwards to the executor's owner, against the owner.
+//! - [`metrics_cost`]: shell and read_file latency with `--metrics-listen`
+//!   against without, two gateway/executor pairs called alternately.
 //! - [`peers`]: the latency and output figures against a stock codex
 //!   exec-server (`--codex PATH`) and ssh with a ControlMaster (`--ssh`).
 //!
@@ -29,6 +31,7 @@ mod harness;
 mod held;
 mod latency;
 mod lite_executor;
+mod metrics_cost;
 mod output;
 mod peers;
 mod replicas;
@@ -51,7 +54,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only run figures whose name contains this (latency, throughput,
-    /// output, files, scale, held, replicas, peers).
+    /// output, files, scale, held, replicas, metrics, peers).
     #[arg(long)]
     only: Option<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
@@ -190,6 +193,8 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "replicas.shell_true.p50_ms",
         "replicas.read_file_1k.c64.calls_per_s",
         "replicas.sse.mb_per_s",
+        "metrics_cost.shell_true.p50_ms",
+        "metrics_cost.read_file_1k.p50_ms",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -256,6 +261,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("replicas") {
         add("replicas", replicas::run(&bin, args.quick).await)?;
+    }
+    if want("metrics") {
+        add("metrics", metrics_cost::run(&bin, args.quick).await)?;
     }
     if want("peers") && (args.codex.is_some() || args.ssh) {
         add(

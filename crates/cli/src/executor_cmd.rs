@@ -58,10 +58,28 @@ pub struct ExecutorArgs {
     /// The owner's limits and the sandbox (shared with `execgate up`).
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Serve Prometheus metrics at `GET /metrics` on this address (no
+    /// authentication: keep it private). Off by default.
+    #[arg(long, env = "EXECGATE_EXECUTOR_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Traces and the log format.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 pub async fn run(a: ExecutorArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("executor");
+    if let Some(addr) = a.metrics_listen {
+        execgate_executor::metrics::enable();
+        let bound = crate::metrics_listen::start(
+            addr,
+            execgate_executor::metrics::CONTENT_TYPE,
+            std::sync::Arc::new(|| Box::pin(async { execgate_executor::metrics::render() })),
+        )
+        .await?;
+        // Scripts and tests read this line to learn the port (with :0).
+        println!("execgate executor metrics on http://{bound}/metrics");
+    }
     let mut gateways = a.gateway.into_iter().map(|g| g.trim().to_string());
     let first = gateways.next().unwrap_or_default();
     let mut config = ExecutorConfig::new(first, a.token);

@@ -8,7 +8,9 @@ mod cp;
 mod executor_cmd;
 mod fdlimit;
 mod mcp_stdio;
+mod metrics_listen;
 mod serve;
+mod telemetry;
 mod terminal;
 mod up;
 
@@ -115,11 +117,18 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(a) => {
-                init_tracing("info");
+                let (_guard, otel, spans) =
+                    telemetry::init("info", &a.gateway.telemetry, "execgate-gateway")?;
+                if spans {
+                    execgate_gateway::enable_tracing(otel);
+                }
                 serve::run(a).await.map(|_| 0)
             }
             Command::Executor(a) => {
-                init_tracing("info");
+                let (_guard, otel, _) = telemetry::init("info", &a.telemetry, "execgate-executor")?;
+                if otel {
+                    execgate_executor::trace::enable();
+                }
                 executor_cmd::run(a).await.map(|_| 0)
             }
             Command::Admin(a) => {
@@ -127,7 +136,14 @@ fn main() -> std::process::ExitCode {
                 admin::run(a).await.map(|_| 0)
             }
             Command::Up(a) => {
-                init_tracing("warn");
+                let (_guard, otel, spans) =
+                    telemetry::init("warn", &a.gateway.telemetry, "execgate")?;
+                if spans {
+                    execgate_gateway::enable_tracing(otel);
+                }
+                if otel {
+                    execgate_executor::trace::enable();
+                }
                 up::run(a).await.map(|_| 0)
             }
             Command::Envs => {

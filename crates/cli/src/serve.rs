@@ -17,6 +17,14 @@ pub struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, env = "EXECGATE_LISTEN", default_value = "127.0.0.1:6060")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at `GET /metrics` on this address, a
+    /// listener of its own without authentication (keep it private).
+    /// Off by default; `execgate up` turns it on, on 127.0.0.1 and a free port.
+    #[arg(long, env = "EXECGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Traces and the log format.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
     /// Where the embedded store lives [default: ~/.local/share/execgate].
     #[arg(long, env = "EXECGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -277,15 +285,27 @@ pub struct ServeArgs {
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("gateway");
+    if a.gateway.metrics_listen.is_some() {
+        execgate_gateway::enable_metrics();
+    }
     // Before the "listening" line: a SIGTERM that follows it must drain,
     // not kill.
     let signals = Signals::install();
     let gateway = Gateway::bind(a.gateway.config()?).await?;
+    // Bound before the "listening" line, so that whoever waits for that
+    // line can scrape at once.
+    let metrics = match a.gateway.metrics_listen {
+        Some(addr) => Some(start_metrics(addr, &gateway).await?),
+        None => None,
+    };
     // Scripts and tests read this line to learn the port (with --listen :0).
     println!(
         "execgate gateway listening on http://{}",
         gateway.local_addr()
     );
+    if let Some(bound) = metrics {
+        println!("execgate gateway metrics on http://{bound}/metrics");
+    }
     match &a.gateway.database_url {
         Some(_) => tracing::info!("serving from the PostgreSQL store"),
         None => tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving"),
@@ -346,6 +366,20 @@ async fn drain_on_signals(
     };
     tracing::warn!("second signal: exiting at once, without waiting for the drain");
     std::process::exit(code);
+}
+
+/// Serves the gateway's `GET /metrics` on `addr` (metrics must be on).
+pub async fn start_metrics(addr: SocketAddr, gateway: &Gateway) -> anyhow::Result<SocketAddr> {
+    let handle = gateway.handle();
+    crate::metrics_listen::start(
+        addr,
+        execgate_gateway::METRICS_CONTENT_TYPE,
+        std::sync::Arc::new(move || {
+            let handle = handle.clone();
+            Box::pin(async move { handle.metrics_text().await })
+        }),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -36,7 +36,17 @@ pub struct UpArgs {
 pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     crate::fdlimit::raise_nofile_limit("gateway and executor");
     let data_dir = a.gateway.data_dir();
+    execgate_gateway::enable_metrics();
     let gateway = Gateway::bind(a.gateway.config()?).await?;
+    // Metrics are on for `up`: on --metrics-listen, else 127.0.0.1 and a free port.
+    let metrics_addr = a
+        .gateway
+        .metrics_listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let metrics_url = format!(
+        "http://{}/metrics",
+        crate::serve::start_metrics(metrics_addr, &gateway).await?
+    );
     let addr = gateway.local_addr();
     let url = format!("http://{addr}");
     let store = gateway.handle().store().clone();
@@ -83,6 +93,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<()> {
     );
     // The token rides in the fragment, which the browser never sends.
     println!("  console:  {url}/ui/#token={proxy_token}");
+    println!("  metrics:  {metrics_url}");
     println!();
     println!("Use it from another shell:");
     println!("  export EXECGATE_URL={url}");

@@ -46,6 +46,7 @@ mod fs;
 #[doc(hidden)]
 pub mod fuzz_api;
 mod methods;
+pub mod metrics;
 mod notify;
 mod output;
 mod paths;
@@ -59,6 +60,7 @@ mod staged;
 mod staged_sweep;
 mod state;
 mod tools_file;
+pub mod trace;
 mod wire;
 
 #[cfg(test)]
@@ -266,9 +268,12 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
                 connected_once = true;
                 let connected_at = tokio::time::Instant::now();
                 tracing::info!(gateway = %gateway.base(), "connected to the gateway");
+                metrics::CONNECTED.store(1, std::sync::atomic::Ordering::Relaxed);
                 let ended =
                     connection::serve(socket, state.clone(), &mut tasks, connection::IDLE_TIMEOUT)
                         .await;
+                metrics::CONNECTED.store(0, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("disconnected from the gateway: {ended}");
                 if connected_at.elapsed() > STABLE_CONNECTION {
                     backoff.reset();
                     misses = 0;

@@ -423,6 +423,22 @@ mod tests {
         assert_eq!(METHODS.len() + SENT.len(), protocol.len());
     }
 
+    /// Every request the table serves has a metric label of its own
+    /// (`execgate_protocol::exec::REQUEST_METHODS`), and nothing else does.
+    #[test]
+    fn every_request_has_a_metric_label() {
+        let requests: BTreeSet<&str> = METHODS
+            .iter()
+            .filter(|m| m.kind == Kind::Request)
+            .map(|m| m.name)
+            .collect();
+        let labelled: BTreeSet<&str> = execgate_protocol::exec::REQUEST_METHODS
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(requests, labelled);
+    }
+
     #[test]
     fn the_flags_are_consistent() {
         for m in METHODS {

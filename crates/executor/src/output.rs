@@ -24,6 +24,7 @@
 //! Seq order of where output is: lost chunks < spilled chunks < ring chunks.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -138,6 +139,12 @@ impl ReadPlan {
     }
 }
 
+impl Drop for OutputLog {
+    fn drop(&mut self) {
+        crate::metrics::OUTPUT_LOG_BYTES.fetch_sub(self.retained as i64, Relaxed);
+    }
+}
+
 /// The log itself: plain data, no locking, no clock.
 #[derive(Debug)]
 pub(crate) struct OutputLog {
@@ -204,6 +211,7 @@ impl OutputLog {
                 break;
             };
             self.retained -= old.data.len();
+            crate::metrics::OUTPUT_LOG_BYTES.fetch_sub(old.data.len() as i64, Relaxed);
             match &mut self.spill {
                 Some(spill) => {
                     let lost = spill.push(Evicted {
@@ -223,6 +231,8 @@ impl OutputLog {
         let start = self.total;
         self.total += len as u64;
         self.retained += len;
+        crate::metrics::OUTPUT_LOG_BYTES.fetch_add(len as i64, Relaxed);
+        crate::metrics::OUTPUT_BYTES.fetch_add(len as u64, Relaxed);
         self.chunks.push_back(Chunk {
             seq,
             stream,

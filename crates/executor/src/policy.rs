@@ -95,6 +95,7 @@ pub(crate) struct ProcessPermit(Arc<AtomicUsize>);
 impl Drop for ProcessPermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::PROCESSES_RUNNING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -275,6 +276,7 @@ impl Policy {
                     ),
                 )
             })?;
+        crate::metrics::PROCESSES_RUNNING.fetch_add(1, Ordering::Relaxed);
         Ok(ProcessPermit(self.live.clone()))
     }
 }

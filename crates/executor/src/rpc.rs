@@ -95,8 +95,21 @@ impl RpcConnection {
 
     /// Answers one request. `payload` is what its binary frame carried
     /// beside the JSON (empty for a text frame).
-    pub async fn request(&self, id: Id, method: &str, params: Value, payload: Bytes) -> Reply {
-        match methods::request(self, method, params, &payload).await {
+    pub async fn request(&self, id: Id, method: &str, mut params: Value, payload: Bytes) -> Reply {
+        let started = crate::metrics::get().map(|m| (m, std::time::Instant::now()));
+        // [ext] traceContext: `_meta` is the trace's, not the method's.
+        let traceparent = crate::trace::take_meta(&mut params);
+        let answer = if crate::trace::on() {
+            let span = crate::trace::request_span(method, traceparent.as_deref());
+            tracing::Instrument::instrument(methods::request(self, method, params, &payload), span)
+                .await
+        } else {
+            methods::request(self, method, params, &payload).await
+        };
+        if let Some((m, started)) = started {
+            m.request(method, answer.is_ok(), started.elapsed());
+        }
+        match answer {
             Ok(((result, payload), gate)) => Reply {
                 envelope: Envelope {
                     message: Message::response(id, Ok(result)),

@@ -49,15 +49,21 @@ impl SpillBudget {
 
     /// Takes `n` bytes of the budget if they are free.
     fn try_reserve(&self, n: u64) -> bool {
-        self.used
+        let ok = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= self.cap)
             })
-            .is_ok()
+            .is_ok();
+        if ok {
+            crate::metrics::SPILL_BYTES.fetch_add(n as i64, Ordering::Relaxed);
+        }
+        ok
     }
 
     fn release(&self, n: u64) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        crate::metrics::SPILL_BYTES.fetch_sub(n as i64, Ordering::Relaxed);
     }
 
     #[cfg(test)]

@@ -169,6 +169,7 @@ fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> 
         rename: true,
         file_transfer: true,
         move_on_drain: true,
+        trace_context: true,
         ..Default::default()
     };
     EnvironmentInfo {

@@ -47,10 +47,12 @@
 mod auth;
 mod http;
 mod link;
+mod metrics;
 pub mod migrate;
 mod ops;
 mod secret;
 mod store;
+mod trace;
 
 use std::net::SocketAddr;
 
@@ -137,7 +139,34 @@ impl GatewayHandle {
     pub fn drain_timeout(&self) -> std::time::Duration {
         self.0.config().drain_timeout
     }
+
+    /// `GET /metrics`'s body: the Prometheus text format (0.0.4) of this
+    /// gateway's metrics, or `None` while they are off (see
+    /// [`enable_metrics`]).
+    pub async fn metrics_text(&self) -> Option<String> {
+        ops::metrics::render(&self.0).await
+    }
 }
+
+/// Turns on the gateway's Prometheus metrics for this process (off by
+/// default: a recording site then costs one atomic load). Call it before
+/// [`Gateway::bind`]; serve [`GatewayHandle::metrics_text`] on a listener
+/// of your own (`execgate serve --metrics-listen`).
+pub fn enable_metrics() {
+    metrics::enable();
+}
+
+/// Turns on the gateway's spans (off by default: none is made). `otel`:
+/// the process installed an OpenTelemetry layer and the W3C trace-context
+/// propagator, so spans take their parent from a request's `traceparent`
+/// and hand their context on to executors that announced `traceContext`;
+/// else spans only feed the logs (`--log-format json`).
+pub fn enable_tracing(otel: bool) {
+    trace::enable(otel);
+}
+
+/// The `Content-Type` of [`GatewayHandle::metrics_text`].
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

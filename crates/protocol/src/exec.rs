@@ -55,6 +55,41 @@ pub mod method {
     pub const EXECGATE_MOVE: &str = "execgate/move";
 }
 
+/// Every request method of [`method`]: the bounded set a metric may label by
+/// (anything else is `other`).
+pub const REQUEST_METHODS: &[&str] = &[
+    method::INITIALIZE,
+    method::PROCESS_START,
+    method::PROCESS_READ,
+    method::PROCESS_WRITE,
+    method::PROCESS_SIGNAL,
+    method::PROCESS_TERMINATE,
+    method::PROCESS_CLOSE_STDIN,
+    method::PROCESS_RESIZE,
+    method::FS_READ_FILE,
+    method::FS_READ_RANGE,
+    method::FS_WRITE_FILE,
+    method::FS_CREATE_DIRECTORY,
+    method::FS_GET_METADATA,
+    method::FS_READ_DIRECTORY,
+    method::FS_REMOVE,
+    method::FS_COPY,
+    method::FS_RENAME,
+    method::FS_WRITE_RANGE,
+    method::FS_COMMIT_FILE,
+    method::FS_SYMLINK,
+];
+
+/// `method` as a metric label: itself when it is one of [`REQUEST_METHODS`],
+/// else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    REQUEST_METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitializeParams {
@@ -174,6 +209,11 @@ pub struct ExtCapabilities {
     /// `--read-only`, `--max-processes`, `--sandbox`); absent when none was set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::ExecutorPolicy>,
+    /// A request's `params._meta.traceparent` (W3C trace context) is read:
+    /// the executor's spans of that request join the caller's trace. The
+    /// gateway sends `_meta` only to an executor that announced this.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace_context: bool,
 }
 
 /// [ext] `execgate/move`: the gateway that sends it is draining.

@@ -721,3 +721,70 @@ async fn codex_lists_directories_sorted_by_name() {
         assert_eq!(r["isError"], true, "{path}: {r}");
     }
 }
+
+/// With metrics and traces on, a stock codex is counted as `codex`, and it
+/// still serves calls: the trace context (`params._meta`) goes only to
+/// executors that announce `traceContext`, which codex does not.
+#[tokio::test]
+async fn codex_is_counted_as_codex_and_untouched_by_traces() {
+    let Some(bin) = codex_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    admin(&data_dir, &["workspace", "create", "w1"]);
+    let token = admin(&data_dir, &["token", "create", "--workspace", "w1"]);
+    let creds = add_codex_executor(&data_dir, "codex");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    // A collector that is not there: export fails quietly, calls go on.
+    let gateway = start_gateway_with(
+        &data_dir,
+        "127.0.0.1:0",
+        &[
+            "--metrics-listen",
+            &metrics,
+            "--otlp-endpoint",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let _codex = start_codex(&bin, &gateway.url(), &creds, dir.path(), "m");
+    let api = Api::new(&gateway.url(), &token);
+    wait_for_env(&api, "codex").await;
+    let r = fresh_client()
+        .post(format!(
+            "{}/api/connectors/envs/codex/tool/call",
+            gateway.url()
+        ))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"tool": "shell", "arguments": {"command": ["echo", "traced"]}}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["structuredContent"]["stdout"], "traced\n", "{v}");
+    let text = fresh_client()
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "execgate_executors_connected{kind=\"codex\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "execgate_tool_calls_total{tool=\"shell\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+}

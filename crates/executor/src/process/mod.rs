@@ -289,7 +289,13 @@ impl ProcessTable {
         request: spawn::SpawnRequest,
         permit: ProcessPermit,
     ) -> io::Result<(Arc<Process>, StartGate)> {
+        let started = std::time::Instant::now();
+        let _span = crate::trace::on()
+            .then(|| tracing::info_span!("process.spawn", pty = request.pty.is_some()).entered());
         let spawned = spawn::spawn(request)?;
+        if let Some(m) = crate::metrics::get() {
+            m.spawned(started.elapsed());
+        }
         let pgid = spawned.pgid;
         // From here on a SIGKILLed executor takes the group with it.
         reaper::register(pgid);

@@ -13,6 +13,7 @@
 //!   answering while the authority is down.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{AuthError, CacheConfig, Verdict};
+use crate::metrics::CacheResult;
 
 type Key = [u8; 32];
 
@@ -61,6 +63,37 @@ impl VerdictCache {
         Fut: Future<Output = Result<Verdict, AuthError>> + Send,
     {
         let key: Key = Sha256::digest(token.as_bytes()).into();
+        let Some(metrics) = crate::metrics::get() else {
+            return self.answer(key, ask).await;
+        };
+        if let Some(verdict) = self.inner.get(&key).await {
+            metrics.auth_cache(CacheResult::Hit);
+            return Ok(verdict);
+        }
+        // A miss: this request asks upstream, unless another one already
+        // does (then it waits for that answer: coalesced).
+        let asked = AtomicBool::new(false);
+        let ask = async {
+            asked.store(true, Ordering::Relaxed);
+            let r = ask.await;
+            if r.is_err() {
+                metrics.auth_upstream_error();
+            }
+            r
+        };
+        let r = self.answer(key, ask).await;
+        metrics.auth_cache(if asked.load(Ordering::Relaxed) {
+            CacheResult::Miss
+        } else {
+            CacheResult::Coalesced
+        });
+        r
+    }
+
+    async fn answer<Fut>(&self, key: Key, ask: Fut) -> Result<Verdict, AuthError>
+    where
+        Fut: Future<Output = Result<Verdict, AuthError>> + Send,
+    {
         self.inner
             .try_get_with(key, ask)
             .await

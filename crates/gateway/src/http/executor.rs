@@ -137,7 +137,27 @@ fn spend_signature(
         .map_err(|e| sigv4_refused(environment_id, e.to_string()))
 }
 
+/// Counts a refused register or upgrade (`execgate_executor_links_total{event="refused"}`).
+fn count_refusal<T>(r: Result<T, ApiError>) -> Result<T, ApiError> {
+    if r.is_err() {
+        if let Some(m) = crate::metrics::get() {
+            m.link(crate::metrics::LinkEvent::Refused);
+        }
+    }
+    r
+}
+
 pub async fn register(
+    state: State<AppState>,
+    environment_id: ApiPath<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    count_refusal(register_checked(state, environment_id, uri, headers, body).await)
+}
+
+async fn register_checked(
     State(state): State<AppState>,
     ApiPath(environment_id): ApiPath<String>,
     OriginalUri(uri): OriginalUri,
@@ -298,6 +318,17 @@ pub struct ConnectQuery {
 }
 
 pub async fn connect(
+    state: State<AppState>,
+    environment_id: ApiPath<String>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    q: Query<ConnectQuery>,
+    ws: LinkUpgrade,
+) -> Result<Response, ApiError> {
+    count_refusal(connect_checked(state, environment_id, uri, headers, q, ws).await)
+}
+
+async fn connect_checked(
     State(state): State<AppState>,
     ApiPath(environment_id): ApiPath<String>,
     OriginalUri(uri): OriginalUri,

@@ -29,6 +29,7 @@ pub mod idempotency;
 pub mod internal;
 pub mod listener;
 pub mod mcp;
+pub mod observe;
 pub mod openapi;
 pub mod peer;
 pub mod processes;
@@ -89,6 +90,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             drain::gate,
         ))
+        // Metrics (and, with --otlp-endpoint, the request's span): per
+        // route, so that the route template is known (see `observe`).
+        .layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
 }
 

@@ -290,6 +290,9 @@ impl Pump {
                 self.send(event).await?;
                 self.cursor = c.seq;
                 self.session.audit.record().add_bytes_out(c.chunk.len());
+                if let Some(m) = crate::metrics::get() {
+                    m.output(c.chunk.len(), 0);
+                }
             }
             if got_chunks {
                 continue;
@@ -324,7 +327,12 @@ impl Pump {
         let (from_seq, to_seq) = (self.cursor + 1, first - 1);
         let bytes = match lost_bytes {
             Some(0) => return Ok(()),
-            Some(n) => json!(n),
+            Some(n) => {
+                if let Some(m) = crate::metrics::get() {
+                    m.output(0, n);
+                }
+                json!(n)
+            }
             None if to_seq - from_seq >= 1 => serde_json::Value::Null,
             None => return Ok(()),
         };

@@ -182,6 +182,9 @@ pub async fn run_link(
     reader.abort();
     let _ = writer.await;
     state.registry().remove_if_same(&link);
+    if let Some(m) = crate::metrics::get().filter(|_| link.handshake().is_some()) {
+        m.link(crate::metrics::LinkEvent::Disconnected);
+    }
     // A replica's link that lost its lease leaves the record to the new
     // holder.
     let released = match state.cluster() {
@@ -401,6 +404,9 @@ async fn serve_link(
         }
     }
     state.registry().insert(link.clone());
+    if let Some(m) = crate::metrics::get() {
+        m.link(crate::metrics::LinkEvent::Connected);
+    }
     drop(slot);
     if let Err(e) = state.store().mark_connected(&link.exe_id, &info).await {
         tracing::warn!("could not record the connect of {}: {e}", link.exe_id);

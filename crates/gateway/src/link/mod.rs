@@ -492,10 +492,45 @@ impl Link {
     async fn request_envelope(
         &self,
         method: &str,
+        mut params: Value,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(Value, Bytes), LinkError> {
+        if !crate::trace::spans() {
+            return self
+                .request_envelope_now(method, params, payload, timeout)
+                .await;
+        }
+        let span = tracing::info_span!(
+            "link.request",
+            otel.name = %format_args!("link {method}"),
+            otel.kind = "client",
+            rpc.method = method,
+            executor = %self.name,
+        );
+        if crate::trace::otel() && self.handshake().is_some_and(|h| h.ext.trace_context) {
+            // [ext] The executor's spans join this one (see `trace`).
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let headers = crate::trace::inject(&span.context());
+            if let (Some(tp), Value::Object(map)) = (headers.get("traceparent"), &mut params) {
+                map.insert("_meta".into(), serde_json::json!({ "traceparent": tp }));
+            }
+        }
+        tracing::Instrument::instrument(
+            self.request_envelope_now(method, params, payload, timeout),
+            span,
+        )
+        .await
+    }
+
+    async fn request_envelope_now(
+        &self,
+        method: &str,
         params: Value,
         payload: Bytes,
         timeout: Duration,
     ) -> Result<(Value, Bytes), LinkError> {
+        let _timer = RoundTrip::start(method);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -625,6 +660,7 @@ impl Link {
             }
         }
         let _forget = Forget(self, id);
+        let _timer = RoundTrip::start(method);
         let frame = Envelope {
             message: Message::request(Id::Num(id), method, params),
             payload,
@@ -995,6 +1031,31 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.link
             .unsubscribe(&self.process_id, self.id, self.closed);
+    }
+}
+
+/// Records a request's round trip in `execgate_link_request_duration_seconds`
+/// when dropped (answered, failed or abandoned alike); nothing while
+/// metrics are off.
+struct RoundTrip<'a>(
+    Option<(
+        &'static crate::metrics::Metrics,
+        &'a str,
+        std::time::Instant,
+    )>,
+);
+
+impl<'a> RoundTrip<'a> {
+    fn start(method: &'a str) -> Self {
+        RoundTrip(crate::metrics::get().map(|m| (m, method, std::time::Instant::now())))
+    }
+}
+
+impl Drop for RoundTrip<'_> {
+    fn drop(&mut self) {
+        if let Some((m, method, start)) = self.0.take() {
+            m.link_request(method, start.elapsed());
+        }
     }
 }
 

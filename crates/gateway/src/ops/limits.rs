@@ -135,6 +135,9 @@ impl Limits {
             .entry(workspace.to_string())
             .or_insert_with(|| Bucket::new(rate, now));
         bucket.take(rate, now).map_err(|wait| {
+            if let Some(m) = crate::metrics::get() {
+                m.rate_limited(crate::metrics::Limited::Rate);
+            }
             Error::new(code::RATE_LIMITED,
                 format!(
                     "workspace {workspace:?} is over its request rate ({} per second, bursts of {}); retry after {:.1} s",
@@ -195,6 +198,9 @@ impl Limits {
             count -= ended.len();
         }
         if count >= max as usize {
+            if let Some(m) = crate::metrics::get() {
+                m.rate_limited(crate::metrics::Limited::Sessions);
+            }
             return Err(Error::new(code::TOO_MANY_SESSIONS,
                 format!(
                     "workspace {workspace:?} has {count} live process sessions, the most allowed (--max-sessions-per-workspace {max}); \

@@ -34,6 +34,7 @@ pub mod error;
 pub mod files;
 pub mod idempotency;
 pub mod limits;
+pub mod metrics;
 pub mod patch;
 pub mod policy;
 pub mod processes;

@@ -400,6 +400,9 @@ async fn output_inner(s: &Session, since: u64, wait_ms: u64) -> Result<Output, E
     // this reader until a read comes back short.
     let returned: u64 = r.chunks.iter().map(|c| c.chunk.len()).sum();
     let maybe_cut = returned >= MAX_OUTPUT_BYTES * 9 / 10;
+    if let Some(m) = crate::metrics::get() {
+        m.output(returned, lost_bytes);
+    }
     let next_since = r.next_seq.saturating_sub(1).max(since);
     if maybe_cut {
         // A client catching up on a backlog: the executor reads the next

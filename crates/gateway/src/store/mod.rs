@@ -37,6 +37,7 @@ mod idempotency;
 pub mod invalidate;
 pub mod leases;
 mod lookups;
+mod metrics;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -224,12 +224,22 @@ pub async fn call(
     tool: &str,
     arguments: Map<String, Value>,
 ) -> Result<CallToolResult, Error> {
+    let started = std::time::Instant::now();
     let mut rec = AuditRecord::for_caller(caller, via, Kind::Tool, tool)
         .with_environment(env)
         .with_args_json(&arguments);
     rec.bytes_in = rec.args_bytes.unwrap_or(0);
-    let mut audit = state.audit().begin(rec).await?;
-    let result = async {
+    let mut audit = match state.audit().begin(rec).await {
+        Ok(audit) => audit,
+        Err(refused) => {
+            let e = Error::from(refused);
+            if let Some(m) = crate::metrics::get() {
+                m.tool_call(metric_tool(tool), e.code, started.elapsed());
+            }
+            return Err(e);
+        }
+    };
+    let run = async {
         let link = link.await?;
         audit.record().set_link(&link);
         let ctx = ToolContext {
@@ -239,10 +249,53 @@ pub async fn call(
             via,
         };
         dispatch(&ctx, tool, arguments).await
-    }
-    .await;
+    };
+    let result = if crate::trace::spans() {
+        // Names only: never the arguments or the output.
+        let span = tracing::info_span!(
+            "tool.call",
+            otel.name = %format_args!("tool {tool}"),
+            tool,
+            environment = env,
+            workspace = %caller.workspace,
+            via = via.as_str(),
+        );
+        tracing::Instrument::instrument(run, span).await
+    } else {
+        run.await
+    };
     complete(&mut audit, tool, &result);
+    if let Some(m) = crate::metrics::get() {
+        let (label, outcome) = metric_labels(tool, &result);
+        m.tool_call(label, outcome, started.elapsed());
+    }
     result
+}
+
+/// A tool's metric label: a core tool's name, else `custom`.
+fn metric_tool(tool: &str) -> &'static str {
+    core_tool(tool).map_or("custom", |t| t.name)
+}
+
+/// A finished call's metric labels (bounded; see `crate::metrics`): the
+/// core tool's name, else `custom`, or `unknown` for a name nobody
+/// declared; and `ok`, `tool_error` or the error's code.
+fn metric_labels(
+    tool: &str,
+    result: &Result<CallToolResult, Error>,
+) -> (&'static str, &'static str) {
+    let outcome = match result {
+        Ok(r) if r.is_error => "tool_error",
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    let label = match outcome {
+        execgate_protocol::connectors::error_code::UNKNOWN_TOOL if core_tool(tool).is_none() => {
+            "unknown"
+        }
+        _ => metric_tool(tool),
+    };
+    (label, outcome)
 }
 
 /// Fills in the audit record of a finished tool call.

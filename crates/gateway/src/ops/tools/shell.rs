@@ -576,6 +576,13 @@ impl Collector {
     }
 
     fn finish(mut self, timed_out: bool, timeout: Duration, elapsed: Duration) -> CallToolResult {
+        if let Some(m) = crate::metrics::get() {
+            let received = match &self.bounded {
+                Some((_, [out, err])) => out.total + err.total,
+                None => (self.stdout.len() + self.stderr.len()) as u64 + self.dropped_bytes,
+            };
+            m.output(received, self.lost_bytes);
+        }
         let mut omitted_bytes = 0;
         let mut max_output_bytes = None;
         if let Some((budget, [out, err])) = self.bounded.take() {
