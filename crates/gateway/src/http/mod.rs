@@ -84,7 +84,8 @@ pub fn router(state: AppState) -> Router {
         // Last resort: whatever error escaped as plain text or empty gets
         // the envelope (see `error::envelope_bare_errors`).
         .layer(axum::middleware::map_response(error::envelope_bare_errors))
-        // Outermost: refuses everything but the probes while draining, and
+        // Outermost but for metrics (whose layer then counts its 503s):
+        // refuses everything but the probes while draining, and
         // counts the calls a drain waits for.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
