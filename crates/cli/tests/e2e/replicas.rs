@@ -1051,3 +1051,91 @@ async fn an_idle_channel_is_kept_and_reused() {
     assert_eq!(shell_stdout(&c.api(1), "x", "echo 2").await, "2\n");
     assert_eq!(opened(), first, "the idle channel was not kept");
 }
+
+/// Registers `token`'s executor on `gateway`: the connect URL it answers.
+async fn register(gateway: &str, exe_id: &str, token: &str) -> String {
+    let r = fresh_client()
+        .post(format!(
+            "{gateway}/cloud/environment/{exe_id}/direct/register"
+        ))
+        .bearer_auth(token)
+        .json(&json!({"transport": "direct_jsonrpc_v1"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["url"].as_str().unwrap().to_string()
+}
+
+/// The HTTP status of a refused WebSocket dial of `url`, 101 if it opened.
+async fn dial_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("dial {url}: {e}"),
+    }
+}
+
+/// Behind a load balancer without session affinity: a connect ticket
+/// handed out by replica 0's register opens the WebSocket on replica 1,
+/// once; used, expired or replaced tickets open nothing on any replica.
+#[tokio::test]
+async fn a_ticket_from_one_replica_opens_the_link_on_another() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    let token = c.prepared.add_executor("x", false);
+    let exe_id = c.exe_id("x");
+    let (a, b) = (c.replicas[0].url(), c.replicas[1].url());
+    let on_b = |url: &str| url.replacen(&a["http://".len()..], &b["http://".len()..], 1);
+
+    // A replaced ticket opens nothing; the newest one opens on B, once.
+    let first = register(&a, &exe_id, &token).await;
+    let url = register(&a, &exe_id, &token).await;
+    assert!(url.contains("?ticket="), "{url}");
+    assert_eq!(dial_status(&on_b(&first)).await, 401);
+    let (mut ws, _) = tokio_tungstenite::connect_async(on_b(&url)).await.unwrap();
+    assert_eq!(
+        dial_status(&url).await,
+        401,
+        "a used ticket opened a link on A"
+    );
+    assert_eq!(dial_status(&on_b(&url)).await, 401);
+    // The executor's handshake on B: B takes the lease, and A serves it.
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("initialize")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "initialize" {
+            let answer = json!({"jsonrpc": "2.0", "id": v["id"], "result": {
+                "sessionId": "s1", "environmentInfo": {}}});
+            ws.send(Message::Text(answer.to_string().into()))
+                .await
+                .unwrap();
+        }
+        if v["method"] == "initialized" {
+            break;
+        }
+    }
+    eventually(10, "replica 1 to hold x", || async {
+        c.leases()
+            .0
+            .iter()
+            .any(|(e, r, _)| *e == exe_id && *r == c.replica_id(1))
+    })
+    .await;
+    let api = c.api(0);
+    eventually(5, "replica 0 to list x", || async {
+        api.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    drop(ws);
+}

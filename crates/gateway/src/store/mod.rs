@@ -37,6 +37,7 @@ pub mod leases;
 mod lookups;
 #[cfg(test)]
 pub(crate) mod testing;
+mod tickets;
 
 pub use audit::AuditQuery;
 
