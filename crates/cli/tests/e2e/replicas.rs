@@ -1139,3 +1139,93 @@ async fn a_ticket_from_one_replica_opens_the_link_on_another() {
     .await;
     drop(ws);
 }
+
+/// How many times a replica set out to enforce session `sid`'s deadline
+/// (the replicas share one log file).
+fn enforcements(c: &Replicas, sid: &str) -> usize {
+    std::fs::read_to_string(c.prepared.data_dir.join("gateway.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("enforcing a due deadline") && l.contains(sid))
+        .count()
+}
+
+/// Reads session `sid` through `api` until it ends, waiting out 503s
+/// while its executor re-links: the final output answer.
+async fn wait_for_exit(api: &Api, sid: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut since = 0u64;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{sid} never ended");
+        let (s, v) = api
+            .get(&format!(
+                "/api/connectors/processes/{sid}/output?since={since}&wait_ms=1000"
+            ))
+            .await;
+        if s != 200 {
+            assert_eq!(v["error"]["code"], "executor_unavailable", "{v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        since = since.max(v["next_since"].as_u64().unwrap_or(0));
+        if v["session_alive"] == false {
+            return v;
+        }
+    }
+}
+
+/// `max_runtime_ms` of a process started through a non-owner: the holder
+/// kills it on time, once; and when the holder dies before the deadline,
+/// the replica the executor re-links to kills it, once.
+#[tokio::test]
+async fn a_deadline_is_enforced_once_by_the_holder_even_if_it_dies() {
+    let Some(mut c) = Replicas::start(3, &["--lease-ms", "3000"]) else {
+        return;
+    };
+    let lb = Balancer::start(c.replicas[0].addr).await;
+    let token = c.prepared.add_executor("x", false);
+    let work = c.workdir("x");
+    c.executors
+        .push(execgate().executor(&lb.url, &token, &work, &[]));
+    wait_for_env(&c.api(0), "x").await;
+
+    let started = std::time::Instant::now();
+    let sid = c
+        .api(1)
+        .exec(
+            "x",
+            json!({"command": ["sleep", "30"], "max_runtime_ms": 1000}),
+        )
+        .await;
+    let v = wait_for_exit(&c.api(2), &sid).await;
+    let took = started.elapsed();
+    assert_eq!(v["exit_code"], 137, "{v}");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(enforcements(&c, &sid), 1, "enforced more than once");
+
+    // The holder dies before the next deadline: the new holder does it.
+    let started = std::time::Instant::now();
+    let sid = c
+        .api(1)
+        .exec(
+            "x",
+            json!({"command": ["sleep", "30"], "max_runtime_ms": 3000}),
+        )
+        .await;
+    lb.switch(c.replicas[2].addr);
+    c.replicas[0].proc.kill();
+    let v = wait_for_exit(&c.api(1), &sid).await;
+    let took = started.elapsed();
+    assert_eq!(v["exit_code"], 137, "{v}");
+    assert!(
+        took >= Duration::from_millis(3000) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(enforcements(&c, &sid), 1, "enforced more than once");
+    assert_eq!(c.lease_of("x").0, c.replica_id(2));
+}

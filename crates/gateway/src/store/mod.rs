@@ -32,6 +32,7 @@
 
 mod audit;
 pub mod audit_log;
+mod duties;
 pub mod invalidate;
 pub mod leases;
 mod lookups;
@@ -931,7 +932,8 @@ impl Store {
     /// Sets (or moves) a session's deadline; it will be enforced once.
     pub async fn set_deadline(&self, sid: &str, at: i64) -> Result<()> {
         on_db!(&self.db, |pool| sqlx::query(
-            "UPDATE process_sessions SET deadline_at = $1, deadline_done = FALSE WHERE sid = $2"
+            "UPDATE process_sessions SET deadline_at = $1, deadline_done = FALSE,
+                                         deadline_claimed_until = NULL WHERE sid = $2"
         )
         .bind(at)
         .bind(sid)
