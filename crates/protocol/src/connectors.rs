@@ -70,6 +70,8 @@ pub mod error_code {
     /// 503: the gateway serves as many connections as it allows
     /// (`--max-connections`); the connection is closed. Retry shortly.
     pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// 503: the gateway's store cannot be reached (`/readyz`).
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 }
 
 /// Body of every 4xx/5xx answer.

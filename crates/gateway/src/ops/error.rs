@@ -92,7 +92,8 @@ pub fn kind_of(code: &str) -> ErrorKind {
         | code::EXECUTOR_UNAVAILABLE
         | code::AUTH_UNAVAILABLE
         | code::AUDIT_UNAVAILABLE
-        | code::TOO_MANY_CONNECTIONS => ErrorKind::Unavailable,
+        | code::TOO_MANY_CONNECTIONS
+        | code::STORE_UNAVAILABLE => ErrorKind::Unavailable,
         code::GATEWAY_TIMEOUT => ErrorKind::Timeout,
         _ => ErrorKind::Internal,
     }
@@ -164,6 +165,14 @@ impl From<StoreError> for Error {
             StoreError::Conflict(m) => Error::new(code::CONFLICT, m),
             StoreError::NotFound(m) => Error::not_found(m),
             StoreError::Invalid(m) => Error::bad_request(m),
+            other if other.is_unavailable() => {
+                tracing::warn!("store unavailable: {other}");
+                Error::new(
+                    code::STORE_UNAVAILABLE,
+                    "the gateway's store cannot be reached; try again shortly",
+                )
+                .with_retry_after(2)
+            }
             other => {
                 tracing::error!("store failure: {other}");
                 Error::internal("the gateway's store failed; try again")
