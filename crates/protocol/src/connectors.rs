@@ -73,7 +73,8 @@ pub mod error_code {
     /// 503: this gateway is draining (it is shutting down or restarting);
     /// retry, and a load balancer sends the retry to another replica.
     pub const DRAINING: &str = "draining";
-    /// 503: the gateway's store cannot be reached (`/readyz`).
+    /// 503: the gateway's store cannot be reached (`/readyz`, and any call
+    /// that needs the store while it is down).
     pub const STORE_UNAVAILABLE: &str = "store_unavailable";
     /// 422: this `Idempotency-Key` was used in the workspace for a
     /// different request (route, path or body) in the last 24 h.

@@ -39,6 +39,10 @@ pub struct Cluster {
     watchdog_stdin: Option<ChildStdin>,
     watchdog: Child,
     next_db: AtomicU32,
+    /// Who runs the server (see [`owner`]), and its `pg_ctl -o` options:
+    /// what [`Cluster::start_server`] needs to start it again.
+    owner: Option<(u32, u32)>,
+    options: String,
 }
 
 impl Cluster {
@@ -110,6 +114,8 @@ rm -rf "$1""#,
             watchdog_stdin: stdin,
             watchdog,
             next_db: AtomicU32::new(0),
+            owner,
+            options: String::new(),
         };
         let mut last_error = String::new();
         // A free port can be taken between the probe and the start: retry.
@@ -131,6 +137,7 @@ rm -rf "$1""#,
                 .map_err(|e| format!("run pg_ctl: {e}"))?;
             if out.status.success() {
                 cluster.port = port;
+                cluster.options = options;
                 return Ok(cluster);
             }
             last_error = format!(
@@ -185,6 +192,41 @@ rm -rf "$1""#,
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: its connections are cut at
+    /// once; not `immediate`, which with this cluster's `fsync` and
+    /// `synchronous_commit` off may lose the last commits);
+    /// [`Cluster::start_server`] starts it again with its data. Only for a cluster of one's own (not
+    /// [`shared`]'s: other tests use that one).
+    pub fn stop_server(&self) {
+        let out = as_owner(self.owner, &self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run pg_ctl: {e}"));
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    /// Starts the server stopped by [`Cluster::stop_server`] again, on the
+    /// same port.
+    pub fn start_server(&self) {
+        let out = as_owner(self.owner, &self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-o", &self.options, "start"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run pg_ctl: {e}"));
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {out:?}\n{}",
+            self.log()
+        );
     }
 
     /// The server's log so far.

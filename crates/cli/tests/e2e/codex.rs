@@ -47,10 +47,15 @@ pub(crate) struct Credentials {
 }
 
 pub(crate) fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {
+    add_codex_executor_on(&["--data-dir".as_ref(), data_dir.as_os_str()], name)
+}
+
+/// As [`add_codex_executor`], with the store given by `store` (`--data-dir D`
+/// or `--database-url URL`).
+pub(crate) fn add_codex_executor_on(store: &[&std::ffi::OsStr], name: &str) -> Credentials {
     let out = Command::new(bin())
         .arg("admin")
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(store)
         .args([
             "executor",
             "add",

@@ -450,3 +450,72 @@ async fn a_change_through_one_gateway_takes_effect_on_another() {
         v["error"]["code"]
     );
 }
+
+/// The store goes away under a gateway (its own cluster, stopped with
+/// `pg_ctl stop -m fast`): calls with a token it verified recently
+/// keep working on the link it holds, past the lookups' 1 s; a token it
+/// never verified gets 503 `store_unavailable`, at once; when the server
+/// is back, the gateway serves the new token without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_keeps_recent_tokens_and_recovers_by_itself() {
+    if execgate_testkit::pg::cluster("postgres::store_outage").is_none() {
+        return;
+    }
+    let own = execgate_testkit::pg::Cluster::start().expect("a cluster of the test's own");
+    let url = own.create_database();
+    let eg = execgate();
+    let p = Prepared::new_on(&eg, "w1", Some(&url));
+    let fresh_token = eg.admin_url(&url, &["token", "create", "--workspace", "w1"]);
+    let g = p.serve(&[]);
+    let (_executor, _work) = g.executor("laptop", &[]).await;
+    let api = g.api();
+    let shell = |api: Api, text: &'static str| async move {
+        api.call_raw(
+            "laptop",
+            "shell",
+            json!({"command": format!("echo {text}")}),
+        )
+        .await
+    };
+    let (s, v) = shell(api.clone(), "before").await;
+    assert_eq!(s, 200, "{v}");
+
+    own.stop_server();
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(3) {
+        let (s, v) = shell(api.clone(), "during").await;
+        assert_eq!(s, 200, "a recently verified token during the outage: {v}");
+        assert_eq!(v["structuredContent"]["stdout"], "during\n", "{v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let fresh = Api::new(&g.url, &fresh_token);
+    let asked = Instant::now();
+    let (s, v) = fresh.post("/api/connectors/envs/list", json!({})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    own.start_server();
+    let took = within(
+        "the gateway to serve a new token again",
+        Duration::from_secs(20),
+        async || {
+            let (s, v) = fresh.post("/api/connectors/envs/list", json!({})).await;
+            if s != 200 {
+                eprintln!("after the restart: {s} {v}");
+            }
+            s == 200
+        },
+    )
+    .await;
+    println!("the gateway served a new token {took:?} after the store came back");
+    let (s, v) = shell(api.clone(), "after").await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -1,11 +1,18 @@
 //! Replicas end to end (#18, ownership and forwarding): several real
-//! `execgate serve` processes on one data dir (SQLite in WAL mode), each
-//! with `--advertise-url` and the same `--cluster-secret-file`; executors
-//! dial one replica each, and every call is made through the others too.
+//! `execgate serve` processes on one PostgreSQL database (a fresh database
+//! of the test binary's throwaway cluster, `--database-url`), each with
+//! `--advertise-url` and the same `--cluster-secret-file`; executors dial
+//! one replica each, and every call is made through the others too. One
+//! test also runs on a shared SQLite data dir (WAL mode).
+//!
+//! Without PostgreSQL the PostgreSQL tests are skipped, unless
+//! `EXECGATE_REQUIRE_POSTGRES=1` (CI), which makes that a failure.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use execgate_testkit::pg::Cluster;
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -24,9 +31,13 @@ fn free_port() -> u16 {
 /// One row of `admin replicas --leases`: exe_id, replica id, epoch.
 type Lease = (String, String, i64);
 
-/// Replicas over one data dir, and the executors started on them.
+/// Replicas over one store, and the executors started on them.
 struct Replicas {
     prepared: Prepared,
+    /// The PostgreSQL cluster of the store, `None` for SQLite in the data
+    /// dir. On PostgreSQL the replicas share the data dir too (it holds
+    /// nothing durable then), so that their logs are in one file.
+    cluster: Option<&'static Cluster>,
     secret_file: PathBuf,
     replicas: Vec<GatewayProc>,
     executors: Vec<Proc>,
@@ -35,13 +46,32 @@ struct Replicas {
 }
 
 impl Replicas {
-    /// `n` replicas (extra `args` each) of a fresh workspace `w1`.
-    fn start(n: usize, args: &[&str]) -> Replicas {
-        let prepared = Prepared::new(&execgate(), "w1");
+    /// `n` replicas (extra `args` each) of a fresh workspace `w1` on one
+    /// fresh PostgreSQL database; `None` when PostgreSQL cannot start here
+    /// (a panic instead with `EXECGATE_REQUIRE_POSTGRES=1`).
+    fn start(n: usize, args: &[&str]) -> Option<Replicas> {
+        let cluster = execgate_testkit::pg::cluster("replicas")?;
+        let url = cluster.create_database();
+        let prepared = Prepared::new_on(&execgate(), "w1", Some(&url));
+        Some(Replicas::start_on(prepared, Some(cluster), n, args))
+    }
+
+    /// As [`Replicas::start`], on one SQLite data dir.
+    fn start_sqlite(n: usize, args: &[&str]) -> Replicas {
+        Replicas::start_on(Prepared::new(&execgate(), "w1"), None, n, args)
+    }
+
+    fn start_on(
+        prepared: Prepared,
+        cluster: Option<&'static Cluster>,
+        n: usize,
+        args: &[&str],
+    ) -> Replicas {
         let secret_file = prepared.dir.path().join("cluster-secret");
         std::fs::write(&secret_file, "a-shared-cluster-secret-of-32-bytes\n").unwrap();
         let mut r = Replicas {
             prepared,
+            cluster,
             secret_file,
             replicas: Vec::new(),
             executors: Vec::new(),
@@ -63,8 +93,58 @@ impl Replicas {
             "--cluster-secret-file",
             self.secret_file.to_str().unwrap(),
         ];
+        if let Some(db) = &self.prepared.database_url {
+            all.extend(["--database-url", db]);
+        }
         all.extend_from_slice(args);
         execgate().serve(&self.prepared.data_dir, &listen, &all)
+    }
+
+    /// The store's arguments of `execgate admin`.
+    fn store_args(&self) -> Vec<&OsStr> {
+        match &self.prepared.database_url {
+            Some(url) => vec!["--database-url".as_ref(), url.as_ref()],
+            None => vec!["--data-dir".as_ref(), self.prepared.data_dir.as_os_str()],
+        }
+    }
+
+    /// `execgate admin STORE ARGS…`: all of its stdout.
+    fn admin_stdout(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(bin())
+            .arg("admin")
+            .args(self.store_args())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "execgate admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The admin token every replica accepts.
+    fn admin_token(&self) -> String {
+        match (&self.prepared.database_url, self.cluster) {
+            (Some(url), Some(cluster)) => cluster
+                .psql_on(
+                    url,
+                    "SELECT value FROM shared_secrets WHERE name = 'admin-token'",
+                )
+                .trim()
+                .to_string(),
+            _ => admin_token(&self.prepared.data_dir),
+        }
+    }
+
+    /// A capability token of `w1` for `ttl` seconds, minted by `admin`.
+    fn mint(&self, ttl: u64) -> String {
+        let ttl = ttl.to_string();
+        let out = self.admin_stdout(&["captoken", "create", "--workspace", "w1", "--ttl", &ttl]);
+        let token = out.lines().last().unwrap_or_default().to_string();
+        assert_eq!(token.split('.').count(), 3, "{token:?}");
+        token
     }
 
     fn api(&self, i: usize) -> Api {
@@ -97,7 +177,7 @@ impl Replicas {
     /// `execgate admin replicas --leases`: (exe_id → (replica_id, epoch)),
     /// and (peer URL → replica_id).
     fn leases(&self) -> (Vec<Lease>, Vec<(String, String)>) {
-        let out = execgate().admin_stdout(&self.prepared.data_dir, &["replicas", "--leases"]);
+        let out = self.admin_stdout(&["replicas", "--leases"]);
         let mut replicas = Vec::new();
         let mut leases = Vec::new();
         let mut in_leases = false;
@@ -140,7 +220,7 @@ impl Replicas {
     }
 
     fn exe_id(&self, name: &str) -> String {
-        let out = execgate().admin_stdout(&self.prepared.data_dir, &["executor", "list"]);
+        let out = self.admin_stdout(&["executor", "list"]);
         out.lines()
             .find(|l| l.split_whitespace().nth(2) == Some(name))
             .and_then(|l| l.split_whitespace().next())
@@ -209,7 +289,19 @@ async fn shell_stdout(api: &Api, env: &str, command: &str) -> String {
 /// work through every replica.
 #[tokio::test]
 async fn any_replica_serves_any_call() {
-    let mut c = Replicas::start(3, &[]);
+    let Some(c) = Replicas::start(3, &[]) else {
+        return;
+    };
+    any_replica_serves_any_call_on(c).await;
+}
+
+/// [`any_replica_serves_any_call`] on one SQLite data dir.
+#[tokio::test]
+async fn any_replica_serves_any_call_on_sqlite() {
+    any_replica_serves_any_call_on(Replicas::start_sqlite(3, &[])).await;
+}
+
+async fn any_replica_serves_any_call_on(mut c: Replicas) {
     let work_a = c.executor("a", 0).await;
     let work_b = c.executor("b", 1).await;
 
@@ -240,7 +332,7 @@ async fn any_replica_serves_any_call() {
     }
 
     // The admin API of a replica holding neither says both are online.
-    let admin = admin_token(&c.prepared.data_dir);
+    let admin = c.admin_token();
     let v: Value = fresh_client()
         .get(format!("{}/api/admin/executors", c.replicas[2].url()))
         .bearer_auth(&admin)
@@ -413,7 +505,9 @@ async fn any_replica_serves_any_call() {
 /// not a replica has no such route.
 #[tokio::test]
 async fn the_peer_channel_needs_the_cluster_secret() {
-    let mut c = Replicas::start(1, &[]);
+    let Some(mut c) = Replicas::start(1, &[]) else {
+        return;
+    };
     c.executor("a", 0).await;
     let exe_id = c.exe_id("a");
     let http = fresh_client();
@@ -486,10 +580,12 @@ fn marker(work: &Path, text: &str) {
 #[tokio::test]
 async fn a_lease_taken_by_another_replica_fences_the_old_link() {
     // Replica 0 would otherwise declare the stopped executor dead by itself.
-    let mut c = Replicas::start(
+    let Some(mut c) = Replicas::start(
         2,
         &["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"],
-    );
+    ) else {
+        return;
+    };
     let work1 = c.executor("x", 0).await;
     marker(&work1, "first");
     assert_eq!(
@@ -539,7 +635,9 @@ async fn a_lease_taken_by_another_replica_fences_the_old_link() {
 /// other replicas refuse calls for it with 503 instead of forwarding.
 #[tokio::test]
 async fn a_replica_paused_past_its_lease_is_fenced() {
-    let mut c = Replicas::start(2, &["--lease-ms", "1500"]);
+    let Some(mut c) = Replicas::start(2, &["--lease-ms", "1500"]) else {
+        return;
+    };
     let work = c.executor("x", 0).await;
     marker(&work, "x");
     assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
@@ -620,7 +718,9 @@ impl Drop for Balancer {
 /// gap and no duplicate.
 #[tokio::test]
 async fn killing_the_owner_loses_no_line() {
-    let mut c = Replicas::start(3, &["--lease-ms", "3000"]);
+    let Some(mut c) = Replicas::start(3, &["--lease-ms", "3000"]) else {
+        return;
+    };
     let lb = Balancer::start(c.replicas[0].addr).await;
     let token = c.prepared.add_executor("x", false);
     let work = c.workdir("x");
@@ -716,9 +816,11 @@ async fn killing_the_owner_loses_no_line() {
 /// and the session's notifications (its tap) too. MCP through it as well.
 #[tokio::test]
 async fn the_bridge_and_mcp_work_through_a_non_owner() {
-    let mut c = Replicas::start(2, &[]);
+    let Some(mut c) = Replicas::start(2, &[]) else {
+        return;
+    };
     let work = c.executor("x", 0).await;
-    let token = crate::bridge::mint(&c.prepared.data_dir, "w1", 300, &[]);
+    let token = c.mint(300);
     let mut b = crate::bridge::bridge(&c.replicas[1], "x", &token).await;
     let init = b
         .ok(json!(0), "initialize", json!({"clientName": "test"}))
@@ -764,7 +866,9 @@ async fn the_bridge_and_mcp_work_through_a_non_owner() {
 /// replica, envs/list complete everywhere.
 #[tokio::test]
 async fn six_executors_on_three_replicas_through_every_replica() {
-    let mut c = Replicas::start(3, &[]);
+    let Some(mut c) = Replicas::start(3, &[]) else {
+        return;
+    };
     let mut works = Vec::new();
     for e in 0..6 {
         // One with a policy to announce (and describe on other replicas).
@@ -875,8 +979,10 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
     let Some(bin) = crate::codex::codex_bin() else {
         return;
     };
-    let c = Replicas::start(2, &[]);
-    let creds = crate::codex::add_codex_executor(&c.prepared.data_dir, "codex");
+    let Some(c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    let creds = crate::codex::add_codex_executor_on(&c.store_args(), "codex");
     let _codex = crate::codex::start_codex(
         &bin,
         &c.replicas[0].url(),
@@ -928,7 +1034,9 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
 /// (both ends ping), and reused by the next call.
 #[tokio::test]
 async fn an_idle_channel_is_kept_and_reused() {
-    let mut c = Replicas::start(2, &["--executor-ping-timeout-secs", "1"]);
+    let Some(mut c) = Replicas::start(2, &["--executor-ping-timeout-secs", "1"]) else {
+        return;
+    };
     c.executor("x", 0).await;
     let opened = || {
         std::fs::read_to_string(c.prepared.data_dir.join("gateway.log"))
@@ -942,4 +1050,182 @@ async fn an_idle_channel_is_kept_and_reused() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(shell_stdout(&c.api(1), "x", "echo 2").await, "2\n");
     assert_eq!(opened(), first, "the idle channel was not kept");
+}
+
+/// Registers `token`'s executor on `gateway`: the connect URL it answers.
+async fn register(gateway: &str, exe_id: &str, token: &str) -> String {
+    let r = fresh_client()
+        .post(format!(
+            "{gateway}/cloud/environment/{exe_id}/direct/register"
+        ))
+        .bearer_auth(token)
+        .json(&json!({"transport": "direct_jsonrpc_v1"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["url"].as_str().unwrap().to_string()
+}
+
+/// The HTTP status of a refused WebSocket dial of `url`, 101 if it opened.
+async fn dial_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("dial {url}: {e}"),
+    }
+}
+
+/// Behind a load balancer without session affinity: a connect ticket
+/// handed out by replica 0's register opens the WebSocket on replica 1,
+/// once; used, expired or replaced tickets open nothing on any replica.
+#[tokio::test]
+async fn a_ticket_from_one_replica_opens_the_link_on_another() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    let token = c.prepared.add_executor("x", false);
+    let exe_id = c.exe_id("x");
+    let (a, b) = (c.replicas[0].url(), c.replicas[1].url());
+    let on_b = |url: &str| url.replacen(&a["http://".len()..], &b["http://".len()..], 1);
+
+    // A replaced ticket opens nothing; the newest one opens on B, once.
+    let first = register(&a, &exe_id, &token).await;
+    let url = register(&a, &exe_id, &token).await;
+    assert!(url.contains("?ticket="), "{url}");
+    assert_eq!(dial_status(&on_b(&first)).await, 401);
+    let (mut ws, _) = tokio_tungstenite::connect_async(on_b(&url)).await.unwrap();
+    assert_eq!(
+        dial_status(&url).await,
+        401,
+        "a used ticket opened a link on A"
+    );
+    assert_eq!(dial_status(&on_b(&url)).await, 401);
+    // The executor's handshake on B: B takes the lease, and A serves it.
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("initialize")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "initialize" {
+            let answer = json!({"jsonrpc": "2.0", "id": v["id"], "result": {
+                "sessionId": "s1", "environmentInfo": {}}});
+            ws.send(Message::Text(answer.to_string().into()))
+                .await
+                .unwrap();
+        }
+        if v["method"] == "initialized" {
+            break;
+        }
+    }
+    eventually(10, "replica 1 to hold x", || async {
+        c.leases()
+            .0
+            .iter()
+            .any(|(e, r, _)| *e == exe_id && *r == c.replica_id(1))
+    })
+    .await;
+    let api = c.api(0);
+    eventually(5, "replica 0 to list x", || async {
+        api.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    drop(ws);
+}
+
+/// How many times a replica set out to enforce session `sid`'s deadline
+/// (the replicas share one log file).
+fn enforcements(c: &Replicas, sid: &str) -> usize {
+    std::fs::read_to_string(c.prepared.data_dir.join("gateway.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("enforcing a due deadline") && l.contains(sid))
+        .count()
+}
+
+/// Reads session `sid` through `api` until it ends, waiting out 503s
+/// while its executor re-links: the final output answer.
+async fn wait_for_exit(api: &Api, sid: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut since = 0u64;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{sid} never ended");
+        let (s, v) = api
+            .get(&format!(
+                "/api/connectors/processes/{sid}/output?since={since}&wait_ms=1000"
+            ))
+            .await;
+        if s != 200 {
+            assert_eq!(v["error"]["code"], "executor_unavailable", "{v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        since = since.max(v["next_since"].as_u64().unwrap_or(0));
+        if v["session_alive"] == false {
+            return v;
+        }
+    }
+}
+
+/// `max_runtime_ms` of a process started through a non-owner: the holder
+/// kills it on time, once; and when the holder dies before the deadline,
+/// the replica the executor re-links to kills it, once.
+#[tokio::test]
+async fn a_deadline_is_enforced_once_by_the_holder_even_if_it_dies() {
+    let Some(mut c) = Replicas::start(3, &["--lease-ms", "3000"]) else {
+        return;
+    };
+    let lb = Balancer::start(c.replicas[0].addr).await;
+    let token = c.prepared.add_executor("x", false);
+    let work = c.workdir("x");
+    c.executors
+        .push(execgate().executor(&lb.url, &token, &work, &[]));
+    wait_for_env(&c.api(0), "x").await;
+
+    let started = std::time::Instant::now();
+    let sid = c
+        .api(1)
+        .exec(
+            "x",
+            json!({"command": ["sleep", "30"], "max_runtime_ms": 1000}),
+        )
+        .await;
+    let v = wait_for_exit(&c.api(2), &sid).await;
+    let took = started.elapsed();
+    assert_eq!(v["exit_code"], 137, "{v}");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(enforcements(&c, &sid), 1, "enforced more than once");
+
+    // The holder dies before the next deadline: the new holder does it.
+    let started = std::time::Instant::now();
+    let sid = c
+        .api(1)
+        .exec(
+            "x",
+            json!({"command": ["sleep", "30"], "max_runtime_ms": 3000}),
+        )
+        .await;
+    lb.switch(c.replicas[2].addr);
+    c.replicas[0].proc.kill();
+    let v = wait_for_exit(&c.api(1), &sid).await;
+    let took = started.elapsed();
+    assert_eq!(v["exit_code"], 137, "{v}");
+    assert!(
+        took >= Duration::from_millis(3000) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(enforcements(&c, &sid), 1, "enforced more than once");
+    assert_eq!(c.lease_of("x").0, c.replica_id(2));
 }

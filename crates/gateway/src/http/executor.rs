@@ -126,7 +126,7 @@ async fn authenticate_sigv4(
 /// again is refused with 401 (codex signs each request afresh). Spent only
 /// by a request about to succeed, so that a refused one (a 409 while the
 /// executor's old link is still up) does not spoil codex's retry.
-fn spend_signature(
+async fn spend_signature(
     state: &AppState,
     environment_id: &str,
     signature: &str,
@@ -134,7 +134,24 @@ fn spend_signature(
     state
         .sigv4_replays()
         .first_use(signature)
-        .map_err(|e| sigv4_refused(environment_id, e.to_string()))
+        .map_err(|e| sigv4_refused(environment_id, e.to_string()))?;
+    if state.cluster().is_some() {
+        // Replicas: spent on every replica, not only on this one.
+        let now = crate::store::now_ms();
+        let keep = (2 * sigv4::MAX_SKEW + std::time::Duration::from_secs(60)).as_millis() as i64;
+        let hash = secret::sha256_hex(signature.as_bytes());
+        if !state
+            .store()
+            .spend_signature(&hash, now, now + keep)
+            .await?
+        {
+            return Err(sigv4_refused(
+                environment_id,
+                "this signature was already used (on another replica)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Counts a refused register or upgrade (`execgate_executor_links_total{event="refused"}`).
@@ -210,7 +227,7 @@ async fn register_checked(
     }
     check_free(&state, &row.exe_id, None)?;
     if let Some(signature) = &signature {
-        spend_signature(&state, &row.exe_id, signature)?;
+        spend_signature(&state, &row.exe_id, signature).await?;
     }
     if req.is_default == Some(true) && !row.is_default {
         state.store().set_default_executor(&row.exe_id).await?;
@@ -227,7 +244,21 @@ async fn register_checked(
         }));
     }
     let ticket = secret::random_token("", 24);
-    {
+    if state.cluster().is_some() {
+        // Replicas: in the store, so that the WebSocket may reach any
+        // replica (a load balancer without session affinity).
+        let now = crate::store::now_ms();
+        let ttl = TICKET_TTL.as_millis() as i64;
+        state
+            .store()
+            .put_connect_ticket(
+                &secret::sha256_hex(ticket.as_bytes()),
+                &row.exe_id,
+                now,
+                now + ttl,
+            )
+            .await?;
+    } else {
         let mut tickets = state.tickets().lock().unwrap();
         let now = Instant::now();
         // One ticket per executor: a new one replaces the last, so
@@ -348,12 +379,23 @@ async fn connect_checked(
         };
         signature = Some(authenticate_sigv4(&state, &environment_id, &req).await?.1);
     } else {
-        let ticket = q
-            .ticket
-            .and_then(|t| state.tickets().lock().unwrap().remove(&t));
-        let valid = ticket
-            .as_ref()
-            .is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now());
+        let valid = match q.ticket {
+            None => false,
+            Some(t) if state.cluster().is_some() => {
+                let hash = secret::sha256_hex(t.as_bytes());
+                let now = crate::store::now_ms();
+                state
+                    .store()
+                    .take_connect_ticket(&hash, now)
+                    .await?
+                    .as_deref()
+                    == Some(environment_id.as_str())
+            }
+            Some(t) => {
+                let ticket = state.tickets().lock().unwrap().remove(&t);
+                ticket.is_some_and(|t| t.exe_id == environment_id && t.expires > Instant::now())
+            }
+        };
         if !valid {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -371,7 +413,7 @@ async fn connect_checked(
         .ok_or_else(|| ApiError::not_found("the executor was removed"))?;
     let slot = check_free(&state, &row.exe_id, Some(()))?;
     if let Some(signature) = &signature {
-        spend_signature(&state, &row.exe_id, signature)?;
+        spend_signature(&state, &row.exe_id, signature).await?;
     }
     Ok(ws.upgrade(move |socket, budget| run_link(state.host(), row, socket, budget, slot)))
 }

@@ -10,6 +10,12 @@
 //! The same mechanism cleans up after an exec_command whose `process/start`
 //! had an unknown outcome (the link dropped or timed out): its row gets a
 //! deadline of "now", so a process that did start is not left orphaned.
+//!
+//! With replicas every replica runs this task, and a due deadline is done
+//! by the replica that holds the executor's link (under an unexpired
+//! lease), after claiming it in the store (`Store::claim_deadline`: one
+//! `UPDATE … RETURNING` with a 15 s expiry): done once, and done by the
+//! next holder if its claimer or holder dies.
 
 use std::time::Duration;
 
@@ -47,11 +53,39 @@ pub async fn run(state: AppState) {
     }
 }
 
+/// With replicas, how long a claim on a deadline lasts; the termination's
+/// own timeout is shorter, so a claim outlives any attempt of its claimer.
+const CLAIM: Duration = Duration::from_secs(15);
+const CLAIMED_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn enforce(state: &AppState, row: SessionRow) {
-    // Not connected: try again once the executor is back.
+    // Not connected here: try again once the executor is back (with
+    // replicas, the replica that holds its link does it).
     let Some(link) = state.registry().get(&row.exe_id) else {
         return;
     };
+    let mut timeout = RPC_TIMEOUT;
+    if state.cluster().is_some() {
+        let now = now_ms();
+        // A lapsed lease is fenced: the new holder does it.
+        if !link.lease_ok(now) {
+            return;
+        }
+        // Exactly once across replicas: claim it in the store first.
+        match state
+            .store()
+            .claim_deadline(&row.sid, now, now + CLAIM.as_millis() as i64)
+            .await
+        {
+            Ok(true) => timeout = CLAIMED_RPC_TIMEOUT,
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(sid = %row.sid, "cannot claim the deadline: {e}");
+                return;
+            }
+        }
+    }
+    tracing::info!(sid = %row.sid, "enforcing a due deadline");
     let done = if is_restarted(&row, &link) {
         true
     } else {
@@ -61,7 +95,7 @@ async fn enforce(state: &AppState, row: SessionRow) {
                 &ProcessIdParams {
                     process_id: row.process_id.clone(),
                 },
-                RPC_TIMEOUT,
+                timeout,
             )
             .await;
         match r {
@@ -83,5 +117,8 @@ async fn enforce(state: &AppState, row: SessionRow) {
         if let Err(e) = state.store().mark_deadline_done(&row.sid).await {
             tracing::warn!(sid = %row.sid, "cannot record the enforced deadline: {e}");
         }
+    } else if state.cluster().is_some() {
+        // Not enforced yet: free for the next look, here or elsewhere.
+        let _ = state.store().release_deadline(&row.sid).await;
     }
 }

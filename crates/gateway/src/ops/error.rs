@@ -172,6 +172,14 @@ impl From<StoreError> for Error {
             StoreError::Conflict(m) => Error::new(code::CONFLICT, m),
             StoreError::NotFound(m) => Error::not_found(m),
             StoreError::Invalid(m) => Error::bad_request(m),
+            other if other.is_unavailable() => {
+                tracing::warn!("store unavailable: {other}");
+                Error::new(
+                    code::STORE_UNAVAILABLE,
+                    "the gateway's store cannot be reached; try again shortly",
+                )
+                .with_retry_after(2)
+            }
             other => {
                 tracing::error!("store failure: {other}");
                 Error::internal("the gateway's store failed; try again")

@@ -18,7 +18,8 @@
 //!   below the cap, and a process that exits on its own frees its place.
 //!   A session of an executor that is offline counts as live (it may still
 //!   run). Within one gateway, a per-workspace lock makes check and insert
-//!   one step.
+//!   one step; across k replicas the lock is per replica, so racing starts
+//!   can reach N + k − 1 (docs/replicas.md, "Limits across replicas").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -35,8 +35,20 @@
 //! versions per entry to stay race-free, as the generation taken before
 //! the query is).
 
+//!
+//! **When the store cannot be reached** (PostgreSQL stopped, the network
+//! gone), a proxy token accepted, or an executor row read, within the last
+//! [`OUTAGE_GRACE`] keeps being answered from a second cache of the last
+//! good answers, so calls on links this gateway holds go on; anything else
+//! is `StoreError::Unavailable` (503 `store_unavailable`). Any hint but
+//! "anything" (a reconnect) empties that cache, so a revocation heard
+//! before the outage is never undone by it. While the store is known down,
+//! one caller at a time probes it (with a short timeout) and the others
+//! answer at once without waiting for a connection; the first read that
+//! succeeds ends the outage.
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -47,6 +59,12 @@ use super::{ExecutorRow, TokenGrant};
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// Entries per cache; a flood of random tokens cannot grow it further.
 const CAPACITY: u64 = 10_000;
+/// How long a last good answer serves while the store cannot be reached.
+pub const OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// After a failed read, how long before the next caller probes the store.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How long a probe of a store known down may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The state of the database files: size and modification time of the
 /// database and of its WAL (SQLite); the epoch and the [`MAX_AGE`] period
@@ -70,6 +88,23 @@ pub(crate) struct Lookups {
     /// Keyed by the token's SHA-256 (hex): no raw token is kept.
     tokens: moka::sync::Cache<String, (Generation, Option<TokenGrant>)>,
     executors: moka::sync::Cache<(String, String), (Generation, Option<ExecutorRow>)>,
+    /// The last good answers, for an outage of the store (module docs).
+    last_tokens: moka::sync::Cache<String, TokenGrant>,
+    last_executors: moka::sync::Cache<(String, String), ExecutorRow>,
+    /// 0 while the store answers; else until when (Unix ms) callers do not
+    /// try it (one caller, the prober, moves it on and tries).
+    down_until: AtomicI64,
+}
+
+/// What a lookup should do about the store now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Read it as usual.
+    Read,
+    /// It is known down: read with [`PROBE_TIMEOUT`].
+    Probe,
+    /// It is known down and another caller probes it: do not read.
+    Skip,
 }
 
 impl Lookups {
@@ -98,7 +133,60 @@ impl Lookups {
             listener: Mutex::new(None),
             tokens: cache(),
             executors: cache(),
+            last_tokens: last_good(),
+            last_executors: last_good(),
+            down_until: AtomicI64::new(0),
         }
+    }
+
+    /// Whether to read the store now (see [`Attempt`]).
+    pub fn attempt(&self, now_ms: i64) -> Attempt {
+        let until = self.down_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Attempt::Read;
+        }
+        if now_ms < until {
+            return Attempt::Skip;
+        }
+        let next = now_ms + PROBE_TIMEOUT.as_millis() as i64;
+        match self
+            .down_until
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Attempt::Probe,
+            Err(_) => Attempt::Skip,
+        }
+    }
+
+    /// A read of the store succeeded: it is up.
+    pub fn store_up(&self) {
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            self.down_until.store(0, Ordering::Release);
+            tracing::info!("the store answers again");
+        }
+    }
+
+    /// A read of the store failed for want of the store.
+    pub fn store_down(&self, now_ms: i64) {
+        let was = self.down_until.swap(
+            now_ms + RETRY_AFTER_FAILURE.as_millis() as i64,
+            Ordering::AcqRel,
+        );
+        if was == 0 {
+            tracing::warn!(
+                "the store cannot be reached: answering from what was verified in the last {}s",
+                OUTAGE_GRACE.as_secs()
+            );
+        }
+    }
+
+    pub fn last_token(&self, hash: &str) -> Option<TokenGrant> {
+        self.last_tokens.get(hash)
+    }
+
+    pub fn last_executor(&self, workspace: &str, name: &str) -> Option<ExecutorRow> {
+        self.last_executors
+            .get(&(workspace.to_string(), name.to_string()))
     }
 
     /// Something changed (`hint`, `*` for anything): entries read before
@@ -107,6 +195,10 @@ impl Lookups {
     pub fn invalidate(&self, hint: &str) {
         if let Source::Epoch { epoch, .. } = &self.source {
             epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if hint != super::invalidate::ANYTHING {
+            self.last_tokens.invalidate_all();
+            self.last_executors.invalidate_all();
         }
         let _ = self.changes.send(hint.to_string());
     }
@@ -154,6 +246,10 @@ impl Lookups {
     }
 
     pub fn put_token(&self, hash: String, read_at: Generation, grant: Option<TokenGrant>) {
+        match &grant {
+            Some(g) => self.last_tokens.insert(hash.clone(), g.clone()),
+            None => self.last_tokens.invalidate(&hash),
+        }
         self.tokens.insert(hash, (read_at, grant));
     }
 
@@ -177,8 +273,12 @@ impl Lookups {
         read_at: Generation,
         row: Option<ExecutorRow>,
     ) {
-        self.executors
-            .insert((workspace.to_string(), name.to_string()), (read_at, row));
+        let key = (workspace.to_string(), name.to_string());
+        match &row {
+            Some(r) => self.last_executors.insert(key.clone(), r.clone()),
+            None => self.last_executors.invalidate(&key),
+        }
+        self.executors.insert(key, (read_at, row));
     }
 }
 
@@ -196,6 +296,17 @@ where
     moka::sync::Cache::builder()
         .max_capacity(CAPACITY)
         .time_to_live(MAX_AGE)
+        .build()
+}
+
+fn last_good<K, V>() -> moka::sync::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(CAPACITY)
+        .time_to_live(OUTAGE_GRACE)
         .build()
 }
 
@@ -242,6 +353,41 @@ mod tests {
         l.put_token("h".into(), g, None);
         std::thread::sleep(MAX_AGE + Duration::from_millis(100));
         assert_eq!(l.token("h", g), None);
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    use super::*;
+
+    #[test]
+    fn last_good_answers_survive_a_reconnect_not_a_hint_or_a_rejection() {
+        let l = Lookups::notified();
+        let grant = TokenGrant {
+            workspace: "w".into(),
+            user_id: None,
+        };
+        l.put_token("h".into(), l.generation(), Some(grant.clone()));
+        l.invalidate(crate::store::invalidate::ANYTHING);
+        assert_eq!(l.last_token("h"), Some(grant.clone()));
+        l.invalidate("token:tok_1");
+        assert_eq!(l.last_token("h"), None);
+        l.put_token("h".into(), l.generation(), Some(grant));
+        l.put_token("h".into(), l.generation(), None);
+        assert_eq!(l.last_token("h"), None);
+    }
+
+    #[test]
+    fn one_caller_probes_a_store_known_down_and_a_success_ends_it() {
+        let l = Lookups::notified();
+        assert_eq!(l.attempt(1_000), Attempt::Read);
+        l.store_down(1_000);
+        assert_eq!(l.attempt(1_500), Attempt::Skip);
+        let after = 1_000 + RETRY_AFTER_FAILURE.as_millis() as i64;
+        assert_eq!(l.attempt(after), Attempt::Probe);
+        assert_eq!(l.attempt(after), Attempt::Skip, "one prober at a time");
+        l.store_up();
+        assert_eq!(l.attempt(after + 1), Attempt::Read);
     }
 }
 

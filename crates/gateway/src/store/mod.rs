@@ -32,6 +32,7 @@
 
 mod audit;
 pub mod audit_log;
+mod duties;
 mod health;
 mod idempotency;
 pub mod invalidate;
@@ -40,6 +41,7 @@ mod lookups;
 mod metrics;
 #[cfg(test)]
 pub(crate) mod testing;
+mod tickets;
 
 pub use audit::AuditQuery;
 pub use idempotency::{IdempotencyAnswer, IdempotencyRow};
@@ -63,6 +65,10 @@ pub enum StoreError {
     Invalid(String),
     #[error("store: {0}")]
     Db(#[from] sqlx::Error),
+    /// The store cannot be reached (see `lookups`, "When the store cannot
+    /// be reached").
+    #[error("the store cannot be reached: {0}")]
+    Unavailable(String),
     #[error("store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("data dir {path}: {source}")]
@@ -73,6 +79,66 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// Whether this is the store being out of reach (a connection refused
+    /// or lost, no connection within the pool's timeout, the server shutting
+    /// down), as opposed to a failed statement.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Db(e) => db_unreachable(e),
+            _ => false,
+        }
+    }
+}
+
+fn db_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's connection_exception (08…) and operator
+        // intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03
+        // cannot connect now).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Runs a hot-path read `read` as `attempt` says (see
+/// `lookups::Attempt`), recording whether the store answered.
+async fn guarded<T, F>(lookups: &lookups::Lookups, read: F) -> Result<T>
+where
+    F: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    let now = now_ms();
+    let r = match lookups.attempt(now) {
+        lookups::Attempt::Read => read.await,
+        lookups::Attempt::Probe => match tokio::time::timeout(lookups::PROBE_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        },
+        lookups::Attempt::Skip => {
+            return Err(StoreError::Unavailable("known down; being probed".into()))
+        }
+    };
+    match r {
+        Ok(v) => {
+            lookups.store_up();
+            Ok(v)
+        }
+        Err(e) if db_unreachable(&e) => {
+            lookups.store_down(now_ms());
+            Err(StoreError::Unavailable(e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -568,14 +634,29 @@ impl Store {
         if let Some(grant) = self.lookups.token(&hash, generation) {
             return Ok(grant);
         }
-        let row: Option<(String, Option<String>)> = on_db!(&self.db, |pool| {
-            sqlx::query_as(
-            "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        let read = guarded(
+            &self.lookups,
+            on_db!(&self.db, |pool| {
+                Box::pin(
+                    sqlx::query_as(
+                "SELECT workspace, user_id FROM proxy_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(&hash)
+            .fetch_optional(pool),
+                ) as futures_util::future::BoxFuture<'_, _>
+            }),
         )
-        .bind(&hash)
-        .fetch_optional(pool)
-        .await
-        })?;
+        .await;
+        let row: Option<(String, Option<String>)> = match read {
+            Ok(row) => row,
+            Err(e) if e.is_unavailable() => {
+                return match self.lookups.last_token(&hash) {
+                    Some(grant) => Ok(Some(grant)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let grant = row.map(|(workspace, user_id)| TokenGrant { workspace, user_id });
         self.lookups.put_token(hash, generation, grant.clone());
         Ok(grant)
@@ -733,13 +814,28 @@ impl Store {
         if let Some(row) = self.lookups.executor(workspace, name, generation) {
             return Ok(row);
         }
-        let row: Option<ExecutorRow> = on_db!(&self.db, |pool| sqlx::query_as(
-            "SELECT * FROM executors WHERE workspace = $1 AND name = $2"
+        let read = guarded(
+            &self.lookups,
+            on_db!(&self.db, |pool| {
+                Box::pin(
+                    sqlx::query_as("SELECT * FROM executors WHERE workspace = $1 AND name = $2")
+                        .bind(workspace)
+                        .bind(name)
+                        .fetch_optional(pool),
+                ) as futures_util::future::BoxFuture<'_, _>
+            }),
         )
-        .bind(workspace)
-        .bind(name)
-        .fetch_optional(pool)
-        .await)?;
+        .await;
+        let row: Option<ExecutorRow> = match read {
+            Ok(row) => row,
+            Err(e) if e.is_unavailable() => {
+                return match self.lookups.last_executor(workspace, name) {
+                    Some(row) => Ok(Some(row)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         self.lookups
             .put_executor(workspace, name, generation, row.clone());
         Ok(row)
@@ -934,7 +1030,8 @@ impl Store {
     /// Sets (or moves) a session's deadline; it will be enforced once.
     pub async fn set_deadline(&self, sid: &str, at: i64) -> Result<()> {
         on_db!(&self.db, |pool| sqlx::query(
-            "UPDATE process_sessions SET deadline_at = $1, deadline_done = FALSE WHERE sid = $2"
+            "UPDATE process_sessions SET deadline_at = $1, deadline_done = FALSE,
+                                         deadline_claimed_until = NULL WHERE sid = $2"
         )
         .bind(at)
         .bind(sid)
