@@ -697,10 +697,12 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::channel(8);
         let mut batch = vec![op(None)];
+        // Sent once `gather` waits (the test's runtime has one thread: the
+        // spawned task runs only when `gather` yields), so it arrives during
+        // the linger. A sleep here raced LINGER's 5 ms on a loaded machine.
         let late = tokio::spawn({
             let tx = tx.clone();
             async move {
-                tokio::time::sleep(LINGER / 5).await;
                 tx.send(op(None)).await.unwrap();
             }
         });
