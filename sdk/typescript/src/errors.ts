@@ -89,6 +89,11 @@ export class TooManySessions extends RateLimited {}
 export class ServerError extends ExecgateError {}
 /** 503 `auth_unavailable`: the token authority cannot answer; retry. */
 export class AuthUnavailable extends ServerError {}
+/** 503 `draining`: this gateway is shutting down; retry (a load balancer
+ * sends the retry to another replica). */
+export class Draining extends ServerError {}
+/** 503 `store_unavailable`: the gateway cannot reach its store; retry. */
+export class StoreUnavailable extends ServerError {}
 /** 503 `audit_unavailable`: the audit record cannot be written; nothing ran. */
 export class AuditUnavailable extends ServerError {}
 /** 503 `executor_unavailable`: the environment's executor is not connected. */
@@ -173,6 +178,8 @@ export const ERROR_CODES: Readonly<Record<string, ErrorClass>> = {
   idempotency_key_reused: IdempotencyKeyReused,
   idempotency_key_in_doubt: IdempotencyConflict,
   idempotency_answer_too_large: IdempotencyConflict,
+  draining: Draining,
+  store_unavailable: StoreUnavailable,
 };
 
 const BY_STATUS: Readonly<Record<number, ErrorClass>> = {
