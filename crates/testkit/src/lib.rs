@@ -14,6 +14,7 @@
 //! - [`eventually`] / [`eventually_blocking`]: the one poll loop.
 //! - [`Api`]: a small JSON client of the connectors REST API.
 //! - [`pg`]: throwaway PostgreSQL clusters for the PostgreSQL store's tests.
+//! - [`haproxy`]: HAProxy in front of replicas (the load-balancer tests).
 //! - [`CUSTOM_TOOLS_TOML`]: the shared custom-tools fixture
 //!   (`tests/fixtures/custom-tools.toml`).
 //!
@@ -25,6 +26,7 @@ mod api;
 mod deploy;
 mod eventually;
 mod execgate;
+pub mod haproxy;
 pub mod pg;
 mod process;
 

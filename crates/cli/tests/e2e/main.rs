@@ -19,6 +19,7 @@ mod limits;
 mod list_dir;
 mod listener;
 mod live;
+mod load_balancer;
 mod mcp;
 mod mcp_stdio;
 mod metrics;
