@@ -2,7 +2,10 @@
 requests to every documented operation, with a valid proxy token, must get
 no 5xx and answers that conform to the document (status, content type,
 headers, body schema). The gateway and executor are the real binaries (the
-``gateway`` fixture of tests/conftest.py).
+``gateway`` fixture of tests/conftest.py). A second run is against a replica
+on PostgreSQL that holds no executor (``replica_gateway``: its executor is
+linked to the other replica), so that every call reaching the executor is
+forwarded over the peer channel.
 
 Run: ``pip install -r tests/openapi/requirements.txt && pytest tests/openapi``.
 """
@@ -44,7 +47,21 @@ def exited_session(url: str, token: str) -> str:
 
 
 def test_schemathesis_finds_no_server_error_or_nonconformance(gateway: Tuple[str, str], tmp_path: Path) -> None:
-    url, token = gateway
+    run_schemathesis(*gateway, tmp_path)
+
+
+def test_schemathesis_on_a_replica_that_holds_no_executor(replica_gateway: Tuple[str, str, Path],
+                                                          tmp_path: Path) -> None:
+    """The same run against a replica on PostgreSQL whose executor is linked
+    to another replica: every call that reaches an executor is forwarded
+    over the peer channel, so forwarding meets the same hostile input."""
+    url, token, log = replica_gateway
+    run_schemathesis(url, token, tmp_path)
+    # It was forwarded: this replica opened a channel to the owner.
+    assert "opened a channel to the executor through its owner" in log.read_text(), log.read_text()[-4000:]
+
+
+def run_schemathesis(url: str, token: str, tmp_path: Path) -> None:
     env = {**os.environ, "EXECGATE_TOKEN": token, "EXECGATE_SID": exited_session(url, token)}
     cmd = [
         str(Path(sys.executable).with_name("schemathesis")),
