@@ -71,10 +71,13 @@ pub fn config(
     checks: Checks,
     stats_socket: Option<&Path>,
 ) -> String {
-    let mut c = format!("global\n    maxconn {}\n", checks.maxconn);
+    let mut c = format!(
+        "global\n    maxconn {}\n    log stdout format raw local0 info\n",
+        checks.maxconn
+    );
     if let Some(sock) = stats_socket {
+        // Where `show stat` tells which replicas HAProxy sends work to.
         c += &format!("    stats socket {} mode 600 level admin\n", sock.display());
-        c += "    log stdout format raw local0 info\n";
     }
     c += r#"
 defaults
@@ -313,6 +316,25 @@ fn free_port() -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/replicas.md's example is this configuration, word for word.
+    #[test]
+    fn the_operators_example_is_this_config() {
+        let servers: Vec<(String, String)> = (1..=3)
+            .map(|i| (format!("r{i}"), format!("10.0.0.1{i}:6060")))
+            .collect();
+        let expected = config(
+            ":6060",
+            &servers,
+            Checks::PRODUCTION,
+            Some(Path::new("/run/haproxy/admin.sock")),
+        );
+        let docs = include_str!("../../../docs/replicas.md");
+        assert!(
+            docs.contains(&expected),
+            "docs/replicas.md lacks the configuration of crates/testkit/src/haproxy.rs:\n{expected}"
+        );
+    }
 
     /// The configuration HAProxy itself accepts (`haproxy -c`).
     #[test]
