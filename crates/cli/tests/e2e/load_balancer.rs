@@ -72,6 +72,17 @@ impl Pair {
             .to_string()
     }
 
+    /// The epoch of `name`'s lease (`admin replicas --leases`).
+    fn epoch(&self, name: &str) -> i64 {
+        let exe_id = self.exe_id(name);
+        let out = execgate().admin_url_stdout(&self.database_url, &["replicas", "--leases"]);
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&exe_id.as_str()))
+            .and_then(|cols| cols.get(2)?.parse().ok())
+            .unwrap_or_else(|| panic!("no lease of {name}: {out}"))
+    }
+
     fn direct(&self, i: usize) -> Api {
         Api::new(&format!("http://{}", self.addrs[i]), &self.prepared.token)
     }
@@ -193,15 +204,21 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
     };
 
     let mut registrations = 0;
+    let mut late_codex: Option<Proc> = None;
     for i in 0..2 {
         let name = format!("r{}", i + 1);
-        // A call in flight on replica i (directly, not through HAProxy)
-        // keeps it draining for a while after the signal.
-        let direct = pair.direct(i);
-        let slow = tokio::spawn(async move {
-            direct
-                .call_raw("codex", "shell", json!({"command": ["sleep", "2"]}))
-                .await
+        // The first time, a call in flight on replica i (directly, not
+        // through HAProxy) keeps it draining for a while after the signal,
+        // still in HAProxy's rotation at first: requests meet its 503. The
+        // second time nothing is in flight: it exits at once, while HAProxy
+        // still counts it up, so requests meet a refused connection.
+        let slow = (i == 0).then(|| {
+            let direct = pair.direct(i);
+            tokio::spawn(async move {
+                direct
+                    .call_raw("codex", "shell", json!({"command": ["sleep", "2"]}))
+                    .await
+            })
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pid = pair.replicas[i].as_ref().unwrap().pid();
@@ -210,6 +227,22 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
             .status()
             .unwrap()
             .success());
+        // A second stock codex starts now, registering through HAProxy
+        // while replica i drains (the case where codex used to get a 503
+        // and exit).
+        let late = (i == 0).then(|| {
+            let creds = crate::codex::add_codex_executor_on(&store, "late");
+            crate::codex::start_codex(
+                &codex_bin,
+                &lb.url(),
+                &creds,
+                pair.prepared.dir.path(),
+                "late",
+            )
+        });
+        if let Some(late) = late {
+            late_codex = Some(late);
+        }
         // Registrations through HAProxy during the drain, a few at a time:
         // every one is answered 200, none with the draining replica's 503.
         let until = Instant::now() + Duration::from_millis(1500);
@@ -230,9 +263,11 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         // The drain waited for the call in flight.
-        let (status, v) = slow.await.unwrap();
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["isError"], false, "{v}");
+        if let Some(slow) = slow {
+            let (status, v) = slow.await.unwrap();
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["isError"], false, "{v}");
+        }
         let mut old = pair.replicas[i].take().unwrap();
         let exit = old.proc.exits_within(25, "the replica to drain").await;
         assert!(exit.success(), "{exit:?}");
@@ -270,6 +305,26 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     codex_alive(&mut codex, "at the end");
     assert_eq!(echo(&api, "last").await.as_deref(), Ok("last\n"));
+    // Its link moved at least once (the replica that held it was
+    // restarted): a new lease epoch each time.
+    let epoch = pair.epoch("codex");
+    assert!(epoch >= 2, "codex's lease is at epoch {epoch}");
+    // The codex that registered during the first drain serves calls too.
+    let mut late = late_codex.expect("the late codex");
+    if let Some(status) = late.0.try_wait().unwrap() {
+        panic!(
+            "the codex that registered during a drain exited ({status}): {}",
+            std::fs::read_to_string(pair.prepared.dir.path().join("codex-late.log"))
+                .unwrap_or_default()
+        );
+    }
+    eventually(30, "the late codex to serve a call", || async {
+        let (status, v) = api
+            .call_raw("late", "shell", json!({"command": ["echo", "late"]}))
+            .await;
+        status == 200 && v["structuredContent"]["stdout"] == "late\n"
+    })
+    .await;
     let log = lb.log();
     let resent = redispatched_registrations(&log);
     eprintln!(
