@@ -212,15 +212,19 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
         // still in HAProxy's rotation at first: requests meet its 503. The
         // second time nothing is in flight: it exits at once, while HAProxy
         // still counts it up, so requests meet a refused connection.
+        let started = pair.prepared.dir.path().join("codex-work/slow-started");
         let slow = (i == 0).then(|| {
             let direct = pair.direct(i);
             tokio::spawn(async move {
+                let script = "touch slow-started; sleep 2";
                 direct
-                    .call_raw("codex", "shell", json!({"command": ["sleep", "2"]}))
+                    .call_raw("codex", "shell", json!({"command": ["sh", "-c", script]}))
                     .await
             })
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow.is_some() {
+            eventually(20, "the slow call to start", || async { started.exists() }).await;
+        }
         let pid = pair.replicas[i].as_ref().unwrap().pid();
         assert!(std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
