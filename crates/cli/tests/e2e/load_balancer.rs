@@ -311,6 +311,34 @@ async fn a_stock_codex_behind_haproxy_survives_restarting_each_replica() {
     assert_eq!(echo(&api, "last").await.as_deref(), Ok("last\n"));
     // Its link moved at least once (the replica that held it was
     // restarted): a new lease epoch each time.
+    // A file of 4 MiB up and down through HAProxy (streamed both ways).
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let files = format!("{}/api/connectors/envs/codex/files?path=lb.bin", api.url);
+    let put = api
+        .http
+        .put(&files)
+        .bearer_auth(&api.token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{:?}", put.text().await);
+    let got = api
+        .http
+        .get(&files)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let got = got.bytes().await.unwrap();
+    assert!(
+        got[..] == data[..],
+        "the file came back different ({} bytes)",
+        got.len()
+    );
     let epoch = pair.epoch("codex");
     assert!(epoch >= 2, "codex's lease is at epoch {epoch}");
     // The codex that registered during the first drain serves calls too.
