@@ -12,6 +12,11 @@
 //! At the end the metrics side is scraped once, to check that it did
 //! count the calls (a figure of a gateway that recorded nothing would
 //! prove nothing).
+//!
+//! `EXECGATE_BENCH_GATEWAY_METRICS` and `EXECGATE_BENCH_EXECUTOR_METRICS`
+//! (`host:port`) fix the metrics side's `--metrics-listen` addresses, so
+//! that a Prometheus can scrape it during the run (the dashboard's
+//! picture, docs/grafana/README.md); free ports otherwise.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,8 +36,17 @@ fn free_addr() -> anyhow::Result<String> {
     Ok(l.local_addr()?.to_string())
 }
 
+/// `$var` when set, else a free address.
+fn metrics_addr(var: &str) -> anyhow::Result<String> {
+    match std::env::var(var) {
+        Ok(addr) if !addr.is_empty() => Ok(addr),
+        _ => free_addr(),
+    }
+}
+
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
-    let (gw_metrics, exe_metrics) = (free_addr()?, free_addr()?);
+    let gw_metrics = metrics_addr("EXECGATE_BENCH_GATEWAY_METRICS")?;
+    let exe_metrics = metrics_addr("EXECGATE_BENCH_EXECUTOR_METRICS")?;
     let off = crate::harness::gateway(bin, &[]);
     let on = crate::harness::gateway(bin, &["--metrics-listen", &gw_metrics]);
     let (_exe_off, work_off) = off.executor("a", &[]).await;

@@ -160,7 +160,9 @@ pub fn enable_metrics() {
 /// the process installed an OpenTelemetry layer and the W3C trace-context
 /// propagator, so spans take their parent from a request's `traceparent`
 /// and hand their context on to executors that announced `traceContext`;
-/// else spans only feed the logs (`--log-format json`).
+/// else spans only feed the logs (`--log-format json`). Call it before
+/// [`Gateway::serve`]: the router's per-request layer is there only when
+/// metrics or spans are on when it is built.
 pub fn enable_tracing(otel: bool) {
     trace::enable(otel);
 }

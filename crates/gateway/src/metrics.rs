@@ -22,8 +22,12 @@
 //! sessions, the audit queue) is not kept here: `ops::metrics` reads it
 //! from the gateway's state and encodes it after this registry.
 //!
-//! Not yet: forwarded calls and peer latency (replicas do not exist on
-//! this branch).
+//! Replicas (`link::peer`): a replica that reaches an executor through the
+//! replica holding it counts each request it sends there
+//! (`execgate_forwarded_calls_total{outcome}`, with [`Forwarded`]'s fixed
+//! outcomes) and its round trip through the peer
+//! (`execgate_peer_request_duration_seconds{method}`); the holder counts
+//! what it relays for peers (`execgate_peer_relayed_requests_total`).
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -96,7 +100,43 @@ struct MethodLabel {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a request forwarded to the replica that holds the executor ended
+/// (`execgate_forwarded_calls_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// The executor answered with a result.
+    Ok,
+    /// The executor, or the holder on its behalf (its own timeout, a
+    /// policy refusal), answered with a JSON-RPC error.
+    Error,
+    /// No answer within the request's deadline.
+    Timeout,
+    /// The channel through the holder was lost before the answer.
+    Disconnected,
+    /// The holder could not be reached: dialling it failed, or did within
+    /// the last 500 ms for the same lease (the call was not sent).
+    Unreachable,
+    /// The caller stopped waiting (its client went away).
+    Cancelled,
+}
+
+impl Forwarded {
+    const ALL: [&'static str; 6] = [
+        "ok",
+        "error",
+        "timeout",
+        "disconnected",
+        "unreachable",
+        "cancelled",
+    ];
+}
 
 /// A link event (`execgate_executor_links_total{event}`).
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +177,9 @@ pub struct Metrics {
     auth_upstream_errors: Counter,
     rate_limited: [Counter; 2],
     link_duration: LatencyFamily<MethodLabel>,
+    forwarded: [Counter; 6],
+    peer_duration: LatencyFamily<MethodLabel>,
+    peer_relayed: Counter,
 }
 
 impl Metrics {
@@ -217,6 +260,27 @@ impl Metrics {
             Unit::Seconds,
             link_duration.clone(),
         );
+        let forwarded_family = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "forwarded_calls",
+            "Executor requests sent through the replica that holds the executor, by outcome: ok, error, timeout, disconnected, unreachable, cancelled",
+            forwarded_family.clone(),
+        );
+        let forwarded = Forwarded::ALL
+            .map(|outcome| forwarded_family.get_or_create_owned(&OutcomeLabel { outcome }));
+        let peer_duration = LatencyFamily::new_with_constructor(latency as fn() -> Histogram);
+        registry.register_with_unit(
+            "peer_request_duration",
+            "Round trips of executor requests through the replica that holds the executor, by protocol method",
+            Unit::Seconds,
+            peer_duration.clone(),
+        );
+        let peer_relayed = Counter::default();
+        registry.register(
+            "peer_relayed_requests",
+            "Executor requests this replica relayed to its executors for other replicas",
+            peer_relayed.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -230,6 +294,9 @@ impl Metrics {
             auth_upstream_errors,
             rate_limited,
             link_duration,
+            forwarded,
+            peer_duration,
+            peer_relayed,
         }
     }
 
@@ -275,6 +342,28 @@ impl Metrics {
                 method: execgate_protocol::exec::method_label(method),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// One request sent through the replica that holds the executor, ended
+    /// after `took`: its outcome, and its round trip by method.
+    pub fn forwarded_request(&self, method: &str, outcome: Forwarded, took: Duration) {
+        self.forwarded(outcome);
+        self.peer_duration
+            .get_or_create(&MethodLabel {
+                method: execgate_protocol::exec::method_label(method),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One forwarded request's outcome (alone: [`Forwarded::Unreachable`],
+    /// which sent nothing).
+    pub fn forwarded(&self, outcome: Forwarded) {
+        self.forwarded[outcome as usize].inc();
+    }
+
+    /// One request relayed for another replica.
+    pub fn peer_relayed(&self) {
+        self.peer_relayed.inc();
     }
 
     /// Output bytes delivered, and bytes lost before they could be.
@@ -364,6 +453,43 @@ mod tests {
         );
         assert!(
             out.contains("execgate_tool_call_duration_seconds_count{tool=\"shell\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn counts_forwarded_requests_by_outcome() {
+        let m = Metrics::new();
+        m.forwarded_request("fs/readFile", Forwarded::Ok, Duration::from_millis(2));
+        m.forwarded_request("fs/readFile", Forwarded::Error, Duration::from_millis(2));
+        m.forwarded_request("peer/anything", Forwarded::Cancelled, Duration::ZERO);
+        m.forwarded(Forwarded::Unreachable);
+        m.peer_relayed();
+        let mut out = String::new();
+        m.encode(&mut out);
+        for (outcome, n) in [
+            ("ok", 1),
+            ("error", 1),
+            ("timeout", 0),
+            ("disconnected", 0),
+            ("unreachable", 1),
+            ("cancelled", 1),
+        ] {
+            let line = format!("execgate_forwarded_calls_total{{outcome=\"{outcome}\"}} {n}\n");
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(
+            out.contains(
+                "execgate_peer_request_duration_seconds_count{method=\"fs/readFile\"} 2\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("execgate_peer_request_duration_seconds_count{method=\"other\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("execgate_peer_relayed_requests_total 1\n"),
             "{out}"
         );
     }

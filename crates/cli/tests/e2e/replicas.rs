@@ -1052,6 +1052,153 @@ async fn an_idle_channel_is_kept_and_reused() {
     assert_eq!(opened(), first, "the idle channel was not kept");
 }
 
+/// Forwarded calls and peer latency (#19) on two replicas with
+/// `--metrics-listen`: the executor on replica 0, calls through replica 1.
+/// Replica 1 counts each request it sends through replica 0, by outcome,
+/// and its round trip by method; replica 0 counts what it relays, and
+/// forwards nothing itself. Once replica 0 is killed, replica 1's calls
+/// fail: `unreachable` (or `disconnected` for a call that was already on
+/// the channel when it died).
+#[tokio::test]
+async fn forwarded_calls_are_counted() {
+    use crate::metrics::{free_addr, Scrape};
+    let Some(mut c) = Replicas::start(0, &[]) else {
+        return;
+    };
+    let metrics = [free_addr(), free_addr()];
+    for addr in &metrics {
+        // A long lease: the dead owner's lease is still fresh when the
+        // test calls through replica 1 after the kill.
+        let r = c.start_replica(&["--lease-ms", "30000", "--metrics-listen", addr]);
+        c.replicas.push(r);
+    }
+    let work = c.executor("x", 0).await;
+    std::fs::write(work.join("f.txt"), "one\n").unwrap();
+    let (owner, other) = (c.api(0), c.api(1));
+    // The channel is opened (and a process/start relayed) before the
+    // first scrapes.
+    assert_eq!(shell_stdout(&other, "x", "echo hi").await, "hi\n");
+
+    let s0 = [Scrape::of(&metrics[0]).await, Scrape::of(&metrics[1]).await];
+    // Known traffic: 3 read_file through replica 1, one of a missing file
+    // (the executor's error), 2 read_file through the owner.
+    for _ in 0..3 {
+        let r = other.call("x", "read_file", json!({"path": "f.txt"})).await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+    let r = other
+        .call("x", "read_file", json!({"path": "missing.txt"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    for _ in 0..2 {
+        let r = owner.call("x", "read_file", json!({"path": "f.txt"})).await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+    let s1 = [Scrape::of(&metrics[0]).await, Scrape::of(&metrics[1]).await];
+    let delta = |i: usize, name: &str, labels: &[(&str, &str)]| {
+        s1[i].get(name, labels) - s0[i].get(name, labels)
+    };
+    let fwd = "execgate_forwarded_calls_total";
+    let outcomes = [
+        "ok",
+        "error",
+        "timeout",
+        "disconnected",
+        "unreachable",
+        "cancelled",
+    ];
+    let read = [("method", "fs/readRange")];
+    assert_eq!(delta(1, fwd, &[("outcome", "ok")]), 3.0, "{}", s1[1].text);
+    assert_eq!(
+        delta(1, fwd, &[("outcome", "error")]),
+        1.0,
+        "{}",
+        s1[1].text
+    );
+    for outcome in &outcomes[2..] {
+        assert_eq!(delta(1, fwd, &[("outcome", outcome)]), 0.0, "{outcome}");
+    }
+    assert_eq!(
+        delta(1, "execgate_peer_request_duration_seconds_count", &read),
+        4.0,
+        "{}",
+        s1[1].text
+    );
+    assert!(delta(1, "execgate_peer_request_duration_seconds_sum", &read) > 0.0);
+    // The non-owner's own link round trips include them too.
+    assert_eq!(
+        delta(1, "execgate_link_request_duration_seconds_count", &read),
+        4.0
+    );
+    assert_eq!(delta(1, "execgate_peer_relayed_requests_total", &[]), 0.0);
+    // The owner relayed exactly those 4 and forwarded nothing; its link
+    // carried them and its own 2.
+    assert_eq!(
+        delta(0, "execgate_peer_relayed_requests_total", &[]),
+        4.0,
+        "{}",
+        s1[0].text
+    );
+    assert_eq!(
+        delta(0, "execgate_link_request_duration_seconds_count", &read),
+        6.0
+    );
+    for outcome in outcomes {
+        assert_eq!(s1[0].get(fwd, &[("outcome", outcome)]), 0.0, "{outcome}");
+    }
+    assert!(
+        s1[0]
+            .label_values("execgate_peer_request_duration_seconds_count", "method")
+            .is_empty(),
+        "{}",
+        s1[0].text
+    );
+    // Every peer method label is a protocol method (bounded).
+    for method in s1[1].label_values("execgate_peer_request_duration_seconds_count", "method") {
+        assert!(
+            method.starts_with("process/") || method.starts_with("fs/"),
+            "{method}"
+        );
+    }
+    // The dashboard's replica-only metrics exist on a forwarding replica.
+    for name in crate::metrics::REPLICA_ONLY {
+        assert!(
+            crate::metrics::dashboard_metrics()
+                .iter()
+                .any(|n| n == name),
+            "{name} is not on the dashboard"
+        );
+        assert!(
+            s1[1].text.contains(&format!("# TYPE {name} ")),
+            "{name} is not in:\n{}",
+            s1[1].text
+        );
+    }
+
+    // The owner dies: two calls through replica 1 fail, neither sent to an
+    // executor.
+    c.replicas[0].proc.kill();
+    for _ in 0..2 {
+        let (status, v) = other
+            .call_raw("x", "read_file", json!({"path": "f.txt"}))
+            .await;
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(v["error"]["code"], "executor_unavailable", "{v}");
+    }
+    let s2 = Scrape::of(&metrics[1]).await;
+    let after = |outcome: &str| {
+        s2.get(fwd, &[("outcome", outcome)]) - s1[1].get(fwd, &[("outcome", outcome)])
+    };
+    assert!(after("unreachable") >= 1.0, "{}", s2.text);
+    assert_eq!(
+        after("unreachable") + after("disconnected"),
+        2.0,
+        "{}",
+        s2.text
+    );
+    assert_eq!(after("ok") + after("error"), 0.0);
+}
+
 /// Registers `token`'s executor on `gateway`: the connect URL it answers.
 async fn register(gateway: &str, exe_id: &str, token: &str) -> String {
     let r = fresh_client()

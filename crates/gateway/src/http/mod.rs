@@ -49,12 +49,18 @@ use crate::ops::state::AppState;
 use error::ApiError;
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, observe::wanted())
+}
+
+/// [`router`], with the `observe` layer or without it (`observe`: metrics
+/// or spans are on; off, a request does not pass through it at all).
+fn router_with(state: AppState, observe: bool) -> Router {
     let limit = state.config().max_body_bytes;
     let (public, mut doc) = public_routes().split_for_parts();
     openapi::finish(&mut doc);
     // Serialised once: the document is fixed for the life of the process.
     let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-    Router::new()
+    let router = Router::new()
         .merge(public)
         .route(
             "/openapi.json",
@@ -90,11 +96,16 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             drain::gate,
-        ))
-        // Metrics (and, with --otlp-endpoint, the request's span): per
-        // route, so that the route template is known (see `observe`).
-        .layer(axum::middleware::from_fn(observe::track))
-        .with_state(state)
+        ));
+    // Metrics (and, with --otlp-endpoint, the request's span): per
+    // route, so that the route template is known (see `observe`). Only
+    // when one of them is on: both are set before the router is built.
+    let router = if observe {
+        router.layer(axum::middleware::from_fn(observe::track))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// The public HTTP API: the routes agents call. Each handler is listed once
@@ -157,4 +168,43 @@ async fn method_not_allowed() -> ApiError {
         code::METHOD_NOT_ALLOWED,
         "this route does not take that HTTP method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// With metrics and spans off a request does not pass through
+    /// `observe::track` at all; with the layer wanted it does. (Nothing in
+    /// this test binary turns metrics or spans on, and only this test
+    /// builds a router with the layer, so the count is this test's; that
+    /// metrics on still count requests is the e2e tests' `metrics`.)
+    #[tokio::test]
+    async fn the_observe_layer_is_there_only_when_metrics_or_spans_are_on() {
+        assert!(!observe::wanted(), "metrics or spans are on in this test");
+        let (_dir, state) = crate::ops::state::test_state(|_| {}).await;
+        let healthz = || {
+            Request::builder()
+                .uri("/healthz")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let tracked = || observe::TRACKED.load(Ordering::Relaxed);
+
+        let before = tracked();
+        let resp = router(state.clone()).oneshot(healthz()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(tracked(), before, "off: the request went through track");
+
+        let before = tracked();
+        let resp = router_with(state, true).oneshot(healthz()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(tracked(), before + 1, "on: the request skipped track");
+    }
 }

@@ -15,8 +15,21 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The router's outermost per-route layer (see `http::router`).
+/// Whether the router needs [`track`]: metrics or spans are on (both are
+/// switched on before the router is built, and never off).
+pub fn wanted() -> bool {
+    crate::metrics::get().is_some() || crate::trace::spans()
+}
+
+/// Requests that went through [`track`], for the tests of `http::router`.
+#[cfg(test)]
+pub static TRACKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The router's outermost per-route layer (see `http::router`), there only
+/// when [`wanted`].
 pub async fn track(req: Request, next: Next) -> Response {
+    #[cfg(test)]
+    TRACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let metrics = crate::metrics::get();
     let spans = crate::trace::spans();
     if metrics.is_none() && !spans {

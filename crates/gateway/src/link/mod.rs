@@ -530,7 +530,24 @@ impl Link {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<(Value, Bytes), LinkError> {
-        let _timer = RoundTrip::start(method);
+        let mut timer = RoundTrip::start(method, self.is_relayed());
+        let result = self
+            .request_envelope_timed(method, params, payload, timeout)
+            .await;
+        timer.ended(match &result {
+            Ok(_) => crate::metrics::Forwarded::Ok,
+            Err(e) => forwarded_outcome(e),
+        });
+        result
+    }
+
+    async fn request_envelope_timed(
+        &self,
+        method: &str,
+        params: Value,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(Value, Bytes), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -660,21 +677,29 @@ impl Link {
             }
         }
         let _forget = Forget(self, id);
-        let _timer = RoundTrip::start(method);
+        let mut timer = RoundTrip::start(method, self.is_relayed());
         let frame = Envelope {
             message: Message::request(Id::Num(id), method, params),
             payload,
         }
         .encode();
-        self.send(frame)?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(answer) => answer.map_err(|_| self.disconnected()),
-            Err(_) => Err(LinkError::Timeout {
-                name: self.name.clone(),
-                method: method.to_string(),
-                after: timeout,
-            }),
-        }
+        let result = match self.send(frame) {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(answer) => answer.map_err(|_| self.disconnected()),
+                Err(_) => Err(LinkError::Timeout {
+                    name: self.name.clone(),
+                    method: method.to_string(),
+                    after: timeout,
+                }),
+            },
+        };
+        timer.ended(match &result {
+            Ok((Ok(_), _)) => crate::metrics::Forwarded::Ok,
+            Ok((Err(_), _)) => crate::metrics::Forwarded::Error,
+            Err(e) => forwarded_outcome(e),
+        });
+        result
     }
 
     /// Receives the raw notifications of every process `br-<key>-…`, until
@@ -1035,26 +1060,54 @@ impl Drop for Subscription {
 }
 
 /// Records a request's round trip in `execgate_link_request_duration_seconds`
-/// when dropped (answered, failed or abandoned alike); nothing while
-/// metrics are off.
-struct RoundTrip<'a>(
-    Option<(
+/// when dropped (answered, failed or abandoned alike), and on a link
+/// through another replica (`relayed`) its outcome and round trip in
+/// `execgate_forwarded_calls_total` and
+/// `execgate_peer_request_duration_seconds`; nothing while metrics are off.
+struct RoundTrip<'a> {
+    timing: Option<(
         &'static crate::metrics::Metrics,
         &'a str,
         std::time::Instant,
+        bool,
     )>,
-);
+    /// How it ended; `Cancelled` until told (the caller's future dropped).
+    outcome: crate::metrics::Forwarded,
+}
 
 impl<'a> RoundTrip<'a> {
-    fn start(method: &'a str) -> Self {
-        RoundTrip(crate::metrics::get().map(|m| (m, method, std::time::Instant::now())))
+    fn start(method: &'a str, relayed: bool) -> Self {
+        RoundTrip {
+            timing: crate::metrics::get().map(|m| (m, method, std::time::Instant::now(), relayed)),
+            outcome: crate::metrics::Forwarded::Cancelled,
+        }
+    }
+
+    fn ended(&mut self, outcome: crate::metrics::Forwarded) {
+        self.outcome = outcome;
     }
 }
 
 impl Drop for RoundTrip<'_> {
     fn drop(&mut self) {
-        if let Some((m, method, start)) = self.0.take() {
-            m.link_request(method, start.elapsed());
+        if let Some((m, method, start, relayed)) = self.timing.take() {
+            let took = start.elapsed();
+            m.link_request(method, took);
+            if relayed {
+                m.forwarded_request(method, self.outcome, took);
+            }
+        }
+    }
+}
+
+/// The forwarded-call outcome of a request that failed with `e`.
+fn forwarded_outcome(e: &LinkError) -> crate::metrics::Forwarded {
+    use crate::metrics::Forwarded;
+    match e {
+        LinkError::Timeout { .. } => Forwarded::Timeout,
+        LinkError::Disconnected { .. } => Forwarded::Disconnected,
+        LinkError::Rpc { .. } | LinkError::Denied { .. } | LinkError::BadResponse { .. } => {
+            Forwarded::Error
         }
     }
 }

@@ -30,6 +30,10 @@
 //!   counted across replicas. Before relaying each request the owner checks
 //!   its lease; a lapsed one ends the channel (1013), and the caller's calls
 //!   in flight fail with 503 `executor_unavailable`.
+//! - **Metrics.** The caller's side counts each request it sends through
+//!   the holder, by outcome, and its round trip (`Link`'s round-trip timer
+//!   on a relayed link), and a call whose holder it could not reach
+//!   (`unreachable`); the holder counts the requests it relays.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -321,6 +325,7 @@ impl Cluster {
         let attempt = (lease.replica_id.clone(), lease.epoch);
         if let Some((failed, at)) = self.failures.lock().unwrap().get(exe_id) {
             if *failed == attempt && at.elapsed() < DIAL_BACKOFF {
+                count_unreachable();
                 return None;
             }
         }
@@ -333,6 +338,7 @@ impl Cluster {
             Ok(Ok(link)) => link,
             Ok(Err(e)) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner: {e}");
+                count_unreachable();
                 self.failures
                     .lock()
                     .unwrap()
@@ -341,6 +347,7 @@ impl Cluster {
             }
             Err(_) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner within {DIAL_TIMEOUT:?}");
+                count_unreachable();
                 self.failures
                     .lock()
                     .unwrap()
@@ -377,6 +384,14 @@ impl Cluster {
                 sign(self.config.secret.expose(), &self.replica_id, exe_id, ts),
             ),
         ]
+    }
+}
+
+/// A call that needed the executor's holder and could not reach it
+/// (`execgate_forwarded_calls_total{outcome="unreachable"}`).
+fn count_unreachable() {
+    if let Some(m) = crate::metrics::get() {
+        m.forwarded(crate::metrics::Forwarded::Unreachable);
     }
 }
 
@@ -704,6 +719,9 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                     break "the owner's lease on the executor lapsed".into();
                 }
                 requests += 1;
+                if let Some(m) = crate::metrics::get() {
+                    m.peer_relayed();
+                }
                 let channel = channel.clone();
                 tasks.spawn(async move {
                     let timeout = crate::link::bridge::deadline(&method, &params, RELAY_TIMEOUT);
