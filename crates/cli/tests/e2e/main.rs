@@ -21,6 +21,7 @@ mod listener;
 mod live;
 mod mcp;
 mod mcp_stdio;
+mod mcp_tasks;
 mod metrics;
 mod openapi;
 mod patches;
