@@ -122,10 +122,6 @@ impl Client {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 #[tokio::test]
 async fn a_shell_task_runs_to_its_result_across_a_restart_and_is_cancelled() {
     let mut w = World::start(&["--retain-bytes", "65536", "--spill-bytes", "0"]).await;
@@ -342,5 +338,106 @@ async fn a_shell_task_runs_to_its_result_across_a_restart_and_is_cancelled() {
         )
         .await,
         json!({"resultType": "complete"})
+    );
+}
+
+/// Two replicas on one store (SQLite): a task started through the replica
+/// that holds the executor is read, and another one cancelled, through the
+/// other, as a client behind a load balancer would.
+#[tokio::test]
+async fn a_task_is_read_and_cancelled_through_another_replica() {
+    let prepared = Prepared::new(&execgate(), "w1");
+    let secret = prepared.dir.path().join("cluster-secret");
+    std::fs::write(&secret, "a-shared-cluster-secret-of-32-bytes\n").unwrap();
+    let replica = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("http://{listen}");
+        execgate().serve(
+            &prepared.data_dir,
+            &listen,
+            &[
+                "--advertise-url",
+                &url,
+                "--cluster-secret-file",
+                secret.to_str().unwrap(),
+            ],
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let exe_token = prepared.add_executor("x", true);
+    let work = prepared.dir.path().join("work-x");
+    std::fs::create_dir_all(&work).unwrap();
+    let _executor = execgate().executor(&a.url(), &exe_token, &work, &[]);
+    wait_for_env(&Api::new(&a.url(), &prepared.token), "x").await;
+    let (on_a, on_b) = (
+        Client::new(&a.url(), &prepared.token),
+        Client::new(&b.url(), &prepared.token),
+    );
+
+    let task = on_a
+        .shell_task(json!({"command": "sleep 0.5; echo through b"}))
+        .await;
+    let id = task["taskId"].as_str().unwrap().to_string();
+    let done = on_b.until_done(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["result"]["structuredContent"]["stdout"], "through b\n",
+        "{done}"
+    );
+    assert_eq!(on_a.get(&id).await["result"], done["result"]);
+
+    let pidfile = work.join("task.pid");
+    let task = on_b
+        .shell_task(json!({"command": format!("echo $$ > {}; exec sleep 60", pidfile.display())}))
+        .await;
+    let victim = task["taskId"].as_str().unwrap().to_string();
+    let pid: u32 = eventually(10, "the task's pid file", || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await;
+    assert!(alive(pid));
+    assert_eq!(on_a.get(&victim).await["status"], "working");
+    on_b.ok("tasks/cancel", json!({"taskId": victim})).await;
+    eventually(10, "the cancelled task's process to be gone", || async {
+        !alive(pid)
+    })
+    .await;
+    assert_eq!(on_a.get(&victim).await["status"], "cancelled");
+}
+
+/// A task whose executor is away works on (its process may still run), and
+/// ends with `shell`'s error once its environment is removed.
+#[tokio::test]
+async fn a_task_waits_for_its_executor_and_ends_when_it_is_removed() {
+    let mut w = World::start(&[]).await;
+    let mcp = Client::new(&w.gateway.url(), &w.api.token);
+    let task = mcp.shell_task(json!({"command": ["sleep", "60"]})).await;
+    let id = task["taskId"].as_str().unwrap().to_string();
+    w.executors[0].kill();
+    let away = eventually(20, "the executor to be seen gone", || async {
+        let r = mcp.get(&id).await;
+        let message = r["statusMessage"].as_str().unwrap_or_default().to_string();
+        message.contains("not connected").then_some(r)
+    })
+    .await;
+    assert_eq!(away["status"], "working", "{away}");
+
+    admin(
+        &w.data_dir,
+        &["executor", "remove", "--workspace", "w1", "laptop"],
+    );
+    let gone = mcp.get(&id).await;
+    assert_eq!(gone["status"], "completed", "{gone}");
+    assert_eq!(gone["result"]["isError"], true, "{gone}");
+    assert_eq!(
+        gone["result"]["structuredContent"]["error"]["code"], "session_expired",
+        "{gone}"
     );
 }

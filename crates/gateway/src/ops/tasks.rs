@@ -169,6 +169,15 @@ pub async fn get(state: &AppState, caller: &Caller, task_id: &str) -> Result<Tas
     let mut s = match processes::resolve(state, caller, task_id, Via::Mcp, "task_get").await {
         Ok(s) => s,
         Err(e) if e.code == code::EXECUTOR_UNAVAILABLE => {
+            if executor_removed(state, task_id).await? {
+                task.state = TaskState::Done(Err(Error::new(
+                    code::SESSION_EXPIRED,
+                    format!(
+                        "the environment task {task_id:?} ran in was removed: its process is gone"
+                    ),
+                )));
+                return Ok(task);
+            }
             // The process may well run on: the task works on until the
             // executor is back (or the TTL ends it).
             task.status_message = Some(e.message);
@@ -253,6 +262,15 @@ pub async fn get(state: &AppState, caller: &Caller, task_id: &str) -> Result<Tas
         .await?
         .ok_or_else(|| task_not_found(task_id))?;
     Ok(ended(&row).unwrap_or(task))
+}
+
+/// Whether the executor of session `sid` was removed from its workspace.
+async fn executor_removed(state: &AppState, sid: &str) -> Result<bool, Error> {
+    let store = state.store();
+    let Some(row) = store.session(sid).await? else {
+        return Ok(false);
+    };
+    Ok(store.executor(&row.exe_id).await?.is_none())
 }
 
 /// The task of a row that records its end, if it does.
