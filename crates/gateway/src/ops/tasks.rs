@@ -5,7 +5,8 @@
 //! `exec_command` session (`tools::start_shell_session`: the session row is
 //! written before `process/start`, the call's `timeout_ms` becomes the
 //! session's deadline) and answered with a task whose id is the session's
-//! `sid`. Nothing of a task lives in gateway memory: its row (`mcp_tasks`,
+//! `sid`, unless it ends within [`INLINE_WAIT`]: then with its result, as
+//! without tasks. Nothing of a task lives in gateway memory: its row (`mcp_tasks`,
 //! `crate::store::TaskRow`) and its session row are in the store, and its
 //! process, output and exit status on the executor, so a task outlives a
 //! gateway restart and any replica answers for it (reaching the executor
@@ -30,11 +31,13 @@
 
 use execgate_protocol::connectors::{error_code as code, CallToolResult};
 use execgate_protocol::exec::{method, ProcessReadParams, ProcessReadResult};
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use crate::auth::Caller;
 use crate::link::{Link, LinkError};
-use crate::ops::processes::{self, Session};
+use crate::ops::processes;
 use crate::ops::state::AppState;
 use crate::ops::tools::shell::{self, TaskSettings};
 use crate::ops::tools::{self, RPC_TIMEOUT};
@@ -47,6 +50,12 @@ pub const POLL_INTERVAL_MS: u64 = 1_000;
 /// How long a task outlives its timeout: the time its client has to fetch
 /// the result (the executor's default retention of an exited process).
 pub const RETENTION_MS: u64 = 30 * 60 * 1000;
+
+/// How long a `shell` call with the tasks capability waits for its process
+/// before it answers with a task: a command that ends sooner is answered
+/// with its result, as without tasks (the specification lets the server
+/// decide per request), so that only long calls cost the client a poll.
+pub const INLINE_WAIT: Duration = Duration::from_millis(1_000);
 
 /// A task as `tasks/get` reports it.
 #[derive(Debug)]
@@ -150,9 +159,45 @@ pub async fn start_shell(
         }
         return Err(e.into());
     }
+    // A command that ends at once is answered as without tasks: with its
+    // result, in this one request.
+    if ended_soon(state, &row).await {
+        if let Ok(Task {
+            state: TaskState::Done(Ok(result)),
+            ..
+        }) = get(state, caller, &sid).await
+        {
+            return Ok(Started::Answered(result));
+        }
+    }
     let mut task = task_of(&row);
     task.status_message = Some("the command is running; poll tasks/get for its result".into());
     Ok(Started::Task(task))
+}
+
+/// Whether the process of a new task closes within [`INLINE_WAIT`].
+async fn ended_soon(state: &AppState, row: &TaskRow) -> bool {
+    let Ok(Some(session)) = state.store().session(&row.task_id).await else {
+        return false;
+    };
+    let Some(link) = state.link(&session.exe_id).await else {
+        return false;
+    };
+    let until = tokio::time::Instant::now() + INLINE_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match read_state(&link, &session.process_id).await {
+            Ok(r) if r.closed => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return false;
+        }
+        tokio::time::sleep(pause.min(until - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
 }
 
 /// `tasks/get`.
@@ -192,7 +237,7 @@ pub async fn get(state: &AppState, caller: &Caller, task_id: &str) -> Result<Tas
         task.state = TaskState::Done(Err(e));
         return Ok(task);
     }
-    let r = match read_state(&s).await {
+    let r = match read_state(&s.link, &s.row.process_id).await {
         Ok(r) => r,
         Err(LinkError::Disconnected { .. }) => {
             s.audit.succeed();
@@ -223,8 +268,8 @@ pub async fn get(state: &AppState, caller: &Caller, task_id: &str) -> Result<Tas
         return Ok(task);
     }
     let now = now_ms();
-    let elapsed =
-        std::time::Duration::from_millis(u64::try_from(now - row.created_at).unwrap_or(0));
+    // From the session's row, written just before process/start.
+    let elapsed = Duration::from_millis(u64::try_from(now - s.row.created_at).unwrap_or(0));
     let past_deadline = s.row.deadline_at.is_some_and(|at| at <= now);
     let result = shell::result_from_log(
         &s.link,
@@ -298,19 +343,18 @@ fn ended(row: &TaskRow) -> Option<Task> {
 }
 
 /// The process's state: a read past the end returns no chunks.
-async fn read_state(s: &Session) -> Result<ProcessReadResult, LinkError> {
-    s.link
-        .request(
-            method::PROCESS_READ,
-            &ProcessReadParams {
-                process_id: s.row.process_id.clone(),
-                after_seq: Some(u64::MAX / 2),
-                max_bytes: Some(1),
-                wait_ms: None,
-            },
-            RPC_TIMEOUT,
-        )
-        .await
+async fn read_state(link: &Link, process_id: &str) -> Result<ProcessReadResult, LinkError> {
+    link.request(
+        method::PROCESS_READ,
+        &ProcessReadParams {
+            process_id: process_id.to_string(),
+            after_seq: Some(u64::MAX / 2),
+            max_bytes: Some(1),
+            wait_ms: None,
+        },
+        RPC_TIMEOUT,
+    )
+    .await
 }
 
 /// `tasks/cancel`: an acknowledgement once the cancellation is recorded
@@ -334,7 +378,7 @@ pub async fn cancel(state: &AppState, caller: &Caller, task_id: &str) -> Result<
     };
     if let Some(s) = &session {
         if !s.restarted {
-            if let Ok(r) = read_state(s).await {
+            if let Ok(r) = read_state(&s.link, &s.row.process_id).await {
                 if r.closed {
                     // Finished before the cancellation: its result stands.
                     return Ok(());
