@@ -53,6 +53,15 @@
 //! call's future is dropped, and a `shell` whose process still runs kills
 //! its process group (`ops::tools::shell`'s drop guard).
 //!
+//! **Tasks** (the 2026-07-28 `io.modelcontextprotocol/tasks` extension,
+//! advertised in the capabilities). A `shell` call whose request declares
+//! the extension in its `_meta` capabilities runs as a process session and,
+//! unless it ends within a second, is answered with a task (its id the
+//! session's); `tasks/get`, `tasks/cancel` and `tasks/update` read and
+//! write it in the store ([`crate::ops::tasks`]), so any replica answers
+//! and a restart loses nothing. An unknown task, or another workspace's,
+//! is -32602. Without the declaration a call is answered as before.
+//!
 //! **Environments.** `environment_id` names an environment; omitted, it is
 //! the workspace's default one (or the only one). `copy_path` defaults to
 //! its `source_environment_id`. A custom tool is listed once under its
