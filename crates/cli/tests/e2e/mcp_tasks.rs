@@ -155,6 +155,12 @@ async fn a_shell_task_runs_to_its_result_across_a_restart_and_is_cancelled() {
         (400, Some(-32021)),
         "{refused}"
     );
+    // Params that do not fit name the field.
+    let bad = mcp.error("tasks/get", json!({"taskId": 5}), -32602).await;
+    assert!(
+        bad["message"].as_str().unwrap().contains("params.taskId"),
+        "{bad}"
+    );
     // Other tools answer at once, task or not.
     let listed = mcp
         .ok(

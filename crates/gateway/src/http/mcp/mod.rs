@@ -685,6 +685,9 @@ fn custom_request_error(method: &str, params: Option<Value>) -> ErrorData {
         "tools/call" => why::<CallToolRequestParams>(params),
         "initialize" => why::<rmcp::model::InitializeRequestParams>(params),
         "tools/list" => why::<Option<PaginatedRequestParams>>(params),
+        "tasks/get" => why::<GetTaskParams>(params),
+        "tasks/cancel" => why::<CancelTaskParams>(params),
+        "tasks/update" => why::<UpdateTaskParams>(params),
         _ => None,
     };
     ErrorData::invalid_params(
