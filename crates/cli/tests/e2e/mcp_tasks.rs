@@ -36,7 +36,24 @@ impl Client {
     }
 
     /// One request; the HTTP status and the JSON-RPC response.
-    async fn send(&self, method: &str, mut params: Value, with_tasks: bool) -> (u16, Value) {
+    async fn send(&self, method: &str, params: Value, with_tasks: bool) -> (u16, Value) {
+        let (id, req) = self.build(method, params, with_tasks);
+        let resp = req.send().await.expect("request reaches the gateway");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method}: {status}: not JSON: {text}"));
+        assert_eq!(body["id"], id, "{body}");
+        (status, body)
+    }
+
+    /// A request ready to send, and its id.
+    fn build(
+        &self,
+        method: &str,
+        mut params: Value,
+        with_tasks: bool,
+    ) -> (u64, reqwest::RequestBuilder) {
         let capabilities = if with_tasks {
             json!({"extensions": {TASKS: {}}})
         } else {
@@ -64,13 +81,7 @@ impl Client {
         if let Some(name) = name {
             req = req.header("Mcp-Name", name);
         }
-        let resp = req.send().await.expect("request reaches the gateway");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let body: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{method}: {status}: not JSON: {text}"));
-        assert_eq!(body["id"], id, "{body}");
-        (status, body)
+        (id, req)
     }
 
     /// A request that must succeed: its `result`.
@@ -450,4 +461,41 @@ async fn a_task_waits_for_its_executor_and_ends_when_it_is_removed() {
         gone["result"]["structuredContent"]["error"]["code"], "session_expired",
         "{gone}"
     );
+}
+
+/// A `shell` call with the tasks capability whose client closes the
+/// request before the answer (the 2026-07-28 cancellation) leaves no
+/// process behind.
+#[tokio::test]
+async fn a_task_call_closed_before_its_answer_ends_its_process() {
+    let w = World::start(&[]).await;
+    let mcp = Client::new(&w.gateway.url(), &w.api.token);
+    let pidfile = w.workdir.join("task.pid");
+    let command = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let (_, req) = mcp.build(
+        "tools/call",
+        json!({"name": "shell", "arguments": {"command": command}}),
+        true,
+    );
+    // The call waits up to a second for the command before it answers.
+    let closed = req
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(
+        closed.is_err(),
+        "answered before the client gave up: {closed:?}"
+    );
+    let pid: u32 = eventually(10, "the task's pid file", || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await;
+    eventually(
+        10,
+        "the process of the abandoned call to be gone",
+        || async { !alive(pid) },
+    )
+    .await;
 }

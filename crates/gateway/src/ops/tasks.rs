@@ -135,6 +135,13 @@ pub async fn start_shell(
         Some(sid) if !started.is_error => sid.to_string(),
         _ => return Ok(Started::Answered(started)),
     };
+    // From here until the answer, a call dropped midway (its client closed
+    // the request: a cancellation) ends the process rather than leave a task
+    // nobody knows of running to its timeout.
+    let mut guard = EndOnDrop {
+        state: state.clone(),
+        sid: Some(sid.clone()),
+    };
     // Checked already by the start; cannot fail now.
     let settings = shell::task_settings(&arguments, Via::Mcp)?;
     let created_at = now_ms();
@@ -151,14 +158,8 @@ pub async fn start_shell(
         result: None,
     };
     let store = state.store();
-    if let Err(e) = store.insert_task(&row).await {
-        // No task reaches the process: end it now (the deadline task does,
-        // whichever replica holds its executor).
-        if let Err(d) = store.set_deadline(&sid, now_ms()).await {
-            tracing::warn!(%sid, "cannot end the process of a task not recorded: {d}");
-        }
-        return Err(e.into());
-    }
+    // Not recorded: no task reaches the process, which the guard ends.
+    store.insert_task(&row).await?;
     // A command that ends at once is answered as without tasks: with its
     // result, in this one request.
     if ended_soon(state, &row).await {
@@ -167,12 +168,52 @@ pub async fn start_shell(
             ..
         }) = get(state, caller, &sid).await
         {
+            guard.disarm();
             return Ok(Started::Answered(result));
         }
     }
+    guard.disarm();
     let mut task = task_of(&row);
     task.status_message = Some("the command is running; poll tasks/get for its result".into());
     Ok(Started::Task(task))
+}
+
+/// Ends the process of a task whose creation did not complete (see
+/// [`start_shell`]): the task (if recorded) is cancelled and the session's
+/// deadline moved to now, which `crate::ops::deadlines` enforces, whichever
+/// replica holds the executor.
+struct EndOnDrop {
+    state: AppState,
+    /// None once disarmed.
+    sid: Option<String>,
+}
+
+impl EndOnDrop {
+    fn disarm(&mut self) {
+        self.sid = None;
+    }
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        let Some(sid) = self.sid.take() else {
+            return;
+        };
+        let state = self.state.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tracing::debug!(%sid, "task creation dropped: ending its process");
+                let store = state.store();
+                let now = now_ms();
+                if let Err(e) = store.cancel_task(&sid, now).await {
+                    tracing::warn!(%sid, "cannot cancel a task whose creation was dropped: {e}");
+                }
+                if let Err(e) = store.set_deadline(&sid, now).await {
+                    tracing::warn!(%sid, "cannot end the process of a dropped task: {e}");
+                }
+            });
+        }
+    }
 }
 
 /// Whether the process of a new task closes within [`INLINE_WAIT`].

@@ -477,7 +477,12 @@ impl ServerHandler for McpServer {
                 .client_capabilities()
                 .is_some_and(|caps| caps.supports_tasks())
         {
-            return self.start_shell_task(&caller, arguments).await;
+            // Closing the request cancels it, until it is answered (the
+            // process then ends: `tasks::start_shell`'s guard).
+            return tokio::select! {
+                answer = self.start_shell_task(&caller, arguments) => answer,
+                () = context.ct.cancelled() => Err(request_cancelled()),
+            };
         }
         let mut entry = match (bearer(&context), serde_json::to_value(&context.id)) {
             (Some(token), Ok(id)) => Some(self.inflight.register(token, &id)),
