@@ -754,9 +754,9 @@ impl McpServer {
     }
 
     /// `shell` as a task (the tasks extension; `crate::ops::tasks`): the
-    /// process starts as an exec_command session and the call answers at
-    /// once with the task, or with the result when the executor refused to
-    /// start it.
+    /// process starts as an exec_command session and the call answers with
+    /// the task, or with the result when the command ended within a second
+    /// or the executor refused to start it.
     async fn start_shell_task(
         &self,
         caller: &Caller,

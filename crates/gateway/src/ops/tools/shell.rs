@@ -82,7 +82,11 @@ pub const MCP_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// The output budget of a call that gives none (see the module docs).
 pub(crate) fn default_max_output(ctx: &ToolContext<'_>) -> Option<usize> {
-    match ctx.via {
+    default_budget(ctx.via)
+}
+
+fn default_budget(via: crate::store::audit_log::Via) -> Option<usize> {
+    match via {
         crate::store::audit_log::Via::Mcp => Some(MCP_MAX_OUTPUT_BYTES),
         _ => None,
     }
@@ -122,10 +126,7 @@ pub struct ShellArgs {
 /// The output budget `a` asks for, or the default of `via`.
 fn max_output_of(a: &ShellArgs, via: crate::store::audit_log::Via) -> Result<Option<usize>, Error> {
     match a.max_output_bytes {
-        None => Ok(match via {
-            crate::store::audit_log::Via::Mcp => Some(MCP_MAX_OUTPUT_BYTES),
-            _ => None,
-        }),
+        None => Ok(default_budget(via)),
         Some(n) if n >= 1 && n <= MAX_CAPTURE as u64 => Ok(Some(n as usize)),
         Some(_) => Err(Error::bad_arguments(format!(
             "arguments.max_output_bytes: must be between 1 and {MAX_CAPTURE}"
