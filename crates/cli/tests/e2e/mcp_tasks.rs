@@ -367,7 +367,20 @@ async fn a_shell_task_runs_to_its_result_across_a_restart_and_is_cancelled() {
 /// other, as a client behind a load balancer would.
 #[tokio::test]
 async fn a_task_is_read_and_cancelled_through_another_replica() {
-    let prepared = Prepared::new(&execgate(), "w1");
+    through_another_replica(Prepared::new(&execgate(), "w1")).await;
+}
+
+/// The same on PostgreSQL (skipped when PostgreSQL cannot start here).
+#[tokio::test]
+async fn a_task_is_read_and_cancelled_through_another_replica_on_postgres() {
+    let Some(cluster) = execgate_testkit::pg::cluster("mcp_tasks") else {
+        return;
+    };
+    let url = cluster.create_database();
+    through_another_replica(Prepared::new_on(&execgate(), "w1", Some(&url))).await;
+}
+
+async fn through_another_replica(prepared: Prepared) {
     let secret = prepared.dir.path().join("cluster-secret");
     std::fs::write(&secret, "a-shared-cluster-secret-of-32-bytes\n").unwrap();
     let replica = || {
@@ -378,16 +391,16 @@ async fn a_task_is_read_and_cancelled_through_another_replica() {
             .port();
         let listen = format!("127.0.0.1:{port}");
         let url = format!("http://{listen}");
-        execgate().serve(
-            &prepared.data_dir,
-            &listen,
-            &[
-                "--advertise-url",
-                &url,
-                "--cluster-secret-file",
-                secret.to_str().unwrap(),
-            ],
-        )
+        let mut args = vec![
+            "--advertise-url",
+            &url,
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+        ];
+        if let Some(db) = &prepared.database_url {
+            args.extend(["--database-url", db]);
+        }
+        execgate().serve(&prepared.data_dir, &listen, &args)
     };
     let (a, b) = (replica(), replica());
     let exe_token = prepared.add_executor("x", true);
