@@ -22,6 +22,7 @@ mod live;
 mod load_balancer;
 mod mcp;
 mod mcp_stdio;
+mod mcp_tasks;
 mod metrics;
 mod openapi;
 mod patches;

@@ -292,3 +292,38 @@ async fn mcp_over_stdio_answers_errors_when_the_gateway_cannot() {
     assert_eq!(refused["error"]["data"]["http_status"], 401);
     assert_eq!(refused["error"]["data"]["error"]["code"], "invalid_token");
 }
+
+/// The tasks extension through the relay (protocol 2026-07-28: `execgate
+/// mcp` sets `Mcp-Name` from `taskId`): a `shell` task polled to its result.
+#[tokio::test]
+async fn mcp_over_stdio_relays_tasks() {
+    let w = World::start(&[]).await;
+    let mut stdio = McpStdio::start(&w.gateway.url(), &w.api.token);
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":
+            {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
+    });
+    let task = stdio.request(
+        1,
+        "tools/call",
+        json!({"name": "shell", "arguments": {"command": "sleep 2; echo relayed"}, "_meta": meta}),
+    );
+    assert_eq!(task["result"]["resultType"], "task", "{task}");
+    let id = task["result"]["taskId"].as_str().unwrap().to_string();
+    let mut next_id = 2;
+    let done = eventually(30, "the task to end", || {
+        next_id += 1;
+        let answer = stdio.request(next_id, "tasks/get", json!({"taskId": id, "_meta": meta}));
+        async move { (answer["result"]["status"] != "working").then_some(answer) }
+    })
+    .await;
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(
+        done["result"]["result"]["structuredContent"]["stdout"], "relayed\n",
+        "{done}"
+    );
+    let ack = stdio.request(100, "tasks/cancel", json!({"taskId": id, "_meta": meta}));
+    assert_eq!(ack["result"], json!({"resultType": "complete"}), "{ack}");
+}

@@ -7,7 +7,8 @@
 //! - [`tools`]: every core tool, one file each, and the one registry;
 //!   custom tools. [`processes`]: exec_command sessions (stdin, output,
 //!   terminate, signal, resize, listing, restart detection);
-//!   [`deadlines`]: `max_runtime_ms`.
+//!   [`deadlines`]: `max_runtime_ms`; [`tasks`]: MCP tasks, `shell` calls
+//!   run as process sessions.
 //! - [`files`]: a caller's file bytes in and out (`/files`), over
 //!   [`transfer`]: streamed, verified transfers (copy_path too);
 //!   [`patch`]: the apply_patch grammar.
@@ -40,6 +41,7 @@ pub mod policy;
 pub mod processes;
 pub mod revocation;
 pub mod state;
+pub mod tasks;
 pub mod tools;
 pub mod transfer;
 

@@ -39,12 +39,14 @@ pub mod invalidate;
 pub mod leases;
 mod lookups;
 mod metrics;
+mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
 mod tickets;
 
 pub use audit::AuditQuery;
 pub use idempotency::{IdempotencyAnswer, IdempotencyRow};
+pub use tasks::TaskRow;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

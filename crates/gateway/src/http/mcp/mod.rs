@@ -53,6 +53,15 @@
 //! call's future is dropped, and a `shell` whose process still runs kills
 //! its process group (`ops::tools::shell`'s drop guard).
 //!
+//! **Tasks** (the 2026-07-28 `io.modelcontextprotocol/tasks` extension,
+//! advertised in the capabilities). A `shell` call whose request declares
+//! the extension in its `_meta` capabilities runs as a process session and,
+//! unless it ends within a second, is answered with a task (its id the
+//! session's); `tasks/get`, `tasks/cancel` and `tasks/update` read and
+//! write it in the store ([`crate::ops::tasks`]), so any replica answers
+//! and a restart loses nothing. An unknown task, or another workspace's,
+//! is -32602. Without the declaration a call is answered as before.
+//!
 //! **Environments.** `environment_id` names an environment; omitted, it is
 //! the workspace's default one (or the only one). `copy_path` defaults to
 //! its `source_environment_id`. A custom tool is listed once under its
@@ -82,9 +91,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use execgate_protocol::connectors::{error_code as code, CallToolResult, ConnectorEnv};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CustomRequest, CustomResult, ErrorCode, ErrorData,
-    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ServerCapabilities, Tool,
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, CreateTaskResult, CustomRequest,
+    CustomResult, DetailedTask, ErrorCode, ErrorData, GetTaskParams, GetTaskResult, Implementation,
+    InitializeResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, TaskPayload, TaskStatus, Tool, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -98,6 +108,7 @@ use crate::ops::environment as api;
 use crate::ops::environment::environment_argument;
 use crate::ops::revocation::Watch;
 use crate::ops::state::{AppState, GatewayConfig};
+use crate::ops::tasks;
 use crate::ops::tools::progress::{with_progress, Progress};
 use crate::ops::tools::{self, Call, WorkspaceContext};
 use crate::store::audit_log::Via;
@@ -418,9 +429,14 @@ fn bearer(context: &RequestContext<RoleServer>) -> Option<&str> {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("execgate", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(Implementation::new("execgate", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -453,6 +469,21 @@ impl ServerHandler for McpServer {
         // For a long-poll (read_output with wait_ms), which re-checks it.
         let watch = bearer(&context).map(|t| Watch::new(&self.state, t, &caller.workspace));
         let arguments = request.arguments.unwrap_or_default();
+        // A client that declares the tasks extension gets a `shell` call
+        // answered with a task (see the module header); any other call, and
+        // any call of a client that does not, as before.
+        if request.name == "shell"
+            && context
+                .client_capabilities()
+                .is_some_and(|caps| caps.supports_tasks())
+        {
+            // Closing the request cancels it, until it is answered (the
+            // process then ends: `tasks::start_shell`'s guard).
+            return tokio::select! {
+                answer = self.start_shell_task(&caller, arguments) => answer,
+                () = context.ct.cancelled() => Err(request_cancelled()),
+            };
+        }
         let mut entry = match (bearer(&context), serde_json::to_value(&context.id)) {
             (Some(token), Ok(id)) => Some(self.inflight.register(token, &id)),
             _ => None,
@@ -497,6 +528,40 @@ impl ServerHandler for McpServer {
         answer(outcome).map(Into::into)
     }
 
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let caller = caller(&context)?;
+        let task = tasks::get(&self.state, &caller, &request.task_id)
+            .await
+            .map_err(task_error)?;
+        Ok(GetTaskResult::new(detailed_task(task)?))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let caller = caller(&context)?;
+        tasks::update(&self.state, &caller, &request.task_id)
+            .await
+            .map_err(task_error)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let caller = caller(&context)?;
+        tasks::cancel(&self.state, &caller, &request.task_id)
+            .await
+            .map_err(task_error)
+    }
+
     /// rmcp parses a request whose method it knows but whose params do not
     /// fit (`tools/call` with `name: 5`) as a custom request of that method;
     /// JSON-RPC calls that -32602 Invalid params, not -32601.
@@ -506,6 +571,61 @@ impl ServerHandler for McpServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
         Err(custom_request_error(&request.method, request.params))
+    }
+}
+
+/// A task's metadata on the wire (its status is set from the payload).
+fn wire_task(task: &tasks::Task) -> rmcp::model::Task {
+    let mut out = rmcp::model::Task::new(
+        task.task_id.clone(),
+        TaskStatus::Working,
+        crate::ops::environment::rfc3339(task.created_at_ms),
+        crate::ops::environment::rfc3339(task.updated_at_ms),
+    )
+    .with_ttl_ms(task.ttl_ms)
+    .with_poll_interval_ms(task.poll_interval_ms);
+    if let Some(message) = &task.status_message {
+        out = out.with_status_message(message.clone());
+    }
+    out
+}
+
+/// `tasks/get`'s answer: the task with its result once it ended. A call
+/// that ends in a JSON-RPC error (as `tools/call` would answer it) is a
+/// `failed` task; a result, `isError` ones included, a `completed` one.
+fn detailed_task(task: tasks::Task) -> Result<DetailedTask, ErrorData> {
+    let wire = wire_task(&task);
+    let object = |v: Value| match v {
+        Value::Object(map) => Ok(map),
+        other => Err(ErrorData::internal_error(
+            format!("a task's payload is not an object: {other}"),
+            None,
+        )),
+    };
+    let payload = match task.state {
+        tasks::TaskState::Working => TaskPayload::Working,
+        tasks::TaskState::Cancelled => TaskPayload::Cancelled,
+        tasks::TaskState::Done(outcome) => match answer(outcome.map_err(ApiError::from)) {
+            Ok(result) => TaskPayload::Completed {
+                result: object(serde_json::to_value(result).unwrap_or_default())?,
+            },
+            Err(error) => TaskPayload::Failed {
+                error: object(serde_json::to_value(error).unwrap_or_default())?,
+            },
+        },
+    };
+    Ok(DetailedTask::new(wire, payload))
+}
+
+/// A `tasks/*` request's error: an unknown task (or another workspace's,
+/// or an expired one) is -32602, as the specification asks; a store that
+/// cannot be reached, -32603.
+fn task_error(e: crate::ops::Error) -> ErrorData {
+    let e = ApiError::from(e);
+    let data = Some(json!(e.envelope()));
+    match e.code {
+        code::SESSION_NOT_FOUND => ErrorData::invalid_params(e.message, data),
+        _ => ErrorData::internal_error(e.message, data),
     }
 }
 
@@ -570,6 +690,9 @@ fn custom_request_error(method: &str, params: Option<Value>) -> ErrorData {
         "tools/call" => why::<CallToolRequestParams>(params),
         "initialize" => why::<rmcp::model::InitializeRequestParams>(params),
         "tools/list" => why::<Option<PaginatedRequestParams>>(params),
+        "tasks/get" => why::<GetTaskParams>(params),
+        "tasks/cancel" => why::<CancelTaskParams>(params),
+        "tasks/update" => why::<UpdateTaskParams>(params),
         _ => None,
     };
     ErrorData::invalid_params(
@@ -627,6 +750,36 @@ impl McpServer {
                 };
                 Ok(call(ctx, arguments).await?)
             }
+        }
+    }
+
+    /// `shell` as a task (the tasks extension; `crate::ops::tasks`): the
+    /// process starts as an exec_command session and the call answers with
+    /// the task, or with the result when the command ended within a second
+    /// or the executor refused to start it.
+    async fn start_shell_task(
+        &self,
+        caller: &Caller,
+        arguments: Map<String, Value>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let state = &self.state;
+        let started = async {
+            let env = match environment_arg(&arguments)? {
+                Some(env) => env,
+                None => default_environment(state, caller).await?,
+            };
+            let link = environment_argument(state, caller, &env);
+            Ok::<_, ApiError>(
+                Box::pin(tasks::start_shell(state, caller, &env, link, arguments)).await?,
+            )
+        }
+        .await;
+        match started {
+            Ok(tasks::Started::Task(task)) => Ok(CallToolResponse::Task(CreateTaskResult::new(
+                wire_task(&task),
+            ))),
+            Ok(tasks::Started::Answered(result)) => answer(Ok(result)).map(Into::into),
+            Err(e) => answer(Err(e)).map(Into::into),
         }
     }
 

@@ -310,3 +310,60 @@ fn cancelled_notifications_are_recognised() {
         None
     );
 }
+
+/// `tasks/get`'s wire shape per status (the specification's `DetailedTask`):
+/// a result (an `isError` one too) is `completed`, an error `tools/call`
+/// answers as JSON-RPC is `failed` with it, and a tool error the call
+/// answers as a result (an executor that restarted) is `completed`.
+#[test]
+fn a_task_is_working_completed_failed_or_cancelled_on_the_wire() {
+    let task = |state| tasks::Task {
+        task_id: "ps_1".into(),
+        created_at_ms: 1_764_000_000_000,
+        updated_at_ms: 1_764_000_001_000,
+        ttl_ms: 1_860_000,
+        poll_interval_ms: 1000,
+        status_message: None,
+        state,
+    };
+    let wire = |state| {
+        serde_json::to_value(GetTaskResult::new(detailed_task(task(state)).unwrap())).unwrap()
+    };
+
+    let working = wire(tasks::TaskState::Working);
+    assert_eq!(
+        working,
+        json!({"resultType": "complete", "taskId": "ps_1", "status": "working",
+               "createdAt": "2025-11-24T16:00:00Z", "lastUpdatedAt": "2025-11-24T16:00:01Z",
+               "ttlMs": 1_860_000, "pollIntervalMs": 1000})
+    );
+    let done = wire(tasks::TaskState::Done(Ok(CallToolResult::text(
+        "out\n[exit_code=3]",
+        Some(json!({"stdout": "out\n", "exit_code": 3})),
+        false,
+    ))));
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["result"]["structuredContent"]["exit_code"], 3,
+        "{done}"
+    );
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    let restarted = wire(tasks::TaskState::Done(Err(crate::ops::Error::new(
+        code::EXECUTOR_RESTARTED,
+        "executor 'laptop' restarted",
+    ))));
+    assert_eq!(restarted["status"], "completed");
+    assert_eq!(restarted["result"]["isError"], true, "{restarted}");
+    let failed = wire(tasks::TaskState::Done(Err(
+        crate::ops::Error::bad_arguments("arguments.command: missing"),
+    )));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], -32602, "{failed}");
+    assert!(failed.get("result").is_none(), "{failed}");
+    let cancelled = wire(tasks::TaskState::Cancelled);
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(cancelled.get("result").is_none() && cancelled.get("error").is_none());
+    // An unknown task (or another workspace's) is -32602.
+    let e = task_error(tasks::task_not_found("ps_x"));
+    assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+}

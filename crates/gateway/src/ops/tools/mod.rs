@@ -224,6 +224,35 @@ pub async fn call(
     tool: &str,
     arguments: Map<String, Value>,
 ) -> Result<CallToolResult, Error> {
+    call_as(state, caller, via, env, link, tool, arguments, false).await
+}
+
+/// A `shell` call started as a process session instead of run to
+/// completion: an MCP task (`crate::ops::tasks`). Audited and checked
+/// against the executor's policy as `shell`; answers exec_command's result
+/// (`session_id`).
+pub async fn start_shell_session(
+    state: &AppState,
+    caller: &Caller,
+    via: Via,
+    env: &str,
+    link: impl Future<Output = Result<Arc<Link>, Error>>,
+    arguments: Map<String, Value>,
+) -> Result<CallToolResult, Error> {
+    call_as(state, caller, via, env, link, "shell", arguments, true).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_as(
+    state: &AppState,
+    caller: &Caller,
+    via: Via,
+    env: &str,
+    link: impl Future<Output = Result<Arc<Link>, Error>>,
+    tool: &str,
+    arguments: Map<String, Value>,
+    as_session: bool,
+) -> Result<CallToolResult, Error> {
     let started = std::time::Instant::now();
     let mut rec = AuditRecord::for_caller(caller, via, Kind::Tool, tool)
         .with_environment(env)
@@ -248,6 +277,10 @@ pub async fn call(
             link,
             via,
         };
+        if as_session {
+            policy::check_tool(&ctx.link, tool)?;
+            return shell::start_session(&ctx, arguments).await;
+        }
         dispatch(&ctx, tool, arguments).await
     };
     let result = if crate::trace::spans() {

@@ -82,7 +82,11 @@ pub const MCP_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// The output budget of a call that gives none (see the module docs).
 pub(crate) fn default_max_output(ctx: &ToolContext<'_>) -> Option<usize> {
-    match ctx.via {
+    default_budget(ctx.via)
+}
+
+fn default_budget(via: crate::store::audit_log::Via) -> Option<usize> {
+    match via {
         crate::store::audit_log::Via::Mcp => Some(MCP_MAX_OUTPUT_BYTES),
         _ => None,
     }
@@ -119,17 +123,20 @@ pub struct ShellArgs {
     pub environment_id: Option<String>,
 }
 
+/// The output budget `a` asks for, or the default of `via`.
+fn max_output_of(a: &ShellArgs, via: crate::store::audit_log::Via) -> Result<Option<usize>, Error> {
+    match a.max_output_bytes {
+        None => Ok(default_budget(via)),
+        Some(n) if n >= 1 && n <= MAX_CAPTURE as u64 => Ok(Some(n as usize)),
+        Some(_) => Err(Error::bad_arguments(format!(
+            "arguments.max_output_bytes: must be between 1 and {MAX_CAPTURE}"
+        ))),
+    }
+}
+
 pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult, Error> {
     crate::ops::policy::check_sandbox(&ctx.link, a.sandbox.as_ref())?;
-    let max_output = match a.max_output_bytes {
-        None => default_max_output(ctx),
-        Some(n) if n >= 1 && n <= MAX_CAPTURE as u64 => Some(n as usize),
-        Some(_) => {
-            return Err(Error::bad_arguments(format!(
-                "arguments.max_output_bytes: must be between 1 and {MAX_CAPTURE}"
-            )))
-        }
-    };
+    let max_output = max_output_of(&a, ctx.via)?;
     let command = Command {
         max_output,
         cwd: args::cwd_uri(&ctx.link, a.cwd.as_deref())?,
@@ -139,6 +146,106 @@ pub async fn call(ctx: &ToolContext<'_>, a: ShellArgs) -> Result<CallToolResult,
         sandbox: a.sandbox,
     };
     run_to_completion(ctx, command).await
+}
+
+/// What a `shell` call run as an MCP task (`crate::ops::tasks`) needs to
+/// remember: its timeout and its output budget.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSettings {
+    pub timeout_ms: u64,
+    pub max_output: Option<usize>,
+}
+
+/// `shell`'s arguments checked as [`call`] checks them (the refusal names
+/// the field), and what a task keeps of them.
+pub fn task_settings(
+    arguments: &Map<String, Value>,
+    via: crate::store::audit_log::Via,
+) -> Result<TaskSettings, Error> {
+    let a: ShellArgs = parse_args(arguments.clone())?;
+    Ok(TaskSettings {
+        timeout_ms: a.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        max_output: max_output_of(&a, via)?,
+    })
+}
+
+/// `shell` started as a process session instead of run to completion (an
+/// MCP task): exec_command's start (the session row first, in the store)
+/// with `shell`'s arguments, its timeout as the session's deadline (which
+/// `crate::ops::deadlines` enforces, whichever replica holds the executor),
+/// stdin closed. Answers exec_command's result (`session_id`).
+pub(crate) async fn start_session(
+    ctx: &ToolContext<'_>,
+    arguments: Map<String, Value>,
+) -> Result<CallToolResult, Error> {
+    let settings = task_settings(&arguments, ctx.via)?;
+    let a: ShellArgs = parse_args(arguments)?;
+    let exec = super::exec_command::ExecArgs {
+        command: a.command,
+        cwd: a.cwd,
+        env: a.env,
+        tty: false,
+        pipe_stdin: false,
+        cols: None,
+        rows: None,
+        max_runtime_ms: Some(settings.timeout_ms),
+        sandbox: a.sandbox,
+        environment_id: None,
+    };
+    super::exec_command::call(ctx, exec).await
+}
+
+/// What `shell` would have answered, assembled from the output log of a
+/// process session that has closed (an MCP task's result): read from the
+/// start in seq order with the same collector (budget, `omitted_bytes`),
+/// and output the executor no longer retains counted exactly in
+/// `lost_bytes` (on a stock codex, as far as the link's seq ledger can
+/// tell). `past_deadline`: the session's deadline has passed, so a process
+/// that died of SIGKILL (or whose exit code is unknown) was killed by it
+/// and the result says `timed_out`. `elapsed` is the task's age when its
+/// end was first seen.
+pub(crate) async fn result_from_log(
+    link: &Link,
+    process_id: &str,
+    settings: TaskSettings,
+    elapsed: Duration,
+    past_deadline: bool,
+) -> Result<CallToolResult, LinkError> {
+    let mut out = Collector::bounded(settings.max_output);
+    loop {
+        let before = out.cursor;
+        let r: ProcessReadResult = link
+            .request(
+                method::PROCESS_READ,
+                &ProcessReadParams {
+                    process_id: process_id.to_string(),
+                    after_seq: Some(out.cursor),
+                    max_bytes: Some(READ_MAX_BYTES),
+                    wait_ms: None,
+                },
+                RPC_TIMEOUT,
+            )
+            .await?;
+        if r.lost_bytes.is_none() {
+            // A stock codex does not count what it evicted; the ledger does.
+            if let Some(first) = r.chunks.first() {
+                out.lost_bytes += link
+                    .lost_between(process_id, out.cursor, first.seq)
+                    .unwrap_or(0);
+            }
+        }
+        // Read on while pages come back; an empty page (or one that does
+        // not move the cursor, from a broken executor) is the end.
+        let empty = r.chunks.is_empty();
+        out.pull(r);
+        if empty || out.cursor == before {
+            break;
+        }
+    }
+    const SIGKILL_EXIT: i32 = 128 + 9;
+    let timed_out = past_deadline && matches!(out.exit_code, None | Some(SIGKILL_EXIT));
+    let timeout = Duration::from_millis(settings.timeout_ms);
+    Ok(out.finish(timed_out, timeout, elapsed))
 }
 
 /// A command to run to completion. `shell` and custom tools (`custom`) both
