@@ -102,6 +102,12 @@ const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 const ELSEWHERE_TTL: Duration = Duration::from_millis(500);
 /// Replicas silent this long are forgotten (their rows).
 const PRUNE_AFTER_MS: i64 = 3_600_000;
+/// How long after a channel to an executor ended (its owner drained and
+/// the executor moved, or the owner died) calls on it wait for its new
+/// owner instead of failing at once ([`Cluster::moving_until`]).
+pub const MOVE_WAIT: Duration = Duration::from_secs(5);
+/// How often a call waiting for a moved executor looks for its new owner.
+pub const MOVE_POLL: Duration = Duration::from_millis(100);
 
 /// What makes a gateway a replica.
 #[derive(Debug, Clone)]
@@ -147,6 +153,9 @@ pub struct Cluster {
     elsewhere: Mutex<Option<(Instant, Arc<HeldElsewhere>)>>,
     /// exe_id → a description (see [`Cluster::describe`]) and its epoch.
     described: Mutex<HashMap<String, (i64, Arc<Link>)>>,
+    /// exe_id → when its channel through its owner ended (the executor is
+    /// probably moving to another replica; see [`MOVE_WAIT`]).
+    lost: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Cluster {
@@ -159,7 +168,17 @@ impl Cluster {
             failures: Mutex::new(HashMap::new()),
             elsewhere: Mutex::new(None),
             described: Mutex::new(HashMap::new()),
+            lost: Arc::default(),
         }
+    }
+
+    /// Until when calls on `exe_id` wait for its new owner: [`MOVE_WAIT`]
+    /// after its channel through its former owner ended; `None` when no
+    /// channel to it ended that recently.
+    pub fn moving_until(&self, exe_id: &str) -> Option<tokio::time::Instant> {
+        let ended = *self.lost.lock().unwrap().get(exe_id)?;
+        let until = ended + MOVE_WAIT;
+        (Instant::now() < until).then(|| tokio::time::Instant::from_std(until))
     }
 
     fn lease_ms(&self) -> i64 {
@@ -349,6 +368,7 @@ impl Cluster {
             }
         };
         self.failures.lock().unwrap().remove(exe_id);
+        self.lost.lock().unwrap().remove(exe_id);
         self.remotes
             .lock()
             .unwrap()
@@ -501,11 +521,20 @@ async fn dial(
     let writer = spawn_writer(link.clone(), sink, rx, config.ping_timeout);
     let reader = spawn_reader(link.clone(), stream, "the owner replica");
     let watched = link.clone();
+    let lost = cluster.lost.clone();
     tokio::spawn(async move {
         let reason = tokio::select! {
             r = reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
             _ = watched.closed() => watched.close_reason().unwrap_or("closed").to_string(),
         };
+        {
+            // Calls on the executor now wait a moment for its next owner.
+            let mut lost = lost.lock().unwrap();
+            if lost.len() >= 4096 {
+                lost.retain(|_, at| at.elapsed() < MOVE_WAIT);
+            }
+            lost.insert(watched.exe_id.clone(), Instant::now());
+        }
         watched.close(&format!(
             "the channel through the owner replica ended: {reason}"
         ));
