@@ -31,6 +31,7 @@ mod pty;
 mod replicas;
 mod restart;
 mod revocation;
+mod rolling;
 mod sandbox;
 mod spill;
 mod sse;
