@@ -115,6 +115,49 @@ async fn a_call_forwarded_to_a_draining_owner_is_served() {
     assert_eq!(r["content"][0]["text"], "during the drain", "{r}");
 }
 
+/// A `shell` call forwarded through the owner outlives the executor's
+/// move: A drains (it has no call of its own, so x moves at once) while a
+/// `shell` started through B runs on x; the call reads the rest of its
+/// output through x's new owner and succeeds.
+#[tokio::test]
+async fn a_forwarded_shell_outlives_its_executor_moving() {
+    let Some(mut c) = Replicas::start(2, &["--drain-timeout", "20s"]) else {
+        return;
+    };
+    let b_url = c.replicas[1].url();
+    c.executor_with("x", 0, &["--gateway", &b_url]).await;
+    let (a_id, b_id) = (c.replica_id(0), c.replica_id(1));
+    let api_b = c.api(1);
+    eventually(5, "B to list x", || async {
+        api_b.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let call = {
+        let api = c.api(1);
+        tokio::spawn(async move {
+            api.call_raw(
+                "x",
+                "shell",
+                json!({"command": ["sh", "-c", "echo before; sleep 2; echo after"]}),
+            )
+            .await
+        })
+    };
+    // The process runs (through A) before A drains.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!call.is_finished());
+    assert_eq!(c.lease_of("x").0, a_id);
+    signal(c.replicas[0].pid(), "TERM");
+    eventually(10, "x to move to B", || async { c.lease_of("x").0 == b_id }).await;
+    assert!(!call.is_finished(), "the move came while the command ran");
+    let (status, r) = call.await.unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["structuredContent"]["stdout"], "before\nafter\n", "{r}");
+    assert_eq!(r["structuredContent"]["exit_code"], 0, "{r}");
+    let exit = c.replicas[0].proc.exits_within(20, "A to exit").await;
+    assert!(exit.success(), "A exited with {exit:?}");
+}
+
 /// `execgate/move` carries the other live replicas (the least loaded
 /// first): x, whose own list is A, B, C, moves from A to C (B holds y),
 /// not to B, its next URL.
@@ -161,6 +204,8 @@ struct Record {
     /// Since the load began.
     ended: Duration,
     took: Duration,
+    /// Why each retry was needed.
+    retries: Vec<String>,
     error: Option<String>,
 }
 
@@ -228,11 +273,13 @@ impl Load {
         let body = json!({"tool": tool, "arguments": args});
         let started = Instant::now();
         let mut attempts = 0;
+        let mut retries = Vec::new();
         let error = loop {
             attempts += 1;
             match self.attempt(id, env, &body, key.as_deref()).await {
                 Attempt::Done(v) => break check(tool, &v, expect),
-                Attempt::Retry(_, after) if attempts <= RETRIES => {
+                Attempt::Retry(why, after) if attempts <= RETRIES => {
+                    retries.push(why);
                     tokio::time::sleep(retry_delay(attempts, after)).await;
                 }
                 Attempt::Retry(why, _) | Attempt::Fail(why) => break Some(why),
@@ -246,6 +293,7 @@ impl Load {
             attempts,
             ended: self.t0.elapsed(),
             took: started.elapsed(),
+            retries,
             error,
         });
         ok
@@ -255,8 +303,9 @@ impl Load {
     async fn attempt(&self, id: u64, env: &str, body: &Value, key: Option<&str>) -> Attempt {
         let n = self.urls.len();
         let mut refused = String::new();
-        for _ in 0..n {
-            let r = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
+        let first = self.rotation.fetch_add(1, Ordering::Relaxed);
+        for hop in 0..n {
+            let r = (first + hop) % n;
             let mut req = self
                 .http
                 .post(format!(
@@ -371,6 +420,16 @@ async fn worker(load: Arc<Load>, k: usize, env: String) {
     }
 }
 
+/// The shortest step of the restart (for the check that calls were served
+/// during each).
+const STEP: Duration = Duration::from_secs(2);
+
+/// Waits until `step` has passed since `from` (on the load's clock).
+async fn at_least_since(load: &Load, from: Duration, step: Duration) {
+    let left = (from + step).saturating_sub(load.t0.elapsed());
+    tokio::time::sleep(left).await;
+}
+
 /// The test: three replicas on PostgreSQL, four executors with all
 /// three `--gateway`s, six clients calling `write_file`, `read_file` and
 /// `shell true` through every replica without a pause. Each replica in
@@ -424,6 +483,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
         let listen = c.replicas[i].addr.to_string();
         c.replicas[i] = tokio::task::block_in_place(|| c.start_replica_at(&listen, &args));
         eventually(20, "the restarted replica to be ready", || ready(url)).await;
+        at_least_since(&load, from, STEP).await;
         windows.push((
             format!("replica {i} drained and restarted"),
             from,
@@ -471,6 +531,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
     let listen = c.replicas[k].addr.to_string();
     c.replicas[k] = tokio::task::block_in_place(|| c.start_replica_at(&listen, &args));
     eventually(20, "the restarted replica to be ready", || ready(&urls[k])).await;
+    at_least_since(&load, from, STEP).await;
     windows.push((
         format!("replica {k} killed and restarted"),
         from,
@@ -503,6 +564,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
         slowest.as_secs_f64(),
         began.elapsed().as_secs_f64(),
     );
+    println!("  steps: {windows:?}");
     for r in &failed {
         println!(
             "  call {} ({} on {}, {} attempts, {:.1} s): {}",
@@ -512,6 +574,21 @@ async fn a_rolling_restart_under_load_fails_no_call() {
             r.attempts,
             r.took.as_secs_f64(),
             r.error.as_deref().unwrap_or_default()
+        );
+    }
+    for r in records
+        .iter()
+        .filter(|r| !r.retries.is_empty() && !in_flight_at_kill.contains(&r.id))
+        .take(20)
+    {
+        println!(
+            "  retried: call {} ({} on {}, ended at {:.1} s, {:.1} s): {:?}",
+            r.id,
+            r.tool,
+            r.env,
+            r.ended.as_secs_f64(),
+            r.took.as_secs_f64(),
+            r.retries
         );
     }
     let unexplained: Vec<&&Record> = failed

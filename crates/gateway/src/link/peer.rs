@@ -694,13 +694,17 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
     // ends the channel at once).
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut requests = 0u64;
+    let mut link_closed = false;
     let end: String = loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
-            _ = link.closed() => break format!(
-                "executor '{}' disconnected from its owner: {}",
-                link.name, link.close_reason().unwrap_or("closed")
-            ),
+            _ = link.closed() => {
+                link_closed = true;
+                break format!(
+                    "executor '{}' disconnected from its owner: {}",
+                    link.name, link.close_reason().unwrap_or("closed")
+                )
+            }
             _ = check.tick() => {
                 if !link.lease_ok(now_ms()) {
                     break "the owner's lease on the executor lapsed".into();
@@ -816,6 +820,19 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
             Message::Response { .. } => {}
         }
     };
+    if link_closed {
+        // The executor's last answers and notifications (a moving executor
+        // answers its requests in flight before it closes) are on their
+        // way to the peer: let them go first. Everything left on the link
+        // has failed with it, so this is quick.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+            for (_, task) in watches.iter_mut() {
+                let _ = task.await;
+            }
+        })
+        .await;
+    }
     tasks.abort_all();
     for (_, task) in watches.drain().chain(taps.drain()) {
         task.abort();
