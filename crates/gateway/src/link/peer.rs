@@ -30,6 +30,10 @@
 //!   counted across replicas. Before relaying each request the owner checks
 //!   its lease; a lapsed one ends the channel (1013), and the caller's calls
 //!   in flight fail with 503 `executor_unavailable`.
+//! - **Moves.** When a channel ends (the owner drained and its executor
+//!   moved, or the owner died), calls on that executor wait up to
+//!   [`MOVE_WAIT`] for its next owner (`AppState::link`), and a `shell`
+//!   in flight reads on through it (`shell::relink`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

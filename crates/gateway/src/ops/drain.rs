@@ -13,8 +13,12 @@
 //! 2. **Closing**, once none is left (or at the deadline). Each execgate
 //!    executor that announced the `move` extension gets `execgate/move`: it
 //!    closes its link once its requests in flight are answered and dials
-//!    again (its next `--gateway`, or the same URL behind a load balancer,
-//!    which now sends it elsewhere). SSE streams end with an `error` event
+//!    again: the other live replicas the notification's `gateways` hint
+//!    names (from the replicas table, least loaded first) when they are
+//!    among its `--gateway`s, then its next one, or the same URL behind a
+//!    load balancer, which now sends it elsewhere. Until the executor
+//!    moves, this replica still serves the calls other replicas forward to
+//!    it (`http::drain` lets their peer channels through). SSE streams end with an `error` event
 //!    `draining`, so that their clients resume with `Last-Event-ID` on
 //!    another replica. The drain waits for the moved links to close, up to
 //!    the deadline. A stock codex is never sent the extension: it does not
