@@ -45,14 +45,14 @@ async fn a_call_forwarded_to_a_draining_owner_is_served() {
     })
     .await;
 
-    // A call in flight on A keeps A draining (its executor stays) for 3 s.
+    // A call in flight on A keeps A draining (its executor stays) for 6 s.
     let slow = {
         let api = c.api(0);
         tokio::spawn(async move {
             api.call_raw(
                 "x",
                 "shell",
-                json!({"command": ["sh", "-c", "sleep 3; echo slow-done"]}),
+                json!({"command": ["sh", "-c", "sleep 6; echo slow-done"]}),
             )
             .await
         })
@@ -138,7 +138,7 @@ async fn a_forwarded_shell_outlives_its_executor_moving() {
             api.call_raw(
                 "x",
                 "shell",
-                json!({"command": ["sh", "-c", "echo before; sleep 2; echo after"]}),
+                json!({"command": ["sh", "-c", "echo before; sleep 5; echo after"]}),
             )
             .await
         })
