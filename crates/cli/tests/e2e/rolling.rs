@@ -610,3 +610,63 @@ async fn a_rolling_restart_under_load_fails_no_call() {
         assert!(served > 0, "no call was served while {what}");
     }
 }
+
+/// POSTs one MCP message (protocol 2025-06-18, before cancellation by
+/// closing the request) to `base`'s `/mcp`: (status, body as text).
+async fn mcp_post(base: &str, token: &str, message: Value) -> (u16, String) {
+    let resp = fresh_client()
+        .post(format!("{base}/mcp"))
+        .bearer_auth(token)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// A `notifications/cancelled` that reaches another replica than the one
+/// running the call (a load balancer chose) is passed on and cancels it.
+#[tokio::test]
+async fn a_cancellation_reaches_the_call_on_another_replica() {
+    let Some(mut c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    c.executor_with("x", 0, &[]).await;
+    let token = c.prepared.token.clone();
+    let (a_url, b_url) = (c.replicas[0].url(), c.replicas[1].url());
+    let call = {
+        let (a_url, token) = (a_url.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = mcp_post(
+                &a_url,
+                &token,
+                json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {
+                    "name": "shell",
+                    "arguments": {"environment_id": "x", "command": ["sleep", "30"]}}}),
+            )
+            .await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!call.is_finished(), "the call runs");
+    let (status, _) = mcp_post(
+        &b_url,
+        &token,
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+               "params": {"requestId": 77, "reason": "changed my mind"}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let ((status, body), took) = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .expect("the call to be cancelled, not to run its 30 s")
+        .unwrap();
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("the request was cancelled"), "{body}");
+}

@@ -48,6 +48,10 @@ fn is_probe(path: &str) -> bool {
 /// Whether `path` opens a peer channel (`/peer/v1/links/{exe_id}`) to an
 /// executor whose live link this replica holds.
 fn holds_peer_target(state: &AppState, path: &str) -> bool {
+    if state.cluster().is_some() && path == crate::http::mcp::PEER_CANCEL_PATH {
+        // A cancellation passed on, for a call that may be in flight here.
+        return true;
+    }
     state.cluster().is_some()
         && path
             .strip_prefix(crate::link::peer::PATH)
