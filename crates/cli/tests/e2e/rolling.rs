@@ -3,7 +3,8 @@
 //! move; `execgate/move` names the replicas to move to; and a rolling
 //! restart of three replicas under a steady load of tool calls, with the
 //! count of the calls that failed (only calls in flight on a replica killed
-//! hard may fail).
+//! hard may fail); and an MCP `notifications/cancelled` that reaches
+//! another replica than the call's.
 //!
 //! Skipped without PostgreSQL, unless `EXECGATE_REQUIRE_POSTGRES=1`.
 
