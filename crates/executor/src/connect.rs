@@ -189,23 +189,31 @@ fn normalize(url: &str) -> Result<Url, String> {
     Ok(base)
 }
 
-/// Which gateway to dial after gateway `current` asked this executor to
-/// move: the first of the gateway's `hints` that is one of ours (a hint
-/// never sends the token anywhere new), else the next one of ours (with a
-/// single URL, the same one: behind a load balancer it lands elsewhere).
-pub(crate) fn after_move(gateways: &[Url], current: usize, hints: &[String]) -> usize {
-    let hinted = hints
-        .iter()
-        .filter_map(|h| normalize(h).ok())
-        .find_map(|h| {
-            let same =
-                |g: &Url| g.as_str().trim_end_matches('/') == h.as_str().trim_end_matches('/');
-            gateways
-                .iter()
-                .enumerate()
-                .position(|(i, g)| i != current && same(g))
-        });
-    hinted.unwrap_or((current + 1) % gateways.len().max(1))
+/// The order in which to dial after gateway `current` asked this executor
+/// to move: the gateway's `hints` that are ours, in the hint's order (a
+/// hint never sends the token anywhere new; a draining replica fills it
+/// with the other live replicas), then the rest of ours from the next one
+/// on, the one that asked last (with a single URL, the same one: behind a
+/// load balancer it lands elsewhere). Every index once.
+pub(crate) fn after_move(gateways: &[Url], current: usize, hints: &[String]) -> Vec<usize> {
+    let n = gateways.len();
+    let same =
+        |g: &Url, h: &Url| g.as_str().trim_end_matches('/') == h.as_str().trim_end_matches('/');
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    for hint in hints.iter().filter_map(|h| normalize(h).ok()) {
+        if let Some(i) = gateways.iter().position(|g| same(g, &hint)) {
+            if i != current && !order.contains(&i) {
+                order.push(i);
+            }
+        }
+    }
+    for step in 1..=n {
+        let i = (current + step) % n.max(1);
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    }
+    order
 }
 
 /// The message of a `{"error":{"code","message"}}` body, else the body itself
@@ -355,23 +363,34 @@ mod tests {
     }
 
     #[test]
-    fn a_move_goes_to_a_hinted_gateway_of_ours_else_the_next() {
-        let urls: Vec<Url> = ["http://a:1", "http://b:2", "http://c:3"]
+    fn a_move_tries_the_hinted_gateways_of_ours_first_then_the_rest() {
+        let urls: Vec<Url> = ["http://a:1", "http://b:2", "http://c:3", "http://d:4"]
             .iter()
             .map(|u| normalize(u).unwrap())
             .collect();
         let hints = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(after_move(&urls, 0, &[]), 1);
-        assert_eq!(after_move(&urls, 2, &[]), 0);
-        assert_eq!(after_move(&urls, 0, &hints(&["ws://c:3/"])), 2);
-        // A URL we were not given is never dialled; nor the one draining.
+        assert_eq!(after_move(&urls, 0, &[]), [1, 2, 3, 0]);
+        assert_eq!(after_move(&urls, 2, &[]), [3, 0, 1, 2]);
+        assert_eq!(after_move(&urls, 0, &hints(&["ws://c:3/"])), [2, 1, 3, 0]);
+        assert_eq!(
+            after_move(
+                &urls,
+                1,
+                &hints(&["http://d:4", "http://a:1", "http://d:4"])
+            ),
+            [3, 0, 2, 1]
+        );
+        // A URL we were not given is never dialled; the one draining last.
         assert_eq!(
             after_move(&urls, 0, &hints(&["http://evil:1", "http://a:1"])),
-            1
+            [1, 2, 3, 0]
         );
-        assert_eq!(after_move(&urls, 1, &hints(&["nonsense", "http://a:1"])), 0);
+        assert_eq!(
+            after_move(&urls, 1, &hints(&["nonsense", "http://a:1"])),
+            [0, 2, 3, 1]
+        );
         // One URL (a load balancer): the same one again.
-        assert_eq!(after_move(&urls[..1], 0, &hints(&["http://b:2"])), 0);
+        assert_eq!(after_move(&urls[..1], 0, &hints(&["http://b:2"])), [0]);
     }
 
     #[test]

@@ -208,8 +208,9 @@ impl fmt::Debug for ExecutorConfig {
 /// dials them in order and moves on to the next when one cannot be
 /// reached, refuses the registration (a 503 `draining` included) or its
 /// link drops; the jittered backoff is waited once per round over all of
-/// them, not per URL. A draining gateway's `execgate/move` sends it to the
-/// next one (or one the gateway named, if it is in the list) at once.
+/// them, not per URL. A draining gateway's `execgate/move` sends it on at
+/// once: to the gateways it named that are in the list, in its order,
+/// then to the rest of the list.
 ///
 /// Returns an error only for a problem that retrying cannot fix: a malformed
 /// configuration, or a refusal (HTTP 401/403/404/409) from the register
@@ -260,12 +261,16 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
     // wait: one round is one attempt per gateway.
     let mut current = 0;
     let mut misses = 0;
+    // After a move: the gateways still to try, in order, before the list
+    // is taken round-robin again.
+    let mut planned: std::collections::VecDeque<usize> = Default::default();
     loop {
         let gateway = &gateways[current];
         let mut moved = None;
         match gateway.connect(&http).await {
             Ok(socket) => {
                 connected_once = true;
+                planned.clear();
                 let connected_at = tokio::time::Instant::now();
                 tracing::info!(gateway = %gateway.base(), "connected to the gateway");
                 metrics::CONNECTED.store(1, std::sync::atomic::Ordering::Relaxed);
@@ -300,14 +305,17 @@ pub async fn run(config: ExecutorConfig) -> Result<(), ExecutorError> {
             }
         }
         if let Some(params) = moved {
-            current = connect::after_move(&bases, current, &params.gateways);
+            planned = connect::after_move(&bases, current, &params.gateways).into();
+            current = planned.pop_front().unwrap_or(current);
             misses = 0;
             let delay = MOVE_JITTER.mul_f64(rand::random_range(0.0..=1.0));
             tracing::info!(gateway = %bases[current], "moving in {:.1} s", delay.as_secs_f64());
             tokio::time::sleep(delay).await;
             continue;
         }
-        current = (current + 1) % gateways.len();
+        current = planned
+            .pop_front()
+            .unwrap_or((current + 1) % gateways.len());
         misses += 1;
         if misses < gateways.len() {
             // Fail over to the next gateway at once.

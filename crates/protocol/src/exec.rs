@@ -220,10 +220,12 @@ pub struct ExtCapabilities {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct MoveParams {
-    /// Gateway URLs to prefer for the next dial, best first. The executor
+    /// Gateway URLs to prefer for the next dial, best first: a replica
+    /// fills it with the other live replicas' advertise URLs. The executor
     /// dials only URLs it was configured with (`--gateway`): a hint never
-    /// sends its token anywhere new. Empty: the next URL of its own list
-    /// (or the same one, behind a load balancer).
+    /// sends its token anywhere new; it tries the hinted ones of its list
+    /// in order, then the rest. Empty: the next URL of its own list (or
+    /// the same one, behind a load balancer).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
     /// Why, for the executor's log.

@@ -33,6 +33,7 @@ mod pty;
 mod replicas;
 mod restart;
 mod revocation;
+mod rolling;
 mod sandbox;
 mod spill;
 mod sse;

@@ -20,7 +20,7 @@ use crate::harness::*;
 use crate::sse::SseReader;
 
 /// A free port of 127.0.0.1 (bound, then released for the replica).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -29,18 +29,18 @@ fn free_port() -> u16 {
 }
 
 /// One row of `admin replicas --leases`: exe_id, replica id, epoch.
-type Lease = (String, String, i64);
+pub(crate) type Lease = (String, String, i64);
 
 /// Replicas over one store, and the executors started on them.
-struct Replicas {
-    prepared: Prepared,
+pub(crate) struct Replicas {
+    pub(crate) prepared: Prepared,
     /// The PostgreSQL cluster of the store, `None` for SQLite in the data
     /// dir. On PostgreSQL the replicas share the data dir too (it holds
     /// nothing durable then), so that their logs are in one file.
     cluster: Option<&'static Cluster>,
     secret_file: PathBuf,
-    replicas: Vec<GatewayProc>,
-    executors: Vec<Proc>,
+    pub(crate) replicas: Vec<GatewayProc>,
+    pub(crate) executors: Vec<Proc>,
     /// Executor name → its token.
     tokens: std::collections::HashMap<String, String>,
 }
@@ -49,7 +49,7 @@ impl Replicas {
     /// `n` replicas (extra `args` each) of a fresh workspace `w1` on one
     /// fresh PostgreSQL database; `None` when PostgreSQL cannot start here
     /// (a panic instead with `EXECGATE_REQUIRE_POSTGRES=1`).
-    fn start(n: usize, args: &[&str]) -> Option<Replicas> {
+    pub(crate) fn start(n: usize, args: &[&str]) -> Option<Replicas> {
         let cluster = execgate_testkit::pg::cluster("replicas")?;
         let url = cluster.create_database();
         let prepared = Prepared::new_on(&execgate(), "w1", Some(&url));
@@ -85,7 +85,11 @@ impl Replicas {
     }
 
     fn start_replica(&self, args: &[&str]) -> GatewayProc {
-        let listen = format!("127.0.0.1:{}", free_port());
+        self.start_replica_at(&format!("127.0.0.1:{}", free_port()), args)
+    }
+
+    /// A replica listening on `listen` (`host:port`), e.g. to restart one.
+    pub(crate) fn start_replica_at(&self, listen: &str, args: &[&str]) -> GatewayProc {
         let url = format!("http://{listen}");
         let mut all = vec![
             "--advertise-url",
@@ -97,7 +101,7 @@ impl Replicas {
             all.extend(["--database-url", db]);
         }
         all.extend_from_slice(args);
-        execgate().serve(&self.prepared.data_dir, &listen, &all)
+        execgate().serve(&self.prepared.data_dir, listen, &all)
     }
 
     /// The store's arguments of `execgate admin`.
@@ -147,7 +151,7 @@ impl Replicas {
         token
     }
 
-    fn api(&self, i: usize) -> Api {
+    pub(crate) fn api(&self, i: usize) -> Api {
         Api::new(&self.replicas[i].url(), &self.prepared.token)
     }
 
@@ -164,7 +168,7 @@ impl Replicas {
     }
 
     /// [`Replicas::executor`] with extra executor `args`.
-    async fn executor_with(&mut self, name: &str, i: usize, args: &[&str]) -> PathBuf {
+    pub(crate) async fn executor_with(&mut self, name: &str, i: usize, args: &[&str]) -> PathBuf {
         let token = self.prepared.add_executor(name, false);
         self.tokens.insert(name.to_string(), token.clone());
         let work = self.workdir(name);
@@ -176,7 +180,7 @@ impl Replicas {
 
     /// `execgate admin replicas --leases`: (exe_id → (replica_id, epoch)),
     /// and (peer URL → replica_id).
-    fn leases(&self) -> (Vec<Lease>, Vec<(String, String)>) {
+    pub(crate) fn leases(&self) -> (Vec<Lease>, Vec<(String, String)>) {
         let out = self.admin_stdout(&["replicas", "--leases"]);
         let mut replicas = Vec::new();
         let mut leases = Vec::new();
@@ -198,7 +202,7 @@ impl Replicas {
     }
 
     /// The id of replica `i`, as it heartbeats.
-    fn replica_id(&self, i: usize) -> String {
+    pub(crate) fn replica_id(&self, i: usize) -> String {
         let url = self.replicas[i].url();
         self.leases()
             .1
@@ -209,7 +213,7 @@ impl Replicas {
     }
 
     /// The holder and epoch of `exe_id`'s lease, by the executor's name.
-    fn lease_of(&self, name: &str) -> (String, i64) {
+    pub(crate) fn lease_of(&self, name: &str) -> (String, i64) {
         let exe_id = self.exe_id(name);
         self.leases()
             .0
@@ -219,7 +223,7 @@ impl Replicas {
             .unwrap_or_else(|| panic!("no lease for {name}"))
     }
 
-    fn exe_id(&self, name: &str) -> String {
+    pub(crate) fn exe_id(&self, name: &str) -> String {
         let out = self.admin_stdout(&["executor", "list"]);
         out.lines()
             .find(|l| l.split_whitespace().nth(2) == Some(name))
@@ -663,7 +667,7 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     assert_eq!(shell_stdout(&c.api(1), "x", "cat marker.txt").await, "x");
 }
 
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())

@@ -13,6 +13,10 @@
 //!   (and the drain waits for that last event to be sent), and its client
 //!   resumes with `Last-Event-ID`. A WebSocket (an executor
 //!   link, a bridge session) counts only until its upgrade is answered.
+//!   One route stays open while draining: a peer replica's channel
+//!   (`/peer/v1/links/{exe_id}`) to an executor whose link this replica
+//!   still holds, since it is that executor's owner until the executor
+//!   moves; other replicas forward their calls for it here meanwhile.
 //! - [`readyz`]: 200 `{"status":"ready"}` when this replica can serve, else
 //!   503 with the envelope (`draining`, `store_unavailable`).
 
@@ -41,12 +45,30 @@ fn is_probe(path: &str) -> bool {
     path == "/healthz" || path == "/readyz"
 }
 
+/// Whether `path` opens a peer channel (`/peer/v1/links/{exe_id}`) to an
+/// executor whose live link this replica holds.
+fn holds_peer_target(state: &AppState, path: &str) -> bool {
+    if state.cluster().is_some() && path == crate::http::mcp::PEER_CANCEL_PATH {
+        // A cancellation passed on, for a call that may be in flight here.
+        return true;
+    }
+    state.cluster().is_some()
+        && path
+            .strip_prefix(crate::link::peer::PATH)
+            .and_then(|exe_id| state.registry().get(exe_id))
+            .is_some_and(|link| !link.is_closed())
+}
+
 /// The drain's gate (see the module's header).
 pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if is_probe(req.uri().path()) {
         return next.run(req).await;
     }
     let Some(guard) = state.drain().enter() else {
+        if holds_peer_target(&state, req.uri().path()) {
+            // The owner until its executor moves: forwarded calls go on.
+            return next.run(req).await;
+        }
         let mut resp = ApiError::from(drain::draining_error()).into_response();
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

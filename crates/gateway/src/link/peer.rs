@@ -34,6 +34,10 @@
 //!   the holder, by outcome, and its round trip (`Link`'s round-trip timer
 //!   on a relayed link), and a call whose holder it could not reach
 //!   (`unreachable`); the holder counts the requests it relays.
+//! - **Moves.** When a channel ends (the owner drained and its executor
+//!   moved, or the owner died), calls on that executor wait up to
+//!   [`MOVE_WAIT`] for its next owner (`AppState::link`), and a `shell`
+//!   in flight reads on through it (`shell::relink`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -106,6 +110,12 @@ const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 const ELSEWHERE_TTL: Duration = Duration::from_millis(500);
 /// Replicas silent this long are forgotten (their rows).
 const PRUNE_AFTER_MS: i64 = 3_600_000;
+/// How long after a channel to an executor ended (its owner drained and
+/// the executor moved, or the owner died) calls on it wait for its new
+/// owner instead of failing at once ([`Cluster::moving_until`]).
+pub const MOVE_WAIT: Duration = Duration::from_secs(5);
+/// How often a call waiting for a moved executor looks for its new owner.
+pub const MOVE_POLL: Duration = Duration::from_millis(100);
 
 /// What makes a gateway a replica.
 #[derive(Debug, Clone)]
@@ -151,6 +161,9 @@ pub struct Cluster {
     elsewhere: Mutex<Option<(Instant, Arc<HeldElsewhere>)>>,
     /// exe_id → a description (see [`Cluster::describe`]) and its epoch.
     described: Mutex<HashMap<String, (i64, Arc<Link>)>>,
+    /// exe_id → when its channel through its owner ended (the executor is
+    /// probably moving to another replica; see [`MOVE_WAIT`]).
+    lost: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Cluster {
@@ -163,7 +176,17 @@ impl Cluster {
             failures: Mutex::new(HashMap::new()),
             elsewhere: Mutex::new(None),
             described: Mutex::new(HashMap::new()),
+            lost: Arc::default(),
         }
+    }
+
+    /// Until when calls on `exe_id` wait for its new owner: [`MOVE_WAIT`]
+    /// after its channel through its former owner ended; `None` when no
+    /// channel to it ended that recently.
+    pub fn moving_until(&self, exe_id: &str) -> Option<tokio::time::Instant> {
+        let ended = *self.lost.lock().unwrap().get(exe_id)?;
+        let until = ended + MOVE_WAIT;
+        (Instant::now() < until).then(|| tokio::time::Instant::from_std(until))
     }
 
     fn lease_ms(&self) -> i64 {
@@ -356,6 +379,7 @@ impl Cluster {
             }
         };
         self.failures.lock().unwrap().remove(exe_id);
+        self.lost.lock().unwrap().remove(exe_id);
         self.remotes
             .lock()
             .unwrap()
@@ -516,11 +540,20 @@ async fn dial(
     let writer = spawn_writer(link.clone(), sink, rx, config.ping_timeout);
     let reader = spawn_reader(link.clone(), stream, "the owner replica");
     let watched = link.clone();
+    let lost = cluster.lost.clone();
     tokio::spawn(async move {
         let reason = tokio::select! {
             r = reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
             _ = watched.closed() => watched.close_reason().unwrap_or("closed").to_string(),
         };
+        {
+            // Calls on the executor now wait a moment for its next owner.
+            let mut lost = lost.lock().unwrap();
+            if lost.len() >= 4096 {
+                lost.retain(|_, at| at.elapsed() < MOVE_WAIT);
+            }
+            lost.insert(watched.exe_id.clone(), Instant::now());
+        }
         watched.close(&format!(
             "the channel through the owner replica ended: {reason}"
         ));
@@ -680,13 +713,17 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
     // ends the channel at once).
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut requests = 0u64;
+    let mut link_closed = false;
     let end: String = loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
-            _ = link.closed() => break format!(
-                "executor '{}' disconnected from its owner: {}",
-                link.name, link.close_reason().unwrap_or("closed")
-            ),
+            _ = link.closed() => {
+                link_closed = true;
+                break format!(
+                    "executor '{}' disconnected from its owner: {}",
+                    link.name, link.close_reason().unwrap_or("closed")
+                )
+            }
             _ = check.tick() => {
                 if !link.lease_ok(now_ms()) {
                     break "the owner's lease on the executor lapsed".into();
@@ -805,6 +842,19 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
             Message::Response { .. } => {}
         }
     };
+    if link_closed {
+        // The executor's last answers and notifications (a moving executor
+        // answers its requests in flight before it closes) are on their
+        // way to the peer: let them go first. Everything left on the link
+        // has failed with it, so this is quick.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+            for (_, task) in watches.iter_mut() {
+                let _ = task.await;
+            }
+        })
+        .await;
+    }
     tasks.abort_all();
     for (_, task) in watches.drain().chain(taps.drain()) {
         task.abort();

@@ -13,8 +13,12 @@
 //! 2. **Closing**, once none is left (or at the deadline). Each execgate
 //!    executor that announced the `move` extension gets `execgate/move`: it
 //!    closes its link once its requests in flight are answered and dials
-//!    again (its next `--gateway`, or the same URL behind a load balancer,
-//!    which now sends it elsewhere). SSE streams end with an `error` event
+//!    again: the other live replicas the notification's `gateways` hint
+//!    names (from the replicas table, least loaded first) when they are
+//!    among its `--gateway`s, then its next one, or the same URL behind a
+//!    load balancer, which now sends it elsewhere. Until the executor
+//!    moves, this replica still serves the calls other replicas forward to
+//!    it (`http::drain` lets their peer channels through). SSE streams end with an `error` event
 //!    `draining`, so that their clients resume with `Last-Event-ID` on
 //!    another replica. The drain waits for the moved links to close, up to
 //!    the deadline. A stock codex is never sent the extension: it does not
@@ -256,6 +260,55 @@ pub fn movable(links: Vec<Arc<Link>>) -> Vec<Arc<Link>> {
         .collect()
 }
 
+/// The `gateways` hint of `execgate/move`: the other live replicas'
+/// advertise URLs from the replicas table (a replica: none alone), those
+/// holding the fewest executors first. An executor dials a hint only when
+/// it is one of its own `--gateway` URLs.
+async fn move_hints(state: &AppState) -> Vec<String> {
+    let Some(cluster) = state.cluster() else {
+        return Vec::new();
+    };
+    let now = crate::store::now_ms();
+    match state.store().list_replicas(now).await {
+        Ok(rows) => {
+            let live = rows
+                .into_iter()
+                .filter(|r| now - r.heartbeat_at < live_within_ms(cluster))
+                .map(|r| (r.peer_url, r.executors));
+            hint_order(live, &cluster.config.advertise_url)
+        }
+        Err(e) => {
+            tracing::warn!("draining: no gateways hint, the replicas table cannot be read: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// A replica is live for the hint when it heartbeat within 3 beats.
+fn live_within_ms(cluster: &crate::link::peer::Cluster) -> i64 {
+    3 * cluster.config.heartbeat.as_millis() as i64
+}
+
+/// The hint from live replicas' (advertise URL, executors held): this
+/// replica's URL left out (its former incarnations too), each URL once,
+/// the least loaded first.
+fn hint_order(live: impl IntoIterator<Item = (String, i64)>, me: &str) -> Vec<String> {
+    let me = me.trim_end_matches('/');
+    let mut by_url: Vec<(String, i64)> = Vec::new();
+    for (url, held) in live {
+        let url = url.trim_end_matches('/').to_string();
+        if url == me {
+            continue;
+        }
+        match by_url.iter_mut().find(|(u, _)| *u == url) {
+            Some((_, n)) => *n = (*n).max(held),
+            None => by_url.push((url, held)),
+        }
+    }
+    by_url.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    by_url.into_iter().map(|(url, _)| url).collect()
+}
+
 /// Runs a drain once it begins (see the module's header), for at most
 /// `timeout` after it began. Returns when the gateway may exit.
 pub async fn run(state: AppState, timeout: Duration) {
@@ -273,17 +326,26 @@ pub async fn run(state: AppState, timeout: Duration) {
     drain.set(Phase::Closing);
     let links = movable(state.registry().links());
     let codex = state.registry().len().saturating_sub(links.len());
-    let params = serde_json::to_value(MoveParams {
-        gateways: Vec::new(),
-        reason: Some("the gateway is draining".into()),
-    })
-    .unwrap_or_default();
-    for link in &links {
-        if let Err(e) = link.notify(method::EXECGATE_MOVE, params.clone()) {
+    let hints = move_hints(&state).await;
+    for (i, link) in links.iter().enumerate() {
+        // Each link its own rotation of the hints: the executors of this
+        // replica spread over the others rather than all landing on one.
+        let mut gateways = hints.clone();
+        if !gateways.is_empty() {
+            let n = gateways.len();
+            gateways.rotate_left(i % n);
+        }
+        let params = serde_json::to_value(MoveParams {
+            gateways,
+            reason: Some("the gateway is draining".into()),
+        })
+        .unwrap_or_default();
+        if let Err(e) = link.notify(method::EXECGATE_MOVE, params) {
             tracing::debug!(exe_id = %link.exe_id, "execgate/move not sent: {e}");
         }
     }
     tracing::info!(
+        hints = %hints.join(","),
         moving = links.len(),
         without_the_extension = codex,
         calls_done,
@@ -379,6 +441,22 @@ mod tests {
         let (_dir, state) = crate::ops::state::test_state(|_| {}).await;
         state.drain().begin();
         assert_eq!(readiness(&state).await.unwrap_err().code, code::DRAINING);
+    }
+
+    #[test]
+    fn the_hint_leaves_this_replica_out_and_puts_the_least_loaded_first() {
+        let live = [
+            ("http://c:1".to_string(), 5),
+            ("http://a:1/".to_string(), 0),
+            ("http://b:1".to_string(), 2),
+            ("http://a:1".to_string(), 9),
+            ("http://d:1".to_string(), 2),
+        ];
+        assert_eq!(
+            hint_order(live, "http://a:1"),
+            ["http://b:1", "http://d:1", "http://c:1"]
+        );
+        assert!(hint_order([], "http://a:1").is_empty());
     }
 
     #[test]

@@ -565,7 +565,7 @@ async fn signal_inner(s: &Session, signal: SignalName) -> Result<(), Error> {
 /// One row of `GET /processes`: the index row, completed with what the
 /// executor says about the process when it is connected.
 pub async fn describe(state: &AppState, row: SessionRow) -> ProcessInfo {
-    let link = state.link(&row.exe_id).await;
+    let link = state.link_now(&row.exe_id).await;
     let env = match &link {
         Some(link) => link.name.clone(),
         None => state

@@ -229,6 +229,44 @@ impl AppState {
             link.close("this replica's lease on the executor lapsed");
             return None;
         }
+        if let Some(link) = cluster
+            .remote_link(self.store(), &self.0.config.link, exe_id)
+            .await
+        {
+            return Some(link);
+        }
+        // The channel to its owner ended a moment ago (the owner drained and
+        // the executor is moving, or the owner died): wait, briefly, for the
+        // executor to link to another replica (this one included), so that
+        // a rolling restart does not fail calls (docs/replicas.md).
+        let until = cluster.moving_until(exe_id)?;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(crate::link::peer::MOVE_POLL).await;
+            if let Some(link) = self.0.registry.get(exe_id) {
+                if !link.is_closed() && link.lease_ok(crate::store::now_ms()) {
+                    return Some(link);
+                }
+            }
+            if let Some(link) = cluster
+                .remote_link(self.store(), &self.0.config.link, exe_id)
+                .await
+            {
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    /// [`AppState::link`] without waiting for an executor that is moving
+    /// between replicas (listings).
+    pub async fn link_now(&self, exe_id: &str) -> Option<Arc<Link>> {
+        let local = self.0.registry.get(exe_id);
+        let Some(cluster) = &self.0.cluster else {
+            return local;
+        };
+        if let Some(link) = local {
+            return link.lease_ok(crate::store::now_ms()).then_some(link);
+        }
         cluster
             .remote_link(self.store(), &self.0.config.link, exe_id)
             .await

@@ -49,7 +49,9 @@
 //! `notifications/cancelled` from its stdio client: rmcp then cancels the
 //! handler's token), or when a `notifications/cancelled` POST names it (the
 //! way of earlier protocol versions, which the stateless rmcp service
-//! ignores: the middleware routes it, see [`Inflight`]). Either way the
+//! ignores: the middleware routes it, see [`Inflight`]; on a replica, one
+//! that matches no call here is passed on to the other replicas, see
+//! [`pass_on_cancel`]). Either way the
 //! call's future is dropped, and a `shell` whose process still runs kills
 //! its process group (`ops::tools::shell`'s drop guard).
 //!
@@ -104,6 +106,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
 use crate::http::error::ApiError;
+use crate::link::peer;
 use crate::ops::environment as api;
 use crate::ops::environment::environment_argument;
 use crate::ops::revocation::Watch;
@@ -138,12 +141,23 @@ pub fn router(state: &AppState) -> Router<AppState> {
         Arc::new(NeverSessionManager::default()),
         config,
     );
-    Router::new()
-        .route_service("/mcp", service)
-        .route_layer(middleware::from_fn_with_state(
-            (state.clone(), inflight),
-            authenticate,
-        ))
+    let router =
+        Router::new()
+            .route_service("/mcp", service)
+            .route_layer(middleware::from_fn_with_state(
+                (state.clone(), inflight.clone()),
+                authenticate,
+            ));
+    if state.cluster().is_none() {
+        return router;
+    }
+    // A replica: the cancellations other replicas pass on.
+    router.route(
+        PEER_CANCEL_PATH,
+        axum::routing::post(move |state, headers, body| {
+            peer_cancel(state, inflight, headers, body)
+        }),
+    )
 }
 
 /// The `tools/call`s in flight, by (the SHA-256 of their bearer token,
@@ -194,7 +208,12 @@ impl Inflight {
     /// Cancels the one call of `token` with JSON-RPC id `id`; false if
     /// there is none, or more than one.
     fn cancel(&self, token: &str, id: &Value) -> bool {
-        let key = (crate::secret::sha256_hex(token.as_bytes()), id.to_string());
+        self.cancel_key(crate::secret::sha256_hex(token.as_bytes()), id.to_string())
+    }
+
+    /// [`Inflight::cancel`] by the token's SHA-256 (hex) and the id's JSON.
+    fn cancel_key(&self, token_hash: String, id: String) -> bool {
+        let key = (token_hash, id);
         match self.lock().get(&key).map(Vec::as_slice) {
             Some([(_, tx)]) => tx.send(true).is_ok(),
             _ => false,
@@ -307,6 +326,13 @@ async fn authenticate(
         if let Ok(token) = crate::http::extract::bearer_token(&parts.headers) {
             if inflight.cancel(token, &id) {
                 tracing::debug!(%id, "MCP call cancelled by notifications/cancelled");
+            } else if state.cluster().is_some() {
+                // Not here: the call may run on another replica.
+                tokio::spawn(pass_on_cancel(
+                    state.clone(),
+                    crate::secret::sha256_hex(token.as_bytes()),
+                    id.to_string(),
+                ));
             }
         }
     }
@@ -326,6 +352,122 @@ async fn authenticate(
         );
     }
     envelope_transport_refusal(resp).await
+}
+
+/// Where a replica passes on a `notifications/cancelled` that matched no
+/// call of its own, to the other replicas (a call runs on the replica its
+/// `tools/call` reached, which a load balancer chooses).
+pub const PEER_CANCEL_PATH: &str = "/peer/v1/cancel";
+/// How long passing a cancellation on to one replica may take.
+const PEER_CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The body of [`PEER_CANCEL_PATH`]: the call's token, hashed, and its id.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerCancel {
+    /// SHA-256 (hex) of the bearer token of the call.
+    token_hash: String,
+    /// The JSON-RPC id, as JSON (`3`, `"x"`).
+    id: String,
+}
+
+/// What a cancellation's peer signature covers (in place of the exe_id of
+/// a channel's).
+fn cancel_subject(token_hash: &str, id: &str) -> String {
+    format!("cancel:{token_hash}:{id}")
+}
+
+/// Passes a cancellation on to every other live replica (a heartbeat
+/// within 3 s), signed with the cluster secret; at most one of them runs
+/// the call. Best effort, like the notification itself.
+async fn pass_on_cancel(state: AppState, token_hash: String, id: String) {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let Some(cluster) = state.cluster() else {
+        return;
+    };
+    let now = crate::store::now_ms();
+    let live_ms = 3 * cluster.config.heartbeat.as_millis() as i64;
+    let me = cluster.config.advertise_url.trim_end_matches('/');
+    let peers: Vec<String> = match state.store().list_replicas(now).await {
+        Ok(rows) => rows
+            .into_iter()
+            .filter(|r| now - r.heartbeat_at < live_ms)
+            .map(|r| r.peer_url.trim_end_matches('/').to_string())
+            .filter(|url| url != me)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        Err(e) => {
+            tracing::debug!("a cancellation not passed on: the replicas cannot be read: {e}");
+            return;
+        }
+    };
+    let http = HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(PEER_CANCEL_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    });
+    let subject = cancel_subject(&token_hash, &id);
+    let body = PeerCancel { token_hash, id };
+    let sends = peers.iter().map(|url| {
+        let ts = crate::store::now_ms();
+        let signature = peer::sign(
+            cluster.config.secret.expose(),
+            &cluster.replica_id,
+            &subject,
+            ts,
+        );
+        http.post(format!("{url}{PEER_CANCEL_PATH}"))
+            .header(peer::REPLICA_HEADER, &cluster.replica_id)
+            .header(peer::TIME_HEADER, ts.to_string())
+            .header(peer::SIGNATURE_HEADER, signature)
+            .json(&body)
+            .send()
+    });
+    for (url, result) in peers
+        .iter()
+        .zip(futures_util::future::join_all(sends).await)
+    {
+        match result {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => {
+                tracing::debug!(peer = %url, status = %resp.status(), "a cancellation passed on was refused")
+            }
+            Err(e) => tracing::debug!(peer = %url, "a cancellation could not be passed on: {e}"),
+        }
+    }
+}
+
+/// `POST /peer/v1/cancel` (a replica only): a cancellation another replica
+/// passes on, authenticated by the cluster secret; 200 `{"cancelled":
+/// bool}`.
+async fn peer_cancel(
+    State(state): State<AppState>,
+    inflight: Arc<Inflight>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<PeerCancel>,
+) -> Response {
+    let Some(cluster) = state.cluster() else {
+        return ApiError::not_found("this gateway is not a replica").into_response();
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = peer::verify(
+        cluster.config.secret.expose(),
+        header(peer::REPLICA_HEADER),
+        header(peer::TIME_HEADER),
+        header(peer::SIGNATURE_HEADER),
+        &cancel_subject(&body.token_hash, &body.id),
+        crate::store::now_ms(),
+    ) {
+        tracing::warn!("a cancellation from a peer refused: {why}");
+        return ApiError::new(StatusCode::UNAUTHORIZED, code::INVALID_TOKEN, why).into_response();
+    }
+    let cancelled = inflight.cancel_key(body.token_hash, body.id);
+    if cancelled {
+        tracing::debug!("MCP call cancelled by a notifications/cancelled another replica received");
+    }
+    axum::Json(serde_json::json!({ "cancelled": cancelled })).into_response()
 }
 
 /// Whether the Content-Type is `application/json` (parameters aside), as

@@ -33,7 +33,9 @@ use super::args;
 use super::progress::Reporter;
 use super::{parse_args, schema, Call, CallFuture, CoreTool, Route};
 use super::{rpc_failure, ToolContext, RPC_TIMEOUT};
+use crate::link::peer::{MOVE_POLL, MOVE_WAIT};
 use crate::link::{Link, LinkError, ProcessEvent};
+use crate::ops::state::AppState;
 use crate::ops::Error;
 use crate::secret::random_id;
 use serde_json::{json, Map, Value};
@@ -272,7 +274,7 @@ pub(crate) async fn run_to_completion(
     command: Command,
 ) -> Result<CallToolResult, Error> {
     let timeout = command.timeout;
-    match run(&ctx.link, command).await {
+    match run(Some(ctx.state), &ctx.link, command).await {
         Ok(done) => Ok(done.into_tool_result(timeout)),
         Err(RunError::Start(e)) => rpc_failure(e),
         Err(RunError::Api(e)) => Err(e),
@@ -326,7 +328,18 @@ impl Completed {
 
 /// Runs `command` on `link`'s executor to its end and collects its output
 /// in seq order (push, then pull; see the module docs).
-pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed, RunError> {
+///
+/// With `state`, on replicas, a link lost mid-command (the executor moved off a draining
+/// replica, or the replica holding it died) is not the end: the call
+/// waits briefly for the executor's next link ([`relink`]) and, when it is
+/// the same executor session, reads the rest of the output from there.
+pub(crate) async fn run(
+    state: Option<&AppState>,
+    link: &Arc<Link>,
+    command: Command,
+) -> Result<Completed, RunError> {
+    let mut link = link.clone();
+    let link = &mut link;
     let timeout = command.timeout;
     let process_id = random_id("sh_", 8);
     let params = ProcessStartParams {
@@ -397,7 +410,16 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
             }
         };
         match ev {
-            ProcessEvent::LinkLost => return Err(lost_mid_command(link).into()),
+            ProcessEvent::LinkLost => match relink(state, link).await {
+                // Read the rest from the executor's next link.
+                Some(next) => {
+                    guard.link = next.clone();
+                    *link = next;
+                    gap = true;
+                    break;
+                }
+                None => return Err(lost_mid_command(link).into()),
+            },
             ev => match out.push(ev) {
                 Push::Accepted => {}
                 Push::Done => break,
@@ -425,7 +447,7 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
             let wait = stop_at
                 .saturating_duration_since(now)
                 .min(Duration::from_secs(10));
-            let r: ProcessReadResult = link
+            let r: ProcessReadResult = match link
                 .request(
                     method::PROCESS_READ,
                     &ProcessReadParams {
@@ -437,10 +459,18 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
                     (wait + RPC_TIMEOUT).min(left()),
                 )
                 .await
-                .map_err(|e| match e {
-                    LinkError::Disconnected { .. } => lost_mid_command(link),
-                    other => other.into(),
-                })?;
+            {
+                Ok(r) => r,
+                Err(LinkError::Disconnected { .. }) => match relink(state, link).await {
+                    Some(next) => {
+                        guard.link = next.clone();
+                        *link = next;
+                        continue;
+                    }
+                    None => return Err(lost_mid_command(link).into()),
+                },
+                Err(other) => return Err(RunError::Api(other.into())),
+            };
             if out.pull(r) {
                 break;
             }
@@ -456,6 +486,33 @@ pub(crate) async fn run(link: &Arc<Link>, command: Command) -> Result<Completed,
         timed_out,
         elapsed: started.elapsed(),
     })
+}
+
+/// The executor's next link after `lost` went away mid-command, on a
+/// replica: its own link or a channel to its new owner, if one comes within
+/// [`MOVE_WAIT`] and carries the same executor session (its processes and
+/// their output carry on); `None` otherwise, and always on a single
+/// gateway.
+async fn relink(state: Option<&AppState>, lost: &Arc<Link>) -> Option<Arc<Link>> {
+    let state = state?;
+    state.cluster()?;
+    let session = lost.handshake()?.session_id.clone();
+    let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+    loop {
+        if let Some(link) = state.link(&lost.exe_id).await {
+            if !Arc::ptr_eq(&link, lost) && !link.is_closed() {
+                let same = link.handshake().is_some_and(|h| h.session_id == session);
+                if same {
+                    tracing::debug!(exe_id = %lost.exe_id, "shell: the executor's link moved; reading on from its next one");
+                }
+                return same.then_some(link);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(MOVE_POLL).await;
+    }
 }
 
 /// Kills the process group of a `shell` whose call was dropped before the

@@ -46,6 +46,7 @@ async fn sh(
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "file:///".into());
     let done = run(
+        None,
         link,
         Command {
             argv,
