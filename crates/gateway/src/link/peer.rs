@@ -311,9 +311,9 @@ impl Cluster {
         store: &Store,
         config: &LinkConfig,
         exe_id: &str,
-    ) -> Option<Arc<Link>> {
+    ) -> Result<Option<Arc<Link>>, Unreachable> {
         if let Some(link) = self.kept(exe_id) {
-            return Some(link);
+            return Ok(Some(link));
         }
         // One dial per executor at a time: calls that arrive meanwhile wait
         // for it and share its channel.
@@ -326,13 +326,14 @@ impl Cluster {
             .clone();
         let _dialling = gate.lock().await;
         if let Some(link) = self.kept(exe_id) {
-            return Some(link);
+            return Ok(Some(link));
         }
         let lease = match store.lease(exe_id).await {
-            Ok(lease) => lease?,
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 tracing::warn!(exe_id, "could not read the executor's lease: {e}");
-                return None;
+                return Ok(None);
             }
         };
         let now = now_ms();
@@ -340,7 +341,7 @@ impl Cluster {
             .heartbeat_at
             .is_some_and(|at| now - at < self.lease_ms());
         if lease.replica_id == self.replica_id || lease.expires_at <= now || !heartbeat_fresh {
-            return None;
+            return Ok(None);
         }
         // An owner that could not be reached is not dialled again for the
         // same lease (holder and epoch) within DIAL_BACKOFF: calls answer
@@ -348,8 +349,7 @@ impl Cluster {
         let attempt = (lease.replica_id.clone(), lease.epoch);
         if let Some((failed, at)) = self.failures.lock().unwrap().get(exe_id) {
             if *failed == attempt && at.elapsed() < DIAL_BACKOFF {
-                count_unreachable();
-                return None;
+                return Err(Unreachable);
             }
         }
         let link = match tokio::time::timeout(
@@ -361,21 +361,19 @@ impl Cluster {
             Ok(Ok(link)) => link,
             Ok(Err(e)) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner: {e}");
-                count_unreachable();
                 self.failures
                     .lock()
                     .unwrap()
                     .insert(exe_id.to_string(), (attempt, Instant::now()));
-                return None;
+                return Err(Unreachable);
             }
             Err(_) => {
                 tracing::warn!(exe_id, owner = %lease.replica_id, "could not reach the executor through its owner within {DIAL_TIMEOUT:?}");
-                count_unreachable();
                 self.failures
                     .lock()
                     .unwrap()
                     .insert(exe_id.to_string(), (attempt, Instant::now()));
-                return None;
+                return Err(Unreachable);
             }
         };
         self.failures.lock().unwrap().remove(exe_id);
@@ -384,7 +382,7 @@ impl Cluster {
             .lock()
             .unwrap()
             .insert(exe_id.to_string(), link.clone());
-        Some(link)
+        Ok(Some(link))
     }
 
     /// The open channel kept for `exe_id`, if any.
@@ -411,9 +409,14 @@ impl Cluster {
     }
 }
 
+/// Another replica holds the executor, and it could not be reached.
+#[derive(Debug)]
+pub struct Unreachable;
+
 /// A call that needed the executor's holder and could not reach it
-/// (`execgate_forwarded_calls_total{outcome="unreachable"}`).
-fn count_unreachable() {
+/// (`execgate_forwarded_calls_total{outcome="unreachable"}`): counted once
+/// per call, however many dials its wait for a moving executor made.
+pub fn count_unreachable() {
     if let Some(m) = crate::metrics::get() {
         m.forwarded(crate::metrics::Forwarded::Unreachable);
     }

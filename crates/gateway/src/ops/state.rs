@@ -10,7 +10,7 @@ use crate::auth::captoken::CapTokenSecret;
 use crate::auth::{self, AuthConfig, ProxyTokenVerifier};
 use crate::link::bridge::TurnClaims;
 use crate::link::host::{Host, LinkConfig, LinkHost};
-use crate::link::peer::{Cluster, ClusterConfig};
+use crate::link::peer::{count_unreachable, Cluster, ClusterConfig, Unreachable};
 use crate::link::read_ahead::PollAheads;
 use crate::link::registry::Registry;
 use crate::link::seq_ledger::SeqLedger;
@@ -229,30 +229,39 @@ impl AppState {
             link.close("this replica's lease on the executor lapsed");
             return None;
         }
-        if let Some(link) = cluster
+        let mut unreachable = false;
+        match cluster
             .remote_link(self.store(), &self.0.config.link, exe_id)
             .await
         {
-            return Some(link);
+            Ok(Some(link)) => return Some(link),
+            Ok(None) => {}
+            Err(Unreachable) => unreachable = true,
         }
         // The channel to its owner ended a moment ago (the owner drained and
         // the executor is moving, or the owner died): wait, briefly, for the
         // executor to link to another replica (this one included), so that
         // a rolling restart does not fail calls (docs/replicas.md).
-        let until = cluster.moving_until(exe_id)?;
-        while tokio::time::Instant::now() < until {
-            tokio::time::sleep(crate::link::peer::MOVE_POLL).await;
-            if let Some(link) = self.0.registry.get(exe_id) {
-                if !link.is_closed() && link.lease_ok(crate::store::now_ms()) {
-                    return Some(link);
+        if let Some(until) = cluster.moving_until(exe_id) {
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(crate::link::peer::MOVE_POLL).await;
+                if let Some(link) = self.0.registry.get(exe_id) {
+                    if !link.is_closed() && link.lease_ok(crate::store::now_ms()) {
+                        return Some(link);
+                    }
+                }
+                match cluster
+                    .remote_link(self.store(), &self.0.config.link, exe_id)
+                    .await
+                {
+                    Ok(Some(link)) => return Some(link),
+                    Ok(None) => {}
+                    Err(Unreachable) => unreachable = true,
                 }
             }
-            if let Some(link) = cluster
-                .remote_link(self.store(), &self.0.config.link, exe_id)
-                .await
-            {
-                return Some(link);
-            }
+        }
+        if unreachable {
+            count_unreachable();
         }
         None
     }
@@ -267,9 +276,16 @@ impl AppState {
         if let Some(link) = local {
             return link.lease_ok(crate::store::now_ms()).then_some(link);
         }
-        cluster
+        match cluster
             .remote_link(self.store(), &self.0.config.link, exe_id)
             .await
+        {
+            Ok(link) => link,
+            Err(Unreachable) => {
+                count_unreachable();
+                None
+            }
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {
