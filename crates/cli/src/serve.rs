@@ -158,6 +158,15 @@ pub struct GatewayArgs {
     #[arg(long, env = "EXECGATE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// On SIGTERM (or Ctrl-C), how long the gateway keeps serving every
+    /// request while `/readyz` already answers 503 before it starts to
+    /// drain: time for a load balancer that does not resend refused
+    /// requests (a Kubernetes Service) to stop sending work here. Set it
+    /// to the probe's period times its failure threshold. A second signal
+    /// exits at once. Same units as --drain-timeout.
+    #[arg(long, env = "EXECGATE_DRAIN_DELAY", value_name = "DURATION", default_value = "0s",
+          value_parser = parse_duration)]
+    pub drain_delay: Duration,
 }
 
 /// `30`, `30s`, `500ms`, `2m`: a duration for `--drain-timeout`.
@@ -311,7 +320,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         None => tracing::info!(data_dir = %a.gateway.data_dir().display(), "serving"),
     }
     if let Some(signals) = signals {
-        tokio::spawn(signals.drain_on_them(gateway.handle()));
+        tokio::spawn(signals.drain_on_them(gateway.handle(), a.gateway.drain_delay));
     }
     gateway.serve().await?;
     Ok(())
@@ -340,9 +349,9 @@ impl Signals {
 
     /// SIGTERM or SIGINT (Ctrl-C) starts a drain; `serve` returns when it
     /// is done. A second one of either exits at once (128 + the signal).
-    async fn drain_on_them(self, handle: execgate_gateway::GatewayHandle) {
+    async fn drain_on_them(self, handle: execgate_gateway::GatewayHandle, delay: Duration) {
         let Signals { mut term, mut int } = self;
-        drain_on_signals(&mut term, &mut int, handle).await;
+        drain_on_signals(&mut term, &mut int, handle, delay).await;
     }
 }
 
@@ -350,11 +359,29 @@ async fn drain_on_signals(
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
     handle: execgate_gateway::GatewayHandle,
+    delay: Duration,
 ) {
     let first = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    let mut second = None;
+    if !delay.is_zero() {
+        handle.leave();
+        tracing::info!(
+            drain_delay_secs = delay.as_secs_f64(),
+            "{first}: not ready; serving on until the drain delay has passed"
+        );
+        second = tokio::select! {
+            _ = tokio::time::sleep(delay) => None,
+            _ = term.recv() => Some(128 + 15),
+            _ = int.recv() => Some(128 + 2),
+        };
+    }
+    if let Some(code) = second {
+        tracing::warn!("second signal: exiting at once, without draining");
+        std::process::exit(code);
+    }
     tracing::info!(
         drain_timeout_secs = handle.drain_timeout().as_secs_f64(),
         "{first}: draining; send SIGTERM or SIGINT again to exit at once"

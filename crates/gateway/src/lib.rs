@@ -121,6 +121,14 @@ impl GatewayHandle {
         self.0.registry().get(exe_id).is_some()
     }
 
+    /// Marks the gateway not ready: `GET /readyz` answers 503 `draining`
+    /// while every request is still served, so that a load balancer stops
+    /// sending work here before [`GatewayHandle::drain`] refuses any
+    /// (`execgate serve --drain-delay`).
+    pub fn leave(&self) {
+        self.0.drain().leave()
+    }
+
     /// Starts draining (what SIGTERM does to `execgate serve`): new
     /// requests and links are refused with 503 `draining`, the calls in
     /// flight finish, executors are told to move, and [`Gateway::serve`]

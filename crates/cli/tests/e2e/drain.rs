@@ -517,3 +517,44 @@ async fn a_stock_codex_is_never_told_to_move() {
     let codex_log = log_of(&prepared.dir.path().join("codex-a.log"));
     assert!(!codex_log.contains("execgate/move"), "{codex_log}");
 }
+
+/// With `--drain-delay`, SIGTERM first makes `/readyz` say `draining` while
+/// every request is still served (for load balancers that do not resend a
+/// refused request); only after the delay are new requests refused.
+#[tokio::test]
+async fn a_drain_delay_makes_the_gateway_unready_before_it_refuses_anything() {
+    let mut pair = Pair::start(&["--drain-delay", "6s", "--drain-timeout", "20s"]);
+    let api_a = pair.api(&pair.a);
+    let readyz = format!("{}/readyz", pair.a.url());
+    assert_eq!(get_plain(&readyz).await.0, 200);
+    let t = Instant::now();
+    sigterm(pair.a.proc.id());
+    let (status, _, v) = eventually(5, "A's /readyz to say draining", || async {
+        let r = get_plain(&readyz).await;
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(v["error"]["code"], "draining", "{v}");
+    // Not ready, yet still serving: a registration-like request and a call.
+    let (status, v) = api_a.post("/api/connectors/envs/list", json!({})).await;
+    assert_eq!(status, 200, "served during the delay: {v}");
+    // After the delay, new requests are refused with 503 draining.
+    let refused = eventually(15, "A to refuse new requests", || async {
+        let (status, v) = api_a.post("/api/connectors/envs/list", json!({})).await;
+        (status == 503).then_some(v)
+    })
+    .await;
+    assert_eq!(refused["error"]["code"], "draining", "{refused}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(5),
+        "refused only after the delay: {:?}",
+        t.elapsed()
+    );
+    let status = pair
+        .a
+        .proc
+        .exits_within(20, "A to exit after its drain")
+        .await;
+    assert!(status.success(), "{status:?}");
+}

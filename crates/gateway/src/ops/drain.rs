@@ -2,6 +2,12 @@
 //! (SIGTERM on `execgate serve`, [`crate::GatewayHandle::drain`]), and
 //! readiness (`GET /readyz`).
 //!
+//! Before a drain, a gateway may be *leaving* ([`Drain::leave`], `execgate
+//! serve --drain-delay`): `/readyz` already answers 503 `draining` while
+//! every request is still served, so that a load balancer which does not
+//! resend refused requests (a Kubernetes Service, nginx without
+//! `non_idempotent`) stops sending work here before anything is refused.
+//!
 //! A drain goes through [`Phase`]s:
 //!
 //! 1. **Draining.** New requests (new executor registrations and links
@@ -33,7 +39,7 @@
 //! a `shell` call waits on its process's notifications over the link, so a
 //! link that moved earlier would fail it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +86,8 @@ pub struct Drain {
     streams: Arc<Calls>,
     /// The store's last answer to the readiness check.
     store_ok: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// Not ready any more, though still serving (before a drain).
+    leaving: AtomicBool,
 }
 
 #[derive(Default)]
@@ -107,6 +115,7 @@ impl Default for Drain {
             calls: Arc::default(),
             streams: Arc::default(),
             store_ok: tokio::sync::Mutex::new(None),
+            leaving: AtomicBool::new(false),
         }
     }
 }
@@ -122,6 +131,17 @@ impl Drain {
             }
             start
         })
+    }
+
+    /// Marks the gateway not ready (`/readyz` 503 `draining`) while it
+    /// still serves every request, ahead of [`Drain::begin`].
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+
+    /// Whether `/readyz` must say `draining`: leaving, or draining.
+    fn unready(&self) -> bool {
+        self.leaving.load(Ordering::Acquire) || self.is_draining()
     }
 
     pub fn phase(&self) -> Phase {
@@ -208,7 +228,7 @@ pub fn draining_error() -> Error {
 /// cheap query with a short timeout, its answer kept for a second).
 pub async fn readiness(state: &AppState) -> Result<(), Error> {
     let drain = state.drain();
-    if drain.is_draining() {
+    if drain.unready() {
         return Err(draining_error());
     }
     let ok = {
@@ -245,7 +265,7 @@ pub async fn readiness(state: &AppState) -> Result<(), Error> {
         .with_retry_after(DRAINING_RETRY_AFTER_SECS));
     }
     // The drain may have begun while the store was asked.
-    if drain.is_draining() {
+    if drain.unready() {
         return Err(draining_error());
     }
     Ok(())
