@@ -81,26 +81,43 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
         .collect())
 }
 
-/// envs/list's answer, `{"envs":[…]}`, as JSON: the same bytes as
-/// serializing [`connected_envs`] into an `EnvsListResponse`, but each
-/// environment is written from its link's interned pieces
-/// ([`Link::listing`]) instead of being built and serialized afresh: a
-/// workspace of 10,000 environments is 10,000 copies of a few KiB, not
-/// 10,000 tool lists (BENCHMARKS.md, "Fleet").
-pub async fn connected_envs_json(state: &AppState, caller: &Caller) -> Result<Vec<u8>, Error> {
+/// envs/list's answer, `{"envs":[…]}`, as JSON in pieces of at most
+/// [`ENVS_PER_PIECE`] environments, to be sent as they are made: the same
+/// bytes as serializing [`connected_envs`] into an `EnvsListResponse`, but
+/// each environment is written from its link's interned pieces
+/// ([`Link::listing`]) instead of being built and serialized afresh, and
+/// never all at once: a workspace of 10,000 environments is 19 MB of JSON,
+/// which as one buffer the allocator kept after each call (BENCHMARKS.md,
+/// "Fleet").
+pub async fn connected_envs_json(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<impl Iterator<Item = Vec<u8>> + Send + 'static, Error> {
     let listed = listed(state, caller).await?;
-    let mut out =
-        Vec::with_capacity(16 + listed.iter().map(|l| listing_len(&l.link)).sum::<usize>());
-    out.extend_from_slice(b"{\"envs\":[");
-    for (i, l) in listed.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    let count = listed.len();
+    let pieces = count.div_ceil(ENVS_PER_PIECE).max(1);
+    let mut listed = listed.into_iter();
+    Ok((0..pieces).map(move |piece| {
+        let mut out = Vec::with_capacity(ENVS_PER_PIECE * 2048);
+        if piece == 0 {
+            out.extend_from_slice(b"{\"envs\":[");
         }
-        write_env(&mut out, &l.link, l.is_default, l.last_seen_ms);
-    }
-    out.extend_from_slice(b"]}");
-    Ok(out)
+        for (i, l) in listed.by_ref().take(ENVS_PER_PIECE).enumerate() {
+            if piece > 0 || i > 0 {
+                out.push(b',');
+            }
+            write_env(&mut out, &l.link, l.is_default, l.last_seen_ms);
+        }
+        if piece + 1 == pieces {
+            out.extend_from_slice(b"]}");
+        }
+        out
+    }))
 }
+
+/// Environments per piece of envs/list's answer (~60 KiB: below the
+/// allocator's threshold for a mapping of its own).
+const ENVS_PER_PIECE: usize = 32;
 
 fn env_of(link: &Link, is_default: bool, last_seen_ms: Option<i64>) -> ConnectorEnv {
     ConnectorEnv {
@@ -147,12 +164,6 @@ fn listing(link: &Link) -> (Arc<str>, Arc<str>) {
         let _ = link.listing.set(pieces.clone());
     }
     pieces
-}
-
-fn listing_len(link: &Link) -> usize {
-    link.listing
-        .get()
-        .map_or(2048, |(t, e)| t.len() + e.len() + link.name.len() + 96)
 }
 
 /// Writes one environment as [`env_of`] would serialize (the same fields,
