@@ -191,6 +191,11 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
         }
     }
     let connect_secs = t_connect.elapsed().as_secs_f64();
+    // The links alone, before any envs/list: what listing keeps (the
+    // descriptions of executors held elsewhere, freed answer buffers the
+    // allocator keeps) shows as the difference with the figure below.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_links: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
     // Every replica lists the workspace's executors alike once the
     // leases are in. Under a heavy load (this machine is shared) a few
     // links can be declared dead when their end here answers no ping in
@@ -273,6 +278,12 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
             "KiB",
         )
         .vs("in-bench executor side, per conn", per(me_rss1, me_rss0)),
+        Figure::new(
+            format!("{k}.gateway_rss_kib_per_conn_before_listing"),
+            "  the same, measured before any envs/list",
+            rss_links.saturating_sub(rss0) as f64 / n as f64,
+            "KiB",
+        ),
         Figure::new(
             format!("{k}.gateway_rss_mib"),
             format!(

@@ -140,8 +140,9 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
-/// The open-file limit the bench asks for: the `fleet` figure holds
-/// 30,000 sockets here (and 10,000 in each of its three gateways).
+/// The open-file limit the bench asks for when it may (a privileged
+/// run): room for every figure's sockets in one process. Without the
+/// privilege, `fleet` spreads its 30,000 over three child processes.
 const WANT_NOFILE: u64 = 1 << 17;
 
 /// Raises this process's open-file limit to its hard limit (children such
