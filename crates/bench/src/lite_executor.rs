@@ -126,3 +126,71 @@ pub async fn connect(
         let _ = ws.close(None).await;
     }))
 }
+
+/// The bench run as a host of in-bench executors in a child process
+/// (`execgate-bench --lite-host`), for figures that need more sockets than
+/// one process may open (the `fleet`'s 30,000 against a hard limit of
+/// 20,000 here, which only a privileged process could raise). Reads
+/// `gateway-url TAB exe_id TAB token` lines from stdin until an empty line,
+/// connects them all (32 at a time), prints `ready N` (or `error …`), then
+/// holds them until stdin closes, answering `count` with `alive K`.
+pub async fn host() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut exes = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        if line.is_empty() {
+            break;
+        }
+        let mut parts = line.split('\t').map(str::to_string);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(url), Some(id), Some(token)) => exes.push((url, id, token)),
+            _ => bail!("--lite-host: bad line {line:?}"),
+        }
+    }
+    let client = crate::harness::http();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let results: Vec<_> = futures_util::stream::iter(exes.iter())
+        .map(|(url, id, token)| {
+            let (client, stop) = (client.clone(), stop_rx.clone());
+            async move { connect(&client, url, id, token, stop).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut stdout = tokio::io::stdout();
+    let mut tasks = Vec::with_capacity(exes.len());
+    for r in results {
+        match r {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                stdout
+                    .write_all(format!("error {e:#}\n").as_bytes())
+                    .await?;
+                stdout.flush().await?;
+                return Ok(());
+            }
+        }
+    }
+    stdout
+        .write_all(format!("ready {}\n", tasks.len()).as_bytes())
+        .await?;
+    stdout.flush().await?;
+    // Hold them until the parent closes our stdin (or goes away); a
+    // `count` line asks how many are still connected (`alive K`): a link
+    // the gateway closed ends its task.
+    while let Some(line) = lines.next_line().await? {
+        if line == "count" {
+            let alive = tasks.iter().filter(|t| !t.is_finished()).count();
+            stdout
+                .write_all(format!("alive {alive}\n").as_bytes())
+                .await?;
+            stdout.flush().await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(())
+}

@@ -22,11 +22,20 @@
 //!   against without, two gateway/executor pairs called alternately.
 //! - [`peers`]: the latency and output figures against a stock codex
 //!   exec-server (`--codex PATH`) and ssh with a ControlMaster (`--ssh`).
+//! - [`backends`]: `read_file` throughput and `shell` latency of a gateway
+//!   on PostgreSQL against one on SQLite.
+//! - [`fleet`]: three replicas and 30,000 idle executors: RSS per
+//!   executor, envs/list of a workspace of 10,000.
+//!
+//! `backends` and `fleet` are heavy: a full run includes them, a plain
+//! `--quick` does not (`--quick --only fleet` runs one at small sizes).
 //!
 //! `--quick` is CI's smoke test: small sizes, under 2 minutes, and it fails
 //! unless every figure was produced (it does not judge the numbers).
 
+mod backends;
 mod files;
+mod fleet;
 mod harness;
 mod held;
 mod latency;
@@ -54,7 +63,8 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only run figures whose name contains this (latency, throughput,
-    /// output, files, scale, held, replicas, metrics, peers).
+    /// output, files, scale, held, replicas, metrics, peers, backends,
+    /// fleet).
     #[arg(long)]
     only: Option<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
@@ -67,6 +77,10 @@ struct Args {
     /// of a throwaway cluster this run starts) instead of SQLite.
     #[arg(long)]
     postgres: bool,
+    /// Internal: host in-bench executors for a parent bench (see
+    /// `lite_executor::host`).
+    #[arg(long, hide = true)]
+    lite_host: bool,
 }
 
 /// One measured figure.
@@ -211,6 +225,18 @@ fn expected_keys(args: &Args) -> Vec<String> {
     if args.ssh {
         keys.extend(["peers.ssh.true.p50_ms", "peers.ssh.cat.mb_per_s"].map(String::from));
     }
+    if args.only.is_some() {
+        // The heavy figures: run by --quick only when --only names them.
+        keys.extend(
+            [
+                "backends.read_file_1k.c64.calls_per_s",
+                "backends.shell_true.p50_ms",
+                "fleet.n300.gateway_rss_kib_per_conn",
+                "fleet.n300.envs_list.p50_ms",
+            ]
+            .map(String::from),
+        );
+    }
     keys.retain(|k| args.only.as_deref().is_none_or(|o| k.starts_with(o)));
     keys
 }
@@ -218,6 +244,10 @@ fn expected_keys(args: &Args) -> Vec<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.lite_host {
+        harness::raise_nofile();
+        return lite_executor::host().await;
+    }
     let started = Instant::now();
     if args.postgres {
         harness::use_postgres();
@@ -264,6 +294,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if want("metrics") {
         add("metrics", metrics_cost::run(&bin, args.quick).await)?;
+    }
+    // Heavy: in a full run, or when --only names them.
+    let heavy = |name: &str| want(name) && (!args.quick || args.only.is_some());
+    if heavy("backends") {
+        add("backends", backends::run(&bin, args.quick).await)?;
+    }
+    if heavy("fleet") {
+        add("fleet", fleet::run(&bin, args.quick, nofile).await)?;
     }
     if want("peers") && (args.codex.is_some() || args.ssh) {
         add(

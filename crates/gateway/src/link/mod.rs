@@ -205,6 +205,11 @@ pub struct Link {
     /// its fencing epoch ([`peer`]). `i64::MAX` without replicas.
     lease_until_ms: AtomicI64,
     epoch: AtomicI64,
+    /// envs/list's JSON of what does not change over the link's life once
+    /// its handshake is in (the tools; the executor and policy fields),
+    /// interned so that links alike share one copy: filled by the first
+    /// listing (`ops::environment`).
+    pub listing: OnceLock<(Arc<str>, Arc<str>)>,
 }
 
 /// Protocol errors of the current window.
@@ -269,6 +274,7 @@ impl Link {
             relayed: AtomicBool::new(false),
             lease_until_ms: AtomicI64::new(i64::MAX),
             epoch: AtomicI64::new(0),
+            listing: OnceLock::new(),
         })
     }
 

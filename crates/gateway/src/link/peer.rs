@@ -597,10 +597,18 @@ pub async fn heartbeat(host: Host) {
             tracing::warn!("replica heartbeat failed: {e}");
         }
         let until = now + cluster.lease_ms();
+        // The links judged below are those registered before the renewal
+        // began: a link takes its lease (committed) before it is
+        // registered, so the renewal sees each of their rows. A link
+        // registered while the statement ran may have taken its lease after
+        // the statement's snapshot: not renewed, yet not lapsed. Judged so,
+        // it was closed, and under a connect storm (the bench's fleet of
+        // 30,000 executors) 7,770 were in one run (BENCHMARKS.md, session
+        // 9); it is judged at the next beat instead.
+        let links = host.registry().links();
         match store.renew_leases(&cluster.replica_id, now, until).await {
             Ok(renewed) => {
                 let renewed: HashMap<String, i64> = renewed.into_iter().collect();
-                let links = host.registry().links();
                 let local: HashSet<&str> = links.iter().map(|l| l.exe_id.as_str()).collect();
                 for link in &links {
                     if link.epoch() == 0 {

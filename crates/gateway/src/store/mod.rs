@@ -39,6 +39,7 @@ pub mod invalidate;
 pub mod leases;
 mod lookups;
 mod metrics;
+pub mod roster;
 mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -381,6 +382,8 @@ pub struct Store {
     pub(crate) db: Db,
     /// Hot-path reads, kept until the database changes.
     lookups: std::sync::Arc<lookups::Lookups>,
+    /// Workspaces' rosters for envs/list (`store/roster.rs`).
+    rosters: std::sync::Arc<roster::Rosters>,
 }
 
 impl Store {
@@ -431,6 +434,7 @@ impl Store {
                 audit: audit_pool,
             },
             lookups,
+            rosters: Default::default(),
         })
     }
 
@@ -451,6 +455,7 @@ impl Store {
         Ok(Store {
             db: Db::Postgres(pool),
             lookups,
+            rosters: Default::default(),
         })
     }
 
