@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::*;
 
@@ -501,6 +501,17 @@ async fn a_store_outage_keeps_recent_tokens_and_recovers_by_itself() {
         "{:?}",
         asked.elapsed()
     );
+    // Not ready while the store is away: a load balancer sends new work
+    // elsewhere.
+    let readyz = format!("{}/readyz", g.url);
+    let r = fresh_client().get(&readyz).send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{v}"
+    );
 
     own.start_server();
     let took = within(
@@ -516,6 +527,18 @@ async fn a_store_outage_keeps_recent_tokens_and_recovers_by_itself() {
     )
     .await;
     println!("the gateway served a new token {took:?} after the store came back");
+    within(
+        "/readyz to answer 200 again",
+        Duration::from_secs(5),
+        async || {
+            fresh_client()
+                .get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        },
+    )
+    .await;
     let (s, v) = shell(api.clone(), "after").await;
     assert_eq!(s, 200, "{v}");
 }
