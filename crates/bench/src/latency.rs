@@ -8,18 +8,37 @@
 //! machine (other engineers compile on its 2 cores) falls on both alike.
 //! Also reports the idle RSS of a real executor process (target ≤ 10 MiB).
 //!
-//! Two more latencies, interleaved with the others, split the shell call's
-//! cost into its layers: `GET /healthz` (the HTTP floor: client, socket,
-//! router, no auth) and `read_file` of 1 KiB (auth, audit, one request and
-//! answer over the executor link, no process).
+//! More latencies, interleaved with the others, split the shell call's
+//! cost into its layers (#22, "calls at the floor"):
+//!
+//! - `GET /healthz` over the kept connection: the HTTP floor (client,
+//!   socket, router, no auth);
+//! - `read_file` of 1 KiB (auth, audit, one request and answer over the
+//!   executor link, no process);
+//! - on a second real executor linked to the bench instead of a gateway
+//!   ([`crate::link_probe`]): a WebSocket ping (the link's floor, no work),
+//!   `fs/getMetadata` of a 1-byte file (the lightest protocol request), and
+//!   `process/start true` until `process/closed` (the executor's part of a
+//!   shell call).
+//!
+//! From the p50s: what `shell true` costs beyond a spawn, the HTTP floor
+//! and the link's ping, in µs and as a ratio to that sum. (A sum of
+//! medians, not the median of a sum: a floor to read beside the p50, not
+//! an exact split.)
+//!
+//! Then, after them, the time to the first output byte an agent waits for:
+//! `exec_command` of `echo hi` through REST until the first `output` event
+//! of its SSE stream, beside a direct spawn of `echo hi` with a pipe until
+//! its first byte, interleaved call by call.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::harness::{http, private_kib, rss_kib};
+use crate::link_probe::LinkProbe;
 use crate::{latency_figures, percentiles, Figure, Report};
 
 pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
@@ -85,24 +104,34 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         anyhow::Ok(d)
     };
 
+    let mut probe = LinkProbe::start(bin).await?;
+
     // Warm up: connection pool, page cache, the executor's first spawn.
     for _ in 0..20 {
         call().await?;
         direct().await?;
         read_file().await?;
         healthz().await?;
+        probe.ping().await?;
+        probe.get_metadata().await?;
+        probe.start_true().await?;
     }
     let n = if quick { 200 } else { 2000 };
     let budget = Duration::from_secs(if quick { 10 } else { 60 });
     let (mut via, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut reads, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut pings, mut metas, mut starts) = (Vec::new(), Vec::new(), Vec::new());
     let t = Instant::now();
     while via.len() < n && t.elapsed() < budget {
         via.push(call().await?);
         base.push(direct().await?);
         reads.push(read_file().await?);
         floor.push(healthz().await?);
+        pings.push(probe.ping().await?);
+        metas.push(probe.get_metadata().await?);
+        starts.push(probe.start_true().await?);
     }
+    drop(probe);
     let mut figures = latency_figures(
         "latency.shell_true",
         "shell true via REST",
@@ -110,6 +139,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         "direct tokio spawn",
         &base,
     );
+    figures.extend(floors(&via, &base, &floor, &pings, &metas, &starts));
     let (reads, floor) = (percentiles(&reads), percentiles(&floor));
     figures.push(
         Figure::new(
@@ -138,8 +168,186 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         idle_private,
         "MiB",
     ));
+
+    // Time to first output byte, after the rest (each exec_command leaves
+    // a session row behind, which the calls above should not share).
+    let m = if quick { 50 } else { 500 };
+    for _ in 0..5 {
+        first_byte_sse(&client, &gw.url, &gw.token).await?;
+        first_byte_direct().await?;
+    }
+    let (mut sse, mut pipe) = (Vec::with_capacity(m), Vec::with_capacity(m));
+    let t = Instant::now();
+    while sse.len() < m && t.elapsed() < budget {
+        sse.push(first_byte_sse(&client, &gw.url, &gw.token).await?);
+        pipe.push(first_byte_direct().await?);
+    }
+    let (s, p) = (percentiles(&sse), percentiles(&pipe));
+    for (i, name) in [(0, "p50"), (2, "p99")] {
+        figures.push(
+            Figure::new(
+                format!("latency.first_byte_sse.{name}_ms"),
+                format!("exec_command echo hi to 1st SSE byte {name}"),
+                s[i],
+                "ms",
+            )
+            .vs(format!("direct spawn to 1st pipe byte {name}"), p[i]),
+        );
+    }
     Ok(Report {
         figures,
         skipped: vec![],
     })
+}
+
+/// The floors of a shell call, from interleaved samples: the spawn, the
+/// HTTP floor, the link (ping, lightest request, the executor's own
+/// `process/start true`), and `shell true` beyond spawn + HTTP + ping.
+fn floors(
+    shell: &[Duration],
+    spawn: &[Duration],
+    http: &[Duration],
+    ping: &[Duration],
+    meta: &[Duration],
+    start: &[Duration],
+) -> Vec<Figure> {
+    let p50 = |s: &[Duration]| percentiles(s)[0];
+    let (shell, spawn, http) = (p50(shell), p50(spawn), p50(http));
+    let (ping, meta, start) = (p50(ping), p50(meta), p50(start));
+    let floor = spawn + http + ping;
+    vec![
+        Figure::new(
+            "latency.floor.spawn.p50_ms",
+            "floor: direct spawn of true p50",
+            spawn,
+            "ms",
+        ),
+        Figure::new(
+            "latency.floor.http.p50_ms",
+            "floor: GET /healthz (kept connection) p50",
+            http,
+            "ms",
+        ),
+        Figure::new(
+            "latency.floor.link_ping.p50_ms",
+            "floor: link round trip (WebSocket ping) p50",
+            ping,
+            "ms",
+        ),
+        Figure::new(
+            "latency.floor.link_get_metadata.p50_ms",
+            "link fs/getMetadata of 1 byte p50",
+            meta,
+            "ms",
+        )
+        .vs("link ping p50", ping),
+        Figure::new(
+            "latency.floor.link_start_true.p50_ms",
+            "link process/start true to closed p50",
+            start,
+            "ms",
+        )
+        .vs("direct spawn p50", spawn),
+        Figure::new(
+            "latency.shell_true.vs_floor.p50_ms",
+            "shell true via REST p50 vs its floor",
+            shell,
+            "ms",
+        )
+        .vs("spawn + HTTP floor + link ping p50", floor),
+        Figure::new(
+            "latency.shell_true.overhead_us",
+            "  shell true p50 beyond that floor",
+            (shell - floor) * 1e3,
+            "us",
+        ),
+    ]
+}
+
+/// `exec_command` of `echo hi` through REST, then its SSE stream until the
+/// first `output` event: the time from sending the call to that event.
+/// The stream is then read to its `exit`, so that its connection goes
+/// back to the pool.
+async fn first_byte_sse(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt;
+    let t = Instant::now();
+    let v: serde_json::Value = client
+        .post(format!("{base}/api/connectors/envs/a/tool/call"))
+        .bearer_auth(token)
+        .json(&json!({"tool": "exec_command", "arguments": {
+            "command": ["echo", "hi"], "pipe_stdin": false}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let Some(sid) = v["structuredContent"]["session_id"].as_str() else {
+        bail!("exec_command gave no session_id: {v}");
+    };
+    let resp = client
+        .get(format!("{base}/api/connectors/processes/{sid}/stream"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("SSE: {} {}", resp.status(), resp.text().await?);
+    }
+    let mut body = resp.bytes_stream();
+    let (mut buf, mut first, mut out) = (Vec::new(), None, Vec::new());
+    let limit = Duration::from_secs(30);
+    'read: while let Some(chunk) = tokio::time::timeout(limit, body.next())
+        .await
+        .context("SSE: no event in 30 s")?
+    {
+        buf.extend_from_slice(&chunk?);
+        while let Some(end) = memchr::memmem::find(&buf, b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let (mut name, mut data) = ("message", &b""[..]);
+            for line in crate::output::lines(&event[..end]) {
+                if let Some(v) = line.strip_prefix(b"event:") {
+                    name = std::str::from_utf8(v)?.trim();
+                } else if let Some(v) = line.strip_prefix(b"data:") {
+                    data = v.strip_prefix(b" ").unwrap_or(v);
+                }
+            }
+            match name {
+                "output" => {
+                    first.get_or_insert_with(|| t.elapsed());
+                    let v: serde_json::Value = serde_json::from_slice(data)?;
+                    let b64 = v["data_b64"].as_str().unwrap_or_default();
+                    crate::decode_base64(b64.as_bytes(), &mut out)?;
+                }
+                "exit" => break 'read,
+                "lost" | "error" => bail!("SSE: {name} event: {}", String::from_utf8_lossy(data)),
+                _ => {}
+            }
+        }
+    }
+    match first {
+        Some(d) if out == b"hi\n" => Ok(d),
+        _ => bail!("SSE: echo hi gave {:?}", String::from_utf8_lossy(&out)),
+    }
+}
+
+/// A direct spawn of `echo hi` with its stdout on a pipe, until the first
+/// byte is read.
+async fn first_byte_direct() -> anyhow::Result<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new("echo")
+        .arg("hi")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut byte = [0u8; 1];
+    let n = out.read(&mut byte).await?;
+    let d = t.elapsed();
+    if n != 1 || byte[0] != b'h' {
+        bail!("echo hi: first byte {:?}", &byte[..n]);
+    }
+    child.wait().await?;
+    Ok(d)
 }

@@ -6,7 +6,10 @@
 //! across runs). Prints a table; `--json` writes every figure under a
 //! stable key. One module per figure:
 //!
-//! - [`latency`]: `shell ["true"]` via REST against a direct spawn of `true`.
+//! - [`latency`]: `shell ["true"]` via REST against a direct spawn of `true`,
+//!   its floors (HTTP, a link ping to a real executor linked to the bench,
+//!   [`link_probe`]) and what it costs beyond them; and the time from
+//!   `exec_command` of `echo hi` to its first output byte over SSE.
 //! - [`throughput`]: `read_file` of 1 KiB at 1, 16 and 64 clients, and the
 //!   gateway's CPU time per call.
 //! - [`output`]: 256 MiB of process output through `/output` polling and SSE
@@ -39,6 +42,7 @@ mod fleet;
 mod harness;
 mod held;
 mod latency;
+mod link_probe;
 mod lite_executor;
 mod metrics_cost;
 mod output;
@@ -189,6 +193,14 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "latency.shell_true.p90_ms",
         "latency.shell_true.p99_ms",
         "latency.read_file_1k.p50_ms",
+        "latency.floor.spawn.p50_ms",
+        "latency.floor.http.p50_ms",
+        "latency.floor.link_ping.p50_ms",
+        "latency.floor.link_get_metadata.p50_ms",
+        "latency.floor.link_start_true.p50_ms",
+        "latency.shell_true.vs_floor.p50_ms",
+        "latency.first_byte_sse.p50_ms",
+        "latency.first_byte_sse.p99_ms",
         "latency.executor_idle_rss_mib",
         "latency.executor_idle_private_mib",
         "throughput.read_file_1k.c1.calls_per_s",

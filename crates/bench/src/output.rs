@@ -246,7 +246,7 @@ pub(crate) async fn sse(
 
 /// The lines of an SSE event, found with memchr: the data line of an
 /// output event is ~87 KB, and a byte-by-byte split showed in the profile.
-fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(event);
     std::iter::from_fn(move || {
         let text = rest?;
