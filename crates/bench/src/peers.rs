@@ -16,6 +16,14 @@
 //!   and client keys, and a ControlMaster it opens first; then `ssh true`
 //!   through the master (a new ssh client process per call, as a user
 //!   pays) and `ssh head -c N /dev/zero` read through its stdout.
+//!   sshd runs every command as `$SHELL -c CMD` of the login user, and
+//!   bash reads `~/.bashrc` when sshd starts it: root's on this machine
+//!   (pyenv init) made `ssh true` cost 142 ms, which is not ssh's cost.
+//!   So when the bench runs as root and `useradd` exists, it logs in as a
+//!   throwaway user of its own ([`LoginUser`]: shell `/bin/sh`, an empty
+//!   home in the sshd's temp dir, no rc files; removed at the end), so the
+//!   figure is ssh's own. Otherwise it logs in as the current user and
+//!   says that the figure includes that user's shell start-up.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -249,6 +257,62 @@ struct Sshd {
     dir: tempfile::TempDir,
     port: u16,
     sshd: tokio::process::Child,
+    /// Whom the client logs in as: a throwaway user, or (None) the
+    /// current one.
+    user: Option<LoginUser>,
+}
+
+/// A login user with an empty shell start-up, for as long as the figure
+/// runs: `useradd` with shell `/bin/sh` (which reads no rc file for
+/// `sh -c CMD`), an empty home that the bench creates (no skeleton
+/// files), and the password field `*` (sshd without PAM refuses the
+/// locked `!` that `useradd` would set; `*` matches no password, and
+/// password logins are off anyway). `userdel` when dropped.
+struct LoginUser {
+    name: String,
+}
+
+impl LoginUser {
+    /// The user, when this process may create one (root, with `useradd`);
+    /// `None` otherwise.
+    fn create(home: &Path) -> anyhow::Result<Option<LoginUser>> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !Path::new("/usr/sbin/useradd").exists() {
+            return Ok(None);
+        }
+        let name = format!("egbench{}", std::process::id());
+        std::fs::create_dir_all(home)?;
+        let ok = std::process::Command::new("/usr/sbin/useradd")
+            .args(["-M", "-N", "-s", "/bin/sh", "-p", "*", "-d"])
+            .arg(home)
+            .arg(&name)
+            .status()?
+            .success();
+        if !ok {
+            bail!("useradd {name} failed");
+        }
+        let user = LoginUser { name };
+        let ok = std::process::Command::new("chown")
+            .arg(&user.name)
+            .arg(home)
+            .status()?
+            .success();
+        if !ok {
+            bail!("chown {} {} failed", user.name, home.display());
+        }
+        Ok(Some(user))
+    }
+}
+
+impl Drop for LoginUser {
+    fn drop(&mut self) {
+        // -f: its sshd session may not have exited yet.
+        let _ = std::process::Command::new("/usr/sbin/userdel")
+            .args(["-f", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Sshd {
@@ -270,8 +334,11 @@ impl Sshd {
                 "BatchMode=yes",
             ])
             .arg("-o")
-            .arg(format!("ControlPath={}", d.join("cm").display()))
-            .args(["-p", &self.port.to_string(), "127.0.0.1"])
+            .arg(format!("ControlPath={}", d.join("cm").display()));
+        if let Some(user) = &self.user {
+            c.args(["-l", &user.name]);
+        }
+        c.args(["-p", &self.port.to_string(), "127.0.0.1"])
             .stdin(Stdio::null());
         c
     }
@@ -309,6 +376,22 @@ async fn start_sshd() -> anyhow::Result<Sshd> {
         }
     }
     std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys"))?;
+    let user = LoginUser::create(&d.join("home"))?;
+    if user.is_some() {
+        // sshd reads authorized_keys as the user: it needs a way in (the
+        // private keys stay 0600, root's).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(
+            d.join("authorized_keys"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+    } else {
+        println!(
+            "note: ssh logs in as the current user (not root, or no useradd): \
+             the ssh figures include that user's shell start-up"
+        );
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -331,7 +414,12 @@ async fn start_sshd() -> anyhow::Result<Sshd> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let s = Sshd { dir, port, sshd };
+    let s = Sshd {
+        dir,
+        port,
+        sshd,
+        user,
+    };
     eventually(10, &format!("sshd to listen on port {port}"), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await
     })
@@ -363,6 +451,22 @@ async fn start_sshd() -> anyhow::Result<Sshd> {
 async fn ssh_figures(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let (n, bytes, label) = sizes(quick);
     let sshd = start_sshd().await?;
+    let who = if let Some(user) = &sshd.user {
+        // That the commands run as that user, under sh (sshd passes the
+        // shell's base name as its $0).
+        let out = sshd
+            .client()
+            .args(["id", "-un;", "echo", "$0"])
+            .output()
+            .await?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        if said.split_whitespace().collect::<Vec<_>>() != [user.name.as_str(), "sh"] {
+            bail!("ssh ran as {said:?}, not {} under sh", user.name);
+        }
+        "plain-sh user"
+    } else {
+        "current user"
+    };
     let call = || async {
         let t = Instant::now();
         let st = sshd
@@ -390,7 +494,7 @@ async fn ssh_figures(quick: bool) -> anyhow::Result<Vec<Figure>> {
     }
     let mut figures = latency_figures(
         "peers.ssh.true",
-        "ssh (ControlMaster) true",
+        &format!("ssh (ControlMaster, {who}) true"),
         &via,
         "direct tokio spawn",
         &base,
@@ -427,7 +531,7 @@ async fn ssh_figures(quick: bool) -> anyhow::Result<Vec<Figure>> {
     figures.push(
         Figure::new(
             "peers.ssh.cat.mb_per_s",
-            format!("ssh (ControlMaster) cat {label}"),
+            format!("ssh (ControlMaster, {who}) cat {label}"),
             bytes as f64 / 1e6 / t.elapsed().as_secs_f64(),
             "MB/s",
         )
