@@ -177,9 +177,12 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         first_byte_direct().await?;
     }
     let (mut sse, mut pipe) = (Vec::with_capacity(m), Vec::with_capacity(m));
+    let mut answered = Vec::with_capacity(m);
     let t = Instant::now();
     while sse.len() < m && t.elapsed() < budget {
-        sse.push(first_byte_sse(&client, &gw.url, &gw.token).await?);
+        let (answer, first) = first_byte_sse(&client, &gw.url, &gw.token).await?;
+        answered.push(answer);
+        sse.push(first);
         pipe.push(first_byte_direct().await?);
     }
     let (s, p) = (percentiles(&sse), percentiles(&pipe));
@@ -194,6 +197,12 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
             .vs(format!("direct spawn to 1st pipe byte {name}"), p[i]),
         );
     }
+    figures.push(Figure::new(
+        "latency.first_byte_sse.exec_command_answer.p50_ms",
+        "  of which exec_command's answer p50",
+        percentiles(&answered)[0],
+        "ms",
+    ));
     Ok(Report {
         figures,
         skipped: vec![],
@@ -265,14 +274,15 @@ fn floors(
 }
 
 /// `exec_command` of `echo hi` through REST, then its SSE stream until the
-/// first `output` event: the time from sending the call to that event.
+/// first `output` event: the times from sending the call to its answer and
+/// to that event.
 /// The stream is then read to its `exit`, so that its connection goes
 /// back to the pool.
 async fn first_byte_sse(
     client: &reqwest::Client,
     base: &str,
     token: &str,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Duration)> {
     use futures_util::StreamExt;
     let t = Instant::now();
     let v: serde_json::Value = client
@@ -284,6 +294,7 @@ async fn first_byte_sse(
         .await?
         .json()
         .await?;
+    let answered = t.elapsed();
     let Some(sid) = v["structuredContent"]["session_id"].as_str() else {
         bail!("exec_command gave no session_id: {v}");
     };
@@ -327,7 +338,7 @@ async fn first_byte_sse(
         }
     }
     match first {
-        Some(d) if out == b"hi\n" => Ok(d),
+        Some(d) if out == b"hi\n" => Ok((answered, d)),
         _ => bail!("SSE: echo hi gave {:?}", String::from_utf8_lossy(&out)),
     }
 }
