@@ -230,13 +230,8 @@ impl AppState {
             return None;
         }
         let mut unreachable = false;
-        match cluster
-            .remote_link(self.store(), &self.0.config.link, exe_id)
-            .await
-        {
-            Ok(Some(link)) => return Some(link),
-            Ok(None) => {}
-            Err(Unreachable) => unreachable = true,
+        if let Some(link) = self.through_owner(cluster, exe_id, &mut unreachable).await {
+            return Some(link);
         }
         // The channel to its owner ended a moment ago (the owner drained and
         // the executor is moving, or the owner died): wait, briefly, for the
@@ -250,13 +245,8 @@ impl AppState {
                         return Some(link);
                     }
                 }
-                match cluster
-                    .remote_link(self.store(), &self.0.config.link, exe_id)
-                    .await
-                {
-                    Ok(Some(link)) => return Some(link),
-                    Ok(None) => {}
-                    Err(Unreachable) => unreachable = true,
+                if let Some(link) = self.through_owner(cluster, exe_id, &mut unreachable).await {
+                    return Some(link);
                 }
             }
         }
@@ -264,6 +254,26 @@ impl AppState {
             count_unreachable();
         }
         None
+    }
+
+    /// The link to `exe_id` through the replica that holds it, if any;
+    /// sets `unreachable` when that replica could not be reached.
+    async fn through_owner(
+        &self,
+        cluster: &Cluster,
+        exe_id: &str,
+        unreachable: &mut bool,
+    ) -> Option<Arc<Link>> {
+        match cluster
+            .remote_link(self.store(), &self.0.config.link, exe_id)
+            .await
+        {
+            Ok(link) => link,
+            Err(Unreachable) => {
+                *unreachable = true;
+                None
+            }
+        }
     }
 
     /// [`AppState::link`] without waiting for an executor that is moving
@@ -276,16 +286,12 @@ impl AppState {
         if let Some(link) = local {
             return link.lease_ok(crate::store::now_ms()).then_some(link);
         }
-        match cluster
-            .remote_link(self.store(), &self.0.config.link, exe_id)
-            .await
-        {
-            Ok(link) => link,
-            Err(Unreachable) => {
-                count_unreachable();
-                None
-            }
+        let mut unreachable = false;
+        let link = self.through_owner(cluster, exe_id, &mut unreachable).await;
+        if unreachable {
+            count_unreachable();
         }
+        link
     }
 
     pub fn config(&self) -> &GatewayConfig {
