@@ -65,9 +65,28 @@ impl Pair {
         work
     }
 
+    /// Starts executor `laptop` on gateway `g` (`extra`: more flags, e.g.
+    /// another `--gateway`) and waits until `g` lists it.
+    async fn linked_executor(&self, g: &GatewayProc, extra: &[&str]) -> Proc {
+        let proc = self
+            .prepared
+            .eg
+            .executor(&g.url(), &self.exe_token, &self.work(), extra);
+        wait_for_env(&self.api(g), "laptop").await;
+        proc
+    }
+
     fn executor_log(&self) -> String {
         log_of(&self.prepared.dir.path().join("executor.log"))
     }
+}
+
+/// A `shell` call of `command` on `laptop`, running in its own task.
+fn shell_in_flight(api: Api, command: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+    tokio::spawn(async move {
+        api.call_raw("laptop", "shell", json!({ "command": command }))
+            .await
+    })
 }
 
 /// Whether `name` is listed (connected) by envs/list on this gateway.
@@ -83,13 +102,9 @@ async fn listed(api: &Api, name: &str) -> bool {
 async fn sigterm_drains_a_and_the_executor_moves_to_b_with_its_processes() {
     let mut pair = Pair::start(&["--drain-timeout", "20s"]);
     let (api_a, api_b) = (pair.api(&pair.a), pair.api(&pair.b));
-    let _executor = pair.prepared.eg.executor(
-        &pair.a.url(),
-        &pair.exe_token,
-        &pair.work(),
-        &["--gateway", &pair.b.url()],
-    );
-    wait_for_env(&api_a, "laptop").await;
+    let _executor = pair
+        .linked_executor(&pair.a, &["--gateway", &pair.b.url()])
+        .await;
     assert!(!listed(&api_b, "laptop").await, "the link is A's");
     let (status, _, v) = get_plain(&format!("{}/readyz", pair.a.url())).await;
     assert_eq!((status, &v), (200, &json!({"status": "ready"})));
@@ -100,17 +115,10 @@ async fn sigterm_drains_a_and_the_executor_moves_to_b_with_its_processes() {
     api_a.read_until(&sid, 0, |d| d == b"before\n").await;
 
     // A long shell call in flight on A when it gets SIGTERM.
-    let slow = {
-        let api = pair.api(&pair.a);
-        tokio::spawn(async move {
-            api.call_raw(
-                "laptop",
-                "shell",
-                json!({"command": ["sh", "-c", "sleep 3; echo slow-done"]}),
-            )
-            .await
-        })
-    };
+    let slow = shell_in_flight(
+        pair.api(&pair.a),
+        json!(["sh", "-c", "sleep 3; echo slow-done"]),
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let a_url = format!("http://{}", pair.a.addr);
     let termed = Instant::now();
@@ -194,13 +202,9 @@ async fn sigterm_drains_a_and_the_executor_moves_to_b_with_its_processes() {
 async fn an_sse_stream_ends_with_draining_and_resumes_on_b() {
     let mut pair = Pair::start(&["--drain-timeout", "20s"]);
     let (api_a, api_b) = (pair.api(&pair.a), pair.api(&pair.b));
-    let _executor = pair.prepared.eg.executor(
-        &pair.a.url(),
-        &pair.exe_token,
-        &pair.work(),
-        &["--gateway", &pair.b.url()],
-    );
-    wait_for_env(&api_a, "laptop").await;
+    let _executor = pair
+        .linked_executor(&pair.a, &["--gateway", &pair.b.url()])
+        .await;
     let sid = api_a.exec("laptop", json!({"command": ["cat"]})).await;
     assert_eq!(api_a.stdin(&sid, b"one\n", false).await.0, 200);
 
@@ -283,16 +287,8 @@ async fn a_drain_with_nothing_in_flight_exits_at_once_and_a_second_signal_is_imm
 
     // B, with a call in flight and a long drain: a second SIGTERM exits now.
     let api_b = pair.api(&pair.b);
-    let _executor = pair
-        .prepared
-        .eg
-        .executor(&pair.b.url(), &pair.exe_token, &pair.work(), &[]);
-    wait_for_env(&api_b, "laptop").await;
-    let slow = tokio::spawn(async move {
-        api_b
-            .call_raw("laptop", "shell", json!({"command": ["sleep", "60"]}))
-            .await
-    });
+    let _executor = pair.linked_executor(&pair.b, &[]).await;
+    let slow = shell_in_flight(api_b, json!(["sleep", "60"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     sigterm(pair.b.proc.id());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -337,18 +333,10 @@ async fn an_executor_fails_over_when_its_first_gateway_is_dead() {
 async fn the_drain_timeout_bounds_the_wait() {
     let mut pair = Pair::start(&["--drain-timeout", "2s"]);
     let api_a = pair.api(&pair.a);
-    let _executor = pair.prepared.eg.executor(
-        &pair.a.url(),
-        &pair.exe_token,
-        &pair.work(),
-        &["--gateway", &pair.b.url()],
-    );
-    wait_for_env(&api_a, "laptop").await;
-    let slow = tokio::spawn(async move {
-        api_a
-            .call_raw("laptop", "shell", json!({"command": ["sleep", "30"]}))
-            .await
-    });
+    let _executor = pair
+        .linked_executor(&pair.a, &["--gateway", &pair.b.url()])
+        .await;
+    let slow = shell_in_flight(api_a, json!(["sleep", "30"]));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let t = Instant::now();
     sigterm(pair.a.proc.id());
@@ -374,16 +362,8 @@ async fn the_drain_timeout_bounds_the_wait() {
 async fn a_registration_refused_while_draining_is_retried() {
     let mut pair = Pair::start(&["--drain-timeout", "20s"]);
     let api_a = pair.api(&pair.a);
-    let _executor = pair
-        .prepared
-        .eg
-        .executor(&pair.a.url(), &pair.exe_token, &pair.work(), &[]);
-    wait_for_env(&api_a, "laptop").await;
-    let slow = tokio::spawn(async move {
-        api_a
-            .call_raw("laptop", "shell", json!({"command": ["sleep", "3"]}))
-            .await
-    });
+    let _executor = pair.linked_executor(&pair.a, &[]).await;
+    let slow = shell_in_flight(api_a, json!(["sleep", "3"]));
     tokio::time::sleep(Duration::from_millis(700)).await;
     sigterm(pair.a.proc.id());
     // A new executor whose only gateway is A, while A drains.
@@ -425,13 +405,9 @@ async fn a_registration_refused_while_draining_is_retried() {
 async fn a_lost_link_fails_over_to_the_next_gateway() {
     let mut pair = Pair::start(&[]);
     let (api_a, api_b) = (pair.api(&pair.a), pair.api(&pair.b));
-    let _executor = pair.prepared.eg.executor(
-        &pair.a.url(),
-        &pair.exe_token,
-        &pair.work(),
-        &["--gateway", &pair.b.url()],
-    );
-    wait_for_env(&api_a, "laptop").await;
+    let _executor = pair
+        .linked_executor(&pair.a, &["--gateway", &pair.b.url()])
+        .await;
     let sid = api_a.exec("laptop", json!({"command": ["cat"]})).await;
     assert_eq!(api_a.stdin(&sid, b"before\n", false).await.0, 200);
     api_a.read_until(&sid, 0, |d| d == b"before\n").await;
