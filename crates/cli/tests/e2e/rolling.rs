@@ -18,6 +18,30 @@ use serde_json::{json, Value};
 use crate::harness::*;
 use crate::replicas::{signal, Replicas};
 
+/// Two replicas (draining within 20 s) and executor `x` held by A, given
+/// B too, once B lists it (from the lease: no channel to A is open yet);
+/// with A's and B's replica ids.
+async fn x_on_a_listed_by_b() -> Option<(Replicas, String, String)> {
+    let mut c = Replicas::start(2, &["--drain-timeout", "20s"])?;
+    let b_url = c.replicas[1].url();
+    c.executor_with("x", 0, &["--gateway", &b_url]).await;
+    let (a_id, b_id) = (c.replica_id(0), c.replica_id(1));
+    let api_b = c.api(1);
+    eventually(5, "B to list x", || async {
+        api_b.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    Some((c, a_id, b_id))
+}
+
+/// A `shell` call of `command` on `x` through `api`, in its own task.
+fn shell_on_x(api: Api, command: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+    tokio::spawn(async move {
+        api.call_raw("x", "shell", json!({ "command": command }))
+            .await
+    })
+}
+
 /// Whether `GET {url}/readyz` answers 200.
 async fn ready(url: &str) -> bool {
     fresh_client()
@@ -33,31 +57,13 @@ async fn ready(url: &str) -> bool {
 /// replica the hint names, which serves it.
 #[tokio::test]
 async fn a_call_forwarded_to_a_draining_owner_is_served() {
-    let Some(mut c) = Replicas::start(2, &["--drain-timeout", "20s"]) else {
+    let Some((mut c, a_id, b_id)) = x_on_a_listed_by_b().await else {
         return;
     };
-    let b_url = c.replicas[1].url();
-    c.executor_with("x", 0, &["--gateway", &b_url]).await;
-    let (a_id, b_id) = (c.replica_id(0), c.replica_id(1));
     let api_b = c.api(1);
-    // B lists x from the lease; it has opened no channel to A yet.
-    eventually(5, "B to list x", || async {
-        api_b.envs().await["envs"].as_array().unwrap().len() == 1
-    })
-    .await;
 
     // A call in flight on A keeps A draining (its executor stays) for 6 s.
-    let slow = {
-        let api = c.api(0);
-        tokio::spawn(async move {
-            api.call_raw(
-                "x",
-                "shell",
-                json!({"command": ["sh", "-c", "sleep 6; echo slow-done"]}),
-            )
-            .await
-        })
-    };
+    let slow = shell_on_x(c.api(0), json!(["sh", "-c", "sleep 6; echo slow-done"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(c.replicas[0].pid(), "TERM");
     let a_url = c.replicas[0].url();
@@ -122,28 +128,13 @@ async fn a_call_forwarded_to_a_draining_owner_is_served() {
 /// output through x's new owner and succeeds.
 #[tokio::test]
 async fn a_forwarded_shell_outlives_its_executor_moving() {
-    let Some(mut c) = Replicas::start(2, &["--drain-timeout", "20s"]) else {
+    let Some((mut c, a_id, b_id)) = x_on_a_listed_by_b().await else {
         return;
     };
-    let b_url = c.replicas[1].url();
-    c.executor_with("x", 0, &["--gateway", &b_url]).await;
-    let (a_id, b_id) = (c.replica_id(0), c.replica_id(1));
-    let api_b = c.api(1);
-    eventually(5, "B to list x", || async {
-        api_b.envs().await["envs"].as_array().unwrap().len() == 1
-    })
-    .await;
-    let call = {
-        let api = c.api(1);
-        tokio::spawn(async move {
-            api.call_raw(
-                "x",
-                "shell",
-                json!({"command": ["sh", "-c", "echo before; sleep 5; echo after"]}),
-            )
-            .await
-        })
-    };
+    let call = shell_on_x(
+        c.api(1),
+        json!(["sh", "-c", "echo before; sleep 5; echo after"]),
+    );
     // The process runs (through A) before A drains.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!call.is_finished());
