@@ -256,6 +256,22 @@ impl Cluster {
         held
     }
 
+    /// The other live replicas' advertise URLs (a heartbeat within three
+    /// beats) from the replicas table, those holding the fewest executors
+    /// first: where a draining replica's executors move, and where a
+    /// cancellation is passed on.
+    pub async fn other_live_replicas(&self, store: &Store) -> crate::store::Result<Vec<String>> {
+        let now = now_ms();
+        let live_ms = 3 * self.config.heartbeat.as_millis() as i64;
+        let live = store
+            .list_replicas(now)
+            .await?
+            .into_iter()
+            .filter(|r| now - r.heartbeat_at < live_ms)
+            .map(|r| (r.peer_url, r.executors));
+        Ok(least_loaded_first(live, &self.config.advertise_url))
+    }
+
     /// A description of executor `exe_id` (workspace, name) held elsewhere
     /// at `epoch`, for envs/list: the open channel to it if there is one,
     /// else a closed [`Link`] that carries only the handshake its holder
@@ -407,6 +423,26 @@ impl Cluster {
             ),
         ]
     }
+}
+
+/// From live replicas' (advertise URL, executors held): this replica's URL
+/// left out (its former incarnations too), each URL once, the least loaded
+/// first.
+fn least_loaded_first(live: impl IntoIterator<Item = (String, i64)>, me: &str) -> Vec<String> {
+    let me = me.trim_end_matches('/');
+    let mut by_url: Vec<(String, i64)> = Vec::new();
+    for (url, held) in live {
+        let url = url.trim_end_matches('/').to_string();
+        if url == me {
+            continue;
+        }
+        match by_url.iter_mut().find(|(u, _)| *u == url) {
+            Some((_, n)) => *n = (*n).max(held),
+            None => by_url.push((url, held)),
+        }
+    }
+    by_url.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    by_url.into_iter().map(|(url, _)| url).collect()
 }
 
 /// Another replica holds the executor, and it could not be reached.
@@ -946,6 +982,22 @@ async fn forward_events(channel: Arc<Channel>, pid: String, mut sub: crate::link
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_other_live_replicas_leave_this_one_out_least_loaded_first() {
+        let live = [
+            ("http://c:1".to_string(), 5),
+            ("http://a:1/".to_string(), 0),
+            ("http://b:1".to_string(), 2),
+            ("http://a:1".to_string(), 9),
+            ("http://d:1".to_string(), 2),
+        ];
+        assert_eq!(
+            least_loaded_first(live, "http://a:1"),
+            ["http://b:1", "http://d:1", "http://c:1"]
+        );
+        assert!(least_loaded_first([], "http://a:1").is_empty());
+    }
 
     #[test]
     fn credentials_verify_only_with_the_secret_the_exe_and_a_fresh_time() {

@@ -281,52 +281,20 @@ pub fn movable(links: Vec<Arc<Link>>) -> Vec<Arc<Link>> {
 }
 
 /// The `gateways` hint of `execgate/move`: the other live replicas'
-/// advertise URLs from the replicas table (a replica: none alone), those
-/// holding the fewest executors first. An executor dials a hint only when
-/// it is one of its own `--gateway` URLs.
+/// advertise URLs, those holding the fewest executors first (a replica: none
+/// alone). An executor dials a hint only when it is one of its own
+/// `--gateway` URLs.
 async fn move_hints(state: &AppState) -> Vec<String> {
     let Some(cluster) = state.cluster() else {
         return Vec::new();
     };
-    let now = crate::store::now_ms();
-    match state.store().list_replicas(now).await {
-        Ok(rows) => {
-            let live = rows
-                .into_iter()
-                .filter(|r| now - r.heartbeat_at < live_within_ms(cluster))
-                .map(|r| (r.peer_url, r.executors));
-            hint_order(live, &cluster.config.advertise_url)
-        }
+    match cluster.other_live_replicas(state.store()).await {
+        Ok(urls) => urls,
         Err(e) => {
             tracing::warn!("draining: no gateways hint, the replicas table cannot be read: {e}");
             Vec::new()
         }
     }
-}
-
-/// A replica is live for the hint when it heartbeat within 3 beats.
-fn live_within_ms(cluster: &crate::link::peer::Cluster) -> i64 {
-    3 * cluster.config.heartbeat.as_millis() as i64
-}
-
-/// The hint from live replicas' (advertise URL, executors held): this
-/// replica's URL left out (its former incarnations too), each URL once,
-/// the least loaded first.
-fn hint_order(live: impl IntoIterator<Item = (String, i64)>, me: &str) -> Vec<String> {
-    let me = me.trim_end_matches('/');
-    let mut by_url: Vec<(String, i64)> = Vec::new();
-    for (url, held) in live {
-        let url = url.trim_end_matches('/').to_string();
-        if url == me {
-            continue;
-        }
-        match by_url.iter_mut().find(|(u, _)| *u == url) {
-            Some((_, n)) => *n = (*n).max(held),
-            None => by_url.push((url, held)),
-        }
-    }
-    by_url.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-    by_url.into_iter().map(|(url, _)| url).collect()
 }
 
 /// Runs a drain once it begins (see the module's header), for at most
@@ -461,22 +429,6 @@ mod tests {
         let (_dir, state) = crate::ops::state::test_state(|_| {}).await;
         state.drain().begin();
         assert_eq!(readiness(&state).await.unwrap_err().code, code::DRAINING);
-    }
-
-    #[test]
-    fn the_hint_leaves_this_replica_out_and_puts_the_least_loaded_first() {
-        let live = [
-            ("http://c:1".to_string(), 5),
-            ("http://a:1/".to_string(), 0),
-            ("http://b:1".to_string(), 2),
-            ("http://a:1".to_string(), 9),
-            ("http://d:1".to_string(), 2),
-        ];
-        assert_eq!(
-            hint_order(live, "http://a:1"),
-            ["http://b:1", "http://d:1", "http://c:1"]
-        );
-        assert!(hint_order([], "http://a:1").is_empty());
     }
 
     #[test]

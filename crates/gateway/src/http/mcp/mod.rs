@@ -106,6 +106,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
 use crate::link::peer;
 use crate::ops::environment as api;
 use crate::ops::environment::environment_argument;
@@ -385,18 +386,8 @@ async fn pass_on_cancel(state: AppState, token_hash: String, id: String) {
     let Some(cluster) = state.cluster() else {
         return;
     };
-    let now = crate::store::now_ms();
-    let live_ms = 3 * cluster.config.heartbeat.as_millis() as i64;
-    let me = cluster.config.advertise_url.trim_end_matches('/');
-    let peers: Vec<String> = match state.store().list_replicas(now).await {
-        Ok(rows) => rows
-            .into_iter()
-            .filter(|r| now - r.heartbeat_at < live_ms)
-            .map(|r| r.peer_url.trim_end_matches('/').to_string())
-            .filter(|url| url != me)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+    let peers = match cluster.other_live_replicas(state.store()).await {
+        Ok(peers) => peers,
         Err(e) => {
             tracing::debug!("a cancellation not passed on: the replicas cannot be read: {e}");
             return;
@@ -446,7 +437,7 @@ async fn peer_cancel(
     State(state): State<AppState>,
     inflight: Arc<Inflight>,
     headers: axum::http::HeaderMap,
-    axum::Json(body): axum::Json<PeerCancel>,
+    ApiJson(body): ApiJson<PeerCancel>,
 ) -> Response {
     let Some(cluster) = state.cluster() else {
         return ApiError::not_found("this gateway is not a replica").into_response();
