@@ -662,3 +662,33 @@ async fn a_cancellation_reaches_the_call_on_another_replica() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("the request was cancelled"), "{body}");
 }
+
+/// The peer cancellation route, as a hostile client meets it: a malformed
+/// body and a missing signature both get a 4xx in the error envelope, and
+/// nothing is cancelled.
+#[tokio::test]
+async fn the_peer_cancellation_route_refuses_strangers_in_the_envelope() {
+    let Some(c) = Replicas::start(1, &[]) else {
+        return;
+    };
+    let url = format!("{}/peer/v1/cancel", c.replicas[0].url());
+    for (content_type, body) in [
+        ("application/json", "{not json"),
+        ("application/json", r#"{"tokenHash": 5}"#),
+        ("text/plain", "x"),
+        ("application/json", r#"{"tokenHash": "ab", "id": "1"}"#),
+    ] {
+        let r = fresh_client()
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!((400..500).contains(&status), "{body}: {status} {v}");
+        assert!(v["error"]["code"].is_string(), "{body}: {status} {v}");
+        assert!(v["error"]["message"].is_string(), "{body}: {status} {v}");
+    }
+}
