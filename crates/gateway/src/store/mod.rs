@@ -40,6 +40,7 @@ pub mod leases;
 mod lookups;
 mod metrics;
 pub mod roster;
+mod sessions;
 mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -384,6 +385,9 @@ pub struct Store {
     lookups: std::sync::Arc<lookups::Lookups>,
     /// Workspaces' rosters for envs/list (`store/roster.rs`).
     rosters: std::sync::Arc<roster::Rosters>,
+    /// SQLite: session rows written without an fsync on the answer's path
+    /// (`store/sessions.rs`).
+    session_writer: Option<std::sync::Arc<sessions::SessionWriter>>,
 }
 
 impl Store {
@@ -422,6 +426,7 @@ impl Store {
             .await?;
         let opts = options(MAIN_DB)?;
         move_audit_log(&opts, &data_dir.join(AUDIT_DB)).await?;
+        let session_writer = sessions::SessionWriter::new(opts.clone(), &data_dir.join(MAIN_DB));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
@@ -435,6 +440,7 @@ impl Store {
             },
             lookups,
             rosters: Default::default(),
+            session_writer: Some(std::sync::Arc::new(session_writer)),
         })
     }
 
@@ -456,6 +462,7 @@ impl Store {
             db: Db::Postgres(pool),
             lookups,
             rosters: Default::default(),
+            session_writer: None,
         })
     }
 

@@ -6,10 +6,12 @@
 //! `crate::ops::processes`.
 //!
 //! The row is written *before* `process/start`, so a process can never run
-//! without a row that reaches it: if the executor refuses the start the row
-//! is deleted; if the outcome is unknown (the link dropped, a timeout), the
-//! row gets an immediate deadline and `crate::ops::deadlines` terminates the
-//! process should it have started. Retries and reconnects therefore leave
+//! without a row that reaches it (its fsync, for a power loss, runs beside
+//! `process/start`, and the answer waits for both: `store/sessions.rs`):
+//! if the executor refuses the start the row is deleted; if the outcome is
+//! unknown (the link dropped, a timeout), the row gets an immediate
+//! deadline and `crate::ops::deadlines` terminates the process should it
+//! have started. Retries and reconnects therefore leave
 //! neither orphans nor duplicates (process ids are fresh per call, and an
 //! executor refuses a duplicate id).
 //!
@@ -143,12 +145,14 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
         .limits()
         .admit_session(ctx.state, &ctx.caller.workspace)
         .await?;
-    store.insert_session(&row).await?;
+    // The row survives a crash of this process before `process/start` is
+    // sent; its fsync (a power loss) runs beside `process/start`, and the
+    // answer waits for both (`store/sessions.rs`).
+    let durable = store.insert_session_unsynced(&row).await?;
     drop(slot);
-    match link
-        .request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT)
-        .await
-    {
+    let start = link.request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT);
+    let (started, synced) = tokio::join!(start, durable.wait());
+    match started {
         Ok(_) => {}
         Err(e @ (LinkError::Rpc { .. } | LinkError::Denied { .. })) => {
             // The executor answered: nothing runs under this id.
@@ -165,6 +169,15 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
             }
             return rpc_failure(e);
         }
+    }
+    if let Err(e) = synced {
+        // The process runs but its row may not survive a power loss: the
+        // client is not told about it, and the process is ended.
+        tracing::warn!(%sid, "cannot make the session row durable: {e}");
+        if let Err(d) = store.set_deadline(&sid, now_ms()).await {
+            tracing::warn!(%sid, "cannot schedule the end of a session without a durable row: {d}");
+        }
+        return Err(e.into());
     }
     let out = ExecCommandOutput { session_id: sid };
     Ok(CallToolResult::text(
