@@ -98,7 +98,10 @@ pub(crate) async fn tool_call(
     }
     let store = state.store().clone();
     let workspace = caller.workspace.clone();
-    let op = async move {
+    // Boxed: the call's future is large, and unboxed it was copied at
+    // each layer that moved it (memcpy was 7 % of the gateway's samples
+    // in a `shell true` profile; BENCHMARKS.md, issue 22).
+    let op = Box::pin(async move {
         let link = environment(&state, &caller, &name);
         tools::call(
             &state,
@@ -113,6 +116,6 @@ pub(crate) async fn tool_call(
         .map(Json)
         .map_err(ApiError::from)
         .into_response()
-    };
+    });
     Ok(idempotency::json_route(&store, &workspace, key, "POST", uri.path(), &raw, op).await)
 }
