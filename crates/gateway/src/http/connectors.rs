@@ -99,8 +99,8 @@ pub(crate) async fn tool_call(
     let store = state.store().clone();
     let workspace = caller.workspace.clone();
     // Boxed: the call's future is large, and unboxed it was copied at
-    // each layer that moved it (memcpy was 7 % of the gateway's samples
-    // in a `shell true` profile; BENCHMARKS.md, issue 22).
+    // each layer that moved it (that memcpy was 6.7 % of the workers'
+    // busy samples in a `shell true` profile; BENCHMARKS.md, issue 22).
     let op = Box::pin(async move {
         let link = environment(&state, &caller, &name);
         tools::call(
