@@ -39,7 +39,8 @@ pub mod method {
     pub const FS_RENAME: &str = "fs/rename";
     /// [ext] Write bytes at an offset of a file (creating it).
     pub const FS_WRITE_RANGE: &str = "fs/writeRange";
-    /// [ext] Verify a staged file's SHA-256, set its mode, rename it into place.
+    /// [ext] Verify a staged file's SHA-256 (or, with `digests`, BLAKE3),
+    /// set its mode, rename it into place.
     pub const FS_COMMIT_FILE: &str = "fs/commitFile";
     /// [ext] Create a symbolic link.
     pub const FS_SYMLINK: &str = "fs/symlink";
@@ -639,7 +640,7 @@ pub struct WriteRangeParams {
 }
 
 /// [ext] `fs/commitFile`: the last step of a transfer. The staged file at
-/// `path` is checked against `sha256` (when given), gets `mode` (when
+/// `path` is checked against `sha256` or `blake3` (when given), gets `mode` (when
 /// given), and is renamed to `destinationPath`. On a mismatch the staged file
 /// is removed and nothing changes at the destination.
 #[derive(Debug, Clone, Serialize, Deserialize)]
