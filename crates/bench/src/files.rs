@@ -1,7 +1,12 @@
 //! File transfer: PUT and GET through `/files` and `copy_path` between two
 //! executors, against a local `cp` of the same file measured in the same
 //! run, plus how much the gateway's RSS grows during the copy (it should
-//! stay flat: transfers stream in 1 MiB chunks).
+//! stay flat: transfers stream in 1 MiB chunks), and the CPU each process
+//! spent on it per GiB (/proc: the gateway, the source executor, the
+//! destination executor). With `--ssh`, `scp` of the same file to the
+//! bench's own sshd (a login user with no rc files when run as root, see
+//! `peers`) in the same run, and copy_path's ratio to it. scp neither
+//! verifies a digest nor flushes to disk; copy_path does both.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,14 +18,14 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::rss_kib;
+use crate::harness::{cpu_time, rss_kib};
 use crate::Figure;
 
-pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
+pub async fn run(bin: &Path, quick: bool, ssh: bool) -> anyhow::Result<Vec<Figure>> {
     let size: u64 = if quick { 64 << 20 } else { 1 << 30 };
     let gw = crate::harness::gateway(bin, &[]);
-    let (_a, work_a) = gw.executor("a", &[]).await;
-    let (_b, work_b) = gw.executor("b", &[]).await;
+    let (exe_a, work_a) = gw.executor("a", &[]).await;
+    let (exe_b, work_b) = gw.executor("b", &[]).await;
     let src = work_a.join("src.bin");
     write_pseudo_random(&src, size)?;
     let mb = |secs: f64| size as f64 / 1e6 / secs;
@@ -115,6 +120,8 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
             }
         })
     };
+    let pids = [pid, exe_a.id(), exe_b.id()];
+    let cpu0 = pids.map(cpu_time);
     let t = Instant::now();
     let r: serde_json::Value = http
         .post(format!("{}/api/connectors/envs/a/tool/call", gw.url))
@@ -127,6 +134,7 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
         .json()
         .await?;
     let secs = t.elapsed().as_secs_f64();
+    let cpu1 = pids.map(cpu_time);
     done.store(true, Ordering::Relaxed);
     sampler.await?;
     if r["isError"] != false || r["structuredContent"]["bytes"] != size {
@@ -146,7 +154,65 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
         unit: "MiB",
         baseline: None,
     });
+    let gib = size as f64 / (1u64 << 30) as f64;
+    for (i, who) in ["gateway", "source", "destination"].iter().enumerate() {
+        let spent = cpu1[i].saturating_sub(cpu0[i]).as_secs_f64();
+        figures.push(Figure::new(
+            format!("files.copy_path.cpu_s_per_gib.{who}"),
+            format!("  copy_path CPU per GiB, {who}"),
+            spent / gib,
+            "s",
+        ));
+    }
+    std::fs::remove_file(work_b.join("copy.bin"))?;
+
+    if ssh {
+        let copy_mb = mb(secs);
+        match scp(&src, size).await {
+            Ok(secs) => {
+                let scp_mb = mb(secs);
+                figures.push(Figure {
+                    key: "files.scp.mb_per_s".into(),
+                    label: format!("scp {label} (no digest, no fsync)"),
+                    value: scp_mb,
+                    unit: "MB/s",
+                    baseline: base(),
+                });
+                figures.push(
+                    Figure::new(
+                        "files.copy_path.vs_scp",
+                        format!("copy_path {label} against scp"),
+                        copy_mb,
+                        "MB/s",
+                    )
+                    .vs(format!("scp {label}"), scp_mb),
+                );
+            }
+            Err(e) => println!("note: scp figure skipped: {e:#}"),
+        }
+    }
     Ok(figures)
+}
+
+/// Seconds for `scp` of `src` (`size` bytes) to the bench's own sshd;
+/// the copy is checked for its size and removed.
+async fn scp(src: &Path, size: u64) -> anyhow::Result<f64> {
+    let sshd = crate::peers::start_sshd().await?;
+    let dst = sshd.writable_dir().join("scp.bin");
+    let t = Instant::now();
+    let ok = tokio::time::timeout(Duration::from_secs(300), sshd.scp(src, &dst).status())
+        .await
+        .context("scp timed out")??;
+    let secs = t.elapsed().as_secs_f64();
+    if !ok.success() {
+        bail!("scp failed");
+    }
+    let got = std::fs::metadata(&dst)?.len();
+    std::fs::remove_file(&dst)?;
+    if got != size {
+        bail!("scp wrote {got} of {size} bytes");
+    }
+    Ok(secs)
 }
 
 /// Writes `size` bytes that do not repeat in any short period.

@@ -214,6 +214,9 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "files.get.mb_per_s",
         "files.copy_path.mb_per_s",
         "files.copy_path.gateway_rss_growth_mib",
+        "files.copy_path.cpu_s_per_gib.gateway",
+        "files.copy_path.cpu_s_per_gib.source",
+        "files.copy_path.cpu_s_per_gib.destination",
         "scale.n100.gateway_rss_kib_per_conn",
         "scale.n100.envs_list.p50_ms",
         "replicas.shell_true.p50_ms",
@@ -236,6 +239,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
     }
     if args.ssh {
         keys.extend(["peers.ssh.true.p50_ms", "peers.ssh.cat.mb_per_s"].map(String::from));
+        keys.extend(["files.scp.mb_per_s", "files.copy_path.vs_scp"].map(String::from));
     }
     if args.only.is_some() {
         // The heavy figures: run by --quick only when --only names them.
@@ -286,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
         add("output", output::run(&bin, args.quick).await)?;
     }
     if want("files") {
-        let figures = files::run(&bin, args.quick).await;
+        let figures = files::run(&bin, args.quick, args.ssh).await;
         add(
             "files",
             figures.map(|figures| Report {

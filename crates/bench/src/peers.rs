@@ -253,7 +253,7 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
 }
 
 /// An sshd of our own, and the ControlMaster to it; both go when dropped.
-struct Sshd {
+pub(crate) struct Sshd {
     dir: tempfile::TempDir,
     port: u16,
     sshd: tokio::process::Child,
@@ -316,6 +316,46 @@ impl Drop for LoginUser {
 }
 
 impl Sshd {
+    /// A directory the login user may write, for a copy's destination.
+    pub(crate) fn writable_dir(&self) -> std::path::PathBuf {
+        match &self.user {
+            Some(_) => self.dir.path().join("home"),
+            None => self.dir.path().to_owned(),
+        }
+    }
+
+    /// `scp local 127.0.0.1:remote` through the ControlMaster, as the
+    /// login user.
+    pub(crate) fn scp(&self, local: &Path, remote: &Path) -> tokio::process::Command {
+        let d = self.dir.path();
+        let mut c = tokio::process::Command::new("scp");
+        c.arg("-q")
+            .arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(d.join("id_ed25519"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg("-o")
+            .arg(format!("ControlPath={}", d.join("cm").display()))
+            .args(["-P", &self.port.to_string()])
+            .arg(local);
+        let host = match &self.user {
+            Some(user) => format!("{}@127.0.0.1:{}", user.name, remote.display()),
+            None => format!("127.0.0.1:{}", remote.display()),
+        };
+        c.arg(host).stdin(Stdio::null());
+        c
+    }
+
     fn client(&self) -> tokio::process::Command {
         let d = self.dir.path();
         let mut c = tokio::process::Command::new("ssh");
@@ -358,7 +398,7 @@ impl Drop for Sshd {
     }
 }
 
-async fn start_sshd() -> anyhow::Result<Sshd> {
+pub(crate) async fn start_sshd() -> anyhow::Result<Sshd> {
     let sshd_bin = ["/usr/sbin/sshd", "/usr/bin/sshd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -401,7 +441,8 @@ async fn start_sshd() -> anyhow::Result<Sshd> {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
              AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nUsePAM no\n\
              StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nMaxSessions 100\n",
+             PermitRootLogin prohibit-password\nMaxSessions 100\n\
+             Subsystem sftp internal-sftp\n",
             d = d.display()
         ),
     )?;

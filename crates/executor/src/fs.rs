@@ -25,12 +25,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
     CommitFileParams, CommitFileResult, CopyParams, CreateDirectoryParams, DirEntry, Empty,
-    Metadata, PathParams, ReadDirectoryResult, ReadFileResult, ReadRangeParams, ReadRangeResult,
-    RemoveParams, RenameParams, SymlinkParams, WriteFileParams, WriteRangeParams,
+    Metadata, PathParams, ReadDigestParams, ReadDigestResult, ReadDirectoryResult, ReadFileResult,
+    ReadRangeParams, ReadRangeResult, RemoveParams, RenameParams, SymlinkParams, WriteFileParams,
+    WriteRangeParams,
 };
 use execgate_protocol::jsonrpc::RpcError;
 
 use crate::beneath::{self, Entry, Escape, Kind, Target};
+use crate::digest::ReadHashes;
 use crate::paths::{Last, PathRules};
 use crate::staged::StagedHashes;
 
@@ -41,6 +43,8 @@ pub(crate) struct Ctx<'a> {
     pub rules: &'a PathRules,
     /// `fs/writeRange` feeds them, `fs/commitFile` takes them.
     pub staged: &'a StagedHashes,
+    /// [ext] `fs/readRange {hash}` feeds them, `fs/readDigest` takes them.
+    pub reads: &'a ReadHashes,
 }
 
 /// Maps an I/O error on `path` to the protocol's error codes: a path that
@@ -95,7 +99,7 @@ const MAX_PRESIZE: u64 = 64 << 20;
 
 pub(crate) fn read_range(
     params: ReadRangeParams,
-    Ctx { rules, .. }: Ctx<'_>,
+    Ctx { rules, reads, .. }: Ctx<'_>,
 ) -> Result<ReadRangeResult, RpcError> {
     let target = rules.resolve(&params.path, Last::Follow)?;
     let fail = |e| io_error("reading", &target.path, e);
@@ -117,8 +121,28 @@ pub(crate) fn read_range(
         // `take` bounds the read even if the file grows meanwhile.
         file.take(want).read_to_end(&mut data).map_err(fail)?;
     }
+    let data = bytes::Bytes::from(data);
+    if let Some(hash) = &params.hash {
+        // Here, while the bytes are in this thread's cache; a clone of
+        // `Bytes` is a reference, not a copy.
+        reads.read(&hash.id, &hash.algorithm, params.offset, data.clone())?;
+    }
     Ok(ReadRangeResult {
         data_base64: Blob::from(data),
+        size,
+    })
+}
+
+/// [ext] `fs/readDigest`: the digest of what the reads of one transfer
+/// returned (see [`crate::digest`]).
+pub(crate) fn read_digest(
+    params: ReadDigestParams,
+    Ctx { reads, .. }: Ctx<'_>,
+) -> Result<ReadDigestResult, RpcError> {
+    let (algorithm, digest, size) = reads.finish(&params.id)?;
+    Ok(ReadDigestResult {
+        algorithm: algorithm.into(),
+        digest,
         size,
     })
 }
@@ -265,7 +289,7 @@ pub(crate) fn rename(params: RenameParams, Ctx { rules, .. }: Ctx<'_>) -> Result
 /// the running hash of what they wrote, for the commit.
 pub(crate) fn write_range(
     params: WriteRangeParams,
-    Ctx { rules, staged }: Ctx<'_>,
+    Ctx { rules, staged, .. }: Ctx<'_>,
 ) -> Result<Empty, RpcError> {
     use std::os::unix::fs::FileExt;
     let target = rules.resolve(&params.path, Last::Follow)?;
@@ -274,6 +298,14 @@ pub(crate) fn write_range(
         .data_base64
         .to_bytes()
         .map_err(|e| RpcError::invalid_params(format!("dataBase64 is not valid base64: {e}")))?;
+    if let Some(d) = params.digest.as_deref() {
+        if crate::digest::Hasher::new(d).is_none() {
+            return Err(RpcError::invalid_params(format!(
+                "digest {d:?} is not one of {:?}",
+                crate::digest::SUPPORTED
+            )));
+        }
+    }
     let truncate = if params.truncate { libc::O_TRUNC } else { 0 };
     let file = target
         .open(libc::O_WRONLY | libc::O_CREAT | truncate, 0o666)
@@ -281,7 +313,14 @@ pub(crate) fn write_range(
     file.write_all_at(&data, params.offset)
         .map_err(|e| io_error("writing", path, e))?;
     start_writeback(&file, params.offset, data.len() as u64);
-    staged.wrote(path, &file, params.offset, data, params.truncate);
+    staged.wrote(
+        path,
+        &file,
+        params.offset,
+        data,
+        params.truncate,
+        params.digest.as_deref(),
+    );
     Ok(Empty {})
 }
 
@@ -315,7 +354,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// the file is read back.
 pub(crate) fn commit_file(
     params: CommitFileParams,
-    Ctx { rules, staged }: Ctx<'_>,
+    Ctx { rules, staged, .. }: Ctx<'_>,
 ) -> Result<CommitFileResult, RpcError> {
     let staged_target = rules.resolve(&params.path, Last::Follow)?;
     let staged_path = &staged_target.path;
@@ -333,8 +372,16 @@ pub(crate) fn commit_file(
     let file = staged_target
         .open(libc::O_RDONLY, 0)
         .map_err(|e| io_error("opening", staged_path, e))?;
+    // [ext] Verified with BLAKE3 when given one, else with SHA-256.
+    let (algorithm, expected) = match (&params.blake3, &params.sha256) {
+        (Some(b), _) => (execgate_protocol::exec::digest::BLAKE3, Some(b)),
+        (None, s) => (execgate_protocol::exec::digest::SHA256, s.as_ref()),
+    };
     // Before the mode changes the file's ctime, which the check compares.
-    let running = staged.take(staged_path, &file);
+    // A running hash of another algorithm is of no use: the file is read.
+    let running = staged
+        .take(staged_path, &file)
+        .filter(|(a, _, _)| *a == algorithm);
     // Without a mode given, a replaced file keeps its own (as `write_file`
     // does), and a new one keeps the staged file's 0666 minus the umask.
     let keep = || {
@@ -352,23 +399,23 @@ pub(crate) fn commit_file(
             .map_err(|e| io_error("setting the mode of", staged_path, e))?;
     }
     let (hashed, synced) = match running {
-        Some((sha256, size)) => (Ok((hex_lower(&sha256), size)), Ok(file.sync_all())),
+        Some((_, digest, size)) => (Ok((digest, size)), Ok(file.sync_all())),
         // The flush to disk waits on the device and the hash on the CPU:
         // do both at once. (A mismatch, which removes the file, wastes the
         // flush.)
         None => std::thread::scope(|scope| {
             let sync = scope.spawn(|| file.sync_all());
-            let hashed = hash_file(&file);
+            let hashed = hash_file(&file, algorithm);
             (hashed, sync.join())
         }),
     };
-    let (sha256, size) = hashed.map_err(|e| io_error("reading", staged_path, e))?;
+    let (digest, size) = hashed.map_err(|e| io_error("reading", staged_path, e))?;
     let staged_entry = entry_of(&staged_target, "opening")?;
-    if let Some(expected) = &params.sha256 {
-        if !expected.eq_ignore_ascii_case(&sha256) {
+    if let Some(expected) = expected {
+        if !expected.eq_ignore_ascii_case(&digest) {
             let _ = staged_entry.remove_file();
             return Err(RpcError::invalid_params(format!(
-                "sha256 mismatch for {}: expected {expected}, the staged file has {sha256}; nothing was written",
+                "{algorithm} mismatch for {}: expected {expected}, the staged file has {digest}; nothing was written",
                 dest.path.display()
             )));
         }
@@ -387,7 +434,19 @@ pub(crate) fn commit_file(
         rename_into_place(staged_path, &dest.path)
             .map_err(|e| io_error("renaming into", &dest.path, e))?;
     }
-    Ok(CommitFileResult { sha256, size })
+    Ok(if algorithm == execgate_protocol::exec::digest::BLAKE3 {
+        CommitFileResult {
+            sha256: String::new(),
+            size,
+            blake3: Some(digest),
+        }
+    } else {
+        CommitFileResult {
+            sha256: digest,
+            size,
+            blake3: None,
+        }
+    })
 }
 
 /// Renames the verified staged file to `dest`. When `dest` was reached
@@ -416,10 +475,11 @@ fn rename_into_place(staged: &Path, dest: &Path) -> io::Result<()> {
     }
 }
 
-/// SHA-256 (lower-case hex) and size of what `file` holds, read from its start.
-fn hash_file(mut file: &File) -> io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+/// The digest `algorithm` (lower-case hex) and size of what `file` holds,
+/// read from its start.
+fn hash_file(mut file: &File, algorithm: &str) -> io::Result<(String, u64)> {
+    let mut hasher = crate::digest::Hasher::new(algorithm)
+        .ok_or_else(|| io::Error::other(format!("no digest {algorithm}")))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -432,11 +492,12 @@ fn hash_file(mut file: &File) -> io::Result<(String, u64)> {
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok((hex_lower(&hasher.finalize()), size))
+    Ok((hasher.hex(), size))
 }
 
+#[cfg(test)]
 fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex_lower(bytes)
 }
 
 /// [ext] `fs/symlink`.
@@ -535,7 +596,7 @@ pub(crate) fn read_directory(
 
 pub(crate) fn remove(
     params: RemoveParams,
-    Ctx { rules, staged }: Ctx<'_>,
+    Ctx { rules, staged, .. }: Ctx<'_>,
 ) -> Result<Empty, RpcError> {
     let target = rules.resolve(&params.path, Last::Entry)?;
     let path = &target.path;
@@ -711,10 +772,13 @@ mod tests {
     static STAGED: std::sync::LazyLock<StagedHashes> =
         std::sync::LazyLock::new(StagedHashes::default);
 
+    static READS: std::sync::LazyLock<ReadHashes> = std::sync::LazyLock::new(ReadHashes::default);
+
     fn ctx(rules: &PathRules) -> Ctx<'_> {
         Ctx {
             rules,
             staged: &STAGED,
+            reads: &READS,
         }
     }
 
@@ -833,6 +897,96 @@ mod tests {
         let err = call_err(method::FS_COMMIT_FILE, params, dir.path());
         assert!(err.message.contains("sha256 mismatch"), "{err}");
         assert!(!dir.path().join("dest").exists());
+    }
+
+    fn blake3_hex(data: &[u8]) -> String {
+        blake3::hash(data).to_hex().to_string()
+    }
+
+    /// [ext] `fs/writeRange {digest: "blake3"}` keeps a BLAKE3, which
+    /// `fs/commitFile {blake3}` verifies (a wrong one removes the staged
+    /// file); a commit of the other digest reads the file back.
+    #[test]
+    fn commit_verifies_a_blake3_kept_by_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |parts: &[(u64, &[u8])], name: &str| {
+            let staged = dir.path().join(name).display().to_string();
+            let create = json!({"path": staged, "offset": 0, "dataBase64": "",
+                                "truncate": true, "digest": "blake3"});
+            call_ok(method::FS_WRITE_RANGE, create, dir.path());
+            for &(offset, data) in parts {
+                let params =
+                    json!({"path": staged, "offset": offset, "dataBase64": BASE64.encode(data)});
+                call_ok(method::FS_WRITE_RANGE, params, dir.path());
+            }
+            staged
+        };
+        let b3 = blake3_hex(b"hello world");
+        let staged = write(&[(5, b" world"), (0, b"hello")], ".s1");
+        let params = json!({"path": staged, "destinationPath": "dest", "blake3": b3});
+        let r = call_ok(method::FS_COMMIT_FILE, params, dir.path());
+        assert_eq!(r, json!({"blake3": b3, "size": 11}));
+        assert_eq!(fs::read(dir.path().join("dest")).unwrap(), b"hello world");
+
+        let staged = write(&[(0, b"hello world")], ".s2");
+        let wrong = blake3_hex(b"hello there");
+        let params = json!({"path": staged, "destinationPath": "dest2", "blake3": wrong});
+        let err = call_err(method::FS_COMMIT_FILE, params, dir.path());
+        assert!(err.message.contains("blake3 mismatch"), "{err}");
+        assert!(!dir.path().join("dest2").exists());
+        assert!(!Path::new(&staged).exists());
+
+        // Kept as BLAKE3, committed by SHA-256: read back, still verified.
+        let staged = write(&[(0, b"hello world")], ".s3");
+        let sha = sha256_hex(b"hello world");
+        let params = json!({"path": staged, "destinationPath": "dest3", "sha256": sha});
+        let r = call_ok(method::FS_COMMIT_FILE, params, dir.path());
+        assert_eq!(r, json!({"sha256": sha, "size": 11}));
+
+        // The bytes changed behind the writes: a BLAKE3 commit fails too.
+        let staged = write(&[(0, b"hello")], ".s4");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(&staged, b"HELLO").unwrap();
+        let params =
+            json!({"path": staged, "destinationPath": "dest4", "blake3": blake3_hex(b"hello")});
+        let err = call_err(method::FS_COMMIT_FILE, params, dir.path());
+        assert!(err.message.contains("blake3 mismatch"), "{err}");
+        assert!(!dir.path().join("dest4").exists());
+
+        let params = json!({"path": staged, "offset": 0, "dataBase64": "", "digest": "md5"});
+        let err = call_err(method::FS_WRITE_RANGE, params, dir.path());
+        assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
+    }
+
+    /// [ext] `fs/readRange {hash}` then `fs/readDigest`: the source's
+    /// digest of what it read, whatever order the reads ran in.
+    #[test]
+    fn reads_with_a_hash_give_the_digest_of_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"hello world").unwrap();
+        let read = |offset: u64, length: u64, id: &str, algorithm: &str| {
+            let params = json!({"path": "f", "offset": offset, "length": length,
+                                "hash": {"id": id, "algorithm": algorithm}});
+            let r = call_ok(method::FS_READ_RANGE, params, dir.path());
+            BASE64.decode(r["dataBase64"].as_str().unwrap()).unwrap()
+        };
+        assert_eq!(read(5, 6, "t1", "blake3"), b" world");
+        assert_eq!(read(0, 5, "t1", "blake3"), b"hello");
+        let r = call_ok(method::FS_READ_DIGEST, json!({"id": "t1"}), dir.path());
+        assert_eq!(
+            r,
+            json!({"algorithm": "blake3", "digest": blake3_hex(b"hello world"), "size": 11})
+        );
+        // Taken: a second ask fails, as does one for reads that left a gap.
+        let err = call_err(method::FS_READ_DIGEST, json!({"id": "t1"}), dir.path());
+        assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
+        read(0, 5, "t2", "sha256");
+        read(6, 5, "t2", "sha256");
+        let err = call_err(method::FS_READ_DIGEST, json!({"id": "t2"}), dir.path());
+        assert_eq!(err.code, code::INVALID_PARAMS, "{err}");
+        read(0, 0, "t3", "sha256");
+        let r = call_ok(method::FS_READ_DIGEST, json!({"id": "t3"}), dir.path());
+        assert_eq!(r["digest"], sha256_hex(b"hello world"));
     }
 
     /// A root (also the workdir) beside `outside/`, which holds `secret`;

@@ -41,6 +41,7 @@ pub mod bench_api;
 mod beneath;
 mod connect;
 mod connection;
+mod digest;
 mod error;
 mod fs;
 #[doc(hidden)]

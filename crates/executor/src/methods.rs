@@ -137,6 +137,7 @@ where
         let ctx = fs::Ctx {
             rules: &state.policy.paths,
             staged: &state.staged,
+            reads: &state.reads,
         };
         let call = Call {
             params,
@@ -304,6 +305,7 @@ methods! {
     Notification EXECGATE_MOVE        Transport  Other   Connection::move_requested;
     Request      FS_READ_FILE         Blocking   Read    fs::read_file;
     Request      FS_READ_RANGE        Blocking   Read    fs::read_range;
+    Request      FS_READ_DIGEST       Blocking   Read    fs::read_digest;
     Request      FS_GET_METADATA      Blocking   Read    fs::get_metadata;
     Request      FS_READ_DIRECTORY    Blocking   Read    fs::read_directory;
     Request      FS_WRITE_FILE        Blocking   Write   fs::write_file;
@@ -489,6 +491,7 @@ mod tests {
         let reads = [
             method::FS_READ_FILE,
             method::FS_READ_RANGE,
+            method::FS_READ_DIGEST,
             method::FS_GET_METADATA,
             method::FS_READ_DIRECTORY,
         ];

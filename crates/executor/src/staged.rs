@@ -1,4 +1,5 @@
-//! Running SHA-256 of the staged files that `fs/writeRange` fills, so that
+//! Running hash (SHA-256, or [ext] the BLAKE3 that `fs/writeRange {digest}`
+//! asks for) of the staged files that `fs/writeRange` fills, so that
 //! `fs/commitFile` can verify a streamed transfer without reading the whole
 //! file back.
 //!
@@ -26,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use execgate_protocol::exec::digest;
 
+use crate::digest::Hasher;
 use crate::staged_sweep::StagedSweep;
 
 /// Bytes that may wait for a gap before them to fill, per file. Two 1 MiB
@@ -78,8 +80,10 @@ impl Stamp {
     }
 }
 
-struct Running {
-    hasher: Sha256,
+/// A hash over bytes given at offsets, in offset order (also the source's
+/// running hash of what it read: [`crate::digest::ReadHashes`]).
+pub(crate) struct Running {
+    hasher: Hasher,
     /// `[0, hashed)` is in `hasher`.
     hashed: u64,
     /// Written, waiting for the bytes before them.
@@ -91,9 +95,9 @@ struct Running {
 }
 
 impl Running {
-    fn new() -> Running {
+    pub(crate) fn with(hasher: Hasher) -> Running {
         Running {
-            hasher: Sha256::new(),
+            hasher,
             hashed: 0,
             ahead: BTreeMap::new(),
             ahead_bytes: 0,
@@ -102,7 +106,28 @@ impl Running {
         }
     }
 
-    fn add(&mut self, offset: u64, data: Bytes) {
+    /// A new running hash of `algorithm` (SHA-256 when `None` or unknown).
+    fn fresh(algorithm: Option<&str>) -> Running {
+        let hasher = algorithm.and_then(Hasher::new);
+        Running::with(
+            hasher.unwrap_or_else(|| {
+                Hasher::new(digest::SHA256).expect("SHA-256 is always supported")
+            }),
+        )
+    }
+
+    pub(crate) fn algorithm(&self) -> &'static str {
+        self.hasher.algorithm()
+    }
+
+    /// Its digest and size, if every byte given is in it: none waits for a
+    /// gap, none overlapped.
+    pub(crate) fn complete(&self) -> Option<(&'static str, String, u64)> {
+        (!self.broken && self.ahead.is_empty())
+            .then(|| (self.hasher.algorithm(), self.hasher.hex(), self.hashed))
+    }
+
+    pub(crate) fn add(&mut self, offset: u64, data: Bytes) {
         if self.broken || data.is_empty() {
             return;
         }
@@ -136,7 +161,7 @@ impl Running {
         }
     }
 
-    fn break_off(&mut self) {
+    pub(crate) fn break_off(&mut self) {
         self.broken = true;
         self.ahead.clear();
         self.ahead_bytes = 0;
@@ -155,17 +180,27 @@ impl StagedHashes {
     /// Records that `data` was written at `offset` of `file` (at `path`).
     /// `truncate`: the write truncated the file first, so any earlier
     /// record of it is void. A file first seen at a write past offset 0
-    /// gets no running hash; its commit reads it.
-    pub fn wrote(&self, path: &Path, file: &File, offset: u64, data: Bytes, truncate: bool) {
+    /// gets no running hash; its commit reads it. `algorithm`: the hash a
+    /// new record keeps (SHA-256 when `None`; the caller checked the name).
+    pub fn wrote(
+        &self,
+        path: &Path,
+        file: &File,
+        offset: u64,
+        data: Bytes,
+        truncate: bool,
+        algorithm: Option<&str>,
+    ) {
         if let Some(sweep) = &self.sweep {
             sweep.saw(path);
         }
-        let Some(running) = self.entry(path, truncate || offset == 0) else {
+        let fresh = || Running::fresh(algorithm);
+        let Some(running) = self.entry(path, truncate || offset == 0, fresh) else {
             return;
         };
         let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         if truncate {
-            *running = Running::new();
+            *running = fresh();
         }
         running.add(offset, data);
         // After the write, under the lock: the last writer to record sees
@@ -173,17 +208,15 @@ impl StagedHashes {
         running.stamp = Stamp::of(file);
     }
 
-    /// Takes the running hash of `path`: its SHA-256 and size, if it covers
-    /// exactly what `file` holds now. `None`: read the file instead.
-    pub fn take(&self, path: &Path, file: &File) -> Option<([u8; 32], u64)> {
+    /// Takes the running hash of `path`: its algorithm, digest (hex) and
+    /// size, if it covers exactly what `file` holds now. `None`: read the
+    /// file instead.
+    pub fn take(&self, path: &Path, file: &File) -> Option<(&'static str, String, u64)> {
         let (_, running) = self.files.lock().unwrap().by_path.remove(path)?;
         let running = running.lock().unwrap_or_else(|e| e.into_inner());
         let now = Stamp::of(file)?;
-        let usable = !running.broken
-            && running.ahead.is_empty()
-            && running.stamp == Some(now)
-            && now.size == running.hashed;
-        usable.then(|| (running.hasher.clone().finalize().into(), running.hashed))
+        let usable = running.stamp == Some(now) && now.size == running.hashed;
+        running.complete().filter(|_| usable)
     }
 
     /// Drops the running hash of `path` (its staged file was removed).
@@ -193,7 +226,12 @@ impl StagedHashes {
 
     /// The running hash of `path`, created (fresh) when `create` and there
     /// is none.
-    fn entry(&self, path: &Path, create: bool) -> Option<Arc<Mutex<Running>>> {
+    fn entry(
+        &self,
+        path: &Path,
+        create: bool,
+        fresh: impl FnOnce() -> Running,
+    ) -> Option<Arc<Mutex<Running>>> {
         let mut files = self.files.lock().unwrap();
         if let Some((_, running)) = files.by_path.get(path) {
             return Some(running.clone());
@@ -212,7 +250,7 @@ impl StagedHashes {
             }
         }
         files.next_age += 1;
-        let running = Arc::new(Mutex::new(Running::new()));
+        let running = Arc::new(Mutex::new(fresh()));
         let age = files.next_age;
         files
             .by_path
@@ -232,8 +270,10 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::FileExt;
 
-    fn sha(data: &[u8]) -> [u8; 32] {
-        Sha256::digest(data).into()
+    fn sha(data: &[u8]) -> (&'static str, String, u64) {
+        use sha2::Digest;
+        let hex = crate::digest::hex_lower(&sha2::Sha256::digest(data));
+        ("sha256", hex, data.len() as u64)
     }
 
     /// A staged file written with `writes` (offset, bytes), each recorded
@@ -249,10 +289,10 @@ mod tests {
             .open(&path)
             .unwrap();
         let hashes = StagedHashes::default();
-        hashes.wrote(&path, &file, 0, Bytes::new(), true);
+        hashes.wrote(&path, &file, 0, Bytes::new(), true, None);
         for &(at, data) in writes {
             file.write_all_at(data, at).unwrap();
-            hashes.wrote(&path, &file, at, Bytes::copy_from_slice(data), false);
+            hashes.wrote(&path, &file, at, Bytes::copy_from_slice(data), false, None);
         }
         (dir, path, file, hashes)
     }
@@ -260,7 +300,7 @@ mod tests {
     #[test]
     fn in_order_writes_give_the_files_hash() {
         let (_d, path, file, hashes) = staged(&[(0, b"hello "), (6, b"world")]);
-        assert_eq!(hashes.take(&path, &file), Some((sha(b"hello world"), 11)));
+        assert_eq!(hashes.take(&path, &file), Some(sha(b"hello world")));
         // Taken: a second commit reads the file.
         assert_eq!(hashes.take(&path, &file), None);
     }
@@ -268,7 +308,7 @@ mod tests {
     #[test]
     fn a_write_that_arrives_early_waits_for_the_gap() {
         let (_d, path, file, hashes) = staged(&[(6, b"world"), (0, b"hello ")]);
-        assert_eq!(hashes.take(&path, &file), Some((sha(b"hello world"), 11)));
+        assert_eq!(hashes.take(&path, &file), Some(sha(b"hello world")));
     }
 
     #[test]
@@ -312,8 +352,8 @@ mod tests {
         let (_d, path, file, hashes) = staged(&[(0, b"old bytes")]);
         file.set_len(0).unwrap();
         file.write_all_at(b"new", 0).unwrap();
-        hashes.wrote(&path, &file, 0, Bytes::from_static(b"new"), true);
-        assert_eq!(hashes.take(&path, &file), Some((sha(b"new"), 3)));
+        hashes.wrote(&path, &file, 0, Bytes::from_static(b"new"), true, None);
+        assert_eq!(hashes.take(&path, &file), Some(sha(b"new")));
     }
 
     #[test]
@@ -323,7 +363,7 @@ mod tests {
         let file = File::create(&path).unwrap();
         let hashes = StagedHashes::default();
         file.write_all_at(b"xy", 5).unwrap();
-        hashes.wrote(&path, &file, 5, Bytes::from_static(b"xy"), false);
+        hashes.wrote(&path, &file, 5, Bytes::from_static(b"xy"), false, None);
         assert_eq!(hashes.len(), 0);
         assert_eq!(hashes.take(&path, &file), None);
     }
@@ -340,6 +380,7 @@ mod tests {
                 0,
                 Bytes::new(),
                 true,
+                None,
             );
         }
         assert_eq!(hashes.len(), MAX_FILES);

@@ -29,6 +29,8 @@ pub(crate) struct ExecutorState {
     pub environment: EnvironmentInfo,
     /// Running hashes of files `fs/writeRange` is filling.
     pub staged: StagedHashes,
+    /// [ext] Running hashes of what `fs/readRange {hash}` read.
+    pub reads: crate::digest::ReadHashes,
     /// Where staged files were written, to remove those left behind.
     pub staged_sweep: Arc<StagedSweep>,
 }
@@ -94,6 +96,7 @@ impl ExecutorState {
             sessions: SessionRegistry::new(config.retained_bytes).with_spill(spill),
             environment,
             staged: StagedHashes::with_sweep(staged_sweep.clone()),
+            reads: Default::default(),
             staged_sweep,
         })
     }
@@ -170,6 +173,10 @@ fn environment_info(workdir: &Path, retained_bytes: usize, spill_bytes: u64) -> 
         file_transfer: true,
         move_on_drain: true,
         trace_context: true,
+        digests: crate::digest::SUPPORTED
+            .iter()
+            .map(|d| d.to_string())
+            .collect(),
         ..Default::default()
     };
     EnvironmentInfo {

@@ -39,10 +39,14 @@ pub mod method {
     pub const FS_RENAME: &str = "fs/rename";
     /// [ext] Write bytes at an offset of a file (creating it).
     pub const FS_WRITE_RANGE: &str = "fs/writeRange";
-    /// [ext] Verify a staged file's SHA-256, set its mode, rename it into place.
+    /// [ext] Verify a staged file's SHA-256 (or, with `digests`, BLAKE3),
+    /// set its mode, rename it into place.
     pub const FS_COMMIT_FILE: &str = "fs/commitFile";
     /// [ext] Create a symbolic link.
     pub const FS_SYMLINK: &str = "fs/symlink";
+    /// [ext] The digest of what `fs/readRange {hash}` requests read, in
+    /// offset order (see [`super::ReadDigestParams`]).
+    pub const FS_READ_DIGEST: &str = "fs/readDigest";
 
     pub const PROCESS_OUTPUT: &str = "process/output";
     pub const PROCESS_EXITED: &str = "process/exited";
@@ -78,6 +82,7 @@ pub const REQUEST_METHODS: &[&str] = &[
     method::FS_WRITE_RANGE,
     method::FS_COMMIT_FILE,
     method::FS_SYMLINK,
+    method::FS_READ_DIGEST,
 ];
 
 /// `method` as a metric label: itself when it is one of [`REQUEST_METHODS`],
@@ -214,6 +219,19 @@ pub struct ExtCapabilities {
     /// gateway sends `_meta` only to an executor that announced this.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub trace_context: bool,
+    /// The digests a transfer can be verified with where the bytes are
+    /// ([`digest`]): `fs/readRange {hash}` and `fs/readDigest` (the source
+    /// hashes what it read), `fs/writeRange {digest}` and `fs/commitFile
+    /// {blake3}` (the destination verifies it). Empty on older executors
+    /// and on codex: the gateway then hashes SHA-256 itself, as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
+}
+
+/// [ext] Digest names of [`ExtCapabilities::digests`].
+pub mod digest {
+    pub const SHA256: &str = "sha256";
+    pub const BLAKE3: &str = "blake3";
 }
 
 /// [ext] `execgate/move`: the gateway that sends it is draining.
@@ -513,6 +531,39 @@ pub struct ReadRangeParams {
     pub offset: u64,
     /// 0 reads to the end of the file.
     pub length: u64,
+    /// [ext] Feed what this read returns to the running hash `id` (see
+    /// [`ReadDigestParams`]); only to an executor that announced
+    /// [`ExtCapabilities::digests`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ReadHash>,
+}
+
+/// [ext] Which running hash a `fs/readRange` feeds, and with what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadHash {
+    /// Chosen by the caller, unique per transfer. The first read of an id
+    /// must be at offset 0.
+    pub id: String,
+    /// One of [`ExtCapabilities::digests`].
+    pub algorithm: String,
+}
+
+/// [ext] `fs/readDigest`: the digest of the bytes that the `fs/readRange
+/// {hash: {id}}` requests returned, in offset order from 0, and how many
+/// there were. The running hash is forgotten. An error (-32602) when it
+/// cannot account for them exactly: an unknown id, a read that overlapped
+/// or skipped bytes, or too many bytes read out of order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadDigestParams {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadDigestResult {
+    pub algorithm: String,
+    /// Lowercase hex.
+    pub digest: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -581,10 +632,15 @@ pub struct WriteRangeParams {
     pub data_base64: Blob,
     #[serde(default)]
     pub truncate: bool,
+    /// [ext] With `truncate` (or at offset 0): the running hash kept of
+    /// the staged file, one of [`ExtCapabilities::digests`]; SHA-256 when
+    /// absent. `fs/commitFile` verifies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// [ext] `fs/commitFile`: the last step of a transfer. The staged file at
-/// `path` is checked against `sha256` (when given), gets `mode` (when
+/// `path` is checked against `sha256` or `blake3` (when given), gets `mode` (when
 /// given), and is renamed to `destinationPath`. On a mismatch the staged file
 /// is removed and nothing changes at the destination.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -596,13 +652,22 @@ pub struct CommitFileParams {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// [ext] Verify this BLAKE3 (lowercase hex) instead of a SHA-256;
+    /// only to an executor whose [`ExtCapabilities::digests`] has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitFileResult {
-    /// Lowercase hex SHA-256 of the committed file.
+    /// Lowercase hex SHA-256 of the committed file (empty when it was
+    /// verified by `blake3`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
     pub size: u64,
+    /// [ext] Lowercase hex BLAKE3 of the committed file, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 /// [ext] `fs/symlink`: create `path` as a link to `target`.

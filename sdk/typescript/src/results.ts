@@ -123,8 +123,12 @@ export interface CopyResult {
   bytes: number;
   files: number;
   durationMs: number;
-  /** The file's SHA-256 (single files only). */
+  /** The file's SHA-256 (single files only), when it was verified by
+   * SHA-256: an end was a stock codex. */
   sha256: string | null;
+  /** The file's BLAKE3 (single files only), when it was verified by BLAKE3:
+   * both ends were execgate executors. */
+  blake3: string | null;
 }
 
 export function copyResult(r: ToolResult): CopyResult {
@@ -134,6 +138,7 @@ export function copyResult(r: ToolResult): CopyResult {
     files: Number(s.files ?? 0),
     durationMs: Number(s.duration_ms ?? 0),
     sha256: typeof s.sha256 === "string" ? s.sha256 : null,
+    blake3: typeof s.blake3 === "string" ? s.blake3 : null,
   };
 }
 

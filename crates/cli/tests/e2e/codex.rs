@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::harness::*;
 
@@ -486,6 +487,11 @@ async fn codex_applies_patches_and_copies_files_both_ways() {
         .await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["structuredContent"]["bytes"], data.len());
+    // A codex end: verified by SHA-256 (here hashed by the gateway, codex
+    // having no readRange), never BLAKE3.
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    assert_eq!(r["structuredContent"]["sha256"], sha, "{r}");
+    assert!(r["structuredContent"].get("blake3").is_none(), "{r}");
     assert_eq!(std::fs::read(lwork.join("big.bin")).unwrap(), data);
     let r = api
         .call(
@@ -495,6 +501,9 @@ async fn codex_applies_patches_and_copies_files_both_ways() {
         )
         .await;
     assert_eq!(r["isError"], false, "{r}");
+    // Our executor as the source hashes what it read with SHA-256, which
+    // codex's commit (sha256sum) checks.
+    assert_eq!(r["structuredContent"]["sha256"], sha, "{r}");
     assert_eq!(std::fs::read(cwork.join("back.bin")).unwrap(), data);
 
     // A tree with an executable and a symlink, both ways (through tar).

@@ -1387,6 +1387,7 @@ mod tests {
                 offset: 0,
                 data_base64: Blob::raw(&b"\0raw"[..]),
                 truncate: false,
+                digest: None,
             };
             l.request::<_, execgate_protocol::exec::Empty>(
                 "fs/writeRange",

@@ -154,8 +154,12 @@ class CopyResult:
     bytes: int
     files: int
     duration_ms: int
-    #: The file's SHA-256 (single files only).
+    #: The file's SHA-256 (single files only), when it was verified by
+    #: SHA-256 (an end was a stock codex).
     sha256: Optional[str] = None
+    #: The file's BLAKE3 (single files only), when it was verified by
+    #: BLAKE3 (both ends were execgate executors).
+    blake3: Optional[str] = None
 
     @classmethod
     def from_tool_result(cls, r: ToolResult) -> "CopyResult":
@@ -165,6 +169,7 @@ class CopyResult:
             files=int(s.get("files", 0)),
             duration_ms=int(s.get("duration_ms", 0)),
             sha256=s.get("sha256"),
+            blake3=s.get("blake3"),
         )
 
 

@@ -2,8 +2,9 @@
 //! another (or within one), streamed through the gateway by
 //! [`crate::ops::transfer`].
 //!
-//! A single file is staged beside its destination, verified by SHA-256 and
-//! renamed into place (replacing an existing file atomically). A tree is
+//! A single file is staged beside its destination, verified against a
+//! digest of what the source read (BLAKE3 between two execgate executors,
+//! else SHA-256: [`transfer::verify_plan`]) and renamed into place (replacing an existing file atomically). A tree is
 //! built under a staged sibling directory and renamed into place at the end;
 //! the destination must not exist, since copy_path does not merge trees.
 //! Any failure, including an executor dying mid-copy, leaves nothing at
@@ -27,11 +28,13 @@ pub static TOOL: CoreTool = CoreTool {
     name: "copy_path",
     route: Route::Rest,
     description: "Copy a file or (with recursive) a directory tree between environments of this \
-                      workspace, verified by SHA-256; nothing appears at the destination unless complete.",
+                      workspace, verified by a digest (SHA-256, or BLAKE3 between two execgate executors); \
+                      nothing appears at the destination unless complete.",
     envs_list: Some((
         5,
         "Copy a file or directory tree between environments of this workspace (or within one), \
-                      streamed and verified by SHA-256; nothing appears at the destination unless complete. \
+                      streamed and verified by a digest (SHA-256, or BLAKE3 between two execgate executors); \
+                      nothing appears at the destination unless complete. \
                       Arguments: source_environment_id, source_path, destination_environment_id, \
                       destination_path, recursive, timeout_ms (default 600000).",
     )),
@@ -118,9 +121,13 @@ pub async fn call(ctx: &ToolContext<'_>, a: CopyPathArgs) -> Result<CallToolResu
                 }
             }
         } else if meta.is_file {
-            let (bytes, sha256) =
+            let c =
                 transfer::copy_file(&src, &src_path, meta.size, &dst, &dst_path, meta.mode).await?;
-            Ok(json!({ "bytes": bytes, "files": 1, "sha256": sha256 }))
+            // `sha256`, or between two execgate executors `blake3`: the
+            // digest the destination's file was verified with.
+            let mut v = json!({ "bytes": c.bytes, "files": 1 });
+            v[c.algorithm] = json!(c.digest);
+            Ok(v)
         } else {
             Err(TransferError::Refused(format!(
                 "{} is neither a regular file nor a directory",

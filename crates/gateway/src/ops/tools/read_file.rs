@@ -159,6 +159,7 @@ async fn fetch(
                     path: uri,
                     offset,
                     length: want,
+                    hash: None,
                 },
                 RPC_TIMEOUT,
             )

@@ -3,11 +3,19 @@
 //!
 //! Bytes move in chunks of [`CHUNK`] with [`fs/readRange`] on the source and
 //! [`fs/writeRange`] into a staged temporary beside the destination; the
-//! next chunk is read while the current one is written. The gateway hashes
-//! what it read, and `fs/commitFile` checks that hash on the destination's
-//! disk before renaming the file into place. So gateway memory stays at a few
+//! next chunk is read while the current one is written. What was read is
+//! hashed, and `fs/commitFile` checks that hash on the destination's disk
+//! before renaming the file into place. So gateway memory stays at a few
 //! chunks whatever the file size, and a destination path only ever holds a
 //! complete, verified file.
+//!
+//! Who hashes ([`Verify`]): a source that announces [ext] `digests` hashes
+//! what it read (`fs/readRange {hash}`, then `fs/readDigest`), with BLAKE3
+//! when the destination verifies BLAKE3 too, else with SHA-256; the gateway
+//! then relays the bytes without hashing them. Otherwise (a codex source, an
+//! older executor, a `PUT` from a client) the gateway hashes SHA-256 of what
+//! it relays, as before. Either way the destination's file is checked
+//! against a digest of the bytes as the source gave them.
 //!
 //! These are [ext] methods. An executor without them (a stock codex) is
 //! served by [`fallback`], with ordinary commands through `process/start`:
@@ -23,9 +31,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::exec::{
-    method, CommitFileParams, CommitFileResult, CreateDirectoryParams, DirEntry, Empty, Metadata,
-    PathParams, ReadDirectoryResult, ReadRangeParams, ReadRangeResult, RemoveParams, RenameParams,
-    SymlinkParams, WriteRangeParams,
+    digest, method, CommitFileParams, CommitFileResult, CreateDirectoryParams, DirEntry, Empty,
+    ExtCapabilities, Metadata, PathParams, ReadDigestParams, ReadDigestResult, ReadDirectoryResult,
+    ReadHash, ReadRangeParams, ReadRangeResult, RemoveParams, RenameParams, SymlinkParams,
+    WriteRangeParams,
 };
 use execgate_protocol::jsonrpc::code as rpc_code;
 use execgate_protocol::uri::path_to_uri;
@@ -102,6 +111,36 @@ fn has_ext(link: &Link) -> bool {
     ext.read_range && ext.file_transfer && ext.rename
 }
 
+/// Who hashes a copied file's bytes, and with what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The gateway, SHA-256 of what it relays: the source announced no
+    /// `digests` (codex, an older executor).
+    Gateway,
+    /// The source, of what it read (`fs/readRange {hash}`), with this digest.
+    Source(&'static str),
+}
+
+/// How a copy from `src` to `dst` is verified: BLAKE3 when both ends are
+/// executors that announce it (and the destination serves `fileTransfer`,
+/// so that its commit can take it), else SHA-256 by the source when it can,
+/// else by the gateway. A codex destination checks SHA-256 with
+/// `sha256sum`, so it never gets anything else.
+pub fn verify_plan(src: &ExtCapabilities, dst: &ExtCapabilities) -> Verify {
+    let has = |ext: &ExtCapabilities, d: &str| ext.digests.iter().any(|x| x == d);
+    let streams = |ext: &ExtCapabilities| ext.read_range && ext.file_transfer && ext.rename;
+    if !streams(src) {
+        return Verify::Gateway;
+    }
+    if has(src, digest::BLAKE3) && has(dst, digest::BLAKE3) && streams(dst) {
+        Verify::Source(digest::BLAKE3)
+    } else if has(src, digest::SHA256) {
+        Verify::Source(digest::SHA256)
+    } else {
+        Verify::Gateway
+    }
+}
+
 /// `fs/getMetadata` of a path, not following a final symlink for
 /// `is_symlink`/`symlink_target`/`mode`.
 pub async fn stat(link: &Link, path: &Path) -> Result<Metadata, TransferError> {
@@ -131,6 +170,18 @@ pub async fn read_range(
     offset: u64,
     len: u64,
 ) -> Result<Bytes, TransferError> {
+    read_range_hashed(link, path, offset, len, None).await
+}
+
+/// [`read_range`], feeding the source's running hash `hash` when given
+/// (only for a source whose `digests` has its algorithm: [`verify_plan`]).
+async fn read_range_hashed(
+    link: &Arc<Link>,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    hash: Option<ReadHash>,
+) -> Result<Bytes, TransferError> {
     if !has_ext(link) {
         return fallback::read_range(link, path, offset, len).await;
     }
@@ -141,6 +192,7 @@ pub async fn read_range(
                 path: uri(path)?,
                 offset,
                 length: len,
+                hash,
             },
             RPC_TIMEOUT,
         )
@@ -169,8 +221,12 @@ pub struct Sink {
     staged: PathBuf,
     dest: PathBuf,
     offset: u64,
-    /// Over the bytes in order, whatever order the writes complete in.
-    hasher: Sha256,
+    /// Over the bytes in order, whatever order the writes complete in;
+    /// `None` when the source hashes ([`Verify::Source`]).
+    hasher: Option<Sha256>,
+    /// The running hash the destination keeps (`fs/writeRange {digest}`);
+    /// `None`: SHA-256, which every version keeps.
+    digest: Option<&'static str>,
     /// Writes sent and not yet answered, at most [`IN_FLIGHT`]. Each is a
     /// task of its own, so that it goes out at once rather than when this
     /// sink is next awaited (which, as futures polled only from here, they
@@ -184,6 +240,17 @@ impl Sink {
         link: Arc<Link>,
         dest: &Path,
         create_parents: bool,
+    ) -> Result<Sink, TransferError> {
+        Sink::create_verified(link, dest, create_parents, Verify::Gateway).await
+    }
+
+    /// As [`Sink::create`]; with [`Verify::Source`] the sink does not hash,
+    /// and [`Sink::commit_with`] is given the source's digest.
+    pub async fn create_verified(
+        link: Arc<Link>,
+        dest: &Path,
+        create_parents: bool,
+        verify: Verify,
     ) -> Result<Sink, TransferError> {
         if create_parents {
             if let Some(parent) = dest.parent() {
@@ -208,7 +275,11 @@ impl Sink {
             staged,
             dest: dest.to_owned(),
             offset: 0,
-            hasher: Sha256::new(),
+            hasher: (verify == Verify::Gateway).then(Sha256::new),
+            digest: match verify {
+                Verify::Source(d) if ext && d != digest::SHA256 => Some(d),
+                _ => None,
+            },
             pending: FuturesUnordered::new(),
         };
         // Create (and truncate) the staged file now, so an empty file works.
@@ -234,6 +305,7 @@ impl Sink {
                     offset,
                     data_base64: Blob::from(data),
                     truncate,
+                    digest: self.digest.map(str::to_owned),
                 },
                 RPC_TIMEOUT,
             )
@@ -261,6 +333,7 @@ impl Sink {
                 offset: self.offset,
                 data_base64: Blob::from(data.clone()),
                 truncate: false,
+                digest: None,
             };
             let dest = self.dest.clone();
             self.pending.push(tokio::spawn(async move {
@@ -273,7 +346,9 @@ impl Sink {
             fallback::append(&self.link, &self.staged, &data).await?;
         }
         // While the write travels.
-        self.hasher.update(&data);
+        if let Some(h) = &mut self.hasher {
+            h.update(&data);
+        }
         self.offset += data.len() as u64;
         Ok(())
     }
@@ -292,18 +367,47 @@ impl Sink {
 
     /// Verifies the staged file against what was sent, sets `mode`, and
     /// renames it into place. Returns the SHA-256.
-    pub async fn commit(mut self, mode: Option<u32>) -> Result<CommitFileResult, TransferError> {
+    pub async fn commit(self, mode: Option<u32>) -> Result<CommitFileResult, TransferError> {
+        self.commit_with(mode, None).await
+    }
+
+    /// [`Sink::commit`], verifying `given` (algorithm, hex digest) instead
+    /// of the sink's own SHA-256 (which it kept only with
+    /// [`Verify::Gateway`]).
+    pub async fn commit_with(
+        mut self,
+        mode: Option<u32>,
+        given: Option<(&'static str, String)>,
+    ) -> Result<CommitFileResult, TransferError> {
         if let Err(e) = self.flush().await {
             self.abort().await;
             return Err(e);
         }
-        let sha256 = hex::encode(self.hasher.clone().finalize());
+        let (algorithm, expected) = match (given, &self.hasher) {
+            (Some(g), _) => g,
+            (None, Some(h)) => (digest::SHA256, hex::encode(h.clone().finalize())),
+            (None, None) => {
+                self.abort().await;
+                return Err(TransferError::Api(Error::internal(
+                    "a transfer verified by its source was committed without its digest",
+                )));
+            }
+        };
+        let blake3 = algorithm == digest::BLAKE3;
+        if blake3 && (!self.ext || self.digest != Some(digest::BLAKE3)) {
+            self.abort().await;
+            return Err(TransferError::Api(Error::internal(
+                "a BLAKE3 digest for a destination that was not asked to keep one",
+            )));
+        }
+        let sha256 = expected.clone();
         if !self.ext {
             return match fallback::commit(&self.link, &self.staged, &self.dest, &sha256, mode).await
             {
                 Ok(()) => Ok(CommitFileResult {
                     sha256,
                     size: self.offset,
+                    blake3: None,
                 }),
                 Err(e) => {
                     self.abort().await;
@@ -318,8 +422,9 @@ impl Sink {
                 &CommitFileParams {
                     path: uri(&self.staged)?,
                     destination_path: uri(&self.dest)?,
-                    sha256: Some(sha256),
+                    sha256: (!blake3).then_some(sha256),
                     mode,
+                    blake3: blake3.then_some(expected),
                 },
                 RPC_TIMEOUT,
             )
@@ -376,8 +481,18 @@ pub async fn remove(link: &Link, path: &Path) {
     }
 }
 
+/// What [`copy_file`] copied: its size and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub bytes: u64,
+    /// `sha256` or `blake3` ([`Verify`]).
+    pub algorithm: &'static str,
+    /// Lowercase hex.
+    pub digest: String,
+}
+
 /// Copies one regular file, chunk by chunk, reading the next chunk while
-/// the current one is written. Returns `(bytes, sha256)`.
+/// the current one is written.
 pub async fn copy_file(
     src: &Arc<Link>,
     src_path: &Path,
@@ -385,13 +500,25 @@ pub async fn copy_file(
     dst: &Arc<Link>,
     dst_path: &Path,
     mode: Option<u32>,
-) -> Result<(u64, String), TransferError> {
+) -> Result<Copied, TransferError> {
     let mode = match mode {
         Some(m) => Some(m),
         None if !has_ext(src) => fallback::mode(src, src_path).await?,
         None => None,
     };
-    let mut sink = Sink::create(dst.clone(), dst_path, false).await?;
+    // An empty file has no read to hash: the gateway hashes nothing then.
+    let verify = match size {
+        0 => Verify::Gateway,
+        _ => verify_plan(&src.ext(), &dst.ext()),
+    };
+    let hash = match verify {
+        Verify::Source(algorithm) => Some(ReadHash {
+            id: random_id("rh_", 12),
+            algorithm: algorithm.to_owned(),
+        }),
+        Verify::Gateway => None,
+    };
+    let mut sink = Sink::create_verified(dst.clone(), dst_path, false, verify).await?;
     let result = async {
         // Reads overlap too, but are consumed in order.
         let mut reads = FuturesOrdered::new();
@@ -401,8 +528,11 @@ pub async fn copy_file(
             while reads.len() < IN_FLIGHT && next_read < size {
                 let len = CHUNK.min(size - next_read);
                 let (src, path, at) = (src.clone(), src_path.to_owned(), next_read);
+                let hash = hash.clone();
                 reads.push_back(async move {
-                    read_range(&src, &path, at, len).await.map(|b| (at, len, b))
+                    read_range_hashed(&src, &path, at, len, hash)
+                        .await
+                        .map(|b| (at, len, b))
                 });
                 next_read += len;
             }
@@ -442,13 +572,47 @@ pub async fn copy_file(
                 sink.written()
             )));
         }
-        Ok(())
+        // The source's digest of what it read, which the destination's
+        // file must match.
+        let Some(hash) = &hash else { return Ok(None) };
+        let d: ReadDigestResult = src
+            .request(
+                method::FS_READ_DIGEST,
+                &ReadDigestParams {
+                    id: hash.id.clone(),
+                },
+                RPC_TIMEOUT,
+            )
+            .await
+            .map_err(on(src_path, "hashing what was read of"))?;
+        if d.algorithm != hash.algorithm || d.size != size {
+            return Err(TransferError::Refused(format!(
+                "{}: the source hashed {} bytes with {}, not the {size} read with {}",
+                src_path.display(),
+                d.size,
+                d.algorithm,
+                hash.algorithm
+            )));
+        }
+        Ok(Some(d.digest))
     }
     .await;
     match result {
-        Ok(()) => {
-            let r = sink.commit(mode).await?;
-            Ok((r.size, r.sha256))
+        Ok(given) => {
+            let given = match verify {
+                Verify::Source(algorithm) => given.map(|d| (algorithm, d)),
+                Verify::Gateway => None,
+            };
+            let r = sink.commit_with(mode, given).await?;
+            let (algorithm, digest) = match r.blake3 {
+                Some(b) => (digest::BLAKE3, b),
+                None => (digest::SHA256, r.sha256),
+            };
+            Ok(Copied {
+                bytes: r.size,
+                algorithm,
+                digest,
+            })
         }
         Err(e) => {
             sink.abort().await;
@@ -588,8 +752,8 @@ async fn walk_copy(
             } else if meta.is_directory {
                 stack.push((s, d, meta.mode));
             } else if meta.is_file {
-                let (bytes, _) = copy_file(src, &s, meta.size, dst, &d, meta.mode).await?;
-                stats.bytes += bytes;
+                let copied = copy_file(src, &s, meta.size, dst, &d, meta.mode).await?;
+                stats.bytes += copied.bytes;
                 stats.files += 1;
             }
             // Sockets, fifos and devices are skipped: they have no bytes to copy.
@@ -614,4 +778,70 @@ pub async fn rename(link: &Arc<Link>, from: &Path, to: &Path) -> Result<(), Tran
     .await
     .map(|_| ())
     .map_err(on(to, "renaming into"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours() -> ExtCapabilities {
+        ExtCapabilities {
+            read_range: true,
+            file_transfer: true,
+            rename: true,
+            digests: vec!["sha256".into(), "blake3".into()],
+            ..Default::default()
+        }
+    }
+
+    /// An execgate executor from before `digests`.
+    fn older() -> ExtCapabilities {
+        ExtCapabilities {
+            digests: vec![],
+            ..ours()
+        }
+    }
+
+    /// A stock codex announces no extension at all.
+    fn codex() -> ExtCapabilities {
+        ExtCapabilities::default()
+    }
+
+    #[test]
+    fn blake3_only_between_two_executors_that_announce_it() {
+        assert_eq!(verify_plan(&ours(), &ours()), Verify::Source("blake3"));
+        // A destination that cannot take a BLAKE3 commit: the source
+        // still hashes, with SHA-256, which codex checks with sha256sum.
+        assert_eq!(verify_plan(&ours(), &older()), Verify::Source("sha256"));
+        assert_eq!(verify_plan(&ours(), &codex()), Verify::Source("sha256"));
+        // A source that cannot hash its reads: the gateway hashes SHA-256.
+        assert_eq!(verify_plan(&older(), &ours()), Verify::Gateway);
+        assert_eq!(verify_plan(&codex(), &ours()), Verify::Gateway);
+        assert_eq!(verify_plan(&codex(), &codex()), Verify::Gateway);
+        // Only SHA-256 announced: no BLAKE3 even toward a new destination.
+        let sha_only = ExtCapabilities {
+            digests: vec!["sha256".into()],
+            ..ours()
+        };
+        assert_eq!(verify_plan(&sha_only, &ours()), Verify::Source("sha256"));
+        assert_eq!(verify_plan(&ours(), &sha_only), Verify::Source("sha256"));
+    }
+
+    /// What an executor announces reaches the plan through the wire form:
+    /// an older executor's `execgate` object (no `digests`) parses to none.
+    #[test]
+    fn an_announcement_without_digests_means_none() {
+        let old: ExtCapabilities = serde_json::from_value(serde_json::json!({
+            "readRange": true, "fileTransfer": true, "rename": true, "binaryFrames": true
+        }))
+        .unwrap();
+        assert!(old.digests.is_empty());
+        assert_eq!(verify_plan(&old, &ours()), Verify::Gateway);
+        let new: ExtCapabilities = serde_json::from_value(serde_json::json!({
+            "readRange": true, "fileTransfer": true, "rename": true,
+            "digests": ["sha256", "blake3"]
+        }))
+        .unwrap();
+        assert_eq!(verify_plan(&new, &new), Verify::Source("blake3"));
+    }
 }
