@@ -398,3 +398,39 @@ async fn hostile_accept_and_since_are_4xx_envelopes() {
         "session_not_found"
     );
 }
+
+/// `execgate exec` streams through the binary form (the default) and
+/// through SSE (`EXECGATE_STREAM=sse`, as against an older gateway): the
+/// same bytes on stdout and stderr, not UTF-8, and the exit code.
+#[tokio::test]
+async fn execgate_exec_copies_raw_output_in_either_form() {
+    let w = World::start(&[]).await;
+    let data = noise(5 << 20);
+    std::fs::write(w.workdir.join("big.bin"), &data).unwrap();
+    for form in ["binary", "sse"] {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["exec", "laptop", "--", "sh", "-c"])
+            .arg("cat big.bin; printf 'e\\377\\000' >&2; exit 5")
+            .env("EXECGATE_URL", &w.api.url)
+            .env("EXECGATE_TOKEN", &w.api.token)
+            .stdin(std::process::Stdio::null());
+        if form == "sse" {
+            cmd.env("EXECGATE_STREAM", "sse");
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == data,
+            "{form}: stdout of {} bytes",
+            out.stdout.len()
+        );
+        assert_eq!(out.stderr, b"e\xff\x00", "{form}");
+    }
+}
