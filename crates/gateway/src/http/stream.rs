@@ -1,5 +1,6 @@
 //! `GET /api/connectors/processes/{sid}/stream`: a process's output as
-//! Server-Sent Events.
+//! Server-Sent Events (or, for `Accept: application/octet-stream`, as the
+//! binary frames of [`binary`], which follow the same steps).
 //!
 //! Events: `output` (id = seq, data `{stream, data_b64}`) per chunk, `lost`
 //! (id = the last lost seq, data `{from_seq, to_seq, bytes}`) where the
