@@ -217,6 +217,29 @@ async fn binary_stream_is_exactly_what_the_process_wrote() {
         out_frames < 24 * 16,
         "{out_frames} stdout frames for 24 MiB"
     );
+    // A frame's seq is the last seq it carries: the SSE events up to that
+    // id hold exactly the bytes of the frames up to this one.
+    let mut sse_upto = HashMap::new();
+    let mut n = 0;
+    for e in events.iter().filter(|e| e.event == "output") {
+        n += b64d(e.data["data_b64"].as_str().unwrap()).len();
+        sse_upto.insert(e.id.unwrap(), n);
+    }
+    let mut m = 0;
+    for f in got.iter().filter(|f| (1..=3).contains(&f.kind)) {
+        m += f.payload.len();
+        assert_eq!(sse_upto.get(&f.seq), Some(&m), "frame with seq {}", f.seq);
+    }
+    // Resuming after a coalesced frame of the backlog: nothing doubled.
+    let mut part = open(&w.api, &sid, BIN, "", None).await;
+    let part1 = frames(&mut part, Some(5 << 20)).await;
+    drop(part);
+    let last = part1.last().unwrap().seq;
+    let mut rest = open(&w.api, &sid, BIN, &format!("?since={last}"), None).await;
+    let mut all = part1;
+    all.extend(frames(&mut rest, None).await);
+    assert!(by_stream(&all)["stdout"] == want_out);
+    assert_eq!(by_stream(&all)["stderr"], want_err);
 }
 
 #[tokio::test]
