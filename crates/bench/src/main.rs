@@ -12,7 +12,8 @@
 //!   `exec_command` of `echo hi` to its first output byte over SSE.
 //! - [`throughput`]: `read_file` of 1 KiB at 1, 16 and 64 clients, and the
 //!   gateway's CPU time per call.
-//! - [`output`]: 256 MiB of process output through `/output` polling and SSE
+//! - [`output`]: 256 MiB of process output through `/output` polling, SSE and
+//!   the binary stream (with `--codex`, also beside codex-direct output),
 //!   against `cat` through a local pipe.
 //! - [`files`]: PUT/GET and copy_path against a local `cp`.
 //! - [`scale`]: N idle executor connections (an in-bench executor speaking
@@ -209,6 +210,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "throughput.read_file_1k.c64.gateway_cpu_us_per_call",
         "output.polling.mb_per_s",
         "output.sse.mb_per_s",
+        "output.binary.mb_per_s",
         "files.local_cp_fsync.mb_per_s",
         "files.put.mb_per_s",
         "files.get.mb_per_s",
@@ -233,6 +235,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
             [
                 "peers.codex.start_true.p50_ms",
                 "peers.codex.output.mb_per_s",
+                "output.binary.vs_codex",
             ]
             .map(String::from),
         );
@@ -287,7 +290,10 @@ async fn main() -> anyhow::Result<()> {
         add("throughput", throughput::run(&bin, args.quick).await)?;
     }
     if want("output") {
-        add("output", output::run(&bin, args.quick).await)?;
+        add(
+            "output",
+            output::run(&bin, args.quick, args.codex.as_deref()).await,
+        )?;
     }
     if want("files") {
         let figures = files::run(&bin, args.quick, args.ssh).await;

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::harness::{http, local_pipe_mb_s, Gateway};
 use crate::{Figure, Report};
 
-pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
+pub async fn run(bin: &Path, quick: bool, codex: Option<&Path>) -> anyhow::Result<Report> {
     let bytes: u64 = if quick { 32 << 20 } else { 256 << 20 };
     let label = if quick { "32 MiB" } else { "256 MiB" };
     let budget = Duration::from_secs(if quick { 30 } else { 180 });
@@ -81,7 +81,171 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
             .skipped
             .push(("output.sse.mb_per_s".into(), why.into()));
     }
+
+    binary_figures(
+        &gw,
+        &client,
+        bytes,
+        label,
+        budget,
+        &base,
+        pipe,
+        codex,
+        &mut report,
+    )
+    .await?;
     Ok(report)
+}
+
+/// The binary stream's figures (issue 22): its MB/s beside the local pipe,
+/// and with `--codex` beside codex-direct output measured right after it.
+/// A gateway that answers SSE to `Accept: application/octet-stream` (one
+/// older than the binary form) skips them with a note.
+#[allow(clippy::too_many_arguments)]
+async fn binary_figures(
+    gw: &Gateway,
+    client: &reqwest::Client,
+    bytes: u64,
+    label: &str,
+    budget: Duration,
+    base: &str,
+    pipe: f64,
+    codex: Option<&Path>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some((mb, lost)) = binary(&gw.url, &gw.token, client, bytes, budget).await? else {
+        let why = "the gateway answered SSE to Accept: application/octet-stream";
+        println!("note: binary output figure skipped: {why}");
+        report
+            .skipped
+            .push(("output.binary.mb_per_s".into(), why.into()));
+        if codex.is_some() {
+            report
+                .skipped
+                .push(("output.binary.vs_codex".into(), why.into()));
+        }
+        return Ok(());
+    };
+    report.figures.push(
+        Figure::new(
+            "output.binary.mb_per_s",
+            format!("output {label} via binary stream"),
+            mb,
+            "MB/s",
+        )
+        .vs(base, pipe),
+    );
+    report.figures.push(Figure::new(
+        "output.binary.lost_mib",
+        "  output the binary stream reported lost",
+        lost as f64 / (1 << 20) as f64,
+        "MiB",
+    ));
+    if let Some(codex) = codex {
+        let direct = crate::peers::codex_output_mb_s(codex, bytes).await?;
+        report.figures.push(
+            Figure::new(
+                "output.binary.vs_codex",
+                format!("output {label} via binary stream (again)"),
+                binary(&gw.url, &gw.token, client, bytes, budget)
+                    .await?
+                    .map_or(mb, |(again, _)| (mb + again) / 2.0),
+                "MB/s",
+            )
+            .vs(format!("codex-direct output {label}, same run"), direct),
+        );
+    }
+    Ok(())
+}
+
+/// The binary stream (`Accept: application/octet-stream`) of `bytes` of
+/// output: MB/s of the bytes delivered and the bytes reported lost, or
+/// `None` when the gateway answered SSE instead. The client does no work
+/// per byte but one copy: it reads 13-byte headers and copies each payload
+/// into one reused buffer, as a client writing the output somewhere would.
+pub(crate) async fn binary(
+    base: &str,
+    token: &str,
+    client: &reqwest::Client,
+    bytes: u64,
+    budget: Duration,
+) -> anyhow::Result<Option<(f64, u64)>> {
+    use execgate_protocol::output_frames as f;
+    let t = Instant::now();
+    let sid = start(base, token, client, bytes).await?;
+    let resp = client
+        .get(format!("{base}/api/connectors/processes/{sid}/stream"))
+        .header("Accept", f::CONTENT_TYPE)
+        .bearer_auth(token)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("binary stream: {} {}", resp.status(), resp.text().await?);
+    }
+    if resp.headers().get("content-type").map(|v| v.as_bytes()) != Some(f::CONTENT_TYPE.as_bytes())
+    {
+        return Ok(None);
+    }
+    let mut body = resp.bytes_stream();
+    let mut sink = vec![0u8; 1 << 20];
+    let mut header = [0u8; f::HEADER_LEN];
+    let (mut have, mut left) = (0usize, 0usize);
+    let (mut kind, mut control) = (0u8, Vec::new());
+    let (mut got, mut lost) = (0u64, 0u64);
+    let mut exited = false;
+    while !exited {
+        let chunk = tokio::time::timeout(budget.saturating_sub(t.elapsed()), body.next())
+            .await
+            .with_context(|| format!("binary: {got} of {bytes} bytes in {budget:?}"))?;
+        let Some(chunk) = chunk else { break };
+        let chunk = chunk?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            if left == 0 && have < f::HEADER_LEN {
+                let n = (f::HEADER_LEN - have).min(rest.len());
+                header[have..have + n].copy_from_slice(&rest[..n]);
+                have += n;
+                rest = &rest[n..];
+                if have < f::HEADER_LEN {
+                    break;
+                }
+                kind = header[0];
+                left = u32::from_be_bytes([header[9], header[10], header[11], header[12]]) as usize;
+                control.clear();
+            }
+            let n = left.min(rest.len());
+            if matches!(kind, f::STDOUT | f::STDERR | f::PTY) {
+                // The one copy: where a real client would write the bytes.
+                let mut piece = &rest[..n];
+                while !piece.is_empty() {
+                    let m = piece.len().min(sink.len());
+                    sink[..m].copy_from_slice(&piece[..m]);
+                    piece = &piece[m..];
+                }
+                got += n as u64;
+            } else {
+                control.extend_from_slice(&rest[..n]);
+            }
+            left -= n;
+            rest = &rest[n..];
+            if left == 0 {
+                have = 0;
+                match kind {
+                    f::LOST => {
+                        let v: Value = serde_json::from_slice(&control)?;
+                        lost += v["bytes"].as_u64().unwrap_or(0);
+                    }
+                    f::EXIT => exited = true,
+                    f::ERROR => bail!("binary: error frame {}", String::from_utf8_lossy(&control)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if got + lost != bytes {
+        bail!("binary read {got} and reported {lost} lost of {bytes} bytes");
+    }
+    Ok(Some((got as f64 / 1e6 / t.elapsed().as_secs_f64(), lost)))
 }
 
 /// Starts `head -c bytes /dev/zero` on environment `a` through the

@@ -111,8 +111,11 @@ async fn next_json(ws: &mut Socket, limit: Duration) -> anyhow::Result<Value> {
     }
 }
 
-async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
-    let (n, bytes, label) = sizes(quick);
+/// A stock `codex exec-server --listen` of its own, and a WebSocket to it
+/// past `initialized`; the child dies with its handle.
+async fn start_codex(
+    bin: &Path,
+) -> anyhow::Result<(tokio::process::Child, Socket, tempfile::TempDir)> {
     let home = tempfile::tempdir()?;
     let mut child = tokio::process::Command::new(bin)
         .args([
@@ -150,44 +153,76 @@ async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
         json!({"method": "initialized", "params": {}}).to_string(),
     ))
     .await?;
+    Ok((child, ws, home))
+}
+
+/// `process/start` of `argv` with id `id`, as codex takes it.
+fn codex_start(id: String, argv: Value) -> Ws {
+    Ws::text(
+        json!({"id": id, "method": "process/start", "params": {
+            "processId": id, "argv": argv, "cwd": "file:///tmp",
+            "env": {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "tty": false}})
+        .to_string(),
+    )
+}
+
+/// Runs one process to its `process/closed`; returns its stdout bytes.
+async fn run_to_close(ws: &mut Socket, id: &str, limit: Duration) -> anyhow::Result<u64> {
+    let mut decoded = Vec::new();
+    let mut got = 0u64;
+    // Bounded by count as well as by the per-frame timeout.
+    for _ in 0..10_000_000 {
+        let v = next_json(ws, limit).await?;
+        if v["error"].is_object() {
+            bail!("codex: {v}");
+        }
+        if v["params"]["processId"] != id {
+            continue;
+        }
+        match v["method"].as_str() {
+            Some("process/output") => {
+                decoded.clear();
+                let chunk = v["params"]["chunk"].as_str().unwrap_or_default();
+                crate::decode_base64(chunk.as_bytes(), &mut decoded)?;
+                got += decoded.len() as u64;
+            }
+            Some("process/closed") => return Ok(got),
+            _ => {}
+        }
+    }
+    bail!("codex: no process/closed for {id}")
+}
+
+/// codex-direct output: MB/s of `head -c bytes /dev/zero` read as
+/// `process/output` notifications from a fresh codex exec-server (the
+/// `output` group's peer, measured beside its binary stream).
+pub(crate) async fn codex_output_mb_s(bin: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let (mut child, mut ws, _home) = start_codex(bin).await?;
+    let t = Instant::now();
+    ws.send(codex_start(
+        "out".into(),
+        json!(["head", "-c", bytes.to_string(), "/dev/zero"]),
+    ))
+    .await?;
+    let got = run_to_close(&mut ws, "out", Duration::from_secs(30)).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if got != bytes {
+        bail!("codex output: {got} of {bytes} bytes");
+    }
+    let _ = ws.close(None).await;
+    let _ = child.kill().await;
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
+async fn codex(bin: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let (n, bytes, label) = sizes(quick);
+    let (mut child, mut ws, _home) = start_codex(bin).await?;
+    let limit = Duration::from_secs(30);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = child.id().map(rss_kib).unwrap_or(0) as f64 / 1024.0;
     let idle_private = child.id().map(private_kib).unwrap_or(0) as f64 / 1024.0;
 
-    let start = |id: String, argv: Value| {
-        Ws::text(
-            json!({"id": id, "method": "process/start", "params": {
-                "processId": id, "argv": argv, "cwd": "file:///tmp",
-                "env": {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "tty": false}})
-            .to_string(),
-        )
-    };
-    // Runs one process to its `process/closed`; returns its stdout bytes.
-    async fn run_to_close(ws: &mut Socket, id: &str, limit: Duration) -> anyhow::Result<u64> {
-        let mut decoded = Vec::new();
-        let mut got = 0u64;
-        // Bounded by count as well as by the per-frame timeout.
-        for _ in 0..10_000_000 {
-            let v = next_json(ws, limit).await?;
-            if v["error"].is_object() {
-                bail!("codex: {v}");
-            }
-            if v["params"]["processId"] != id {
-                continue;
-            }
-            match v["method"].as_str() {
-                Some("process/output") => {
-                    decoded.clear();
-                    let chunk = v["params"]["chunk"].as_str().unwrap_or_default();
-                    crate::decode_base64(chunk.as_bytes(), &mut decoded)?;
-                    got += decoded.len() as u64;
-                }
-                Some("process/closed") => return Ok(got),
-                _ => {}
-            }
-        }
-        bail!("codex: no process/closed for {id}")
-    }
+    let start = codex_start;
 
     for i in 0..20 {
         let id = format!("w{i}");

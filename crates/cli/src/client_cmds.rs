@@ -165,15 +165,98 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         }
     });
 
+    follow(&client, &sid, false).await
+}
+
+/// Copies the process's output to stdout and stderr (with `tty`, all to
+/// stdout) until it ends, and returns its exit code (clamped to 0..=255; 1
+/// when unknown). Through the stream, in the binary form when the gateway
+/// has it, else SSE; a dropped connection is resumed from the last seq.
+/// A gateway without the stream route is long-polled. Without `tty`,
+/// Ctrl-C terminates the remote process.
+async fn follow(client: &Client, sid: &str, tty: bool) -> anyhow::Result<i32> {
+    use execgate_client::StreamItem;
+    use execgate_protocol::exec::Stream;
+    let binary = std::env::var_os("EXECGATE_STREAM").is_none_or(|v| v != "sse");
+    let mut since = 0u64;
+    let mut interrupted = false;
+    let mut failures = 0u32;
+    loop {
+        let mut stream = match client.stream(sid, since, binary).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Some("not_found") => return poll(client, sid, tty).await,
+            Err(e @ execgate_client::ClientError::Http(_)) if failures < 5 => {
+                failures += 1;
+                tracing::debug!("stream: {e}; again from seq {since}");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << failures)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = tokio::signal::ctrl_c(), if !interrupted && !tty => {
+                    interrupted = true;
+                    client.terminate(sid).await?;
+                    continue;
+                }
+            };
+            let item = match item {
+                Ok(Some(item)) => item,
+                // The connection ended or broke: resume after the cursor.
+                Ok(None) | Err(execgate_client::ClientError::Http(_)) => break,
+                Err(e) => return Err(e.into()),
+            };
+            failures = 0;
+            match item {
+                StreamItem::Output { stream, data, .. } => {
+                    if stream == Stream::Stderr && !tty {
+                        let mut e = std::io::stderr().lock();
+                        e.write_all(&data)?;
+                        e.flush()?;
+                    } else {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(&data)?;
+                        o.flush()?;
+                    }
+                }
+                StreamItem::Lost { bytes, .. } => match bytes {
+                    Some(n) => eprintln!(
+                        "execgate: {n} bytes of output were lost (the executor no longer retained them)"
+                    ),
+                    None => eprintln!("execgate: some output was lost (the executor cannot say how much)"),
+                },
+                StreamItem::Exit { exit_code, .. } => {
+                    return Ok(exit_code.map(|c| c.clamp(0, 255)).unwrap_or(1))
+                }
+                StreamItem::Error { code, message } => {
+                    // These end a stream that another try may continue.
+                    if matches!(code.as_str(), "draining" | "executor_unavailable") && failures < 5 {
+                        failures += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        break;
+                    }
+                    anyhow::bail!("{code}: {message}");
+                }
+                StreamItem::Keepalive | StreamItem::Unknown { .. } => {}
+            }
+        }
+        since = stream.cursor();
+    }
+}
+
+/// [`follow`] by long-polling `/output`, for a gateway without `/stream`.
+async fn poll(client: &Client, sid: &str, tty: bool) -> anyhow::Result<i32> {
     let mut since = 0u64;
     let mut interrupted = false;
     let b64 = base64::engine::general_purpose::STANDARD;
     loop {
         let out = tokio::select! {
-            out = client.output(&sid, since, Some(10_000)) => out?,
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            out = client.output(sid, since, Some(10_000)) => out?,
+            _ = tokio::signal::ctrl_c(), if !interrupted && !tty => {
                 interrupted = true;
-                client.terminate(&sid).await?;
+                client.terminate(sid).await?;
                 continue;
             }
         };
@@ -185,7 +268,7 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<i32> {
         }
         for c in &out.chunks {
             let data = b64.decode(c.data_b64.as_deref().unwrap_or_default().as_bytes())?;
-            if c.stream == "stderr" {
+            if c.stream == "stderr" && !tty {
                 let mut e = std::io::stderr().lock();
                 e.write_all(&data)?;
                 e.flush()?;
@@ -269,20 +352,7 @@ async fn exec_tty(a: ExecArgs) -> anyhow::Result<i32> {
         })
     };
 
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut since = 0u64;
-    let code = loop {
-        let out = client.output(&sid, since, Some(10_000)).await?;
-        let mut o = std::io::stdout().lock();
-        for c in &out.chunks {
-            o.write_all(&b64.decode(c.data_b64.as_deref().unwrap_or_default().as_bytes())?)?;
-        }
-        o.flush()?;
-        since = out.next_since.unwrap_or(since).max(since);
-        if !out.session_alive {
-            break out.exit_code.map(|c| c.clamp(0, 255)).unwrap_or(1);
-        }
-    };
+    let code = follow(&client, &sid, true).await?;
     keys.abort();
     resizes.abort();
     Ok(code)

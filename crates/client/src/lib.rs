@@ -391,6 +391,188 @@ impl Client {
     }
 }
 
+pub use execgate_protocol::output_frames::Frame as StreamItem;
+
+/// Which form the gateway answered `/stream` in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamForm {
+    /// Length-prefixed binary frames (`application/octet-stream`).
+    Binary,
+    /// Server-Sent Events: an older gateway, or a client that asked for them.
+    Sse,
+}
+
+/// An open `GET /processes/{sid}/stream`, in whichever form the gateway
+/// answered: [`OutputStream::next`] gives the same items for both
+/// (`Output`, `Lost`, then `Exit` or `Error`; keepalives are skipped).
+/// `None` means the connection ended without `Exit`/`Error`: open the
+/// stream again from [`OutputStream::cursor`] to resume.
+pub struct OutputStream {
+    resp: reqwest::Response,
+    form: StreamForm,
+    frames: execgate_protocol::output_frames::FrameDecoder,
+    sse: Vec<u8>,
+    cursor: u64,
+    done: bool,
+}
+
+impl OutputStream {
+    pub fn form(&self) -> StreamForm {
+        self.form
+    }
+
+    /// The last seq delivered (or reported lost): where to resume.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The next item; `Ok(None)` at the end of the connection.
+    pub async fn next(&mut self) -> Result<Option<StreamItem>, ClientError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let item = match self.form {
+                StreamForm::Binary => self
+                    .frames
+                    .next_frame()
+                    .map_err(|e| ClientError::Decode(e.to_string()))?,
+                StreamForm::Sse => self.next_sse_event()?,
+            };
+            if let Some(item) = item {
+                match &item {
+                    StreamItem::Output { seq, .. } | StreamItem::Exit { seq, .. } => {
+                        self.cursor = self.cursor.max(*seq)
+                    }
+                    StreamItem::Lost { to_seq, .. } => self.cursor = self.cursor.max(*to_seq),
+                    StreamItem::Keepalive | StreamItem::Unknown { .. } => continue,
+                    StreamItem::Error { .. } => {}
+                }
+                self.done = matches!(item, StreamItem::Exit { .. } | StreamItem::Error { .. });
+                return Ok(Some(item));
+            }
+            match self.resp.chunk().await? {
+                Some(bytes) => match self.form {
+                    StreamForm::Binary => self.frames.push(&bytes),
+                    StreamForm::Sse => self.sse.extend_from_slice(&bytes),
+                },
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next whole SSE event as an item (comments become keepalives).
+    fn next_sse_event(&mut self) -> Result<Option<StreamItem>, ClientError> {
+        let Some(end) = self.sse.windows(2).position(|w| w == b"\n\n") else {
+            return Ok(None);
+        };
+        let block: Vec<u8> = self.sse.drain(..end + 2).collect();
+        let text = String::from_utf8(block)
+            .map_err(|_| ClientError::Decode("an SSE event that is not UTF-8".into()))?;
+        let (mut event, mut id, mut data) = ("message", None, String::new());
+        for line in text.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = value,
+                "id" => id = value.parse::<u64>().ok(),
+                "data" => data.push_str(value),
+                _ => {}
+            }
+        }
+        let bad = |e: &dyn std::fmt::Display| ClientError::Decode(format!("SSE {event}: {e}"));
+        let v: Value = if data.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&data).map_err(|e| bad(&e))?
+        };
+        let seq = id.unwrap_or(self.cursor);
+        Ok(Some(match event {
+            "output" => {
+                let stream = serde_json::from_value(v["stream"].clone()).map_err(|e| bad(&e))?;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(v["data_b64"].as_str().unwrap_or_default())
+                    .map_err(|e| bad(&e))?;
+                StreamItem::Output {
+                    stream,
+                    seq,
+                    data: data.into(),
+                }
+            }
+            "lost" => StreamItem::Lost {
+                from_seq: v["from_seq"].as_u64().unwrap_or(self.cursor + 1),
+                to_seq: v["to_seq"].as_u64().unwrap_or(seq),
+                bytes: v["bytes"].as_u64(),
+            },
+            "exit" => StreamItem::Exit {
+                seq,
+                exit_code: v["exit_code"].as_i64().map(|c| c as i32),
+            },
+            "error" => StreamItem::Error {
+                code: v["code"].as_str().unwrap_or("error").to_string(),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+            },
+            _ => StreamItem::Keepalive,
+        }))
+    }
+}
+
+impl Client {
+    /// Opens the process's output stream after seq `since`, asking for the
+    /// binary form (`Accept: application/octet-stream, text/event-stream;q=0.5`)
+    /// unless `binary` is false; a gateway without it answers SSE, which
+    /// the stream reads as well ([`OutputStream::form`] says which came).
+    pub async fn stream(
+        &self,
+        sid: &str,
+        since: u64,
+        binary: bool,
+    ) -> Result<OutputStream, ClientError> {
+        let accept = if binary {
+            "application/octet-stream, text/event-stream;q=0.5"
+        } else {
+            "text/event-stream"
+        };
+        let resp = self
+            .http
+            .get(format!(
+                "{}?since={since}",
+                self.url(&format!("/processes/{}/stream", encode(sid)))
+            ))
+            .header(reqwest::header::ACCEPT, accept)
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await?;
+            return Err(api_error(status.as_u16(), &body));
+        }
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let form = if ct.starts_with(execgate_protocol::output_frames::CONTENT_TYPE) {
+            StreamForm::Binary
+        } else if ct.starts_with("text/event-stream") {
+            StreamForm::Sse
+        } else {
+            return Err(ClientError::Decode(format!(
+                "the stream came as '{ct}', neither binary frames nor SSE"
+            )));
+        };
+        Ok(OutputStream {
+            resp,
+            form,
+            frames: Default::default(),
+            sse: Vec::new(),
+            cursor: since,
+            done: false,
+        })
+    }
+}
+
 /// Percent-encodes one path segment.
 fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
@@ -478,5 +660,63 @@ mod tests {
         assert_eq!(keys[1], keys[2]);
         assert_ne!(keys[2], keys[3]);
         assert!(keys[0].starts_with("egk_"), "{keys:?}");
+    }
+
+    /// A gateway that answers SSE whatever the Accept (one older than the
+    /// binary form): the client asked for binary, and reads the SSE.
+    #[tokio::test]
+    async fn a_stream_answered_as_sse_is_read_as_sse() {
+        use super::{StreamForm, StreamItem};
+        use execgate_protocol::exec::Stream;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let head = read_request(&mut conn).await;
+            let body =
+                "event: output\nid: 3\ndata: {\"data_b64\":\"/wBoaQ==\",\"stream\":\"stderr\"}\n\n\
+                        : keepalive\n\n\
+                        event: lost\nid: 7\ndata: {\"from_seq\":4,\"to_seq\":7,\"bytes\":12}\n\n\
+                        event: exit\nid: 9\ndata: {\"exit_code\":4}\n\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            head
+        });
+        let client = super::Client::new(url, "t").unwrap();
+        let mut s = client.stream("ps_1", 2, true).await.unwrap();
+        assert_eq!(s.form(), StreamForm::Sse);
+        let mut items = Vec::new();
+        while let Some(item) = s.next().await.unwrap() {
+            items.push(item);
+        }
+        assert_eq!(
+            items,
+            vec![
+                StreamItem::Output {
+                    stream: Stream::Stderr,
+                    seq: 3,
+                    data: bytes::Bytes::from_static(b"\xff\x00hi"),
+                },
+                StreamItem::Lost {
+                    from_seq: 4,
+                    to_seq: 7,
+                    bytes: Some(12),
+                },
+                StreamItem::Exit {
+                    seq: 9,
+                    exit_code: Some(4),
+                },
+            ]
+        );
+        assert_eq!(s.cursor(), 9);
+        let head = server.await.unwrap();
+        assert!(head.contains("accept: application/octet-stream"), "{head}");
+        assert!(
+            head.starts_with("get /api/connectors/processes/ps_1/stream?since=2 "),
+            "{head}"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod connectors;
 pub mod custom_tool;
 pub mod exec;
 pub mod jsonrpc;
+pub mod output_frames;
 pub mod policy;
 pub mod register;
 pub mod uri;

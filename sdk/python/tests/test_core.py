@@ -148,3 +148,103 @@ def test_tool_bytes_decode_by_their_encoding() -> None:
     assert ops.decode_content("a\\xff\\\\b é", "utf-8-escaped") == b"a\xff\\b " + "é".encode()
     with pytest.raises(ValueError):
         ops.decode_content("x", "latin-1")
+
+
+def _frame(kind: int, seq: int, payload: bytes) -> bytes:
+    return bytes([kind]) + seq.to_bytes(8, "big") + len(payload).to_bytes(4, "big") + payload
+
+
+class _Handle:
+    def __init__(self, content_type: str) -> None:
+        self.content_type = content_type
+
+
+def test_binary_op_reads_frames_split_anywhere_and_resumes() -> None:
+    """Drives ``output(transport="binary")`` by hand: it asks for the binary
+    form; frames cut at any byte give Chunk/LostOutput items; a connection
+    that ends mid-frame is reopened after the last whole frame."""
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output(st, None, "binary")
+    eff = next(op)
+    assert isinstance(eff, ops.OpenStream)
+    assert eff.request.headers == {
+        "Last-Event-ID": "0",
+        "Accept": "application/octet-stream, text/event-stream;q=0.5",
+    }
+    wire = (
+        _frame(1, 2, b"\xff\x00out")
+        + _frame(0, 0, b"")
+        + _frame(9, 3, b"a future frame type")
+        + _frame(4, 6, b'{"from_seq":3,"to_seq":6,"bytes":10}')
+        + _frame(2, 7, b"err")
+    )
+    cut = _frame(1, 9, b"never whole")[:15]
+    eff = op.send(_Handle("application/octet-stream"))
+    items = []
+    pieces = [wire[i : i + 5] for i in range(0, len(wire), 5)] + [cut]
+    for piece in pieces:
+        while isinstance(eff, ops.Emit):
+            items.append(eff.item)
+            eff = next(op)
+        assert isinstance(eff, ops.ReadChunk)
+        eff = op.send(piece)
+    while isinstance(eff, ops.Emit):
+        items.append(eff.item)
+        eff = next(op)
+    # The connection ends inside the last frame.
+    assert isinstance(eff, ops.ReadChunk)
+    eff = op.send(None)
+    assert isinstance(eff, ops.CloseStream)
+    assert isinstance(next(op), ops.Sleep)
+    eff = next(op)
+    assert isinstance(eff, ops.OpenStream) and eff.request.headers["Last-Event-ID"] == "7"
+    eff = op.send(_Handle("application/octet-stream"))
+    eff = op.send(_frame(1, 9, b"whole") + _frame(5, 10, b'{"exit_code":3}'))
+    while isinstance(eff, ops.Emit):
+        items.append(eff.item)
+        eff = next(op)
+    assert isinstance(eff, ops.CloseStream)
+    with pytest.raises(StopIteration):
+        next(op)
+    assert items == [
+        execgate.Chunk("stdout", b"\xff\x00out", 2),
+        execgate.LostOutput(3, 6, 10),
+        execgate.Chunk("stderr", b"err", 7),
+        execgate.Chunk("stdout", b"whole", 9),
+    ]
+    assert (st.cursor, st.exit_code, st.exited) == (10, 3, True)
+
+
+def test_binary_op_reads_an_sse_answer_from_an_older_gateway() -> None:
+    """A gateway that answers SSE whatever the Accept: the same items."""
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output(st, None, "auto")
+    eff = next(op)
+    assert eff.request.headers["Accept"].startswith("application/octet-stream")
+    eff = op.send(_Handle("text/event-stream"))
+    b64 = base64.b64encode(b"\xffhi").decode()
+    lines = ["event: output", "id: 1", f'data: {{"stream":"stdout","data_b64":"{b64}"}}', "",
+             "event: exit", "id: 2", 'data: {"exit_code":0}', ""]
+    items = []
+    for line in lines:
+        assert isinstance(eff, ops.ReadLine)
+        eff = op.send(line)
+        while isinstance(eff, ops.Emit):
+            items.append(eff.item)
+            eff = next(op)
+    assert isinstance(eff, ops.CloseStream)
+    with pytest.raises(StopIteration):
+        next(op)
+    assert items == [execgate.Chunk("stdout", b"\xffhi", 1)]
+    assert (st.cursor, st.exit_code) == (2, 0)
+
+
+def test_binary_op_raises_an_error_frame() -> None:
+    st = ops.ProcState(sid="ps_x")
+    op = ops.output(st, None, "binary")
+    next(op)
+    op.send(_Handle("application/octet-stream"))
+    eff = op.send(_frame(6, 0, b'{"code":"executor_restarted","message":"gone"}'))
+    assert isinstance(eff, ops.CloseStream)
+    with pytest.raises(execgate.ExecutorRestarted):
+        next(op)

@@ -312,7 +312,7 @@ def test_output_streams_before_exit(laptop: execgate.Env) -> None:
     assert p.exit_code == 0
 
 
-@pytest.mark.parametrize("transport", ["sse", "poll"])
+@pytest.mark.parametrize("transport", ["binary", "sse", "poll"])
 def test_output_is_resumable(
     laptop: execgate.Env, client: execgate.Client, transport: str, world: World
 ) -> None:
@@ -333,7 +333,7 @@ def test_output_is_resumable(
     assert other.wait(5) == 0
 
 
-@pytest.mark.parametrize("transport", ["sse", "poll"])
+@pytest.mark.parametrize("transport", ["binary", "sse", "poll"])
 def test_lost_output_is_surfaced(client: execgate.Client, transport: str, world: World) -> None:
     if transport == "sse":
         world.needs("stream")
@@ -349,6 +349,28 @@ def test_lost_output_is_surfaced(client: execgate.Client, transport: str, world:
     assert isinstance(items[0], LostOutput)
     assert data.endswith(b"end\n")
     assert lost[0].bytes + len(data) == 40000 + 4
+
+
+@pytest.mark.parametrize("transport", ["binary", "sse"])
+def test_output_is_raw_bytes_in_either_stream_form(
+    laptop: execgate.Env, world: World, transport: str
+) -> None:
+    """8 MiB that are not UTF-8 and both streams, through the binary form
+    (frames as the gateway wrote them) and SSE: the same bytes."""
+    data = bytes((i * 7 + (i >> 11)) % 256 for i in range(8 << 20))
+    (world.laptop_dir / "noise.bin").write_bytes(data)
+    p = laptop.spawn(["sh", "-c", "cat noise.bin; printf 'e\\377' >&2; exit 4"])
+    items = list(p.output(transport=transport))
+    out = b"".join(i.data for i in items if isinstance(i, Chunk) and i.stream == "stdout")
+    err = b"".join(i.data for i in items if isinstance(i, Chunk) and i.stream == "stderr")
+    assert out == data and err == b"e\xff"
+    assert not [i for i in items if isinstance(i, LostOutput)]
+    seqs = [i.seq for i in items]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert p.exit_code == 4
+    if transport == "binary":
+        # Coalesced: far fewer items than the 64 KiB chunks SSE carries.
+        assert len(items) < 128, len(items)
 
 
 def test_wait_timeout_poll_and_terminate(

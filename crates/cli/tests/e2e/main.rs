@@ -5,6 +5,7 @@ mod admin_api;
 mod audit;
 mod bad_input;
 mod basics;
+mod binary_stream;
 mod bridge;
 mod cli;
 mod codex;

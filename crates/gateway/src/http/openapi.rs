@@ -161,6 +161,38 @@ impl PartialSchema for StreamEvent {
 
 impl ToSchema for StreamEvent {}
 
+/// The binary form of `GET /processes/{sid}/stream` (`Accept:
+/// application/octet-stream`): frames, described in words (OpenAPI has no
+/// schema for a binary framing). The framing is
+/// `execgate_protocol::output_frames`.
+pub struct OutputFrames;
+
+impl PartialSchema for OutputFrames {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/octet-stream")
+            .description(Some(OUTPUT_FRAMES_DOC))
+            .into()
+    }
+}
+
+impl ToSchema for OutputFrames {}
+
+/// What `OutputFrames` says in the document.
+pub const OUTPUT_FRAMES_DOC: &str = "A sequence of frames, each a 13-byte header \
+`[u8 type][u64 big-endian seq][u32 big-endian length]` and `length` payload bytes \
+(at most 16 MiB). Types: 0 keepalive (seq 0, empty; after 15 s of silence); \
+1 stdout, 2 stderr, 3 pty: raw output bytes, seq = the last seq the frame carries \
+(consecutive chunks of one stream may share a frame: it carries every output byte \
+with a seq after the previous frame's seq up to its own); 4 lost: seq = to_seq, \
+payload the JSON `{\"from_seq\",\"to_seq\",\"bytes\"}` (bytes null when unknown); \
+5 exit: seq = the last seq, payload `{\"exit_code\"}`, then the stream ends; \
+6 error: seq = the last seq delivered, payload `{\"code\",\"message\"}`, then the \
+stream ends. The JSON payloads are the SSE events' `data`, byte for byte. Resume \
+with `?since=` (or `Last-Event-ID`) = the seq of the last whole frame read; skip \
+frames of an unknown type.";
+
 struct ProxyTokenScheme;
 
 impl Modify for ProxyTokenScheme {

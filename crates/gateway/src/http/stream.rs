@@ -1,5 +1,6 @@
 //! `GET /api/connectors/processes/{sid}/stream`: a process's output as
-//! Server-Sent Events.
+//! Server-Sent Events (or, for `Accept: application/octet-stream`, as the
+//! binary frames of [`binary`], which follow the same steps).
 //!
 //! Events: `output` (id = seq, data `{stream, data_b64}`) per chunk, `lost`
 //! (id = the last lost seq, data `{from_seq, to_seq, bytes}`) where the
@@ -45,10 +46,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::error_code as code;
 use execgate_protocol::exec::{method, ProcessReadParams, Stream as ExecStream};
-use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -58,7 +59,7 @@ use crate::http::drain::Resumable;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::extract::{ApiPath, ApiQuery};
-use crate::http::openapi::{SessionErrors, SessionPath, StreamEvent};
+use crate::http::openapi::{OutputFrames, SessionErrors, SessionPath, StreamEvent};
 use crate::link::read_ahead::ReadAhead;
 use crate::link::{LinkError, ProcessEvent, Subscription};
 use crate::ops::processes::{self, Session};
@@ -66,6 +67,8 @@ use crate::ops::revocation::Watch;
 use crate::ops::state::AppState;
 use crate::ops::tools::RPC_TIMEOUT;
 use crate::store::audit_log::Via;
+
+mod binary;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Most output one catch-up read asks for.
@@ -94,6 +97,15 @@ pub struct StreamQuery {
 /// `{stream, data_b64}`), `lost` (data `{from_seq, to_seq, bytes}`), a
 /// final `exit` (data `{exit_code}`), or `error` (data `{code, message}`)
 /// when the stream cannot go on. Resume with `Last-Event-ID`.
+///
+/// **Binary form.** With `Accept: application/octet-stream` (preferred over
+/// `text/event-stream` by q-value, or by order at equal q) the answer is
+/// `Content-Type: application/octet-stream`: the same events as
+/// length-prefixed frames with the output bytes raw, each
+/// `[u8 type][u64 BE seq][u32 BE length][payload]`; see `OutputFrames`.
+/// Any other `Accept` gets SSE, and so does every client of a gateway
+/// older than this form: the answer's `Content-Type` says which came. A
+/// malformed `Accept` is 400 `bad_request`.
 #[utoipa::path(get, path = "/api/connectors/processes/{sid}/stream", tag = "processes",
     params(
         SessionPath,
@@ -101,7 +113,10 @@ pub struct StreamQuery {
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
     ),
     responses(
-        (status = 200, description = "An event stream; ends after the `exit` or `error` event", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 200, description = "An event stream, or with `Accept: application/octet-stream` binary frames; ends after the `exit` or `error` event", content(
+            (StreamEvent = "text/event-stream"),
+            (OutputFrames = "application/octet-stream"),
+        )),
         SessionErrors,
     ))]
 pub async fn stream(
@@ -110,13 +125,7 @@ pub async fn stream(
     ApiPath(sid): ApiPath<String>,
     ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
-) -> Result<
-    (
-        axum::Extension<Resumable>,
-        Sse<impl Stream<Item = Result<Event, Infallible>>>,
-    ),
-    ApiError,
-> {
+) -> Result<Response, ApiError> {
     let since = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -129,6 +138,8 @@ pub async fn stream(
             })?,
         None => q.since.unwrap_or(0),
     };
+    // Content negotiation: the binary form (`binary`) or SSE.
+    let binary = binary::wants_binary(&headers)?;
     let mut session = processes::resolve(&state, &caller, &sid, Via::Rest, "stream").await?;
     // The Caller extractor has checked it; the stream checks it again
     // while it is open.
@@ -139,6 +150,9 @@ pub async fn stream(
         .audit
         .record()
         .set_args_json(&json!({ "since": since }));
+    if binary {
+        return Ok(binary::respond(state, session, since, watch));
+    }
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     let pump = Pump {
         state,
@@ -148,15 +162,14 @@ pub async fn stream(
         exit_code: None,
     };
     tokio::spawn(pump.run(watch));
-    let events =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
     Ok((
         axum::Extension(Resumable),
         Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)),
-    ))
+    )
+        .into_response())
 }
 
 /// Why the pump stopped.

@@ -23,6 +23,7 @@ from ._core import (
     Download,
     Emit,
     OpenStream,
+    ReadChunk,
     ReadLine,
     Request,
     Sleep,
@@ -46,6 +47,8 @@ class _AStream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.lines = response.aiter_lines()
+        self.chunks = response.aiter_bytes()
+        self.content_type = response.headers.get("content-type", "")
 
 
 class AsyncClient(ClientBase):
@@ -134,6 +137,11 @@ class AsyncClient(ClientBase):
                 except StopAsyncIteration:
                     return None
                 return line.rstrip("\r\n")
+            if isinstance(eff, ReadChunk):
+                try:
+                    return await eff.handle.chunks.__anext__()
+                except StopAsyncIteration:
+                    return None
             if isinstance(eff, OpenStream):
                 r = eff.request
                 req = self._http.build_request(

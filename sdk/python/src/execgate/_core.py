@@ -51,6 +51,13 @@ POLL_WAIT_MS = 25_000
 SSE_READ_TIMEOUT = 45.0
 #: Extra seconds on top of a tool's own timeout for the HTTP answer.
 SLACK = 30.0
+#: The binary form of the output stream (``Accept`` asks for it first; a
+#: gateway without it answers SSE, which is read instead).
+BINARY_STREAM = "application/octet-stream"
+#: The most payload bytes one binary frame may carry.
+MAX_FRAME_PAYLOAD = 16 << 20
+#: Output frame types by stream (see :func:`read_frames`).
+_FRAME_STREAMS = {1: "stdout", 2: "stderr", 3: "pty"}
 #: Attempts to reconnect a broken output stream before giving up.
 RECONNECTS = 5
 #: Retries of a mutating request after a connection error, a timeout or a
@@ -122,6 +129,14 @@ class OpenStream:
 class ReadLine:
     """The next line of an open stream (without its line ending), or
     ``None`` at its end."""
+
+    handle: Any
+
+
+@dataclass
+class ReadChunk:
+    """The next bytes of an open stream, as they came, or ``None`` at its
+    end (the binary output stream is read this way)."""
 
     handle: Any
 
@@ -579,14 +594,17 @@ def output_poll(st: ProcState, since: Optional[int]) -> Op[None]:
             return
 
 
-def output_sse(st: ProcState, since: Optional[int]) -> Op[None]:
+def output_sse(st: ProcState, since: Optional[int], binary: bool = False) -> Op[None]:
     """Follows ``/stream`` (Server-Sent Events), reconnecting with
     ``Last-Event-ID`` when the connection breaks: yields Chunk and
-    LostOutput items."""
+    LostOutput items. With ``binary``, asks for the binary form first and
+    reads whichever form the gateway answered (its ``Content-Type``)."""
     cursor = st.cursor if since is None else since
     failures = 0
     while True:
         headers = {"Last-Event-ID": str(cursor)}
+        if binary:
+            headers["Accept"] = f"{BINARY_STREAM}, text/event-stream;q=0.5"
         try:
             handle = yield OpenStream(
                 Request("GET", proc_path(st.sid, "stream"), headers=headers, timeout=SSE_READ_TIMEOUT)
@@ -600,6 +618,26 @@ def output_sse(st: ProcState, since: Optional[int]) -> Op[None]:
         decoder = SSEDecoder()
         got_event = False
         try:
+            if binary and str(getattr(handle, "content_type", "")).startswith(BINARY_STREAM):
+                st.cursor = cursor
+                try:
+                    done, got_event = yield from read_frames(st, handle)
+                finally:
+                    cursor = st.cursor
+                if done:
+                    return
+                if not got_event:
+                    failures += 1
+                    if failures > RECONNECTS:
+                        raise TransportError(
+                            f"the output stream of {st.sid} keeps ending without events",
+                            code="transport",
+                        )
+                else:
+                    failures = 0
+                yield CloseStream(handle)
+                yield Sleep(min(0.1 * 2**failures, 5.0) if failures else 0.05)
+                continue
             while True:
                 line = yield ReadLine(handle)
                 if line is None:
@@ -660,19 +698,80 @@ def output_sse(st: ProcState, since: Optional[int]) -> Op[None]:
         yield Sleep(min(0.1 * 2**failures, 5.0) if failures else 0.05)
 
 
+def read_frames(st: ProcState, handle: Any) -> Op[Any]:
+    """Reads the binary output stream (``application/octet-stream``) of an
+    open handle: frames of ``[u8 type][u64 BE seq][u32 BE length][payload]``
+    (types 0 keepalive, 1-3 stdout/stderr/pty raw bytes, 4 lost, 5 exit, 6
+    error, the last three with the SSE event's JSON as payload; unknown
+    types are skipped). Emits Chunk and LostOutput items and moves
+    ``st.cursor``; returns ``(exited, got_a_frame)``: ``exited`` False means
+    the connection ended first (resume from ``st.cursor``). A partial
+    frame at the end is dropped, so the cursor stays at a whole frame."""
+    buf = bytearray()
+    got = False
+    while True:
+        while len(buf) >= 13:
+            kind = buf[0]
+            seq = int.from_bytes(buf[1:9], "big")
+            n = int.from_bytes(buf[9:13], "big")
+            if n > MAX_FRAME_PAYLOAD:
+                raise ExecgateError(f"a binary output frame of {n} bytes", code="bad_frame")
+            if len(buf) < 13 + n:
+                break
+            payload = bytes(buf[13 : 13 + n])
+            del buf[: 13 + n]
+            got = True
+            if kind in _FRAME_STREAMS:
+                if seq <= st.cursor:
+                    continue
+                st.cursor = seq
+                yield Emit(Chunk(stream=_FRAME_STREAMS[kind], data=payload, seq=seq))
+            elif kind == 4:
+                d = _json.loads(payload)
+                item = LostOutput(
+                    int(d["from_seq"]),
+                    int(d["to_seq"]),
+                    None if d.get("bytes") is None else int(d["bytes"]),
+                )
+                st.cursor = max(st.cursor, item.to_seq)
+                yield Emit(item)
+            elif kind == 5:
+                d = _json.loads(payload)
+                st.cursor = max(st.cursor, seq)
+                st.exited = True
+                if d.get("exit_code") is not None:
+                    st.exit_code = int(d["exit_code"])
+                yield CloseStream(handle)
+                return True, got
+            elif kind == 6:
+                d = _json.loads(payload)
+                code = str(d.get("code", "error"))
+                yield CloseStream(handle)
+                raise error_class(code, None)(str(d.get("message", "")), code=code, status=200)
+        chunk = yield ReadChunk(handle)
+        if chunk is None:
+            return False, got
+        buf += chunk
+
+
 def output(st: ProcState, since: Optional[int], transport: str) -> Op[None]:
-    """``transport``: ``"sse"``, ``"poll"``, or ``"auto"`` (SSE, falling back
-    to long-polling on a gateway without the stream route)."""
+    """``transport``: ``"binary"`` (the binary stream, or SSE from a gateway
+    without it), ``"sse"``, ``"poll"``, or ``"auto"`` (``"binary"``, falling
+    back to long-polling on a gateway without the stream route)."""
     if transport == "poll":
         return (yield from output_poll(st, since))
     if transport == "sse":
         return (yield from output_sse(st, since))
+    if transport == "binary":
+        return (yield from output_sse(st, since, binary=True))
     if transport != "auto":
-        raise ValueError(f"transport must be 'auto', 'sse' or 'poll', not {transport!r}")
+        raise ValueError(
+            f"transport must be 'auto', 'binary', 'sse' or 'poll', not {transport!r}"
+        )
     if st.extra.get("no_sse"):
         return (yield from output_poll(st, since))
     try:
-        return (yield from output_sse(st, since))
+        return (yield from output_sse(st, since, binary=True))
     except ExecgateError as e:
         # Only a gateway that has no such route at all: its fallback 404.
         if e.code != "not_found":

@@ -21,6 +21,7 @@ from ._core import (
     Download,
     Emit,
     OpenStream,
+    ReadChunk,
     ReadLine,
     Request,
     Sleep,
@@ -47,6 +48,8 @@ class _Stream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.lines = response.iter_lines()
+        self.chunks = response.iter_bytes()
+        self.content_type = response.headers.get("content-type", "")
 
 
 def _transport_error(e: httpx.HTTPError) -> ExecgateError:
@@ -141,6 +144,8 @@ class Client(ClientBase):
             if isinstance(eff, ReadLine):
                 line = next(eff.handle.lines, None)
                 return None if line is None else line.rstrip("\r\n")
+            if isinstance(eff, ReadChunk):
+                return next(eff.handle.chunks, None)
             if isinstance(eff, OpenStream):
                 r = eff.request
                 req = self._http.build_request(
@@ -458,9 +463,11 @@ class Process(ProcessBase):
         an earlier ``output()`` of this object delivered), and a broken
         connection is resumed where it stopped; an executor that stays
         away raises :class:`ExecutorUnavailable` (call ``output()`` again
-        later to go on). ``transport``: ``"sse"``
-        (the event stream), ``"poll"`` (long-polling ``/output``), or
-        ``"auto"`` (SSE, else polling)."""
+        later to go on). ``transport``: ``"binary"`` (the stream in its
+        binary form, raw bytes in length-prefixed frames; SSE from a gateway
+        without it), ``"sse"`` (the event stream), ``"poll"``
+        (long-polling ``/output``), or ``"auto"`` (``"binary"``, else
+        polling)."""
         return self._client._drive(ops.output(self._st, since, transport))
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
