@@ -60,25 +60,107 @@ async fn envs_list(
     url: &str,
     token: &str,
 ) -> anyhow::Result<(Duration, Duration, usize, usize)> {
+    let (fetched, parsed, v, size) = envs_list_with(client, url, token, &json!({})).await?;
+    let count = v["envs"]
+        .as_array()
+        .with_context(|| format!("envs/list: {v}"))?
+        .len();
+    Ok((fetched, parsed, count, size))
+}
+
+/// One envs/list with `body` (a page: `limit`, `after`): the time to the
+/// answer's last byte, the time to parse it, the answer and its size.
+async fn envs_list_with(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<(Duration, Duration, Value, usize)> {
     let t = Instant::now();
     let res = client
         .post(format!("{url}/api/connectors/envs/list"))
         .bearer_auth(token)
-        .json(&json!({}))
+        .json(body)
         .send()
         .await?;
     if !res.status().is_success() {
         bail!("envs/list: {}", res.status());
     }
-    let body = res.bytes().await?;
+    let bytes = res.bytes().await?;
     let fetched = t.elapsed();
     let t = Instant::now();
-    let v: Value = serde_json::from_slice(&body)?;
-    let count = v["envs"]
-        .as_array()
-        .with_context(|| format!("envs/list: {v}"))?
-        .len();
-    Ok((fetched, t.elapsed(), count, body.len()))
+    let v: Value = serde_json::from_slice(&bytes)?;
+    Ok((fetched, t.elapsed(), v, bytes.len()))
+}
+
+/// A whole walk of envs/list by pages of `limit` (following `next`): its
+/// time (each page's time to its last byte, summed: no parse), and the
+/// environments and pages it saw.
+async fn envs_walk(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    limit: usize,
+) -> anyhow::Result<(Duration, usize, usize)> {
+    let (mut total, mut count, mut pages) = (Duration::ZERO, 0, 0);
+    let mut after = Value::Null;
+    loop {
+        let (d, _, v, _) =
+            envs_list_with(client, url, token, &json!({"limit": limit, "after": after})).await?;
+        total += d;
+        pages += 1;
+        count += v["envs"].as_array().map_or(0, Vec::len);
+        match v.get("next") {
+            Some(next) => after = next.clone(),
+            None => return Ok((total, count, pages)),
+        }
+        if pages > 100_000 {
+            bail!("envs/list pages do not end");
+        }
+    }
+}
+
+/// Loopback's throughput here and now: `size` bytes written through a
+/// 127.0.0.1 TCP socket (64 KiB writes) and read on the other end, as the
+/// best of `rounds` (MB/s): what moving envs/list's answer costs at least.
+async fn loopback_mb_per_s(size: usize, rounds: usize) -> anyhow::Result<f64> {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut best = 0f64;
+    for _ in 0..rounds {
+        let writer = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).await?;
+                left -= n;
+            }
+            s.shutdown().await?;
+            anyhow::Ok(())
+        });
+        let (mut conn, _) = listener.accept().await?;
+        let t = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        loop {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        writer.await??;
+        if got != size {
+            bail!("loopback: read {got} of {size} bytes");
+        }
+        best = best.max(size as f64 / 1e6 / secs);
+    }
+    Ok(best)
 }
 
 pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report> {
@@ -263,6 +345,28 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
         size = bytes;
     }
 
+    // Pages of the same workspace (issue 18): the first page of 500, and
+    // whole walks by pages of 1,000; then loopback's throughput, for the
+    // floor under the whole answer.
+    let page = if quick { 50 } else { 500 };
+    let (mut paged, mut page_size) = (Vec::new(), 0);
+    for _ in 0..samples {
+        let (d, _, v, bytes) = envs_list_with(&client, a, token, &json!({"limit": page})).await?;
+        if v["envs"].as_array().map_or(0, Vec::len) != page.min(shown) {
+            bail!("a page of {page}: {} environments", v["envs"]);
+        }
+        paged.push(d);
+        page_size = bytes;
+    }
+    let walk_by = if quick { 10 } else { 1000 };
+    let (mut walks, mut walked, mut walk_pages) = (Vec::new(), 0, 0);
+    for _ in 0..(samples / 5).max(5) {
+        let (d, count, pages) = envs_walk(&client, a, token, walk_by).await?;
+        walks.push(d);
+        (walked, walk_pages) = (count, pages);
+    }
+    let loopback = loopback_mb_per_s(size.max(1), 5).await?;
+
     // Closing their stdin stops the hosts.
     for mut host in hosts {
         drop(host.stdin.take());
@@ -338,6 +442,38 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
         size as f64 / 1024.0,
         "KiB",
     ));
+    figures.extend(latency_figures(
+        &format!("{k}.envs_list.page{page}"),
+        &format!("  envs/list, a page of {page} (the first)"),
+        &paged,
+        "the whole answer",
+        &after,
+    ));
+    figures.push(Figure::new(
+        format!("{k}.envs_list.page{page}.answer_kib"),
+        format!("  the page of {page}'s size"),
+        page_size as f64 / 1024.0,
+        "KiB",
+    ));
+    figures.extend(latency_figures(
+        &format!("{k}.envs_list.walk{walk_by}"),
+        &format!("  envs/list, a whole walk by pages of {walk_by} ({walk_pages} pages, {walked} environments)"),
+        &walks,
+        "the whole answer",
+        &after,
+    ));
+    figures.push(
+        Figure::new(
+            format!("{k}.loopback_mb_per_s"),
+            "  loopback TCP here and now (best of 5), MB/s",
+            loopback,
+            "MB/s",
+        )
+        .vs(
+            "the whole answer's size over it, ms",
+            size as f64 / 1e6 / loopback * 1e3,
+        ),
+    );
     eprintln!("fleet N={n}: {:.1} s", t0.elapsed().as_secs_f64());
     Ok(Report {
         figures,

@@ -212,6 +212,41 @@ impl Client {
         Ok(r.envs)
     }
 
+    /// A page of the connected environments, in name order: at most
+    /// `limit` (1 to 1000) named after `after`, and the `after` of the next
+    /// page (`None` on the last one).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: execgate_client::Client) -> Result<(), execgate_client::ClientError> {
+    /// let mut after = None;
+    /// loop {
+    ///     let (envs, next) = client.envs_page(1000, after.as_deref()).await?;
+    ///     for env in envs {
+    ///         println!("{}", env.name);
+    ///     }
+    ///     match next {
+    ///         Some(n) => after = Some(n),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn envs_page(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<(Vec<ConnectorEnv>, Option<String>), ClientError> {
+        let r: EnvsListResponse = self
+            .send(self.http.post(self.url("/envs/list")).json(
+                &execgate_protocol::connectors::EnvsListRequest {
+                    limit: Some(limit),
+                    after: after.map(String::from),
+                },
+            ))
+            .await?;
+        Ok((r.envs, r.next))
+    }
+
     /// Calls `tool` on environment `env`. A tool that ran and failed is
     /// `Ok` with `is_error`; only request and transport problems are `Err`.
     pub async fn call_tool(

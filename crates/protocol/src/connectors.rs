@@ -107,6 +107,25 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvsListResponse {
     pub envs: Vec<ConnectorEnv>,
+    /// Present when the request asked for a page (`limit`) and more
+    /// environments follow: the `after` of the next page. Not in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /api/connectors/envs/list`'s body, every field optional: without
+/// `limit` every connected environment is listed (the seed's answer).
+/// Not in the seed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvsListRequest {
+    /// At most this many environments (1 to 1000), in name order (byte
+    /// order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Only environments named after this one (the previous page's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

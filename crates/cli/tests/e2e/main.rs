@@ -11,6 +11,7 @@ mod cli;
 mod codex;
 mod custom_tools;
 mod drain;
+mod envs_paging;
 mod harness;
 mod hostile_executor;
 mod idempotency;

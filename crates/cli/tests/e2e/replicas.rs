@@ -915,6 +915,29 @@ async fn six_executors_on_three_replicas_through_every_replica() {
         "{}",
         lists[0][5]
     );
+    // Pages of 2 through every replica walk the same six, in name order
+    // (most of them described from the leases).
+    for r in 0..3 {
+        let api = c.api(r);
+        let (mut walked, mut after) = (Vec::new(), Value::Null);
+        loop {
+            let (s, v) = api
+                .post(
+                    "/api/connectors/envs/list",
+                    json!({"limit": 2, "after": after}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let envs = v["envs"].as_array().unwrap();
+            assert!(envs.len() <= 2, "{v}");
+            walked.extend(envs.iter().map(|e| e["name"].as_str().unwrap().to_string()));
+            match v.get("next") {
+                Some(next) => after = next.clone(),
+                None => break,
+            }
+        }
+        assert_eq!(walked, ["e0", "e1", "e2", "e3", "e4", "e5"], "replica {r}");
+    }
     // Listing opened no channel to any owner.
     let log = std::fs::read_to_string(c.prepared.data_dir.join("gateway.log")).unwrap();
     assert!(!log.contains("opened a channel to the executor through its owner"));

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use execgate_protocol::connectors::{
-    CallToolResult, EnvsListResponse, ErrorResponse, ToolCallRequest,
+    CallToolResult, EnvsListRequest, EnvsListResponse, ErrorResponse, ToolCallRequest,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,27 +17,34 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiJsonRaw, ApiPath};
 use crate::http::idempotency;
 use crate::http::openapi::{IdempotencyErrors, IdempotencyKey};
-use crate::ops::environment::{connected_envs_json, environment};
+use crate::ops::environment::{connected_envs_json, environment, Page};
 use crate::ops::state::AppState;
 use crate::ops::tools;
 use crate::store::audit_log::Via;
 
-/// The caller's connected environments and their tools.
+/// The caller's connected environments and their tools, in name order:
+/// all of them, or a page of them (`limit`, `after`; the answer's `next`
+/// names where the next page starts).
 #[utoipa::path(post, path = "/api/connectors/envs/list", tag = "environments",
-    request_body(content = Object, description = "Ignored; send `{}` or nothing.", content_type = "application/json"),
-    responses((status = 200, description = "Connected environments of the token's workspace", body = EnvsListResponse)))]
+    request_body(content = EnvsListRequest, description = "Optional; `{}` or nothing lists every connected environment. `limit` (1 to 1000) and `after` ask for a page: at most `limit` environments whose names come after `after` (byte order); the answer's `next` is then the `after` of the next page, absent on the last one. Other fields are ignored.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Connected environments of the token's workspace", body = EnvsListResponse),
+        (status = 400, description = "`limit` is not an integer from 1 to 1000, or `after` is not a string (`bad_request`)", body = ErrorResponse),
+    ))]
 pub(crate) async fn envs_list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(_): ApiJson<serde::de::IgnoredAny>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    // Written from each link's interned JSON pieces (the same bytes as
-    // serializing an EnvsListResponse), and sent piece by piece: a
+    let page = Page::of_body(&body)?;
+    // Written from each environment's interned JSON pieces (the same bytes
+    // as serializing an EnvsListResponse), and sent piece by piece: a
     // workspace of 10,000 is cheap, and never one 19 MB buffer.
-    let pieces = connected_envs_json(&state, &caller).await?;
-    let body = axum::body::Body::from_stream(futures_util::stream::iter(
-        pieces.map(|p| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(p))),
-    ));
+    let (frames, len) = connected_envs_json(&state, &caller, &page).await?;
+    let body = axum::body::Body::new(Frames {
+        frames: frames.into_iter(),
+        len: len as u64,
+    });
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -46,6 +53,37 @@ pub(crate) async fn envs_list(
         body,
     )
         .into_response())
+}
+
+/// envs/list's answer: its frames, with their length known (so the answer
+/// has a `Content-Length`, not chunks).
+struct Frames {
+    frames: std::vec::IntoIter<bytes::Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.frames.next();
+        if let Some(f) = &next {
+            self.len -= f.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|f| Ok(http_body::Frame::data(f))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.len == 0 && self.frames.len() == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
 }
 
 /// The tool/call body. `arguments` is taken as any JSON here so that a

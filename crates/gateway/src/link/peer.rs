@@ -40,6 +40,7 @@
 //!   in flight reads on through it (`shell::relink`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long the list of executors held elsewhere (envs/list) is reused.
 const ELSEWHERE_TTL: Duration = Duration::from_millis(500);
+/// How old a list of executors held elsewhere may be and still answer a
+/// call while it is re-read beside it ([`Cluster::held_elsewhere`]).
+const ELSEWHERE_STALE: Duration = Duration::from_millis(1_500);
 /// Replicas silent this long are forgotten (their rows).
 const PRUNE_AFTER_MS: i64 = 3_600_000;
 /// How long after a channel to an executor ended (its owner drained and
@@ -141,10 +145,40 @@ impl ClusterConfig {
     }
 }
 
+/// An environment's listing pieces, as JSON: its tools (`[…]`) and the end
+/// of its entry (`,"executor":{…},"policy":{…}}`); see
+/// `ops::environment::listing`.
+pub type Pieces = (Arc<str>, Arc<str>);
+
+/// What envs/list shows of an executor another replica holds
+/// ([`Cluster::describe`]).
+pub enum Described {
+    /// The channel to it through its holder, open from an earlier call.
+    Open(Arc<Link>),
+    /// Its name and listing pieces, from its lease.
+    Leased(Arc<Description>),
+}
+
+/// An executor another replica holds, as envs/list shows it: its name and
+/// its listing pieces (shared with every executor alike).
+#[derive(Debug)]
+pub struct Description {
+    pub name: Box<str>,
+    pub pieces: Pieces,
+}
+
+/// Descriptions kept at most (a replica describes the executors others
+/// hold; past this the map is emptied and rebuilt as listed).
+const DESCRIBED_CAP: usize = 200_000;
+
 /// A lease's holder and epoch.
 type LeaseHolder = (String, i64);
 /// exe_id → epoch of the executors other replicas hold.
 type HeldElsewhere = HashMap<String, i64>;
+/// The kept list of executors held elsewhere, and when it was read.
+type Elsewhere = Mutex<Option<(Instant, Arc<HeldElsewhere>)>>;
+/// exe_id → a description and the epoch it was read at.
+type DescribedMap = Mutex<HashMap<String, (i64, Arc<Description>)>>;
 
 /// This replica: its id, and the links it holds to other replicas'
 /// executors.
@@ -158,9 +192,11 @@ pub struct Cluster {
     /// exe_id → the lease (holder, epoch) whose owner could not be reached,
     /// and when.
     failures: Mutex<HashMap<String, (LeaseHolder, Instant)>>,
-    elsewhere: Mutex<Option<(Instant, Arc<HeldElsewhere>)>>,
+    elsewhere: Arc<Elsewhere>,
+    /// Whether a task is re-reading `elsewhere`.
+    refreshing: Arc<AtomicBool>,
     /// exe_id → a description (see [`Cluster::describe`]) and its epoch.
-    described: Mutex<HashMap<String, (i64, Arc<Link>)>>,
+    described: Arc<DescribedMap>,
     /// exe_id → when its channel through its owner ended (the executor is
     /// probably moving to another replica; see [`MOVE_WAIT`]).
     lost: Arc<Mutex<HashMap<String, Instant>>>,
@@ -174,8 +210,9 @@ impl Cluster {
             remotes: Mutex::new(HashMap::new()),
             dialling: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            elsewhere: Mutex::new(None),
-            described: Mutex::new(HashMap::new()),
+            elsewhere: Arc::default(),
+            refreshing: Arc::default(),
+            described: Arc::default(),
             lost: Arc::default(),
         }
     }
@@ -237,23 +274,34 @@ impl Cluster {
     }
 
     /// Executors other live replicas hold, with their lease's epoch
-    /// (envs/list), reused for [`ELSEWHERE_TTL`].
+    /// (envs/list), reused for [`ELSEWHERE_TTL`]; past it, and up to
+    /// [`ELSEWHERE_STALE`], the call still answers from the kept list
+    /// while one task re-reads the leases beside it (at 30,000 executors,
+    /// 20,000 rows: the wait for it was envs/list's p90), and only a list
+    /// older than that is read on the call's path.
     pub async fn held_elsewhere(&self, store: &Store) -> Arc<HeldElsewhere> {
         if let Some((at, held)) = &*self.elsewhere.lock().unwrap() {
-            if at.elapsed() < ELSEWHERE_TTL {
+            let age = at.elapsed();
+            if age < ELSEWHERE_TTL {
+                return held.clone();
+            }
+            if age < ELSEWHERE_STALE {
+                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let (store, replica_id) = (store.clone(), self.replica_id.clone());
+                    let (elsewhere, described, refreshing) = (
+                        self.elsewhere.clone(),
+                        self.described.clone(),
+                        self.refreshing.clone(),
+                    );
+                    tokio::spawn(async move {
+                        read_elsewhere(&store, &replica_id, &elsewhere, &described).await;
+                        refreshing.store(false, Ordering::Release);
+                    });
+                }
                 return held.clone();
             }
         }
-        let held: HeldElsewhere = match store.leased_elsewhere(&self.replica_id, now_ms()).await {
-            Ok(ids) => ids.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!("could not read the leases: {e}");
-                HashMap::new()
-            }
-        };
-        let held = Arc::new(held);
-        *self.elsewhere.lock().unwrap() = Some((Instant::now(), held.clone()));
-        held
+        read_elsewhere(store, &self.replica_id, &self.elsewhere, &self.described).await
     }
 
     /// The other live replicas' advertise URLs (a heartbeat within three
@@ -272,11 +320,15 @@ impl Cluster {
         Ok(least_loaded_first(live, &self.config.advertise_url))
     }
 
-    /// A description of executor `exe_id` (workspace, name) held elsewhere
-    /// at `epoch`, for envs/list: the open channel to it if there is one,
-    /// else a closed [`Link`] that carries only the handshake its holder
-    /// wrote into the lease (read once per epoch), so that listing never
-    /// opens channels. `None` when the lease has no handshake.
+    /// What envs/list shows of executor `exe_id` (workspace, name) held
+    /// elsewhere at `epoch`: the open channel to it if there is one, else a
+    /// [`Description`]: its listing pieces, rendered by `render` from the
+    /// handshake its holder wrote into the lease (read once per epoch and
+    /// name), so that listing never opens channels. `None` when the lease
+    /// has no handshake. Only the pieces are kept (interned, shared by
+    /// executors alike), not a [`Link`]: at 30,000 executors on three
+    /// replicas a kept closed link with its parsed handshake cost each
+    /// replica ~3.9 KB for each of the ~6,700 it described (BENCHMARKS.md).
     pub async fn describe(
         &self,
         store: &Store,
@@ -284,19 +336,20 @@ impl Cluster {
         workspace: &str,
         name: &str,
         epoch: i64,
-    ) -> Option<Arc<Link>> {
+        render: impl FnOnce(&Link) -> Pieces,
+    ) -> Option<Described> {
         if let Some(link) = self.kept(exe_id) {
-            return Some(link);
+            return Some(Described::Open(link));
         }
-        if let Some((at, link)) = self.described.lock().unwrap().get(exe_id) {
-            if *at == epoch && link.name == name {
-                return Some(link.clone());
+        if let Some((at, d)) = self.described.lock().unwrap().get(exe_id) {
+            if *at == epoch && &*d.name == name {
+                return Some(Described::Leased(d.clone()));
             }
         }
         let leased = store.leased_info(exe_id).await.ok()??;
         let info: EnvironmentInfo =
             serde_json::from_str(leased.environment_info.as_deref()?).ok()?;
-        // No socket behind it: every request on it fails at once.
+        // A closed link that lives only to be rendered: no socket behind it.
         let (tx, _) = mpsc::unbounded_channel();
         let link = Link::new(
             exe_id.to_string(),
@@ -311,11 +364,18 @@ impl Cluster {
             info,
         });
         link.close("a description of an executor another replica holds");
-        self.described
-            .lock()
-            .unwrap()
-            .insert(exe_id.to_string(), (leased.epoch, link.clone()));
-        Some(link)
+        let description = Arc::new(Description {
+            name: name.into(),
+            pieces: render(&link),
+        });
+        let mut described = self.described.lock().unwrap();
+        // Past the executors there can be, the ones no longer held
+        // elsewhere are dropped (see also `held_elsewhere`).
+        if described.len() >= DESCRIBED_CAP {
+            described.clear();
+        }
+        described.insert(exe_id.to_string(), (leased.epoch, description.clone()));
+        Some(Described::Leased(description))
     }
 
     /// A link to executor `exe_id` through the replica that holds it: the
@@ -423,6 +483,36 @@ impl Cluster {
             ),
         ]
     }
+}
+
+/// Reads the executors other live replicas hold into `elsewhere`, and drops
+/// the descriptions of executors no longer held elsewhere at that epoch
+/// (moved here, to another holder, or gone).
+async fn read_elsewhere(
+    store: &Store,
+    replica_id: &str,
+    elsewhere: &Elsewhere,
+    described: &DescribedMap,
+) -> Arc<HeldElsewhere> {
+    let read_at = Instant::now();
+    let held: HeldElsewhere = match store.leased_elsewhere(replica_id, now_ms()).await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!("could not read the leases: {e}");
+            HashMap::new()
+        }
+    };
+    described
+        .lock()
+        .unwrap()
+        .retain(|exe_id, (epoch, _)| held.get(exe_id) == Some(epoch));
+    let held = Arc::new(held);
+    let mut kept = elsewhere.lock().unwrap();
+    // A read begun earlier but done later does not replace a newer one.
+    if kept.as_ref().is_none_or(|(at, _)| *at <= read_at) {
+        *kept = Some((read_at, held.clone()));
+    }
+    held
 }
 
 /// From live replicas' (advertise URL, executors held): this replica's URL
@@ -982,6 +1072,145 @@ async fn forward_events(channel: Arc<Channel>, pid: String, mut sub: crate::link
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The descriptions of executors another replica holds are kept per
+    /// (epoch, name): reused while both hold, rendered again from the
+    /// lease when the executor re-linked (a new epoch, a new handshake) or
+    /// was renamed, and dropped when the list of executors held elsewhere
+    /// no longer has them at that epoch.
+    #[tokio::test]
+    async fn a_description_lasts_as_long_as_its_epoch_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_either(None, dir.path()).await.unwrap();
+        store.create_workspace("w").await.unwrap();
+        let (exe, _) = store.add_executor("w", "x", false).await.unwrap();
+        let cluster = Cluster::new(ClusterConfig::new(
+            "http://a".into(),
+            SecretString::new("s"),
+        ));
+        let far = now_ms() + 60_000;
+        let info = |v: &str| format!(r#"{{"executorVersion":"{v}","platformOs":"linux"}}"#);
+        let epoch = store
+            .take_lease(&exe, "rb", "http://b", far, Some(&info("1.0")))
+            .await
+            .unwrap();
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        let render = |link: &Link| -> Pieces {
+            renders.fetch_add(1, Ordering::SeqCst);
+            let v = link.handshake().unwrap().info.executor_version.clone();
+            (
+                Arc::from(format!("[{v:?}]").as_str()),
+                Arc::from(link.name.as_str()),
+            )
+        };
+        let describe = |name: &'static str, epoch: i64| {
+            let (cluster, store, exe, render) = (&cluster, &store, exe.clone(), &render);
+            async move {
+                match cluster
+                    .describe(store, &exe, "w", name, epoch, render)
+                    .await
+                {
+                    Some(Described::Leased(d)) => d,
+                    Some(Described::Open(_)) => panic!("no channel was opened"),
+                    None => panic!("the lease has a handshake"),
+                }
+            }
+        };
+        let first = describe("x", epoch).await;
+        assert_eq!(&*first.pieces.0, "[\"1.0\"]");
+        assert_eq!(&*first.name, "x");
+        // Kept: the same description, not rendered again.
+        let again = describe("x", epoch).await;
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(renders.load(Ordering::SeqCst), 1);
+        // Renamed: rendered again under the new name.
+        let renamed = describe("y", epoch).await;
+        assert_eq!((&*renamed.name, &*renamed.pieces.1), ("y", "y"));
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+        // The executor re-linked with another handshake: a new epoch.
+        let epoch2 = store
+            .take_lease(&exe, "rc", "http://c", far, Some(&info("2.0")))
+            .await
+            .unwrap();
+        assert_eq!(epoch2, epoch + 1);
+        let moved = describe("y", epoch2).await;
+        assert_eq!(&*moved.pieces.0, "[\"2.0\"]");
+        assert_eq!(renders.load(Ordering::SeqCst), 3);
+        assert!(Arc::ptr_eq(&moved, &describe("y", epoch2).await));
+        assert_eq!(renders.load(Ordering::SeqCst), 3);
+        // The list of executors held elsewhere has it at epoch2: kept.
+        assert_eq!(
+            cluster.held_elsewhere(&store).await.get(&exe),
+            Some(&epoch2)
+        );
+        assert_eq!(cluster.described.lock().unwrap().len(), 1);
+        // Its holder let it go: the next list drops its description.
+        assert!(store.release_lease(&exe, "rc", epoch2).await.unwrap());
+        *cluster.elsewhere.lock().unwrap() = None;
+        assert!(cluster.held_elsewhere(&store).await.is_empty());
+        assert!(cluster.described.lock().unwrap().is_empty());
+        // A lease without a handshake describes nothing.
+        let epoch3 = store
+            .take_lease(&exe, "rb", "http://b", far, None)
+            .await
+            .unwrap();
+        assert!(cluster
+            .describe(&store, &exe, "w", "y", epoch3, &render)
+            .await
+            .is_none());
+    }
+
+    /// A list of executors held elsewhere older than its TTL still answers
+    /// (up to ELSEWHERE_STALE) while one task re-reads it; older than that,
+    /// the call reads it itself.
+    #[tokio::test]
+    async fn a_stale_list_of_executors_held_elsewhere_is_reread_beside_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_either(None, dir.path()).await.unwrap();
+        store.create_workspace("w").await.unwrap();
+        let (exe, _) = store.add_executor("w", "x", false).await.unwrap();
+        let cluster = Cluster::new(ClusterConfig::new(
+            "http://a".into(),
+            SecretString::new("s"),
+        ));
+        assert!(cluster.held_elsewhere(&store).await.is_empty());
+        let far = now_ms() + 60_000;
+        let epoch = store
+            .take_lease(&exe, "rb", "http://b", far, None)
+            .await
+            .unwrap();
+        // Fresh: reused as it is.
+        assert!(cluster.held_elsewhere(&store).await.is_empty());
+        // Stale: the old list answers, and a re-read follows at once.
+        let age = |d: Duration| {
+            let mut kept = cluster.elsewhere.lock().unwrap();
+            let (at, _) = kept.as_mut().unwrap();
+            *at = Instant::now() - d;
+        };
+        age(ELSEWHERE_TTL + Duration::from_millis(10));
+        assert!(cluster.held_elsewhere(&store).await.is_empty());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let held = cluster
+                .elsewhere
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .1
+                .clone();
+            if held.get(&exe) == Some(&epoch) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the list was not re-read");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(cluster.held_elsewhere(&store).await.get(&exe), Some(&epoch));
+        // Too old: read on the call's path.
+        assert!(store.release_lease(&exe, "rb", epoch).await.unwrap());
+        age(ELSEWHERE_STALE + Duration::from_millis(10));
+        assert!(cluster.held_elsewhere(&store).await.is_empty());
+    }
 
     #[test]
     fn the_other_live_replicas_leave_this_one_out_least_loaded_first() {

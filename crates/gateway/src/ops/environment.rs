@@ -5,50 +5,125 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use execgate_protocol::connectors::{error_code as code, ConnectorEnv, ExecutorInfo};
 
 use crate::auth::Caller;
+use crate::link::peer::{Described, Description, Pieces};
 use crate::link::Link;
 use crate::ops::state::AppState;
 use crate::ops::tools;
 use crate::ops::Error;
 use crate::store::now_ms;
 
-/// One environment envs/list shows: its link (this replica's, a channel
-/// kept to its holder, or a description of it), its roster row's default
-/// flag, and when it was last seen (Unix ms).
+/// One environment envs/list shows: its link (this replica's, or a channel
+/// kept to its holder) or a description of it (an executor another replica
+/// holds, [`Described`]), its roster row's default flag, and when it was
+/// last seen (Unix ms).
 struct Listed {
-    link: Arc<Link>,
+    entry: Entry,
     is_default: bool,
     last_seen_ms: Option<i64>,
 }
 
-/// The caller's environments that have a live link, ordered by name.
+enum Entry {
+    Link(Arc<Link>),
+    Described(Arc<Description>),
+}
+
+impl Listed {
+    fn name(&self) -> &str {
+        match &self.entry {
+            Entry::Link(link) => &link.name,
+            Entry::Described(d) => &d.name,
+        }
+    }
+
+    fn pieces(&self) -> Pieces {
+        match &self.entry {
+            Entry::Link(link) => listing(link),
+            Entry::Described(d) => d.pieces.clone(),
+        }
+    }
+}
+
+/// A page of envs/list (`{"limit": N, "after": "<name>"}`, both optional):
+/// the environments named after `after` (in byte order of their names), at
+/// most `limit` of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+/// The largest `limit` a page may ask for.
+pub const MAX_PAGE: usize = 1000;
+
+impl Page {
+    /// The page a request body asks for: its `limit` (an integer in
+    /// 1..=[`MAX_PAGE`]) and `after` (a string), each optional (`null` is
+    /// absent). Any other field, and any body that is not an object, is
+    /// ignored as it always was.
+    pub fn of_body(body: &serde_json::Value) -> Result<Page, Error> {
+        let bad = |m: String| Error::new(code::BAD_REQUEST, m);
+        let mut page = Page::default();
+        match body.get("limit") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_PAGE as u64).contains(&n) => page.limit = Some(n as usize),
+                _ => {
+                    return Err(bad(format!(
+                        "limit: expected an integer from 1 to {MAX_PAGE}, got {v}"
+                    )))
+                }
+            },
+        }
+        match body.get("after") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(a)) => page.after = Some(a.clone()),
+            Some(v) => return Err(bad(format!("after: expected a string, got {v}"))),
+        }
+        Ok(page)
+    }
+}
+
+/// The caller's environments that have a live link, ordered by name (byte
+/// order), within `page`; and the name to ask the next page after, when a
+/// `limit` left connected environments out.
 /// The workspace's roster comes from memory while no executor of the
 /// store was added, removed or changed (`store::roster`): one single-row
 /// read per call, not the workspace's every row.
-async fn listed(state: &AppState, caller: &Caller) -> Result<Vec<Listed>, Error> {
+async fn listed(
+    state: &AppState,
+    caller: &Caller,
+    page: &Page,
+) -> Result<(Vec<Listed>, Option<String>), Error> {
     let rows = state.store().roster(&caller.workspace).await?;
-    let local = |link: Arc<Link>, is_default: bool| Listed {
-        last_seen_ms: Some(link.last_seen_ms()),
-        link,
-        is_default,
+    let start = match &page.after {
+        Some(after) => rows.partition_point(|r| r.name.as_str() <= after.as_str()),
+        None => 0,
     };
-    let Some(cluster) = state.cluster() else {
-        return Ok(rows
-            .iter()
-            .filter_map(|row| Some(local(state.registry().get(&row.exe_id)?, row.is_default)))
-            .collect());
-    };
+    let limit = page.limit.unwrap_or(usize::MAX);
     // A replica: the executors other live replicas hold are connected too,
     // described from the handshake their holder wrote into the lease (no
     // channel is opened to list them).
-    let elsewhere = cluster.held_elsewhere(state.store()).await;
+    let elsewhere = match state.cluster() {
+        Some(cluster) => Some((cluster, cluster.held_elsewhere(state.store()).await)),
+        None => None,
+    };
     let mut envs = Vec::new();
-    for row in rows.iter() {
-        if let Some(link) = state.registry().get(&row.exe_id) {
-            envs.push(local(link, row.is_default));
-        } else if let Some(&epoch) = elsewhere.get(&row.exe_id) {
+    for row in &rows[start..] {
+        let entry = if let Some(link) = state.registry().get(&row.exe_id) {
+            Listed {
+                last_seen_ms: Some(link.last_seen_ms()),
+                entry: Entry::Link(link),
+                is_default: row.is_default,
+            }
+        } else if let Some((cluster, held)) = &elsewhere {
+            let Some(&epoch) = held.get(&row.exe_id) else {
+                continue;
+            };
             let described = cluster
                 .describe(
                     state.store(),
@@ -56,68 +131,128 @@ async fn listed(state: &AppState, caller: &Caller) -> Result<Vec<Listed>, Error>
                     &caller.workspace,
                     &row.name,
                     epoch,
+                    listing,
                 )
                 .await;
-            if let Some(link) = described {
-                let mut env = local(link, row.is_default);
-                if env.link.is_closed() {
-                    // A description: last seen as the holder recorded it.
-                    env.last_seen_ms = row.last_seen_at;
-                }
-                envs.push(env);
+            match described {
+                Some(Described::Open(link)) => Listed {
+                    last_seen_ms: Some(link.last_seen_ms()),
+                    entry: Entry::Link(link),
+                    is_default: row.is_default,
+                },
+                // Last seen as the holder recorded it.
+                Some(Described::Leased(d)) => Listed {
+                    last_seen_ms: row.last_seen_at,
+                    entry: Entry::Described(d),
+                    is_default: row.is_default,
+                },
+                None => continue,
             }
+        } else {
+            continue;
+        };
+        if envs.len() == limit {
+            // One more is connected: the page ends before it.
+            let next = envs.last().map(|l: &Listed| l.name().to_string());
+            return Ok((envs, next));
         }
+        envs.push(entry);
     }
-    Ok(envs)
+    Ok((envs, None))
 }
 
 /// The caller's environments that have a live link, as envs/list shows
 /// them (MCP's list_environments too).
 pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<ConnectorEnv>, Error> {
-    Ok(listed(state, caller)
-        .await?
+    let (listed, _) = listed(state, caller, &Page::default()).await?;
+    Ok(listed
         .iter()
-        .map(|l| env_of(&l.link, l.is_default, l.last_seen_ms))
+        .filter_map(|l| match &l.entry {
+            Entry::Link(link) => Some(env_of(link, l.is_default, l.last_seen_ms)),
+            // Read back from the bytes envs/list sends.
+            Entry::Described(_) => {
+                let mut out = Vec::new();
+                write_env(&mut out, l);
+                serde_json::from_slice(&out).ok()
+            }
+        })
         .collect())
 }
 
-/// envs/list's answer, `{"envs":[…]}`, as JSON in pieces of at most
-/// [`ENVS_PER_PIECE`] environments, to be sent as they are made: the same
-/// bytes as serializing [`connected_envs`] into an `EnvsListResponse`, but
-/// each environment is written from its link's interned pieces
-/// ([`Link::listing`]) instead of being built and serialized afresh, and
-/// never all at once: a workspace of 10,000 environments is 19 MB of JSON,
-/// which as one buffer the allocator kept after each call (BENCHMARKS.md,
-/// "Fleet").
+/// envs/list's answer, `{"envs":[…]}` (with `,"next":"<name>"` when a
+/// page's limit left environments out), as JSON in pieces to be sent as
+/// they are made, and its length: the same bytes as serializing
+/// [`connected_envs`] into an `EnvsListResponse`, but each environment is
+/// written from its interned pieces ([`Link::listing`], or a
+/// [`Description`]) instead of being built and serialized afresh, and never
+/// all at once: a workspace of 10,000 environments is 19 MB of JSON, which
+/// as one buffer the allocator kept after each call (BENCHMARKS.md,
+/// "Fleet"). See [`ZERO_COPY`] for how the pieces are sent.
 pub async fn connected_envs_json(
     state: &AppState,
     caller: &Caller,
-) -> Result<impl Iterator<Item = Vec<u8>> + Send + 'static, Error> {
-    let listed = listed(state, caller).await?;
-    let count = listed.len();
-    let pieces = count.div_ceil(ENVS_PER_PIECE).max(1);
-    let mut listed = listed.into_iter();
-    Ok((0..pieces).map(move |piece| {
-        let mut out = Vec::with_capacity(ENVS_PER_PIECE * 2048);
-        if piece == 0 {
-            out.extend_from_slice(b"{\"envs\":[");
+    page: &Page,
+) -> Result<(Vec<Bytes>, usize), Error> {
+    let (listed, next) = listed(state, caller, page).await?;
+    let mut frames = Vec::new();
+    let mut out = Vec::with_capacity(if ZERO_COPY { 256 } else { FRAME });
+    out.extend_from_slice(b"{\"envs\":[");
+    for (i, l) in listed.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        for (i, l) in listed.by_ref().take(ENVS_PER_PIECE).enumerate() {
-            if piece > 0 || i > 0 {
-                out.push(b',');
+        if ZERO_COPY {
+            // The entry's own bytes copied; the shared pieces sent as they
+            // are kept.
+            let (tools, tail) = l.pieces();
+            write_head(&mut out, l);
+            frames.push(Bytes::from(std::mem::take(&mut out)));
+            frames.push(Bytes::from_owner(ArcStr(tools)));
+            write_last_seen(&mut out, l);
+            frames.push(Bytes::from(std::mem::take(&mut out)));
+            frames.push(Bytes::from_owner(ArcStr(tail)));
+        } else {
+            write_env(&mut out, l);
+            if out.len() >= FRAME {
+                let full = std::mem::replace(&mut out, Vec::with_capacity(FRAME + 4096));
+                frames.push(Bytes::from(full));
             }
-            write_env(&mut out, &l.link, l.is_default, l.last_seen_ms);
         }
-        if piece + 1 == pieces {
-            out.extend_from_slice(b"]}");
-        }
-        out
-    }))
+    }
+    out.push(b']');
+    if let Some(next) = next {
+        out.extend_from_slice(b",\"next\":");
+        let _ = serde_json::to_writer(&mut out, &next);
+    }
+    out.push(b'}');
+    frames.push(Bytes::from(out));
+    let len = frames.iter().map(Bytes::len).sum();
+    Ok((frames, len))
 }
 
-/// Environments per piece of envs/list's answer (~60 KiB: below the
-/// allocator's threshold for a mapping of its own).
-const ENVS_PER_PIECE: usize = 32;
+/// Whether envs/list sends each environment's shared pieces (its tools,
+/// the end of its entry) as they are kept, without copying them (four
+/// frames per environment), or copies every entry into frames of [`FRAME`]
+/// bytes. Zero-copy, measured at 10,000 environments through a replica in
+/// two runs beside one of the copied pieces (on a loaded VM): p50 237 and
+/// 95 ms (p90 3.4 s and 263 ms) against 354 ms (p90 748 ms); the memcpy it
+/// saves is only ~2 ms of 19 MB, and hyper writes at most 16 buffers per
+/// `writev`, so neither way is clearly faster (BENCHMARKS.md, "envs/list
+/// and memory at 30,000").
+const ZERO_COPY: bool = true;
+
+/// The size of a frame of envs/list's answer when entries are copied (~60
+/// KiB: below the allocator's threshold for a mapping of its own).
+const FRAME: usize = 60 * 1024;
+
+/// An interned piece as the owner of a [`Bytes`].
+struct ArcStr(Arc<str>);
+
+impl AsRef<[u8]> for ArcStr {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 fn env_of(link: &Link, is_default: bool, last_seen_ms: Option<i64>) -> ConnectorEnv {
     ConnectorEnv {
@@ -143,7 +278,7 @@ fn executor_info(link: &Link) -> Option<ExecutorInfo> {
 /// handshake is in, as JSON: `[…]` (the tools) and the end of the object,
 /// `,"executor":{…},"policy":{…}}` (each only when present). Kept on the
 /// link ([`Link::listing`]) and interned, so that links alike share them.
-fn listing(link: &Link) -> (Arc<str>, Arc<str>) {
+fn listing(link: &Link) -> Pieces {
     if let Some(pieces) = link.listing.get() {
         return pieces.clone();
     }
@@ -168,19 +303,29 @@ fn listing(link: &Link) -> (Arc<str>, Arc<str>) {
 
 /// Writes one environment as [`env_of`] would serialize (the same fields,
 /// in the same order).
-fn write_env(out: &mut Vec<u8>, link: &Link, is_default: bool, last_seen_ms: Option<i64>) {
-    let (tools, tail) = listing(link);
-    out.extend_from_slice(b"{\"name\":");
-    let _ = serde_json::to_writer(&mut *out, &link.name);
-    out.extend_from_slice(b",\"type\":\"executor\",\"is_default\":");
-    out.extend_from_slice(if is_default { b"true" } else { b"false" });
-    out.extend_from_slice(b",\"tools\":");
+fn write_env(out: &mut Vec<u8>, l: &Listed) {
+    let (tools, tail) = l.pieces();
+    write_head(out, l);
     out.extend_from_slice(tools.as_bytes());
-    if let Some(ms) = last_seen_ms {
+    write_last_seen(out, l);
+    out.extend_from_slice(tail.as_bytes());
+}
+
+/// An entry up to its tools: `{"name":…,"type":"executor","is_default":…,"tools":`.
+fn write_head(out: &mut Vec<u8>, l: &Listed) {
+    out.extend_from_slice(b"{\"name\":");
+    let _ = serde_json::to_writer(&mut *out, l.name());
+    out.extend_from_slice(b",\"type\":\"executor\",\"is_default\":");
+    out.extend_from_slice(if l.is_default { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"tools\":");
+}
+
+/// An entry's `,"last_seen":"…"`, when it has one.
+fn write_last_seen(out: &mut Vec<u8>, l: &Listed) {
+    if let Some(ms) = l.last_seen_ms {
         out.extend_from_slice(b",\"last_seen\":");
         let _ = serde_json::to_writer(&mut *out, &rfc3339(ms));
     }
-    out.extend_from_slice(tail.as_bytes());
 }
 
 /// The one copy of each distinct listing piece. An entry that no link
@@ -306,6 +451,79 @@ mod tests {
         link
     }
 
+    fn listed_link(link: &Arc<Link>, is_default: bool, last_seen_ms: Option<i64>) -> Listed {
+        Listed {
+            entry: Entry::Link(link.clone()),
+            is_default,
+            last_seen_ms,
+        }
+    }
+
+    /// A description (an executor another replica holds) is written as its
+    /// link would be, and envs/list's frames (zero-copy or not) join into
+    /// the same bytes as one writer's.
+    #[test]
+    fn a_description_lists_as_its_link_would() {
+        let link = link_with(
+            "far \"away\"",
+            serde_json::json!({"executorVersion": "1.2", "platformOs": "linux", "execgate": {
+                "policy": {"allowTools": ["read_file"]}}}),
+        );
+        let described = Listed {
+            entry: Entry::Described(Arc::new(Description {
+                name: link.name.as_str().into(),
+                pieces: listing(&link),
+            })),
+            is_default: true,
+            last_seen_ms: Some(1_700_000_000_000),
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_env(&mut a, &described);
+        write_env(&mut b, &listed_link(&link, true, Some(1_700_000_000_000)));
+        assert_eq!(
+            String::from_utf8(a.clone()).unwrap(),
+            String::from_utf8(b).unwrap()
+        );
+        let mut split = Vec::new();
+        write_head(&mut split, &described);
+        split.extend_from_slice(described.pieces().0.as_bytes());
+        write_last_seen(&mut split, &described);
+        split.extend_from_slice(described.pieces().1.as_bytes());
+        assert_eq!(split, a);
+        let env: ConnectorEnv = serde_json::from_slice(&a).unwrap();
+        assert_eq!(env.tools.len(), 1);
+        assert_eq!(env.name, "far \"away\"");
+    }
+
+    #[test]
+    fn a_page_takes_only_a_valid_limit_and_after() {
+        use serde_json::json;
+        assert_eq!(Page::of_body(&json!({})).unwrap(), Page::default());
+        assert_eq!(Page::of_body(&json!([1])).unwrap(), Page::default());
+        assert_eq!(
+            Page::of_body(&json!({"limit": 1000, "after": "e1", "x": 1})).unwrap(),
+            Page {
+                limit: Some(1000),
+                after: Some("e1".into())
+            }
+        );
+        assert_eq!(
+            Page::of_body(&json!({"limit": null, "after": null})).unwrap(),
+            Page::default()
+        );
+        for bad in [
+            json!({"limit": 0}),
+            json!({"limit": 1001}),
+            json!({"limit": -1}),
+            json!({"limit": 1.5}),
+            json!({"limit": "10"}),
+            json!({"after": 3}),
+        ] {
+            let e = Page::of_body(&bad).unwrap_err();
+            assert_eq!(e.code, code::BAD_REQUEST, "{bad}");
+        }
+    }
+
     /// envs/list's writer gives exactly the bytes serde gives for the same
     /// environments: with and without a policy, custom tools, last_seen, a
     /// name that needs escaping, the default flag; twice (the second from
@@ -336,6 +554,7 @@ mod tests {
                     .iter()
                     .map(|(l, d, seen)| env_of(l, *d, *seen))
                     .collect(),
+                next: None,
             })
             .unwrap();
             let mut got = b"{\"envs\":[".to_vec();
@@ -343,7 +562,7 @@ mod tests {
                 if i > 0 {
                     got.push(b',');
                 }
-                write_env(&mut got, l, *d, *seen);
+                write_env(&mut got, &listed_link(l, *d, *seen));
             }
             got.extend_from_slice(b"]}");
             assert_eq!(

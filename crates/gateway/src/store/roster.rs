@@ -36,7 +36,7 @@ pub struct RosterEntry {
     pub last_seen_at: Option<i64>,
 }
 
-/// A workspace's executors, ordered by name.
+/// A workspace's executors, ordered by name (byte order).
 pub type Roster = Arc<Vec<RosterEntry>>;
 
 /// The rosters read so far, each with the counter it was read under.
@@ -66,6 +66,10 @@ impl Store {
         .bind(workspace)
         .fetch_all(pool)
         .await)?;
+        let mut rows = rows;
+        // Byte order, as SQLite's ORDER BY gives it (PostgreSQL's follows
+        // the database's collation): envs/list's pages (`after`) rely on it.
+        rows.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let roster = Arc::new(rows);
         let mut map = self.rosters.map.lock().unwrap();
         if map.len() >= CAPACITY {

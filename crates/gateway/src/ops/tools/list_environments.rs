@@ -44,5 +44,5 @@ async fn call(ctx: WorkspaceContext<'_>, a: ListEnvironmentsArgs) -> Result<Call
             environment::environment_argument(ctx.state, ctx.caller, &name).await?;
         }
     }
-    Ok(json_result(&EnvsListResponse { envs }))
+    Ok(json_result(&EnvsListResponse { envs, next: None }))
 }
