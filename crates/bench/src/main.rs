@@ -1,4 +1,4 @@
-//! `cargo run --release -p execgate-bench -- [--quick] [--json FILE] [--only NAME] [--codex PATH] [--ssh]`
+//! `cargo run --release -p execgate-bench -- [--quick] [--json FILE] [--only NAME] [--skip NAME] [--codex PATH] [--ssh]`
 //!
 //! Starts the release `execgate` binary as a real gateway and executors on
 //! 127.0.0.1 and measures figures, each beside a baseline measured in the
@@ -72,6 +72,11 @@ struct Args {
     /// fleet).
     #[arg(long)]
     only: Option<String>,
+    /// Skip the figure groups whose name contains this (repeatable): a
+    /// full run but for one heavy group, e.g. `--skip fleet` beside a
+    /// separate `--only fleet --postgres`.
+    #[arg(long, value_name = "NAME")]
+    skip: Vec<String>,
     /// A stock codex binary: also measure `codex exec-server` directly.
     #[arg(long, value_name = "PATH")]
     codex: Option<PathBuf>,
@@ -257,6 +262,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         );
     }
     keys.retain(|k| args.only.as_deref().is_none_or(|o| k.starts_with(o)));
+    keys.retain(|k| !args.skip.iter().any(|s| k.starts_with(s.as_str())));
     keys
 }
 
@@ -274,7 +280,10 @@ async fn main() -> anyhow::Result<()> {
     let bin = harness::execgate_binary()?;
     // 10,000 idle executors need 10,000 sockets here and in the gateway.
     let nofile = harness::raise_nofile();
-    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let want = |name: &str| {
+        args.only.as_deref().is_none_or(|o| name.contains(o))
+            && !args.skip.iter().any(|s| name.contains(s.as_str()))
+    };
     let mut report = Report::default();
     let mut add = |name: &str, r: anyhow::Result<Report>| -> anyhow::Result<()> {
         let r = r.map_err(|e| e.context(format!("figure {name}")))?;
