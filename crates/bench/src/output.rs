@@ -295,13 +295,13 @@ async fn polling(
             .await?
             .bytes()
             .await?;
-        let out: Output = serde_json::from_slice(&body)?;
+        let (out, data) = parse_output(&body)?;
         if out.lost_bytes != 0 {
             bail!("polling lost output: {}", out.lost_bytes);
         }
-        for c in &out.chunks {
+        for text in data {
             decoded.clear();
-            crate::decode_base64(c.data_b64.as_bytes(), &mut decoded)?;
+            crate::decode_base64(text, &mut decoded)?;
             got += decoded.len() as u64;
         }
         since = out.next_since;
@@ -362,15 +362,22 @@ pub(crate) async fn sse(
             .await
             .with_context(|| format!("SSE: {got} of {bytes} bytes in {budget:?}"))?;
         let Some(chunk) = chunk else { break };
+        let chunk = chunk?;
         // Only the new bytes (and one before them) can complete an event.
         let scan_from = buf.len().saturating_sub(1);
-        buf.extend_from_slice(&chunk?);
+        // With no partial event kept, the events are read from the chunk
+        // itself, and only its incomplete tail is kept.
+        let kept = !buf.is_empty();
+        if kept {
+            buf.extend_from_slice(&chunk);
+        }
+        let text: &[u8] = if kept { &buf } else { &chunk };
         // Events end with a blank line; parse the complete ones.
         let mut start = 0;
         let mut from = scan_from;
-        while let Some(at) = blank_line.find(&buf[from..]) {
+        while let Some(at) = blank_line.find(&text[from..]) {
             let end = from + at;
-            let event = &buf[start..end];
+            let event = &text[start..end];
             start = end + 2;
             from = start;
             let (mut name, mut data) = ("message", &b""[..]);
@@ -383,9 +390,8 @@ pub(crate) async fn sse(
             }
             match name {
                 "output" => {
-                    let v: OutputEvent = serde_json::from_slice(data)?;
                     decoded.clear();
-                    crate::decode_base64(v.data_b64.as_bytes(), &mut decoded)?;
+                    crate::decode_base64(event_data_b64(data)?, &mut decoded)?;
                     got += decoded.len() as u64;
                 }
                 "lost" => {
@@ -400,7 +406,11 @@ pub(crate) async fn sse(
                 ),
             }
         }
-        buf.drain(..start);
+        if kept {
+            buf.drain(..start);
+        } else {
+            buf.extend_from_slice(&chunk[start..]);
+        }
     }
     if got + lost != bytes {
         bail!("SSE read {got} and reported {lost} lost of {bytes} bytes");
@@ -447,4 +457,135 @@ struct Chunk<'a> {
 #[derive(Deserialize)]
 struct OutputEvent<'a> {
     data_b64: &'a str,
+}
+
+const DATA_B64: &[u8] = br#""data_b64":""#;
+
+/// The base64 text of an SSE `output` event's data
+/// `{"stream":…,"data_b64":"…"}`. Base64 holds no character JSON escapes,
+/// so the string ends at the next `"`: found with memchr rather than by
+/// serde's character-by-character scan for escapes, which was the largest
+/// item of the bench's own profile (BENCHMARKS.md, issue 22). Anything
+/// else is parsed by serde.
+fn event_data_b64(data: &[u8]) -> anyhow::Result<&[u8]> {
+    if let Some(at) = memchr::memmem::find(data, DATA_B64) {
+        let text = &data[at + DATA_B64.len()..];
+        if let Some(end) = memchr::memchr(b'"', text) {
+            if !text[..end].contains(&b'\\') && data.ends_with(b"\"}") {
+                return Ok(&text[..end]);
+            }
+        }
+    }
+    let v: OutputEvent = serde_json::from_slice(data)?;
+    let at = v.data_b64.as_ptr() as usize - data.as_ptr() as usize;
+    Ok(&data[at..at + v.data_b64.len()])
+}
+
+/// A `/output` answer and its chunks' base64 texts, found as in
+/// [`event_data_b64`]: the gateway writes `{"chunks":[{"stream":…,
+/// "data_b64":"…","seq":N},…],…}`, so the chunks are cut out with memchr
+/// and the rest (`{"chunks":[]` and what follows the array) is parsed by
+/// serde. An answer laid out otherwise is parsed by serde entirely.
+fn parse_output(body: &[u8]) -> anyhow::Result<(Output<'_>, Vec<&[u8]>)> {
+    const HEAD: &[u8] = br#"{"chunks":["#;
+    let mut texts = Vec::new();
+    if let Some(rest) = body.strip_prefix(HEAD) {
+        let mut at = 0;
+        let finder = memchr::memmem::Finder::new(DATA_B64);
+        let mut end_of_chunks = None;
+        // Each chunk: {"stream":"…","data_b64":"…","seq":N}
+        while let Some(open) = finder.find(&rest[at..]) {
+            let from = at + open + DATA_B64.len();
+            let Some(len) = memchr::memchr(b'"', &rest[from..]) else {
+                break;
+            };
+            texts.push(&rest[from..from + len]);
+            at = from + len + 1;
+            match memchr::memchr(b'}', &rest[at..]) {
+                Some(close) if rest.get(at + close + 1) == Some(&b']') => {
+                    end_of_chunks = Some(at + close + 2);
+                    break;
+                }
+                Some(close) => at += close + 1,
+                None => break,
+            }
+        }
+        let tail = match (texts.is_empty(), end_of_chunks) {
+            (true, _) => rest.strip_prefix(b"]"),
+            (false, Some(end)) => rest.get(end..),
+            (false, None) => None,
+        };
+        if let Some(tail) = tail {
+            let mut head = br#"{"chunks":[]"#.to_vec();
+            head.extend_from_slice(tail);
+            let out: Output<'static> = serde_json::from_slice::<OutputHead>(&head)?.into();
+            if texts.iter().all(|t| !t.contains(&b'\\')) {
+                return Ok((out, texts));
+            }
+        }
+    }
+    let out: Output = serde_json::from_slice(body)?;
+    let texts = out.chunks.iter().map(|c| c.data_b64.as_bytes()).collect();
+    Ok((out, texts))
+}
+
+/// A `/output` answer without its chunks.
+#[derive(Deserialize)]
+struct OutputHead {
+    lost_bytes: u64,
+    next_since: u64,
+    session_alive: bool,
+}
+
+impl From<OutputHead> for Output<'static> {
+    fn from(h: OutputHead) -> Self {
+        Output {
+            chunks: Vec::new(),
+            lost_bytes: h.lost_bytes,
+            next_since: h.next_since,
+            session_alive: h.session_alive,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_answers_are_cut_as_serde_reads_them() {
+        let answers = [
+            r#"{"chunks":[],"exit_code":null,"session_alive":true,"truncated":false,"lost_bytes":0,"next_since":3}"#,
+            r#"{"chunks":[{"stream":"stdout","data_b64":"AAEC","seq":4}],"exit_code":0,"session_alive":false,"truncated":false,"lost_bytes":0,"next_since":4}"#,
+            r#"{"chunks":[{"stream":"stdout","data_b64":"QQ==","seq":4},{"stream":"stderr","data_b64":"","seq":5},{"stream":"stdout","data_b64":"Yg==","seq":6}],"exit_code":null,"session_alive":true,"truncated":true,"lost_bytes":7,"next_since":6}"#,
+            // Another layout: serde reads it.
+            r#"{"exit_code":null,"chunks":[{"seq":1,"data_b64":"QQ==","stream":"stdout"}],"session_alive":true,"lost_bytes":0,"next_since":1}"#,
+        ];
+        for a in answers {
+            let (out, texts) = parse_output(a.as_bytes()).unwrap();
+            let serde: Output = serde_json::from_str(a).unwrap();
+            let want: Vec<&[u8]> = serde.chunks.iter().map(|c| c.data_b64.as_bytes()).collect();
+            assert_eq!(texts, want, "{a}");
+            assert_eq!(
+                (out.lost_bytes, out.next_since, out.session_alive),
+                (serde.lost_bytes, serde.next_since, serde.session_alive)
+            );
+        }
+        assert!(parse_output(b"{\"chunks\":[{\"data_b64\":\"QQ").is_err());
+    }
+
+    #[test]
+    fn event_data_is_cut_as_serde_reads_it() {
+        for data in [
+            r#"{"stream":"stdout","data_b64":"AAEC"}"#,
+            r#"{"stream":"stdout","data_b64":""}"#,
+            r#"{"data_b64":"QQ==","stream":"pty"}"#,
+        ] {
+            let serde: OutputEvent = serde_json::from_str(data).unwrap();
+            assert_eq!(
+                event_data_b64(data.as_bytes()).unwrap(),
+                serde.data_b64.as_bytes()
+            );
+        }
+    }
 }

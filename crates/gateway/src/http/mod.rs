@@ -33,6 +33,7 @@ pub mod observe;
 pub mod openapi;
 pub mod peer;
 pub mod processes;
+pub mod sse_events;
 pub mod stream;
 pub mod ui;
 

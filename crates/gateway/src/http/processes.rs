@@ -23,7 +23,7 @@ use crate::ops::state::AppState;
 use crate::ops::tools::Encoding;
 use crate::store::audit_log::Via;
 use execgate_protocol::blob::Blob;
-use execgate_protocol::exec::Stream;
+use execgate_protocol::exec::{ProcessChunk, Stream};
 
 /// Writes to a process's stdin; `eof` closes it after the data.
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/stdin", tag = "processes",
@@ -103,13 +103,19 @@ pub(crate) async fn output(
     }
     let out = processes::output(&mut s, q.since, q.wait_ms).await?;
     let body = match q.encoding {
-        // An OutputResponse, written without serde's detour (see Output::to_json).
-        None | Some(Encoding::Base64) => out.to_json(),
+        // An OutputResponse, written without serde's detour (see
+        // Output::to_json), in pieces as the response is sent.
+        None | Some(Encoding::Base64) => out.into_json_body(),
         Some(encoding) => serde_json::to_vec(&out.into_response_as(encoding))
-            .map_err(|e| ApiError::from(crate::ops::Error::internal(e.to_string())))?,
+            .map_err(|e| ApiError::from(crate::ops::Error::internal(e.to_string())))?
+            .into(),
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
+
+/// `/output`'s answer is written in pieces of about this size, each when
+/// the response is ready for it.
+const JSON_PIECE_BYTES: usize = 1024 * 1024;
 
 /// Kills the process (its whole process group).
 #[utoipa::path(post, path = "/api/connectors/processes/{sid}/terminate", tag = "processes",
@@ -236,14 +242,73 @@ pub(crate) async fn list(
 
 /// `/output`'s answer as JSON bytes.
 pub(crate) trait OutputJson {
+    /// The whole answer at once: what the pieces add up to (tested).
+    #[cfg(test)]
     fn to_json(&self) -> Vec<u8>;
+    /// The JSON of [`OutputJson::to_json`] in pieces of about `piece`
+    /// bytes: the chunks' pieces are written only as they are taken.
+    fn into_json_pieces(self, piece: usize) -> impl Iterator<Item = Vec<u8>> + Send;
+    /// The response body: [`OutputJson::into_json_pieces`] written as the
+    /// body is sent, so that the first megabyte of an 8 MiB answer is on
+    /// its way to the client (and being read) while the rest is encoded.
+    fn into_json_body(self) -> axum::body::Body
+    where
+        Self: Sized + Send + 'static,
+    {
+        let pieces = self
+            .into_json_pieces(JSON_PIECE_BYTES)
+            .map(Ok::<_, std::convert::Infallible>);
+        axum::body::Body::from_stream(futures_util::stream::iter(pieces))
+    }
 }
 
 impl OutputJson for Output {
+    fn into_json_pieces(self, piece: usize) -> impl Iterator<Item = Vec<u8>> + Send {
+        const EMPTY: &str = r#"{"chunks":[]"#;
+        // Only strings, numbers and booleans: serialising cannot fail.
+        let head = serde_json::to_string(&self.head).unwrap_or_default();
+        let rest = head.strip_prefix(EMPTY).unwrap_or_default().to_string();
+        let size = |c: &ProcessChunk| (c.chunk.len() as usize).div_ceil(3) * 4 + 64;
+        // What the chunks still to write take, to size each piece's buffer.
+        let mut left: usize = self.chunks.iter().map(size).sum();
+        let mut chunks = self.chunks.into_iter().peekable();
+        let (mut first, mut done) = (true, false);
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let mut out = String::with_capacity(left.min(piece) + rest.len() + 64);
+            if first {
+                out.push_str(r#"{"chunks":["#);
+            }
+            while let Some(c) = chunks.next() {
+                left -= size(&c);
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push('{');
+                push_chunk_fields(&mut out, c.stream, &c.chunk);
+                out.push_str(r#","seq":"#);
+                out.push_str(&c.seq.to_string());
+                out.push('}');
+                if out.len() >= piece && chunks.peek().is_some() {
+                    return Some(out.into_bytes());
+                }
+            }
+            // The last piece: the array's end and the rest of the answer.
+            out.push(']');
+            out.push_str(&rest);
+            done = true;
+            Some(out.into_bytes())
+        })
+    }
+
     /// The JSON of `Output::into_response_as(Encoding::Base64)`, written by hand for the
     /// chunks ([`push_chunk_fields`]) into one pre-sized buffer, where
     /// serde_json would also grow its buffer by doubling: together most of
     /// the gateway's time for an 8 MiB answer (BENCHMARKS.md).
+    #[cfg(test)]
     fn to_json(&self) -> Vec<u8> {
         const EMPTY: &str = r#"{"chunks":[]"#;
         // Only strings, numbers and booleans: serialising cannot fail.
@@ -349,6 +414,55 @@ mod tests {
                     String::from_utf8(hand).unwrap(),
                     String::from_utf8(serde).unwrap()
                 );
+            }
+        }
+    }
+
+    /// The answer written in pieces is the answer written at once, cut
+    /// after a chunk once a piece holds `piece` bytes.
+    #[test]
+    fn output_json_in_pieces_is_the_same_json() {
+        let head = OutputResponse {
+            chunks: Vec::new(),
+            exit_code: None,
+            session_alive: true,
+            truncated: false,
+            lost_bytes: 0,
+            lost_bytes_unknown: false,
+            next_since: Some(9),
+            error: None,
+        };
+        let chunk = |seq: u64, n: usize| ProcessChunk {
+            seq,
+            stream: if seq.is_multiple_of(2) {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            },
+            chunk: Blob::raw(vec![seq as u8; n]),
+        };
+        let cases = [
+            vec![],
+            vec![chunk(1, 10)],
+            vec![chunk(1, 300), chunk(2, 0), chunk(3, 1000), chunk(4, 5)],
+            (1..=40).map(|i| chunk(i, 100 * i as usize)).collect(),
+        ];
+        for chunks in cases {
+            for piece in [1, 100, 1000, 1 << 20] {
+                let out = Output {
+                    head: head.clone(),
+                    chunks: chunks.clone(),
+                };
+                let whole = out.to_json();
+                let pieces: Vec<Vec<u8>> = out.into_json_pieces(piece).collect();
+                assert_eq!(pieces.concat(), whole, "piece {piece}");
+                let n = pieces.len();
+                assert!(pieces[..n - 1].iter().all(|p| p.len() >= piece));
+                let most = chunks.len().max(1);
+                assert!(n <= most, "{n} pieces for {most} chunks");
+                if piece == 1 {
+                    assert_eq!(n, most, "one piece per chunk");
+                }
             }
         }
     }

@@ -38,18 +38,26 @@
 //! Memory stays bounded: events go to the client through a small channel; a
 //! slow client stalls the pump, and a subscription whose backlog grows is
 //! dropped in favour of `process/read`, which the client's pace drives.
+//!
+//! The events are written by [`super::sse_events`] straight into the bytes
+//! of the response (the same text as axum's `Sse`); the `output` events of
+//! one `process/read` go out together, in pieces of up to
+//! [`BATCH_BYTES`](super::sse_events::BATCH_BYTES).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::error_code as code;
-use execgate_protocol::exec::{method, ProcessReadParams, Stream as ExecStream};
+#[cfg(test)]
+use execgate_protocol::exec::Stream as ExecStream;
+use execgate_protocol::exec::{method, ProcessReadParams};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -60,6 +68,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::{OutputFrames, SessionErrors, SessionPath, StreamEvent};
+use crate::http::sse_events::{Events, BATCH_BYTES, KEEPALIVE_COMMENT};
 use crate::link::read_ahead::ReadAhead;
 use crate::link::{LinkError, ProcessEvent, Subscription};
 use crate::ops::processes::{self, Session};
@@ -73,8 +82,9 @@ mod binary;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Most output one catch-up read asks for.
 const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
-/// Events buffered towards the client; a slow client stalls the pump here.
-const CLIENT_QUEUE: usize = 32;
+/// Pieces of events (each up to `BATCH_BYTES`) buffered towards the
+/// client; a slow client stalls the pump here.
+const CLIENT_QUEUE: usize = 16;
 /// A subscription with more queued events than this is dropped: the pump
 /// is behind, and `process/read` serves it better (and bounds memory).
 const MAX_BACKLOG: usize = 1024;
@@ -162,14 +172,24 @@ pub async fn stream(
         exit_code: None,
     };
     tokio::spawn(pump.run(watch));
+    // A keepalive comment after KEEPALIVE without an event, as axum's Sse.
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        let piece = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => return None,
+            Err(_) => Bytes::from_static(KEEPALIVE_COMMENT),
+        };
+        Some((Ok::<_, Infallible>(piece), rx))
     });
-    Ok((
-        axum::Extension(Resumable),
-        Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE)),
+    let response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
     )
-        .into_response())
+        .into_response();
+    Ok((axum::Extension(Resumable), response).into_response())
 }
 
 /// Why the pump stopped.
@@ -192,7 +212,8 @@ struct Pump {
     session: Session,
     /// The last seq delivered to the client (or reported lost).
     cursor: u64,
-    tx: mpsc::Sender<Event>,
+    /// Pieces of the event stream's text (see `sse_events`).
+    tx: mpsc::Sender<Bytes>,
     /// From a `process/exited` notification, for an `exit` whose close
     /// arrives by notification.
     exit_code: Option<i32>,
@@ -292,20 +313,30 @@ impl Pump {
                 self.report_loss(first.seq, lost).await?;
             }
             let got_chunks = !r.chunks.is_empty();
+            // The chunks' events, in pieces of about BATCH_BYTES: the cursor
+            // moves over a piece's chunks once it is handed on.
+            let mut events = Events::default();
+            let (mut last, mut bytes) = (self.cursor, 0u64);
+            // What the rest of the events take, to size each piece's buffer.
+            let mut rest: usize = r.chunks.iter().map(|c| Events::output_size(&c.chunk)).sum();
             for c in r.chunks {
+                let size = Events::output_size(&c.chunk);
+                rest -= size;
                 if c.seq <= self.cursor {
                     continue;
                 }
-                let event = Event::default()
-                    .event("output")
-                    .id(c.seq.to_string())
-                    .data(output_data(c.stream, &c.chunk));
-                self.send(event).await?;
-                self.cursor = c.seq;
-                self.session.audit.record().add_bytes_out(c.chunk.len());
-                if let Some(m) = crate::metrics::get() {
-                    m.output(c.chunk.len(), 0);
+                if events.is_empty() {
+                    events = Events::with_capacity((rest + size).min(BATCH_BYTES + size));
                 }
+                events.output(c.seq, c.stream, &c.chunk);
+                (last, bytes) = (c.seq, bytes + c.chunk.len());
+                if events.len() >= BATCH_BYTES {
+                    self.send_output(events.take(), last, bytes).await?;
+                    bytes = 0;
+                }
+            }
+            if !events.is_empty() {
+                self.send_output(events.take(), last, bytes).await?;
             }
             if got_chunks {
                 continue;
@@ -317,6 +348,18 @@ impl Pump {
             }
             return Ok(());
         }
+    }
+
+    /// Hands on a piece of `output` events whose last seq is `last` and
+    /// which carry `bytes` of output; moves the cursor over them.
+    async fn send_output(&mut self, piece: Bytes, last: u64, bytes: u64) -> Result<(), Stop> {
+        self.send(piece).await?;
+        self.cursor = last;
+        self.session.audit.record().add_bytes_out(bytes);
+        if let Some(m) = crate::metrics::get() {
+            m.output(bytes, 0);
+        }
+        Ok(())
     }
 
     /// A `process/read` of what follows `after_seq`.
@@ -349,11 +392,9 @@ impl Pump {
             None if to_seq - from_seq >= 1 => serde_json::Value::Null,
             None => return Ok(()),
         };
-        let event = Event::default()
-            .event("lost")
-            .id(to_seq.to_string())
-            .data(json!({"from_seq": from_seq, "to_seq": to_seq, "bytes": bytes}).to_string());
-        self.send(event).await?;
+        let data = json!({"from_seq": from_seq, "to_seq": to_seq, "bytes": bytes});
+        self.send_event("lost", Some(to_seq), &data.to_string())
+            .await?;
         self.cursor = to_seq;
         Ok(())
     }
@@ -380,11 +421,10 @@ impl Pump {
                 }
                 ProcessEvent::Output { seq, stream, data } if seq == self.cursor + 1 => {
                     let bytes = data.len() as u64;
-                    let event = Event::default()
-                        .event("output")
-                        .id(seq.to_string())
-                        .data(output_data(stream, &Blob::Raw(data)));
-                    self.send(event).await?;
+                    let data = Blob::Raw(data);
+                    let mut event = Events::with_capacity(Events::output_size(&data));
+                    event.output(seq, stream, &data);
+                    self.send(event.take()).await?;
                     self.cursor = seq;
                     self.session.audit.record().add_bytes_out(bytes);
                 }
@@ -439,11 +479,8 @@ impl Pump {
     }
 
     async fn exit(&mut self, last_seq: u64, exit_code: Option<i32>) -> Result<(), Stop> {
-        let event = Event::default()
-            .event("exit")
-            .id(last_seq.to_string())
-            .data(json!({ "exit_code": exit_code }).to_string());
-        self.send(event).await?;
+        let data = json!({ "exit_code": exit_code }).to_string();
+        self.send_event("exit", Some(last_seq), &data).await?;
         self.session.audit.record().exit_code = exit_code;
         self.session.audit.succeed();
         Err(Stop::Done)
@@ -451,19 +488,26 @@ impl Pump {
 
     async fn fail(&mut self, code: &str, message: &str) -> Result<(), Stop> {
         self.session.audit.fail(code);
-        let event = Event::default()
-            .event("error")
-            .data(json!({"code": code, "message": message}).to_string());
-        self.send(event).await?;
+        let data = json!({"code": code, "message": message}).to_string();
+        self.send_event("error", None, &data).await?;
         Err(Stop::Done)
     }
 
-    async fn send(&self, event: Event) -> Result<(), Stop> {
-        self.tx.send(event).await.map_err(|_| Stop::ClientGone)
+    async fn send(&self, piece: Bytes) -> Result<(), Stop> {
+        self.tx.send(piece).await.map_err(|_| Stop::ClientGone)
+    }
+
+    /// Sends one event other than `output`.
+    async fn send_event(&self, name: &str, id: Option<u64>, data: &str) -> Result<(), Stop> {
+        let mut event = Events::default();
+        event.event(name, id, data);
+        self.send(event.take()).await
     }
 }
 
-/// The data of an `output` event: `{"stream":…,"data_b64":…}`.
+/// The data of an `output` event: `{"stream":…,"data_b64":…}` (what
+/// `sse_events` writes; kept for the test below).
+#[cfg(test)]
 fn output_data(stream: ExecStream, data: &Blob) -> String {
     let mut out = String::with_capacity(48 + (data.len() as usize).div_ceil(3) * 4);
     out.push('{');
