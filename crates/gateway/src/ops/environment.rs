@@ -233,13 +233,14 @@ pub async fn connected_envs_json(
 /// Whether envs/list sends each environment's shared pieces (its tools,
 /// the end of its entry) as they are kept, without copying them (four
 /// frames per environment), or copies every entry into frames of [`FRAME`]
-/// bytes. Zero-copy, measured at 10,000 environments through a replica in
-/// two runs beside one of the copied pieces (on a loaded VM): p50 237 and
-/// 95 ms (p90 3.4 s and 263 ms) against 354 ms (p90 748 ms); the memcpy it
-/// saves is only ~2 ms of 19 MB, and hyper writes at most 16 buffers per
-/// `writev`, so neither way is clearly faster (BENCHMARKS.md, "envs/list
-/// and memory at 30,000").
-const ZERO_COPY: bool = true;
+/// bytes. Copying is faster: at 10,000 environments through a replica
+/// (the fleet bench, quiet VM, alternating runs) the whole answer's p50
+/// was 49.9 and 47.6 ms copied against 54.7 ms zero-copy, and a walk by
+/// pages of 1,000 took 38.9 and 51.3 ms against 78.0. The memcpy saved is
+/// ~2 ms of 19 MB, while 40,000 frames cost a poll each and hyper writes
+/// at most 16 buffers per `writev` (BENCHMARKS.md, "envs/list and memory
+/// at 30,000").
+const ZERO_COPY: bool = false;
 
 /// The size of a frame of envs/list's answer when entries are copied (~60
 /// KiB: below the allocator's threshold for a mapping of its own).
