@@ -75,6 +75,16 @@ export interface ConnectorEnv {
 /** @response EnvsListResponse */
 export interface EnvsListResponse {
   envs: ConnectorEnv[];
+  /** With a `limit`, while more follow: the `after` of the next page. */
+  next?: string | null;
+}
+
+/** @request EnvsListRequest */
+export interface EnvsListRequest {
+  /** At most this many environments (1 to 1000), in byte order of names. */
+  limit?: number;
+  /** Only environments named after this one (the previous page's `next`). */
+  after?: string;
 }
 
 /** @request ToolCallRequest */
@@ -269,7 +279,7 @@ const API = "/api/connectors";
  * document: the path and method exist, with these request and response
  * components. */
 export const ROUTES = {
-  envsList: { method: "POST", path: `${API}/envs/list`, request: null, response: "EnvsListResponse" },
+  envsList: { method: "POST", path: `${API}/envs/list`, request: "EnvsListRequest", response: "EnvsListResponse" },
   toolCall: { method: "POST", path: `${API}/envs/{name}/tool/call`, request: "ToolCallRequest", response: "CallToolResult" },
   fileGet: { method: "GET", path: `${API}/envs/{name}/files`, request: null, response: null },
   filePut: { method: "PUT", path: `${API}/envs/{name}/files`, request: null, response: "UploadResponse" },
