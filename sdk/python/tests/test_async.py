@@ -28,6 +28,14 @@ def test_async_client_end_to_end(world: World, tmp_path: Path) -> None:
         async with AsyncClient(world.url, world.token) as client:
             envs = {e.name: e for e in await client.envs()}
             assert envs["laptop"].is_default
+            # By pages of one: the same environments, in byte order of names.
+            paged, after = [], None
+            while True:
+                page, after = await client.envs_page(1, after)
+                paged += [e.name for e in page]
+                if after is None:
+                    break
+            assert paged == sorted(envs, key=lambda n: n.encode())
             env = await client.default_env()
             assert env.name == "laptop"
 

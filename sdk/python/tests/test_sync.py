@@ -54,6 +54,27 @@ def test_envs_and_selection(client: execgate.Client) -> None:
     assert "laptop" in repr(laptop)
 
 
+def test_envs_by_pages_list_every_connected_env_once_in_name_order(client: execgate.Client) -> None:
+    every = sorted((e.name for e in client.envs()), key=lambda n: n.encode())
+    assert len(every) >= 3
+    seen: List[str] = []
+    after: Optional[str] = None
+    pages = 0
+    while True:
+        page, after = client.envs_page(2, after)
+        pages += 1
+        assert 1 <= len(page) <= 2 or (not page and after is None)
+        seen += [e.name for e in page]
+        if after is None:
+            break
+        assert after == page[-1].name
+        assert pages <= len(every)
+    assert seen == every
+    with pytest.raises(execgate.BadRequest) as e:
+        client.envs_page(0)
+    assert e.value.status == 400
+
+
 def test_from_env(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXECGATE_URL", world.url)
     monkeypatch.setenv("EXECGATE_TOKEN", world.token)

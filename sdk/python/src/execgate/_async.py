@@ -263,6 +263,11 @@ class AsyncClient(ClientBase):
         """The workspace's connected environments."""
         return [AsyncEnv(self, ops.EnvInfo.from_json(e)) for e in await self._run(ops.envs_list())]
 
+    async def envs_page(self, limit: int, after: Optional[str] = None) -> "tuple[List[AsyncEnv], Optional[str]]":
+        """A page of the connected environments (see ``Client.envs_page``)."""
+        envs, next_after = await self._run(ops.envs_page(limit, after))
+        return [AsyncEnv(self, ops.EnvInfo.from_json(e)) for e in envs], next_after
+
     async def env(self, name: str, *, check: bool = True) -> "AsyncEnv":
         """The connected environment ``name``; see :meth:`Client.env`."""
         if not check:

@@ -278,6 +278,17 @@ def envs_list() -> Op[List[Dict[str, Any]]]:
     return list(r.get("envs", []))
 
 
+def envs_page(limit: int, after: Optional[str]) -> Op["tuple[List[Dict[str, Any]], Optional[str]]"]:
+    """A page of envs/list: at most ``limit`` (1 to 1000) environments named
+    after ``after``, in byte order of names, and the next page's ``after``
+    (None on the last page)."""
+    body: Dict[str, Any] = {"limit": limit}
+    if after is not None:
+        body["after"] = after
+    r = yield Request("POST", f"{API}/envs/list", json=body)
+    return list(r.get("envs", [])), r.get("next")
+
+
 def tool_call(
     env: str,
     tool: str,

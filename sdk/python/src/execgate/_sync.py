@@ -259,6 +259,13 @@ class Client(ClientBase):
         """The workspace's connected environments."""
         return [Env(self, ops.EnvInfo.from_json(e)) for e in self._run(ops.envs_list())]
 
+    def envs_page(self, limit: int, after: Optional[str] = None) -> "tuple[List[Env], Optional[str]]":
+        """A page of the connected environments, for large workspaces: at most
+        ``limit`` (1 to 1000) named after ``after``, in byte order of names,
+        and the ``after`` of the next page (None on the last one)."""
+        envs, next_after = self._run(ops.envs_page(limit, after))
+        return [Env(self, ops.EnvInfo.from_json(e)) for e in envs], next_after
+
     def env(self, name: str, *, check: bool = True) -> "Env":
         """The connected environment ``name``; :class:`EnvNotFound` if none
         is connected. ``check=False`` skips the listing and returns a handle
