@@ -350,6 +350,27 @@ macro_rules! on_audit_db {
     };
 }
 pub(crate) use on_audit_db;
+/// The insert of a session row on `pool` (either backend's): shared by
+/// [`Store::insert_session`] and the unsynced writer (`store/sessions.rs`).
+macro_rules! insert_session_on {
+    ($pool:expr, $row:expr) => {
+        sqlx::query(
+            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at,
+                                           executor_session_id, deadline_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&$row.sid)
+        .bind(&$row.workspace)
+        .bind(&$row.exe_id)
+        .bind(&$row.process_id)
+        .bind(&$row.command)
+        .bind($row.created_at)
+        .bind(&$row.executor_session_id)
+        .bind($row.deadline_at)
+        .execute($pool)
+    };
+}
+pub(crate) use insert_session_on;
 #[allow(unused_imports)]
 pub(crate) use on_db;
 
@@ -975,22 +996,9 @@ impl Store {
     // ---- process sessions ----
 
     pub async fn insert_session(&self, row: &SessionRow) -> Result<()> {
-        on_db!(&self.db, |pool| sqlx::query(
-            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at,
-                                           executor_session_id, deadline_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&row.sid)
-        .bind(&row.workspace)
-        .bind(&row.exe_id)
-        .bind(&row.process_id)
-        .bind(&row.command)
-        .bind(row.created_at)
-        .bind(&row.executor_session_id)
-        .bind(row.deadline_at)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        on_db!(&self.db, |pool| insert_session_on!(pool, row)
+            .await
+            .map(|_| ()))?;
         Ok(())
     }
 

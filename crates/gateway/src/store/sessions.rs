@@ -119,21 +119,7 @@ impl Store {
             self.insert_session(row).await?;
             return Ok(Durable::done());
         };
-        sqlx::query(
-            "INSERT INTO process_sessions (sid, workspace, exe_id, process_id, command, created_at,
-                                           executor_session_id, deadline_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&row.sid)
-        .bind(&row.workspace)
-        .bind(&row.exe_id)
-        .bind(&row.process_id)
-        .bind(&row.command)
-        .bind(row.created_at)
-        .bind(&row.executor_session_id)
-        .bind(row.deadline_at)
-        .execute(&writer.pool)
-        .await?;
+        super::insert_session_on!(&writer.pool, row).await?;
         Ok(Durable(Some((writer.wal.clone(), writer.db.clone()))))
     }
 }
