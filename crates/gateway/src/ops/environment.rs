@@ -187,7 +187,10 @@ pub async fn connected_envs(state: &AppState, caller: &Caller) -> Result<Vec<Con
 /// [`Description`]) instead of being built and serialized afresh, and never
 /// all at once: a workspace of 10,000 environments is 19 MB of JSON, which
 /// as one buffer the allocator kept after each call (BENCHMARKS.md,
-/// "Fleet"). See [`ZERO_COPY`] for how the pieces are sent.
+/// "Fleet"). Entries are copied into frames of [`FRAME`] bytes: sending
+/// each one's interned pieces as frames of their own (40,000 for 10,000
+/// environments) was measured slower (BENCHMARKS.md, "envs/list and memory
+/// at 30,000").
 pub async fn connected_envs_json(
     state: &AppState,
     caller: &Caller,
@@ -195,28 +198,16 @@ pub async fn connected_envs_json(
 ) -> Result<(Vec<Bytes>, usize), Error> {
     let (listed, next) = listed(state, caller, page).await?;
     let mut frames = Vec::new();
-    let mut out = Vec::with_capacity(if ZERO_COPY { 256 } else { FRAME });
+    let mut out = Vec::with_capacity(FRAME);
     out.extend_from_slice(b"{\"envs\":[");
     for (i, l) in listed.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        if ZERO_COPY {
-            // The entry's own bytes copied; the shared pieces sent as they
-            // are kept.
-            let (tools, tail) = l.pieces();
-            write_head(&mut out, l);
-            frames.push(Bytes::from(std::mem::take(&mut out)));
-            frames.push(Bytes::from_owner(ArcStr(tools)));
-            write_last_seen(&mut out, l);
-            frames.push(Bytes::from(std::mem::take(&mut out)));
-            frames.push(Bytes::from_owner(ArcStr(tail)));
-        } else {
-            write_env(&mut out, l);
-            if out.len() >= FRAME {
-                let full = std::mem::replace(&mut out, Vec::with_capacity(FRAME + 4096));
-                frames.push(Bytes::from(full));
-            }
+        write_env(&mut out, l);
+        if out.len() >= FRAME {
+            let full = std::mem::replace(&mut out, Vec::with_capacity(FRAME + 4096));
+            frames.push(Bytes::from(full));
         }
     }
     out.push(b']');
@@ -230,30 +221,9 @@ pub async fn connected_envs_json(
     Ok((frames, len))
 }
 
-/// Whether envs/list sends each environment's shared pieces (its tools,
-/// the end of its entry) as they are kept, without copying them (four
-/// frames per environment), or copies every entry into frames of [`FRAME`]
-/// bytes. Copying is faster: at 10,000 environments through a replica
-/// (the fleet bench, quiet VM, alternating runs) the whole answer's p50
-/// was 49.9 and 47.6 ms copied against 54.7 ms zero-copy, and a walk by
-/// pages of 1,000 took 38.9 and 51.3 ms against 78.0. The memcpy saved is
-/// ~2 ms of 19 MB, while 40,000 frames cost a poll each and hyper writes
-/// at most 16 buffers per `writev` (BENCHMARKS.md, "envs/list and memory
-/// at 30,000").
-const ZERO_COPY: bool = false;
-
-/// The size of a frame of envs/list's answer when entries are copied (~60
+/// The size of a frame of envs/list's answer (~60
 /// KiB: below the allocator's threshold for a mapping of its own).
 const FRAME: usize = 60 * 1024;
-
-/// An interned piece as the owner of a [`Bytes`].
-struct ArcStr(Arc<str>);
-
-impl AsRef<[u8]> for ArcStr {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
 
 fn env_of(link: &Link, is_default: bool, last_seen_ms: Option<i64>) -> ConnectorEnv {
     ConnectorEnv {
