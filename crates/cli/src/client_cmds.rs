@@ -211,15 +211,7 @@ async fn follow(client: &Client, sid: &str, tty: bool) -> anyhow::Result<i32> {
             failures = 0;
             match item {
                 StreamItem::Output { stream, data, .. } => {
-                    if stream == Stream::Stderr && !tty {
-                        let mut e = std::io::stderr().lock();
-                        e.write_all(&data)?;
-                        e.flush()?;
-                    } else {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(&data)?;
-                        o.flush()?;
-                    }
+                    write_output(stream == Stream::Stderr && !tty, &data)?;
                 }
                 StreamItem::Lost { bytes, .. } => match bytes {
                     Some(n) => eprintln!(
@@ -268,15 +260,7 @@ async fn poll(client: &Client, sid: &str, tty: bool) -> anyhow::Result<i32> {
         }
         for c in &out.chunks {
             let data = b64.decode(c.data_b64.as_deref().unwrap_or_default().as_bytes())?;
-            if c.stream == "stderr" && !tty {
-                let mut e = std::io::stderr().lock();
-                e.write_all(&data)?;
-                e.flush()?;
-            } else {
-                let mut o = std::io::stdout().lock();
-                o.write_all(&data)?;
-                o.flush()?;
-            }
+            write_output(c.stream == "stderr" && !tty, &data)?;
         }
         since = out
             .next_since
@@ -291,6 +275,20 @@ async fn poll(client: &Client, sid: &str, tty: bool) -> anyhow::Result<i32> {
 
 /// `execgate exec -t`: the remote process under a pseudo-terminal, driven
 /// from this terminal in raw mode.
+/// Writes a process's output to ours, stderr to stderr (`to_stderr`),
+/// flushed at once so that it shows as it arrives.
+fn write_output(to_stderr: bool, data: &[u8]) -> std::io::Result<()> {
+    if to_stderr {
+        let mut e = std::io::stderr().lock();
+        e.write_all(data)?;
+        e.flush()
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(data)?;
+        o.flush()
+    }
+}
+
 async fn exec_tty(a: ExecArgs) -> anyhow::Result<i32> {
     use std::io::IsTerminal;
     if !std::io::stdin().is_terminal() {
