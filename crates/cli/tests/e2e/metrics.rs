@@ -400,6 +400,74 @@ async fn gateway_and_executor_metrics_count_known_traffic() {
     }
 }
 
+/// A stream's output counts in `execgate_output_bytes_total` once, in SSE
+/// and in binary form alike, whether it was pushed while the stream
+/// followed the process (notifications) or read (`process/read`, here a
+/// second stream of the ended process).
+#[tokio::test]
+async fn streamed_output_is_counted_once_pushed_or_read() {
+    let gw_metrics = free_addr();
+    let gw = Prepared::new(&execgate(), "w").serve(&["--metrics-listen", &gw_metrics]);
+    let (_exe, work) = gw.executor("laptop", &[]).await;
+    let api = gw.api();
+    let output_bytes = || async {
+        Scrape::of(&gw_metrics)
+            .await
+            .get("execgate_output_bytes_total", &[])
+    };
+    let stream = |sid: String, accept: &'static str| {
+        let api = &api;
+        async move {
+            let resp = api
+                .http
+                .get(format!("{}/api/connectors/processes/{sid}/stream", api.url))
+                .bearer_auth(&api.token)
+                .header("Accept", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{accept}");
+            resp
+        }
+    };
+    // Nothing until `go` exists: the stream is following by then, so the
+    // output comes pushed.
+    let script = "while [ ! -e go ]; do sleep 0.05; done; printf 12345; sleep 0.3; printf 67890";
+    for (accept, outputs) in [
+        ("text/event-stream", [&b"MTIzNDU="[..], b"Njc4OTA="]),
+        ("application/octet-stream", [&b"12345"[..], b"67890"]),
+    ] {
+        let _ = std::fs::remove_file(work.join("go"));
+        let sid = api
+            .exec(
+                "laptop",
+                json!({"command": ["sh", "-c", script], "pipe_stdin": false}),
+            )
+            .await;
+        let before = output_bytes().await;
+        let resp = stream(sid.clone(), accept).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        std::fs::write(work.join("go"), "").unwrap();
+        let body = tokio::time::timeout(std::time::Duration::from_secs(30), resp.bytes())
+            .await
+            .expect("the stream ends after the exit")
+            .unwrap();
+        for want in outputs {
+            assert!(
+                body.windows(want.len()).any(|w| w == want),
+                "{accept}: {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let pushed = output_bytes().await;
+        assert_eq!(pushed - before, 10.0, "{accept}: pushed output");
+        // The same output again, read: the process has ended.
+        let body = stream(sid, accept).await.bytes().await.unwrap();
+        assert!(body.len() > 10, "{accept}");
+        assert_eq!(output_bytes().await - pushed, 10.0, "{accept}: read output");
+    }
+}
+
 /// Off by default: without --metrics-listen nothing listens, and the API
 /// has no /metrics route.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Server-Sent Events written straight into the bytes the response sends,
-//! for the output stream ([`super::stream`]).
+//! for the output stream's SSE sink (`super::stream`'s `sse`).
 //!
 //! An `output` event's data is `{"stream":…,"data_b64":…}`, and most of
 //! its bytes are base64. axum's `Event` takes the data as a string and
@@ -31,6 +31,7 @@ pub(crate) struct Events {
 }
 
 impl Events {
+    #[cfg(test)]
     pub fn with_capacity(n: usize) -> Events {
         Events {
             buf: Vec::with_capacity(n),
@@ -41,8 +42,19 @@ impl Events {
         self.buf.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// Room left in the buffer.
+    pub fn spare(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// Makes room for `n` more bytes (exactly `n` in an empty buffer).
+    pub fn reserve(&mut self, n: usize) {
+        self.buf.reserve(n);
     }
 
     /// The bytes an `output` event of `data` takes, at most (for sizing a

@@ -1,6 +1,8 @@
 //! `GET /api/connectors/processes/{sid}/stream`: a process's output as
 //! Server-Sent Events (or, for `Accept: application/octet-stream`, as the
-//! binary frames of [`binary`], which follow the same steps).
+//! binary frames of [`binary`]). This file owns the handler and the one
+//! [`Pump`] both forms share; what differs is the [`Sink`] it writes into:
+//! [`sse`] (event text) or [`binary`] (frames, and the negotiation).
 //!
 //! Events: `output` (id = seq, data `{stream, data_b64}`) per chunk, `lost`
 //! (id = the last lost seq, data `{from_seq, to_seq, bytes}`) where the
@@ -39,10 +41,11 @@
 //! slow client stalls the pump, and a subscription whose backlog grows is
 //! dropped in favour of `process/read`, which the client's pace drives.
 //!
-//! The events are written by [`super::sse_events`] straight into the bytes
-//! of the response (the same text as axum's `Sse`); the `output` events of
-//! one `process/read` go out together, in pieces of up to
-//! [`BATCH_BYTES`](super::sse_events::BATCH_BYTES).
+//! The sink writes straight into the bytes of the response: the `output`
+//! events of one `process/read` go out together, in pieces of up to
+//! [`BATCH_BYTES`](super::sse_events::BATCH_BYTES) (SSE) or as one buffer
+//! (binary). Both count the output bytes they hand on, read or pushed, in
+//! the audit record and `execgate_output_bytes_total`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,14 +53,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use execgate_protocol::blob::Blob;
 use execgate_protocol::connectors::error_code as code;
-#[cfg(test)]
-use execgate_protocol::exec::Stream as ExecStream;
-use execgate_protocol::exec::{method, ProcessReadParams};
+use execgate_protocol::exec::{method, ProcessReadParams, Stream as ExecStream};
+use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -68,7 +70,6 @@ use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::{OutputFrames, SessionErrors, SessionPath, StreamEvent};
-use crate::http::sse_events::{Events, BATCH_BYTES, KEEPALIVE_COMMENT};
 use crate::link::read_ahead::ReadAhead;
 use crate::link::{LinkError, ProcessEvent, Subscription};
 use crate::ops::processes::{self, Session};
@@ -78,13 +79,11 @@ use crate::ops::tools::RPC_TIMEOUT;
 use crate::store::audit_log::Via;
 
 mod binary;
+mod sse;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Most output one catch-up read asks for.
 const READ_MAX_BYTES: u64 = 4 * 1024 * 1024;
-/// Pieces of events (each up to `BATCH_BYTES`) buffered towards the
-/// client; a slow client stalls the pump here.
-const CLIENT_QUEUE: usize = 16;
 /// A subscription with more queued events than this is dropped: the pump
 /// is behind, and `process/read` serves it better (and bounds memory).
 const MAX_BACKLOG: usize = 1024;
@@ -160,36 +159,81 @@ pub async fn stream(
         .audit
         .record()
         .set_args_json(&json!({ "since": since }));
-    if binary {
-        return Ok(binary::respond(state, session, since, watch));
+    Ok(if binary {
+        respond::<binary::Frames>(state, session, since, watch)
+    } else {
+        respond::<sse::Sse>(state, session, since, watch)
+    })
+}
+
+/// Where the pump writes what the client gets: SSE event text
+/// ([`sse::Sse`]) or binary frames ([`binary::Frames`]). A sink buffers
+/// what it is given until the pump takes it as one piece of the body; the
+/// pump decides what happens and when a piece goes out, the sink only how
+/// it is written.
+trait Sink: Default + Send + Sync + 'static {
+    /// Pieces queued towards the client; a slow client stalls the pump here.
+    const CLIENT_QUEUE: usize;
+    /// A read's output goes out once a piece holds this many bytes.
+    const READ_PIECE: usize;
+    /// Notifications already queued go out together up to this many
+    /// bytes (0: each on its own).
+    const PUSH_BATCH: usize;
+
+    /// The answer around the body (its headers).
+    fn response(body: Body) -> Response;
+    /// What goes out after [`KEEPALIVE`] without anything else.
+    fn keepalive() -> Bytes;
+    /// The bytes output `data` takes in the sink, at most (to size buffers).
+    fn output_size(data: &Blob) -> usize;
+    /// The chunks of one read, which take `size` bytes, come next.
+    fn start_read(&mut self, size: usize);
+    /// Writes output `data` with seq `seq`; `rest` is what the chunks after
+    /// it in the same read take. Returns the output bytes it carries, or
+    /// `None` when the sink cannot carry them (base64 that does not decode).
+    fn output(&mut self, seq: u64, stream: ExecStream, data: &Blob, rest: usize) -> Option<u64>;
+    /// Writes a `lost` report (`data` is its JSON).
+    fn lost(&mut self, to_seq: u64, data: &str);
+    /// Writes the `exit` (`data` is its JSON).
+    fn exit(&mut self, last_seq: u64, data: &str);
+    /// Writes an `error` (`data` is its JSON) after output up to `delivered`.
+    fn error(&mut self, delivered: u64, data: &str);
+    /// Bytes written since the last [`take`](Sink::take).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    /// What was written, as one piece of the body.
+    fn take(&mut self) -> Bytes;
+}
+
+/// Starts the pump over sink `S` and answers with what it writes.
+fn respond<S: Sink>(state: AppState, session: Session, since: u64, watch: Watch) -> Response {
+    let (tx, rx) = mpsc::channel(S::CLIENT_QUEUE);
     let pump = Pump {
         state,
         session,
         cursor: since,
+        written: since,
+        out: S::default(),
+        out_bytes: 0,
         tx,
         exit_code: None,
     };
     tokio::spawn(pump.run(watch));
-    // A keepalive comment after KEEPALIVE without an event, as axum's Sse.
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
         let piece = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Ok(Some(piece)) => piece,
             Ok(None) => return None,
-            Err(_) => Bytes::from_static(KEEPALIVE_COMMENT),
+            Err(_) => S::keepalive(),
         };
         Some((Ok::<_, Infallible>(piece), rx))
     });
-    let response = (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(events),
+    (
+        axum::Extension(Resumable),
+        S::response(Body::from_stream(body)),
     )
-        .into_response();
-    Ok((axum::Extension(Resumable), response).into_response())
+        .into_response()
 }
 
 /// Why the pump stopped.
@@ -207,19 +251,26 @@ enum Next {
     LinkLost,
 }
 
-struct Pump {
+struct Pump<S> {
     state: AppState,
     session: Session,
-    /// The last seq delivered to the client (or reported lost).
+    /// The last seq handed on to the client (or reported lost).
     cursor: u64,
-    /// Pieces of the event stream's text (see `sse_events`).
+    /// The last seq written to `out` (or skipped by an exit notification):
+    /// where the pump is; `cursor` catches up when `out` is handed on.
+    written: u64,
+    /// What is written and not yet handed on.
+    out: S,
+    /// The output bytes in `out`.
+    out_bytes: u64,
+    /// Pieces of the body (see `Sink::take`).
     tx: mpsc::Sender<Bytes>,
     /// From a `process/exited` notification, for an `exit` whose close
     /// arrives by notification.
     exit_code: Option<i32>,
 }
 
-impl Pump {
+impl<S: Sink> Pump<S> {
     async fn run(mut self, watch: Watch) {
         let state = self.state.clone();
         let ended = tokio::select! {
@@ -229,6 +280,10 @@ impl Pump {
         };
         if let Some(e) = ended {
             tracing::info!(sid = %self.session.row.sid, code = e.code, "stream ended: {}", e.message);
+            // Cut off: what was not handed on is not delivered.
+            self.written = self.cursor;
+            self.out_bytes = 0;
+            self.out.take();
             let _ = self.fail(e.code, &e.message).await;
         }
     }
@@ -274,11 +329,11 @@ impl Pump {
         let mut ahead: Option<ReadAhead> = None;
         loop {
             let read = match ahead.take() {
-                Some(next) if next.after_seq == self.cursor => next.result().await,
+                Some(next) if next.after_seq == self.written => next.result().await,
                 // Nothing ahead, or it was asked before a loss moved the
                 // cursor: ask now.
                 _ => {
-                    let params = self.read_params(self.cursor);
+                    let params = self.read_params(self.written);
                     let link = &self.session.link;
                     link.request(method::PROCESS_READ, &params, RPC_TIMEOUT)
                         .await
@@ -297,7 +352,7 @@ impl Pump {
                 }
             };
             if let Some(last) = r.chunks.last() {
-                let params = self.read_params(last.seq.max(self.cursor));
+                let params = self.read_params(last.seq.max(self.written));
                 ahead = Some(ReadAhead::send(self.session.link.clone(), params));
             }
             if let Some(first) = r.chunks.first() {
@@ -306,58 +361,61 @@ impl Pump {
                 let lost = r.lost_bytes.or_else(|| {
                     self.session.link.lost_between(
                         &self.session.row.process_id,
-                        self.cursor,
+                        self.written,
                         first.seq,
                     )
                 });
-                self.report_loss(first.seq, lost).await?;
+                self.report_loss(first.seq, lost);
             }
             let got_chunks = !r.chunks.is_empty();
-            // The chunks' events, in pieces of about BATCH_BYTES: the cursor
-            // moves over a piece's chunks once it is handed on.
-            let mut events = Events::default();
-            let (mut last, mut bytes) = (self.cursor, 0u64);
-            // What the rest of the events take, to size each piece's buffer.
-            let mut rest: usize = r.chunks.iter().map(|c| Events::output_size(&c.chunk)).sum();
+            // The chunks, in pieces of about READ_PIECE: the cursor moves
+            // over a piece's chunks once it is handed on.
+            let mut rest: usize = r.chunks.iter().map(|c| S::output_size(&c.chunk)).sum();
+            self.out.start_read(rest);
             for c in r.chunks {
-                let size = Events::output_size(&c.chunk);
-                rest -= size;
-                if c.seq <= self.cursor {
+                rest -= S::output_size(&c.chunk);
+                if c.seq <= self.written {
                     continue;
                 }
-                if events.is_empty() {
-                    events = Events::with_capacity((rest + size).min(BATCH_BYTES + size));
-                }
-                events.output(c.seq, c.stream, &c.chunk);
-                (last, bytes) = (c.seq, bytes + c.chunk.len());
-                if events.len() >= BATCH_BYTES {
-                    self.send_output(events.take(), last, bytes).await?;
-                    bytes = 0;
+                let Some(bytes) = self.out.output(c.seq, c.stream, &c.chunk, rest) else {
+                    return self
+                        .fail(
+                            code::EXECUTOR_ERROR,
+                            "the executor sent output that is not base64",
+                        )
+                        .await;
+                };
+                (self.written, self.out_bytes) = (c.seq, self.out_bytes + bytes);
+                if self.out.len() >= S::READ_PIECE {
+                    self.flush().await?;
                 }
             }
-            if !events.is_empty() {
-                self.send_output(events.take(), last, bytes).await?;
-            }
+            self.flush().await?;
             if got_chunks {
                 continue;
             }
             if r.closed {
                 // Everything up to the close is delivered.
-                let last = r.next_seq.saturating_sub(1).max(self.cursor);
+                let last = r.next_seq.saturating_sub(1).max(self.written);
                 return self.exit(last, r.exit_code.or(self.exit_code)).await;
             }
             return Ok(());
         }
     }
 
-    /// Hands on a piece of `output` events whose last seq is `last` and
-    /// which carry `bytes` of output; moves the cursor over them.
-    async fn send_output(&mut self, piece: Bytes, last: u64, bytes: u64) -> Result<(), Stop> {
-        self.send(piece).await?;
-        self.cursor = last;
-        self.session.audit.record().add_bytes_out(bytes);
-        if let Some(m) = crate::metrics::get() {
-            m.output(bytes, 0);
+    /// Hands on what is written (if anything) and moves the cursor over it.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if !self.out.is_empty() {
+            let piece = self.out.take();
+            self.send(piece).await?;
+        }
+        self.cursor = self.written;
+        let bytes = std::mem::take(&mut self.out_bytes);
+        if bytes > 0 {
+            self.session.audit.record().add_bytes_out(bytes);
+            if let Some(m) = crate::metrics::get() {
+                m.output(bytes, 0);
+            }
         }
         Ok(())
     }
@@ -372,17 +430,18 @@ impl Pump {
         }
     }
 
-    /// Emits a `lost` event for the seqs between the cursor and `first`, the
-    /// first seq a read returned, when bytes were lost there. When the count
-    /// is unknown (codex, with no ledger entry for the range), a gap wider
-    /// than the one seq an exit event may take is reported with `bytes: null`.
-    async fn report_loss(&mut self, first: u64, lost_bytes: Option<u64>) -> Result<(), Stop> {
-        if first <= self.cursor + 1 {
-            return Ok(());
+    /// Writes a `lost` report for the seqs between where the pump is and
+    /// `first`, the first seq a read returned, when bytes were lost there.
+    /// When the count is unknown (codex, with no ledger entry for the
+    /// range), a gap wider than the one seq an exit event may take is
+    /// reported with `bytes: null`.
+    fn report_loss(&mut self, first: u64, lost_bytes: Option<u64>) {
+        if first <= self.written + 1 {
+            return;
         }
-        let (from_seq, to_seq) = (self.cursor + 1, first - 1);
+        let (from_seq, to_seq) = (self.written + 1, first - 1);
         let bytes = match lost_bytes {
-            Some(0) => return Ok(()),
+            Some(0) => return,
             Some(n) => {
                 if let Some(m) = crate::metrics::get() {
                     m.output(0, n);
@@ -390,59 +449,68 @@ impl Pump {
                 json!(n)
             }
             None if to_seq - from_seq >= 1 => serde_json::Value::Null,
-            None => return Ok(()),
+            None => return,
         };
         let data = json!({"from_seq": from_seq, "to_seq": to_seq, "bytes": bytes});
-        self.send_event("lost", Some(to_seq), &data.to_string())
-            .await?;
-        self.cursor = to_seq;
-        Ok(())
+        self.out.lost(to_seq, &data.to_string());
+        self.written = to_seq;
     }
 
-    /// Takes notifications while they continue the cursor exactly.
+    /// Takes notifications while they continue the cursor exactly; those
+    /// already queued go out together, up to `S::PUSH_BATCH`.
     async fn follow(&mut self, sub: &mut Subscription) -> Result<Next, Stop> {
-        loop {
+        let next = loop {
             if sub.backlog() > MAX_BACKLOG {
-                return Ok(Next::Resubscribe);
+                break Next::Resubscribe;
             }
-            let event = tokio::select! {
-                e = sub.recv() => e,
-                _ = tokio::time::sleep(QUIET_RECHECK) => return Ok(Next::Pull),
-                _ = self.tx.closed() => return Err(Stop::ClientGone),
+            // What is already queued, without waiting (recv is cancel-safe).
+            let ready = if self.out.len() < S::PUSH_BATCH {
+                sub.recv().now_or_never()
+            } else {
+                None
+            };
+            let event = match ready {
+                Some(e) => e,
+                None => {
+                    self.flush().await?;
+                    tokio::select! {
+                        e = sub.recv() => e,
+                        _ = tokio::time::sleep(QUIET_RECHECK) => break Next::Pull,
+                        _ = self.tx.closed() => return Err(Stop::ClientGone),
+                    }
+                }
             };
             match event {
-                ProcessEvent::LinkLost => return Ok(Next::LinkLost),
+                ProcessEvent::LinkLost => break Next::LinkLost,
                 ProcessEvent::Output { seq, .. }
                 | ProcessEvent::Exited { seq, .. }
                 | ProcessEvent::Closed { seq }
-                    if seq <= self.cursor =>
+                    if seq <= self.written =>
                 {
                     // Already delivered by a read.
                 }
-                ProcessEvent::Output { seq, stream, data } if seq == self.cursor + 1 => {
-                    let bytes = data.len() as u64;
-                    let data = Blob::Raw(data);
-                    let mut event = Events::with_capacity(Events::output_size(&data));
-                    event.output(seq, stream, &data);
-                    self.send(event.take()).await?;
-                    self.cursor = seq;
-                    self.session.audit.record().add_bytes_out(bytes);
+                ProcessEvent::Output { seq, stream, data } if seq == self.written + 1 => {
+                    // Raw bytes, which every sink carries.
+                    let bytes = self.out.output(seq, stream, &Blob::Raw(data), 0);
+                    (self.written, self.out_bytes) = (seq, self.out_bytes + bytes.unwrap_or(0));
                 }
-                ProcessEvent::Exited { seq, exit_code } if seq == self.cursor + 1 => {
+                ProcessEvent::Exited { seq, exit_code } if seq == self.written + 1 => {
                     self.exit_code = Some(exit_code);
-                    self.cursor = seq;
+                    self.written = seq;
                 }
-                ProcessEvent::Closed { seq } if seq == self.cursor + 1 => {
+                ProcessEvent::Closed { seq } if seq == self.written + 1 => {
                     if self.exit_code.is_some() {
                         self.exit(seq, self.exit_code).await?;
                     }
                     // Without the exit code (never seen here), ask for it.
-                    return Ok(Next::Pull);
+                    break Next::Pull;
                 }
                 // A gap: something was not pushed. Read from the cursor.
-                _ => return Ok(Next::Pull),
+                _ => break Next::Pull,
             }
-        }
+        };
+        self.flush().await?;
+        Ok(next)
     }
 
     /// Waits for the executor's link to come back after it dropped.
@@ -478,30 +546,27 @@ impl Pump {
         }
     }
 
+    /// Sends `exit` (after whatever is written) and stops.
     async fn exit(&mut self, last_seq: u64, exit_code: Option<i32>) -> Result<(), Stop> {
         let data = json!({ "exit_code": exit_code }).to_string();
-        self.send_event("exit", Some(last_seq), &data).await?;
+        self.out.exit(last_seq, &data);
+        self.flush().await?;
         self.session.audit.record().exit_code = exit_code;
         self.session.audit.succeed();
         Err(Stop::Done)
     }
 
+    /// Sends an `error` (after whatever is written) and stops.
     async fn fail(&mut self, code: &str, message: &str) -> Result<(), Stop> {
         self.session.audit.fail(code);
         let data = json!({"code": code, "message": message}).to_string();
-        self.send_event("error", None, &data).await?;
+        self.out.error(self.written, &data);
+        self.flush().await?;
         Err(Stop::Done)
     }
 
     async fn send(&self, piece: Bytes) -> Result<(), Stop> {
         self.tx.send(piece).await.map_err(|_| Stop::ClientGone)
-    }
-
-    /// Sends one event other than `output`.
-    async fn send_event(&self, name: &str, id: Option<u64>, data: &str) -> Result<(), Stop> {
-        let mut event = Events::default();
-        event.event(name, id, data);
-        self.send(event.take()).await
     }
 }
 
