@@ -362,25 +362,9 @@ impl Sshd {
     /// `scp local 127.0.0.1:remote` through the ControlMaster, as the
     /// login user.
     pub(crate) fn scp(&self, local: &Path, remote: &Path) -> tokio::process::Command {
-        let d = self.dir.path();
         let mut c = tokio::process::Command::new("scp");
-        c.arg("-q")
-            .arg("-F")
-            .arg("/dev/null")
-            .arg("-i")
-            .arg(d.join("id_ed25519"))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
-            ])
-            .arg("-o")
-            .arg(format!("ControlPath={}", d.join("cm").display()))
+        c.arg("-q");
+        self.options(&mut c)
             .args(["-P", &self.port.to_string()])
             .arg(local);
         let host = match &self.user {
@@ -391,9 +375,10 @@ impl Sshd {
         c
     }
 
-    fn client(&self) -> tokio::process::Command {
+    /// The options `ssh` and `scp` share: no config file, the bench's key,
+    /// no host key checks, quiet, never a prompt, the ControlMaster.
+    fn options<'c>(&self, c: &'c mut tokio::process::Command) -> &'c mut tokio::process::Command {
         let d = self.dir.path();
-        let mut c = tokio::process::Command::new("ssh");
         c.arg("-F")
             .arg("/dev/null")
             .arg("-i")
@@ -409,7 +394,12 @@ impl Sshd {
                 "BatchMode=yes",
             ])
             .arg("-o")
-            .arg(format!("ControlPath={}", d.join("cm").display()));
+            .arg(format!("ControlPath={}", d.join("cm").display()))
+    }
+
+    fn client(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("ssh");
+        self.options(&mut c);
         if let Some(user) = &self.user {
             c.args(["-l", &user.name]);
         }
