@@ -143,19 +143,6 @@ fn assert_seqs_increase(frames: &[Frame]) {
     );
 }
 
-/// Pseudo-random bytes, most of them not UTF-8 as a whole.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn binary_stream_is_exactly_what_the_process_wrote() {
     let w = World::start(&[]).await;
@@ -288,15 +275,7 @@ async fn binary_stream_reports_dropped_output_exactly_as_sse_does() {
     // 256 KiB in memory and no spill: most of 3 MiB is dropped.
     let w = World::start(&["--retain-bytes", "262144", "--spill-bytes", "0"]).await;
     let data = noise(3 << 20);
-    std::fs::write(w.workdir.join("big.bin"), &data).unwrap();
-    let sid = w
-        .api
-        .exec(
-            "laptop",
-            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
-        )
-        .await;
-    let (_, v) = w.api.read_until(&sid, 999_999, |_| false).await;
+    let (sid, v) = w.cat_unread(&data).await;
     assert_eq!(v["exit_code"], 0);
 
     let mut resp = open(&w.api, &sid, BIN, "", None).await;

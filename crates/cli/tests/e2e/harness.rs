@@ -88,4 +88,34 @@ impl World {
     pub fn admin_api(&self) -> Api {
         Api::new(&self.gateway.url(), &admin_token(&self.data_dir))
     }
+
+    /// Starts `cat` of a file `big.bin` holding `data` and waits for its
+    /// exit without reading any output; returns the session and the last
+    /// (empty) answer.
+    pub async fn cat_unread(&self, data: &[u8]) -> (String, serde_json::Value) {
+        std::fs::write(self.workdir.join("big.bin"), data).unwrap();
+        let sid = self
+            .api
+            .exec(
+                "laptop",
+                serde_json::json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
+            )
+            .await;
+        let (_, v) = self.api.read_until(&sid, 999_999_999, |_| false).await;
+        (sid, v)
+    }
+}
+
+/// `n` pseudo-random bytes (xorshift), the same each time: not a short
+/// cycle, and most of them not UTF-8 as a whole.
+pub fn noise(n: usize) -> Vec<u8> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -1,43 +1,13 @@
 //! Output beyond the in-memory ring spills to disk: a late reader gets all
 //! of it, byte-exact; beyond the disk bound the loss is reported exactly.
 
-use serde_json::json;
-
 use crate::harness::*;
-
-/// Deterministic bytes that are not a short cycle.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-/// Starts `cat` of a file holding `data` and waits for its exit without
-/// reading any output; returns the session and the last (empty) answer.
-async fn cat_unread(w: &World, data: &[u8]) -> (String, serde_json::Value) {
-    std::fs::write(w.workdir.join("big.bin"), data).unwrap();
-    let sid = w
-        .api
-        .exec(
-            "laptop",
-            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
-        )
-        .await;
-    let (_, v) = w.api.read_until(&sid, 999_999_999, |_| false).await;
-    (sid, v)
-}
 
 /// Writes `data` quickly (cat of a file), waits for the exit without reading
 /// the output, then reads it all from the start. Returns (bytes, lost_bytes
 /// of the first answer, sum of lost_bytes).
 async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
-    let (sid, v) = cat_unread(w, data).await;
+    let (sid, v) = w.cat_unread(data).await;
     assert_eq!(v["exit_code"], 0);
     let mut since = 0;
     let mut out = Vec::new();
@@ -62,7 +32,7 @@ async fn late_read(w: &World, data: &[u8]) -> (Vec<u8>, u64, u64) {
 #[tokio::test]
 async fn twenty_mib_written_quickly_are_read_back_whole() {
     let w = World::start(&["--retain-bytes", "1048576"]).await;
-    let data = pattern(20 << 20);
+    let data = noise(20 << 20);
     let (out, _, lost) = late_read(&w, &data).await;
     assert_eq!(lost, 0);
     assert_eq!(out.len(), data.len());
@@ -75,8 +45,8 @@ async fn twenty_mib_written_quickly_are_read_back_whole() {
 #[tokio::test]
 async fn a_poll_that_goes_back_gets_what_it_asked_for() {
     let w = World::start(&[]).await;
-    let data = pattern(20 << 20);
-    let (sid, _) = cat_unread(&w, &data).await;
+    let data = noise(20 << 20);
+    let (sid, _) = w.cat_unread(&data).await;
     let bytes = |v: &serde_json::Value| -> Vec<u8> {
         v["chunks"]
             .as_array()
@@ -110,7 +80,7 @@ async fn a_poll_that_goes_back_gets_what_it_asked_for() {
 async fn beyond_the_disk_bound_the_loss_is_exact() {
     // 1 MiB in memory, 4 MiB on disk, 20 MiB written.
     let w = World::start(&["--retain-bytes", "1048576", "--spill-bytes", "4194304"]).await;
-    let data = pattern(20 << 20);
+    let data = noise(20 << 20);
     let (out, first_lost, total_lost) = late_read(&w, &data).await;
     assert_eq!(
         first_lost, total_lost,

@@ -125,15 +125,7 @@ async fn dropped_output_is_reported_as_lost_never_as_delivered() {
     // 256 KiB in memory and no spill: most of 3 MiB is dropped.
     let w = World::start(&["--retain-bytes", "262144", "--spill-bytes", "0"]).await;
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(w.workdir.join("big.bin"), &data).unwrap();
-    let sid = w
-        .api
-        .exec(
-            "laptop",
-            json!({"command": ["cat", "big.bin"], "pipe_stdin": false}),
-        )
-        .await;
-    let (_, v) = w.api.read_until(&sid, 999_999, |_| false).await;
+    let (sid, v) = w.cat_unread(&data).await;
     assert_eq!(v["exit_code"], 0);
 
     let mut reader = SseReader::open(&w.api, &sid, None, None).await;
