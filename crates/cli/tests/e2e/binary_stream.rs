@@ -35,14 +35,7 @@ async fn open(
     query: &str,
     last_id: Option<&str>,
 ) -> reqwest::Response {
-    let mut req = api
-        .http
-        .get(format!(
-            "{}/api/connectors/processes/{sid}/stream{query}",
-            api.url
-        ))
-        .bearer_auth(&api.token)
-        .header("Accept", accept);
+    let mut req = stream_request(api, sid, query).header("Accept", accept);
     if let Some(id) = last_id {
         req = req.header("Last-Event-ID", id);
     }
@@ -369,14 +362,7 @@ async fn hostile_accept_and_since_are_4xx_envelopes() {
         assert_eq!(code, "bad_request");
     }
     // Not visible ASCII.
-    let resp = w
-        .api
-        .http
-        .get(format!(
-            "{}/api/connectors/processes/{sid}/stream",
-            w.api.url
-        ))
-        .bearer_auth(&w.api.token)
+    let resp = stream_request(&w.api, &sid, "")
         .header(
             "Accept",
             reqwest::header::HeaderValue::from_bytes(b"application/\xffoctet").unwrap(),

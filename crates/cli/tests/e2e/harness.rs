@@ -106,6 +106,17 @@ impl World {
     }
 }
 
+/// `GET /api/connectors/processes/{sid}/stream{query}` with `api`'s token,
+/// to add headers to and send.
+pub fn stream_request(api: &Api, sid: &str, query: &str) -> reqwest::RequestBuilder {
+    api.http
+        .get(format!(
+            "{}/api/connectors/processes/{sid}/stream{query}",
+            api.url
+        ))
+        .bearer_auth(&api.token)
+}
+
 /// `n` pseudo-random bytes (xorshift), the same each time: not a short
 /// cycle, and most of them not UTF-8 as a whole.
 pub fn noise(n: usize) -> Vec<u8> {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::harness::{execgate, fresh_client, Prepared};
+use crate::harness::{execgate, fresh_client, stream_request, Prepared};
 
 /// A free port of 127.0.0.1, for a `--metrics-listen` (the listener is
 /// closed before the process binds it).
@@ -418,10 +418,7 @@ async fn streamed_output_is_counted_once_pushed_or_read() {
     let stream = |sid: String, accept: &'static str| {
         let api = &api;
         async move {
-            let resp = api
-                .http
-                .get(format!("{}/api/connectors/processes/{sid}/stream", api.url))
-                .bearer_auth(&api.token)
+            let resp = stream_request(api, &sid, "")
                 .header("Accept", accept)
                 .send()
                 .await

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::Api;
+use crate::harness::{stream_request, Api};
 
 #[derive(Debug, Clone)]
 pub struct SseEvent {
@@ -27,11 +27,8 @@ impl SseReader {
         last_event_id: Option<u64>,
         since: Option<u64>,
     ) -> SseReader {
-        let mut url = format!("{}/api/connectors/processes/{sid}/stream", api.url);
-        if let Some(since) = since {
-            url.push_str(&format!("?since={since}"));
-        }
-        let mut req = api.http.get(url).bearer_auth(&api.token);
+        let query = since.map(|n| format!("?since={n}")).unwrap_or_default();
+        let mut req = stream_request(api, sid, &query);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }

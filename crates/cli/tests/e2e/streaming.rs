@@ -150,14 +150,7 @@ async fn stream_errors_are_the_api_envelope() {
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["code"], "session_not_found");
     let sid = w.api.exec("laptop", json!({"command": ["true"]})).await;
-    let resp = w
-        .api
-        .http
-        .get(format!(
-            "{}/api/connectors/processes/{sid}/stream",
-            w.api.url
-        ))
-        .bearer_auth(&w.api.token)
+    let resp = stream_request(&w.api, &sid, "")
         .header("Last-Event-ID", "abc")
         .send()
         .await
