@@ -10,7 +10,7 @@
 //! of one event per chunk it writes the chunks of one read (or the
 //! notifications already queued, up to 1 MiB) into one buffer, consecutive
 //! chunks of a stream coalesced into one frame, and that buffer goes out
-//! as one body chunk.
+//! as one body chunk. This file owns that sink and the negotiation.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
