@@ -17,7 +17,7 @@ use crate::http::error::ApiError;
 use crate::http::executor::LinkUpgrade;
 use crate::http::extract::ApiPath;
 use crate::link::connect::UNLIMITED;
-use crate::link::peer;
+use crate::link::{liveness, peer};
 use crate::ops::state::AppState;
 use crate::store::now_ms;
 
@@ -26,7 +26,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
     if state.cluster().is_none() {
         return Router::new();
     }
-    Router::new().route(&format!("{}{{exe_id}}", peer::PATH), get(upgrade))
+    Router::new()
+        .route(&format!("{}{{exe_id}}", peer::PATH), get(upgrade))
+        .route(&format!("{}{{exe_id}}", liveness::LIVE_PATH), get(live))
 }
 
 async fn upgrade(
@@ -73,4 +75,49 @@ async fn upgrade(
         budget.store(UNLIMITED, Ordering::Release);
         peer::serve(state.host(), link, socket, peer_id)
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct LiveQuery {
+    epoch: i64,
+}
+
+/// `GET /peer/v1/live/{exe_id}?epoch=N`: whether this replica holds a live
+/// link of `exe_id` under the lease at epoch N (open, heard from within
+/// the ping timeout, lease unexpired), and is not leaving or draining
+/// (`link::liveness`); 200 `{"live": bool}`. Authenticated like a channel,
+/// its signature covering `live:{exe_id}:{epoch}`. A draining replica's
+/// gate answers 503 `draining` before this runs: that does not block
+/// either.
+async fn live(
+    State(state): State<AppState>,
+    ApiPath(exe_id): ApiPath<String>,
+    axum::extract::Query(q): axum::extract::Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Some(cluster) = state.cluster() else {
+        return Err(ApiError::not_found("this gateway is not a replica"));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = peer::verify(
+        cluster.config.secret.expose(),
+        header(peer::REPLICA_HEADER),
+        header(peer::TIME_HEADER),
+        header(peer::SIGNATURE_HEADER),
+        &liveness::subject(&exe_id, q.epoch),
+        now_ms(),
+    ) {
+        tracing::warn!(exe_id, "a liveness query from a peer refused: {why}");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            why,
+        ));
+    }
+    let live = !state.drain().going_away()
+        && state
+            .registry()
+            .live(&exe_id, state.config().link.ping_timeout)
+            .is_some_and(|link| link.epoch() == q.epoch && link.lease_ok(now_ms()));
+    Ok(axum::Json(serde_json::json!({ "live": live })))
 }
