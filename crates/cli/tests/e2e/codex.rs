@@ -42,9 +42,9 @@ pub(crate) fn codex_bin() -> Option<PathBuf> {
 
 /// What `execgate admin executor add --sigv4` printed last.
 pub(crate) struct Credentials {
-    environment_id: String,
-    key_id: String,
-    secret: String,
+    pub(crate) environment_id: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
 pub(crate) fn add_codex_executor(data_dir: &Path, name: &str) -> Credentials {

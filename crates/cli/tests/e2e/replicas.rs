@@ -42,7 +42,7 @@ pub(crate) struct Replicas {
     pub(crate) replicas: Vec<GatewayProc>,
     pub(crate) executors: Vec<Proc>,
     /// Executor name → its token.
-    tokens: std::collections::HashMap<String, String>,
+    pub(crate) tokens: std::collections::HashMap<String, String>,
 }
 
 impl Replicas {
@@ -61,7 +61,7 @@ impl Replicas {
         Replicas::start_on(Prepared::new(&execgate(), "w1"), None, n, args)
     }
 
-    fn start_on(
+    pub(crate) fn start_on(
         prepared: Prepared,
         cluster: Option<&'static Cluster>,
         n: usize,
@@ -84,16 +84,26 @@ impl Replicas {
         r
     }
 
-    fn start_replica(&self, args: &[&str]) -> GatewayProc {
+    pub(crate) fn start_replica(&self, args: &[&str]) -> GatewayProc {
         self.start_replica_at(&format!("127.0.0.1:{}", free_port()), args)
     }
 
     /// A replica listening on `listen` (`host:port`), e.g. to restart one.
     pub(crate) fn start_replica_at(&self, listen: &str, args: &[&str]) -> GatewayProc {
-        let url = format!("http://{listen}");
+        self.start_replica_advertising(listen, &format!("http://{listen}"), args)
+    }
+
+    /// A replica listening on `listen` that the others reach at `advertise`
+    /// (e.g. through a forwarder the test can cut).
+    pub(crate) fn start_replica_advertising(
+        &self,
+        listen: &str,
+        advertise: &str,
+        args: &[&str],
+    ) -> GatewayProc {
         let mut all = vec![
             "--advertise-url",
-            &url,
+            advertise,
             "--cluster-secret-file",
             self.secret_file.to_str().unwrap(),
         ];
@@ -129,7 +139,7 @@ impl Replicas {
     }
 
     /// The admin token every replica accepts.
-    fn admin_token(&self) -> String {
+    pub(crate) fn admin_token(&self) -> String {
         match (&self.prepared.database_url, self.cluster) {
             (Some(url), Some(cluster)) => cluster
                 .psql_on(
@@ -155,7 +165,7 @@ impl Replicas {
         Api::new(&self.replicas[i].url(), &self.prepared.token)
     }
 
-    fn workdir(&self, name: &str) -> PathBuf {
+    pub(crate) fn workdir(&self, name: &str) -> PathBuf {
         let work = self.prepared.dir.path().join(format!("work-{name}"));
         std::fs::create_dir_all(&work).unwrap();
         work
@@ -163,7 +173,7 @@ impl Replicas {
 
     /// Adds executor `name` and starts it on replica `i`; waits until
     /// replica `i` shows it connected. Returns its workdir.
-    async fn executor(&mut self, name: &str, i: usize) -> PathBuf {
+    pub(crate) async fn executor(&mut self, name: &str, i: usize) -> PathBuf {
         self.executor_with(name, i, &[]).await
     }
 
@@ -203,7 +213,11 @@ impl Replicas {
 
     /// The id of replica `i`, as it heartbeats.
     pub(crate) fn replica_id(&self, i: usize) -> String {
-        let url = self.replicas[i].url();
+        self.replica_id_at(&self.replicas[i].url())
+    }
+
+    /// The id of the replica whose advertise URL is `url`.
+    pub(crate) fn replica_id_at(&self, url: &str) -> String {
         self.leases()
             .1
             .into_iter()
@@ -583,29 +597,40 @@ fn marker(work: &Path, text: &str) {
 
 /// Fencing and moving ownership: executor `x` is on replica 0; a second
 /// executor process with the same token dials replica 1 while the first
-/// one's socket is still open (it is stopped, so it answers nothing). The
+/// one's socket is still open (it is stopped, so it answers nothing) and
+/// while replica 0 cannot be reached by its peers (its advertise URL goes
+/// through a forwarder the test cuts): replica 1 cannot have the first
+/// link confirmed, so the newer link wins (the one-live-link rule across
+/// replicas, `cluster_rules`, blocks only on a holder's confirmation). The
 /// lease moves to replica 1 (epoch 2), replica 0 closes its link although
-/// the socket is open, and calls through replica 0 reach the new
-/// executor through replica 1.
+/// the socket is open, and calls through replica 0 reach the new executor
+/// through replica 1.
 #[tokio::test]
 async fn a_lease_taken_by_another_replica_fences_the_old_link() {
     // Replica 0 would otherwise declare the stopped executor dead by itself.
-    let Some(mut c) = Replicas::start(
-        2,
-        &["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"],
-    ) else {
+    let args = ["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"];
+    let Some(mut c) = Replicas::start(0, &args) else {
         return;
     };
+    let listen0: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let peer_path = Balancer::start(listen0).await;
+    let r = c.start_replica_advertising(&listen0.to_string(), &peer_path.url, &args);
+    c.replicas.push(r);
+    let r = c.start_replica(&args);
+    c.replicas.push(r);
     let work1 = c.executor("x", 0).await;
     marker(&work1, "first");
     assert_eq!(
         shell_stdout(&c.api(1), "x", "cat marker.txt").await,
         "first"
     );
-    assert_eq!(c.lease_of("x"), (c.replica_id(0), 1));
+    assert_eq!(c.lease_of("x"), (c.replica_id_at(&peer_path.url), 1));
 
     let first_pid = c.executors[0].id();
     signal(first_pid, "STOP");
+    // Replica 0's peers can no longer reach it (connections to its
+    // advertise URL are cut at once).
+    peer_path.switch(format!("127.0.0.1:{}", free_port()).parse().unwrap());
     let token = c.tokens["x"].clone();
     let work2 = c.workdir("x2");
     marker(&work2, "second");

@@ -46,6 +46,7 @@ use crate::http::extract::{bearer_token, parse_json_body, ApiPath};
 use crate::link::connect::{
     run_link, Budgeted, LinkSocket, HANDSHAKE_READ_BUDGET, LINK_READ_BUFFER, MAX_FRAME,
 };
+use crate::link::liveness;
 use crate::link::registry::{Busy, HandshakeSlot};
 use crate::link::sigv4;
 use crate::ops::state::{AppState, Ticket, TICKET_TTL};
@@ -226,6 +227,7 @@ async fn register_checked(
         }
     }
     check_free(&state, &row.exe_id, None)?;
+    check_free_elsewhere(&state, &row.exe_id).await?;
     if let Some(signature) = &signature {
         spend_signature(&state, &row.exe_id, signature).await?;
     }
@@ -320,6 +322,34 @@ fn check_free(
     })
 }
 
+/// On a replica, the same 409 when another replica holds a live link of
+/// `exe_id` and confirms it (`link::liveness`): one live link per executor
+/// across the cluster, not only per replica.
+async fn check_free_elsewhere(state: &AppState, exe_id: &str) -> Result<(), ApiError> {
+    let Some(cluster) = state.cluster() else {
+        return Ok(());
+    };
+    let Some(holder) = liveness::held_elsewhere(cluster, state.store(), exe_id).await else {
+        return Ok(());
+    };
+    let alive_for = state.config().link.ping_timeout;
+    tracing::warn!(
+        exe_id,
+        holder = %holder,
+        "refused a second executor with the same token: the first is connected to another replica and answering"
+    );
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        code::EXECUTOR_ALREADY_CONNECTED,
+        format!(
+            "another executor with this token is connected and answering (environment {exe_id}, \
+             through another replica); stop the other one, or wait: a connection that stopped \
+             answering is dropped within {}s",
+            alive_for.as_secs()
+        ),
+    ))
+}
+
 /// `ws://host:port` as the executor should dial it.
 fn ws_base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(public) = &state.config().public_url {
@@ -412,6 +442,7 @@ async fn connect_checked(
         .await?
         .ok_or_else(|| ApiError::not_found("the executor was removed"))?;
     let slot = check_free(&state, &row.exe_id, Some(()))?;
+    check_free_elsewhere(&state, &row.exe_id).await?;
     if let Some(signature) = &signature {
         spend_signature(&state, &row.exe_id, signature).await?;
     }

@@ -17,7 +17,7 @@ use crate::http::error::ApiError;
 use crate::http::executor::LinkUpgrade;
 use crate::http::extract::ApiPath;
 use crate::link::connect::UNLIMITED;
-use crate::link::peer;
+use crate::link::{liveness, peer};
 use crate::ops::state::AppState;
 use crate::store::now_ms;
 
@@ -26,7 +26,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
     if state.cluster().is_none() {
         return Router::new();
     }
-    Router::new().route(&format!("{}{{exe_id}}", peer::PATH), get(upgrade))
+    Router::new()
+        .route(&format!("{}{{exe_id}}", peer::PATH), get(upgrade))
+        .route(&format!("{}{{exe_id}}", liveness::LIVE_PATH), get(live))
 }
 
 async fn upgrade(
@@ -73,4 +75,128 @@ async fn upgrade(
         budget.store(UNLIMITED, Ordering::Release);
         peer::serve(state.host(), link, socket, peer_id)
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct LiveQuery {
+    epoch: i64,
+}
+
+/// `GET /peer/v1/live/{exe_id}?epoch=N`: whether this replica holds a live
+/// link of `exe_id` under the lease at epoch N (open, heard from within
+/// the ping timeout, lease unexpired), and is not leaving or draining
+/// (`link::liveness`); 200 `{"live": bool}`. Authenticated like a channel,
+/// its signature covering `live:{exe_id}:{epoch}`. A draining replica's
+/// gate answers 503 `draining` before this runs: that does not block
+/// either.
+async fn live(
+    State(state): State<AppState>,
+    ApiPath(exe_id): ApiPath<String>,
+    axum::extract::Query(q): axum::extract::Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Some(cluster) = state.cluster() else {
+        return Err(ApiError::not_found("this gateway is not a replica"));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = peer::verify(
+        cluster.config.secret.expose(),
+        header(peer::REPLICA_HEADER),
+        header(peer::TIME_HEADER),
+        header(peer::SIGNATURE_HEADER),
+        &liveness::subject(&exe_id, q.epoch),
+        now_ms(),
+    ) {
+        tracing::warn!(exe_id, "a liveness query from a peer refused: {why}");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            why,
+        ));
+    }
+    let live = !state.drain().going_away()
+        && state
+            .registry()
+            .live(&exe_id, state.config().link.ping_timeout)
+            .is_some_and(|link| link.epoch() == q.epoch && link.lease_ok(now_ms()));
+    Ok(axum::Json(serde_json::json!({ "live": live })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::peer::ClusterConfig;
+    use crate::link::Link;
+    use crate::secret::SecretString;
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    const SECRET: &str = "a-cluster-secret-of-some-length";
+
+    async fn ask(state: &AppState, exe_id: &str, epoch: i64, secret: &str) -> (StatusCode, Value) {
+        let ts = now_ms();
+        let signature = peer::sign(secret, "rep_other", &liveness::subject(exe_id, epoch), ts);
+        let req = Request::get(format!("{}{exe_id}?epoch={epoch}", liveness::LIVE_PATH))
+            .header(peer::REPLICA_HEADER, "rep_other")
+            .header(peer::TIME_HEADER, ts.to_string())
+            .header(peer::SIGNATURE_HEADER, signature)
+            .body(Body::empty())
+            .unwrap();
+        let res = crate::http::router(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// The holder's side of the one-live-link rule across replicas: live
+    /// only for its open, answering link under the asked epoch, while it
+    /// is not leaving or draining; only the cluster secret may ask.
+    #[tokio::test]
+    async fn a_holder_confirms_only_a_live_link_under_the_asked_epoch() {
+        let (_dir, state) = crate::ops::state::test_state(|c| {
+            c.cluster = Some(ClusterConfig::new(
+                "http://127.0.0.1:1".into(),
+                SecretString::new(SECRET),
+            ));
+        })
+        .await;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = Link::new("exe_1".into(), "w1".into(), "x".into(), tx);
+        link.set_lease(3, now_ms() + 60_000);
+        state.registry().insert(link.clone());
+
+        assert_eq!(ask(&state, "exe_1", 3, SECRET).await.1["live"], true);
+        assert_eq!(ask(&state, "exe_1", 2, SECRET).await.1["live"], false);
+        assert_eq!(ask(&state, "exe_2", 3, SECRET).await.1["live"], false);
+        let (status, _) = ask(&state, "exe_1", 3, "another-secret-entirely").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // A lapsed lease: not live.
+        link.set_lease(3, now_ms() - 1);
+        assert_eq!(ask(&state, "exe_1", 3, SECRET).await.1["live"], false);
+        link.set_lease(3, now_ms() + 60_000);
+        // Closed (its socket gone): not live.
+        let (tx, _rx2) = tokio::sync::mpsc::unbounded_channel();
+        let closed = Link::new("exe_3".into(), "w1".into(), "z".into(), tx);
+        closed.set_lease(1, now_ms() + 60_000);
+        state.registry().insert(closed.clone());
+        assert_eq!(ask(&state, "exe_3", 1, SECRET).await.1["live"], true);
+        closed.close("gone");
+        assert_eq!(ask(&state, "exe_3", 1, SECRET).await.1["live"], false);
+        // Leaving (a drain delay): still serving, but does not hold the
+        // executor against another replica.
+        state.drain().leave();
+        assert_eq!(ask(&state, "exe_1", 3, SECRET).await.1["live"], false);
+        // Draining: the gate refuses the query, which does not block either.
+        state.drain().begin();
+        let (status, v) = ask(&state, "exe_1", 3, SECRET).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_ne!(v["live"], true);
+    }
 }

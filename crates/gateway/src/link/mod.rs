@@ -42,6 +42,7 @@
 pub mod bridge;
 pub mod connect;
 pub mod host;
+pub mod liveness;
 pub mod peer;
 pub mod read_ahead;
 pub mod registry;

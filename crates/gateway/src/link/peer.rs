@@ -404,11 +404,22 @@ impl Cluster {
         if let Some(link) = self.kept(exe_id) {
             return Ok(Some(link));
         }
-        let lease = match store.lease(exe_id).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => return Ok(None),
-            Err(e) => {
+        // Bounded: a store that does not answer (an outage) would hold
+        // the call for the pool's whole acquire timeout.
+        let read =
+            tokio::time::timeout(crate::store::lookups::READ_TIMEOUT, store.lease(exe_id)).await;
+        let lease = match read {
+            Ok(Ok(Some(lease))) => lease,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => {
                 tracing::warn!(exe_id, "could not read the executor's lease: {e}");
+                return Ok(None);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    exe_id,
+                    "could not read the executor's lease: the store did not answer"
+                );
                 return Ok(None);
             }
         };

@@ -144,6 +144,13 @@ impl Drain {
         self.leaving.load(Ordering::Acquire) || self.is_draining()
     }
 
+    /// Whether this gateway is on its way out (leaving or draining): its
+    /// links do not hold their executors against another replica
+    /// (`link::peer::LIVE_PATH`).
+    pub fn going_away(&self) -> bool {
+        self.unready()
+    }
+
     pub fn phase(&self) -> Phase {
         *self.phase.borrow()
     }

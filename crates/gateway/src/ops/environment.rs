@@ -343,7 +343,16 @@ fn ago(ms: i64) -> String {
 /// 503 for an environment that exists but has no live link, saying when it
 /// was last seen.
 pub async fn executor_unavailable(state: &AppState, exe_id: &str) -> Error {
-    let row = state.store().executor(exe_id).await.ok().flatten();
+    // Only to say when it was last seen: not worth waiting for a store
+    // that does not answer (an outage).
+    let row = tokio::time::timeout(
+        crate::store::lookups::READ_TIMEOUT,
+        state.store().executor(exe_id),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten();
     let message = match row {
         Some(r) => match r.last_seen_at {
             Some(seen) => format!(

@@ -65,6 +65,9 @@ pub const OUTAGE_GRACE: Duration = Duration::from_secs(60);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How long a probe of a store known down may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long any hot-path read may wait for the store before it counts as
+/// down (and the last good answers serve).
+pub const READ_TIMEOUT: Duration = PROBE_TIMEOUT;
 
 /// The state of the database files: size and modification time of the
 /// database and of its WAL (SQLite); the epoch and the [`MAX_AGE`] period

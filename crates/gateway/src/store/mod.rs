@@ -37,7 +37,7 @@ mod health;
 mod idempotency;
 pub mod invalidate;
 pub mod leases;
-mod lookups;
+pub(crate) mod lookups;
 mod metrics;
 pub mod roster;
 mod sessions;
@@ -122,7 +122,14 @@ where
 {
     let now = now_ms();
     let r = match lookups.attempt(now) {
-        lookups::Attempt::Read => read.await,
+        // Bounded too: with the server gone, the pool retries connecting
+        // for its whole acquire timeout (10 s), and the first read of an
+        // outage waited that long before the grace below answered it,
+        // longer than a replica's lease (docs/replicas.md, "Store outage").
+        lookups::Attempt::Read => match tokio::time::timeout(lookups::READ_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        },
         lookups::Attempt::Probe => match tokio::time::timeout(lookups::PROBE_TIMEOUT, read).await {
             Ok(r) => r,
             Err(_) => Err(sqlx::Error::PoolTimedOut),
