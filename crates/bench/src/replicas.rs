@@ -9,7 +9,8 @@
 //! - `read_file` of 1 KiB with 64 clients for a fixed time, through B then
 //!   through A, three rounds in a full run (target: B ≥ 0.7× A).
 //! - A process's output (32 MiB quick, 256 MiB full) read by SSE through B,
-//!   then another through A (target: B ≥ 0.7× A).
+//!   then another through A (target: B ≥ 0.7× A); then the same as binary
+//!   frames (`Accept: application/octet-stream`).
 //!
 //! Both replicas and the executor run on the same 2 cores as the load
 //! generator: forwarding costs B's CPU as well as A's, which the
@@ -58,7 +59,9 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&work)?;
     // Room for the SSE figure's output on disk, as in `output`.
     let spill = (320u64 << 20).to_string();
-    let total = (1024u64 << 20).to_string();
+    // Four streams of it in a full run (SSE and binary, each through B and
+    // through A), all kept until the executor exits.
+    let total = (2048u64 << 20).to_string();
     let _exe = eg.executor(
         &a.url(),
         &token,
@@ -161,8 +164,32 @@ pub async fn run(bin: &Path, quick: bool) -> anyhow::Result<Report> {
         lost_b as f64 / (1 << 20) as f64,
         "MiB",
     ));
-    Ok(Report {
-        figures,
-        skipped: vec![],
-    })
+    // The binary form (`Accept: application/octet-stream`) likewise.
+    let via_b = crate::output::binary(&b.url(), token, &client, bytes, budget).await?;
+    let via_a = crate::output::binary(&a.url(), token, &client, bytes, budget).await?;
+    let mut skipped = vec![];
+    match (via_b, via_a) {
+        (Some((via_b, lost_b)), Some((via_a, _))) => {
+            figures.push(
+                Figure::new(
+                    "replicas.binary.mb_per_s",
+                    "output as binary frames through a non-owner",
+                    via_b,
+                    "MB/s",
+                )
+                .vs("through the owner", via_a),
+            );
+            figures.push(Figure::new(
+                "replicas.binary.lost_mib",
+                "  output that stream reported lost",
+                lost_b as f64 / (1 << 20) as f64,
+                "MiB",
+            ));
+        }
+        _ => skipped.push((
+            "replicas.binary.mb_per_s".to_string(),
+            "the gateway answered SSE to Accept: application/octet-stream".to_string(),
+        )),
+    }
+    Ok(Report { figures, skipped })
 }
