@@ -229,6 +229,7 @@ fn expected_keys(args: &Args) -> Vec<String> {
         "replicas.shell_true.p50_ms",
         "replicas.read_file_1k.c64.calls_per_s",
         "replicas.sse.mb_per_s",
+        "replicas.binary.mb_per_s",
         "metrics_cost.shell_true.p50_ms",
         "metrics_cost.read_file_1k.p50_ms",
     ]

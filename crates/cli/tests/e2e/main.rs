@@ -33,6 +33,7 @@ mod policy;
 mod postgres;
 mod proxy_auth;
 mod pty;
+mod replica_streams;
 mod replicas;
 mod restart;
 mod revocation;

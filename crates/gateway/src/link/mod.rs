@@ -46,6 +46,7 @@ pub mod liveness;
 pub mod peer;
 pub mod read_ahead;
 pub mod registry;
+pub mod relay_ahead;
 pub mod seq_ledger;
 pub mod sigv4;
 

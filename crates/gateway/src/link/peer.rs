@@ -64,6 +64,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::link::connect::{spawn_reader, spawn_writer, LinkSocket, MAX_FRAME};
 use crate::link::host::{Host, LinkConfig};
+use crate::link::relay_ahead::RelayAheads;
 use crate::link::{Handshake, Link, LinkError, ProcessEvent};
 use crate::secret::SecretString;
 use crate::store::{now_ms, Store};
@@ -797,6 +798,8 @@ pub async fn heartbeat(host: Host) {
 struct Channel {
     link: Arc<Link>,
     out: mpsc::Sender<WsMessage>,
+    /// The reads of processes' output sent ahead for this peer.
+    aheads: RelayAheads,
 }
 
 impl Channel {
@@ -837,6 +840,7 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
     let channel = Arc::new(Channel {
         link: link.clone(),
         out: out_tx.clone(),
+        aheads: RelayAheads::default(),
     });
     let hello = {
         let hs = link.handshake();
@@ -914,7 +918,13 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                         method::INITIALIZE | method::INITIALIZED => {
                             Ok((Err(RpcError::method_not_found(&method)), Bytes::new()))
                         }
-                        _ => channel.link.relay(&method, params, payload, timeout).await,
+                        // A process/read may be answered by the owner's
+                        // read-ahead (`relay_ahead`).
+                        _ => {
+                            let link = &channel.link;
+                            let aheads = &channel.aheads;
+                            aheads.relay(link, &method, params, payload, timeout).await
+                        }
                     };
                     let (result, payload) = match answer {
                         Ok(answer) => answer,
