@@ -86,8 +86,18 @@ async fn envs_list_with(
     if !res.status().is_success() {
         bail!("envs/list: {}", res.status());
     }
-    let bytes = res.bytes().await?;
+    // The answer's chunks as they arrive, kept as they are: the time to
+    // the last byte is the gateway's (and the socket's), not that of
+    // joining 19 MB into one fresh buffer, which reqwest's `bytes()` does
+    // before it returns (a copy, and the page faults of the new buffer).
+    // They are joined after the clock stops, for the parse.
+    let mut chunks = Vec::new();
+    let mut res = res;
+    while let Some(chunk) = res.chunk().await? {
+        chunks.push(chunk);
+    }
     let fetched = t.elapsed();
+    let bytes = chunks.concat();
     let t = Instant::now();
     let v: Value = serde_json::from_slice(&bytes)?;
     Ok((fetched, t.elapsed(), v, bytes.len()))
@@ -335,6 +345,21 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let ms_per_s = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() * 1e3 / idle_secs;
     let gw_idle_cpu = ms_per_s(cpu(), gw_cpu0);
     let me_idle_cpu = ms_per_s(host_cpu(), me_cpu0);
+
+    // For profiling (BENCHMARKS.md, "envs/list of 10,000"): with
+    // EXECGATE_BENCH_FLEET_HOLD_SECS=N the fleet stays up, idle, for N s
+    // here, and how to list through replica A is printed (its pid, URL and
+    // token), e.g. for `perf record -p` beside a loop of curl calls.
+    if let Some(hold) = std::env::var("EXECGATE_BENCH_FLEET_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!(
+            "fleet: holding {hold} s: replica A pid {} url {a} token {token}",
+            pids[0]
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
 
     let (mut after, mut parse, mut size, mut shown) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..samples {

@@ -40,10 +40,10 @@ pub(crate) async fn envs_list(
     // Written from each environment's interned JSON pieces (the same bytes
     // as serializing an EnvsListResponse), and sent piece by piece: a
     // workspace of 10,000 is cheap, and never one 19 MB buffer.
-    let (frames, len) = connected_envs_json(&state, &caller, &page).await?;
+    let answer = connected_envs_json(&state, &caller, &page).await?;
     let body = axum::body::Body::new(Frames {
-        frames: frames.into_iter(),
-        len: len as u64,
+        len: answer.len() as u64,
+        frames: answer,
     });
     Ok((
         [(
@@ -55,10 +55,10 @@ pub(crate) async fn envs_list(
         .into_response())
 }
 
-/// envs/list's answer: its frames, with their length known (so the answer
-/// has a `Content-Length`, not chunks).
+/// envs/list's answer: its frames, rendered as hyper asks for them, with
+/// their length known (so the answer has a `Content-Length`, not chunks).
 struct Frames {
-    frames: std::vec::IntoIter<bytes::Bytes>,
+    frames: crate::ops::environment::EnvsAnswer,
     len: u64,
 }
 
@@ -78,7 +78,7 @@ impl http_body::Body for Frames {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.len == 0 && self.frames.len() == 0
+        self.len == 0 && self.frames.is_empty()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
