@@ -153,13 +153,16 @@ impl Watch {
 /// look (the same generation `store::lookups` uses), and only while links
 /// are registered.
 pub async fn sweep_removed_executors(state: AppState) {
-    // The files' generation whose executors were read, twice: SQLite
-    // appends a transaction's WAL frames (changing the files) before it
-    // publishes the commit to readers, so a read at a new generation may
-    // still miss that very change. A generation counts as seen only once
-    // it has been read at two looks in a row.
-    let mut seen = None;
-    let mut last_read = None;
+    // The roster counter the executors were last read under, and when:
+    // the counter moves with every executor row added or removed
+    // (`store::roster`), so while it stays no row can have gone, and a
+    // fleet's 30,000 ids are not re-read every second (on PostgreSQL that
+    // was 11 % of an idle replica's CPU; BENCHMARKS.md, "envs/list of
+    // 10,000, profiled"). The counter is read *before* the ids, so a
+    // removal that races with the read moves it again and is seen at the
+    // next look. A full read still runs every FULL_SWEEP_EVERY, for a link
+    // that registered after its row was read as removed.
+    let mut last_read: Option<(i64, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // An executor's change announced by the store (a removal through
@@ -180,8 +183,14 @@ pub async fn sweep_removed_executors(state: AppState) {
         // Links first, then the store: a link registered after the read
         // (whose row the read may not have seen) is left for the next look.
         let links = registry.links();
-        let generation = state.store().files_generation();
-        if seen == Some(generation) {
+        let version = match state.store().roster_version().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!("executor sweep: cannot read the store: {e}");
+                continue;
+            }
+        };
+        if last_read.is_some_and(|(v, at)| v == version && at.elapsed() < FULL_SWEEP_EVERY) {
             continue;
         }
         let live: HashSet<String> = match state.store().executor_ids().await {
@@ -191,8 +200,7 @@ pub async fn sweep_removed_executors(state: AppState) {
                 continue;
             }
         };
-        seen = (last_read == Some(generation)).then_some(generation);
-        last_read = Some(generation);
+        last_read = Some((version, tokio::time::Instant::now()));
         for link in links {
             if !live.contains(&link.exe_id) {
                 tracing::info!(exe_id = %link.exe_id, "executor removed from the store: closing its link");
@@ -201,6 +209,10 @@ pub async fn sweep_removed_executors(state: AppState) {
         }
     }
 }
+
+/// How often the sweep reads every executor id even though the roster
+/// counter has not moved.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Passes the store's hints of revoked turns (another replica's revocation
 /// on PostgreSQL, see `store::invalidate`) to the live bridge sessions,

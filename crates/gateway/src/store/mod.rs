@@ -893,13 +893,6 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// The lookups' generation (see `store::lookups`): it changes with
-    /// every commit by any process (SQLite), or with every hint from any
-    /// replica and at least every `lookups::MAX_AGE` (PostgreSQL).
-    pub(crate) fn files_generation(&self) -> lookups::Generation {
-        self.lookups.generation()
-    }
-
     /// Removes an executor by name (or exe_id) within a workspace.
     pub async fn remove_executor(&self, workspace: &str, name_or_id: &str) -> Result<()> {
         let hint = format!("executor-removed:{workspace}/{name_or_id}");

@@ -49,11 +49,7 @@ impl Store {
     /// The executors of `workspace`, ordered by name: from memory while the
     /// store's roster counter has not moved (see the module docs).
     pub async fn roster(&self, workspace: &str) -> Result<Roster> {
-        let version: i64 = on_db!(&self.db, |pool| sqlx::query_scalar(
-            "SELECT version FROM executor_roster WHERE id = 1"
-        )
-        .fetch_one(pool)
-        .await)?;
+        let version = self.roster_version().await?;
         if let Some((v, at, roster)) = self.rosters.map.lock().unwrap().get(workspace) {
             if *v == version && at.elapsed() < MAX_AGE {
                 return Ok(roster.clone());
@@ -80,6 +76,19 @@ impl Store {
             (version, Instant::now(), roster.clone()),
         );
         Ok(roster)
+    }
+}
+
+impl Store {
+    /// The roster counter: it moves with every executor added, removed,
+    /// renamed, moved or made default, by any process on the store (see
+    /// the module docs). One single-row read.
+    pub(crate) async fn roster_version(&self) -> Result<i64> {
+        Ok(on_db!(&self.db, |pool| sqlx::query_scalar(
+            "SELECT version FROM executor_roster WHERE id = 1"
+        )
+        .fetch_one(pool)
+        .await)?)
     }
 }
 
