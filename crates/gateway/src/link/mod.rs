@@ -76,8 +76,16 @@ use crate::store::now_ms;
 /// Why a request on a link did not produce a result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
-    #[error("executor '{name}' disconnected ({reason}); retry when it reconnects")]
-    Disconnected { name: String, reason: String },
+    /// `sent`: the request had been handed to the link's writer when the
+    /// link went away (it may have reached the executor, and may have
+    /// run: its outcome is unknown); false when it never left this
+    /// gateway (the link was already closed, or its send queue full).
+    #[error("executor '{name}' disconnected ({reason}){}", disconnected_tail(*.sent))]
+    Disconnected {
+        name: String,
+        reason: String,
+        sent: bool,
+    },
     #[error("executor '{name}' did not answer {method} within {after:?}")]
     Timeout {
         name: String,
@@ -104,6 +112,15 @@ pub enum LinkError {
         method: String,
         detail: String,
     },
+}
+
+/// The end of [`LinkError::Disconnected`]'s message.
+fn disconnected_tail(sent: bool) -> &'static str {
+    if sent {
+        " after the request was sent: its outcome is unknown"
+    } else {
+        "; retry when it reconnects"
+    }
 }
 
 /// Something the executor reported about one process.
@@ -467,7 +484,17 @@ impl Link {
         }
     }
 
+    /// The link is gone and the request never left this gateway.
     fn disconnected(&self) -> LinkError {
+        self.disconnected_sent(false)
+    }
+
+    /// The link went away with the request sent and unanswered.
+    fn lost(&self) -> LinkError {
+        self.disconnected_sent(true)
+    }
+
+    fn disconnected_sent(&self, sent: bool) -> LinkError {
         LinkError::Disconnected {
             name: self.name.clone(),
             reason: self
@@ -475,6 +502,7 @@ impl Link {
                 .get()
                 .cloned()
                 .unwrap_or_else(|| "link closed".into()),
+            sent,
         }
     }
 
@@ -584,8 +612,9 @@ impl Link {
                 method: method.to_string(),
                 error,
             }),
-            // The sender was dropped: the link closed.
-            Ok(Err(_)) => Err(self.disconnected()),
+            // The sender was dropped: the link closed with the request
+            // sent.
+            Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
                 self.pending.lock().unwrap().remove(&id);
                 Err(LinkError::Timeout {
@@ -692,7 +721,7 @@ impl Link {
         let result = match self.send(frame) {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(answer) => answer.map_err(|_| self.disconnected()),
+                Ok(answer) => answer.map_err(|_| self.lost()),
                 Err(_) => Err(LinkError::Timeout {
                     name: self.name.clone(),
                     method: method.to_string(),
@@ -1314,10 +1343,31 @@ mod tests {
                 .await
         });
         out.recv().await.unwrap();
+        let l = link.clone();
+        let typed = tokio::spawn(async move {
+            l.request_value("process/read", json!({}), Duration::from_secs(60))
+                .await
+        });
+        out.recv().await.unwrap();
         link.close("bye");
         assert!(matches!(
             pending.await.unwrap(),
-            Err(LinkError::Disconnected { .. })
+            Err(LinkError::Disconnected { sent: true, .. })
+        ));
+        assert!(matches!(
+            typed.await.unwrap(),
+            Err(LinkError::Disconnected { sent: true, .. })
+        ));
+        // One made on the closed link never left: its outcome is known.
+        assert!(matches!(
+            link.request_raw("process/read", json!({}), Duration::from_secs(1))
+                .await,
+            Err(LinkError::Disconnected { sent: false, .. })
+        ));
+        assert!(matches!(
+            link.request_value("process/read", json!({}), Duration::from_secs(1))
+                .await,
+            Err(LinkError::Disconnected { sent: false, .. })
         ));
     }
 

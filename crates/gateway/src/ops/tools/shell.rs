@@ -570,6 +570,7 @@ fn lost_mid_command(link: &Link) -> Error {
         ),
     )
     .with_retry_after(1)
+    .with_outcome_unknown()
 }
 
 enum Push {
