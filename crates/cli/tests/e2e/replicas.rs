@@ -1063,6 +1063,65 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
     assert_eq!(out, b"one\ntwo\n");
 }
 
+/// A stock codex's output beyond its retention is lost; the owner counts
+/// the lost bytes from the notifications it saw (codex does not count
+/// them), and a non-owner reading the session reports the same number, not
+/// "unknown" (the owner fills `lostBytes` into the relayed read).
+#[tokio::test]
+async fn codex_lost_bytes_are_counted_through_a_non_owner() {
+    let Some(bin) = crate::codex::codex_bin() else {
+        return;
+    };
+    let Some(c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    let creds = crate::codex::add_codex_executor_on(&c.store_args(), "codex");
+    let _codex = crate::codex::start_codex(
+        &bin,
+        &c.replicas[0].url(),
+        &creds,
+        c.prepared.dir.path(),
+        "a",
+    );
+    wait_for_env(&c.api(0), "codex").await;
+    let (owner, other) = (c.api(0), c.api(1));
+    eventually(5, "replica 1 to list codex", || async {
+        other.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    const TOTAL: usize = 3 * 1024 * 1024;
+    let sid = other
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", format!("head -c {TOTAL} /dev/zero | tr '\\0' x")]}),
+        )
+        .await;
+    eventually(30, "the process to end", || async {
+        owner.output(&sid, 1 << 40).await["session_alive"] == false
+    })
+    .await;
+    let on_owner = owner.output(&sid, 0).await;
+    let through = other.output(&sid, 0).await;
+    assert_eq!(on_owner["truncated"], true, "{}", on_owner["lost_bytes"]);
+    if on_owner.get("lost_bytes_unknown") == Some(&json!(true)) {
+        // codex dropped notifications (a loaded machine): the owner cannot
+        // count either, and nothing is left to compare.
+        assert_eq!(through["lost_bytes_unknown"], true);
+        eprintln!("codex dropped notifications: loss unknown on the owner too");
+        return;
+    }
+    let lost = on_owner["lost_bytes"].as_u64().unwrap();
+    assert!(lost > 0, "{on_owner}");
+    assert_eq!(
+        through.get("lost_bytes_unknown"),
+        None,
+        "the non-owner knows the count: {}",
+        through["lost_bytes"]
+    );
+    assert_eq!(through["lost_bytes"].as_u64(), Some(lost));
+    assert_eq!(through["chunks"][0]["seq"], on_owner["chunks"][0]["seq"]);
+}
+
 /// A channel to an owner is kept while idle, past several ping timeouts
 /// (both ends ping), and reused by the next call.
 #[tokio::test]

@@ -798,6 +798,37 @@ impl Channel {
     }
 }
 
+/// A `process/read`'s process id and `afterSeq`.
+fn read_of(params: &Value) -> Option<(String, u64)> {
+    let pid = params.get("processId")?.as_str()?.to_string();
+    let after = params.get("afterSeq").and_then(Value::as_u64).unwrap_or(0);
+    Some((pid, after))
+}
+
+/// A stock codex does not count the output it evicted (`lostBytes`, an
+/// [ext] of execgate executors); the owner's link counts it from the
+/// notifications it saw go by (its seq ledger), which a replica reading
+/// through this channel never saw. So the owner fills `lostBytes` into a
+/// relayed `process/read` answer that lacks it, when its ledger can tell
+/// (otherwise the reader reports the loss as unknown, as before).
+fn count_lost_bytes(link: &Link, process_id: &str, after_seq: u64, result: &mut Value) {
+    let Value::Object(map) = result else { return };
+    if map.contains_key("lostBytes") {
+        return;
+    }
+    let Some(first) = map
+        .get("chunks")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("seq"))
+        .and_then(Value::as_u64)
+    else {
+        return;
+    };
+    if let Some(n) = link.lost_between(process_id, after_seq, first) {
+        map.insert("lostBytes".into(), json!(n));
+    }
+}
+
 /// The owner's side of a channel from replica `peer`: relays its requests
 /// onto `link` and the notifications it watches back, until either side
 /// goes, the link closes, or this replica's lease on the executor lapses.
@@ -899,6 +930,7 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                 let channel = channel.clone();
                 tasks.spawn(async move {
                     let timeout = crate::link::bridge::deadline(&method, &params, RELAY_TIMEOUT);
+                    let read = (method == method::PROCESS_READ).then(|| read_of(&params));
                     let answer = match method.as_str() {
                         method::INITIALIZE | method::INITIALIZED => {
                             Ok((Err(RpcError::method_not_found(&method)), Bytes::new()))
@@ -906,6 +938,12 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                         _ => channel.link.relay(&method, params, payload, timeout).await,
                     };
                     let (result, payload) = match answer {
+                        Ok((Ok(mut result), payload)) => {
+                            if let Some(Some((pid, after))) = read {
+                                count_lost_bytes(&channel.link, &pid, after, &mut result);
+                            }
+                            (Ok(result), payload)
+                        }
                         Ok(answer) => answer,
                         Err(e @ LinkError::Timeout { .. }) => (
                             Err(crate::link::bridge::gateway_error(
