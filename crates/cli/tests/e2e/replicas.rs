@@ -1122,6 +1122,71 @@ async fn codex_lost_bytes_are_counted_through_a_non_owner() {
     assert_eq!(through["chunks"][0]["seq"], on_owner["chunks"][0]["seq"]);
 }
 
+/// The per-workspace session cap holds exactly across replicas on
+/// PostgreSQL: starts racing on three replicas (each on its own executor,
+/// and through the others) never leave more than N live sessions.
+#[tokio::test]
+async fn the_session_cap_holds_across_replicas() {
+    const N: usize = 2;
+    let Some(mut c) = Replicas::start(3, &["--max-sessions-per-workspace", "2"]) else {
+        return;
+    };
+    for i in 0..3 {
+        c.executor(&format!("x{i}"), i).await;
+    }
+    for i in 0..3 {
+        let api = c.api(i);
+        eventually(5, "every replica to list every executor", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 3
+        })
+        .await;
+    }
+    for round in 0..3 {
+        let starts = (0..12).map(|k| {
+            let (api, env) = (c.api(k % 3), format!("x{}", (k + round) % 3));
+            async move {
+                api.call_raw(&env, "exec_command", json!({"command": ["sleep", "60"]}))
+                    .await
+            }
+        });
+        let answers = futures_util::future::join_all(starts).await;
+        let mut started = Vec::new();
+        for (s, v) in &answers {
+            match s {
+                200 => started.push(
+                    v["structuredContent"]["session_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                ),
+                429 => assert_eq!(v["error"]["code"], "too_many_sessions", "{v}"),
+                _ => panic!("{s} {v}"),
+            }
+        }
+        let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+        assert_eq!(started.len(), N, "round {round}: {statuses:?}");
+        let (s, v) = c.api(0).get("/api/connectors/processes?limit=1000").await;
+        assert_eq!(s, 200, "{v}");
+        let live = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"] == "running")
+            .count();
+        assert_eq!(live, N, "{v}");
+        for (k, sid) in started.iter().enumerate() {
+            let (s, v) = c
+                .api(k % 3)
+                .post(
+                    &format!("/api/connectors/processes/{sid}/terminate"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+}
+
 /// A channel to an owner is kept while idle, past several ping timeouts
 /// (both ends ping), and reused by the next call.
 #[tokio::test]
