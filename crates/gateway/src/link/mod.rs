@@ -199,6 +199,9 @@ pub struct Link {
     /// the drain (and is failed by it) or sees `closed`.
     pending: Mutex<Pending>,
     closed: AtomicBool,
+    /// Set by a draining gateway just before it sends `execgate/move`: the
+    /// peer channel relays no new request onto this link (`peer::serve`).
+    moving: AtomicBool,
     close_reason: OnceLock<String>,
     next_id: AtomicI64,
     subscribers: Mutex<Subscribers>,
@@ -273,6 +276,7 @@ impl Link {
             outgoing,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             next_id: AtomicI64::new(1),
             subscribers: Mutex::new(HashMap::new()),
@@ -302,6 +306,21 @@ impl Link {
     }
 
     /// Whether this link reaches its executor through another replica.
+    /// Marks the link as being moved away by this (draining) gateway.
+    pub fn set_moving(&self) {
+        self.moving.store(true, Ordering::Release);
+    }
+
+    pub fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire)
+    }
+
+    /// Whether `error`, on a relayed link, is the owner's refusal to relay
+    /// ([`peer::NOT_RELAYED`]): the request never reached the executor.
+    fn not_relayed(&self, error: &RpcError) -> bool {
+        error.code == peer::NOT_RELAYED && self.is_relayed()
+    }
+
     pub fn is_relayed(&self) -> bool {
         self.relayed.load(Ordering::Acquire)
     }
@@ -602,6 +621,7 @@ impl Link {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((Ok(v), payload))) => Ok((v, payload)),
+            Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
             Ok(Ok((Err(error), _))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
                 name: self.name.clone(),
                 method: method.to_string(),
@@ -721,6 +741,7 @@ impl Link {
         let result = match self.send(frame) {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
                 Ok(answer) => answer.map_err(|_| self.lost()),
                 Err(_) => Err(LinkError::Timeout {
                     name: self.name.clone(),

@@ -71,6 +71,13 @@ use crate::store::{now_ms, Store};
 /// The owner's first frame: the link's handshake (params: `workspace`,
 /// `name`, `epoch`, `sessionId`, `environmentInfo`).
 pub const HELLO: &str = "peer/hello";
+/// Owner → caller: the JSON-RPC error code of a request the owner did not
+/// relay (its executor is moving away, or its link had already closed):
+/// the request never reached the executor, so the caller fails it as not
+/// sent (`LinkError::Disconnected { sent: false }`: an `Idempotency-Key`
+/// is released and the retry goes to the next owner).
+pub const NOT_RELAYED: i64 = -32098;
+
 /// Caller → owner: relay the notifications of `processId` (with `push`:
 /// turn the executor's output pushing on, as `Link::subscribe` does).
 pub const WATCH: &str = "peer/watch";
@@ -798,6 +805,11 @@ impl Channel {
     }
 }
 
+/// The answer to a request this owner did not relay ([`NOT_RELAYED`]).
+fn not_relayed(why: &str) -> RpcError {
+    RpcError::new(NOT_RELAYED, format!("not relayed to the executor: {why}"))
+}
+
 /// A `process/read`'s process id and `afterSeq`.
 fn read_of(params: &Value) -> Option<(String, u64)> {
     let pid = params.get("processId")?.as_str()?.to_string();
@@ -935,7 +947,21 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                         method::INITIALIZE | method::INITIALIZED => {
                             Ok((Err(RpcError::method_not_found(&method)), Bytes::new()))
                         }
-                        _ => channel.link.relay(&method, params, payload, timeout).await,
+                        // After `execgate/move` went out, a new request
+                        // could reach the executor after it decided to
+                        // leave, unanswered: refuse it, unsent.
+                        _ if channel.link.is_moving() => Ok((
+                            Err(not_relayed("the executor is moving to another replica")),
+                            Bytes::new(),
+                        )),
+                        _ => match channel.link.relay(&method, params, payload, timeout).await {
+                            Err(LinkError::Disconnected {
+                                sent: false,
+                                reason,
+                                ..
+                            }) => Ok((Err(not_relayed(&reason)), Bytes::new())),
+                            other => other,
+                        },
                     };
                     let (result, payload) = match answer {
                         Ok((Ok(mut result), payload)) => {
