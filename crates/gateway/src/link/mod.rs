@@ -202,6 +202,13 @@ pub struct Link {
     /// Set by a draining gateway just before it sends `execgate/move`: the
     /// peer channel relays no new request onto this link (`peer::serve`).
     moving: AtomicBool,
+    /// Orders `execgate/move` against relayed requests: a request relayed
+    /// is queued before the move (the executor answers it) or refused.
+    move_order: Mutex<()>,
+    /// A relayed link whose owner closed the channel having answered every
+    /// request it read ([`peer::ALL_ANSWERED`]): the requests left
+    /// unanswered were never sent to the executor.
+    all_answered: AtomicBool,
     close_reason: OnceLock<String>,
     next_id: AtomicI64,
     subscribers: Mutex<Subscribers>,
@@ -277,6 +284,8 @@ impl Link {
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             moving: AtomicBool::new(false),
+            move_order: Mutex::new(()),
+            all_answered: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             next_id: AtomicI64::new(1),
             subscribers: Mutex::new(HashMap::new()),
@@ -306,9 +315,13 @@ impl Link {
     }
 
     /// Whether this link reaches its executor through another replica.
-    /// Marks the link as being moved away by this (draining) gateway.
-    pub fn set_moving(&self) {
+    /// Marks the link as being moved away by this (draining) gateway and
+    /// sends `method` (`execgate/move`), so that no relayed request is
+    /// queued after it ([`Link::relay`] refuses them, unsent).
+    pub fn start_moving(&self, method: &str, params: Value) -> Result<(), LinkError> {
+        let _order = self.move_order.lock().unwrap();
         self.moving.store(true, Ordering::Release);
+        self.notify(method, params)
     }
 
     pub fn is_moving(&self) -> bool {
@@ -319,6 +332,13 @@ impl Link {
     /// ([`peer::NOT_RELAYED`]): the request never reached the executor.
     fn not_relayed(&self, error: &RpcError) -> bool {
         error.code == peer::NOT_RELAYED && self.is_relayed()
+    }
+
+    /// Whether `error`, on a relayed link, is the owner's report that the
+    /// executor's link went away with the request sent
+    /// ([`peer::OUTCOME_UNKNOWN`]).
+    fn outcome_unknown(&self, error: &RpcError) -> bool {
+        error.code == peer::OUTCOME_UNKNOWN && self.is_relayed()
     }
 
     pub fn is_relayed(&self) -> bool {
@@ -508,9 +528,18 @@ impl Link {
         self.disconnected_sent(false)
     }
 
-    /// The link went away with the request sent and unanswered.
+    /// The link went away with the request sent and unanswered (but see
+    /// [`Link::set_all_answered`]).
     fn lost(&self) -> LinkError {
-        self.disconnected_sent(true)
+        self.disconnected_sent(!self.all_answered.load(Ordering::Acquire))
+    }
+
+    /// The owner ended this relayed link's channel having answered every
+    /// request it read ([`peer::ALL_ANSWERED`]).
+    pub fn set_all_answered(&self) {
+        if self.is_relayed() {
+            self.all_answered.store(true, Ordering::Release);
+        }
     }
 
     fn disconnected_sent(&self, sent: bool) -> LinkError {
@@ -622,6 +651,9 @@ impl Link {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((Ok(v), payload))) => Ok((v, payload)),
             Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
+            Ok(Ok((Err(error), _))) if self.outcome_unknown(&error) => {
+                Err(self.disconnected_sent(true))
+            }
             Ok(Ok((Err(error), _))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
                 name: self.name.clone(),
                 method: method.to_string(),
@@ -738,10 +770,21 @@ impl Link {
             payload,
         }
         .encode();
-        let result = match self.send(frame) {
+        let sent = {
+            let _order = self.move_order.lock().unwrap();
+            if self.is_moving() {
+                Err(self.disconnected())
+            } else {
+                self.send(frame)
+            }
+        };
+        let result = match sent {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
+                Ok(Ok((Err(error), _))) if self.outcome_unknown(&error) => {
+                    Err(self.disconnected_sent(true))
+                }
                 Ok(answer) => answer.map_err(|_| self.lost()),
                 Err(_) => Err(LinkError::Timeout {
                     name: self.name.clone(),

@@ -78,6 +78,15 @@ pub const HELLO: &str = "peer/hello";
 /// is released and the retry goes to the next owner).
 pub const NOT_RELAYED: i64 = -32098;
 
+/// Owner → caller: the error code of a request the owner relayed whose
+/// executor link went away before answering: its outcome is unknown.
+pub const OUTCOME_UNKNOWN: i64 = -32097;
+/// The start of the close reason of a channel that its owner ended because
+/// its executor link closed, once every request it had read was answered
+/// (with [`NOT_RELAYED`] or [`OUTCOME_UNKNOWN`] when not by the executor):
+/// the caller's requests still unanswered were never read, so never sent.
+pub const ALL_ANSWERED: &str = "answered all: ";
+
 /// Caller → owner: relay the notifications of `processId` (with `push`:
 /// turn the executor's output pushing on, as `Link::subscribe` does).
 pub const WATCH: &str = "peer/watch";
@@ -978,8 +987,13 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                             )),
                             Bytes::new(),
                         ),
-                        // The link is gone: the channel ends with it.
-                        Err(_) => return,
+                        // The link is gone with the request sent: the
+                        // channel ends with it, and the caller learns that
+                        // this one's outcome is unknown.
+                        Err(e) => (
+                            Err(RpcError::new(OUTCOME_UNKNOWN, e.to_string())),
+                            Bytes::new(),
+                        ),
                     };
                     let frame = Envelope {
                         message: Message::response(id, result),
@@ -1056,12 +1070,17 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
         })
         .await;
     }
+    let all_answered = link_closed && tasks.is_empty();
     tasks.abort_all();
     for (_, task) in watches.drain().chain(taps.drain()) {
         task.abort();
     }
     tracing::debug!(exe_id = %link.exe_id, peer, requests, "peer channel ended: {end}");
-    let mut reason = end;
+    let mut reason = if all_answered {
+        format!("{ALL_ANSWERED}{end}")
+    } else {
+        end
+    };
     reason.truncate(120);
     let close = CloseFrame {
         code: CloseCode::Again,

@@ -110,6 +110,10 @@ pub struct Limits {
     store_locks: Arc<tokio::sync::Semaphore>,
 }
 
+/// A session row younger than this (ms) is not taken for ended when its
+/// executor does not know the process: its start may still be on its way.
+const YOUNG_MS: i64 = 30_000;
+
 /// At most this many workspaces' store locks held by one replica at once.
 const STORE_LOCKS: usize = 4;
 
@@ -212,6 +216,7 @@ impl Limits {
             let ended: Vec<String> =
                 futures_util::future::join_all(live.into_iter().map(|row| async move {
                     let sid = row.sid.clone();
+                    let created_at = row.created_at;
                     // An executor slow to answer holds up the workspace's
                     // starts: its sessions count as live after a while.
                     let info = tokio::time::timeout(
@@ -220,10 +225,15 @@ impl Limits {
                     )
                     .await
                     .ok()?;
-                    let ended = matches!(
-                        info.status.as_str(),
-                        "exited" | "expired" | code::EXECUTOR_RESTARTED
-                    );
+                    // A row inserted a moment ago whose `process/start` has
+                    // not reached the executor yet reads as unknown there
+                    // ("expired"): only an old one is gone for good.
+                    let young = crate::store::now_ms().saturating_sub(created_at) < YOUNG_MS;
+                    let ended = match info.status.as_str() {
+                        "exited" => true,
+                        "expired" | code::EXECUTOR_RESTARTED => !young,
+                        _ => false,
+                    };
                     ended.then_some(sid)
                 }))
                 .await
