@@ -18,10 +18,19 @@
 //!
 //! Mutating JSON calls (tools but the read-only ones, stdin, terminate,
 //! signal) send a fresh `Idempotency-Key` and are retried with it after a
-//! transport error or a 503, up to [`DEFAULT_RETRIES`] times
-//! ([`Client::with_retries`]): the gateway does a keyed request once and
-//! answers a retry with the first answer. (`upload` streams a body that
-//! cannot be sent twice: no key, no retry.)
+//! transport error, a 503 or a 502 (but the gateway's own 502
+//! `executor_error`, which is the executor's answer), up to
+//! [`DEFAULT_RETRIES`] times ([`Client::with_retries`]): the gateway does a
+//! keyed request once and answers a retry with the first answer. Reads are
+//! retried the same way, without a key (doing them again changes nothing):
+//! the read-only tools ([`READ_ONLY_TOOLS`]: `read_file`, `list_dir`,
+//! `read_output`, `list_environments`), [`Client::output`],
+//! [`Client::envs`], [`Client::envs_page`] and [`Client::processes`], so
+//! that a replica's restart or drain behind a load balancer does not fail
+//! them. The Python SDK retries the same requests the same way. Not
+//! retried: `upload` (it streams a body that cannot be sent twice: no key),
+//! `resize` (a write without a key), `download` and [`Client::stream`]
+//! (streams: open them again, from [`OutputStream::cursor`] for a stream).
 
 #![forbid(unsafe_code)]
 
@@ -38,13 +47,28 @@ use serde_json::Value;
 
 pub use execgate_protocol::connectors;
 
-/// Retries of a mutating call (same `Idempotency-Key`) after a transport
-/// error or a 503.
+/// Retries of a mutating call (same `Idempotency-Key`) or a read after a
+/// transport error, a 503 or a 502.
 pub const DEFAULT_RETRIES: u32 = 3;
 
 /// Tools that change nothing: called without a key (a key would make the
-/// gateway keep their answer for 24 h) and not retried.
-const READ_ONLY_TOOLS: &[&str] = &["read_file", "list_dir", "read_output", "list_environments"];
+/// gateway keep their answer for 24 h) and retried as they are.
+pub use execgate_protocol::policy::READ_ONLY_TOOLS;
+
+/// Whether an answer is worth a retry: a 503 (the gateway, or a load
+/// balancer with no replica ready, asks for one) or a 502 (a load balancer
+/// whose replica went away), but not the gateway's own 502
+/// `executor_error` (the executor answered: it would answer the same).
+fn retryable(status: u16, body: &[u8]) -> bool {
+    match status {
+        503 => true,
+        502 => !matches!(
+            serde_json::from_slice::<ErrorResponse>(body),
+            Ok(e) if e.error.code == execgate_protocol::connectors::error_code::EXECUTOR_ERROR
+        ),
+        _ => false,
+    }
+}
 
 /// A fresh `Idempotency-Key`.
 fn new_key() -> String {
@@ -118,7 +142,8 @@ impl Client {
         })
     }
 
-    /// Retries of a mutating call after a transport error or a 503 (0: none).
+    /// Retries of a mutating call or a read after a transport error, a 503
+    /// or a 502 (0: none).
     pub fn with_retries(mut self, retries: u32) -> Client {
         self.retries = retries;
         self
@@ -159,30 +184,43 @@ impl Client {
     }
 
     /// [`Client::send`] with a fresh `Idempotency-Key`, retried with it
-    /// after a transport error (the answer may have been lost) or a 503.
+    /// after a transport error (the answer may have been lost), a 503 or a
+    /// 502 ([`Client::send_retried`]).
     async fn send_keyed<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let req = req
-            .bearer_auth(&self.token)
-            .header("Idempotency-Key", new_key());
+        self.send_retried(req.header("Idempotency-Key", new_key()))
+            .await
+    }
+
+    /// [`Client::send`], again (the same request) after a transport error,
+    /// a 503 or a 502, up to `retries` times: for a keyed request, or one
+    /// that changes nothing.
+    async fn send_retried<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let req = req.bearer_auth(&self.token);
         let mut retry = 0;
         loop {
             let Some(attempt) = req.try_clone() else {
                 return self.send(req).await;
             };
             let retry_after = match attempt.send().await {
-                Ok(resp) if resp.status().as_u16() == 503 && retry < self.retries => resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
                 Ok(resp) => {
-                    let status = resp.status();
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     match resp.bytes().await {
-                        Ok(bytes) if !status.is_success() => {
-                            return Err(api_error(status.as_u16(), &bytes))
+                        Ok(bytes) if retry < self.retries && retryable(status, &bytes) => {
+                            retry_after
+                        }
+                        Ok(bytes) if !(200..300).contains(&status) => {
+                            return Err(api_error(status, &bytes))
                         }
                         Ok(bytes) => {
                             return serde_json::from_slice(&bytes)
@@ -203,7 +241,7 @@ impl Client {
     /// The connected environments of the token's workspace.
     pub async fn envs(&self) -> Result<Vec<ConnectorEnv>, ClientError> {
         let r: EnvsListResponse = self
-            .send(
+            .send_retried(
                 self.http
                     .post(self.url("/envs/list"))
                     .json(&serde_json::json!({})),
@@ -237,7 +275,7 @@ impl Client {
         after: Option<&str>,
     ) -> Result<(Vec<ConnectorEnv>, Option<String>), ClientError> {
         let r: EnvsListResponse = self
-            .send(self.http.post(self.url("/envs/list")).json(
+            .send_retried(self.http.post(self.url("/envs/list")).json(
                 &execgate_protocol::connectors::EnvsListRequest {
                     limit: Some(limit),
                     after: after.map(String::from),
@@ -273,7 +311,7 @@ impl Client {
             .post(self.url(&format!("/envs/{}/tool/call", encode(env))))
             .json(&body);
         if READ_ONLY_TOOLS.contains(&tool) {
-            self.send(req).await
+            self.send_retried(req).await
         } else {
             self.send_keyed(req).await
         }
@@ -327,7 +365,7 @@ impl Client {
         if let Some(w) = wait_ms {
             url.push_str(&format!("&wait_ms={w}"));
         }
-        self.send(self.http.get(url)).await
+        self.send_retried(self.http.get(url)).await
     }
 
     /// Streams `body` into `path` on `env` (`PUT /envs/{env}/files`). The file
@@ -397,7 +435,9 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
 impl Client {
     /// The workspace's process sessions, newest first.
     pub async fn processes(&self) -> Result<Vec<ProcessInfo>, ClientError> {
-        let r: ProcessListResponse = self.send(self.http.get(self.url("/processes"))).await?;
+        let r: ProcessListResponse = self
+            .send_retried(self.http.get(self.url("/processes")))
+            .await?;
         Ok(r.processes)
     }
 
@@ -695,6 +735,67 @@ mod tests {
         assert_eq!(keys[1], keys[2]);
         assert_ne!(keys[2], keys[3]);
         assert!(keys[0].starts_with("egk_"), "{keys:?}");
+    }
+
+    /// Reads are retried as they are, without a key: a read-only tool
+    /// after a load balancer's 502 and a lost answer, `output` after a 503;
+    /// the gateway's own 502 `executor_error` is not retried.
+    #[tokio::test]
+    async fn reads_retry_without_a_key() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let ok = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let executor_error = r#"{"error":{"code":"executor_error","message":"x"}}"#;
+        let answers = [
+            Some("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad".to_string()),
+            None,
+            Some(ok(r#"{"content":[],"isError":false}"#)),
+            Some("HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()),
+            Some(ok(r#"{"chunks":[],"exit_code":null,"session_alive":true,"truncated":false,"lost_bytes":0}"#)),
+            Some(format!(
+                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{executor_error}",
+                executor_error.len()
+            )),
+        ];
+        let server = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for answer in answers {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                heads.push(read_request(&mut conn).await);
+                if let Some(a) = answer {
+                    conn.write_all(a.as_bytes()).await.unwrap();
+                }
+            }
+            heads
+        });
+        let client = super::Client::new(url, "t").unwrap();
+        let r = client
+            .call_tool("e", "read_file", serde_json::json!({"path": "a"}))
+            .await
+            .unwrap();
+        assert!(!r.is_error);
+        client.output("s1", 0, None).await.unwrap();
+        let e = client
+            .call_tool("e", "list_dir", serde_json::json!({"path": "."}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("executor_error"));
+        let heads = server.await.unwrap();
+        assert_eq!(heads.len(), 6, "{heads:?}");
+        for head in &heads {
+            assert!(!head.contains("idempotency-key"), "{head}");
+        }
+        assert!(heads[..3]
+            .iter()
+            .all(|h| h.starts_with("post /api/connectors/envs/e/tool/call ")));
+        assert!(heads[3..5]
+            .iter()
+            .all(|h| h.starts_with("get /api/connectors/processes/s1/output")));
     }
 
     /// A gateway that answers SSE whatever the Accept (one older than the

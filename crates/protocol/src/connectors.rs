@@ -80,8 +80,10 @@ pub mod error_code {
     /// different request (route, path or body) in the last 24 h.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     /// 409: the first request with this `Idempotency-Key` was cut off (its
-    /// gateway stopped) before its answer was recorded; it is not done
-    /// again. Check the result, then use a new key.
+    /// gateway stopped) before its answer was recorded, or ended 503 with
+    /// its outcome unknown (the executor's link, or the replica holding it,
+    /// went away after the request was sent); it is not done again. Check
+    /// the result, then use a new key.
     pub const IDEMPOTENCY_KEY_IN_DOUBT: &str = "idempotency_key_in_doubt";
     /// 409: the request with this `Idempotency-Key` was done, but its answer
     /// (over 1 MiB) was not kept for replays; it is not done again.

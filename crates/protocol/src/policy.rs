@@ -32,6 +32,14 @@ pub const READING_TOOLS: &[&str] = &["read_file", "apply_patch", "copy_path", "l
 /// `copy_path` writes its destination.
 pub const WRITING_TOOLS: &[&str] = &["write_file", "apply_patch", "copy_path"];
 
+/// Core tools that change nothing (they read a file, a directory, a
+/// process's output or the environments): safe to do again. Clients call
+/// them without an `Idempotency-Key` and retry them after a connection
+/// error, a 502 or a 503 (`crates/client`, the Python SDK); the gateway
+/// releases a key sent with one whose outcome is unknown. (`read_output`
+/// and `list_environments` exist only in MCP.)
+pub const READ_ONLY_TOOLS: &[&str] = &["read_file", "list_dir", "read_output", "list_environments"];
+
 /// Core tools that run any command (`process/start`). Custom tools run
 /// processes too, but only their own command line.
 pub const PROCESS_TOOLS: &[&str] = &["shell", "exec_command"];

@@ -177,3 +177,68 @@ def test_retry_delays_back_off_and_honour_retry_after() -> None:
     assert ops.retry_delay(1, "3") == 3.0
     assert ops.retry_delay(1, "999") == 10.0
     assert ops.retry_delay(1, "soon") <= 0.25
+
+
+class ReadsFlaky(httpx.BaseTransport):
+    """Answers the first attempt of every read (a request without an
+    idempotency key) with a load balancer's bare 502, or loses its answer."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.inner = httpx.HTTPTransport()
+        self.seen: List[httpx.Request] = []
+        self.failed: set = set()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        what = (request.method, str(request.url), request.content)
+        if request.headers.get("idempotency-key") is None and what not in self.failed:
+            self.failed.add(what)
+            if self.mode == "502":
+                return httpx.Response(502, content=b"<html>502 Bad Gateway</html>")
+            resp = self.inner.handle_request(request)
+            resp.read()
+            raise httpx.ReadError("the answer was lost", request=request)
+        return self.inner.handle_request(request)
+
+
+@pytest.mark.parametrize("mode", ["502", "lost"])
+def test_reads_are_retried_without_a_key(world: World, mode: str) -> None:
+    t = ReadsFlaky(mode)
+    http = httpx.Client(
+        base_url=world.url,
+        headers={"Authorization": f"Bearer {world.token}"},
+        transport=t,
+        timeout=60,
+    )
+    with execgate.Client(world.url, world.token, http_client=http) as client:
+        assert "laptop" in [e.name for e in client.envs()]
+        env = client.env("laptop")
+        marker = f"rread-{mode}-{uuid.uuid4().hex[:8]}"
+        env.write_file(f"{marker}.txt", b"read me")
+        assert env.read_file(f"{marker}.txt") == b"read me"
+        assert f"{marker}.txt" in env.list_dir(".").names()
+        p = env.spawn(["sh", "-c", f"echo {marker}; sleep 30"])
+        try:
+            assert [x.sid for x in client.processes() if marker in " ".join(x.command)] == [p.sid]
+        finally:
+            p.terminate()
+    # Every read failed once, then was sent again (envs/list, read_file,
+    # list_dir, the process list).
+    sent: Dict[tuple, int] = {}
+    for r in t.seen:
+        if r.headers.get("idempotency-key") is None:
+            what = (r.method, str(r.url), r.content)
+            sent[what] = sent.get(what, 0) + 1
+    paths = {w[1].split("?")[0].rsplit("/", 1)[-1] for w in sent}
+    assert {"list", "call", "processes"} <= paths, paths
+    assert all(n >= 2 for n in sent.values()), sent
+
+
+def test_a_502_is_retried_unless_the_executor_answered() -> None:
+    assert ops.retryable_status(503)
+    assert ops.retryable_status(502, b"<html>bad gateway</html>")
+    assert ops.retryable_status(502, b'{"error":{"code":"unavailable","message":"x"}}')
+    assert not ops.retryable_status(502, b'{"error":{"code":"executor_error","message":"x"}}')
+    assert not ops.retryable_status(500)
+    assert not ops.retryable_status(409)

@@ -284,3 +284,65 @@ async fn a_shell_whose_client_goes_away_is_killed_unless_it_has_a_key() {
         }
     }
 }
+
+/// A keyed call whose executor goes away mid-call ends 503 with its outcome
+/// unknown: the key is not released, and a retry with it answers 409
+/// `idempotency_key_in_doubt` instead of running the command a second time
+/// (it used to run again once the executor was back). A keyed call that
+/// never reached an executor (none connected) still releases its key.
+#[tokio::test]
+async fn a_call_whose_outcome_is_unknown_keeps_its_key_in_doubt() {
+    let mut w = World::start(&[]).await;
+    let runs = w.workdir.join("runs.txt");
+    let args = json!({"command": ["sh", "-c", "echo x >> runs.txt; sleep 20"]});
+    let pending = {
+        let (api, args) = (w.api.clone(), args.clone());
+        tokio::spawn(async move { call(&api, "k-unknown", "shell", args).await })
+    };
+    eventually(Duration::from_secs(15), "the command ran", || async {
+        runs.exists().then_some(())
+    })
+    .await;
+    w.executors[0].kill();
+    let (s, _, v) = pending.await.unwrap();
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "executor_unavailable");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("unknown"),
+        "{v}"
+    );
+
+    // No executor connected: the request cannot reach one, and its key is
+    // released.
+    let write = json!({"path": "w.txt", "content": "written"});
+    let (s, _, v) = call(&w.api, "k-never-sent", "write_file", write.clone()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("executor_unavailable")),
+        "{v}"
+    );
+
+    w.executors.push(start_executor(
+        &w.gateway.url(),
+        &w.exe_token,
+        &w.workdir,
+        &[],
+    ));
+    wait_for_env(&w.api, "laptop").await;
+
+    let (s, replayed, v) = call(&w.api, "k-unknown", "shell", args).await;
+    assert_eq!((s, replayed), (409, false), "{v}");
+    assert_eq!(v["error"]["code"], "idempotency_key_in_doubt");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("outcome unknown"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(&runs).unwrap(), b"x\n", "not run again");
+
+    let (s, replayed, v) = call(&w.api, "k-never-sent", "write_file", write).await;
+    assert_eq!((s, replayed), (200, false), "{v}");
+    assert_eq!(std::fs::read(w.workdir.join("w.txt")).unwrap(), b"written");
+}

@@ -8,6 +8,7 @@ mod basics;
 mod binary_stream;
 mod bridge;
 mod cli;
+mod client_retries;
 mod cluster_rules;
 mod codex;
 mod custom_tools;

@@ -1088,6 +1088,130 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
     assert_eq!(out, b"one\ntwo\n");
 }
 
+/// A stock codex's output beyond its retention is lost; the owner counts
+/// the lost bytes from the notifications it saw (codex does not count
+/// them), and a non-owner reading the session reports the same number, not
+/// "unknown" (the owner fills `lostBytes` into the relayed read).
+#[tokio::test]
+async fn codex_lost_bytes_are_counted_through_a_non_owner() {
+    let Some(bin) = crate::codex::codex_bin() else {
+        return;
+    };
+    let Some(c) = Replicas::start(2, &[]) else {
+        return;
+    };
+    let creds = crate::codex::add_codex_executor_on(&c.store_args(), "codex");
+    let _codex = crate::codex::start_codex(
+        &bin,
+        &c.replicas[0].url(),
+        &creds,
+        c.prepared.dir.path(),
+        "a",
+    );
+    wait_for_env(&c.api(0), "codex").await;
+    let (owner, other) = (c.api(0), c.api(1));
+    eventually(5, "replica 1 to list codex", || async {
+        other.envs().await["envs"].as_array().unwrap().len() == 1
+    })
+    .await;
+    const TOTAL: usize = 3 * 1024 * 1024;
+    let sid = other
+        .exec(
+            "codex",
+            json!({"command": ["sh", "-c", format!("head -c {TOTAL} /dev/zero | tr '\\0' x")]}),
+        )
+        .await;
+    eventually(30, "the process to end", || async {
+        owner.output(&sid, 1 << 40).await["session_alive"] == false
+    })
+    .await;
+    let on_owner = owner.output(&sid, 0).await;
+    let through = other.output(&sid, 0).await;
+    assert_eq!(on_owner["truncated"], true, "{}", on_owner["lost_bytes"]);
+    if on_owner.get("lost_bytes_unknown") == Some(&json!(true)) {
+        // codex dropped notifications (a loaded machine): the owner cannot
+        // count either, and nothing is left to compare.
+        assert_eq!(through["lost_bytes_unknown"], true);
+        eprintln!("codex dropped notifications: loss unknown on the owner too");
+        return;
+    }
+    let lost = on_owner["lost_bytes"].as_u64().unwrap();
+    assert!(lost > 0, "{on_owner}");
+    assert_eq!(
+        through.get("lost_bytes_unknown"),
+        None,
+        "the non-owner knows the count: {}",
+        through["lost_bytes"]
+    );
+    assert_eq!(through["lost_bytes"].as_u64(), Some(lost));
+    assert_eq!(through["chunks"][0]["seq"], on_owner["chunks"][0]["seq"]);
+}
+
+/// The per-workspace session cap holds exactly across replicas on
+/// PostgreSQL: starts racing on three replicas (each on its own executor,
+/// and through the others) never leave more than N live sessions.
+#[tokio::test]
+async fn the_session_cap_holds_across_replicas() {
+    const N: usize = 2;
+    let Some(mut c) = Replicas::start(3, &["--max-sessions-per-workspace", "2"]) else {
+        return;
+    };
+    for i in 0..3 {
+        c.executor(&format!("x{i}"), i).await;
+    }
+    for i in 0..3 {
+        let api = c.api(i);
+        eventually(5, "every replica to list every executor", || async {
+            api.envs().await["envs"].as_array().unwrap().len() == 3
+        })
+        .await;
+    }
+    for round in 0..3 {
+        let starts = (0..12).map(|k| {
+            let (api, env) = (c.api(k % 3), format!("x{}", (k + round) % 3));
+            async move {
+                api.call_raw(&env, "exec_command", json!({"command": ["sleep", "60"]}))
+                    .await
+            }
+        });
+        let answers = futures_util::future::join_all(starts).await;
+        let mut started = Vec::new();
+        for (s, v) in &answers {
+            match s {
+                200 => started.push(
+                    v["structuredContent"]["session_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                ),
+                429 => assert_eq!(v["error"]["code"], "too_many_sessions", "{v}"),
+                _ => panic!("{s} {v}"),
+            }
+        }
+        let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+        assert_eq!(started.len(), N, "round {round}: {statuses:?}");
+        let (s, v) = c.api(0).get("/api/connectors/processes?limit=1000").await;
+        assert_eq!(s, 200, "{v}");
+        let live = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"] == "running")
+            .count();
+        assert_eq!(live, N, "{v}");
+        for (k, sid) in started.iter().enumerate() {
+            let (s, v) = c
+                .api(k % 3)
+                .post(
+                    &format!("/api/connectors/processes/{sid}/terminate"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+}
+
 /// A channel to an owner is kept while idle, past several ping timeouts
 /// (both ends ping), and reused by the next call.
 #[tokio::test]

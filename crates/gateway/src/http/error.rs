@@ -28,7 +28,16 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// [`ops::Error::outcome_unknown`]: the response carries the
+    /// [`OutcomeUnknown`] extension.
+    pub outcome_unknown: bool,
 }
+
+/// A response extension (never sent): the request's outcome is unknown
+/// ([`ops::Error::outcome_unknown`]), so its `Idempotency-Key` is not
+/// released (`http::idempotency`).
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeUnknown;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -37,6 +46,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            outcome_unknown: false,
         }
     }
 
@@ -94,6 +104,9 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.outcome_unknown {
+            resp.extensions_mut().insert(OutcomeUnknown);
         }
         resp
     }
@@ -214,6 +227,7 @@ impl From<ops::Error> for ApiError {
             code: e.code,
             message: e.message,
             retry_after: e.retry_after,
+            outcome_unknown: e.outcome_unknown,
         }
     }
 }

@@ -17,6 +17,11 @@
 //! - Not kept (the key is released, and the retry runs): 429 and 503 (the
 //!   answers that say "retry": nothing was done) and 500 (a store failure).
 //!   Every other answer is kept, errors included.
+//! - But a 503 whose request may have been done (the response carries
+//!   [`OutcomeUnknown`]: the link or the peer channel went away with the
+//!   request sent) keeps the key as `unknown`: a retry answers 409
+//!   `idempotency_key_in_doubt` and is not done (`ops::idempotency`,
+//!   "Unknown outcomes").
 //! - A replay has the first answer's status and body, and the header
 //!   `Idempotent-Replayed: true`.
 
@@ -31,7 +36,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest, Sha256};
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, OutcomeUnknown};
 use crate::http::extract::single_header;
 use crate::ops::idempotency::{self, Answer, Begin, Claim};
 use crate::store::Store;
@@ -85,7 +90,8 @@ fn refused(e: impl Into<ApiError>, replay: bool) -> Response {
 /// it back.
 async fn record(claim: Claim, resp: Response, body_sha256: Option<&str>) -> Response {
     let (parts, body) = resp.into_parts();
-    if !kept(parts.status) {
+    let unknown = parts.extensions.get::<OutcomeUnknown>().is_some();
+    if !kept(parts.status) && !unknown {
         claim.release().await;
         return Response::from_parts(parts, body);
     }
@@ -105,7 +111,11 @@ async fn record(claim: Claim, resp: Response, body_sha256: Option<&str>) -> Resp
         status: parts.status.as_u16(),
         body: bytes.to_vec(),
     };
-    claim.finish(&answer, body_sha256).await;
+    if unknown {
+        claim.finish_unknown(&answer).await;
+    } else {
+        claim.finish(&answer, body_sha256).await;
+    }
     Response::from_parts(parts, Body::from(bytes))
 }
 

@@ -87,9 +87,11 @@ pub struct IdempotencyKey(
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the document, never built
 pub enum IdempotencyErrors {
-    /// The key's first request was cut off before its answer was recorded
-    /// (`idempotency_key_in_doubt`), or its answer was over 1 MiB and not
-    /// kept (`idempotency_answer_too_large`); it is not done again.
+    /// The key's first request was cut off before its answer was recorded,
+    /// or ended 503 with its outcome unknown (the executor's link went away
+    /// after the request was sent) (`idempotency_key_in_doubt`), or its
+    /// answer was over 1 MiB and not kept (`idempotency_answer_too_large`);
+    /// it is not done again.
     #[response(status = 409)]
     Conflict(ErrorResponse),
     /// The key was used for a different request (`idempotency_key_reused`).

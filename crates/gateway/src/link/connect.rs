@@ -297,7 +297,12 @@ where
             match msg {
                 Ok(WsMessage::Text(t)) => reader_link.dispatch(t.as_bytes()),
                 Ok(WsMessage::Binary(b)) => reader_link.dispatch_binary(b),
-                Ok(WsMessage::Close(_)) => return format!("{peer} closed the connection"),
+                Ok(WsMessage::Close(frame)) => {
+                    if frame.is_some_and(|f| f.reason.starts_with(super::peer::ALL_ANSWERED)) {
+                        reader_link.set_all_answered();
+                    }
+                    return format!("{peer} closed the connection");
+                }
                 Ok(_) => reader_link.touch(),
                 Err(e) => return format!("connection error: {e}"),
             }

@@ -78,8 +78,16 @@ use crate::store::now_ms;
 /// Why a request on a link did not produce a result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
-    #[error("executor '{name}' disconnected ({reason}); retry when it reconnects")]
-    Disconnected { name: String, reason: String },
+    /// `sent`: the request had been handed to the link's writer when the
+    /// link went away (it may have reached the executor, and may have
+    /// run: its outcome is unknown); false when it never left this
+    /// gateway (the link was already closed, or its send queue full).
+    #[error("executor '{name}' disconnected ({reason}){}", disconnected_tail(*.sent))]
+    Disconnected {
+        name: String,
+        reason: String,
+        sent: bool,
+    },
     #[error("executor '{name}' did not answer {method} within {after:?}")]
     Timeout {
         name: String,
@@ -106,6 +114,15 @@ pub enum LinkError {
         method: String,
         detail: String,
     },
+}
+
+/// The end of [`LinkError::Disconnected`]'s message.
+fn disconnected_tail(sent: bool) -> &'static str {
+    if sent {
+        " after the request was sent: its outcome is unknown"
+    } else {
+        "; retry when it reconnects"
+    }
 }
 
 /// Something the executor reported about one process.
@@ -184,6 +201,16 @@ pub struct Link {
     /// the drain (and is failed by it) or sees `closed`.
     pending: Mutex<Pending>,
     closed: AtomicBool,
+    /// Set by a draining gateway just before it sends `execgate/move`: the
+    /// peer channel relays no new request onto this link (`peer::serve`).
+    moving: AtomicBool,
+    /// Orders `execgate/move` against relayed requests: a request relayed
+    /// is queued before the move (the executor answers it) or refused.
+    move_order: Mutex<()>,
+    /// A relayed link whose owner closed the channel having answered every
+    /// request it read ([`peer::ALL_ANSWERED`]): the requests left
+    /// unanswered were never sent to the executor.
+    all_answered: AtomicBool,
     close_reason: OnceLock<String>,
     next_id: AtomicI64,
     subscribers: Mutex<Subscribers>,
@@ -258,6 +285,9 @@ impl Link {
             outgoing,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
+            move_order: Mutex::new(()),
+            all_answered: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             next_id: AtomicI64::new(1),
             subscribers: Mutex::new(HashMap::new()),
@@ -287,6 +317,32 @@ impl Link {
     }
 
     /// Whether this link reaches its executor through another replica.
+    /// Marks the link as being moved away by this (draining) gateway and
+    /// sends `method` (`execgate/move`), so that no relayed request is
+    /// queued after it ([`Link::relay`] refuses them, unsent).
+    pub fn start_moving(&self, method: &str, params: Value) -> Result<(), LinkError> {
+        let _order = self.move_order.lock().unwrap();
+        self.moving.store(true, Ordering::Release);
+        self.notify(method, params)
+    }
+
+    pub fn is_moving(&self) -> bool {
+        self.moving.load(Ordering::Acquire)
+    }
+
+    /// Whether `error`, on a relayed link, is the owner's refusal to relay
+    /// ([`peer::NOT_RELAYED`]): the request never reached the executor.
+    fn not_relayed(&self, error: &RpcError) -> bool {
+        error.code == peer::NOT_RELAYED && self.is_relayed()
+    }
+
+    /// Whether `error`, on a relayed link, is the owner's report that the
+    /// executor's link went away with the request sent
+    /// ([`peer::OUTCOME_UNKNOWN`]).
+    fn outcome_unknown(&self, error: &RpcError) -> bool {
+        error.code == peer::OUTCOME_UNKNOWN && self.is_relayed()
+    }
+
     pub fn is_relayed(&self) -> bool {
         self.relayed.load(Ordering::Acquire)
     }
@@ -469,7 +525,26 @@ impl Link {
         }
     }
 
+    /// The link is gone and the request never left this gateway.
     fn disconnected(&self) -> LinkError {
+        self.disconnected_sent(false)
+    }
+
+    /// The link went away with the request sent and unanswered (but see
+    /// [`Link::set_all_answered`]).
+    fn lost(&self) -> LinkError {
+        self.disconnected_sent(!self.all_answered.load(Ordering::Acquire))
+    }
+
+    /// The owner ended this relayed link's channel having answered every
+    /// request it read ([`peer::ALL_ANSWERED`]).
+    pub fn set_all_answered(&self) {
+        if self.is_relayed() {
+            self.all_answered.store(true, Ordering::Release);
+        }
+    }
+
+    fn disconnected_sent(&self, sent: bool) -> LinkError {
         LinkError::Disconnected {
             name: self.name.clone(),
             reason: self
@@ -477,6 +552,7 @@ impl Link {
                 .get()
                 .cloned()
                 .unwrap_or_else(|| "link closed".into()),
+            sent,
         }
     }
 
@@ -576,6 +652,10 @@ impl Link {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok((Ok(v), payload))) => Ok((v, payload)),
+            Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
+            Ok(Ok((Err(error), _))) if self.outcome_unknown(&error) => {
+                Err(self.disconnected_sent(true))
+            }
             Ok(Ok((Err(error), _))) if self.is_policy_refusal(&error) => Err(LinkError::Denied {
                 name: self.name.clone(),
                 method: method.to_string(),
@@ -586,8 +666,9 @@ impl Link {
                 method: method.to_string(),
                 error,
             }),
-            // The sender was dropped: the link closed.
-            Ok(Err(_)) => Err(self.disconnected()),
+            // The sender was dropped: the link closed with the request
+            // sent.
+            Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
                 self.pending.lock().unwrap().remove(&id);
                 Err(LinkError::Timeout {
@@ -691,10 +772,22 @@ impl Link {
             payload,
         }
         .encode();
-        let result = match self.send(frame) {
+        let sent = {
+            let _order = self.move_order.lock().unwrap();
+            if self.is_moving() {
+                Err(self.disconnected())
+            } else {
+                self.send(frame)
+            }
+        };
+        let result = match sent {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(answer) => answer.map_err(|_| self.disconnected()),
+                Ok(Ok((Err(error), _))) if self.not_relayed(&error) => Err(self.disconnected()),
+                Ok(Ok((Err(error), _))) if self.outcome_unknown(&error) => {
+                    Err(self.disconnected_sent(true))
+                }
+                Ok(answer) => answer.map_err(|_| self.lost()),
                 Err(_) => Err(LinkError::Timeout {
                     name: self.name.clone(),
                     method: method.to_string(),
@@ -1316,10 +1409,31 @@ mod tests {
                 .await
         });
         out.recv().await.unwrap();
+        let l = link.clone();
+        let typed = tokio::spawn(async move {
+            l.request_value("process/read", json!({}), Duration::from_secs(60))
+                .await
+        });
+        out.recv().await.unwrap();
         link.close("bye");
         assert!(matches!(
             pending.await.unwrap(),
-            Err(LinkError::Disconnected { .. })
+            Err(LinkError::Disconnected { sent: true, .. })
+        ));
+        assert!(matches!(
+            typed.await.unwrap(),
+            Err(LinkError::Disconnected { sent: true, .. })
+        ));
+        // One made on the closed link never left: its outcome is known.
+        assert!(matches!(
+            link.request_raw("process/read", json!({}), Duration::from_secs(1))
+                .await,
+            Err(LinkError::Disconnected { sent: false, .. })
+        ));
+        assert!(matches!(
+            link.request_value("process/read", json!({}), Duration::from_secs(1))
+                .await,
+            Err(LinkError::Disconnected { sent: false, .. })
         ));
     }
 

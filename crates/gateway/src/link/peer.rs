@@ -72,6 +72,22 @@ use crate::store::{now_ms, Store};
 /// The owner's first frame: the link's handshake (params: `workspace`,
 /// `name`, `epoch`, `sessionId`, `environmentInfo`).
 pub const HELLO: &str = "peer/hello";
+/// Owner → caller: the JSON-RPC error code of a request the owner did not
+/// relay (its executor is moving away, or its link had already closed):
+/// the request never reached the executor, so the caller fails it as not
+/// sent (`LinkError::Disconnected { sent: false }`: an `Idempotency-Key`
+/// is released and the retry goes to the next owner).
+pub const NOT_RELAYED: i64 = -32098;
+
+/// Owner → caller: the error code of a request the owner relayed whose
+/// executor link went away before answering: its outcome is unknown.
+pub const OUTCOME_UNKNOWN: i64 = -32097;
+/// The start of the close reason of a channel that its owner ended because
+/// its executor link closed, once every request it had read was answered
+/// (with [`NOT_RELAYED`] or [`OUTCOME_UNKNOWN`] when not by the executor):
+/// the caller's requests still unanswered were never read, so never sent.
+pub const ALL_ANSWERED: &str = "answered all: ";
+
 /// Caller → owner: relay the notifications of `processId` (with `push`:
 /// turn the executor's output pushing on, as `Link::subscribe` does).
 pub const WATCH: &str = "peer/watch";
@@ -812,6 +828,42 @@ impl Channel {
     }
 }
 
+/// The answer to a request this owner did not relay ([`NOT_RELAYED`]).
+fn not_relayed(why: &str) -> RpcError {
+    RpcError::new(NOT_RELAYED, format!("not relayed to the executor: {why}"))
+}
+
+/// A `process/read`'s process id and `afterSeq`.
+fn read_of(params: &Value) -> Option<(String, u64)> {
+    let pid = params.get("processId")?.as_str()?.to_string();
+    let after = params.get("afterSeq").and_then(Value::as_u64).unwrap_or(0);
+    Some((pid, after))
+}
+
+/// A stock codex does not count the output it evicted (`lostBytes`, an
+/// [ext] of execgate executors); the owner's link counts it from the
+/// notifications it saw go by (its seq ledger), which a replica reading
+/// through this channel never saw. So the owner fills `lostBytes` into a
+/// relayed `process/read` answer that lacks it, when its ledger can tell
+/// (otherwise the reader reports the loss as unknown, as before).
+fn count_lost_bytes(link: &Link, process_id: &str, after_seq: u64, result: &mut Value) {
+    let Value::Object(map) = result else { return };
+    if map.contains_key("lostBytes") {
+        return;
+    }
+    let Some(first) = map
+        .get("chunks")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("seq"))
+        .and_then(Value::as_u64)
+    else {
+        return;
+    };
+    if let Some(n) = link.lost_between(process_id, after_seq, first) {
+        map.insert("lostBytes".into(), json!(n));
+    }
+}
+
 /// The owner's side of a channel from replica `peer`: relays its requests
 /// onto `link` and the notifications it watches back, until either side
 /// goes, the link closes, or this replica's lease on the executor lapses.
@@ -914,19 +966,40 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                 let channel = channel.clone();
                 tasks.spawn(async move {
                     let timeout = crate::link::bridge::deadline(&method, &params, RELAY_TIMEOUT);
+                    let read = (method == method::PROCESS_READ).then(|| read_of(&params));
                     let answer = match method.as_str() {
                         method::INITIALIZE | method::INITIALIZED => {
                             Ok((Err(RpcError::method_not_found(&method)), Bytes::new()))
                         }
+                        // After `execgate/move` went out, a new request
+                        // could reach the executor after it decided to
+                        // leave, unanswered: refuse it, unsent.
+                        _ if channel.link.is_moving() => Ok((
+                            Err(not_relayed("the executor is moving to another replica")),
+                            Bytes::new(),
+                        )),
                         // A process/read may be answered by the owner's
                         // read-ahead (`relay_ahead`).
-                        _ => {
-                            let link = &channel.link;
-                            let aheads = &channel.aheads;
-                            aheads.relay(link, &method, params, payload, timeout).await
-                        }
+                        _ => match channel
+                            .aheads
+                            .relay(&channel.link, &method, params, payload, timeout)
+                            .await
+                        {
+                            Err(LinkError::Disconnected {
+                                sent: false,
+                                reason,
+                                ..
+                            }) => Ok((Err(not_relayed(&reason)), Bytes::new())),
+                            other => other,
+                        },
                     };
                     let (result, payload) = match answer {
+                        Ok((Ok(mut result), payload)) => {
+                            if let Some(Some((pid, after))) = read {
+                                count_lost_bytes(&channel.link, &pid, after, &mut result);
+                            }
+                            (Ok(result), payload)
+                        }
                         Ok(answer) => answer,
                         Err(e @ LinkError::Timeout { .. }) => (
                             Err(crate::link::bridge::gateway_error(
@@ -935,8 +1008,13 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
                             )),
                             Bytes::new(),
                         ),
-                        // The link is gone: the channel ends with it.
-                        Err(_) => return,
+                        // The link is gone with the request sent: the
+                        // channel ends with it, and the caller learns that
+                        // this one's outcome is unknown.
+                        Err(e) => (
+                            Err(RpcError::new(OUTCOME_UNKNOWN, e.to_string())),
+                            Bytes::new(),
+                        ),
                     };
                     let frame = Envelope {
                         message: Message::response(id, result),
@@ -1013,12 +1091,17 @@ pub async fn serve(host: Host, link: Arc<Link>, socket: LinkSocket, peer: String
         })
         .await;
     }
+    let all_answered = link_closed && tasks.is_empty();
     tasks.abort_all();
     for (_, task) in watches.drain().chain(taps.drain()) {
         task.abort();
     }
     tracing::debug!(exe_id = %link.exe_id, peer, requests, "peer channel ended: {end}");
-    let mut reason = end;
+    let mut reason = if all_answered {
+        format!("{ALL_ANSWERED}{end}")
+    } else {
+        end
+    };
     reason.truncate(120);
     let close = CloseFrame {
         code: CloseCode::Again,

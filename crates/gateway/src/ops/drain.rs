@@ -335,7 +335,7 @@ pub async fn run(state: AppState, timeout: Duration) {
             reason: Some("the gateway is draining".into()),
         })
         .unwrap_or_default();
-        if let Err(e) = link.notify(method::EXECGATE_MOVE, params) {
+        if let Err(e) = link.start_moving(method::EXECGATE_MOVE, params) {
             tracing::debug!(exe_id = %link.exe_id, "execgate/move not sent: {e}");
         }
     }

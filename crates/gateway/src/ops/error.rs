@@ -27,6 +27,12 @@ pub struct Error {
     pub message: String,
     /// Seconds, for a client's retry (`Retry-After` over HTTP).
     pub retry_after: Option<u64>,
+    /// The request may have reached the executor and run, but its answer
+    /// was lost (the link, or the replica that held it, went away with the
+    /// request sent). Not a code of its own (it stays 503
+    /// `executor_unavailable`): it tells an `Idempotency-Key` not to be
+    /// released (`ops::idempotency`, "Unknown outcomes").
+    pub outcome_unknown: bool,
 }
 
 /// What kind of failure a code is, whatever carries it.
@@ -116,6 +122,7 @@ impl Error {
             code,
             message: message.into(),
             retry_after: None,
+            outcome_unknown: false,
         }
     }
 
@@ -144,6 +151,13 @@ impl Error {
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Marks the error as one after which the request's outcome is
+    /// unknown (see [`Error::outcome_unknown`]).
+    pub fn with_outcome_unknown(mut self) -> Self {
+        self.outcome_unknown = true;
         self
     }
 
@@ -191,8 +205,13 @@ impl From<StoreError> for Error {
 impl From<LinkError> for Error {
     fn from(e: LinkError) -> Self {
         match e {
-            LinkError::Disconnected { .. } => {
-                Error::new(code::EXECUTOR_UNAVAILABLE, e.to_string()).with_retry_after(1)
+            LinkError::Disconnected { sent, .. } => {
+                let err = Error::new(code::EXECUTOR_UNAVAILABLE, e.to_string()).with_retry_after(1);
+                if sent {
+                    err.with_outcome_unknown()
+                } else {
+                    err
+                }
             }
             LinkError::Timeout { .. } => Error::new(code::GATEWAY_TIMEOUT, e.to_string()),
             LinkError::Denied {

@@ -22,6 +22,18 @@
 //!   says "retry" (the HTTP layer decides which) is not kept either: the
 //!   claim is released ([`Claim::release`]) and the next request with the
 //!   key runs.
+//! - **Unknown outcomes.** An answer that says "retry" but comes after
+//!   the request may have reached the executor (503 `executor_unavailable`
+//!   from a link, or the peer channel to the replica holding it, that went
+//!   away with the request sent and unanswered: `ops::Error::outcome_unknown`)
+//!   does not release the key: the claim records it as `unknown`
+//!   ([`Claim::finish_unknown`]) and a repeat answers 409
+//!   `idempotency_key_in_doubt`, as after a crash (below), instead of doing
+//!   it a second time. Failures where the request certainly never left
+//!   this gateway (no link, a link already closed, draining, limits, the
+//!   store, the audit record refused) still release it. A read-only tool
+//!   (`policy::READ_ONLY_TOOLS`) releases it either way: doing it again
+//!   changes nothing.
 //! - **A crash between doing and recording.** A running claim refreshes
 //!   its row every [`HEARTBEAT`]. A row still `running` whose heartbeat is
 //!   older than [`IN_DOUBT_AFTER`] belongs to a gateway that died (or lost
@@ -139,6 +151,22 @@ fn reused() -> Error {
     )
 }
 
+/// The repeat of a request whose first answer said its outcome was
+/// unknown (`first`: that answer's body).
+fn unknown_outcome(status: Option<i64>, first: Option<&[u8]>) -> Error {
+    let said = first
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "no detail".into());
+    Error::new(
+        code::IDEMPOTENCY_KEY_IN_DOUBT,
+        format!(
+            "the first request with this Idempotency-Key ended with its outcome unknown ({} {said}): it may or may not have happened, so it is not done again; check the result and use a new key",
+            status.unwrap_or(503)
+        ),
+    )
+}
+
 fn in_doubt() -> Error {
     Error::new(
         code::IDEMPOTENCY_KEY_IN_DOUBT,
@@ -191,6 +219,7 @@ fn finished(row: IdempotencyRow) -> Result<Option<Done>, Error> {
             }),
             body_sha256: row.body_sha256,
         })),
+        "unknown" => Err(unknown_outcome(row.status, row.answer.as_deref())),
         "too_large" => Ok(Some(Done {
             answer: None,
             body_sha256: row.body_sha256,
@@ -276,6 +305,39 @@ impl Claim {
         }
     }
 
+    /// Records that the request ended with its outcome unknown
+    /// (`answer`, a 503, is kept for the message): the key is not released,
+    /// and a repeat answers 409 `idempotency_key_in_doubt` (see the module
+    /// docs). A store failure here is logged: the claim's heartbeat stops,
+    /// so a repeat finds the key in doubt all the same after
+    /// [`IN_DOUBT_AFTER`].
+    pub async fn finish_unknown(mut self, answer: &Answer) {
+        self.settled = true;
+        self.heartbeat.abort();
+        let body = &answer.body[..answer.body.len().min(MAX_ANSWER_BYTES)];
+        let record = IdempotencyAnswer {
+            state: "unknown",
+            status: i64::from(answer.status),
+            answer: Some(body),
+            body_sha256: None,
+        };
+        match self
+            .store
+            .finish_idempotency_key(
+                &self.workspace,
+                &self.key,
+                &self.claim_id,
+                &record,
+                now_ms(),
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("idempotency key lost its claim before its outcome"),
+            Err(e) => tracing::error!("recording an idempotency key's unknown outcome: {e}"),
+        }
+    }
+
     /// Gives the key up without an answer: the next request with it runs.
     pub async fn release(mut self) {
         self.settled = true;
@@ -356,6 +418,7 @@ mod tests {
         a_released_key_runs_again_and_a_large_answer_is_not_kept,
         body_hashes_must_agree,
         a_silent_claim_is_in_doubt_and_an_expired_key_is_forgotten,
+        an_unknown_outcome_keeps_the_key_in_doubt,
     );
 
     fn answer(body: &[u8]) -> Answer {
@@ -463,5 +526,33 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(store.sweep_idempotency_keys(now).await.unwrap(), 1);
+    }
+
+    async fn an_unknown_outcome_keeps_the_key_in_doubt(fx: Fx) {
+        let store = fx.open().await;
+        let Begin::Run(claim) = begin(&store, "w", "k", "fp").await.unwrap() else {
+            panic!()
+        };
+        // A duplicate waiting for the first gets the verdict too.
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { begin(&store, "w", "k", "fp").await })
+        };
+        let first = Answer {
+            status: 503,
+            body: br#"{"error":{"code":"executor_unavailable","message":"gone mid-call"}}"#
+                .to_vec(),
+        };
+        claim.finish_unknown(&first).await;
+        for e in [
+            waiter.await.unwrap().err().unwrap(),
+            begin(&store, "w", "k", "fp").await.err().unwrap(),
+        ] {
+            assert_eq!(e.code, code::IDEMPOTENCY_KEY_IN_DOUBT);
+            assert!(e.message.contains("503 gone mid-call"), "{}", e.message);
+        }
+        // Another request with the key is still refused as one.
+        let e = begin(&store, "w", "k", "other").await.err().unwrap();
+        assert_eq!(e.code, code::IDEMPOTENCY_KEY_REUSED);
     }
 }

@@ -103,12 +103,37 @@ pub struct Limits {
     config: LimitsConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
     session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds the store's session locks this replica holds at once: each
+    /// keeps a connection of the pool (16) while the count and the insert
+    /// need others, so starts in many workspaces at once must not take
+    /// them all.
+    store_locks: Arc<tokio::sync::Semaphore>,
 }
 
+/// A session row younger than this (ms) is not taken for ended when its
+/// executor does not know the process: its start may still be on its way.
+const YOUNG_MS: i64 = 30_000;
+
+/// At most this many workspaces' store locks held by one replica at once.
+const STORE_LOCKS: usize = 4;
+
 /// Holds the workspace's session lock until the new session's row is in
-/// the store.
+/// the store: this replica's, and on PostgreSQL the store's, which every
+/// replica takes (`Store::lock_workspace_sessions`), so that the cap
+/// holds exactly across replicas. Let it go with [`SessionSlot::release`]
+/// (dropped, the store's lock goes a moment later, in the background).
 pub struct SessionSlot {
     _guard: Option<OwnedMutexGuard<()>>,
+    store_lock: Option<crate::store::WorkspaceLock>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl SessionSlot {
+    pub async fn release(mut self) {
+        if let Some(lock) = self.store_lock.take() {
+            lock.release().await;
+        }
+    }
 }
 
 impl Limits {
@@ -117,6 +142,7 @@ impl Limits {
             config,
             buckets: Mutex::new(HashMap::new()),
             session_locks: Mutex::new(HashMap::new()),
+            store_locks: Arc::new(tokio::sync::Semaphore::new(STORE_LOCKS)),
         }
     }
 
@@ -160,7 +186,11 @@ impl Limits {
         workspace: &str,
     ) -> Result<SessionSlot, Error> {
         let Some(max) = self.config.max_sessions_per_workspace else {
-            return Ok(SessionSlot { _guard: None });
+            return Ok(SessionSlot {
+                _guard: None,
+                store_lock: None,
+                _permit: None,
+            });
         };
         let lock = self
             .session_locks
@@ -170,6 +200,15 @@ impl Limits {
             .or_default()
             .clone();
         let guard = lock.lock_owned().await;
+        // Across replicas (PostgreSQL): the store's lock, after this
+        // replica's, so that a replica's own starts queue in memory.
+        let permit = if state.store().is_postgres() {
+            let permit = self.store_locks.clone().acquire_owned().await;
+            Some(permit.expect("the semaphore is never closed"))
+        } else {
+            None
+        };
+        let store_lock = state.store().lock_workspace_sessions(workspace).await?;
         let live = state.store().live_sessions(workspace).await?;
         let mut count = live.len();
         if count >= max as usize {
@@ -177,6 +216,7 @@ impl Limits {
             let ended: Vec<String> =
                 futures_util::future::join_all(live.into_iter().map(|row| async move {
                     let sid = row.sid.clone();
+                    let created_at = row.created_at;
                     // An executor slow to answer holds up the workspace's
                     // starts: its sessions count as live after a while.
                     let info = tokio::time::timeout(
@@ -185,10 +225,15 @@ impl Limits {
                     )
                     .await
                     .ok()?;
-                    let ended = matches!(
-                        info.status.as_str(),
-                        "exited" | "expired" | code::EXECUTOR_RESTARTED
-                    );
+                    // A row inserted a moment ago whose `process/start` has
+                    // not reached the executor yet reads as unknown there
+                    // ("expired"): only an old one is gone for good.
+                    let young = crate::store::now_ms().saturating_sub(created_at) < YOUNG_MS;
+                    let ended = match info.status.as_str() {
+                        "exited" => true,
+                        "expired" | code::EXECUTOR_RESTARTED => !young,
+                        _ => false,
+                    };
                     ended.then_some(sid)
                 }))
                 .await
@@ -211,6 +256,8 @@ impl Limits {
         }
         Ok(SessionSlot {
             _guard: Some(guard),
+            store_lock,
+            _permit: permit,
         })
     }
 }

@@ -16,7 +16,10 @@ use super::{on_db, Result, Store};
 pub struct IdempotencyRow {
     pub fingerprint: String,
     pub body_sha256: Option<String>,
-    /// `running`, `done` or `too_large`.
+    /// `running`, `done`, `too_large` or `unknown` (it ended with its
+    /// outcome unknown: `status` and `answer` hold that 503; no migration,
+    /// the column is free text, and a replica that predates the state
+    /// waits for it, then answers the key in doubt).
     pub state: String,
     pub status: Option<i64>,
     pub answer: Option<Vec<u8>>,
@@ -27,7 +30,7 @@ pub struct IdempotencyRow {
 /// What a finished claim records.
 #[derive(Debug, Clone)]
 pub struct IdempotencyAnswer<'a> {
-    /// `done` or `too_large`.
+    /// `done`, `too_large` or `unknown`.
     pub state: &'a str,
     pub status: i64,
     /// None for `too_large`.

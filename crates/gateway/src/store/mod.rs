@@ -40,7 +40,9 @@ pub mod leases;
 pub(crate) mod lookups;
 mod metrics;
 pub mod roster;
+mod session_cap;
 mod sessions;
+pub use session_cap::WorkspaceLock;
 mod tasks;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -120,7 +120,7 @@ class AsyncClient(ClientBase):
         try:
             if isinstance(eff, Request):
                 resp = await self._retrying(
-                    eff.idempotency_key,
+                    eff.retried,
                     lambda: self._http.request(
                         eff.method,
                         eff.path,
@@ -174,21 +174,27 @@ class AsyncClient(ClientBase):
         raise TypeError(f"unknown effect {eff!r}")
 
     async def _retrying(
-        self, key: Optional[str], send: Callable[[], Awaitable[httpx.Response]]
+        self, retried: bool, send: Callable[[], Awaitable[httpx.Response]]
     ) -> httpx.Response:
-        """``send()``; with an idempotency key, again (same key) after a
-        connection error, a timeout or a 503, up to ``retries`` times."""
+        """``send()``; for a keyed request or a read (``retried``), again
+        (the same request, the same key) after a connection error, a timeout,
+        a 503 or a 502 (:func:`ops.retryable_status`), up to ``retries``
+        times."""
         retry = 0
         while True:
             try:
                 resp = await send()
             except httpx.TransportError:
-                if key is None or retry >= self.retries:
+                if not retried or retry >= self.retries:
                     raise
                 retry += 1
                 await anyio.sleep(ops.retry_delay(retry))
                 continue
-            if key is not None and ops.retryable_status(resp.status_code) and retry < self.retries:
+            if (
+                retried
+                and retry < self.retries
+                and ops.retryable_status(resp.status_code, resp.content)
+            ):
                 retry += 1
                 await anyio.sleep(ops.retry_delay(retry, resp.headers.get("retry-after")))
                 continue
@@ -222,7 +228,7 @@ class AsyncClient(ClientBase):
             )
 
         r = eff.request
-        resp = await self._retrying(r.idempotency_key, send)
+        resp = await self._retrying(r.idempotency_key is not None, send)
         out = parse_json(resp.status_code, resp.headers, resp.content)
         out["local_sha256"] = digest.hexdigest()
         return out

@@ -38,8 +38,9 @@ class ClientBase:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        #: Retries of a mutating call (same ``Idempotency-Key``) after a
-        #: connection error, a timeout or a 503; 0 turns them off.
+        #: Retries of a mutating call (same ``Idempotency-Key``) or a read
+        #: (a read-only tool, output, envs, processes) after a connection
+        #: error, a timeout, a 503 or a 502; 0 turns them off.
         self.retries = max(0, retries)
 
     @classmethod

@@ -60,11 +60,14 @@ MAX_FRAME_PAYLOAD = 16 << 20
 _FRAME_STREAMS = {1: "stdout", 2: "stderr", 3: "pty"}
 #: Attempts to reconnect a broken output stream before giving up.
 RECONNECTS = 5
-#: Retries of a mutating request after a connection error, a timeout or a
-#: 503 (each with the same ``Idempotency-Key``, so it is done once).
+#: Retries of a mutating request after a connection error, a timeout, a
+#: 503 or a 502 (each with the same ``Idempotency-Key``, so it is done
+#: once), and of a read (a read-only tool, output, envs/list, the process
+#: list: as it is, without a key), as the Rust client does.
 DEFAULT_RETRIES = 3
 #: Tools that change nothing: called without an idempotency key (a key
-#: would make the gateway keep their answer, up to 1 MiB, for 24 h).
+#: would make the gateway keep their answer, up to 1 MiB, for 24 h), and
+#: retried as they are (the gateway's ``policy::READ_ONLY_TOOLS``).
 READ_ONLY_TOOLS = frozenset({"read_file", "list_dir", "read_output", "list_environments"})
 
 Command = Union[str, Sequence[str]]
@@ -90,8 +93,16 @@ class Request:
     timeout: Optional[float] = None
     #: A mutating request's ``Idempotency-Key`` (see :func:`new_key`): the
     #: driver sends it and retries the request, with the same key, after a
-    #: connection error, a timeout or a 503 (:func:`retry_delay`).
+    #: connection error, a timeout, a 503 or a 502 (:func:`retry_delay`).
     idempotency_key: Optional[str] = None
+    #: A read (it changes nothing): retried as it is, without a key, like
+    #: a keyed request.
+    retry: bool = False
+
+    @property
+    def retried(self) -> bool:
+        """Whether the driver retries this request (:func:`retryable_status`)."""
+        return self.idempotency_key is not None or self.retry
 
 
 def new_key() -> str:
@@ -112,9 +123,20 @@ def retry_delay(retry: int, retry_after: Optional[str] = None) -> float:
     return delay
 
 
-def retryable_status(status: int) -> bool:
-    """An answer worth retrying a mutating request on (with its key)."""
-    return status == 503
+def retryable_status(status: int, body: bytes = b"") -> bool:
+    """An answer worth retrying a keyed request or a read on: a 503 (the
+    gateway, or a load balancer with no replica ready, asks for one) or a
+    502 (a load balancer whose replica went away), but not the gateway's
+    own 502 ``executor_error`` (the executor answered)."""
+    if status == 503:
+        return True
+    if status != 502:
+        return False
+    try:
+        code = _json.loads(body)["error"]["code"]
+    except Exception:
+        return True
+    return code != "executor_error"
 
 
 @dataclass
@@ -274,7 +296,7 @@ class SSEDecoder:
 
 
 def envs_list() -> Op[List[Dict[str, Any]]]:
-    r = yield Request("POST", f"{API}/envs/list", json={})
+    r = yield Request("POST", f"{API}/envs/list", json={}, retry=True)
     return list(r.get("envs", []))
 
 
@@ -285,7 +307,7 @@ def envs_page(limit: int, after: Optional[str]) -> Op["tuple[List[Dict[str, Any]
     body: Dict[str, Any] = {"limit": limit}
     if after is not None:
         body["after"] = after
-    r = yield Request("POST", f"{API}/envs/list", json=body)
+    r = yield Request("POST", f"{API}/envs/list", json=body, retry=True)
     return list(r.get("envs", [])), r.get("next")
 
 
@@ -302,6 +324,7 @@ def tool_call(
         json={"tool": tool, "arguments": args},
         timeout=timeout,
         idempotency_key=None if tool in READ_ONLY_TOOLS else new_key(),
+        retry=tool in READ_ONLY_TOOLS,
     )
     return ToolResult.from_json(r)
 
@@ -543,7 +566,7 @@ def resize(st: ProcState, cols: int, rows: int) -> Op[None]:
 
 def processes_list(limit: Optional[int]) -> Op[List[ProcessInfo]]:
     params = {"limit": limit} if limit is not None else None
-    r = yield Request("GET", f"{API}/processes", params=params)
+    r = yield Request("GET", f"{API}/processes", params=params, retry=True)
     return [ProcessInfo.from_json(p) for p in r.get("processes", [])]
 
 
@@ -553,6 +576,7 @@ def _read_output(st: ProcState, since: int, wait_ms: int) -> Op[Dict[str, Any]]:
         proc_path(st.sid, "output"),
         params={"since": since, "wait_ms": wait_ms},
         timeout=wait_ms / 1000 + SLACK,
+        retry=True,
     )
     if r.get("exit_code") is not None:
         st.exit_code = int(r["exit_code"])

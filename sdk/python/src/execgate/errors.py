@@ -145,7 +145,8 @@ class NotATerminal(Conflict):
 
 class IdempotencyConflict(Conflict):
     """409 ``idempotency_key_in_doubt`` (the first attempt was cut off by its
-    gateway's death: it may or may not have happened) or
+    gateway's death, or ended 503 with its outcome unknown when the
+    executor's link went away mid-call: it may or may not have happened) or
     ``idempotency_answer_too_large`` (it was done; its answer was not kept).
     Not done again: check the result."""
 

@@ -148,8 +148,9 @@ pub async fn call(ctx: &ToolContext<'_>, a: ExecArgs) -> Result<CallToolResult, 
     // The row survives a crash of this process before `process/start` is
     // sent; its fsync (a power loss) runs beside `process/start`, and the
     // answer waits for both (`store/sessions.rs`).
-    let durable = store.insert_session_unsynced(&row).await?;
-    drop(slot);
+    let durable = store.insert_session_unsynced(&row).await;
+    slot.release().await;
+    let durable = durable?;
     let start = link.request::<_, ProcessStartResult>(method::PROCESS_START, &params, RPC_TIMEOUT);
     let (started, synced) = tokio::join!(start, durable.wait());
     match started {

@@ -283,7 +283,7 @@ async fn call_as(
         }
         dispatch(&ctx, tool, arguments).await
     };
-    let result = if crate::trace::spans() {
+    let mut result = if crate::trace::spans() {
         // Names only: never the arguments or the output.
         let span = tracing::info_span!(
             "tool.call",
@@ -297,6 +297,13 @@ async fn call_as(
     } else {
         run.await
     };
+    if let Err(e) = &mut result {
+        // A read changes nothing: its key may be released and the read
+        // done again (`ops::idempotency`, "Unknown outcomes").
+        if execgate_protocol::policy::READ_ONLY_TOOLS.contains(&tool) {
+            e.outcome_unknown = false;
+        }
+    }
     complete(&mut audit, tool, &result);
     if let Some(m) = crate::metrics::get() {
         let (label, outcome) = metric_labels(tool, &result);

@@ -376,15 +376,50 @@ pub(crate) async fn run(
         link: link.clone(),
         process_id: Some(process_id.clone()),
     };
-    if let Err(e) = link
+    // Set when the start's answer was lost in a move: read everything.
+    let mut moved = false;
+    match link
         .request::<_, ProcessStartResult>(method::PROCESS_START, &params, left().min(RPC_TIMEOUT))
         .await
     {
-        guard.disarm();
-        return Err(match e {
-            e @ LinkError::Rpc { .. } => RunError::Start(e),
-            other => RunError::Api(other.into()),
-        });
+        Ok(_) => {}
+        Err(e @ LinkError::Disconnected { sent: true, .. }) => {
+            // The link (or the channel to its owner) went away with the
+            // start sent: on the executor's next link (same session, as
+            // when a draining replica moves it) ask whether the process
+            // exists, and start it only if it does not, so that the
+            // command runs once and its outcome is known.
+            let Some(next) = relink(state, link).await else {
+                guard.disarm();
+                return Err(RunError::Api(e.into()));
+            };
+            guard.link = next.clone();
+            *link = next;
+            moved = true;
+            if !process_exists(link, &process_id, left()).await? {
+                if let Err(e) = link
+                    .request::<_, ProcessStartResult>(
+                        method::PROCESS_START,
+                        &params,
+                        left().min(RPC_TIMEOUT),
+                    )
+                    .await
+                {
+                    guard.disarm();
+                    return Err(match e {
+                        e @ LinkError::Rpc { .. } => RunError::Start(e),
+                        other => RunError::Api(other.into()),
+                    });
+                }
+            }
+        }
+        Err(e) => {
+            guard.disarm();
+            return Err(match e {
+                e @ LinkError::Rpc { .. } => RunError::Start(e),
+                other => RunError::Api(other.into()),
+            });
+        }
     }
 
     let deadline = tokio::time::Instant::now() + timeout;
@@ -394,40 +429,42 @@ pub(crate) async fn run(
     // Until the deadline, then (after the kill) until the drain time is up.
     let mut stop_at = deadline;
 
-    // Push: notifications in seq order.
-    let mut gap = false;
-    loop {
-        let ev = tokio::select! {
-            ev = sub.recv() => ev,
-            _ = tokio::time::sleep_until(stop_at) => {
-                if timed_out {
-                    break;
+    // Push: notifications in seq order (after a move, pull everything).
+    let mut gap = moved;
+    if !moved {
+        loop {
+            let ev = tokio::select! {
+                ev = sub.recv() => ev,
+                _ = tokio::time::sleep_until(stop_at) => {
+                    if timed_out {
+                        break;
+                    }
+                    timed_out = true;
+                    kill(link, &process_id, left()).await?;
+                    stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
+                    continue;
                 }
-                timed_out = true;
-                kill(link, &process_id, left()).await?;
-                stop_at = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
-                continue;
+            };
+            match ev {
+                ProcessEvent::LinkLost => match relink(state, link).await {
+                    // Read the rest from the executor's next link.
+                    Some(next) => {
+                        guard.link = next.clone();
+                        *link = next;
+                        gap = true;
+                        break;
+                    }
+                    None => return Err(lost_mid_command(link).into()),
+                },
+                ev => match out.push(ev) {
+                    Push::Accepted => {}
+                    Push::Done => break,
+                    Push::Gap => {
+                        gap = true;
+                        break;
+                    }
+                },
             }
-        };
-        match ev {
-            ProcessEvent::LinkLost => match relink(state, link).await {
-                // Read the rest from the executor's next link.
-                Some(next) => {
-                    guard.link = next.clone();
-                    *link = next;
-                    gap = true;
-                    break;
-                }
-                None => return Err(lost_mid_command(link).into()),
-            },
-            ev => match out.push(ev) {
-                Push::Accepted => {}
-                Push::Done => break,
-                Push::Gap => {
-                    gap = true;
-                    break;
-                }
-            },
         }
     }
     drop(sub);
@@ -515,6 +552,33 @@ async fn relink(state: Option<&AppState>, lost: &Arc<Link>) -> Option<Arc<Link>>
     }
 }
 
+/// Whether the executor knows `process_id` (a read of nothing, without
+/// waiting): false when it answers that it does not.
+async fn process_exists(link: &Link, process_id: &str, within: Duration) -> Result<bool, Error> {
+    let r = link
+        .request::<_, ProcessReadResult>(
+            method::PROCESS_READ,
+            &ProcessReadParams {
+                process_id: process_id.to_string(),
+                after_seq: Some(0),
+                max_bytes: Some(1),
+                wait_ms: Some(0),
+            },
+            within.min(RPC_TIMEOUT),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(LinkError::Rpc { error, .. })
+            if error.code == execgate_protocol::jsonrpc::code::INVALID_REQUEST =>
+        {
+            Ok(false)
+        }
+        Err(LinkError::Disconnected { .. }) => Err(lost_mid_command(link)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Kills the process group of a `shell` whose call was dropped before the
 /// process ended (see [`run`]).
 struct KillOnDrop {
@@ -570,6 +634,7 @@ fn lost_mid_command(link: &Link) -> Error {
         ),
     )
     .with_retry_after(1)
+    .with_outcome_unknown()
 }
 
 enum Push {
