@@ -37,25 +37,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: LinkUpgrade,
 ) -> Result<Response, ApiError> {
-    let Some(cluster) = state.cluster() else {
-        return Err(ApiError::not_found("this gateway is not a replica"));
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(why) = peer::verify(
-        cluster.config.secret.expose(),
-        header(peer::REPLICA_HEADER),
-        header(peer::TIME_HEADER),
-        header(peer::SIGNATURE_HEADER),
-        &exe_id,
-        now_ms(),
-    ) {
-        tracing::warn!(exe_id, "peer channel refused: {why}");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code::INVALID_TOKEN,
-            why,
-        ));
-    }
+    let peer_id = verify_peer(&state, &headers, &exe_id, &exe_id, "peer channel")?;
     let ws =
         ws.0.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
     let link = state
@@ -69,12 +51,44 @@ async fn upgrade(
                 "this replica does not hold the executor's link",
             )
         })?;
-    let peer_id = header(peer::REPLICA_HEADER).unwrap_or_default().to_string();
     Ok(ws.upgrade(move |socket, budget| {
         // An authenticated peer: full-size frames at once.
         budget.store(UNLIMITED, Ordering::Release);
         peer::serve(state.host(), link, socket, peer_id)
     }))
+}
+
+/// Checks a peer's `x-execgate-*` headers signed over `subject` with the
+/// cluster secret (`link::peer::verify`) for `what` on executor `exe_id`,
+/// and returns the peer's replica id: 404 when this gateway is not a
+/// replica, 401 `invalid_token` with the reason (logged) otherwise.
+fn verify_peer(
+    state: &AppState,
+    headers: &HeaderMap,
+    exe_id: &str,
+    subject: &str,
+    what: &str,
+) -> Result<String, ApiError> {
+    let Some(cluster) = state.cluster() else {
+        return Err(ApiError::not_found("this gateway is not a replica"));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = peer::verify(
+        cluster.config.secret.expose(),
+        header(peer::REPLICA_HEADER),
+        header(peer::TIME_HEADER),
+        header(peer::SIGNATURE_HEADER),
+        subject,
+        now_ms(),
+    ) {
+        tracing::warn!(exe_id, "{what} refused: {why}");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::INVALID_TOKEN,
+            why,
+        ));
+    }
+    Ok(header(peer::REPLICA_HEADER).unwrap_or_default().to_string())
 }
 
 #[derive(serde::Deserialize)]
@@ -95,25 +109,14 @@ async fn live(
     axum::extract::Query(q): axum::extract::Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let Some(cluster) = state.cluster() else {
-        return Err(ApiError::not_found("this gateway is not a replica"));
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(why) = peer::verify(
-        cluster.config.secret.expose(),
-        header(peer::REPLICA_HEADER),
-        header(peer::TIME_HEADER),
-        header(peer::SIGNATURE_HEADER),
-        &liveness::subject(&exe_id, q.epoch),
-        now_ms(),
-    ) {
-        tracing::warn!(exe_id, "a liveness query from a peer refused: {why}");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code::INVALID_TOKEN,
-            why,
-        ));
-    }
+    let subject = liveness::subject(&exe_id, q.epoch);
+    verify_peer(
+        &state,
+        &headers,
+        &exe_id,
+        &subject,
+        "a liveness query from a peer",
+    )?;
     let live = !state.drain().going_away()
         && state
             .registry()
