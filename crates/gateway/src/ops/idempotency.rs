@@ -288,21 +288,7 @@ impl Claim {
             answer: (!too_large).then_some(answer.body.as_slice()),
             body_sha256,
         };
-        match self
-            .store
-            .finish_idempotency_key(
-                &self.workspace,
-                &self.key,
-                &self.claim_id,
-                &record,
-                now_ms(),
-            )
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("idempotency key lost its claim before its answer"),
-            Err(e) => tracing::error!("recording an idempotency key's answer: {e}"),
-        }
+        self.record(&record, "answer").await;
     }
 
     /// Records that the request ended with its outcome unknown
@@ -321,20 +307,20 @@ impl Claim {
             answer: Some(body),
             body_sha256: None,
         };
+        self.record(&record, "unknown outcome").await;
+    }
+
+    /// Writes `record` under this claim; `what` names it in the log when the
+    /// claim was lost or the store failed.
+    async fn record(&self, record: &IdempotencyAnswer<'_>, what: &str) {
         match self
             .store
-            .finish_idempotency_key(
-                &self.workspace,
-                &self.key,
-                &self.claim_id,
-                &record,
-                now_ms(),
-            )
+            .finish_idempotency_key(&self.workspace, &self.key, &self.claim_id, record, now_ms())
             .await
         {
             Ok(true) => {}
-            Ok(false) => tracing::warn!("idempotency key lost its claim before its outcome"),
-            Err(e) => tracing::error!("recording an idempotency key's unknown outcome: {e}"),
+            Ok(false) => tracing::warn!("idempotency key lost its claim before its {what}"),
+            Err(e) => tracing::error!("recording an idempotency key's {what}: {e}"),
         }
     }
 
