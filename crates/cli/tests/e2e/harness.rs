@@ -120,7 +120,12 @@ pub fn stream_request(api: &Api, sid: &str, query: &str) -> reqwest::RequestBuil
 /// `n` pseudo-random bytes (xorshift), the same each time: not a short
 /// cycle, and most of them not UTF-8 as a whole.
 pub fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64;
+    noise_from(n, 0x9e3779b97f4a7c15)
+}
+
+/// [`noise`] from another (non-zero) seed: another sequence.
+pub fn noise_from(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
     (0..n)
         .map(|_| {
             x ^= x << 13;

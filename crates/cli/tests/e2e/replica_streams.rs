@@ -12,19 +12,6 @@ use crate::harness::*;
 use crate::replicas::Replicas;
 use crate::sse::SseReader;
 
-/// Pseudo-random bytes, not UTF-8 as a whole.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x2545f4914f6cdd1du64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// What a stream said: (seq, output bytes) per output event or frame, the
 /// `lost` event's data, and the exit code.
 #[derive(Debug, Default, PartialEq)]
@@ -120,7 +107,7 @@ async fn output_through_a_non_owner_is_the_owners_byte_for_byte() {
     let limits = ["--retain-bytes", "1048576", "--spill-bytes", "12582912"];
     let work = c.executor_with("a", 0, &limits).await;
     wait_for_env(&c.api(1), "a").await;
-    let data = noise(24 << 20);
+    let data = noise_from(24 << 20, 0x2545f4914f6cdd1d);
     std::fs::write(work.join("big.bin"), &data).unwrap();
     let sid = c
         .api(1)

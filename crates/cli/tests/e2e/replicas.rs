@@ -252,15 +252,7 @@ fn sha(data: &[u8]) -> String {
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    noise_from(n, seed | 1)
 }
 
 async fn put_file(api: &Api, env: &str, path: &str, data: Vec<u8>) {
@@ -1030,18 +1022,14 @@ async fn six_executors_on_three_replicas_through_every_replica() {
     }
 }
 
-/// A stock codex exec-server (SigV4, text frames only) on replica 0, used
-/// through replica 1: shell, files, a process and its output.
-#[tokio::test]
-async fn a_stock_codex_is_served_through_a_non_owner() {
-    let Some(bin) = crate::codex::codex_bin() else {
-        return;
-    };
-    let Some(c) = Replicas::start(2, &[]) else {
-        return;
-    };
+/// Two replicas and a stock codex exec-server named `codex` linked to
+/// replica 0; `None` (the test skips) without a codex binary or without
+/// PostgreSQL where it is not required.
+async fn codex_on_two_replicas() -> Option<(Replicas, Proc)> {
+    let bin = crate::codex::codex_bin()?;
+    let c = Replicas::start(2, &[])?;
     let creds = crate::codex::add_codex_executor_on(&c.store_args(), "codex");
-    let _codex = crate::codex::start_codex(
+    let codex = crate::codex::start_codex(
         &bin,
         &c.replicas[0].url(),
         &creds,
@@ -1049,6 +1037,16 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
         "a",
     );
     wait_for_env(&c.api(0), "codex").await;
+    Some((c, codex))
+}
+
+/// A stock codex exec-server (SigV4, text frames only) on replica 0, used
+/// through replica 1: shell, files, a process and its output.
+#[tokio::test]
+async fn a_stock_codex_is_served_through_a_non_owner() {
+    let Some((c, _codex)) = codex_on_two_replicas().await else {
+        return;
+    };
     let api = c.api(1);
     eventually(5, "replica 1 to list codex", || async {
         api.envs().await["envs"].as_array().unwrap().len() == 1
@@ -1094,21 +1092,9 @@ async fn a_stock_codex_is_served_through_a_non_owner() {
 /// "unknown" (the owner fills `lostBytes` into the relayed read).
 #[tokio::test]
 async fn codex_lost_bytes_are_counted_through_a_non_owner() {
-    let Some(bin) = crate::codex::codex_bin() else {
+    let Some((c, _codex)) = codex_on_two_replicas().await else {
         return;
     };
-    let Some(c) = Replicas::start(2, &[]) else {
-        return;
-    };
-    let creds = crate::codex::add_codex_executor_on(&c.store_args(), "codex");
-    let _codex = crate::codex::start_codex(
-        &bin,
-        &c.replicas[0].url(),
-        &creds,
-        c.prepared.dir.path(),
-        "a",
-    );
-    wait_for_env(&c.api(0), "codex").await;
     let (owner, other) = (c.api(0), c.api(1));
     eventually(5, "replica 1 to list codex", || async {
         other.envs().await["envs"].as_array().unwrap().len() == 1
