@@ -15,7 +15,7 @@ use execgate_protocol::connectors::error_code as code;
 
 use crate::http::error::ApiError;
 use crate::http::executor::LinkUpgrade;
-use crate::http::extract::ApiPath;
+use crate::http::extract::{ApiPath, ApiQuery};
 use crate::link::connect::UNLIMITED;
 use crate::link::{liveness, peer};
 use crate::ops::state::AppState;
@@ -106,7 +106,7 @@ struct LiveQuery {
 async fn live(
     State(state): State<AppState>,
     ApiPath(exe_id): ApiPath<String>,
-    axum::extract::Query(q): axum::extract::Query<LiveQuery>,
+    ApiQuery(q): ApiQuery<LiveQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let subject = liveness::subject(&exe_id, q.epoch);
@@ -201,5 +201,33 @@ mod tests {
         let (status, v) = ask(&state, "exe_1", 3, SECRET).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         assert_ne!(v["live"], true);
+    }
+
+    /// A malformed liveness query (no epoch, an epoch that is not an
+    /// integer) is a 400 in the error envelope, not axum's plain text.
+    #[tokio::test]
+    async fn a_malformed_liveness_query_is_a_400_envelope() {
+        let (_dir, state) = crate::ops::state::test_state(|c| {
+            c.cluster = Some(ClusterConfig::new(
+                "http://127.0.0.1:1".into(),
+                SecretString::new(SECRET),
+            ));
+        })
+        .await;
+        for query in ["", "?epoch=abc", "?epoch=1e99"] {
+            let req = Request::get(format!("{}exe_1{query}", liveness::LIVE_PATH))
+                .body(Body::empty())
+                .unwrap();
+            let res = crate::http::router(state.clone())
+                .oneshot(req)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{query}");
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert!(v["error"]["code"].is_string(), "{query}: {v}");
+        }
     }
 }
