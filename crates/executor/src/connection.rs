@@ -156,7 +156,22 @@ where
     if matches!(ended, Ended::Moved(_)) {
         // Flush what is queued (the last answers), then a Close frame.
         close.notify_one();
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer.0).await;
+        let deadline = tokio::time::Instant::now() + CLOSE_FLUSH_TIMEOUT;
+        let _ = tokio::time::timeout_at(deadline, &mut writer.0).await;
+        // Then the closing handshake: read until the gateway's Close,
+        // dropping what it sent meanwhile (a ping, a request that crossed
+        // our Close: it is not served, and the gateway reports its outcome
+        // unknown). Dropping a socket with bytes unread resets the
+        // connection, and a reset can cost the gateway our last answers: it
+        // fails its side at once, and ours discards what it had not sent.
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if let Frame::Close(_) = frame {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     conn.close();
     ended

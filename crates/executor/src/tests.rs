@@ -1249,6 +1249,8 @@ async fn a_move_waits_for_requests_in_flight_then_closes() {
         }
     };
     assert!(closed, "a Close frame ends the link");
+    // Reading on sends our Close: the executor waits for it.
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, gateway.next()).await.unwrap() {}
     assert!(ids.contains(&json!("slow")), "{ids:?}");
     assert!(!ids.contains(&json!("poll")), "{ids:?}");
     let ended = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
@@ -1256,6 +1258,104 @@ async fn a_move_waits_for_requests_in_flight_then_closes() {
         crate::connection::Ended::Moved(p) => assert_eq!(p.reason.as_deref(), Some("test")),
         other => panic!("{other}"),
     }
+}
+
+/// A move ends with the closing handshake, not a reset: a frame the
+/// gateway sends after the executor's Close (here a ping, as a gateway's
+/// liveness sends them) is read and dropped until the gateway's Close.
+/// Dropping the socket with bytes unread, or closing it before they came,
+/// reset the connection, and the gateway lost the last answers it had not
+/// read yet (CI of stop 28). The gateway here is a raw socket, so that the
+/// test sees the reset that a WebSocket library would turn into an error
+/// or hide.
+#[tokio::test]
+async fn a_move_ends_with_the_closing_handshake_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A masked client frame (mask 0: the payload as it is).
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(payload);
+        f
+    }
+    /// The opcodes of the whole (unmasked, server) frames in `buf`.
+    fn opcodes(buf: &[u8]) -> Vec<u8> {
+        let (mut ops, mut at) = (Vec::new(), 0);
+        while buf.len() >= at + 2 {
+            let (mut head, mut len) = (2, (buf[at + 1] & 0x7f) as usize);
+            if len == 126 && buf.len() >= at + 4 {
+                len = u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize;
+                head = 4;
+            } else if len >= 126 {
+                break;
+            }
+            if buf.len() < at + head + len {
+                break;
+            }
+            ops.push(buf[at] & 0x0f);
+            at += head + len;
+        }
+        ops
+    }
+
+    let (state, _dir) = state();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dialled = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let (dialled, accepted) = tokio::join!(dialled, listener.accept());
+    let server = WebSocketStream::from_raw_socket(dialled.unwrap(), Role::Server, None).await;
+    let mut gateway = accepted.unwrap().0;
+    let serving = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            crate::connection::serve(server, state, &mut tasks, Duration::from_secs(30)).await
+        })
+    };
+    let text = |v: Value| frame(0x1, v.to_string().as_bytes());
+    let mut hello = text(json!({"id": 1, "method": "initialize", "params": {"clientName": "gw"}}));
+    hello.extend(text(json!({"method": "initialized"})));
+    hello.extend(text(
+        json!({"method": "execgate/move", "params": {"reason": "test"}}),
+    ));
+    gateway.write_all(&hello).await.unwrap();
+    // Read up to the executor's Close.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !opcodes(&got).contains(&0x8) {
+        let n = tokio::time::timeout(WAIT, gateway.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the executor closed before its Close frame");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // A ping that crossed the Close, then ours.
+    gateway.write_all(&frame(0x9, b"")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closed = gateway.write_all(&frame(0x8, b"")).await;
+    let mut end = Vec::new();
+    let read = tokio::time::timeout(WAIT, gateway.read_to_end(&mut end))
+        .await
+        .unwrap();
+    assert!(
+        closed.is_ok() && read.is_ok(),
+        "the connection ends without a reset: our Close {closed:?}, the end {read:?}"
+    );
+    let ended = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    assert!(
+        matches!(ended, crate::connection::Ended::Moved(_)),
+        "{ended}"
+    );
 }
 
 #[tokio::test]
