@@ -55,6 +55,10 @@ pub const HANDSHAKE_READ_BUDGET: u64 = 1 << 20;
 /// in steps of this many bytes. See BENCHMARKS.md, "Idle executors".
 pub const LINK_READ_BUFFER: usize = 16 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a write to the socket failed, how long the reader may go on
+/// delivering what the executor sent before it (it ends at the socket's end,
+/// which comes at once after a reset) before the link closes anyway.
+const WRITE_FAILED_GRACE: Duration = Duration::from_secs(1);
 /// codex answers -32010 to a `resumeSessionId` whose session is still
 /// attached to its previous connection; it detaches once that socket is gone.
 const SESSION_ATTACHED: i64 = -32010;
@@ -226,6 +230,7 @@ where
         let timer =
             tokio::time::sleep_until(on_grid(tokio::time::Instant::now() + liveness.ping_after));
         tokio::pin!(timer);
+        let mut write_failed: Option<String> = None;
         'frames: loop {
             let frame = tokio::select! {
                 frame = rx.recv() => match frame {
@@ -257,9 +262,8 @@ where
                 tokio::select! {
                     sent = &mut send => match sent {
                         Ok(()) => break,
-                        // Nobody else watches the link's silence now.
                         Err(e) => {
-                            writer_link.close(&format!("could not write to the executor: {e}"));
+                            write_failed = Some(format!("could not write to the executor: {e}"));
                             break 'frames;
                         }
                     },
@@ -273,6 +277,20 @@ where
             if liveness.owed {
                 timer.as_mut().reset(tokio::time::Instant::now());
             }
+        }
+        if let Some(reason) = write_failed {
+            // The socket failed, but the answers the executor sent before
+            // it went (say a moving executor's last answers, then a reset)
+            // may still wait unread: closing the link now would fail
+            // requests whose answers are here. The reader delivers them and
+            // ends at the socket's end, which closes the link; nobody else
+            // watches the link's silence now, so this waits
+            // `WRITE_FAILED_GRACE` at most. What is queued was never written:
+            // new requests are refused (unsent) from now on.
+            rx.close();
+            let _ = tokio::time::timeout(WRITE_FAILED_GRACE, writer_link.closed()).await;
+            writer_link.close(&reason);
+            return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     })
@@ -561,5 +579,77 @@ mod tests {
         assert!(a >= t && a - t <= LIVENESS_GRID);
         assert!(b == a || b - a == LIVENESS_GRID);
         assert_eq!(on_grid(a), a);
+    }
+
+    /// Regression (rolling restart under load, CI of stop 28): a moving
+    /// executor answered a request, sent its Close and reset the
+    /// connection; the writer's next write failed and closed the link at
+    /// once, so the answer, already on this side, was lost and the request
+    /// reported with its outcome unknown. Now the reader delivers what came
+    /// before the socket's end; requests made after the failure are
+    /// refused unsent.
+    #[tokio::test]
+    async fn a_failed_write_loses_no_answer_already_received() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = Link::new("e".into(), "w".into(), "laptop".into(), tx);
+        // A socket whose writes go through until the peer resets it.
+        let (wire, mut written) = tokio::sync::mpsc::unbounded_channel::<WsMessage>();
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failing = reset.clone();
+        let sink = futures_util::sink::unfold((), move |(), frame: WsMessage| {
+            let result = if failing.load(Ordering::Acquire) {
+                Err("IO error: Connection reset by peer (os error 104)".to_string())
+            } else {
+                wire.send(frame).map_err(|e| e.to_string())
+            };
+            async move { result }
+        });
+        let (answers, received) = tokio::sync::mpsc::unbounded_channel::<WsMessage>();
+        let stream = futures_util::stream::unfold(received, |mut received| async move {
+            let frame = received.recv().await?;
+            Some((
+                Ok::<_, tokio_tungstenite::tungstenite::Error>(frame),
+                received,
+            ))
+        });
+        let writer = spawn_writer(link.clone(), Box::pin(sink), rx, Duration::from_secs(60));
+        let reader = spawn_reader(link.clone(), Box::pin(stream), "the executor");
+
+        let l = link.clone();
+        let call = tokio::spawn(async move {
+            l.request_value(
+                "fs/readFile",
+                serde_json::json!({}),
+                Duration::from_secs(10),
+            )
+            .await
+        });
+        let WsMessage::Text(request) = written.recv().await.unwrap() else {
+            panic!("a text frame");
+        };
+        let id = serde_json::from_str::<serde_json::Value>(&request).unwrap()["id"].clone();
+        // The executor answers and goes; our next write meets the reset
+        // before the reader has looked at the answer.
+        reset.store(true, Ordering::Release);
+        link.notify("initialized", serde_json::json!({})).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!link.is_closed(), "the link waits for its reader");
+        assert!(matches!(
+            link.request_value("fs/readFile", serde_json::json!({}), Duration::from_secs(1))
+                .await,
+            Err(LinkError::Disconnected { sent: false, .. })
+        ));
+        let answer = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"ok": true}});
+        answers
+            .send(WsMessage::Text(answer.to_string().into()))
+            .unwrap();
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            serde_json::json!({"ok": true})
+        );
+        drop(answers);
+        assert_eq!(reader.await.unwrap(), "the connection ended");
+        writer.await.unwrap();
+        assert!(link.is_closed());
     }
 }
