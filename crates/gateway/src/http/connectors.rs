@@ -17,7 +17,8 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiJsonRaw, ApiPath};
 use crate::http::idempotency;
 use crate::http::openapi::{IdempotencyErrors, IdempotencyKey};
-use crate::ops::environment::{connected_envs_json, environment, Page};
+use crate::ops::environment::environment;
+use crate::ops::envs_list::{connected_envs_json, Page};
 use crate::ops::state::AppState;
 use crate::ops::tools;
 use crate::store::audit_log::Via;
@@ -58,7 +59,7 @@ pub(crate) async fn envs_list(
 /// envs/list's answer: its frames, rendered as hyper asks for them, with
 /// their length known (so the answer has a `Content-Length`, not chunks).
 struct Frames {
-    frames: crate::ops::environment::EnvsAnswer,
+    frames: crate::ops::envs_list::EnvsAnswer,
     len: u64,
 }
 

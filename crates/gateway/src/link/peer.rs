@@ -40,7 +40,7 @@
 //!   in flight reads on through it (`shell::relink`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,7 +191,7 @@ const DESCRIBED_CAP: usize = 200_000;
 /// A lease's holder and epoch.
 type LeaseHolder = (String, i64);
 /// exe_id → epoch of the executors other replicas hold.
-type HeldElsewhere = HashMap<String, i64>;
+pub type HeldElsewhere = HashMap<String, i64>;
 /// The kept list of executors held elsewhere, and when it was read.
 type Elsewhere = Mutex<Option<(Instant, Arc<HeldElsewhere>)>>;
 /// exe_id → a description and the epoch it was read at.
@@ -204,6 +204,9 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// exe_id → the link through its owner.
     remotes: Mutex<HashMap<String, Arc<Link>>>,
+    /// Moves after each link kept in or dropped from `remotes` (see
+    /// [`Cluster::channels_generation`]).
+    remotes_generation: AtomicU64,
     /// exe_id → the lock its one dial at a time holds.
     dialling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// exe_id → the lease (holder, epoch) whose owner could not be reached,
@@ -225,6 +228,7 @@ impl Cluster {
             replica_id: crate::secret::random_id("rep_", 8),
             config,
             remotes: Mutex::new(HashMap::new()),
+            remotes_generation: AtomicU64::new(0),
             dialling: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             elsewhere: Arc::default(),
@@ -265,8 +269,10 @@ impl Cluster {
             )
             .await?;
         link.set_lease(epoch, until);
-        if let Some(old) = self.remotes.lock().unwrap().remove(&link.exe_id) {
+        let old = self.remotes.lock().unwrap().remove(&link.exe_id);
+        if let Some(old) = old {
             old.close("the executor moved to this replica");
+            self.remotes_generation.fetch_add(1, Ordering::AcqRel);
         }
         tracing::info!(exe_id = %link.exe_id, epoch, "took the executor's lease");
         Ok(())
@@ -486,7 +492,15 @@ impl Cluster {
             .lock()
             .unwrap()
             .insert(exe_id.to_string(), link.clone());
+        self.remotes_generation.fetch_add(1, Ordering::AcqRel);
         Ok(Some(link))
+    }
+
+    /// Moves after each channel to another replica's executor kept or
+    /// dropped, never before the change is seen (see
+    /// [`Registry::generation`](super::registry::Registry::generation)).
+    pub fn channels_generation(&self) -> u64 {
+        self.remotes_generation.load(Ordering::Acquire)
     }
 
     /// The open channel kept for `exe_id`, if any.
@@ -534,8 +548,14 @@ async fn read_elsewhere(
         .lock()
         .unwrap()
         .retain(|exe_id, (epoch, _)| held.get(exe_id) == Some(epoch));
-    let held = Arc::new(held);
     let mut kept = elsewhere.lock().unwrap();
+    // The same leases as the kept list: keep its `Arc`, so that a
+    // workspace's listing built from it stays current (`ops::envs_list`).
+    // Compared here, off the calls' path.
+    let held = match kept.as_ref() {
+        Some((_, same)) if **same == held => same.clone(),
+        _ => Arc::new(held),
+    };
     // A read begun earlier but done later does not replace a newer one.
     if kept.as_ref().is_none_or(|(at, _)| *at <= read_at) {
         *kept = Some((read_at, held.clone()));

@@ -11,6 +11,7 @@
 //! gateway has not noticed waits at most that long.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::store::now_ms;
 #[derive(Default)]
 pub struct Registry {
     links: RwLock<HashMap<String, Arc<Link>>>,
+    /// Moves after each link registered or removed (see
+    /// [`Registry::generation`]).
+    generation: AtomicU64,
     /// Executors with a link in its handshake (upgraded, not yet registered).
     handshaking: Arc<Mutex<HashSet<String>>>,
 }
@@ -107,6 +111,7 @@ impl Registry {
         if let Some(old) = old {
             old.close("replaced by a newer connection of the same executor");
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes `link` unless a newer link already replaced it.
@@ -117,7 +122,16 @@ impl Registry {
             .is_some_and(|cur| Arc::ptr_eq(cur, link))
         {
             links.remove(&link.exe_id);
+            drop(links);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Moves after each link registered or removed, never before the
+    /// change is seen: a listing built from an older value is never taken
+    /// for current (`ops::envs_list`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn get(&self, exe_id: &str) -> Option<Arc<Link>> {

@@ -13,6 +13,8 @@
 //!   [`transfer`]: streamed, verified transfers (copy_path too);
 //!   [`patch`]: the apply_patch grammar.
 //! - [`environment`]: a caller's environments and their live links;
+//!   [`envs_list`]: the environments a workspace lists (kept while they
+//!   stand) and envs/list's answer;
 //!   [`bridge`]: who may open a bridge session.
 //! - [`policy`], [`limits`], [`revocation`]: an executor's policy, a
 //!   workspace's rate and session cap, long requests re-checking their token.
@@ -31,6 +33,7 @@ pub mod captoken;
 pub mod deadlines;
 pub mod drain;
 pub mod environment;
+pub mod envs_list;
 pub mod error;
 pub mod files;
 pub mod idempotency;

@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     pub revoked_turns: tokio::sync::broadcast::Sender<String>,
     /// `/output` polling's reads ahead (see `read_ahead`).
     pub poll_aheads: PollAheads,
+    /// envs/list's listings, kept per workspace (see `ops::envs_list`).
+    pub listings: crate::ops::envs_list::Listings,
     /// This gateway as a replica; `None` alone.
     pub cluster: Option<Cluster>,
     /// Draining on SIGTERM, and readiness (see `ops::drain`).
@@ -186,6 +188,7 @@ impl AppState {
             sigv4_replays: Default::default(),
             ledgers: Mutex::new(HashMap::new()),
             poll_aheads: PollAheads::default(),
+            listings: Default::default(),
             drain: Default::default(),
         }))
     }
@@ -202,6 +205,11 @@ impl AppState {
     /// `/output` polling's reads ahead, per session.
     pub fn poll_aheads(&self) -> &PollAheads {
         &self.0.poll_aheads
+    }
+
+    /// envs/list's listings, kept per workspace.
+    pub fn listings(&self) -> &crate::ops::envs_list::Listings {
+        &self.0.listings
     }
 
     pub fn registry(&self) -> &Registry {

@@ -36,7 +36,7 @@ fn invoke(ctx: WorkspaceContext<'_>, arguments: Map<String, Value>) -> CallFutur
 }
 
 async fn call(ctx: WorkspaceContext<'_>, a: ListEnvironmentsArgs) -> Result<CallToolResult, Error> {
-    let mut envs = environment::connected_envs(ctx.state, ctx.caller).await?;
+    let mut envs = crate::ops::envs_list::connected_envs(ctx.state, ctx.caller).await?;
     if let Some(name) = a.environment_id {
         envs.retain(|e| e.name == name);
         if envs.is_empty() {
