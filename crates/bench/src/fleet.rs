@@ -17,8 +17,11 @@
 //! - `envs/list` of workspace `bench` through replica A, with its 10,000
 //!   connected (a third on A, the rest on B and C, listed from the leases),
 //!   beside the same call before any connected (target p50 ≤ 20 ms). Timed
-//!   to the answer's last byte (the gateway's latency); the client's parse
-//!   of the answer is reported beside, as is its size.
+//!   to the answer's last byte (the gateway's latency), read as curl reads
+//!   it, from a kept-alive socket into one buffer ([`RawClient`]); beside,
+//!   the same through reqwest keeping each chunk as it came (how it was
+//!   taken up to session 11), the client's parse of the answer, and its
+//!   size.
 //!
 //! The executors of each replica are held by a child process of the bench
 //! (`--lite-host`, [`crate::lite_executor::host`]): 10,000 sockets in each of
@@ -54,18 +57,32 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// One envs/list: the time to the answer's last byte, the time to parse
-/// it, the number of environments and the answer's size.
+/// it, the number of environments and the answer's size. The answer is
+/// read into `buf` (see [`Read`]).
 async fn envs_list(
     client: &reqwest::Client,
     url: &str,
     token: &str,
+    read: Read<'_>,
 ) -> anyhow::Result<(Duration, Duration, usize, usize)> {
-    let (fetched, parsed, v, size) = envs_list_with(client, url, token, &json!({})).await?;
+    let (fetched, parsed, v, size) = envs_list_with(client, url, token, &json!({}), read).await?;
     let count = v["envs"]
         .as_array()
         .with_context(|| format!("envs/list: {v}"))?
         .len();
     Ok((fetched, parsed, count, size))
+}
+
+/// How the client keeps the answer as it arrives (the clock stops at its
+/// last byte either way; the parse is timed apart).
+enum Read<'a> {
+    /// Copied into one buffer the client reuses from call to call: what a
+    /// client that lists often does, and the gateway's latency.
+    Into(&'a mut Vec<u8>),
+    /// Each chunk kept as it came: every call's 19 MB lands in fresh
+    /// memory, whose page faults the client pays (how the figure was taken
+    /// up to session 11; reported beside).
+    Chunks,
 }
 
 /// One envs/list with `body` (a page: `limit`, `after`): the time to the
@@ -75,6 +92,7 @@ async fn envs_list_with(
     url: &str,
     token: &str,
     body: &Value,
+    read: Read<'_>,
 ) -> anyhow::Result<(Duration, Duration, Value, usize)> {
     let t = Instant::now();
     let res = client
@@ -86,21 +104,116 @@ async fn envs_list_with(
     if !res.status().is_success() {
         bail!("envs/list: {}", res.status());
     }
-    // The answer's chunks as they arrive, kept as they are: the time to
-    // the last byte is the gateway's (and the socket's), not that of
-    // joining 19 MB into one fresh buffer, which reqwest's `bytes()` does
+    // Never reqwest's `bytes()`: it joins 19 MB into one fresh buffer
     // before it returns (a copy, and the page faults of the new buffer).
-    // They are joined after the clock stops, for the parse.
-    let mut chunks = Vec::new();
     let mut res = res;
-    while let Some(chunk) = res.chunk().await? {
-        chunks.push(chunk);
-    }
+    let mut chunks = Vec::new();
+    let mut own = Vec::new();
+    let buf = match read {
+        Read::Into(buf) => {
+            buf.clear();
+            buf.reserve(res.content_length().unwrap_or(0) as usize);
+            while let Some(chunk) = res.chunk().await? {
+                buf.extend_from_slice(&chunk);
+            }
+            buf
+        }
+        Read::Chunks => {
+            while let Some(chunk) = res.chunk().await? {
+                chunks.push(chunk);
+            }
+            &mut own
+        }
+    };
     let fetched = t.elapsed();
-    let bytes = chunks.concat();
+    if !chunks.is_empty() {
+        *buf = chunks.concat();
+    }
     let t = Instant::now();
-    let v: Value = serde_json::from_slice(&bytes)?;
-    Ok((fetched, t.elapsed(), v, bytes.len()))
+    let v: Value = serde_json::from_slice(buf)?;
+    Ok((fetched, t.elapsed(), v, buf.len()))
+}
+
+/// envs/list over one kept-alive socket, read as curl reads it (no client
+/// library between the socket and the buffer): the gateway's latency at
+/// the least client cost. Through reqwest, each chunk of the 19 MB answer
+/// crosses from hyper's connection task to the caller's (a wake-up each),
+/// which on this machine added more than the gateway's own work.
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    /// The last answer, head and body; reused from call to call.
+    buf: Vec<u8>,
+    /// Where its body starts in `buf`.
+    body_at: usize,
+}
+
+impl RawClient {
+    async fn connect(url: &str, token: &str) -> anyhow::Result<RawClient> {
+        let host = url
+            .strip_prefix("http://")
+            .with_context(|| format!("not an http:// URL: {url}"))?
+            .trim_end_matches('/');
+        let stream = tokio::net::TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        let request = format!(
+            "POST /api/connectors/envs/list HTTP/1.1\r\nHost: {host}\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{{}}"
+        )
+        .into_bytes();
+        Ok(RawClient {
+            stream,
+            request,
+            buf: Vec::new(),
+            body_at: 0,
+        })
+    }
+
+    /// One envs/list: the time to the answer's last byte, and its size.
+    async fn envs_list(&mut self) -> anyhow::Result<(Duration, usize)> {
+        use tokio::io::AsyncReadExt;
+        let t = Instant::now();
+        self.stream.write_all(&self.request).await?;
+        self.buf.clear();
+        let (head, length) = loop {
+            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("envs/list: the gateway closed the connection");
+            }
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&self.buf[..end])?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("envs/list: {}", head.lines().next().unwrap_or_default());
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .context("envs/list: no Content-Length")?;
+            break (end + 4, length);
+        };
+        self.buf.reserve((head + length).saturating_sub(self.buf.len()));
+        while self.buf.len() < head + length {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("envs/list: the answer ended early");
+            }
+        }
+        self.body_at = head;
+        Ok((t.elapsed(), length))
+    }
+
+    /// The last answer's body.
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body_at..]
+    }
 }
 
 /// A whole walk of envs/list by pages of `limit` (following `next`): its
@@ -111,12 +224,13 @@ async fn envs_walk(
     url: &str,
     token: &str,
     limit: usize,
+    buf: &mut Vec<u8>,
 ) -> anyhow::Result<(Duration, usize, usize)> {
     let (mut total, mut count, mut pages) = (Duration::ZERO, 0, 0);
     let mut after = Value::Null;
     loop {
-        let (d, _, v, _) =
-            envs_list_with(client, url, token, &json!({"limit": limit, "after": after})).await?;
+        let body = json!({"limit": limit, "after": after});
+        let (d, _, v, _) = envs_list_with(client, url, token, &body, Read::Into(buf)).await?;
         total += d;
         pages += 1;
         count += v["envs"].as_array().map_or(0, Vec::len);
@@ -230,11 +344,15 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let (a, token) = (&urls[0], &prepared.token);
     let client = http();
     let samples = if quick { 20 } else { 50 };
+    // The client's one buffer for envs/list's answers (see `Read`).
+    let mut buf = Vec::new();
 
     let mut before = Vec::new();
+    let mut raw = RawClient::connect(a, token).await?;
     for _ in 0..samples {
-        before.push(envs_list(&client, a, token).await?.0);
+        before.push(raw.envs_list().await?.0);
     }
+    drop(raw);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
 
@@ -296,7 +414,7 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let counts = || async {
         let mut counts = Vec::new();
         for url in &urls {
-            counts.push(envs_list(&client, url, token).await?.2);
+            counts.push(envs_list(&client, url, token, Read::Chunks).await?.2);
         }
         anyhow::Ok(counts)
     };
@@ -362,12 +480,19 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     }
 
     let (mut after, mut parse, mut size, mut shown) = (Vec::new(), Vec::new(), 0, 0);
+    let mut raw = RawClient::connect(a, token).await?;
     for _ in 0..samples {
-        let (d, p, count, bytes) = envs_list(&client, a, token).await?;
-        shown = count;
+        let (d, bytes) = raw.envs_list().await?;
+        let t = Instant::now();
+        let v: Value = serde_json::from_slice(raw.body())?;
+        parse.push(t.elapsed());
+        shown = v["envs"].as_array().map_or(0, Vec::len);
         after.push(d);
-        parse.push(p);
         size = bytes;
+    }
+    let mut kept_chunks = Vec::new();
+    for _ in 0..samples {
+        kept_chunks.push(envs_list(&client, a, token, Read::Chunks).await?.0);
     }
 
     // Pages of the same workspace (issue 18): the first page of 500, and
@@ -376,7 +501,9 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let page = if quick { 50 } else { 500 };
     let (mut paged, mut page_size) = (Vec::new(), 0);
     for _ in 0..samples {
-        let (d, _, v, bytes) = envs_list_with(&client, a, token, &json!({"limit": page})).await?;
+        let body = json!({"limit": page});
+        let (d, _, v, bytes) =
+            envs_list_with(&client, a, token, &body, Read::Into(&mut buf)).await?;
         if v["envs"].as_array().map_or(0, Vec::len) != page.min(shown) {
             bail!("a page of {page}: {} environments", v["envs"]);
         }
@@ -386,7 +513,7 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let walk_by = if quick { 10 } else { 1000 };
     let (mut walks, mut walked, mut walk_pages) = (Vec::new(), 0, 0);
     for _ in 0..(samples / 5).max(5) {
-        let (d, count, pages) = envs_walk(&client, a, token, walk_by).await?;
+        let (d, count, pages) = envs_walk(&client, a, token, walk_by, &mut buf).await?;
         walks.push(d);
         (walked, walk_pages) = (count, pages);
     }
@@ -454,6 +581,17 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
         "none connected",
         &before,
     ));
+    let [after_p50, ..] = crate::percentiles(&after);
+    let [kept_p50, ..] = crate::percentiles(&kept_chunks);
+    figures.push(
+        Figure::new(
+            format!("{k}.envs_list.kept_chunks_p50_ms"),
+            "  the same through reqwest, each chunk kept as it came (as up to session 11), p50",
+            kept_p50,
+            "ms",
+        )
+        .vs("over a raw socket, p50", after_p50),
+    );
     let [parse_p50, ..] = crate::percentiles(&parse);
     figures.push(Figure::new(
         format!("{k}.envs_list.client_parse_p50_ms"),
