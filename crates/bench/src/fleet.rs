@@ -200,7 +200,8 @@ impl RawClient {
                 .context("envs/list: no Content-Length")?;
             break (end + 4, length);
         };
-        self.buf.reserve((head + length).saturating_sub(self.buf.len()));
+        self.buf
+            .reserve((head + length).saturating_sub(self.buf.len()));
         while self.buf.len() < head + length {
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 bail!("envs/list: the answer ended early");
