@@ -251,6 +251,7 @@ impl Gateway {
         tokio::spawn(ops::deadlines::run(self.state.clone()));
         tokio::spawn(ops::revocation::sweep_removed_executors(self.state.clone()));
         tokio::spawn(ops::revocation::relay_store_hints(self.state.clone()));
+        tokio::spawn(link::last_seen::record(self.state.host()));
         tokio::spawn(ops::captoken::prune_periodically(
             self.state.store().clone(),
         ));

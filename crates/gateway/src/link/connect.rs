@@ -398,9 +398,9 @@ async fn handshake(
     })
 }
 
-/// Registers a handshaken link and keeps its bookkeeping until it closes:
-/// declares it dead when the executor is silent for the ping timeout.
-/// Returns why it closed.
+/// Registers a handshaken link (its lease, the registry, the store's
+/// record) and waits for it to close (its writer declares it dead when the
+/// executor is silent for the ping timeout). Returns why it closed.
 async fn serve_link(
     state: &Host,
     link: &Arc<Link>,
@@ -436,23 +436,11 @@ async fn serve_link(
     }
     tracing::info!(exe_id = %link.exe_id, name = %link.name, workspace = %link.workspace, kind = %info.kind, version = %info.version, "executor connected");
 
-    // The ping timeout is the writer's (`Liveness`); here only the
-    // record of `last_seen` in the store.
-    let mut tick = tokio::time::interval(state.config().ping_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            r = &mut *reader => return r.unwrap_or_else(|e| format!("reader failed: {e}")),
-            _ = link.closed() => {
-                return link.close_reason().unwrap_or("closed by the gateway").to_string()
-            }
-            _ = tick.tick() => {
-                if let Err(e) = state.store().touch_executor(&link.exe_id, link.last_seen_ms()).await {
-                    tracing::warn!("could not record last_seen of {}: {e}", link.exe_id);
-                }
-            }
-        }
+    // The ping timeout is the writer's (`Liveness`); `last_seen` is
+    // recorded for every link at once (`link::last_seen`).
+    tokio::select! {
+        r = &mut *reader => r.unwrap_or_else(|e| format!("reader failed: {e}")),
+        _ = link.closed() => link.close_reason().unwrap_or("closed by the gateway").to_string(),
     }
 }
 

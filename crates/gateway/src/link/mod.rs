@@ -1,7 +1,7 @@
 //! The link layer: executor links. [`connect`] runs a link's session
 //! (handshake, resume, the socket's life) once `http::executor` upgraded it;
-//! this module is the [`Link`] itself; [`registry`] holds the live ones;
-//! [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
+//! this module is the [`Link`] itself; [`registry`] holds the live ones,
+//! whose `last_seen` [`last_seen`] records in the store; [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
 //! serve output reads; [`bridge`] relays a bridge session; [`peer`] holds a
 //! replica's executor leases and both ends of the channel through which
 //! another replica uses a link held here. It names neither
@@ -42,6 +42,7 @@
 pub mod bridge;
 pub mod connect;
 pub mod host;
+pub mod last_seen;
 pub mod liveness;
 pub mod peer;
 pub mod read_ahead;

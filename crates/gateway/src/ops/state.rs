@@ -416,3 +416,45 @@ pub(crate) async fn test_state(
     tweak(&mut config);
     (dir, AppState::new(config, store))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// The gateway's links' `last_seen` reaches the store every ping
+    /// interval (`link::last_seen`, run with this state as its host), the
+    /// link's own time; a closed link's is no longer written.
+    #[tokio::test]
+    async fn the_links_last_seen_is_recorded_every_ping_interval() {
+        let (_dir, state) =
+            super::test_state(|c| c.link.ping_interval = Duration::from_millis(100)).await;
+        let store = state.store().clone();
+        let (exe_id, _) = store.add_executor("w1", "laptop", false).await.unwrap();
+        let (other, _) = store.add_executor("w1", "desk", false).await.unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = crate::link::Link::new(exe_id.clone(), "w1".into(), "laptop".into(), tx);
+        let (tx, _rx2) = tokio::sync::mpsc::unbounded_channel();
+        let closed = crate::link::Link::new(other.clone(), "w1".into(), "desk".into(), tx);
+        closed.close("gone");
+        state.registry().insert(link.clone());
+        state.registry().insert(closed);
+        let recorder = tokio::spawn(crate::link::last_seen::record(state.host()));
+        let seen = || async { store.executor(&exe_id).await.unwrap().unwrap().last_seen_at };
+        for _ in 0..50 {
+            if seen().await == Some(link.last_seen_ms()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen().await, Some(link.last_seen_ms()));
+        // Seen again later: the next round writes the new time.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        link.touch();
+        let later = link.last_seen_ms();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(seen().await, Some(later));
+        let desk = store.executor(&other).await.unwrap().unwrap();
+        assert_eq!(desk.last_seen_at, None, "a closed link is not recorded");
+        recorder.abort();
+    }
+}

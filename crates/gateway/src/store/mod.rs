@@ -341,6 +341,10 @@ pub(crate) enum Db {
 }
 
 /// Runs `$body` with `$pool` bound to the main pool of either backend.
+/// Executors whose `last_seen` one statement records at most
+/// ([`Store::touch_executors`]).
+const TOUCH_BATCH: usize = 2_000;
+
 macro_rules! on_db {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
@@ -983,15 +987,40 @@ impl Store {
         Ok(())
     }
 
-    pub async fn touch_executor(&self, exe_id: &str, last_seen_ms: i64) -> Result<()> {
-        on_db!(&self.db, |pool| sqlx::query(
-            "UPDATE executors SET last_seen_at = $1 WHERE exe_id = $2"
-        )
-        .bind(last_seen_ms)
-        .bind(exe_id)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+    /// Records when each of `seen`'s executors (`exe_id`, Unix ms) was last
+    /// seen: one statement per [`TOUCH_BATCH`] of them (the executors a
+    /// replica holds, every ping interval), not one per executor. The
+    /// pairs travel as one JSON text, which both backends read as rows.
+    pub async fn touch_executors(&self, seen: &[(&str, i64)]) -> Result<()> {
+        for batch in seen.chunks(TOUCH_BATCH) {
+            let rows = serde_json::to_string(batch)
+                .map_err(|e| StoreError::Invalid(format!("last_seen rows not encodable: {e}")))?;
+            match &self.db {
+                Db::Sqlite { main, .. } => {
+                    sqlx::query(
+                        "UPDATE executors SET last_seen_at = v.ts
+                         FROM (SELECT json_extract(value, '$[0]') AS id,
+                                      json_extract(value, '$[1]') AS ts
+                               FROM json_each($1)) AS v
+                         WHERE executors.exe_id = v.id",
+                    )
+                    .bind(&rows)
+                    .execute(main)
+                    .await?;
+                }
+                Db::Postgres(pool) => {
+                    sqlx::query(
+                        "UPDATE executors AS e SET last_seen_at = v.ts
+                         FROM (SELECT r->>0 AS id, (r->>1)::BIGINT AS ts
+                               FROM json_array_elements($1::json) AS r) AS v
+                         WHERE e.exe_id = v.id",
+                    )
+                    .bind(&rows)
+                    .execute(pool)
+                    .await?;
+                }
+            }
+        }
         Ok(())
     }
 

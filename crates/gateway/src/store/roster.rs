@@ -97,6 +97,40 @@ mod tests {
     use super::super::testing::{on_both, Fx};
 
     on_both!(the_roster_follows_every_change_of_the_executors,);
+    on_both!(last_seen_is_recorded_for_many_executors_at_once,);
+
+    /// `touch_executors` writes each executor's own time, across more than
+    /// one batch, leaves the others alone, and ignores ids that are gone.
+    async fn last_seen_is_recorded_for_many_executors_at_once(fx: Fx) {
+        let store = fx.open().await;
+        store.create_workspace("w").await.unwrap();
+        let n = super::super::TOUCH_BATCH + 3;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(
+                store
+                    .add_executor("w", &format!("e{i}"), false)
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        let (untouched, _) = store.add_executor("w", "quiet", false).await.unwrap();
+        let mut seen: Vec<(&str, i64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), 1_000 + i as i64))
+            .collect();
+        seen.push(("exe_gone", 5));
+        store.touch_executors(&seen).await.unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let row = store.executor(id).await.unwrap().unwrap();
+            assert_eq!(row.last_seen_at, Some(1_000 + i as i64), "{i}");
+        }
+        let quiet = store.executor(&untouched).await.unwrap().unwrap();
+        assert_eq!(quiet.last_seen_at, None);
+        store.touch_executors(&[]).await.unwrap();
+    }
 
     /// Adds, default changes and removals by another
     /// handle on the same store (another process, in effect) are all seen
@@ -116,7 +150,7 @@ mod tests {
             [("a".to_string(), true), ("x".to_string(), false)]
         );
         // Unchanged: the same entry, not a re-read.
-        b.touch_executor(&x, 1234).await.unwrap();
+        b.touch_executors(&[(&x, 1234)]).await.unwrap();
         let again = a.roster("w").await.unwrap();
         assert!(std::sync::Arc::ptr_eq(&first, &again));
         b.set_default_executor(&x).await.unwrap();
