@@ -43,6 +43,7 @@ import {
   type CallToolResult,
   type ConnectorEnv,
   type CopyPathArguments,
+  type EnvsListRequest,
   type EnvsListResponse,
   type ExecCommandArguments,
   type ExecutorInfo,
@@ -302,6 +303,17 @@ export class Client {
   /** The workspace's connected environments. */
   async envs(): Promise<Env[]> {
     return (await this._envsList()).map((e) => new Env(this, e));
+  }
+
+  /** A page of the connected environments, for a large workspace: at most
+   * `limit` (1 to 1000) of those named after `after` (byte order of
+   * names), and `next`, the `after` of the next page (`null` on the last).
+   * `envsPage(500)`, then `envsPage(500, page.next)` until `next` is null. */
+  async envsPage(limit: number, after?: string | null): Promise<{ envs: Env[]; next: string | null }> {
+    const json: EnvsListRequest = { limit };
+    if (after != null) json.after = after;
+    const r = await this._call<EnvsListResponse>(ROUTES.envsList, {}, { json });
+    return { envs: (r.envs ?? []).map((e) => new Env(this, e)), next: r.next ?? null };
   }
 
   /** The connected environment `name`; {@link EnvNotFound} if none is

@@ -83,6 +83,25 @@ function recordingFetch({ match = null, cutAfter = 0, nth = 1 } = {}) {
 
 // -- environments -------------------------------------------------------------
 
+test("envs by pages", async () => {
+  const all = (await client.envs()).map((e) => e.name);
+  const byBytes = [...all].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  const walked = [];
+  let page = await client.envsPage(1);
+  for (;;) {
+    assert.ok(page.envs.length <= 1);
+    walked.push(...page.envs.map((e) => e.name));
+    if (page.next === null) break;
+    assert.equal(page.next, page.envs[0].name);
+    page = await client.envsPage(1, page.next);
+  }
+  assert.deepEqual(walked, byBytes);
+  const whole = await client.envsPage(1000);
+  assert.deepEqual([whole.envs.map((e) => e.name), whole.next], [byBytes, null]);
+  assert.ok(whole.envs.every((e) => e.tools.length > 0));
+  await assert.rejects(client.envsPage(0), (e) => e instanceof execgate.BadRequest && e.code === "bad_request");
+});
+
 test("envs and selection", async () => {
   const envs = Object.fromEntries((await client.envs()).map((e) => [e.name, e]));
   for (const n of ["laptop", "gpu", "tiny"]) assert.ok(envs[n], n);
