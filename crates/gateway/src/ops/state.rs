@@ -440,19 +440,21 @@ mod tests {
         state.registry().insert(closed);
         let recorder = tokio::spawn(crate::link::last_seen::record(state.host()));
         let seen = || async { store.executor(&exe_id).await.unwrap().unwrap().last_seen_at };
-        for _ in 0..50 {
-            if seen().await == Some(link.last_seen_ms()) {
-                break;
+        let written = |ms: i64| async move {
+            // Rounds every 100 ms; a loaded machine may delay a few.
+            for _ in 0..250 {
+                if seen().await == Some(ms) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(seen().await, Some(link.last_seen_ms()));
-        // Seen again later: the next round writes the new time.
+            false
+        };
+        assert!(written(link.last_seen_ms()).await);
+        // Seen again later: a next round writes the new time.
         tokio::time::sleep(Duration::from_millis(5)).await;
         link.touch();
-        let later = link.last_seen_ms();
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(seen().await, Some(later));
+        assert!(written(link.last_seen_ms()).await);
         let desk = store.executor(&other).await.unwrap().unwrap();
         assert_eq!(desk.last_seen_at, None, "a closed link is not recorded");
         recorder.abort();
