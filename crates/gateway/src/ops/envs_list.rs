@@ -228,6 +228,8 @@ impl Listing {
 /// to list afresh.
 const KEEP_FROM: usize = 256;
 /// Listings kept at most (one per workspace); past it, all are dropped.
+/// A listing holds its links alive: those from before a link came or went
+/// are dropped whenever another listing is kept.
 const KEPT: usize = 64;
 
 /// The listings kept, by workspace (in the gateway's state).
@@ -264,6 +266,10 @@ async fn listing_of(state: &AppState, workspace: &str) -> Result<Arc<Listing>, E
     // next time, not kept out.
     if complete && roster.len() >= KEEP_FROM {
         let mut kept = listings.lock().unwrap();
+        // Listings from before a link came or went are rebuilt at their
+        // next use anyway: dropped now, they do not keep the links of
+        // executors that left alive until then.
+        kept.retain(|_, l| l.generation == generation);
         if kept.len() >= KEPT {
             kept.clear();
         }
@@ -1009,11 +1015,21 @@ mod tests {
         assert_eq!(first.entries.len(), KEEP_FROM / 2);
         assert!(Arc::ptr_eq(&first, &listed().await), "kept");
 
+        // A stale listing of another workspace, from before the change
+        // below: dropped when the next listing is kept.
+        let stale = Arc::new(Listing::new(Vec::new(), &Roster::default(), None, 0));
+        state
+            .listings()
+            .kept
+            .lock()
+            .unwrap()
+            .insert("w2".into(), stale);
         // A link registered.
         let one = connect(1);
         let now = listed().await;
         assert!(!Arc::ptr_eq(&first, &now));
         assert_eq!(names(&now)[..3], ["e000", "e001", "e002"]);
+        assert!(!state.listings().kept.lock().unwrap().contains_key("w2"));
         assert!(Arc::ptr_eq(&now, &listed().await), "kept again");
         // Its last_seen, read as written.
         let e001 = &now.entries[1];
