@@ -24,10 +24,27 @@ async fn wait_for_file(path: std::path::PathBuf) {
     .await;
 }
 
+/// The first chunk reaches a waiting long-poll within 50 ms of the child
+/// writing it: pushed, not found by a timer. The best of three tries: on a
+/// loaded two-core CI machine one try can be descheduled past 50 ms (64 ms
+/// once), while a poll that waits on a timer misses all three.
 #[tokio::test]
 async fn long_poll_delivers_the_first_chunk_within_50_ms() {
     let w = World::start(&[]).await;
-    // The child prints the wall clock (ns) at the moment it writes.
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let latency_ms = first_chunk_latency_ms(&w).await;
+        if (0.0..50.0).contains(&latency_ms) {
+            return;
+        }
+        tries.push(latency_ms);
+    }
+    panic!("the first chunk took {tries:.1?} ms in three tries");
+}
+
+/// One try: a child that prints the wall clock (ns) as it writes, 1 s in;
+/// the time from its write to the long-poll's answer.
+async fn first_chunk_latency_ms(w: &World) -> f64 {
     let sid = w
         .api
         .exec(
@@ -57,11 +74,7 @@ async fn long_poll_delivers_the_first_chunk_within_50_ms() {
         .trim()
         .parse()
         .unwrap();
-    let latency_ms = (arrived - written) as f64 / 1e6;
-    assert!(
-        (0.0..50.0).contains(&latency_ms),
-        "first chunk took {latency_ms:.1} ms"
-    );
+    (arrived - written) as f64 / 1e6
 }
 
 #[tokio::test]
