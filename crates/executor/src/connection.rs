@@ -38,8 +38,8 @@ use crate::state::ExecutorState;
 
 /// Drop the link if nothing at all arrives for this long.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long the writer may take to flush and send the Close frame when the
-/// link moves.
+/// How long a moving link may take to flush, send its Close frame and
+/// read the gateway's.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for the writer. Bounds memory when the gateway reads
 /// slowly; notifications beyond it are dropped, responses wait.

@@ -138,6 +138,17 @@ mod tests {
 
     const SECRET: &str = "a-cluster-secret-of-some-length";
 
+    /// A replica's state, its cluster secret [`SECRET`].
+    async fn replica_state() -> (tempfile::TempDir, AppState) {
+        crate::ops::state::test_state(|c| {
+            c.cluster = Some(ClusterConfig::new(
+                "http://127.0.0.1:1".into(),
+                SecretString::new(SECRET),
+            ));
+        })
+        .await
+    }
+
     async fn ask(state: &AppState, exe_id: &str, epoch: i64, secret: &str) -> (StatusCode, Value) {
         let ts = now_ms();
         let signature = peer::sign(secret, "rep_other", &liveness::subject(exe_id, epoch), ts);
@@ -163,13 +174,7 @@ mod tests {
     /// is not leaving or draining; only the cluster secret may ask.
     #[tokio::test]
     async fn a_holder_confirms_only_a_live_link_under_the_asked_epoch() {
-        let (_dir, state) = crate::ops::state::test_state(|c| {
-            c.cluster = Some(ClusterConfig::new(
-                "http://127.0.0.1:1".into(),
-                SecretString::new(SECRET),
-            ));
-        })
-        .await;
+        let (_dir, state) = replica_state().await;
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let link = Link::new("exe_1".into(), "w1".into(), "x".into(), tx);
         link.set_lease(3, now_ms() + 60_000);
@@ -207,13 +212,7 @@ mod tests {
     /// integer) is a 400 in the error envelope, not axum's plain text.
     #[tokio::test]
     async fn a_malformed_liveness_query_is_a_400_envelope() {
-        let (_dir, state) = crate::ops::state::test_state(|c| {
-            c.cluster = Some(ClusterConfig::new(
-                "http://127.0.0.1:1".into(),
-                SecretString::new(SECRET),
-            ));
-        })
-        .await;
+        let (_dir, state) = replica_state().await;
         for query in ["", "?epoch=abc", "?epoch=1e99"] {
             let req = Request::get(format!("{}exe_1{query}", liveness::LIVE_PATH))
                 .body(Body::empty())

@@ -3,7 +3,7 @@
 //! nothing they were built from moved, and the answer rendered as it is
 //! sent (MCP's `list_environments` lists the same).
 //!
-//! Why kept (BENCHMARKS.md, "envs/list of 10,000, kept"): building the
+//! Why kept (BENCHMARKS.md, "Session 12: envs/list kept"): building the
 //! list looks each of the workspace's executors up in the registry, the
 //! leases held elsewhere, the kept channels and the descriptions, and
 //! counts the answer's bytes: at 10,000 executors about half of the
@@ -164,12 +164,10 @@ impl Listing {
         generation: u64,
     ) -> Listing {
         let mut ends = Vec::with_capacity(entries.len());
-        let mut total = 0;
+        let (mut count, mut stamps) = (Count(0), Stamps::default());
         for l in &entries {
-            let mut count = Count(0);
-            write_env(&mut count, l, &mut Stamps::default());
-            total += count.0;
-            ends.push(total);
+            write_env(&mut count, l, &mut stamps);
+            ends.push(count.0);
         }
         Listing {
             entries,
@@ -372,8 +370,8 @@ pub async fn connected_envs_json(
 
 /// envs/list's answer, rendered as it is sent: each [`EnvsAnswer::next`]
 /// copies the next environments into a frame of about [`FRAME`] bytes.
-/// Its length is counted up front (the same writer into a counter), so
-/// the answer keeps its `Content-Length`.
+/// Its length is summed up front from the lengths its [`Listing`] counted
+/// with the same writer, so the answer keeps its `Content-Length`.
 ///
 /// Why frame by frame (BENCHMARKS.md, "envs/list of 10,000, rendered as
 /// sent"): a workspace of 10,000 environments is 19 MB of JSON. Rendered
@@ -622,9 +620,11 @@ fn write_last_seen(out: &mut impl Sink, l: &Listed, stamps: &mut Stamps) {
 mod tests {
     use super::*;
 
-    fn link_with(name: &str, info: serde_json::Value) -> Arc<Link> {
+    /// A handshaken link of executor `exe_id` whose executor announced
+    /// `info` (its `environmentInfo`).
+    fn link_of(exe_id: &str, name: &str, info: serde_json::Value) -> Arc<Link> {
         let (tx, _) = tokio::sync::mpsc::unbounded_channel();
-        let link = Link::new("exe_1".into(), "w".into(), name.into(), tx);
+        let link = Link::new(exe_id.into(), "w1".into(), name.into(), tx);
         let info: execgate_protocol::exec::EnvironmentInfo = serde_json::from_value(info).unwrap();
         link.set_handshake(crate::link::Handshake {
             session_id: "s".into(),
@@ -632,6 +632,15 @@ mod tests {
             info,
         });
         link
+    }
+
+    fn link_with(name: &str, info: serde_json::Value) -> Arc<Link> {
+        link_of("exe_1", name, info)
+    }
+
+    /// An execgate executor without policy or custom tools.
+    fn plain_info() -> serde_json::Value {
+        serde_json::json!({"executorVersion": "1.2", "platformOs": "linux"})
     }
 
     fn listed_link(link: &Arc<Link>, is_default: bool, last_seen_ms: Option<i64>) -> Listed {
@@ -725,10 +734,7 @@ mod tests {
     /// the pieces kept on the link).
     #[test]
     fn the_envs_list_writer_matches_serde() {
-        let plain = link_with(
-            "laptop",
-            serde_json::json!({"executorVersion": "1.2", "platformOs": "linux"}),
-        );
+        let plain = link_with("laptop", plain_info());
         let limited = link_with(
             "odd \"name\" \u{e9}",
             serde_json::json!({"executorVersion": "1.2", "platformOs": "linux", "execgate": {
@@ -786,10 +792,7 @@ mod tests {
             assert_eq!(got, expected, "{name:?}");
         }
         // Links alike share their pieces.
-        let twin = link_with(
-            "other",
-            serde_json::json!({"executorVersion": "1.2", "platformOs": "linux"}),
-        );
+        let twin = link_with("other", plain_info());
         let (a, b) = (listing(&plain), listing(&twin));
         assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1));
         assert!(!Arc::ptr_eq(&a.0, &listing(&limited).0));
@@ -843,10 +846,7 @@ mod tests {
     /// [`FRAME`] bytes, and its counted length is exact at every step.
     #[test]
     fn the_answer_frame_by_frame_is_serde_s_and_as_long_as_counted() {
-        let plain = link_with(
-            "laptop",
-            serde_json::json!({"executorVersion": "1.2", "platformOs": "linux"}),
-        );
+        let plain = link_with("laptop", plain_info());
         let limited = link_with(
             "odd \"name\" \u{e9}",
             serde_json::json!({"executorVersion": "1.2", "platformOs": "linux", "execgate": {
@@ -906,18 +906,7 @@ mod tests {
     }
 
     fn link_for(exe_id: &str, name: &str) -> Arc<Link> {
-        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
-        let link = Link::new(exe_id.into(), "w1".into(), name.into(), tx);
-        let info: execgate_protocol::exec::EnvironmentInfo = serde_json::from_value(
-            serde_json::json!({"executorVersion": "1.2", "platformOs": "linux"}),
-        )
-        .unwrap();
-        link.set_handshake(crate::link::Handshake {
-            session_id: "s".into(),
-            ext: info.ext(),
-            info,
-        });
-        link
+        link_of(exe_id, name, plain_info())
     }
 
     /// A page of a listing is the entries after `after` (byte order), at

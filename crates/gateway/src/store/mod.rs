@@ -340,11 +340,11 @@ pub(crate) enum Db {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the main pool of either backend.
 /// Executors whose `last_seen` one statement records at most
 /// ([`Store::touch_executors`]).
 const TOUCH_BATCH: usize = 2_000;
 
+/// Runs `$body` with `$pool` bound to the main pool of either backend.
 macro_rules! on_db {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {

@@ -77,9 +77,7 @@ impl Store {
         );
         Ok(roster)
     }
-}
 
-impl Store {
     /// The roster counter: it moves with every executor added, removed,
     /// renamed, moved or made default, by any process on the store (see
     /// the module docs). One single-row read.
