@@ -365,6 +365,12 @@ impl Link {
         true
     }
 
+    /// Until when (Unix ms) this replica's lease on the executor holds
+    /// (`i64::MAX` without replicas).
+    pub fn lease_until(&self) -> i64 {
+        self.lease_until_ms.load(Ordering::Acquire)
+    }
+
     /// The fencing epoch of this replica's lease (0 without replicas).
     pub fn epoch(&self) -> i64 {
         self.epoch.load(Ordering::Acquire)
@@ -500,6 +506,11 @@ impl Link {
     /// Records that the executor showed signs of life (any frame, a pong).
     pub fn touch(&self) {
         self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn set_last_seen_ms(&self, ms: i64) {
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn last_seen_ms(&self) -> i64 {

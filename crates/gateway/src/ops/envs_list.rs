@@ -14,7 +14,12 @@
 //! stand still) and no link was registered or removed, nor a channel to
 //! another replica's executor kept or dropped, since (their generations).
 //! `last_seen`, which moves without those, is read from each link as the
-//! answer is written. A link closed but not yet removed is listed, as it
+//! answer is written. A listing keeps each entry's head (name, default
+//! flag) rendered, one after the other, and its pieces: writing the answer
+//! reads no link or description but for a live `last_seen`, and those
+//! reads are done a frame's worth at a time, apart from the copying (at
+//! 10,000 the misses on links and names were most of the time spent
+//! writing; BENCHMARKS.md, "Session 13"). A link closed but not yet removed is listed, as it
 //! was before listings were kept; a description stands for its lease.
 
 use std::collections::HashMap;
@@ -38,8 +43,8 @@ use crate::store::roster::{Roster, RosterEntry};
 /// holds, [`Described`]), its roster row's default flag and when it was
 /// last seen. Its listing pieces are the ones kept on its link or
 /// description, which never change once there: its length counted when
-/// the listing is built is the length written. 40 bytes: a kept listing of
-/// 10,000 is 400 KB.
+/// the listing is built is the length written. 40 bytes; with its head
+/// and pieces' index ([`Listing`]), a kept listing of 10,000 is ~1.1 MB.
 pub(crate) struct Listed {
     entry: Entry,
     last_seen: LastSeen,
@@ -148,6 +153,14 @@ pub(crate) struct Listing {
     entries: Vec<Listed>,
     /// `ends[i]`: the bytes of entries `0..=i`, each written alone.
     ends: Vec<usize>,
+    /// Each entry's head (`{"name":…,"tools":`, [`write_head`]), one after
+    /// the other: `heads[head_ends[i - 1]..head_ends[i]]` is entry `i`'s.
+    heads: Vec<u8>,
+    head_ends: Vec<usize>,
+    /// Each entry's pieces, as an index into `pieces` (the distinct ones:
+    /// executors alike share them); [`NO_PIECES`] for one without.
+    piece_of: Vec<u32>,
+    pieces: Vec<Pieces>,
     /// The roster and the leases held elsewhere it was built from: weak,
     /// so as not to keep them, but their allocations stay while a listing
     /// points at them, so another can never take the same address.
@@ -164,14 +177,40 @@ impl Listing {
         generation: u64,
     ) -> Listing {
         let mut ends = Vec::with_capacity(entries.len());
+        let mut heads = Vec::new();
+        let mut head_ends = Vec::with_capacity(entries.len());
+        let mut piece_of = Vec::with_capacity(entries.len());
+        let mut pieces: Vec<Pieces> = Vec::new();
+        let mut distinct: HashMap<(*const u8, *const u8), u32> = HashMap::new();
         let (mut count, mut stamps) = (Count(0), Stamps::default());
         for l in &entries {
-            write_env(&mut count, l, &mut stamps);
+            match l.pieces() {
+                Some(p) => {
+                    let at = *distinct
+                        .entry((p.0.as_ptr(), p.1.as_ptr()))
+                        .or_insert_with(|| {
+                            pieces.push(p.clone());
+                            (pieces.len() - 1) as u32
+                        });
+                    piece_of.push(at);
+                    let before = heads.len();
+                    write_head(&mut heads, l);
+                    count.0 += heads.len() - before;
+                    write_body(&mut count, p, l.last_seen_ms(), &mut stamps);
+                }
+                // Never (see `Listed::new`); were it, nothing is written.
+                None => piece_of.push(NO_PIECES),
+            }
+            head_ends.push(heads.len());
             ends.push(count.0);
         }
         Listing {
             entries,
             ends,
+            heads,
+            head_ends,
+            piece_of,
+            pieces,
             roster: Arc::downgrade(roster),
             held: held.map(Arc::downgrade),
             generation,
@@ -207,6 +246,28 @@ impl Listing {
         // One more is connected: the page ends before it.
         let next = (end < n && end > start).then(|| self.entries[end - 1].name().to_string());
         (start..end, next)
+    }
+
+    /// Entry `i`'s bytes, written alone.
+    fn bytes_at(&self, i: usize) -> usize {
+        self.ends[i] - if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
+    /// Writes entry `i`, whose `last_seen` is `last_seen_ms`, from its
+    /// kept head and pieces: no look at its link or description.
+    fn write_entry(
+        &self,
+        out: &mut impl Sink,
+        i: usize,
+        last_seen_ms: Option<i64>,
+        stamps: &mut Stamps,
+    ) {
+        let Some(pieces) = self.pieces.get(self.piece_of[i] as usize) else {
+            return;
+        };
+        let start = if i == 0 { 0 } else { self.head_ends[i - 1] };
+        out.put(&self.heads[start..self.head_ends[i]]);
+        write_body(out, pieces, last_seen_ms, stamps);
     }
 
     /// The bytes of `range`'s entries, commas between them included.
@@ -395,6 +456,8 @@ pub struct EnvsAnswer {
     /// Bytes not yet returned.
     left: usize,
     stamps: Stamps,
+    /// The `last_seen`s of the frame being written (kept for its buffer).
+    seen: Vec<Option<i64>>,
 }
 
 impl EnvsAnswer {
@@ -412,6 +475,7 @@ impl EnvsAnswer {
             closed: false,
             left: count.0,
             stamps: Stamps::default(),
+            seen: Vec::new(),
         }
     }
 
@@ -434,20 +498,35 @@ impl Iterator for EnvsAnswer {
         if self.closed {
             return None;
         }
-        let mut out = Vec::with_capacity(FRAME + 4096);
+        // The frame's entries, from their counted lengths: whole ones, up
+        // to the first that reaches FRAME bytes.
+        let listing = &*self.listing;
+        let (start, mut size) = (self.left_entries.start, 0);
+        let mut end = start;
+        while end < self.left_entries.end && size < FRAME {
+            size += listing.bytes_at(end) + 1;
+            end += 1;
+        }
+        // Their `last_seen`s first, in a loop of its own: each live one is
+        // a load from its link, which is rarely in the cache. Loaded one
+        // after the other here they overlap; loaded between copies of the
+        // entries, each stalled the writing (most of envs/list's time at
+        // 10,000 before, BENCHMARKS.md, "Session 13").
+        self.seen.clear();
+        self.seen
+            .extend(listing.entries[start..end].iter().map(Listed::last_seen_ms));
+        let mut out = Vec::with_capacity(size + 64);
         if !self.opened {
             out.extend_from_slice(b"{\"envs\":[");
         }
-        for i in self.left_entries.by_ref() {
+        for (i, seen) in (start..end).zip(&self.seen) {
             if self.opened {
                 out.push(b',');
             }
             self.opened = true;
-            write_env(&mut out, &self.listing.entries[i], &mut self.stamps);
-            if out.len() >= FRAME {
-                break;
-            }
+            listing.write_entry(&mut out, i, *seen, &mut self.stamps);
         }
+        self.left_entries.start = end;
         self.opened = true;
         if self.left_entries.is_empty() {
             write_end(&mut out, self.next.as_deref());
@@ -507,6 +586,9 @@ impl<S: Sink + ?Sized> std::io::Write for Writer<'_, S> {
         Ok(())
     }
 }
+
+/// `Listing::piece_of` of an entry without pieces.
+const NO_PIECES: u32 = u32::MAX;
 
 /// The size of a frame of envs/list's answer (~60
 /// KiB: below the allocator's threshold for a mapping of its own).
@@ -580,12 +662,27 @@ fn rfc3339_json(secs: i64) -> Option<[u8; 22]> {
 /// in the same order).
 fn write_env(out: &mut impl Sink, l: &Listed, stamps: &mut Stamps) {
     // Never without (see `Listed::new`); were it, counted as written.
-    let Some((tools, tail)) = l.pieces() else {
+    let Some(pieces) = l.pieces() else {
         return;
     };
     write_head(out, l);
+    write_body(out, pieces, l.last_seen_ms(), stamps);
+}
+
+/// An entry after its head: its tools, `,"last_seen":"…"` when it has
+/// one, and the end of its entry.
+fn write_body(
+    out: &mut impl Sink,
+    pieces: &Pieces,
+    last_seen_ms: Option<i64>,
+    stamps: &mut Stamps,
+) {
+    let (tools, tail) = pieces;
     out.put(tools.as_bytes());
-    write_last_seen(out, l, stamps);
+    if let Some(ms) = last_seen_ms {
+        out.put(b",\"last_seen\":");
+        stamps.put(out, ms);
+    }
     out.put(tail.as_bytes());
 }
 
@@ -606,14 +703,6 @@ fn write_head(out: &mut impl Sink, l: &Listed) {
     }
     out.put(if l.is_default { b"true" } else { b"false" });
     out.put(b",\"tools\":");
-}
-
-/// An entry's `,"last_seen":"…"`, when it has one.
-fn write_last_seen(out: &mut impl Sink, l: &Listed, stamps: &mut Stamps) {
-    if let Some(ms) = l.last_seen_ms() {
-        out.put(b",\"last_seen\":");
-        stamps.put(out, ms);
-    }
 }
 
 #[cfg(test)]
@@ -689,10 +778,12 @@ mod tests {
         );
         let mut split = Vec::new();
         write_head(&mut split, &described);
-        let (tools, tail) = described.pieces().unwrap();
-        split.extend_from_slice(tools.as_bytes());
-        write_last_seen(&mut split, &described, &mut Stamps::default());
-        split.extend_from_slice(tail.as_bytes());
+        write_body(
+            &mut split,
+            described.pieces().unwrap(),
+            described.last_seen_ms(),
+            &mut Stamps::default(),
+        );
         assert_eq!(split, a);
         let env: ConnectorEnv = serde_json::from_slice(&a).unwrap();
         assert_eq!(env.tools.len(), 1);
@@ -1020,9 +1111,19 @@ mod tests {
         assert_eq!(names(&now)[..3], ["e000", "e001", "e002"]);
         assert!(!state.listings().kept.lock().unwrap().contains_key("w2"));
         assert!(Arc::ptr_eq(&now, &listed().await), "kept again");
-        // Its last_seen, read as written.
+        // Its last_seen, read as written: a kept listing writes each
+        // link's as it is then, not as it was when the listing was built.
         let e001 = &now.entries[1];
         assert_eq!(e001.last_seen_ms(), Some(one.last_seen_ms()));
+        one.set_last_seen_ms(1_700_000_000_000);
+        let answer = connected_envs_json(&state, &caller, &Page::default())
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&now, &listed().await), "still kept");
+        let v: serde_json::Value =
+            serde_json::from_slice(&answer.flatten().collect::<Vec<u8>>()).unwrap();
+        assert_eq!(v["envs"][1]["name"], "e001");
+        assert_eq!(v["envs"][1]["last_seen"], "2023-11-14T22:13:20Z");
         // Closed: listed until removed, as a link in the registry always
         // was; then removed.
         one.close("gone");
