@@ -458,12 +458,20 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
     let idle_for = Duration::from_secs(if quick { 2 } else { 5 });
     let cpu = || -> Duration { pids.iter().map(|&p| cpu_time(p)).sum() };
     let host_cpu = || -> Duration { hosts.iter().filter_map(|h| h.id()).map(cpu_time).sum() };
-    let (gw_cpu0, me_cpu0, t_idle) = (cpu(), host_cpu(), Instant::now());
+    let (gw_cpu0, me_cpu0, store_cpu0, t_idle) = (
+        cpu(),
+        host_cpu(),
+        crate::harness::store_cpu_time(),
+        Instant::now(),
+    );
     tokio::time::sleep(idle_for).await;
     let idle_secs = t_idle.elapsed().as_secs_f64();
     let ms_per_s = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() * 1e3 / idle_secs;
     let gw_idle_cpu = ms_per_s(cpu(), gw_cpu0);
     let me_idle_cpu = ms_per_s(host_cpu(), me_cpu0);
+    let store_idle_cpu = store_cpu0
+        .zip(crate::harness::store_cpu_time())
+        .map(|(before, after)| ms_per_s(after, before));
 
     // For profiling (BENCHMARKS.md, "envs/list of 10,000"): with
     // EXECGATE_BENCH_FLEET_HOLD_SECS=N the fleet stays up, idle, for N s
@@ -562,6 +570,19 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
             "ms/s",
         )
         .vs("in-bench executor side", me_idle_cpu),
+    ];
+    if let Some(store_idle_cpu) = store_idle_cpu {
+        figures.push(
+            Figure::new(
+                format!("{k}.store_idle_cpu_ms_per_s"),
+                format!("  PostgreSQL's CPU with N={n} idle, per s"),
+                store_idle_cpu,
+                "ms/s",
+            )
+            .vs("the replicas'", gw_idle_cpu),
+        );
+    }
+    figures.extend([
         Figure::new(
             format!("{k}.connected"),
             format!("  executors connected at the measure, of N={n}"),
@@ -574,7 +595,7 @@ pub async fn run(bin: &Path, quick: bool, nofile: u64) -> anyhow::Result<Report>
             n as f64 / connect_secs,
             "conn/s",
         ),
-    ];
+    ]);
     figures.extend(latency_figures(
         &format!("{k}.envs_list"),
         &format!("  envs/list, {shown} connected of {per_ws} in the workspace"),

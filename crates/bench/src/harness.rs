@@ -140,6 +140,45 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
+/// The CPU time PostgreSQL has used, when the run is on it (`--postgres`):
+/// its server process, the children it reaped, and the children alive now
+/// (the backends of the gateways' pools, its background workers). A
+/// backend that ended between two readings counts in neither whole, so
+/// the difference of two readings is a little low when connections churn.
+pub fn store_cpu_time() -> Option<Duration> {
+    if !POSTGRES.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let server = execgate_testkit::pg::shared().ok()?.server_pid()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // After ')': ppid is field 2 (index 1); utime, stime, cutime,
+        // cstime are 12 to 15 (indexes 11 to 14).
+        let field = |i: usize| f.get(i).copied().unwrap_or(0);
+        if pid == server {
+            ticks += field(11) + field(12) + field(13) + field(14);
+        } else if field(1) == u64::from(server) {
+            ticks += field(11) + field(12);
+        }
+    }
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
 /// The open-file limit the bench asks for when it may (a privileged
 /// run): room for every figure's sockets in one process. Without the
 /// privilege, `fleet` spreads its 30,000 over three child processes.

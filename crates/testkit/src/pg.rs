@@ -154,6 +154,12 @@ rm -rf "$1""#,
         self.port
     }
 
+    /// The server's process id (its `postmaster.pid`), while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
     /// The URL of the cluster's `postgres` database.
     pub fn url(&self) -> String {
         self.url_of("postgres")
