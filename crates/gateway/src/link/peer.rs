@@ -9,11 +9,12 @@
 //!
 //! - **Leases.** A link that finishes its handshake takes its executor's
 //!   lease (one upsert: epoch + 1, expiry now + [`ClusterConfig::lease`])
-//!   before it is registered. The [`heartbeat`] renews every lease this
-//!   replica holds in one statement per beat; a link whose lease is not
-//!   among the renewed ones (another replica took it: a newer epoch), or
-//!   whose lease lapsed (the store was unreachable, or the process was
-//!   paused), is closed, even though its socket is still open. A link's
+//!   before it is registered. The [`heartbeat`] renews the leases this
+//!   replica holds that are due (half a lease left) in one statement per
+//!   beat; a link whose lease was due and is not among the renewed ones
+//!   (another replica took it: a newer epoch), or whose lease lapsed (the
+//!   store was unreachable, or the process was paused), is closed, even
+//!   though its socket is still open. A link's
 //!   lease is also checked in memory before every use ([`Link::lease_ok`]).
 //! - **The peer channel.** `GET /peer/v1/links/{exe_id}`, authenticated by
 //!   the cluster secret ([`sign`], [`verify`]), upgrades to a WebSocket on
@@ -39,7 +40,7 @@
 //!   [`MOVE_WAIT`] for its next owner (`AppState::link`), and a `shell`
 //!   in flight reads on through it (`shell::relink`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -746,20 +747,32 @@ async fn dial(
 }
 
 /// The lease upkeep: every [`ClusterConfig::heartbeat`], this replica's
-/// heartbeat and the renewal of every lease it holds (one statement each);
-/// links whose lease was not renewed, or lapsed, are closed. Runs for the
-/// gateway's life.
+/// heartbeat and the renewal of the leases it holds that are due (one
+/// statement each); links whose lease was due and not renewed, or lapsed,
+/// are closed. Runs for the gateway's life.
+///
+/// A lease is due once less than half of [`ClusterConfig::lease`] is left
+/// ([`renewal_due`]): each lease is rewritten about every half lease (5 s)
+/// rather than every beat, and a beat reads back only the leases it
+/// renewed. So a lease another replica took is noticed when it falls due,
+/// within half a lease and a beat, not at the next beat; until then the
+/// link's socket is the executor's old one (an executor re-dials only
+/// after leaving it), and every other replica already forwards to the new
+/// holder. The first beat, and the one after a failed renewal (whose
+/// statement may have committed unseen), renew every lease.
 pub async fn heartbeat(host: Host) {
     let Some(cluster) = host.cluster() else {
         return;
     };
     let mut tick = tokio::time::interval(cluster.config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Leases this replica renewed without a live link to them, at the last
-    // beat: released at the second (a link takes its lease just before it
-    // is registered).
-    let mut orphans: HashMap<String, i64> = HashMap::new();
+    // Leases this replica renewed without a live link to them (exe_id →
+    // epoch, when): released when a later renewal returns them again (a
+    // link takes its lease just before it is registered), forgotten after
+    // a lease without (another replica took it, or it lapsed).
+    let mut orphans: HashMap<String, (i64, i64)> = HashMap::new();
     let mut last_prune = Instant::now();
+    let mut renew_all = true;
     loop {
         tick.tick().await;
         let store = host.store();
@@ -771,50 +784,54 @@ pub async fn heartbeat(host: Host) {
             tracing::warn!("replica heartbeat failed: {e}");
         }
         let until = now + cluster.lease_ms();
-        // The links judged below are those registered before the renewal
-        // began: a link takes its lease (committed) before it is
+        let due = if renew_all {
+            i64::MAX
+        } else {
+            renewal_due(now, cluster.lease_ms())
+        };
+        // The links judged below are those due, registered before the
+        // renewal began: a link takes its lease (committed) before it is
         // registered, so the renewal sees each of their rows. A link
         // registered while the statement ran may have taken its lease after
         // the statement's snapshot: not renewed, yet not lapsed. Judged so,
         // it was closed, and under a connect storm (the bench's fleet of
         // 30,000 executors) 7,770 were in one run (BENCHMARKS.md, session
-        // 9); it is judged at the next beat instead.
-        let links = host.registry().links();
-        match store.renew_leases(&cluster.replica_id, now, until).await {
+        // 9); it is judged when it falls due instead.
+        let due_links = host
+            .registry()
+            .links_where(|l| l.epoch() != 0 && l.lease_until() <= due);
+        match store
+            .renew_leases(&cluster.replica_id, now, due, until)
+            .await
+        {
             Ok(renewed) => {
-                let renewed: HashMap<String, i64> = renewed.into_iter().collect();
-                let local: HashSet<&str> = links.iter().map(|l| l.exe_id.as_str()).collect();
-                for link in &links {
-                    if link.epoch() == 0 {
-                        continue;
-                    }
-                    match renewed.get(&link.exe_id) {
-                        Some(&epoch) if link.renew_lease(epoch, until) => {}
-                        Some(&epoch) => link.close(&format!(
-                            "this replica's lease on the executor is at epoch {epoch}, not the link's {}",
-                            link.epoch()
-                        )),
-                        None => link.close(
-                            "this replica no longer holds the executor's lease (it lapsed, or another replica took it)",
-                        ),
-                    }
+                renew_all = false;
+                let mut renewed: HashMap<String, i64> = renewed.into_iter().collect();
+                for (link, why) in judge_renewal(&due_links, &mut renewed, until) {
+                    link.close(&why);
                 }
-                let mut next = HashMap::new();
+                // Renewed, but not among the links due: one this replica
+                // holds whose lease it saw later than the store did
+                // (extended here too, never closed: it may be a link newer
+                // than the renewal), or an orphan.
                 for (exe_id, epoch) in renewed {
-                    if local.contains(exe_id.as_str()) {
-                        continue;
-                    }
-                    if orphans.get(&exe_id) == Some(&epoch) {
+                    if let Some(link) = host.registry().get(&exe_id) {
+                        link.renew_lease(epoch, until);
+                        orphans.remove(&exe_id);
+                    } else if orphans.get(&exe_id).is_some_and(|(e, _)| *e == epoch) {
+                        orphans.remove(&exe_id);
                         let _ = store
                             .release_lease(&exe_id, &cluster.replica_id, epoch)
                             .await;
                     } else {
-                        next.insert(exe_id, epoch);
+                        orphans.insert(exe_id, (epoch, now));
                     }
                 }
-                orphans = next;
+                let lease_ms = cluster.lease_ms();
+                orphans.retain(|_, (_, seen)| now - *seen <= lease_ms);
             }
             Err(e) => {
+                renew_all = true;
                 tracing::warn!("could not renew the executor leases: {e}");
                 for link in host.registry().links() {
                     if !link.lease_ok(now_ms()) {
@@ -828,6 +845,44 @@ pub async fn heartbeat(host: Host) {
             let _ = store.prune_replicas(now - PRUNE_AFTER_MS).await;
         }
     }
+}
+
+/// The leases a beat at `now` renews: those that expire within half a
+/// lease of `lease_ms`.
+fn renewal_due(now: i64, lease_ms: i64) -> i64 {
+    now + lease_ms / 2
+}
+
+/// Applies one renewal (`renewed`: exe_id → epoch, of the leases due,
+/// extended to `until`) to `due`, the links whose lease was due,
+/// registered before it; takes their rows out of `renewed`. Returns the
+/// links to close, and why: one renewed at another epoch than its own lost
+/// its lease to a newer one; one not renewed lost it (another replica took
+/// it, or it lapsed).
+fn judge_renewal(
+    due: &[Arc<Link>],
+    renewed: &mut HashMap<String, i64>,
+    until: i64,
+) -> Vec<(Arc<Link>, String)> {
+    let mut lost = Vec::new();
+    for link in due {
+        match renewed.remove(&link.exe_id) {
+            Some(epoch) if link.renew_lease(epoch, until) => {}
+            Some(epoch) => lost.push((
+                link.clone(),
+                format!(
+                    "this replica's lease on the executor is at epoch {epoch}, not the link's {}",
+                    link.epoch()
+                ),
+            )),
+            None => lost.push((
+                link.clone(),
+                "this replica no longer holds the executor's lease (it lapsed, or another replica took it)"
+                    .to_string(),
+            )),
+        }
+    }
+    lost
 }
 
 /// What the owner's side of a channel shares between its tasks.
@@ -1196,6 +1251,56 @@ async fn forward_events(channel: Arc<Channel>, pid: String, mut sub: crate::link
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leased_link(exe_id: &str, epoch: i64, until: i64) -> Arc<Link> {
+        let (tx, _) = mpsc::unbounded_channel();
+        let link = Link::new(exe_id.into(), "w".into(), "n".into(), tx);
+        link.set_lease(epoch, until);
+        link
+    }
+
+    /// A beat renews only the leases due (half a lease left), and judges
+    /// the links that were due: renewed at its epoch, one is extended;
+    /// renewed at another, or not renewed, it lost its lease. A link not
+    /// due is not picked (its lease is kept even though the renewal did
+    /// not return it), nor one without a lease; a renewed row of a link
+    /// not due is left for the caller.
+    #[test]
+    fn a_beat_judges_the_links_whose_lease_was_due() {
+        let (now, lease) = (100_000, 10_000);
+        let due = renewal_due(now, lease);
+        assert_eq!(due, 105_000);
+        let until = now + lease;
+        let registry = crate::link::registry::Registry::default();
+        for (exe_id, epoch, lease_until) in [
+            ("e1", 1, 104_000),
+            ("e2", 1, 104_000),
+            ("e3", 1, 105_000),
+            ("e4", 1, 105_001),
+            ("e5", 0, i64::MAX),
+        ] {
+            registry.insert(leased_link(exe_id, epoch, lease_until));
+        }
+        let mut picked: Vec<Arc<Link>> =
+            registry.links_where(|l| l.epoch() != 0 && l.lease_until() <= due);
+        picked.sort_by(|a, b| a.exe_id.cmp(&b.exe_id));
+        let ids: Vec<&str> = picked.iter().map(|l| l.exe_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2", "e3"]);
+        let mut renewed = HashMap::from([
+            ("e1".to_string(), 1),
+            ("e2".to_string(), 2),
+            ("e4".to_string(), 1),
+        ]);
+        let lost: Vec<String> = judge_renewal(&picked, &mut renewed, until)
+            .into_iter()
+            .map(|(l, _)| l.exe_id.clone())
+            .collect();
+        assert_eq!(lost, ["e2", "e3"]);
+        assert_eq!(picked[0].lease_until(), until);
+        assert_eq!(picked[1].lease_until(), 104_000);
+        assert_eq!(renewed, HashMap::from([("e4".to_string(), 1)]));
+        assert_eq!(registry.get("e4").unwrap().lease_until(), 105_001);
+    }
 
     /// The descriptions of executors another replica holds are kept per
     /// (epoch, name): reused while both hold, rendered again from the

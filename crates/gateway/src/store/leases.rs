@@ -96,23 +96,31 @@ impl Store {
     }
 
     /// Extends to `expires_at` every lease `replica_id` holds that has not
-    /// lapsed at `now` (one statement); returns the renewed `(exe_id,
-    /// epoch)`s. A lease another replica took, or one that lapsed, is not
-    /// among them: its holder must stop serving that executor.
+    /// lapsed at `now` and expires by `due` (one statement); returns the
+    /// renewed `(exe_id, epoch)`s. A lease another replica took, or one
+    /// that lapsed, is never among them: once it was due, its holder must
+    /// stop serving that executor. `due` = `i64::MAX` renews them all.
+    ///
+    /// Why only those due: renewing every lease every beat rewrote each
+    /// row every second, 30,000 row versions a second for a fleet of
+    /// 30,000 (BENCHMARKS.md, "Session 13"), which bloated the table and
+    /// kept PostgreSQL and the replicas busy while nothing happened.
     pub async fn renew_leases(
         &self,
         replica_id: &str,
         now: i64,
+        due: i64,
         expires_at: i64,
     ) -> Result<Vec<(String, i64)>> {
         Ok(on_db!(&self.db, |pool| sqlx::query_as(
             "UPDATE executor_leases SET expires_at = $1
-             WHERE replica_id = $2 AND expires_at > $3
+             WHERE replica_id = $2 AND expires_at > $3 AND expires_at <= $4
              RETURNING exe_id, epoch",
         )
         .bind(expires_at)
         .bind(replica_id)
         .bind(now)
+        .bind(due)
         .fetch_all(pool)
         .await)?)
     }
@@ -232,8 +240,13 @@ mod tests {
                 .unwrap(),
             1
         );
-        // Renewal: one statement for all of ra's.
-        let mut renewed = s.renew_leases("ra", 2_000, 12_000).await.unwrap();
+        // Renewal: one statement for all of ra's that are due.
+        assert!(s
+            .renew_leases("ra", 2_000, 10_999, 12_000)
+            .await
+            .unwrap()
+            .is_empty());
+        let mut renewed = s.renew_leases("ra", 2_000, 11_000, 12_000).await.unwrap();
         renewed.sort();
         assert_eq!(renewed, vec![("e1".into(), 1), ("e2".into(), 1)]);
         // rb takes e1: epoch 2, and ra no longer renews it.
@@ -244,7 +257,7 @@ mod tests {
             2
         );
         assert_eq!(
-            s.renew_leases("ra", 3_000, 13_000).await.unwrap(),
+            s.renew_leases("ra", 3_000, i64::MAX, 13_000).await.unwrap(),
             vec![("e2".into(), 1)]
         );
         let l = s.lease("e1").await.unwrap().unwrap();
@@ -256,7 +269,7 @@ mod tests {
         );
         // A lapsed lease is not renewed.
         assert!(s
-            .renew_leases("ra", 20_000, 30_000)
+            .renew_leases("ra", 20_000, i64::MAX, 30_000)
             .await
             .unwrap()
             .is_empty());
