@@ -600,7 +600,10 @@ fn marker(work: &Path, text: &str) {
 #[tokio::test]
 async fn a_lease_taken_by_another_replica_fences_the_old_link() {
     // Replica 0 would otherwise declare the stopped executor dead by itself.
-    let args = ["--executor-ping-timeout-secs", "120", "--lease-ms", "2000"];
+    // A lease of 60 s: the old link's lease falls due ~30 s after it was
+    // taken, so its fencing within the 10 s below comes from the beat's
+    // count of leases, not from the lease falling due.
+    let args = ["--executor-ping-timeout-secs", "120", "--lease-ms", "60000"];
     let Some(mut c) = Replicas::start(0, &args) else {
         return;
     };
@@ -635,7 +638,7 @@ async fn a_lease_taken_by_another_replica_fences_the_old_link() {
     })
     .await;
     // Replica 0 no longer serves its old link: its calls go to replica 1.
-    eventually(20, "replica 0 to forward to the new owner", || async {
+    eventually(10, "replica 0 to forward to the new owner", || async {
         let (s, v) = c
             .api(0)
             .call_raw("x", "shell", json!({"command": "cat marker.txt"}))

@@ -754,12 +754,13 @@ async fn dial(
 /// A lease is due once less than half of [`ClusterConfig::lease`] is left
 /// ([`renewal_due`]): each lease is rewritten about every half lease (5 s)
 /// rather than every beat, and a beat reads back only the leases it
-/// renewed. So a lease another replica took is noticed when it falls due,
-/// within half a lease and a beat, not at the next beat; until then the
-/// link's socket is the executor's old one (an executor re-dials only
-/// after leaving it), and every other replica already forwards to the new
-/// holder. The first beat, and the one after a failed renewal (whose
-/// statement may have committed unseen), renew every lease.
+/// renewed. A lease another replica took is noticed by a count: when the
+/// store has fewer of this replica's leases than it has links with one,
+/// the next beat renews every lease and judges every link (so within two
+/// beats); when the two counts happen to match (a lost lease and an
+/// orphan), when it falls due, within half a lease and a beat. The first
+/// beat, and the one after a failed renewal (whose statement may have
+/// committed unseen), renew every lease too.
 pub async fn heartbeat(host: Host) {
     let Some(cluster) = host.cluster() else {
         return;
@@ -829,6 +830,19 @@ pub async fn heartbeat(host: Host) {
                 }
                 let lease_ms = cluster.lease_ms();
                 orphans.retain(|_, (_, seen)| now - *seen <= lease_ms);
+                // A lease another replica took is in the store no longer
+                // this replica's: fewer rows than links with a lease, and
+                // the next beat renews (and judges) them all, rather than
+                // waiting for it to fall due. Links counted first: one
+                // registered meanwhile has its row already, so the count
+                // only runs short when a lease went (or a link closed and
+                // released its own: a full renewal for nothing).
+                let leased = host.registry().count_where(|l| l.epoch() != 0);
+                if let Ok(rows) = store.count_leases(&cluster.replica_id, now).await {
+                    if (rows as usize) < leased {
+                        renew_all = true;
+                    }
+                }
             }
             Err(e) => {
                 renew_all = true;

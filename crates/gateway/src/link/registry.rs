@@ -151,6 +151,17 @@ impl Registry {
         self.links.read().unwrap().values().cloned().collect()
     }
 
+    /// How many live links `pick` is true for (reading each, as
+    /// [`Registry::links_where`]).
+    pub fn count_where(&self, pick: impl Fn(&Link) -> bool) -> usize {
+        self.links
+            .read()
+            .unwrap()
+            .values()
+            .filter(|l| pick(l))
+            .count()
+    }
+
     /// The live links for which `pick` is true. Cheaper than [`links`]
     /// when few are picked: a link is only read unless picked, where a
     /// copy of every `Arc` is an atomic write to each link, one cache miss

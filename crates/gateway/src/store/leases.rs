@@ -154,6 +154,18 @@ impl Store {
         .await)?)
     }
 
+    /// How many leases `replica_id` holds unexpired at `now`.
+    pub async fn count_leases(&self, replica_id: &str, now: i64) -> Result<i64> {
+        let (n,): (i64,) = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT count(*) FROM executor_leases WHERE replica_id = $1 AND expires_at > $2",
+        )
+        .bind(replica_id)
+        .bind(now)
+        .fetch_one(pool)
+        .await)?;
+        Ok(n)
+    }
+
     /// The executors that replicas other than `replica_id` hold by a lease
     /// unexpired at `now`, with their epochs.
     pub async fn leased_elsewhere(&self, replica_id: &str, now: i64) -> Result<Vec<(String, i64)>> {
@@ -267,6 +279,9 @@ mod tests {
             s.leased_elsewhere("ra", 3_000).await.unwrap(),
             vec![("e1".to_string(), 2)]
         );
+        assert_eq!(s.count_leases("ra", 3_000).await.unwrap(), 1);
+        assert_eq!(s.count_leases("rb", 3_000).await.unwrap(), 1);
+        assert_eq!(s.count_leases("ra", 13_000).await.unwrap(), 0);
         // A lapsed lease is not renewed.
         assert!(s
             .renew_leases("ra", 20_000, i64::MAX, 30_000)
