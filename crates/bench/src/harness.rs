@@ -124,20 +124,41 @@ pub fn private_kib(pid: u32) -> u64 {
         .sum()
 }
 
-/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
-pub fn cpu_time(pid: u32) -> Duration {
+/// The fields of /proc/PID/stat after the command name (which may hold
+/// spaces, so fields count from after its ')'): stat's field N is index
+/// N - 3 here. Empty when the process is gone.
+fn stat_fields(pid: u32) -> Vec<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces: fields count from after its ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
+    rest.split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        .collect()
+}
+
+/// Index `i` of [`stat_fields`], 0 when absent.
+fn field(fields: &[u64], i: usize) -> u64 {
+    fields.get(i).copied().unwrap_or(0)
+}
+
+/// `ticks` of the kernel's clock (`_SC_CLK_TCK`) as a duration.
+fn clock_ticks(ticks: u64) -> Duration {
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Indexes in [`stat_fields`] of stat's ppid (field 4), utime, stime (14,
+/// 15), cutime and cstime (16, 17: the reaped children's).
+const PPID: usize = 1;
+const UTIME: usize = 11;
+const STIME: usize = 12;
+const CUTIME: usize = 13;
+const CSTIME: usize = 14;
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let f = stat_fields(pid);
+    clock_ticks(field(&f, UTIME) + field(&f, STIME))
 }
 
 /// The CPU time PostgreSQL has used, when the run is on it (`--postgres`):
@@ -150,8 +171,6 @@ pub fn store_cpu_time() -> Option<Duration> {
         return None;
     }
     let server = execgate_testkit::pg::shared().ok()?.server_pid()?;
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut ticks = 0u64;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -161,22 +180,14 @@ pub fn store_cpu_time() -> Option<Duration> {
         else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        // After ')': ppid is field 2 (index 1); utime, stime, cutime,
-        // cstime are 12 to 15 (indexes 11 to 14).
-        let field = |i: usize| f.get(i).copied().unwrap_or(0);
+        let f = stat_fields(pid);
         if pid == server {
-            ticks += field(11) + field(12) + field(13) + field(14);
-        } else if field(1) == u64::from(server) {
-            ticks += field(11) + field(12);
+            ticks += field(&f, UTIME) + field(&f, STIME) + field(&f, CUTIME) + field(&f, CSTIME);
+        } else if field(&f, PPID) == u64::from(server) {
+            ticks += field(&f, UTIME) + field(&f, STIME);
         }
     }
-    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+    Some(clock_ticks(ticks))
 }
 
 /// The open-file limit the bench asks for when it may (a privileged
