@@ -797,10 +797,14 @@ pub async fn heartbeat(host: Host) {
         // the statement's snapshot: not renewed, yet not lapsed. Judged so,
         // it was closed, and under a connect storm (the bench's fleet of
         // 30,000 executors) 7,770 were in one run (BENCHMARKS.md, session
-        // 9); it is judged when it falls due instead.
-        let due_links = host
-            .registry()
-            .links_where(|l| l.epoch() != 0 && l.lease_until() <= due);
+        // 9); it is judged when it falls due instead. The same pass counts
+        // the links with a lease, for the count below.
+        let mut leased = 0usize;
+        let due_links = host.registry().links_where(|l| {
+            let has_lease = l.epoch() != 0;
+            leased += usize::from(has_lease);
+            has_lease && l.lease_until() <= due
+        });
         match store
             .renew_leases(&cluster.replica_id, now, due, until)
             .await
@@ -833,11 +837,11 @@ pub async fn heartbeat(host: Host) {
                 // A lease another replica took is in the store no longer
                 // this replica's: fewer rows than links with a lease, and
                 // the next beat renews (and judges) them all, rather than
-                // waiting for it to fall due. Links counted first: one
-                // registered meanwhile has its row already, so the count
-                // only runs short when a lease went (or a link closed and
-                // released its own: a full renewal for nothing).
-                let leased = host.registry().count_where(|l| l.epoch() != 0);
+                // waiting for it to fall due. Links counted first (before
+                // the renewal): one registered meanwhile has its row
+                // already, so the count only runs short when a lease went
+                // (or a link closed and released its own, or was closed
+                // above: a full renewal for nothing).
                 if let Ok(rows) = store.count_leases(&cluster.replica_id, now).await {
                     if (rows as usize) < leased {
                         renew_all = true;

@@ -151,25 +151,15 @@ impl Registry {
         self.links.read().unwrap().values().cloned().collect()
     }
 
-    /// How many live links `pick` is true for (reading each, as
-    /// [`Registry::links_where`]).
-    pub fn count_where(&self, pick: impl Fn(&Link) -> bool) -> usize {
-        self.links
-            .read()
-            .unwrap()
-            .values()
-            .filter(|l| pick(l))
-            .count()
-    }
-
-    /// The live links for which `pick` is true. Cheaper than [`links`]
-    /// when few are picked: a link is only read unless picked, where a
-    /// copy of every `Arc` is an atomic write to each link, one cache miss
-    /// after the other (at 10,000 links, a tenth of an idle replica's CPU
-    /// each second in the lease upkeep; BENCHMARKS.md, "Session 13").
+    /// The live links for which `pick` is true; `pick` sees every link
+    /// once (and may count what it sees). Cheaper than [`links`] when few
+    /// are picked: a link is only read unless picked, where a copy of
+    /// every `Arc` is an atomic write to each link, one cache miss after
+    /// the other (at 10,000 links, a tenth of an idle replica's CPU each
+    /// second in the lease upkeep; BENCHMARKS.md, "Session 13").
     ///
     /// [`links`]: Registry::links
-    pub fn links_where(&self, pick: impl Fn(&Link) -> bool) -> Vec<Arc<Link>> {
+    pub fn links_where(&self, mut pick: impl FnMut(&Link) -> bool) -> Vec<Arc<Link>> {
         self.links
             .read()
             .unwrap()
