@@ -1,8 +1,9 @@
 //! The link layer: executor links. [`connect`] runs a link's session
 //! (handshake, resume, the socket's life) once `http::executor` upgraded it;
 //! this module is the [`Link`] itself; [`registry`] holds the live ones,
-//! whose `last_seen` [`last_seen`] records in the store; [`sigv4`] verifies codex executors; [`seq_ledger`] and [`read_ahead`]
-//! serve output reads; [`bridge`] relays a bridge session; [`peer`] holds a
+//! whose `last_seen` [`last_seen`] records in the store; [`sigv4`]
+//! verifies codex executors; [`seq_ledger`] and [`read_ahead`] serve
+//! output reads; [`bridge`] relays a bridge session; [`peer`] holds a
 //! replica's executor leases and both ends of the channel through which
 //! another replica uses a link held here. It names neither
 //! `http`, `ops` nor `auth`: it sees the gateway (its store, registry,

@@ -19,8 +19,9 @@
 //! reads no link or description but for a live `last_seen`, and those
 //! reads are done a frame's worth at a time, apart from the copying (at
 //! 10,000 the misses on links and names were most of the time spent
-//! writing; BENCHMARKS.md, "Session 13"). A link closed but not yet removed is listed, as it
-//! was before listings were kept; a description stands for its lease.
+//! writing; BENCHMARKS.md, "Session 13"). A link closed but not yet
+//! removed is listed, as it was before listings were kept; a description
+//! stands for its lease.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -250,7 +251,7 @@ impl Listing {
 
     /// Entry `i`'s bytes, written alone.
     fn bytes_at(&self, i: usize) -> usize {
-        self.ends[i] - if i == 0 { 0 } else { self.ends[i - 1] }
+        entry_span(&self.ends, i).len()
     }
 
     /// Writes entry `i`, whose `last_seen` is `last_seen_ms`, from its
@@ -265,8 +266,7 @@ impl Listing {
         let Some(pieces) = self.pieces.get(self.piece_of[i] as usize) else {
             return;
         };
-        let start = if i == 0 { 0 } else { self.head_ends[i - 1] };
-        out.put(&self.heads[start..self.head_ends[i]]);
+        out.put(&self.heads[entry_span(&self.head_ends, i)]);
         write_body(out, pieces, last_seen_ms, stamps);
     }
 
@@ -275,12 +275,16 @@ impl Listing {
         if range.is_empty() {
             return 0;
         }
-        let before = match range.start {
-            0 => 0,
-            i => self.ends[i - 1],
-        };
+        let before = entry_span(&self.ends, range.start).start;
         self.ends[range.end - 1] - before + (range.len() - 1)
     }
+}
+
+/// Entry `i`'s span in what `ends` (each entry's end, one after the
+/// other) measures.
+fn entry_span(ends: &[usize], i: usize) -> Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    start..ends[i]
 }
 
 /// Workspaces of fewer executors than this are not kept: they are cheap
