@@ -851,10 +851,11 @@ pub async fn heartbeat(host: Host) {
             Err(e) => {
                 renew_all = true;
                 tracing::warn!("could not renew the executor leases: {e}");
-                for link in host.registry().links() {
-                    if !link.lease_ok(now_ms()) {
-                        link.close("this replica's lease on the executor lapsed (the store is unreachable)");
-                    }
+                let now = now_ms();
+                for link in host.registry().links_where(|l| !l.lease_ok(now)) {
+                    link.close(
+                        "this replica's lease on the executor lapsed (the store is unreachable)",
+                    );
                 }
             }
         }
